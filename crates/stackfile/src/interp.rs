@@ -1,0 +1,476 @@
+//! Interpolation of `$VAR`, `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+//! `${VAR:?message}`, `${VAR?message}`, `${VAR:+alt}`, `${VAR+alt}` and `$$`.
+//!
+//! A `$` that starts none of these forms (as in the regex `^a$`) stays a literal `$`.
+//! Instance variables (`PORT`, `HOST`, `TUG_*`) are substituted per instance when it
+//! starts; at compile time the resolver answers [`Lookup::Deferred`] for them and the
+//! reference is kept in the output, with every literal `$` escaped as `$$` so that the
+//! per-instance pass ([`substitute_instance`]) reads the template exactly.
+
+/// What a name refers to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lookup {
+    Value {
+        text: String,
+        sensitive: bool,
+    },
+    /// A secret that does not exist yet and will be generated: set, non-empty, unknown.
+    Pending,
+    /// An instance variable, substituted when the instance starts.
+    Deferred,
+    Unknown,
+}
+
+pub trait Resolver {
+    fn lookup(&mut self, name: &str) -> Lookup;
+}
+
+impl<F: FnMut(&str) -> Lookup> Resolver for F {
+    fn lookup(&mut self, name: &str) -> Lookup {
+        self(name)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Output {
+    pub text: String,
+    /// Part of the value came from a secret (or from a value derived from one).
+    pub sensitive: bool,
+    /// Part of the value is a secret not generated yet: the text is not final.
+    pub pending: bool,
+    /// The text keeps instance-variable references for the per-instance pass.
+    pub deferred: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Error {
+    Unknown { name: String },
+    Required { name: String, message: String },
+    Syntax { message: String },
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Unknown { name } => write!(f, "unknown variable `{name}`"),
+            Error::Required { name, message } if message.is_empty() => {
+                write!(f, "`{name}` is required but not set")
+            }
+            Error::Required { name, message } => write!(f, "`{name}` is required: {message}"),
+            Error::Syntax { message } => f.write_str(message),
+        }
+    }
+}
+
+enum Segment {
+    Literal(String),
+    Deferred(String),
+}
+
+#[derive(Default)]
+struct Builder {
+    segments: Vec<Segment>,
+    sensitive: bool,
+    pending: bool,
+}
+
+impl Builder {
+    fn literal(&mut self, text: &str) {
+        match self.segments.last_mut() {
+            Some(Segment::Literal(s)) => s.push_str(text),
+            _ => self.segments.push(Segment::Literal(text.to_string())),
+        }
+    }
+
+    fn absorb(&mut self, other: Builder) {
+        self.sensitive |= other.sensitive;
+        self.pending |= other.pending;
+        for segment in other.segments {
+            match segment {
+                Segment::Literal(s) => self.literal(&s),
+                deferred => self.segments.push(deferred),
+            }
+        }
+    }
+
+    fn finish(self) -> Output {
+        let deferred = self
+            .segments
+            .iter()
+            .any(|s| matches!(s, Segment::Deferred(_)));
+        let mut text = String::new();
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(s) if deferred => text.push_str(&s.replace('$', "$$")),
+                Segment::Literal(s) => text.push_str(s),
+                Segment::Deferred(name) => {
+                    text.push_str("${");
+                    text.push_str(name);
+                    text.push('}');
+                }
+            }
+        }
+        Output {
+            text,
+            sensitive: self.sensitive,
+            pending: self.pending,
+            deferred,
+        }
+    }
+}
+
+fn is_name_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_'
+}
+
+fn is_name_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// Interpolates `input`, collecting every error rather than stopping at the first.
+pub fn interpolate(input: &str, resolver: &mut dyn Resolver) -> Result<Output, Vec<Error>> {
+    let mut errors = Vec::new();
+    let builder = expand(input, resolver, &mut errors);
+    if errors.is_empty() {
+        Ok(builder.finish())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Whether the text contains anything interpolation would change.
+pub fn has_references(input: &str) -> bool {
+    let bytes = input.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'$'
+            && matches!(bytes.get(i + 1), Some(&c) if c == b'$' || c == b'{' || is_name_start(c))
+    })
+}
+
+fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> Builder {
+    let bytes = input.as_bytes();
+    let mut out = Builder::default();
+    let mut literal_start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'$') => {
+                out.literal(&input[literal_start..i + 1]);
+                i += 2;
+                literal_start = i;
+            }
+            Some(&c) if is_name_start(c) => {
+                out.literal(&input[literal_start..i]);
+                let start = i + 1;
+                let mut end = start;
+                while end < bytes.len() && is_name_char(bytes[end]) {
+                    end += 1;
+                }
+                reference(&input[start..end], None, resolver, errors, &mut out);
+                i = end;
+                literal_start = i;
+            }
+            Some(b'{') => {
+                out.literal(&input[literal_start..i]);
+                match closing_brace(bytes, i + 2) {
+                    None => {
+                        errors.push(Error::Syntax {
+                            message: format!("`{}` has no closing `}}`", &input[i..]),
+                        });
+                        return out;
+                    }
+                    Some(close) => {
+                        braced(&input[i + 2..close], resolver, errors, &mut out);
+                        i = close + 1;
+                        literal_start = i;
+                    }
+                }
+            }
+            // A lone `$` is literal.
+            _ => i += 1,
+        }
+    }
+    out.literal(&input[literal_start..]);
+    out
+}
+
+/// The index of the `}` closing a `${` whose body starts at `from`, skipping nested `${...}`.
+fn closing_brace(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = from;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'$') => i += 1,
+            b'$' if bytes.get(i + 1) == Some(&b'{') => {
+                depth += 1;
+                i += 1;
+            }
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Modifier {
+    /// `:-` (`true`: unset or empty) or `-` (unset only).
+    Default(bool),
+    Required(bool),
+    Alternative(bool),
+}
+
+fn braced(body: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, out: &mut Builder) {
+    let bytes = body.as_bytes();
+    let name_len = bytes.iter().take_while(|&&c| is_name_char(c)).count();
+    let name = &body[..name_len];
+    if name.is_empty() || !is_name_start(bytes[0]) {
+        errors.push(Error::Syntax {
+            message: format!("`${{{body}}}` does not start with a variable name"),
+        });
+        return;
+    }
+    let rest = &body[name_len..];
+    let (modifier, word) = if rest.is_empty() {
+        (None, "")
+    } else {
+        let colon = rest.starts_with(':');
+        let op = &rest[colon as usize..];
+        let modifier = match op.as_bytes().first() {
+            Some(b'-') => Modifier::Default(colon),
+            Some(b'?') => Modifier::Required(colon),
+            Some(b'+') => Modifier::Alternative(colon),
+            _ => {
+                errors.push(Error::Syntax {
+                    message: format!("`${{{body}}}`: expected `}}`, `:-`, `-`, `:?`, `?`, `:+` or `+` after `{name}`"),
+                });
+                return;
+            }
+        };
+        (Some(modifier), &op[1..])
+    };
+    reference(name, modifier.map(|m| (m, word)), resolver, errors, out);
+}
+
+fn reference(
+    name: &str,
+    modifier: Option<(Modifier, &str)>,
+    resolver: &mut dyn Resolver,
+    errors: &mut Vec<Error>,
+    out: &mut Builder,
+) {
+    let found = resolver.lookup(name);
+    // "set" and "non-empty" as the shell means them; a pending secret or an instance variable is both.
+    let (set, non_empty) = match &found {
+        Lookup::Value { text, .. } => (true, !text.is_empty()),
+        Lookup::Pending | Lookup::Deferred => (true, true),
+        Lookup::Unknown => (false, false),
+    };
+    let use_value = |out: &mut Builder| match &found {
+        Lookup::Value { text, sensitive } => {
+            out.literal(text);
+            out.sensitive |= sensitive;
+        }
+        Lookup::Pending => {
+            out.literal("********");
+            out.sensitive = true;
+            out.pending = true;
+        }
+        Lookup::Deferred => out.segments.push(Segment::Deferred(name.to_string())),
+        Lookup::Unknown => {}
+    };
+    match modifier {
+        None if set => use_value(out),
+        None => errors.push(Error::Unknown {
+            name: name.to_string(),
+        }),
+        Some((Modifier::Default(colon), word)) => {
+            if set && (non_empty || !colon) {
+                use_value(out)
+            } else {
+                out.absorb(expand(word, resolver, errors))
+            }
+        }
+        Some((Modifier::Required(colon), message)) => {
+            if set && (non_empty || !colon) {
+                use_value(out)
+            } else {
+                errors.push(Error::Required {
+                    name: name.to_string(),
+                    message: message.to_string(),
+                })
+            }
+        }
+        Some((Modifier::Alternative(colon), word)) => {
+            if set && (non_empty || !colon) {
+                out.absorb(expand(word, resolver, errors))
+            }
+        }
+    }
+}
+
+/// The per-instance pass over a template kept by compile-time interpolation:
+/// substitutes the instance variables and turns `$$` back into `$`.
+pub fn substitute_instance(template: &str, vars: &[(&str, &str)]) -> Result<String, Vec<Error>> {
+    let mut resolver = |name: &str| match vars.iter().find(|(n, _)| *n == name) {
+        Some((_, value)) => Lookup::Value {
+            text: value.to_string(),
+            sensitive: false,
+        },
+        None => Lookup::Unknown,
+    };
+    interpolate(template, &mut resolver).map(|o| o.text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Lookup {
+        match name {
+            "HOME" => Lookup::Value {
+                text: "/home/me".into(),
+                sensitive: false,
+            },
+            "EMPTY" => Lookup::Value {
+                text: String::new(),
+                sensitive: false,
+            },
+            "SECRET" => Lookup::Value {
+                text: "s3cr3t".into(),
+                sensitive: true,
+            },
+            "GENERATED" => Lookup::Pending,
+            "PORT" | "HOST" => Lookup::Deferred,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    fn run(input: &str) -> Result<Output, Vec<Error>> {
+        interpolate(input, &mut env)
+    }
+
+    fn text(input: &str) -> String {
+        run(input).unwrap_or_else(|e| panic!("{input}: {e:?}")).text
+    }
+
+    #[test]
+    fn plain_and_braced_references() {
+        assert_eq!(text("$HOME/x"), "/home/me/x");
+        assert_eq!(text("${HOME}x"), "/home/mex");
+        assert_eq!(text("a${EMPTY}b"), "ab");
+    }
+
+    #[test]
+    fn dollar_dollar_is_a_literal_dollar() {
+        assert_eq!(text("cost: $$5"), "cost: $5");
+        assert_eq!(text("$${HOME}"), "${HOME}");
+    }
+
+    #[test]
+    fn lone_dollar_is_literal() {
+        assert_eq!(text("^a$"), "^a$");
+        assert_eq!(text("$ 1"), "$ 1");
+        assert_eq!(text("$(pwd)"), "$(pwd)");
+    }
+
+    #[test]
+    fn defaults_distinguish_unset_and_empty() {
+        assert_eq!(text("${NOPE:-d}"), "d");
+        assert_eq!(text("${NOPE-d}"), "d");
+        assert_eq!(text("${EMPTY:-d}"), "d");
+        assert_eq!(text("${EMPTY-d}"), "");
+        assert_eq!(text("${HOME:-d}"), "/home/me");
+        assert_eq!(text("${NOPE:-}"), "");
+    }
+
+    #[test]
+    fn nested_defaults() {
+        assert_eq!(text("${NOPE:-${ALSO_NOPE:-${HOME}}}"), "/home/me");
+        assert_eq!(text("${NOPE:-a-${HOME:-x}-b}"), "a-/home/me-b");
+        assert_eq!(text("${NOPE:-{braces}}"), "{braces}");
+    }
+
+    #[test]
+    fn required_forms() {
+        assert_eq!(
+            run("${NOPE:?set NOPE please}").unwrap_err(),
+            vec![Error::Required {
+                name: "NOPE".into(),
+                message: "set NOPE please".into()
+            }]
+        );
+        assert!(run("${EMPTY:?x}").is_err());
+        assert_eq!(text("${EMPTY?x}"), "");
+        assert!(run("${NOPE?x}").is_err());
+        assert_eq!(text("${HOME:?x}"), "/home/me");
+    }
+
+    #[test]
+    fn alternatives() {
+        assert_eq!(text("${HOME:+yes}"), "yes");
+        assert_eq!(text("${EMPTY:+yes}"), "");
+        assert_eq!(text("${EMPTY+yes}"), "yes");
+        assert_eq!(text("${NOPE+yes}"), "");
+    }
+
+    #[test]
+    fn unknown_references_are_all_reported() {
+        assert_eq!(
+            run("$A and ${B}").unwrap_err(),
+            vec![
+                Error::Unknown { name: "A".into() },
+                Error::Unknown { name: "B".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn syntax_errors() {
+        assert!(matches!(
+            run("${HOME").unwrap_err()[0],
+            Error::Syntax { .. }
+        ));
+        assert!(matches!(run("${}").unwrap_err()[0], Error::Syntax { .. }));
+        assert!(matches!(run("${1X}").unwrap_err()[0], Error::Syntax { .. }));
+        assert!(matches!(
+            run("${HOME%x}").unwrap_err()[0],
+            Error::Syntax { .. }
+        ));
+    }
+
+    #[test]
+    fn secrets_make_the_result_sensitive() {
+        let out = run("postgres://u:${SECRET}@h").unwrap();
+        assert!(out.sensitive);
+        assert_eq!(out.text, "postgres://u:s3cr3t@h");
+        assert!(!run("$HOME").unwrap().sensitive);
+        let pending = run("x${GENERATED}").unwrap();
+        assert!(pending.pending && pending.sensitive);
+        assert!(!pending.text.contains("GENERATED"));
+    }
+
+    #[test]
+    fn instance_variables_are_deferred_and_escaped() {
+        let out = run("serve --port ${PORT} --root $HOME --cost $$5").unwrap();
+        assert!(out.deferred);
+        assert_eq!(out.text, "serve --port ${PORT} --root /home/me --cost $$5");
+        let done = substitute_instance(&out.text, &[("PORT", "41000")]).unwrap();
+        assert_eq!(done, "serve --port 41000 --root /home/me --cost $5");
+        // Modifiers on an instance variable reduce at compile time: it is always set.
+        assert_eq!(text("${PORT:-8080}"), "${PORT}");
+        assert_eq!(text("${PORT:+on}"), "on");
+        assert_eq!(text("$PORT"), "${PORT}");
+    }
+
+    #[test]
+    fn instance_pass_reports_unknown_names() {
+        assert!(substitute_instance("${NOPE}", &[("PORT", "1")]).is_err());
+    }
+}

@@ -1,0 +1,576 @@
+//! The tug stack file: parsing, overlays, interpolation, settings, validation, schema.
+//!
+//! [`compile`] turns stack files into a typed [`Stack`], collecting every problem
+//! as a [`Diagnostic`] instead of stopping at the first. No async, no I/O beyond
+//! reading the stack's files (and, for warnings, looking up commands on `PATH`).
+
+pub mod diag;
+pub mod dotenv;
+pub mod interp;
+pub mod model;
+pub mod read;
+pub mod schema;
+pub mod service;
+pub mod settings;
+pub mod units;
+pub mod validate;
+pub mod yaml;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+pub use diag::{Diagnostic, Diagnostics, Severity, SourceMap, Span};
+pub use model::*;
+use read::{Ctx, Env, Scope};
+use tug_secrets::Secret;
+use yaml::{Kind, Node};
+
+/// Where secret values come from at compile time (the encrypted store, in practice).
+pub trait SecretSource {
+    fn get(&self, name: &str) -> Option<Secret>;
+}
+
+/// No stored secrets.
+pub struct NoSecrets;
+
+impl SecretSource for NoSecrets {
+    fn get(&self, _: &str) -> Option<Secret> {
+        None
+    }
+}
+
+impl<F: Fn(&str) -> Option<Secret>> SecretSource for F {
+    fn get(&self, name: &str) -> Option<Secret> {
+        self(name)
+    }
+}
+
+pub const TOP_FIELDS: &[&str] = &["name", "environments", "settings", "services", "registry"];
+pub const DEFAULT_FILE: &str = "tug.yaml";
+
+/// What to compile, and the world it is compiled in (passed in, so that tests and
+/// the fuzzer control it).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Stack files, later ones merged over earlier; empty means `tug.yaml` in `cwd`.
+    pub files: Vec<PathBuf>,
+    pub cwd: PathBuf,
+    /// `--env`, else `TUG_ENV` (the caller reads it), else the first of `environments`.
+    pub environment: Option<String>,
+    pub env_files: Vec<PathBuf>,
+    /// Active profiles (`--profile`), besides services with no profile.
+    pub profiles: Vec<String>,
+    /// The process environment: feeds interpolation and settings.
+    pub process_env: HashMap<String, String>,
+    /// Look commands up on `PATH` and warn about missing ones.
+    pub check_commands: bool,
+}
+
+/// The result of a compilation: the stack as far as it could be read, and every diagnostic.
+pub struct Compiled {
+    /// Present whenever the file could be decoded at all; only *valid* without errors:
+    /// use [`Compiled::valid`] for anything that acts on the stack.
+    pub stack: Option<Stack>,
+    pub diagnostics: Diagnostics,
+    pub sources: SourceMap,
+}
+
+impl Compiled {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.count(Severity::Error)
+    }
+
+    /// The stack, if it has no error.
+    pub fn valid(&self) -> Option<&Stack> {
+        if self.diagnostics.has_errors() {
+            None
+        } else {
+            self.stack.as_ref()
+        }
+    }
+}
+
+/// Reads, merges and compiles the stack files named in `options`.
+pub fn compile(options: &Options, secrets: &dyn SecretSource) -> Compiled {
+    let mut sources = SourceMap::default();
+    let mut diags = Diagnostics::default();
+    let files: Vec<PathBuf> = if options.files.is_empty() {
+        vec![options.cwd.join(DEFAULT_FILE)]
+    } else {
+        options.files.iter().map(|f| options.cwd.join(f)).collect()
+    };
+    let mut documents = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => documents.push((file.clone(), text)),
+            Err(e) => {
+                let hint = if options.files.is_empty() {
+                    "run tug in the folder of your tug.yaml, or name the file with `-f FILE`"
+                } else {
+                    "check the path given with `-f`"
+                };
+                diags.push(
+                    Diagnostic::error(
+                        "unreadable-file",
+                        None,
+                        "",
+                        format!("cannot read the stack file {}: {e}", file.display()),
+                    )
+                    .with_file(file)
+                    .with_hint(hint),
+                );
+            }
+        }
+    }
+    if diags.has_errors() {
+        return Compiled {
+            stack: None,
+            diagnostics: diags,
+            sources,
+        };
+    }
+    let read_overlay = |base: &Path, environment: &str| -> Option<(PathBuf, String)> {
+        let overlay = overlay_path(base, environment);
+        std::fs::read_to_string(&overlay)
+            .ok()
+            .map(|text| (overlay, text))
+    };
+    compile_documents(
+        documents,
+        options,
+        secrets,
+        &mut sources,
+        &mut diags,
+        &read_overlay,
+    )
+}
+
+/// Compiles one stack file given as text (for tests, benchmarks and the fuzzer); no overlays.
+pub fn compile_str(
+    path: &Path,
+    text: &str,
+    options: &Options,
+    secrets: &dyn SecretSource,
+) -> Compiled {
+    let mut sources = SourceMap::default();
+    let mut diags = Diagnostics::default();
+    compile_documents(
+        vec![(path.to_path_buf(), text.to_string())],
+        options,
+        secrets,
+        &mut sources,
+        &mut diags,
+        &|_, _| None,
+    )
+}
+
+/// `tug.production.yaml` beside `tug.yaml`; `stack.production.yml` beside `stack.yml`.
+pub fn overlay_path(base: &Path, environment: &str) -> PathBuf {
+    let name = base
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(DEFAULT_FILE);
+    let overlay = match name.rsplit_once('.') {
+        Some((stem, ext)) => format!("{stem}.{environment}.{ext}"),
+        None => format!("{name}.{environment}"),
+    };
+    base.with_file_name(overlay)
+}
+
+type OverlayReader<'a> = dyn Fn(&Path, &str) -> Option<(PathBuf, String)> + 'a;
+
+fn compile_documents(
+    documents: Vec<(PathBuf, String)>,
+    options: &Options,
+    secrets: &dyn SecretSource,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+    read_overlay: &OverlayReader,
+) -> Compiled {
+    let root = documents
+        .first()
+        .and_then(|(p, _)| p.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| options.cwd.clone());
+    let files: Vec<PathBuf> = documents.iter().map(|(p, _)| p.clone()).collect();
+    let mut parsed = Vec::new();
+    for (path, text) in documents {
+        let id = sources.add(display_path(&options.cwd, &path), text);
+        match yaml::parse(sources.text(id), id) {
+            Ok(node) => parsed.push(node),
+            Err(d) => diags.push(*d),
+        }
+    }
+    let finish = |diags: &mut Diagnostics, sources: &mut SourceMap, stack: Option<Stack>| {
+        let mut diagnostics = std::mem::take(diags);
+        diagnostics.sort();
+        Compiled {
+            stack,
+            diagnostics,
+            sources: std::mem::take(sources),
+        }
+    };
+    if diags.has_errors() {
+        return finish(diags, sources, None);
+    }
+    // The environment is chosen from the base files, before overlays (which depend on it).
+    let mut base = Node {
+        kind: Kind::Map(Vec::new()),
+        span: Span {
+            file: 0,
+            line: 1,
+            col: 1,
+        },
+        tag: None,
+    };
+    for node in &parsed {
+        yaml::merge(&mut base, node.clone());
+    }
+    let env = load_env(options, &root, sources, diags);
+    let mut ctx = Ctx { diags, env: &env };
+    if !matches!(base.kind, Kind::Map(_)) {
+        ctx.type_error(
+            &base,
+            "",
+            "a mapping of top-level fields (name, settings, services, ...)",
+        );
+        return finish(diags, sources, None);
+    }
+    let environments = environments(&mut ctx, &base);
+    let environment = options
+        .environment
+        .clone()
+        .unwrap_or_else(|| environments[0].clone());
+    if !environments.contains(&environment) {
+        let span = base.get("environments").map(|n| n.span);
+        let mut d = Diagnostic::error(
+            "unknown-environment",
+            span,
+            "environments",
+            format!(
+                "environment `{environment}` is not one of this stack's environments: {}",
+                environments.join(", ")
+            ),
+        );
+        if let Some(s) = read::suggest(&environment, environments.iter().map(String::as_str)) {
+            d = d.with_hint(format!("did you mean `{s}`?"));
+        } else {
+            d = d.with_hint("add it to `environments:`");
+        }
+        ctx.diags.push(d);
+        return finish(diags, sources, None);
+    }
+    // Each file, then its environment overlay.
+    let mut merged = Node {
+        kind: Kind::Map(Vec::new()),
+        span: base.span,
+        tag: None,
+    };
+    for (node, file) in parsed.into_iter().zip(&files) {
+        yaml::merge(&mut merged, node);
+        if let Some((path, text)) = read_overlay(file, &environment) {
+            let id = sources.add(display_path(&options.cwd, &path), text);
+            match yaml::parse(sources.text(id), id) {
+                Ok(node) => yaml::merge(&mut merged, node),
+                Err(d) => ctx.diags.push(*d),
+            }
+        }
+    }
+    let stack = stack(
+        &mut ctx,
+        &merged,
+        options,
+        &root,
+        files,
+        environment,
+        environments,
+        secrets,
+    );
+    finish(diags, sources, stack)
+}
+
+/// The process environment, then `.env` beside the first stack file, then each `--env-file`.
+fn load_env(
+    options: &Options,
+    root: &Path,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+) -> Env {
+    let mut env = Env {
+        process: options.process_env.clone(),
+        files: HashMap::new(),
+    };
+    let dot_env = root.join(".env");
+    let mut files: Vec<(PathBuf, bool)> = vec![(dot_env, false)];
+    files.extend(
+        options
+            .env_files
+            .iter()
+            .map(|f| (options.cwd.join(f), true)),
+    );
+    for (path, required) in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if required || e.kind() != std::io::ErrorKind::NotFound => {
+                diags.push(
+                    Diagnostic::error(
+                        "unreadable-file",
+                        None,
+                        "",
+                        format!("cannot read the env file {}: {e}", path.display()),
+                    )
+                    .with_file(&path),
+                );
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let shown = display_path(&options.cwd, &path);
+        let id = sources.add(shown.clone(), text);
+        let (entries, errors) = dotenv::parse(sources.text(id));
+        for e in errors {
+            // Env files hold secrets: never show the offending line itself.
+            diags.push(
+                Diagnostic::error(
+                    "env-file",
+                    Some(Span {
+                        file: id,
+                        line: e.line,
+                        col: e.col,
+                    }),
+                    "",
+                    e.message,
+                )
+                .sensitive(true),
+            );
+        }
+        for e in entries {
+            env.files.insert(
+                e.key,
+                (
+                    e.value,
+                    shown.clone(),
+                    Span {
+                        file: id,
+                        line: e.line,
+                        col: 1,
+                    },
+                ),
+            );
+        }
+    }
+    env
+}
+
+fn environments(ctx: &mut Ctx, base: &Node) -> Vec<String> {
+    let Some(node) = base.get("environments").filter(|n| !n.is_null()) else {
+        return vec!["development".to_string()];
+    };
+    let list = ctx.string_list(node, "environments", &Scope::ENV_ONLY);
+    let mut out: Vec<String> = Vec::new();
+    for (name, span) in list {
+        if !service::is_profile_name(&name) {
+            ctx.error(
+                "invalid-name",
+                span,
+                "environments",
+                format!("`{name}` is not a valid environment name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
+            );
+        } else if out.contains(&name) {
+            ctx.error(
+                "duplicate-name",
+                span,
+                "environments",
+                format!("environment `{name}` is listed twice"),
+            );
+        } else {
+            out.push(name);
+        }
+    }
+    if out.is_empty() {
+        out.push("development".to_string());
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stack(
+    ctx: &mut Ctx,
+    doc: &Node,
+    options: &Options,
+    root: &Path,
+    files: Vec<PathBuf>,
+    environment: String,
+    environments: Vec<String>,
+    secrets: &dyn SecretSource,
+) -> Option<Stack> {
+    let f = ctx.fields(doc, "", TOP_FIELDS)?;
+    let env_scope = Scope::ENV_ONLY;
+    let name = match f.get("name") {
+        Some(n) => ctx.string(n, "name", &env_scope).filter(|name| {
+            let ok = is_dns_label(name);
+            if !ok {
+                ctx.diags.push(
+                    Diagnostic::error("invalid-name", Some(n.span), "name", format!("`{name}` is not a valid project name"))
+                        .with_hint("use lowercase letters, digits and `-`, at most 63 characters, starting and ending with a letter or digit"),
+                );
+            }
+            ok
+        }),
+        // Like Docker Compose: the folder's name, made valid.
+        None => Some(project_name_from(root)),
+    };
+
+    let shared_defs = match f.get("settings") {
+        Some(n) => settings::definitions(ctx, n, "settings", &environment, &environments),
+        None => IndexMap::new(),
+    };
+    let shared = settings::resolve(ctx, &shared_defs, &[], secrets);
+    let scope = Scope {
+        settings: vec![&shared],
+        defer_instance: false,
+    };
+
+    let registry = match f.get("registry") {
+        None => Registry::Embedded,
+        Some(n) => match ctx.text(n, "registry", &scope) {
+            Some(t) if t.expose() == "embedded" => Registry::Embedded,
+            Some(t) if matches!(settings::url_scheme(t.expose()), Some("redis" | "rediss")) => {
+                Registry::Redis(t)
+            }
+            Some(t) => {
+                ctx.diags.push(
+                    Diagnostic::error("invalid-value", Some(n.span), "registry", format!("`{}` is not a registry", t.shown()))
+                        .with_hint("use `embedded` (one machine), or a Redis URL `redis://host:6379/0` / `rediss://...`"),
+                );
+                Registry::Embedded
+            }
+            None => Registry::Embedded,
+        },
+    };
+
+    let mut services: IndexMap<String, (Service, service::Spans)> = IndexMap::new();
+    match f.get("services").map(|n| &n.kind) {
+        Some(Kind::Map(entries)) => {
+            for (key, node) in entries {
+                let service_name = key.key_text().unwrap_or_default();
+                if !is_dns_label(service_name) {
+                    ctx.diags.push(
+                        Diagnostic::error("invalid-name", Some(key.span), format!("services.{service_name}"), format!("`{service_name}` is not a valid service name"))
+                            .with_hint("use lowercase letters, digits and `-`, at most 63 characters (it becomes a host and resource name)"),
+                    );
+                    continue;
+                }
+                let input = service::Input {
+                    name: service_name,
+                    key_span: key.span,
+                    node,
+                    root,
+                    environment: &environment,
+                    environments: &environments,
+                    shared: &shared,
+                    secrets,
+                };
+                if let Some(decoded) = service::decode(ctx, input) {
+                    services.insert(service_name.to_string(), decoded);
+                }
+            }
+        }
+        Some(_) => {
+            let n = f.get("services")?;
+            ctx.type_error(n, "services", "a mapping of service names to services");
+        }
+        None => {
+            ctx.diags.push(
+                Diagnostic::warning(
+                    "no-services",
+                    Some(f.span),
+                    "services",
+                    "the stack has no services",
+                )
+                .with_hint("add a `services:` mapping"),
+            );
+        }
+    }
+
+    let profiles = options.profiles.clone();
+    let active =
+        |s: &Service| s.profiles.is_empty() || s.profiles.iter().any(|p| profiles.contains(p));
+    let path_var = options
+        .check_commands
+        .then(|| options.process_env.get("PATH").cloned().unwrap_or_default());
+    validate::check(
+        ctx.diags,
+        &validate::Checked {
+            services: &services,
+            shared: &shared,
+            active: &active,
+        },
+        path_var.as_deref(),
+    );
+
+    let mut inactive = Vec::new();
+    let services: IndexMap<String, Service> = services
+        .into_iter()
+        .filter_map(|(name, (service, _))| {
+            if active(&service) {
+                Some((name, service))
+            } else {
+                inactive.push(name);
+                None
+            }
+        })
+        .collect();
+    Some(Stack {
+        name: name?,
+        environment,
+        environments,
+        profiles,
+        root: root.to_path_buf(),
+        files,
+        registry,
+        settings: shared,
+        services,
+        inactive,
+    })
+}
+
+/// A path as diagnostics show it: relative to the current folder when inside it.
+fn display_path(cwd: &Path, path: &Path) -> PathBuf {
+    path.strip_prefix(cwd)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric.
+pub fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes[0] != b'-'
+        && bytes[bytes.len() - 1] != b'-'
+}
+
+fn project_name_from(root: &Path) -> String {
+    let folder = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("tug")
+        .to_ascii_lowercase();
+    let mut name: String = folder
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name = name.trim_matches('-').chars().take(63).collect();
+    let name = name.trim_end_matches('-').to_string();
+    if name.is_empty() {
+        "tug".to_string()
+    } else {
+        name
+    }
+}

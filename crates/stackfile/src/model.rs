@@ -1,0 +1,436 @@
+//! The typed stack: what compilation produces and every later stage consumes.
+//!
+//! Serializing any of these types masks sensitive values (see [`Text`]), so an
+//! output built from the model cannot print a secret by accident.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::{Serialize, Serializer};
+
+use crate::diag::Span;
+use crate::units::{Percent, Signal, Size, format_duration};
+use tug_secrets::Charset;
+
+pub const MASK: &str = "********";
+
+/// A string value of the stack, after interpolation.
+#[derive(Clone, PartialEq, Default)]
+pub struct Text {
+    value: String,
+    /// Comes from a secret or from a value that interpolates one.
+    pub sensitive: bool,
+    /// Interpolates a secret that is not generated yet: the value is not final.
+    pub pending: bool,
+    /// Keeps instance-variable references (`${PORT}`) for the per-instance pass.
+    pub template: bool,
+}
+
+impl Text {
+    pub fn plain(value: impl Into<String>) -> Self {
+        Text {
+            value: value.into(),
+            ..Text::default()
+        }
+    }
+
+    pub fn new(value: String, sensitive: bool, pending: bool, template: bool) -> Self {
+        Text {
+            value,
+            sensitive,
+            pending,
+            template,
+        }
+    }
+
+    /// The value itself. Callers that print must use [`Text::shown`] instead.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    /// What may be shown to a person: the value, or `********` when sensitive.
+    pub fn shown(&self) -> &str {
+        if self.sensitive { MASK } else { &self.value }
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+
+fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_duration(*d))
+}
+
+fn opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
+fn opt_display<T: std::fmt::Display, S: Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => display(v, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn signal<S: Serializer>(v: &Signal, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.name)
+}
+
+/// The whole stack for one environment, resolved and validated.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stack {
+    pub name: String,
+    pub environment: String,
+    pub environments: Vec<String>,
+    pub profiles: Vec<String>,
+    /// The folder of the first stack file: relative paths start here.
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub registry: Registry,
+    pub settings: IndexMap<String, Setting>,
+    /// Services and jobs enabled by the active profiles, in file order.
+    pub services: IndexMap<String, Service>,
+    /// Services left out because none of their profiles is active.
+    pub inactive: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "url")]
+pub enum Registry {
+    Embedded,
+    Redis(Text),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SettingType {
+    String,
+    Int,
+    Float,
+    Bool,
+    Duration,
+    Port,
+    Url,
+    Path,
+    Enum,
+    Secret,
+}
+
+impl SettingType {
+    pub const NAMES: [&'static str; 10] = [
+        "string", "int", "float", "bool", "duration", "port", "url", "path", "enum", "secret",
+    ];
+    pub const ALL: [SettingType; 10] = [
+        SettingType::String,
+        SettingType::Int,
+        SettingType::Float,
+        SettingType::Bool,
+        SettingType::Duration,
+        SettingType::Port,
+        SettingType::Url,
+        SettingType::Path,
+        SettingType::Enum,
+        SettingType::Secret,
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|t| *t == self).unwrap_or(0)]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Generate {
+    pub length: usize,
+    #[serde(serialize_with = "charset")]
+    pub charset: Charset,
+}
+
+fn charset<S: Serializer>(c: &Charset, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(c.as_str())
+}
+
+/// A setting's rule, for the active environment.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SettingSpec {
+    #[serde(rename = "type")]
+    pub ty: Option<SettingType>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_length: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_length: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schemes: Vec<String>,
+    #[serde(skip)]
+    pub forbid: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generate: Option<Generate>,
+}
+
+/// Where a setting's value came from, first to last in precedence.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Value,
+    Environment,
+    EnvFile(PathBuf),
+    SecretStore,
+    Default,
+    /// A secret with `generate` that `up` (or `tug secrets generate`) will create.
+    ToBeGenerated,
+    /// No value, and `required: false`.
+    Unset,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Setting {
+    #[serde(flatten)]
+    pub spec: SettingSpec,
+    /// The resolved value as delivered in the environment (None when unset).
+    pub value: Option<Text>,
+    pub source: Source,
+    #[serde(skip)]
+    pub span: Span,
+}
+
+impl Setting {
+    pub fn is_secret(&self) -> bool {
+        self.spec.ty == Some(SettingType::Secret)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    Service,
+    Job,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Command {
+    /// Executed directly.
+    Argv(Vec<Text>),
+    /// Run by `sh -c`.
+    Shell(Text),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+    TenantHash,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Started,
+    Healthy,
+    CompletedSuccessfully,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+            Condition::CompletedSuccessfully => "completed_successfully",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Check {
+    Http(Text),
+    Tcp,
+    Exec(Command),
+    Log(String),
+}
+
+/// As written in the stack file: `http: /path`, `tcp: true`, `exec: CMD`, `log: REGEX`.
+impl Serialize for Check {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Check::Http(path) => map.serialize_entry("http", path)?,
+            Check::Tcp => map.serialize_entry("tcp", &true)?,
+            Check::Exec(command) => map.serialize_entry("exec", command)?,
+            Check::Log(regex) => map.serialize_entry("log", regex)?,
+        }
+        map.end()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Probe {
+    #[serde(flatten)]
+    pub check: Check,
+    #[serde(serialize_with = "duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "duration")]
+    pub timeout: Duration,
+    pub retries: u32,
+    #[serde(serialize_with = "duration")]
+    pub start_period: Duration,
+    #[serde(serialize_with = "duration")]
+    pub start_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Rolling,
+    BlueGreen,
+    Canary,
+    Recreate,
+}
+
+/// `max_surge` / `max_unavailable`: a count of instances or a share of the replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Amount {
+    Count(u32),
+    #[serde(serialize_with = "display")]
+    Percent(Percent),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Analysis {
+    #[serde(serialize_with = "opt_display")]
+    pub max_error_rate: Option<Percent>,
+    #[serde(serialize_with = "opt_duration")]
+    pub max_p99: Option<Duration>,
+    pub min_requests: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Deploy {
+    pub strategy: Strategy,
+    pub max_surge: Amount,
+    pub max_unavailable: Amount,
+    #[serde(serialize_with = "duration")]
+    pub min_ready: Duration,
+    pub steps: Vec<u8>,
+    #[serde(serialize_with = "duration")]
+    pub step_duration: Duration,
+    pub analysis: Analysis,
+    pub preview_port: Option<u16>,
+    pub auto_promote: bool,
+    #[serde(serialize_with = "duration")]
+    pub scale_down_delay: Duration,
+    #[serde(serialize_with = "duration")]
+    pub progress_deadline: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Autoscale {
+    pub min: u32,
+    pub max: u32,
+    #[serde(serialize_with = "opt_display")]
+    pub cpu: Option<Percent>,
+    #[serde(serialize_with = "opt_display")]
+    pub memory: Option<Percent>,
+    pub requests_per_second: Option<f64>,
+    #[serde(serialize_with = "duration")]
+    pub scale_down_stabilization: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    #[serde(serialize_with = "opt_display")]
+    pub memory: Option<Size>,
+    /// CPU cores (`0.5` is half a core).
+    pub cpu: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Logs {
+    #[serde(serialize_with = "display")]
+    pub max_size: Size,
+    pub max_files: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    pub kind: ServiceKind,
+    pub command: Option<Command>,
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+    pub balance: Balance,
+    pub tenant_header: Option<String>,
+    /// Whether tug's router owns `port` (default: yes when a port is set).
+    pub proxy: bool,
+    pub working_dir: PathBuf,
+    pub replicas: u32,
+    pub secrets: Vec<String>,
+    /// The service's own settings (beyond the shared ones).
+    pub settings: IndexMap<String, Setting>,
+    /// The variables every instance receives besides the instance variables:
+    /// settings, listed secrets, `env_file` and `environment`, later ones winning.
+    pub environment: IndexMap<String, Text>,
+    pub depends_on: IndexMap<String, Condition>,
+    pub healthcheck: Option<Probe>,
+    pub liveness: Option<Probe>,
+    pub restart: Restart,
+    #[serde(serialize_with = "signal")]
+    pub stop_signal: Signal,
+    #[serde(serialize_with = "duration")]
+    pub stop_grace_period: Duration,
+    pub profiles: Vec<String>,
+    pub deploy: Deploy,
+    pub autoscale: Option<Autoscale>,
+    pub user: Option<String>,
+    pub env_file: Vec<PathBuf>,
+    pub resources: Resources,
+    pub logs: Logs,
+    #[serde(skip)]
+    pub span: Span,
+}

@@ -1,0 +1,521 @@
+//! Readers that turn YAML nodes into typed values, reporting every problem with
+//! its position and key path, and interpolating every string they read.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+
+use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::interp::{self, Lookup};
+use crate::model::{Setting, Source, Text};
+use crate::units::{self, Percent, Signal, Size};
+use crate::yaml::{Kind, Node};
+
+/// The instance variables every instance receives, substituted when it starts.
+pub const INSTANCE_VARIABLES: [&str; 7] = [
+    "HOST",
+    "PORT",
+    "TUG_SERVICE",
+    "TUG_INSTANCE",
+    "TUG_REPLICA",
+    "TUG_REVISION",
+    "TUG_STATE_DIR",
+];
+
+/// Variables from outside the stack file: the process environment, then env files.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    pub process: HashMap<String, String>,
+    /// From `.env` and `--env-file`, later files winning: value, file and span of the line.
+    pub files: HashMap<String, (String, PathBuf, Span)>,
+}
+
+impl Env {
+    pub fn get(&self, name: &str) -> Option<(&str, Source, Option<Span>)> {
+        if let Some(v) = self.process.get(name) {
+            return Some((v, Source::Environment, None));
+        }
+        self.files
+            .get(name)
+            .map(|(v, file, span)| (v.as_str(), Source::EnvFile(file.clone()), Some(*span)))
+    }
+}
+
+/// What names an interpolated string may refer to.
+pub struct Scope<'s> {
+    /// Resolved settings, innermost first (a service's own, then the shared ones).
+    pub settings: Vec<&'s IndexMap<String, Setting>>,
+    /// Keep instance variables for the per-instance pass (command, probes, environment).
+    pub defer_instance: bool,
+}
+
+impl Scope<'_> {
+    /// Only the environment: for the parts of the file read before settings are resolved.
+    pub const ENV_ONLY: Scope<'static> = Scope {
+        settings: Vec::new(),
+        defer_instance: false,
+    };
+}
+
+pub fn lookup_in(
+    settings: &[&IndexMap<String, Setting>],
+    env: &Env,
+    defer_instance: bool,
+    name: &str,
+) -> Lookup {
+    if let Some(setting) = settings.iter().find_map(|layer| layer.get(name)) {
+        return setting_lookup(setting);
+    }
+    if defer_instance && INSTANCE_VARIABLES.contains(&name) {
+        return Lookup::Deferred;
+    }
+    match env.get(name) {
+        Some((v, _, _)) => Lookup::Value {
+            text: v.to_string(),
+            sensitive: false,
+        },
+        None => Lookup::Unknown,
+    }
+}
+
+/// What a reference to a resolved setting interpolates to.
+pub fn setting_lookup(setting: &Setting) -> Lookup {
+    match (&setting.value, &setting.source) {
+        (_, Source::ToBeGenerated) => Lookup::Pending,
+        (Some(v), _) if v.pending => Lookup::Pending,
+        (Some(v), _) => Lookup::Value {
+            text: v.expose().to_string(),
+            sensitive: v.sensitive,
+        },
+        (None, _) => Lookup::Unknown,
+    }
+}
+
+/// Reports interpolation errors at the node, with a hint for unknown names.
+pub fn report_interp_errors(
+    diags: &mut Diagnostics,
+    span: Span,
+    path: &str,
+    errors: Vec<interp::Error>,
+    defer: bool,
+) {
+    for error in errors {
+        let mut d = Diagnostic::error("interpolation", Some(span), path, error.to_string());
+        if let interp::Error::Unknown { name } = &error {
+            d.code = "unknown-variable";
+            d = d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
+                format!("`{name}` is an instance variable: it is only substituted in command, healthcheck, liveness and environment")
+            } else {
+                format!("define `{name}` under settings, set it in the environment or .env, or give a default: `${{{name}:-value}}`")
+            });
+        }
+        diags.push(d);
+    }
+}
+
+/// The decoding context: diagnostics, environment, and the interpolation scope.
+pub struct Ctx<'a> {
+    pub diags: &'a mut Diagnostics,
+    pub env: &'a Env,
+}
+
+impl Ctx<'_> {
+    pub fn error(
+        &mut self,
+        code: &'static str,
+        span: Span,
+        path: &str,
+        message: impl Into<String>,
+    ) {
+        self.diags
+            .push(Diagnostic::error(code, Some(span), path, message));
+    }
+
+    pub fn type_error(&mut self, node: &Node, path: &str, expected: &str) {
+        self.error(
+            "wrong-type",
+            node.span,
+            path,
+            format!("expected {expected}, found {}", node.type_name()),
+        );
+    }
+
+    /// A mapping's entries, reporting unknown keys (with a suggestion) and a node that is not a mapping.
+    /// Keys starting with `x-` are extension fields and ignored, as in Docker Compose.
+    pub fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<Fields<'n>> {
+        let Kind::Map(entries) = &node.kind else {
+            if node.is_null() {
+                return Some(Fields {
+                    entries: Vec::new(),
+                    misspelled: Vec::new(),
+                    path: path.to_string(),
+                    span: node.span,
+                });
+            }
+            self.type_error(node, path, "a mapping");
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut misspelled = Vec::new();
+        for (key, value) in entries {
+            let name = key.key_text().unwrap_or_default();
+            if name.starts_with("x-") {
+                continue;
+            }
+            if !allowed.contains(&name) {
+                let mut d = Diagnostic::error(
+                    "unknown-field",
+                    Some(key.span),
+                    join(path, name),
+                    format!("unknown field `{name}`"),
+                );
+                d = match (
+                    suggest(name, allowed.iter().copied()),
+                    foreign_field_hint(name),
+                ) {
+                    (Some(s), _) => {
+                        misspelled.push(s.to_string());
+                        d.with_hint(format!("did you mean `{s}`?"))
+                    }
+                    (None, Some(hint)) => d.with_hint(hint),
+                    (None, None) => d.with_hint(format!("expected one of: {}", allowed.join(", "))),
+                };
+                self.diags.push(d);
+                continue;
+            }
+            out.push((name, key.span, value));
+        }
+        Some(Fields {
+            entries: out,
+            misspelled,
+            path: path.to_string(),
+            span: node.span,
+        })
+    }
+
+    /// A scalar's raw text (no interpolation); reports other node kinds.
+    pub fn scalar<'n>(&mut self, node: &'n Node, path: &str, expected: &str) -> Option<&'n str> {
+        match &node.kind {
+            Kind::Scalar { text, .. } => Some(text),
+            _ => {
+                self.type_error(node, path, expected);
+                None
+            }
+        }
+    }
+
+    /// A scalar, interpolated in `scope`.
+    pub fn text(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Text> {
+        let raw = self.scalar(node, path, "a string")?;
+        self.interpolate(raw, node.span, path, scope)
+    }
+
+    pub fn interpolate(
+        &mut self,
+        raw: &str,
+        span: Span,
+        path: &str,
+        scope: &Scope,
+    ) -> Option<Text> {
+        if !interp::has_references(raw) {
+            return Some(Text::plain(raw));
+        }
+        let env = self.env;
+        let mut resolver = |name: &str| lookup_in(&scope.settings, env, scope.defer_instance, name);
+        match interp::interpolate(raw, &mut resolver) {
+            Ok(out) => Some(Text::new(
+                out.text,
+                out.sensitive,
+                out.pending,
+                out.deferred,
+            )),
+            Err(errors) => {
+                report_interp_errors(self.diags, span, path, errors, scope.defer_instance);
+                None
+            }
+        }
+    }
+
+    /// A non-sensitive interpolated string, for fields that configure rather than carry data.
+    pub fn string(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<String> {
+        let text = self.text(node, path, scope)?;
+        if text.sensitive {
+            self.error(
+                "sensitive-value",
+                node.span,
+                path,
+                "this field cannot take a secret (it would be shown in clear)",
+            );
+            return None;
+        }
+        Some(text.expose().to_string())
+    }
+
+    /// Parses an interpolated scalar with `parse`, reporting its error message.
+    pub fn parsed<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        scope: &Scope,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = self.scalar(node, path, expected)?;
+        let text = self.interpolate(raw, node.span, path, scope)?;
+        match parse(text.expose().trim()) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                let message = if text.sensitive {
+                    format!("the value is not {expected}")
+                } else {
+                    message
+                };
+                self.error("invalid-value", node.span, path, message);
+                None
+            }
+        }
+    }
+
+    pub fn bool(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<bool> {
+        self.parsed(node, path, scope, "a boolean", |t| {
+            parse_bool(t).ok_or_else(|| format!("`{t}` is not a boolean (true or false)"))
+        })
+    }
+
+    pub fn uint(
+        &mut self,
+        node: &Node,
+        path: &str,
+        scope: &Scope,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        self.parsed(node, path, scope, "a whole number", |t| {
+            match t.parse::<u64>() {
+                Ok(v) if (min..=max).contains(&v) => Ok(v),
+                Ok(v) => Err(format!("{v} is out of range: expected {min} to {max}")),
+                Err(_) => Err(format!("`{t}` is not a whole number")),
+            }
+        })
+    }
+
+    pub fn port(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<u16> {
+        self.uint(node, path, scope, 1, 65535).map(|p| p as u16)
+    }
+
+    pub fn float(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<f64> {
+        self.parsed(node, path, scope, "a number", |t| match t.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(format!("`{t}` is not a number")),
+        })
+    }
+
+    pub fn duration(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Duration> {
+        self.parsed(node, path, scope, "a duration", |t| {
+            units::parse_duration(t)
+                .map_err(|e| format!("{e} (write durations like 100ms, 2s, 1m30s)"))
+        })
+    }
+
+    pub fn percent(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Percent> {
+        self.parsed(node, path, scope, "a percentage", units::parse_percent)
+    }
+
+    pub fn size(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Size> {
+        self.parsed(node, path, scope, "a size", units::parse_size)
+    }
+
+    pub fn signal(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Signal> {
+        let signal = self.parsed(node, path, scope, "a signal", units::parse_signal);
+        if signal.is_none()
+            && let Some(last) = self.diags.items.last_mut()
+            && last.code == "invalid-value"
+        {
+            last.hint = Some(format!(
+                "use one of {}",
+                units::SIGNALS
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        signal
+    }
+
+    /// One of `choices`, with a suggestion when it is close to one.
+    pub fn choice<T: Copy>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        scope: &Scope,
+        choices: &[(&str, T)],
+    ) -> Option<T> {
+        let raw = self.scalar(node, path, "a string")?;
+        let text = self.interpolate(raw, node.span, path, scope)?;
+        let text = text.expose();
+        if let Some((_, v)) = choices.iter().find(|(name, _)| *name == text) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        let mut d = Diagnostic::error(
+            "invalid-value",
+            Some(node.span),
+            path,
+            format!("`{text}` is not one of: {}", names.join(", ")),
+        );
+        if let Some(s) = suggest(text, names.iter().copied()) {
+            d = d.with_hint(format!("did you mean `{s}`?"));
+        }
+        self.diags.push(d);
+        None
+    }
+
+    /// A list of strings; a single string is a list of one.
+    pub fn string_list(&mut self, node: &Node, path: &str, scope: &Scope) -> Vec<(String, Span)> {
+        match &node.kind {
+            Kind::Seq(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    self.string(item, &format!("{path}[{i}]"), scope)
+                        .map(|s| (s, item.span))
+                })
+                .collect(),
+            Kind::Scalar { .. } => self
+                .string(node, path, scope)
+                .map(|s| vec![(s, node.span)])
+                .unwrap_or_default(),
+            Kind::Null => Vec::new(),
+            Kind::Map(_) => {
+                self.type_error(node, path, "a list of strings");
+                Vec::new()
+            }
+        }
+    }
+}
+
+pub fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Some(true),
+        "false" | "no" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// The entries of a mapping that passed the unknown-field check.
+pub struct Fields<'n> {
+    pub entries: Vec<(&'n str, Span, &'n Node)>,
+    /// Known fields that an unknown key was reported as a likely typo of: a field
+    /// missing because of a typo is reported once, as the typo.
+    pub misspelled: Vec<String>,
+    pub path: String,
+    pub span: Span,
+}
+
+impl<'n> Fields<'n> {
+    /// The value of a key; a `null` value counts as absent (so an overlay can blank a field).
+    pub fn get(&self, key: &str) -> Option<&'n Node> {
+        self.entries
+            .iter()
+            .find(|(k, _, v)| *k == key && !v.is_null())
+            .map(|(_, _, v)| *v)
+    }
+
+    pub fn path(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+}
+
+pub fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// Docker Compose fields with no tug equivalent of the same name: what to use instead.
+fn foreign_field_hint(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "image" | "build" => "tug runs programs on the host: give the service a `command`",
+        "ports" | "expose" => {
+            "a service has one stable `port`; tug's router balances its replicas behind it"
+        }
+        "volumes" => {
+            "services run with the host's files: use `working_dir` and paths under `${TUG_STATE_DIR}`"
+        }
+        "networks" | "network_mode" | "links" => {
+            "services reach each other on the host through their stable ports"
+        }
+        "container_name" | "hostname" => "instances are named `<service>-<n>` (TUG_INSTANCE)",
+        "entrypoint" => "put the whole argument list in `command`",
+        "env" | "environments" | "variables" => {
+            "use `environment` (literals) or `settings` (typed)"
+        }
+        _ => return None,
+    })
+}
+
+/// The closest candidate to `word`, if it is close enough to be a likely typo
+/// (a small edit distance, or one name a prefix of the other).
+pub fn suggest<'c>(word: &str, candidates: impl Iterator<Item = &'c str>) -> Option<&'c str> {
+    let word = word.to_lowercase();
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .filter_map(|c| {
+            let lower = c.to_lowercase();
+            let distance = edit_distance(&word, &lower);
+            let prefix = word.len() >= 3
+                && lower.len() >= 3
+                && (lower.starts_with(&word) || word.starts_with(&lower));
+            (distance <= limit || prefix).then_some((distance, c))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            current.push(
+                (previous[j] + cost)
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggestions() {
+        let fields = ["command", "healthcheck", "depends_on", "replicas"];
+        assert_eq!(suggest("comand", fields.iter().copied()), Some("command"));
+        assert_eq!(
+            suggest("helthcheck", fields.iter().copied()),
+            Some("healthcheck")
+        );
+        assert_eq!(
+            suggest("depends-on", fields.iter().copied()),
+            Some("depends_on")
+        );
+        assert_eq!(suggest("image", fields.iter().copied()), None);
+    }
+}

@@ -1,0 +1,335 @@
+//! Checks across services: dependencies and their conditions, cycles, ports,
+//! secrets, profiles, and commands that are not on this machine.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+
+use crate::diag::{Diagnostic, Diagnostics, Span};
+use crate::model::{Balance, Command, Condition, Service, ServiceKind, Setting};
+use crate::read::suggest;
+use crate::service::Spans;
+
+pub struct Checked<'a> {
+    pub services: &'a IndexMap<String, (Service, Spans)>,
+    pub shared: &'a IndexMap<String, Setting>,
+    pub active: &'a dyn Fn(&Service) -> bool,
+}
+
+pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
+    for (name, (service, spans)) in c.services {
+        let path = format!("services.{name}");
+        dependencies(diags, c, name, service, spans, &path);
+        secrets(diags, c, spans, &path);
+        if service.balance == Balance::TenantHash && service.tenant_header.is_none() {
+            diags.push(
+                Diagnostic::error(
+                    "missing-field",
+                    Some(service.span),
+                    &path,
+                    "`balance: tenant_hash` needs a `tenant_header`",
+                )
+                .with_hint("name the header that carries the tenant: `tenant_header: x-tenant-id`"),
+            );
+        }
+        if service.balance != Balance::TenantHash
+            && let Some(span) = spans.tenant_header
+        {
+            diags.push(Diagnostic::warning(
+                "unused-field",
+                Some(span),
+                format!("{path}.tenant_header"),
+                "`tenant_header` is only used with `balance: tenant_hash`",
+            ));
+        }
+        if service.kind == ServiceKind::Job
+            && let Some(span) = spans.port
+        {
+            diags.push(Diagnostic::warning(
+                "job-port",
+                Some(span),
+                format!("{path}.port"),
+                "a job runs to completion: nothing will be routed to its port",
+            ));
+        }
+        if let Some(autoscale) = &service.autoscale
+            && autoscale.min <= autoscale.max
+            && (service.replicas < autoscale.min || service.replicas > autoscale.max)
+        {
+            diags.push(Diagnostic::warning(
+                "replicas-outside-autoscale",
+                Some(service.span),
+                format!("{path}.replicas"),
+                format!("`replicas: {}` is outside autoscale's {}..{}: the autoscaler will move it into range", service.replicas, autoscale.min, autoscale.max),
+            ));
+        }
+        if spans.working_dir.is_some() && !service.working_dir.is_dir() {
+            diags.push(Diagnostic::warning(
+                "missing-directory",
+                spans.working_dir,
+                format!("{path}.working_dir"),
+                format!(
+                    "`{}` is not a folder on this machine",
+                    service.working_dir.display()
+                ),
+            ));
+        }
+        if let Some(path_var) = path_var
+            && (c.active)(service)
+        {
+            commands(diags, service, spans, &path, path_var);
+        }
+    }
+    cycles(diags, c);
+    ports(diags, c);
+}
+
+fn dependencies(
+    diags: &mut Diagnostics,
+    c: &Checked,
+    name: &str,
+    service: &Service,
+    spans: &Spans,
+    path: &str,
+) {
+    for dep in &spans.dependencies {
+        let dep_path = format!("{path}.depends_on.{}", dep.name);
+        let Some((target, _)) = c.services.get(&dep.name) else {
+            let mut d = Diagnostic::error(
+                "unknown-dependency",
+                Some(dep.span),
+                dep_path,
+                format!("`{name}` depends on `{}`, which is not a service", dep.name),
+            );
+            if let Some(s) = suggest(&dep.name, c.services.keys().map(String::as_str)) {
+                d = d.with_hint(format!("did you mean `{s}`?"));
+            }
+            diags.push(d);
+            continue;
+        };
+        if (c.active)(service) && !(c.active)(target) && dep.required {
+            diags.push(
+                Diagnostic::error(
+                    "inactive-dependency",
+                    Some(dep.span),
+                    &dep_path,
+                    format!("`{name}` depends on `{}`, whose profiles ({}) are not active", dep.name, target.profiles.join(", ")),
+                )
+                .with_hint(format!("activate a profile with `--profile {}`, or mark the dependency `required: false`", target.profiles[0])),
+            );
+        }
+        match dep.condition {
+            Condition::Healthy if target.healthcheck.is_none() => diags.push(
+                Diagnostic::error(
+                    "condition-without-healthcheck",
+                    Some(dep.span),
+                    dep_path,
+                    format!("`{name}` waits for `{}` to be healthy, but `{}` has no healthcheck", dep.name, dep.name),
+                )
+                .with_hint(format!("add a `healthcheck` to `{}`, or wait for `started`", dep.name)),
+            ),
+            Condition::CompletedSuccessfully if target.kind != ServiceKind::Job => diags.push(
+                Diagnostic::error(
+                    "condition-not-a-job",
+                    Some(dep.span),
+                    dep_path,
+                    format!("`{name}` waits for `{}` to complete, but `{}` is a long-running service, not a job", dep.name, dep.name),
+                )
+                .with_hint(format!("declare `{}` with `kind: job`, or wait for `healthy` or `started`", dep.name)),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn secrets(diags: &mut Diagnostics, c: &Checked, spans: &Spans, path: &str) {
+    for (secret, span) in &spans.secrets {
+        match c.shared.get(secret) {
+            Some(setting) if setting.is_secret() => {}
+            Some(_) => diags.push(
+                Diagnostic::error("not-a-secret", Some(*span), format!("{path}.secrets"), format!("`{secret}` is not a secret setting"))
+                    .with_hint("every non-secret setting is delivered to every service already; declare it `type: secret` to restrict it"),
+            ),
+            None => {
+                let secret_names = c.shared.iter().filter(|(_, s)| s.is_secret()).map(|(n, _)| n.as_str());
+                let mut d = Diagnostic::error("unknown-secret", Some(*span), format!("{path}.secrets"), format!("secret `{secret}` is not defined"));
+                d = match suggest(secret, secret_names) {
+                    Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                    None => d.with_hint("define it under `settings:` with `type: secret`"),
+                };
+                diags.push(d);
+            }
+        }
+    }
+}
+
+/// Reports each dependency cycle once, naming every service on it in order.
+fn cycles(diags: &mut Diagnostics, c: &Checked) {
+    let names: Vec<&str> = c.services.keys().map(String::as_str).collect();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let edges: Vec<Vec<(usize, Span)>> = c
+        .services
+        .values()
+        .map(|(_, spans)| {
+            spans
+                .dependencies
+                .iter()
+                .filter_map(|d| index.get(d.name.as_str()).map(|&i| (i, d.span)))
+                .collect()
+        })
+        .collect();
+    // 0 = unvisited, 1 = on the current path, 2 = done.
+    let mut state = vec![0u8; names.len()];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut reported: Vec<Vec<usize>> = Vec::new();
+    fn visit(
+        v: usize,
+        edges: &[Vec<(usize, Span)>],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+        found: &mut Vec<(Vec<usize>, Span)>,
+    ) {
+        state[v] = 1;
+        stack.push(v);
+        for &(w, span) in &edges[v] {
+            match state[w] {
+                0 => visit(w, edges, state, stack, found),
+                1 => {
+                    let start = stack.iter().position(|&x| x == w).unwrap_or(0);
+                    found.push((stack[start..].to_vec(), span));
+                }
+                _ => {}
+            }
+        }
+        stack.pop();
+        state[v] = 2;
+    }
+    let mut found = Vec::new();
+    for v in 0..names.len() {
+        if state[v] == 0 {
+            visit(v, &edges, &mut state, &mut stack, &mut found);
+        }
+    }
+    for (cycle, span) in found {
+        let mut key = cycle.clone();
+        key.sort_unstable();
+        if reported.contains(&key) {
+            continue;
+        }
+        reported.push(key);
+        let mut chain: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+        chain.push(names[cycle[0]]);
+        let last = names[*cycle.last().unwrap_or(&cycle[0])];
+        diags.push(
+            Diagnostic::error(
+                "dependency-cycle",
+                Some(span),
+                format!("services.{last}.depends_on.{}", names[cycle[0]]),
+                format!("dependency cycle: {}", chain.join(" → ")),
+            )
+            .with_hint("remove one of these dependencies: services on a cycle could never start"),
+        );
+    }
+}
+
+fn ports(diags: &mut Diagnostics, c: &Checked) {
+    let mut taken: HashMap<u16, (&str, &str)> = HashMap::new();
+    for (name, (service, spans)) in c.services {
+        let ports = [
+            (service.port, spans.port, "port"),
+            (
+                service.deploy.preview_port,
+                spans.preview_port,
+                "deploy.preview_port",
+            ),
+        ];
+        for (port, span, field) in ports {
+            let (Some(port), Some(span)) = (port, span) else {
+                continue;
+            };
+            match taken.get(&port) {
+                Some((other, other_field)) => diags.push(
+                    Diagnostic::error(
+                        "port-conflict",
+                        Some(span),
+                        format!("services.{name}.{field}"),
+                        format!("port {port} is already used by `{other}` ({other_field})"),
+                    )
+                    .with_hint("each service needs its own port; instances of one service share it through tug's router"),
+                ),
+                None => {
+                    taken.insert(port, (name, field));
+                }
+            }
+        }
+    }
+}
+
+const SHELL_BUILTINS: &[&str] = &[
+    ".", ":", "[", "alias", "cd", "command", "eval", "exec", "exit", "export", "false", "for",
+    "if", "read", "set", "source", "test", "trap", "true", "ulimit", "umask", "unset", "wait",
+    "while", "until", "case", "echo", "printf", "sleep", "{", "(",
+];
+
+/// A command not found on this machine is a warning: the stack may be checked on one machine and run on another.
+fn commands(diags: &mut Diagnostics, service: &Service, spans: &Spans, path: &str, path_var: &str) {
+    let mut check = |command: &Command, field: &str, span: Option<Span>| {
+        let Some(program) = program(command) else {
+            return;
+        };
+        if !found(&program, &service.working_dir, path_var) {
+            diags.push(
+                Diagnostic::warning("command-not-found", span, format!("{path}.{field}"), format!("`{program}` is not found on this machine"))
+                    .with_hint("install it, or check the name; this is only a warning because the stack may run on another machine"),
+            );
+        }
+    };
+    if let Some(command) = &service.command {
+        check(command, "command", spans.command.or(Some(service.span)));
+    }
+}
+
+/// The program a command runs, when it can be known without running anything.
+fn program(command: &Command) -> Option<String> {
+    let first = match command {
+        Command::Argv(argv) => argv.first()?.expose().to_string(),
+        Command::Shell(line) => {
+            let mut words = line
+                .expose()
+                .split_whitespace()
+                .skip_while(|w| w.contains('=') && !w.starts_with('='));
+            let mut word = words.next()?;
+            if word == "exec" {
+                word = words.next()?;
+            }
+            word.to_string()
+        }
+    };
+    let shell_line = matches!(command, Command::Shell(_));
+    if first.is_empty()
+        || first.contains('$')
+        || (shell_line
+            && (SHELL_BUILTINS.contains(&first.as_str())
+                || first.contains(['(', '`', '"', '\'', ';', '|', '&', '<', '>'])))
+    {
+        return None;
+    }
+    Some(first)
+}
+
+fn found(program: &str, working_dir: &Path, path_var: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: PathBuf| {
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if program.contains('/') {
+        return executable(working_dir.join(program));
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|dir| executable(Path::new(dir).join(program)))
+}
