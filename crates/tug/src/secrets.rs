@@ -1,0 +1,308 @@
+//! `tug secrets generate | list | set | rotate | rm`: never prints a value.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use tug_secrets::{Origin, Secret, Store, format_rfc3339};
+use tug_stackfile::{Compiled, Generate, Options, SecretSource, Setting, Severity, Source, Stack};
+
+use crate::output;
+use crate::stack::{self, StoreSource, load, print_diagnostics};
+use crate::{SecretsCommand, StackArgs};
+
+pub fn run(args: &StackArgs, command: SecretsCommand) -> Result<ExitCode, String> {
+    match command {
+        SecretsCommand::Generate => generate(args),
+        SecretsCommand::List { json } => list(args, json),
+        SecretsCommand::Set { name } => set(args, &name),
+        SecretsCommand::Rotate { name } => rotate(args, &name),
+        SecretsCommand::Rm { name } => remove(args, &name),
+    }
+}
+
+/// Every secret setting of the stack (shared, then services' own), once each.
+fn secret_settings(stack: &Stack) -> Vec<(&str, &Setting)> {
+    let mut out: Vec<(&str, &Setting)> = Vec::new();
+    let own = stack.services.values().flat_map(|s| s.settings.iter());
+    for (name, setting) in stack.settings.iter().chain(own) {
+        if setting.is_secret() && !out.iter().any(|(n, _)| *n == name.as_str()) {
+            out.push((name, setting));
+        }
+    }
+    out
+}
+
+fn open_store(state_dir: &std::path::Path) -> Result<Store, String> {
+    Store::open_or_create(state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())
+}
+
+fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
+    compiled.valid().ok_or_else(|| {
+        print_diagnostics(compiled, output::stderr_palette(), true);
+        "the stack is invalid: fix the errors above first".to_string()
+    })
+}
+
+fn generate(args: &StackArgs) -> Result<ExitCode, String> {
+    let loaded = load(args)?;
+    let stack = require_valid(&loaded.compiled)?;
+    let missing: Vec<(&str, Generate)> = secret_settings(stack)
+        .into_iter()
+        .filter(|(_, s)| s.source == Source::ToBeGenerated)
+        .filter_map(|(n, s)| s.spec.generate.map(|g| (n, g)))
+        .collect();
+    if missing.is_empty() {
+        return output::write_stdout("nothing to generate: every secret has a value\n");
+    }
+    let mut store = open_store(&loaded.state_dir)?;
+    let mut report = String::new();
+    for (name, rule) in &missing {
+        let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
+        store.insert(name, value, Origin::Generated);
+        report.push_str(&format!(
+            "generated {name} ({} {} characters)\n",
+            rule.length,
+            rule.charset.as_str()
+        ));
+    }
+    store.save().map_err(|e| e.to_string())?;
+    output::write_stdout(&report)
+}
+
+fn source_name(source: &Source) -> String {
+    match source {
+        Source::Value => "value".into(),
+        Source::Environment => "environment".into(),
+        Source::EnvFile(path) => format!("env file {}", path.display()),
+        Source::SecretStore => "store".into(),
+        Source::Default => "default".into(),
+        Source::ToBeGenerated => "to be generated".into(),
+        Source::Unset => "missing".into(),
+    }
+}
+
+fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
+    let loaded = load(args)?;
+    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref())
+        .map_err(|e| e.to_string())?;
+    let defined: Vec<(&str, &Setting)> = loaded
+        .compiled
+        .stack
+        .as_ref()
+        .map(secret_settings)
+        .unwrap_or_default();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for (name, setting) in &defined {
+        let info = store.as_ref().and_then(|s| s.info(name));
+        rows.push(serde_json::json!({
+            "name": name,
+            "source": source_name(&setting.source),
+            "origin": info.as_ref().map(|i| i.origin.as_str()),
+            "version": info.as_ref().map(|i| i.version),
+            "created_at": info.as_ref().map(|i| format_rfc3339(i.created_at)),
+            "updated_at": info.as_ref().map(|i| format_rfc3339(i.updated_at)),
+        }));
+    }
+    // Stored values that the stack no longer defines.
+    for info in store.as_ref().map(Store::list).unwrap_or_default() {
+        if !defined.iter().any(|(n, _)| *n == info.name) {
+            rows.push(serde_json::json!({
+                "name": info.name,
+                "source": "store (not defined in the stack)",
+                "origin": info.origin.as_str(),
+                "version": info.version,
+                "created_at": format_rfc3339(info.created_at),
+                "updated_at": format_rfc3339(info.updated_at),
+            }));
+        }
+    }
+    if json {
+        return output::print_json(&serde_json::Value::Array(rows));
+    }
+    if rows.is_empty() {
+        return output::write_stdout(
+            "no secrets: the stack defines none and the store holds none\n",
+        );
+    }
+    let cell = |row: &serde_json::Value, key: &str| match &row[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let columns = ["name", "source", "origin", "version", "updated_at"];
+    let widths: Vec<usize> = columns
+        .iter()
+        .map(|c| {
+            rows.iter()
+                .map(|r| cell(r, c).len())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let mut text = String::new();
+    let line = |cells: Vec<String>| {
+        let mut l = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        l.truncate(l.trim_end().len());
+        l + "\n"
+    };
+    text.push_str(&line(columns.iter().map(|c| c.to_uppercase()).collect()));
+    for row in &rows {
+        text.push_str(&line(columns.iter().map(|c| cell(row, c)).collect()));
+    }
+    output::write_stdout(&text)
+}
+
+/// The stack's definition of a secret, with a suggestion when the name is unknown.
+fn find_secret<'s>(compiled: &'s Compiled, name: &str) -> Result<&'s Setting, String> {
+    let Some(stack) = compiled.stack.as_ref() else {
+        print_diagnostics(compiled, output::stderr_palette(), true);
+        return Err("the stack cannot be read: fix the errors above first".into());
+    };
+    let secrets = secret_settings(stack);
+    if let Some((_, setting)) = secrets.iter().find(|(n, _)| *n == name) {
+        return Ok(setting);
+    }
+    let defined_elsewhere = stack.settings.contains_key(name)
+        || stack
+            .services
+            .values()
+            .any(|s| s.settings.contains_key(name));
+    if defined_elsewhere {
+        return Err(format!(
+            "`{name}` is a setting but not a secret: set it in the environment or .env, or declare it `type: secret`"
+        ));
+    }
+    let hint = match tug_stackfile::read::suggest(name, secrets.iter().map(|(n, _)| *n)) {
+        Some(s) => format!("; did you mean `{s}`?"),
+        None => "; define it under `settings:` with `type: secret`".into(),
+    };
+    Err(format!("the stack defines no secret `{name}`{hint}"))
+}
+
+struct WithValue<'a> {
+    store: StoreSource,
+    name: &'a str,
+    value: &'a Secret,
+}
+
+impl SecretSource for WithValue<'_> {
+    fn get(&self, name: &str) -> Option<Secret> {
+        if name == self.name {
+            Some(self.value.clone())
+        } else {
+            self.store.get(name)
+        }
+    }
+}
+
+fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
+    let loaded = load(args)?;
+    find_secret(&loaded.compiled, name)?;
+    let mut input = String::new();
+    std::io::stdin()
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read the value from standard input: {e}"))?;
+    let trimmed = input
+        .strip_suffix('\n')
+        .map(|s| s.strip_suffix('\r').unwrap_or(s))
+        .unwrap_or(&input);
+    if trimmed.is_empty() {
+        return Err(format!(
+            "no value for `{name}` on standard input: pipe it in, e.g. `tug secrets set {name} < file`"
+        ));
+    }
+    let value = Secret::new(trimmed.to_string());
+    drop(input);
+    if std::env::var_os(name).is_some() {
+        eprintln!(
+            "warning: `{name}` is also set in the environment, which takes precedence over the store"
+        );
+    }
+    // Check the new value against its rule by compiling with it: one definition of validity.
+    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref())
+        .map_err(|e| e.to_string())?;
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let options = Options {
+        files: args.files.clone(),
+        cwd,
+        environment: args.environment.clone(),
+        env_files: args.env_files.clone(),
+        profiles: args.profiles.clone(),
+        process_env: std::env::vars().filter(|(k, _)| k != name).collect(),
+        check_commands: false,
+    };
+    let checked = tug_stackfile::compile(
+        &options,
+        &WithValue {
+            store: StoreSource(store),
+            name,
+            value: &value,
+        },
+    );
+    let own_path = format!(".settings.{name}");
+    let problems: Vec<_> = checked
+        .diagnostics
+        .items
+        .iter()
+        .filter(|d| {
+            d.severity == Severity::Error && matches!(d.code, "constraint" | "forbidden-value")
+        })
+        .filter(|d| d.path.starts_with(&format!("settings.{name}")) || d.path.contains(&own_path))
+        .cloned()
+        .collect();
+    if !problems.is_empty() {
+        for d in &problems {
+            eprint!(
+                "{}",
+                tug_stackfile::diag::render_human(d, &checked.sources, output::stderr_palette())
+            );
+        }
+        return Err(format!(
+            "`{name}` was not stored: the value breaks its rule"
+        ));
+    }
+    let mut store = open_store(&loaded.state_dir)?;
+    store.insert(name, value, Origin::Set);
+    store.save().map_err(|e| e.to_string())?;
+    let version = store.info(name).map(|i| i.version).unwrap_or(1);
+    output::write_stdout(&format!("set {name} (version {version})\n"))
+}
+
+fn rotate(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
+    let loaded = load(args)?;
+    let setting = find_secret(&loaded.compiled, name)?;
+    let Some(rule) = setting.spec.generate else {
+        return Err(format!(
+            "`{name}` has no `generate` rule, so tug cannot make a new value: use `tug secrets set {name}`"
+        ));
+    };
+    let mut store = open_store(&loaded.state_dir)?;
+    let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
+    store.insert(name, value, Origin::Generated);
+    store.save().map_err(|e| e.to_string())?;
+    let version = store.info(name).map(|i| i.version).unwrap_or(1);
+    output::write_stdout(&format!(
+        "rotated {name} (version {version}); services that use it get the new value when they restart\n"
+    ))
+}
+
+fn remove(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let state_dir = stack::state_dir(args, &cwd);
+    let mut store = Store::open(&state_dir, stack::secrets_key_env().as_deref())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("there is no secret store in {}", state_dir.display()))?;
+    if !store.remove(name) {
+        return Err(format!("the store holds no secret `{name}`"));
+    }
+    store.save().map_err(|e| e.to_string())?;
+    output::write_stdout(&format!("removed {name}\n"))
+}

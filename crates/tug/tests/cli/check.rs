@@ -1,0 +1,214 @@
+//! `tug check`: every kind of problem, as a user sees it (snapshots under tests/data/check).
+
+use crate::{TempDir, data_dir, expect_file, tug};
+
+/// Runs `tug check` on `tests/data/check/CASE.yaml` (with `CASE.env` as an env file
+/// when present) and compares what it prints and its exit code with `CASE.expected`.
+fn check(case: &str) -> String {
+    let dir = data_dir().join("check");
+    let state = TempDir::new("check-state");
+    let file = format!("{case}.yaml");
+    let env_file = format!("{case}.env");
+    let mut args = vec!["check", "-f", file.as_str()];
+    if dir.join(&env_file).exists() {
+        args.extend(["--env-file", env_file.as_str()]);
+    }
+    let run = tug(
+        &dir,
+        &args,
+        &[("TUG_STATE_DIR", state.path().to_str().unwrap())],
+        None,
+    );
+    assert_eq!(run.stderr, "", "check prints its verdict on stdout");
+    let actual = format!("{}exit: {}\n", run.stdout, run.code);
+    expect_file(&dir.join(format!("{case}.expected")), &actual);
+    actual
+}
+
+#[test]
+fn yaml_syntax() {
+    assert!(check("yaml_syntax").contains("exit: 1"));
+}
+
+#[test]
+fn duplicate_key() {
+    check("duplicate_key");
+}
+
+#[test]
+fn unknown_fields_suggest_the_right_name() {
+    let out = check("unknown_fields");
+    assert!(out.contains("did you mean `command`?"));
+    assert!(out.contains("did you mean `healthcheck`?"));
+    assert!(out.contains("did you mean `strategy`?"));
+}
+
+#[test]
+fn wrong_types() {
+    check("wrong_types");
+}
+
+#[test]
+fn setting_constraints() {
+    let out = check("setting_constraints");
+    assert_eq!(
+        out.matches("error[constraint]").count(),
+        12,
+        "one error per broken rule:\n{out}"
+    );
+}
+
+#[test]
+fn constraint_misuse() {
+    check("constraint_misuse");
+}
+
+#[test]
+fn bad_durations_percentages_sizes_signals_and_regexes() {
+    check("bad_units");
+}
+
+#[test]
+fn dependencies_and_conditions() {
+    let out = check("dependencies");
+    assert!(out.contains("error[unknown-dependency]"));
+    assert!(out.contains("error[condition-without-healthcheck]"));
+    assert!(out.contains("error[condition-not-a-job]"));
+}
+
+#[test]
+fn dependency_cycles_name_every_service() {
+    let out = check("cycle");
+    assert!(out.contains("dependency cycle: a → b → c → a"), "{out}");
+    assert!(out.contains("dependency cycle: d → d"), "{out}");
+    assert_eq!(out.matches("error[dependency-cycle]").count(), 2);
+}
+
+#[test]
+fn secrets_and_ports() {
+    check("secrets_and_ports");
+}
+
+#[test]
+fn interpolation() {
+    check("interpolation");
+}
+
+#[test]
+fn forbidden_placeholders() {
+    check("forbidden_placeholder");
+}
+
+#[test]
+fn a_secret_breaking_its_rule_is_reported_without_its_value() {
+    let out = check("secret_rule");
+    for secret in ["hunter2-is-short!", "tok-3f9a8b7c6d5e", "hunter2"] {
+        assert!(
+            !out.contains(secret),
+            "the secret `{secret}` was printed:\n{out}"
+        );
+    }
+    assert!(out.contains("min_length 32"));
+}
+
+#[test]
+fn missing_secrets_with_generate_are_notes() {
+    let out = check("secret_generated");
+    assert!(out.contains("note[secret-generated]: secret `SESSION_KEY` will be generated"));
+    assert!(out.contains("error[missing-value]: setting `API_TOKEN` has no value"));
+}
+
+#[test]
+fn commands_not_found_are_warnings() {
+    let out = check("commands");
+    assert!(out.contains("exit: 0"), "warnings do not fail the check");
+    assert_eq!(
+        out.matches("warning[command-not-found]").count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
+fn service_rules() {
+    check("service_rules");
+}
+
+#[test]
+fn ten_planted_errors_are_all_reported_with_positions() {
+    let out = check("ten_errors");
+    let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error[")).collect();
+    assert!(errors.len() >= 10, "{out}");
+    let positions = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("--> ten_errors.yaml:"))
+        .count();
+    assert_eq!(
+        positions,
+        errors.len(),
+        "every error has file, line and column:\n{out}"
+    );
+    assert!(out.contains("exit: 1"));
+}
+
+#[test]
+fn a_valid_stack_exits_zero() {
+    assert!(check("valid").ends_with("exit: 0\n"));
+}
+
+#[test]
+fn json_format_has_every_diagnostic_with_its_position() {
+    let dir = data_dir().join("check");
+    let run = tug(
+        &dir,
+        &["check", "-f", "ten_errors.yaml", "--format", "json"],
+        &[],
+        None,
+    );
+    assert_eq!(run.code, 1);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(report["valid"], false);
+    let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
+    let errors: Vec<_> = diagnostics
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .collect();
+    assert_eq!(report["errors"].as_u64(), Some(errors.len() as u64));
+    for d in errors {
+        assert_eq!(d["file"], "ten_errors.yaml");
+        assert!(
+            d["line"].as_u64().is_some() && d["column"].as_u64().is_some(),
+            "{d}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_two() {
+    let dir = data_dir().join("check");
+    assert_eq!(tug(&dir, &["check", "--format", "xml"], &[], None).code, 2);
+    assert_eq!(tug(&dir, &["chekc"], &[], None).code, 2);
+}
+
+#[test]
+fn a_missing_stack_file_is_a_clear_error() {
+    let dir = TempDir::new("no-stack");
+    let run = tug(dir.path(), &["check"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("cannot read the stack file") && run.stdout.contains("tug.yaml"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn an_unknown_environment_is_an_error() {
+    let dir = data_dir().join("check/overlay");
+    let run = tug(&dir, &["check", "--env", "prodution"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("environment `prodution` is not one of")
+            && run.stdout.contains("did you mean `production`?")
+    );
+}

@@ -1,0 +1,167 @@
+//! `tug config`: overlays, per-environment rules, env files, profiles, interpolation.
+
+use serde_json::Value;
+
+use crate::{TempDir, data_dir, expect_file, tug};
+
+fn config(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut all = vec!["config", "--json"];
+    all.extend(args);
+    let run = tug(dir, &all, env, None);
+    assert_eq!(run.code, 0, "tug config failed:\n{}", run.all());
+    serde_json::from_str(&run.stdout).expect("JSON")
+}
+
+#[test]
+fn development_takes_its_own_rules_and_the_env_file() {
+    let dir = data_dir().join("check/overlay");
+    let c = config(&dir, &[], &[]);
+    assert_eq!(c["environment"], "development");
+    assert_eq!(
+        c["settings"]["LOG_LEVEL"]["value"], "DEBUG",
+        "per-environment default"
+    );
+    assert_eq!(
+        c["settings"]["REDIS_URL"]["value"],
+        "rediss://cache.internal:6380/0"
+    );
+    assert!(
+        c["settings"]["REDIS_URL"]["source"]["env_file"]
+            .as_str()
+            .unwrap()
+            .ends_with(".env")
+    );
+    assert_eq!(
+        c["settings"]["GREETING"]["value"], "hello from $HOME",
+        "`:-` takes the .env value; `$$` is a literal `$`"
+    );
+    assert_eq!(c["services"]["api"]["replicas"], 2);
+    assert_eq!(c["services"]["api"]["environment"]["DEBUG_TOOLBAR"], "1");
+    assert!(c["services"]["extra"].is_object());
+}
+
+#[test]
+fn the_production_overlay_merges_and_resets() {
+    let dir = data_dir().join("check/overlay");
+    let c = config(&dir, &["--env", "production"], &[]);
+    assert_eq!(c["settings"]["LOG_LEVEL"]["value"], "WARNING");
+    let api = &c["services"]["api"];
+    assert_eq!(api["replicas"], 6, "scalars replace");
+    assert_eq!(api["port"], 18001, "maps merge key by key");
+    assert_eq!(api["environment"]["MODE"], "production");
+    assert!(
+        api["environment"].get("DEBUG_TOOLBAR").is_none(),
+        "!reset removes a key"
+    );
+    assert!(
+        c["services"].get("extra").is_none(),
+        "!reset removes a whole service"
+    );
+    // TUG_ENV selects the environment as --env does.
+    let by_env = config(&dir, &[], &[("TUG_ENV", "production")]);
+    assert_eq!(by_env["environment"], "production");
+}
+
+#[test]
+fn per_environment_rules_are_enforced() {
+    let dir = data_dir().join("check/overlay");
+    // The process environment wins over .env, and production accepts only rediss://.
+    let run = tug(
+        &dir,
+        &["check", "--env", "production"],
+        &[("REDIS_URL", "redis://127.0.0.1:6379/0")],
+        None,
+    );
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("the URL's scheme `redis` is not allowed here"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("from the environment variable `REDIS_URL`")
+    );
+    let dev = tug(
+        &dir,
+        &["check"],
+        &[("REDIS_URL", "redis://127.0.0.1:6379/0")],
+        None,
+    );
+    assert_eq!(dev.code, 0, "{}", dev.stdout);
+}
+
+#[test]
+fn later_files_merge_over_earlier_ones_and_override_replaces() {
+    let dir = data_dir().join("check/overlay");
+    let c = config(&dir, &["-f", "tug.yaml", "-f", "more.yaml"], &[]);
+    let probe = &c["services"]["api"]["healthcheck"];
+    assert_eq!(probe["tcp"], true);
+    assert_eq!(probe["interval"], "5s");
+}
+
+#[test]
+fn the_resolved_stack_as_yaml() {
+    let dir = data_dir().join("check/overlay");
+    let run = tug(&dir, &["config", "--env", "production"], &[], None);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let shown = run.stdout.replace(dir.to_str().unwrap(), "$DATA");
+    expect_file(&data_dir().join("config_production.expected"), &shown);
+}
+
+#[test]
+fn profiles_enable_services() {
+    let dir = TempDir::new("profiles");
+    dir.write(
+        "tug.yaml",
+        "name: p\nservices:\n  api: { command: [sleep, '1'] }\n  metrics: { command: [sleep, '1'], profiles: [monitoring] }\n  debug: { command: [sleep, '1'], profiles: [debug], depends_on: [metrics] }\n",
+    );
+    let plain = config(dir.path(), &[], &[]);
+    assert!(plain["services"].get("metrics").is_none());
+    assert_eq!(plain["inactive"], serde_json::json!(["metrics", "debug"]));
+    let monitoring = config(dir.path(), &["--profile", "monitoring"], &[]);
+    assert!(monitoring["services"].get("metrics").is_some());
+    let both = config(dir.path(), &[], &[("TUG_PROFILES", "monitoring,debug")]);
+    assert!(both["services"].get("debug").is_some());
+    // A service of an active profile that needs one of an inactive profile is an error.
+    let run = tug(dir.path(), &["check", "--profile", "debug"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout
+            .contains("whose profiles (monitoring) are not active"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn instance_variables_stay_for_each_instance() {
+    let dir = TempDir::new("instance-vars");
+    dir.write(
+        "tug.yaml",
+        "name: i\nsettings:\n  ROOT: { type: path, default: /srv }\nservices:\n  api:\n    command: [serve, --port, '${PORT}', --root, '$ROOT', --cost, '$$5']\n    environment: { URL: 'http://$HOST:${PORT}/' }\n",
+    );
+    let c = config(dir.path(), &[], &[]);
+    assert_eq!(
+        c["services"]["api"]["command"],
+        serde_json::json!([
+            "serve", "--port", "${PORT}", "--root", "/srv", "--cost", "$5"
+        ])
+    );
+    assert_eq!(
+        c["services"]["api"]["environment"]["URL"],
+        "http://${HOST}:${PORT}/"
+    );
+}
+
+#[test]
+fn config_of_an_invalid_stack_fails_with_the_diagnostics() {
+    let dir = data_dir().join("check");
+    let run = tug(&dir, &["config", "-f", "ten_errors.yaml"], &[], None);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("error[unknown-field]") && run.stderr.contains("the stack is invalid")
+    );
+}
