@@ -43,11 +43,7 @@ pub enum Error {
     KeyFile { path: PathBuf, reason: String },
 
     #[error("could not {action} {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        action: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, action: &'static str, source: std::io::Error },
 
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),

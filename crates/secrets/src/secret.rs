@@ -79,9 +79,7 @@ impl Charset {
     }
 
     pub fn parse(s: &str) -> Option<Charset> {
-        [Charset::Alnum, Charset::Hex, Charset::Base64Url]
-            .into_iter()
-            .find(|charset| charset.as_str() == s)
+        [Charset::Alnum, Charset::Hex, Charset::Base64Url].into_iter().find(|charset| charset.as_str() == s)
     }
 
     pub fn contains(self, c: char) -> bool {
@@ -166,14 +164,8 @@ mod tests {
             assert!(!charset.contains('\0'));
             assert!(!charset.contains('='));
         }
-        let sizes: Vec<usize> = ALL
-            .iter()
-            .map(|charset| {
-                (0..=127u8)
-                    .filter(|&b| charset.contains(char::from(b)))
-                    .count()
-            })
-            .collect();
+        let sizes: Vec<usize> =
+            ALL.iter().map(|charset| (0..=127u8).filter(|&b| charset.contains(char::from(b))).count()).collect();
         assert_eq!(sizes, [62, 16, 64]);
     }
 
@@ -207,11 +199,7 @@ mod tests {
         for charset in ALL {
             let secret = generate(20_000, charset).unwrap();
             for &b in charset.alphabet() {
-                assert!(
-                    secret.expose().contains(char::from(b)),
-                    "{charset:?} never produced {:?}",
-                    char::from(b)
-                );
+                assert!(secret.expose().contains(char::from(b)), "{charset:?} never produced {:?}", char::from(b));
             }
         }
     }

@@ -6,9 +6,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use base64::engine::general_purpose::{
-    STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT,
-};
+use base64::engine::general_purpose::{STANDARD, STANDARD_PAD_INDIFFERENT, URL_SAFE_PAD_INDIFFERENT};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -140,21 +138,12 @@ impl Store {
             None => match read_key_file(&key_path)? {
                 Some(key) => (key, KeySource::File(key_path)),
                 None if sealed.is_some() => {
-                    return Err(Error::KeyMissing {
-                        store: path,
-                        key: key_path,
-                    });
+                    return Err(Error::KeyMissing { store: path, key: key_path });
                 }
                 None => return Ok(None),
             },
         };
-        let mut store = Store {
-            dir: state_dir.to_path_buf(),
-            path,
-            key,
-            key_source,
-            entries: BTreeMap::new(),
-        };
+        let mut store = Store { dir: state_dir.to_path_buf(), path, key, key_source, entries: BTreeMap::new() };
         if let Some(sealed) = sealed {
             store.entries = store.unseal(&sealed)?;
         }
@@ -180,11 +169,7 @@ impl Store {
             // Another tug created the key since open() looked: use that one, as
             // the store it saves will be encrypted with it.
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::AlreadyExists => {
-                return Self::open(state_dir, env_key)?.ok_or(Error::Io {
-                    path: key_path,
-                    action: "create",
-                    source,
-                });
+                return Self::open(state_dir, env_key)?.ok_or(Error::Io { path: key_path, action: "create", source });
             }
             Err(e) => return Err(e),
         }
@@ -204,17 +189,12 @@ impl Store {
     }
 
     pub fn info(&self, name: &str) -> Option<EntryInfo> {
-        self.entries
-            .get_key_value(name)
-            .map(|(name, entry)| entry_info(name, entry))
+        self.entries.get_key_value(name).map(|(name, entry)| entry_info(name, entry))
     }
 
     /// Sorted by name.
     pub fn list(&self) -> Vec<EntryInfo> {
-        self.entries
-            .iter()
-            .map(|(name, entry)| entry_info(name, entry))
-            .collect()
+        self.entries.iter().map(|(name, entry)| entry_info(name, entry)).collect()
     }
 
     /// Inserts or replaces; sets updated_at (and created_at on first insert) to now, bumps version on replace.
@@ -228,13 +208,7 @@ impl Store {
                 entry.version = entry.version.saturating_add(1);
             }
             None => {
-                let entry = Entry {
-                    value,
-                    origin,
-                    created_at: now,
-                    updated_at: now,
-                    version: 1,
-                };
+                let entry = Entry { value, origin, created_at: now, updated_at: now, version: 1 };
                 self.entries.insert(name.to_owned(), entry);
             }
         }
@@ -252,18 +226,12 @@ impl Store {
         create_private_dir(&self.dir)?;
         let mut suffix = [0u8; 8];
         fill_random(&mut suffix)?;
-        let tmp = self
-            .dir
-            .join(format!(".{}.{}.tmp", Self::FILE, hex(&suffix)));
+        let tmp = self.dir.join(format!(".{}.{}.tmp", Self::FILE, hex(&suffix)));
         write_new_file(&tmp, &sealed)?;
         if let Err(source) = fs::rename(&tmp, &self.path) {
             // Best effort: the store itself is untouched either way.
             let _ = fs::remove_file(&tmp);
-            return Err(Error::Io {
-                path: self.path.clone(),
-                action: "replace",
-                source,
-            });
+            return Err(Error::Io { path: self.path.clone(), action: "replace", source });
         }
         sync_dir(&self.dir)
     }
@@ -286,19 +254,10 @@ impl Store {
 
     /// The store file's bytes: the entries, encrypted under a fresh nonce.
     fn seal(&self) -> Result<Vec<u8>, Error> {
-        let encode_error = |action, source| Error::Io {
-            path: self.path.clone(),
-            action,
-            source,
-        };
+        let encode_error = |action, source| Error::Io { path: self.path.clone(), action, source };
         let mut buf = PlaintextBuf::default();
-        serde_json::to_writer(
-            &mut buf,
-            &Contents {
-                entries: &self.entries,
-            },
-        )
-        .map_err(|e| encode_error("serialize the secrets for", io::Error::other(e)))?;
+        serde_json::to_writer(&mut buf, &Contents { entries: &self.entries })
+            .map_err(|e| encode_error("serialize the secrets for", io::Error::other(e)))?;
         // Room for the tag, so that encrypting in place does not reallocate.
         buf.reserve(TAG_LEN);
         let mut nonce = [0u8; NONCE_LEN];
@@ -314,28 +273,17 @@ impl Store {
             nonce: STANDARD.encode(nonce),
             ciphertext: STANDARD.encode(&*buf.0),
         };
-        let mut sealed = serde_json::to_vec(&header)
-            .map_err(|e| encode_error("serialize", io::Error::other(e)))?;
+        let mut sealed = serde_json::to_vec(&header).map_err(|e| encode_error("serialize", io::Error::other(e)))?;
         sealed.push(b'\n');
         Ok(sealed)
     }
 
     fn unseal(&self, sealed: &[u8]) -> Result<BTreeMap<String, Entry>, Error> {
-        let damaged = |reason: String| Error::Damaged {
-            store: self.path.clone(),
-            reason,
-        };
-        let header: Header = serde_json::from_slice(sealed).map_err(|e| {
-            damaged(format!(
-                "it is not a tug secret store file ({})",
-                describe_json_error(&e)
-            ))
-        })?;
+        let damaged = |reason: String| Error::Damaged { store: self.path.clone(), reason };
+        let header: Header = serde_json::from_slice(sealed)
+            .map_err(|e| damaged(format!("it is not a tug secret store file ({})", describe_json_error(&e))))?;
         if header.format != FORMAT {
-            return Err(damaged(format!(
-                "its format is {:?}, not {FORMAT:?}",
-                header.format
-            )));
+            return Err(damaged(format!("its format is {:?}, not {FORMAT:?}", header.format)));
         }
         if header.version != FORMAT_VERSION {
             return Err(damaged(format!(
@@ -344,10 +292,7 @@ impl Store {
             )));
         }
         if header.cipher != CIPHER {
-            return Err(damaged(format!(
-                "its cipher is {:?}, not {CIPHER:?}",
-                header.cipher
-            )));
+            return Err(damaged(format!("its cipher is {:?}, not {CIPHER:?}", header.cipher)));
         }
         let actual_id = key_id(&self.key);
         if header.key_id != actual_id {
@@ -368,22 +313,12 @@ impl Store {
                 .decode(&header.ciphertext)
                 .map_err(|_| damaged("its ciphertext is not valid base64".to_owned()))?,
         );
-        self.cipher()
-            .decrypt_in_place(&XNonce::from(nonce), ASSOCIATED_DATA, &mut *buf)
-            .map_err(|_| {
-                damaged(
-                    "authentication failed although the key matches, so the file was modified or truncated"
-                        .to_owned(),
-                )
-            })?;
-        serde_json::from_slice::<Contents<BTreeMap<String, Entry>>>(&buf)
-            .map(|contents| contents.entries)
-            .map_err(|e| {
-                damaged(format!(
-                    "its decrypted contents are not a list of secrets ({})",
-                    describe_json_error(&e)
-                ))
-            })
+        self.cipher().decrypt_in_place(&XNonce::from(nonce), ASSOCIATED_DATA, &mut *buf).map_err(|_| {
+            damaged("authentication failed although the key matches, so the file was modified or truncated".to_owned())
+        })?;
+        serde_json::from_slice::<Contents<BTreeMap<String, Entry>>>(&buf).map(|contents| contents.entries).map_err(
+            |e| damaged(format!("its decrypted contents are not a list of secrets ({})", describe_json_error(&e))),
+        )
     }
 }
 
@@ -430,9 +365,7 @@ fn key_id(key: &Key) -> String {
 }
 
 fn parse_env_key(value: &str) -> Result<Key, Error> {
-    let bad = |reason: &str| Error::BadEnvKey {
-        reason: reason.to_owned(),
-    };
+    let bad = |reason: &str| Error::BadEnvKey { reason: reason.to_owned() };
     let value = value.trim();
     if value.is_empty() {
         return Err(bad("it is empty"));
@@ -446,9 +379,7 @@ fn parse_env_key(value: &str) -> Result<Key, Error> {
         .map(Zeroizing::new)
         .map_err(|_| bad("it is neither 64 hex characters nor base64"))?;
     if decoded.len() != KEY_LEN {
-        return Err(Error::BadEnvKey {
-            reason: format!("it is base64 of {} bytes, not {KEY_LEN}", decoded.len()),
-        });
+        return Err(Error::BadEnvKey { reason: format!("it is base64 of {} bytes, not {KEY_LEN}", decoded.len()) });
     }
     let mut key = Key::default();
     key.copy_from_slice(&decoded);
@@ -457,22 +388,14 @@ fn parse_env_key(value: &str) -> Result<Key, Error> {
 
 /// Ok(None) when the key file does not exist.
 fn read_key_file(path: &Path) -> Result<Option<Key>, Error> {
-    let io_error = |action, source| Error::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
+    let io_error = |action, source| Error::Io { path: path.to_path_buf(), action, source };
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_error("open", e)),
     };
     // Checked on the open file, so it is the mode of the file actually read.
-    let mode = file
-        .metadata()
-        .map_err(|e| io_error("inspect", e))?
-        .permissions()
-        .mode();
+    let mode = file.metadata().map_err(|e| io_error("inspect", e))?.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(Error::KeyFile {
             path: path.to_path_buf(),
@@ -484,24 +407,20 @@ fn read_key_file(path: &Path) -> Result<Option<Key>, Error> {
         });
     }
     let mut contents = Zeroizing::new(Vec::with_capacity(2 * KEY_LEN + 2));
-    file.take(KEY_FILE_MAX + 1)
-        .read_to_end(&mut contents)
-        .map_err(|e| io_error("read", e))?;
+    file.take(KEY_FILE_MAX + 1).read_to_end(&mut contents).map_err(|e| io_error("read", e))?;
     if contents.len() as u64 > KEY_FILE_MAX {
         return Err(Error::KeyFile {
             path: path.to_path_buf(),
             reason: "it is far too large to be a key; restore the right file".to_owned(),
         });
     }
-    decode_hex_key(contents.trim_ascii())
-        .map(Some)
-        .ok_or_else(|| Error::KeyFile {
-            path: path.to_path_buf(),
-            reason: format!(
-                "it does not hold a key ({} hex characters and a newline); restore the right file",
-                2 * KEY_LEN
-            ),
-        })
+    decode_hex_key(contents.trim_ascii()).map(Some).ok_or_else(|| Error::KeyFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "it does not hold a key ({} hex characters and a newline); restore the right file",
+            2 * KEY_LEN
+        ),
+    })
 }
 
 fn decode_hex_key(text: &[u8]) -> Option<Key> {
@@ -543,40 +462,24 @@ fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, Error> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_path_buf(),
-            action: "read",
-            source,
-        }),
+        Err(source) => Err(Error::Io { path: path.to_path_buf(), action: "read", source }),
     }
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), Error> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            action: "create",
-            source,
-        })
+    DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        action: "create",
+        source,
+    })
 }
 
 /// Creates `path` (mode 0600, failing if it exists), writes `bytes` and fsyncs.
 /// On failure after creating it, removes it again, so no partial file is left.
 fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let io_error = |action, source| Error::Io {
-        path: path.to_path_buf(),
-        action,
-        source,
-    };
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| io_error("create", e))?;
+    let io_error = |action, source| Error::Io { path: path.to_path_buf(), action, source };
+    let mut file =
+        OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| io_error("create", e))?;
     let written = file
         .write_all(bytes)
         .map_err(|e| io_error("write", e))
@@ -590,13 +493,11 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Makes a rename or a new file in `dir` durable.
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            action: "sync",
-            source,
-        })
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        action: "sync",
+        source,
+    })
 }
 
 /// The plaintext buffer. serde_json grows its output by reallocating, and each
@@ -703,10 +604,7 @@ mod tests {
         let mut store = Store::open_or_create(&state, None).unwrap();
         assert!(store.list().is_empty());
         assert_eq!(store.store_path(), state.join(Store::FILE));
-        assert_eq!(
-            store.key_description(),
-            state.join(Store::KEY_FILE).display().to_string()
-        );
+        assert_eq!(store.key_description(), state.join(Store::KEY_FILE).display().to_string());
         let jwt = generate(48, Charset::Base64Url).unwrap();
         store.insert("jwt_key", jwt.clone(), Origin::Generated);
         store.insert("db_password", Secret::from("pa\"ss\\wörd\n"), Origin::Set);
@@ -789,13 +687,7 @@ mod tests {
         let key_id = header["key_id"].as_str().unwrap();
         assert_eq!(key_id.len(), 16);
         assert!(key_id.chars().all(|c| Charset::Hex.contains(c)));
-        assert_eq!(
-            STANDARD
-                .decode(header["nonce"].as_str().unwrap())
-                .unwrap()
-                .len(),
-            NONCE_LEN
-        );
+        assert_eq!(STANDARD.decode(header["nonce"].as_str().unwrap()).unwrap().len(), NONCE_LEN);
     }
 
     #[test]
@@ -823,15 +715,9 @@ mod tests {
         for bad_mode in [0o644, 0o640, 0o604, 0o660] {
             fs::set_permissions(&key_path, fs::Permissions::from_mode(bad_mode)).unwrap();
             let err = Store::open(&state, None).unwrap_err();
-            assert!(
-                matches!(&err, Error::KeyFile { path, .. } if *path == key_path),
-                "{err:?}"
-            );
+            assert!(matches!(&err, Error::KeyFile { path, .. } if *path == key_path), "{err:?}");
             let message = err.to_string();
-            assert!(
-                message.contains(&format!("chmod 600 {}", key_path.display())),
-                "{message}"
-            );
+            assert!(message.contains(&format!("chmod 600 {}", key_path.display())), "{message}");
         }
         // The env key takes precedence, so the key file is not even looked at.
         let key_text = fs::read_to_string(&key_path).unwrap();
@@ -849,10 +735,7 @@ mod tests {
         let garbage = "zz-not-a-key-but-maybe-a-password";
         write_new_file(&key_path, garbage.as_bytes()).unwrap();
         let err = Store::open(&state, None).unwrap_err();
-        assert!(
-            matches!(&err, Error::KeyFile { path, .. } if *path == key_path),
-            "{err:?}"
-        );
+        assert!(matches!(&err, Error::KeyFile { path, .. } if *path == key_path), "{err:?}");
         assert!(!err.to_string().contains(garbage));
         // open_or_create must not replace it either.
         assert!(Store::open_or_create(&state, None).is_err());
@@ -871,19 +754,13 @@ mod tests {
         let recorded_id = header(&state)["key_id"].as_str().unwrap().to_owned();
 
         let other = random_hex_key();
-        for result in [
-            Store::open(&state, Some(&other)).map(|_| ()),
-            Store::open_or_create(&state, Some(&other)).map(|_| ()),
-        ] {
+        for result in
+            [Store::open(&state, Some(&other)).map(|_| ()), Store::open_or_create(&state, Some(&other)).map(|_| ())]
+        {
             let err = result.unwrap_err();
             let message = err.to_string();
             match err {
-                Error::WrongKey {
-                    store,
-                    key_description,
-                    expected_id,
-                    actual_id,
-                } => {
+                Error::WrongKey { store, key_description, expected_id, actual_id } => {
                     assert_eq!(store, store_path);
                     assert_eq!(key_description, "TUG_SECRETS_KEY");
                     assert_eq!(expected_id, recorded_id);
@@ -913,9 +790,7 @@ mod tests {
         let key_path = state.join(Store::KEY_FILE);
         write_new_file(&key_path, format!("{}\n", random_hex_key()).as_bytes()).unwrap();
         match Store::open(&state, None).unwrap_err() {
-            Error::WrongKey {
-                key_description, ..
-            } => assert_eq!(key_description, key_path.display().to_string()),
+            Error::WrongKey { key_description, .. } => assert_eq!(key_description, key_path.display().to_string()),
             other => panic!("expected WrongKey, got {other:?}"),
         }
         assert_eq!(fs::read(state.join(Store::FILE)).unwrap(), store_before);
@@ -945,9 +820,7 @@ mod tests {
         ];
         assert!(forms[3].contains('+') && forms[5].contains('-'));
         for form in forms {
-            let store = Store::open(&state, Some(&form))
-                .unwrap_or_else(|e| panic!("{form:?}: {e}"))
-                .unwrap();
+            let store = Store::open(&state, Some(&form)).unwrap_or_else(|e| panic!("{form:?}: {e}")).unwrap();
             assert_eq!(store.get("x").unwrap().expose(), "y");
         }
     }
@@ -982,10 +855,9 @@ mod tests {
             "not base64 at all!!".to_owned(),
         ];
         for value in &bad {
-            for result in [
-                Store::open(&state, Some(value)).map(|_| ()),
-                Store::open_or_create(&state, Some(value)).map(|_| ()),
-            ] {
+            for result in
+                [Store::open(&state, Some(value)).map(|_| ()), Store::open_or_create(&state, Some(value)).map(|_| ())]
+            {
                 let err = result.unwrap_err();
                 assert!(matches!(err, Error::BadEnvKey { .. }), "{value:?}: {err:?}");
                 let message = err.to_string();
@@ -1010,18 +882,13 @@ mod tests {
         let key_before = fs::read(state.join(Store::KEY_FILE)).unwrap();
 
         let mut header = header(&state);
-        let mut ciphertext = STANDARD
-            .decode(header["ciphertext"].as_str().unwrap())
-            .unwrap();
+        let mut ciphertext = STANDARD.decode(header["ciphertext"].as_str().unwrap()).unwrap();
         ciphertext[3] ^= 0x01;
         header["ciphertext"] = STANDARD.encode(&ciphertext).into();
         let tampered = serde_json::to_vec(&header).unwrap();
         fs::write(&store_path, &tampered).unwrap();
 
-        for result in [
-            Store::open(&state, None).map(|_| ()),
-            Store::open_or_create(&state, None).map(|_| ()),
-        ] {
+        for result in [Store::open(&state, None).map(|_| ()), Store::open_or_create(&state, None).map(|_| ())] {
             match result.unwrap_err() {
                 Error::Damaged { store, reason } => {
                     assert_eq!(store, store_path);
@@ -1071,10 +938,7 @@ mod tests {
         let store_before = fs::read(&store_path).unwrap();
         fs::remove_file(&key_path).unwrap();
 
-        for result in [
-            Store::open(&state, None).map(|_| ()),
-            Store::open_or_create(&state, None).map(|_| ()),
-        ] {
+        for result in [Store::open(&state, None).map(|_| ()), Store::open_or_create(&state, None).map(|_| ())] {
             let err = result.unwrap_err();
             let message = err.to_string();
             match err {
@@ -1106,10 +970,8 @@ mod tests {
             }
             other => panic!("expected Io, got {other:?}"),
         }
-        let mut names: Vec<_> = fs::read_dir(&state)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<_> =
+            fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         assert_eq!(names, [Store::FILE, Store::KEY_FILE]);
     }
@@ -1117,10 +979,7 @@ mod tests {
     #[test]
     fn debug_output_shows_no_value_or_key() {
         #[derive(Debug)]
-        #[expect(
-            dead_code,
-            reason = "the fields are only read through Debug, which is the point"
-        )]
+        #[expect(dead_code, reason = "the fields are only read through Debug, which is the point")]
         struct Deployment {
             store: Store,
             password: Secret,
@@ -1130,10 +989,7 @@ mod tests {
         let value = "s3cret-value-in-debug";
         let mut store = Store::open_or_create(&state, None).unwrap();
         store.insert("db_password", Secret::from(value), Origin::Set);
-        let deployment = Deployment {
-            store,
-            password: Secret::from(value),
-        };
+        let deployment = Deployment { store, password: Secret::from(value) };
         let key_text = fs::read_to_string(state.join(Store::KEY_FILE)).unwrap();
         for shown in [format!("{deployment:?}"), format!("{deployment:#?}")] {
             assert!(!shown.contains(value), "{shown}");

@@ -35,9 +35,7 @@ impl SourceMap {
     }
 
     fn line(&self, span: Span) -> Option<&str> {
-        self.files
-            .get(span.file as usize)
-            .and_then(|(_, text)| text.lines().nth(span.line.saturating_sub(1) as usize))
+        self.files.get(span.file as usize).and_then(|(_, text)| text.lines().nth(span.line.saturating_sub(1) as usize))
     }
 }
 
@@ -77,12 +75,7 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn error(
-        code: &'static str,
-        span: Option<Span>,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn error(code: &'static str, span: Option<Span>, path: impl Into<String>, message: impl Into<String>) -> Self {
         Diagnostic {
             severity: Severity::Error,
             code,
@@ -101,22 +94,11 @@ impl Diagnostic {
         path: impl Into<String>,
         message: impl Into<String>,
     ) -> Self {
-        Diagnostic {
-            severity: Severity::Warning,
-            ..Diagnostic::error(code, span, path, message)
-        }
+        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, span, path, message) }
     }
 
-    pub fn note(
-        code: &'static str,
-        span: Option<Span>,
-        path: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Diagnostic {
-            severity: Severity::Note,
-            ..Diagnostic::error(code, span, path, message)
-        }
+    pub fn note(code: &'static str, span: Option<Span>, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Note, ..Diagnostic::error(code, span, path, message) }
     }
 
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
@@ -157,8 +139,7 @@ impl Diagnostics {
     /// Orders by file and position (problems without a position last), keeping the
     /// discovery order of problems at the same place, and drops exact repeats.
     pub fn sort(&mut self) {
-        self.items
-            .sort_by_key(|d| (d.span.is_none(), d.span.map(|s| (s.file, s.line, s.col))));
+        self.items.sort_by_key(|d| (d.span.is_none(), d.span.map(|s| (s.file, s.line, s.col))));
         self.items.dedup();
     }
 }
@@ -166,12 +147,7 @@ impl Diagnostics {
 /// Where a diagnostic points, as `file:line:col`.
 pub fn location(diagnostic: &Diagnostic, sources: &SourceMap) -> Option<String> {
     match (diagnostic.span, &diagnostic.file) {
-        (Some(span), _) => Some(format!(
-            "{}:{}:{}",
-            sources.path(span.file).display(),
-            span.line,
-            span.col
-        )),
+        (Some(span), _) => Some(format!("{}:{}:{}", sources.path(span.file).display(), span.line, span.col)),
         (None, Some(file)) => Some(file.display().to_string()),
         (None, None) => None,
     }
@@ -189,14 +165,7 @@ pub struct Palette {
 }
 
 impl Palette {
-    pub const PLAIN: Palette = Palette {
-        error: "",
-        warning: "",
-        note: "",
-        dim: "",
-        bold: "",
-        reset: "",
-    };
+    pub const PLAIN: Palette = Palette { error: "", warning: "", note: "", dim: "", bold: "", reset: "" };
     pub const ANSI: Palette = Palette {
         error: "\x1b[1;31m",
         warning: "\x1b[1;33m",
@@ -231,11 +200,7 @@ pub fn render_human(diagnostic: &Diagnostic, sources: &SourceMap, palette: Palet
         p.reset
     );
     if let Some(location) = location(diagnostic, sources) {
-        let path = if diagnostic.path.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", diagnostic.path)
-        };
+        let path = if diagnostic.path.is_empty() { String::new() } else { format!(" ({})", diagnostic.path) };
         let _ = writeln!(out, "  {}-->{} {location}{path}", p.dim, p.reset);
     }
     if let Some(span) = diagnostic.span
@@ -273,12 +238,7 @@ pub fn render_line(diagnostic: &Diagnostic, sources: &SourceMap) -> String {
     if let Some(location) = location(diagnostic, sources) {
         let _ = write!(out, "{location}: ");
     }
-    let _ = write!(
-        out,
-        "{}[{}] ",
-        diagnostic.severity.as_str(),
-        diagnostic.code
-    );
+    let _ = write!(out, "{}[{}] ", diagnostic.severity.as_str(), diagnostic.code);
     if !diagnostic.path.is_empty() {
         let _ = write!(out, "{}: ", diagnostic.path);
     }

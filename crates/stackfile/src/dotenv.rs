@@ -33,10 +33,7 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Error>) {
             continue;
         }
         let indent = (raw.len() - line.len()) as u32;
-        let line = line
-            .strip_prefix("export ")
-            .map(str::trim_start)
-            .unwrap_or(line);
+        let line = line.strip_prefix("export ").map(str::trim_start).unwrap_or(line);
         let Some(eq) = line.find('=') else {
             errors.push(Error {
                 line: line_number,
@@ -46,13 +43,8 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Error>) {
             continue;
         };
         let key = line[..eq].trim();
-        let valid_key = key
-            .bytes()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
-            && key
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
+        let valid_key = key.bytes().next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+            && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-');
         if !valid_key {
             errors.push(Error {
                 line: line_number,
@@ -99,11 +91,7 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Error>) {
                 None => rest.trim_end().to_string(),
             },
         };
-        entries.push(Entry {
-            key: key.to_string(),
-            value,
-            line: line_number,
-        });
+        entries.push(Entry { key: key.to_string(), value, line: line_number });
     }
     (entries, errors)
 }
@@ -157,10 +145,7 @@ mod tests {
     fn multi_line_double_quotes() {
         assert_eq!(
             values("K=\"line1\nline2\"\nN=1"),
-            vec![
-                ("K".into(), "line1\nline2".into()),
-                ("N".into(), "1".into())
-            ]
+            vec![("K".into(), "line1\nline2".into()), ("N".into(), "1".into())]
         );
     }
 
@@ -168,9 +153,6 @@ mod tests {
     fn bad_lines_are_reported_with_their_line() {
         let (entries, errors) = parse("A=1\nnot a pair\n1X=2\nQ='open\n");
         assert_eq!(entries.len(), 1);
-        assert_eq!(
-            errors.iter().map(|e| e.line).collect::<Vec<_>>(),
-            vec![2, 3, 4]
-        );
+        assert_eq!(errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![2, 3, 4]);
     }
 }

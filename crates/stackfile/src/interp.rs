@@ -94,10 +94,7 @@ impl Builder {
     }
 
     fn finish(self) -> Output {
-        let deferred = self
-            .segments
-            .iter()
-            .any(|s| matches!(s, Segment::Deferred(_)));
+        let deferred = self.segments.iter().any(|s| matches!(s, Segment::Deferred(_)));
         let mut text = String::new();
         for segment in &self.segments {
             match segment {
@@ -110,12 +107,7 @@ impl Builder {
                 }
             }
         }
-        Output {
-            text,
-            sensitive: self.sensitive,
-            pending: self.pending,
-            deferred,
-        }
+        Output { text, sensitive: self.sensitive, pending: self.pending, deferred }
     }
 }
 
@@ -131,20 +123,16 @@ fn is_name_char(c: u8) -> bool {
 pub fn interpolate(input: &str, resolver: &mut dyn Resolver) -> Result<Output, Vec<Error>> {
     let mut errors = Vec::new();
     let builder = expand(input, resolver, &mut errors);
-    if errors.is_empty() {
-        Ok(builder.finish())
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok(builder.finish()) } else { Err(errors) }
 }
 
 /// Whether the text contains anything interpolation would change.
 pub fn has_references(input: &str) -> bool {
     let bytes = input.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'$'
-            && matches!(bytes.get(i + 1), Some(&c) if c == b'$' || c == b'{' || is_name_start(c))
-    })
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'$' && matches!(bytes.get(i + 1), Some(&c) if c == b'$' || c == b'{' || is_name_start(c)))
 }
 
 fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> Builder {
@@ -178,9 +166,7 @@ fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> 
                 out.literal(&input[literal_start..i]);
                 match closing_brace(bytes, i + 2) {
                     None => {
-                        errors.push(Error::Syntax {
-                            message: format!("`{}` has no closing `}}`", &input[i..]),
-                        });
+                        errors.push(Error::Syntax { message: format!("`{}` has no closing `}}`", &input[i..]) });
                         return out;
                     }
                     Some(close) => {
@@ -231,9 +217,7 @@ fn braced(body: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, out:
     let name_len = bytes.iter().take_while(|&&c| is_name_char(c)).count();
     let name = &body[..name_len];
     if name.is_empty() || !is_name_start(bytes[0]) {
-        errors.push(Error::Syntax {
-            message: format!("`${{{body}}}` does not start with a variable name"),
-        });
+        errors.push(Error::Syntax { message: format!("`${{{body}}}` does not start with a variable name") });
         return;
     }
     let rest = &body[name_len..];
@@ -287,9 +271,7 @@ fn reference(
     };
     match modifier {
         None if set => use_value(out),
-        None => errors.push(Error::Unknown {
-            name: name.to_string(),
-        }),
+        None => errors.push(Error::Unknown { name: name.to_string() }),
         Some((Modifier::Default(colon), word)) => {
             if set && (non_empty || !colon) {
                 use_value(out)
@@ -301,10 +283,7 @@ fn reference(
             if set && (non_empty || !colon) {
                 use_value(out)
             } else {
-                errors.push(Error::Required {
-                    name: name.to_string(),
-                    message: message.to_string(),
-                })
+                errors.push(Error::Required { name: name.to_string(), message: message.to_string() })
             }
         }
         Some((Modifier::Alternative(colon), word)) => {
@@ -319,10 +298,7 @@ fn reference(
 /// substitutes the instance variables and turns `$$` back into `$`.
 pub fn substitute_instance(template: &str, vars: &[(&str, &str)]) -> Result<String, Vec<Error>> {
     let mut resolver = |name: &str| match vars.iter().find(|(n, _)| *n == name) {
-        Some((_, value)) => Lookup::Value {
-            text: value.to_string(),
-            sensitive: false,
-        },
+        Some((_, value)) => Lookup::Value { text: value.to_string(), sensitive: false },
         None => Lookup::Unknown,
     };
     interpolate(template, &mut resolver).map(|o| o.text)
@@ -334,18 +310,9 @@ mod tests {
 
     fn env(name: &str) -> Lookup {
         match name {
-            "HOME" => Lookup::Value {
-                text: "/home/me".into(),
-                sensitive: false,
-            },
-            "EMPTY" => Lookup::Value {
-                text: String::new(),
-                sensitive: false,
-            },
-            "SECRET" => Lookup::Value {
-                text: "s3cr3t".into(),
-                sensitive: true,
-            },
+            "HOME" => Lookup::Value { text: "/home/me".into(), sensitive: false },
+            "EMPTY" => Lookup::Value { text: String::new(), sensitive: false },
+            "SECRET" => Lookup::Value { text: "s3cr3t".into(), sensitive: true },
             "GENERATED" => Lookup::Pending,
             "PORT" | "HOST" => Lookup::Deferred,
             _ => Lookup::Unknown,
@@ -401,10 +368,7 @@ mod tests {
     fn required_forms() {
         assert_eq!(
             run("${NOPE:?set NOPE please}").unwrap_err(),
-            vec![Error::Required {
-                name: "NOPE".into(),
-                message: "set NOPE please".into()
-            }]
+            vec![Error::Required { name: "NOPE".into(), message: "set NOPE please".into() }]
         );
         assert!(run("${EMPTY:?x}").is_err());
         assert_eq!(text("${EMPTY?x}"), "");
@@ -424,25 +388,16 @@ mod tests {
     fn unknown_references_are_all_reported() {
         assert_eq!(
             run("$A and ${B}").unwrap_err(),
-            vec![
-                Error::Unknown { name: "A".into() },
-                Error::Unknown { name: "B".into() }
-            ]
+            vec![Error::Unknown { name: "A".into() }, Error::Unknown { name: "B".into() }]
         );
     }
 
     #[test]
     fn syntax_errors() {
-        assert!(matches!(
-            run("${HOME").unwrap_err()[0],
-            Error::Syntax { .. }
-        ));
+        assert!(matches!(run("${HOME").unwrap_err()[0], Error::Syntax { .. }));
         assert!(matches!(run("${}").unwrap_err()[0], Error::Syntax { .. }));
         assert!(matches!(run("${1X}").unwrap_err()[0], Error::Syntax { .. }));
-        assert!(matches!(
-            run("${HOME%x}").unwrap_err()[0],
-            Error::Syntax { .. }
-        ));
+        assert!(matches!(run("${HOME%x}").unwrap_err()[0], Error::Syntax { .. }));
     }
 
     #[test]

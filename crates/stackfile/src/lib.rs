@@ -84,11 +84,7 @@ impl Compiled {
 
     /// The stack, if it has no error.
     pub fn valid(&self) -> Option<&Stack> {
-        if self.diagnostics.has_errors() {
-            None
-        } else {
-            self.stack.as_ref()
-        }
+        if self.diagnostics.has_errors() { None } else { self.stack.as_ref() }
     }
 }
 
@@ -125,35 +121,17 @@ pub fn compile(options: &Options, secrets: &dyn SecretSource) -> Compiled {
         }
     }
     if diags.has_errors() {
-        return Compiled {
-            stack: None,
-            diagnostics: diags,
-            sources,
-        };
+        return Compiled { stack: None, diagnostics: diags, sources };
     }
     let read_overlay = |base: &Path, environment: &str| -> Option<(PathBuf, String)> {
         let overlay = overlay_path(base, environment);
-        std::fs::read_to_string(&overlay)
-            .ok()
-            .map(|text| (overlay, text))
+        std::fs::read_to_string(&overlay).ok().map(|text| (overlay, text))
     };
-    compile_documents(
-        documents,
-        options,
-        secrets,
-        &mut sources,
-        &mut diags,
-        &read_overlay,
-    )
+    compile_documents(documents, options, secrets, &mut sources, &mut diags, &read_overlay)
 }
 
 /// Compiles one stack file given as text (for tests, benchmarks and the fuzzer); no overlays.
-pub fn compile_str(
-    path: &Path,
-    text: &str,
-    options: &Options,
-    secrets: &dyn SecretSource,
-) -> Compiled {
+pub fn compile_str(path: &Path, text: &str, options: &Options, secrets: &dyn SecretSource) -> Compiled {
     let mut sources = SourceMap::default();
     let mut diags = Diagnostics::default();
     compile_documents(
@@ -168,10 +146,7 @@ pub fn compile_str(
 
 /// `tug.production.yaml` beside `tug.yaml`; `stack.production.yml` beside `stack.yml`.
 pub fn overlay_path(base: &Path, environment: &str) -> PathBuf {
-    let name = base
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or(DEFAULT_FILE);
+    let name = base.file_name().and_then(|n| n.to_str()).unwrap_or(DEFAULT_FILE);
     let overlay = match name.rsplit_once('.') {
         Some((stem, ext)) => format!("{stem}.{environment}.{ext}"),
         None => format!("{name}.{environment}"),
@@ -189,11 +164,8 @@ fn compile_documents(
     diags: &mut Diagnostics,
     read_overlay: &OverlayReader,
 ) -> Compiled {
-    let root = documents
-        .first()
-        .and_then(|(p, _)| p.parent())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| options.cwd.clone());
+    let root =
+        documents.first().and_then(|(p, _)| p.parent()).map(Path::to_path_buf).unwrap_or_else(|| options.cwd.clone());
     let files: Vec<PathBuf> = documents.iter().map(|(p, _)| p.clone()).collect();
     let mut parsed = Vec::new();
     for (path, text) in documents {
@@ -206,53 +178,29 @@ fn compile_documents(
     let finish = |diags: &mut Diagnostics, sources: &mut SourceMap, stack: Option<Stack>| {
         let mut diagnostics = std::mem::take(diags);
         diagnostics.sort();
-        Compiled {
-            stack,
-            diagnostics,
-            sources: std::mem::take(sources),
-        }
+        Compiled { stack, diagnostics, sources: std::mem::take(sources) }
     };
     if diags.has_errors() {
         return finish(diags, sources, None);
     }
-    // The environment is chosen from the base files, before overlays (which depend on it).
-    let mut base = Node {
-        kind: Kind::Map(Vec::new()),
-        span: Span {
-            file: 0,
-            line: 1,
-            col: 1,
-        },
-        tag: None,
-    };
-    for node in &parsed {
-        yaml::merge(&mut base, node.clone());
-    }
     let env = load_env(options, &root, sources, diags);
     let mut ctx = Ctx { diags, env: &env };
-    if !matches!(base.kind, Kind::Map(_)) {
-        ctx.type_error(
-            &base,
-            "",
-            "a mapping of top-level fields (name, settings, services, ...)",
-        );
+    if let Some(node) = parsed.iter().find(|n| !matches!(n.kind, Kind::Map(_) | Kind::Null)) {
+        ctx.type_error(node, "", "a mapping of top-level fields (name, settings, services, ...)");
         return finish(diags, sources, None);
     }
-    let environments = environments(&mut ctx, &base);
-    let environment = options
-        .environment
-        .clone()
-        .unwrap_or_else(|| environments[0].clone());
+    // The environment is chosen from the base files, before overlays (which depend on
+    // it): the last file that lists `environments` decides, as a merge would.
+    let listed = parsed.iter().rev().find_map(|n| n.get("environments"));
+    let environments = environments(&mut ctx, listed);
+    let environment = options.environment.clone().unwrap_or_else(|| environments[0].clone());
     if !environments.contains(&environment) {
-        let span = base.get("environments").map(|n| n.span);
+        let span = listed.map(|n| n.span);
         let mut d = Diagnostic::error(
             "unknown-environment",
             span,
             "environments",
-            format!(
-                "environment `{environment}` is not one of this stack's environments: {}",
-                environments.join(", ")
-            ),
+            format!("environment `{environment}` is not one of this stack's environments: {}", environments.join(", ")),
         );
         if let Some(s) = read::suggest(&environment, environments.iter().map(String::as_str)) {
             d = d.with_hint(format!("did you mean `{s}`?"));
@@ -263,11 +211,7 @@ fn compile_documents(
         return finish(diags, sources, None);
     }
     // Each file, then its environment overlay.
-    let mut merged = Node {
-        kind: Kind::Map(Vec::new()),
-        span: base.span,
-        tag: None,
-    };
+    let mut merged = Node { kind: Kind::Map(Vec::new()), span: Span { file: 0, line: 1, col: 1 }, tag: None };
     for (node, file) in parsed.into_iter().zip(&files) {
         yaml::merge(&mut merged, node);
         if let Some((path, text)) = read_overlay(file, &environment) {
@@ -278,38 +222,16 @@ fn compile_documents(
             }
         }
     }
-    let stack = stack(
-        &mut ctx,
-        &merged,
-        options,
-        &root,
-        files,
-        environment,
-        environments,
-        secrets,
-    );
+    let stack = stack(&mut ctx, &merged, options, &root, files, environment, environments, secrets);
     finish(diags, sources, stack)
 }
 
 /// The process environment, then `.env` beside the first stack file, then each `--env-file`.
-fn load_env(
-    options: &Options,
-    root: &Path,
-    sources: &mut SourceMap,
-    diags: &mut Diagnostics,
-) -> Env {
-    let mut env = Env {
-        process: options.process_env.clone(),
-        files: HashMap::new(),
-    };
+fn load_env(options: &Options, root: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Env {
+    let mut env = Env { process: options.process_env.clone(), files: HashMap::new() };
     let dot_env = root.join(".env");
     let mut files: Vec<(PathBuf, bool)> = vec![(dot_env, false)];
-    files.extend(
-        options
-            .env_files
-            .iter()
-            .map(|f| (options.cwd.join(f), true)),
-    );
+    files.extend(options.env_files.iter().map(|f| (options.cwd.join(f), true)));
     for (path, required) in files {
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
@@ -333,39 +255,19 @@ fn load_env(
         for e in errors {
             // Env files hold secrets: never show the offending line itself.
             diags.push(
-                Diagnostic::error(
-                    "env-file",
-                    Some(Span {
-                        file: id,
-                        line: e.line,
-                        col: e.col,
-                    }),
-                    "",
-                    e.message,
-                )
-                .sensitive(true),
+                Diagnostic::error("env-file", Some(Span { file: id, line: e.line, col: e.col }), "", e.message)
+                    .sensitive(true),
             );
         }
         for e in entries {
-            env.files.insert(
-                e.key,
-                (
-                    e.value,
-                    shown.clone(),
-                    Span {
-                        file: id,
-                        line: e.line,
-                        col: 1,
-                    },
-                ),
-            );
+            env.files.insert(e.key, (e.value, shown.clone(), Span { file: id, line: e.line, col: 1 }));
         }
     }
     env
 }
 
-fn environments(ctx: &mut Ctx, base: &Node) -> Vec<String> {
-    let Some(node) = base.get("environments").filter(|n| !n.is_null()) else {
+fn environments(ctx: &mut Ctx, listed: Option<&Node>) -> Vec<String> {
+    let Some(node) = listed.filter(|n| !n.is_null()) else {
         return vec!["development".to_string()];
     };
     let list = ctx.string_list(node, "environments", &Scope::ENV_ONLY);
@@ -379,12 +281,7 @@ fn environments(ctx: &mut Ctx, base: &Node) -> Vec<String> {
                 format!("`{name}` is not a valid environment name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
             );
         } else if out.contains(&name) {
-            ctx.error(
-                "duplicate-name",
-                span,
-                "environments",
-                format!("environment `{name}` is listed twice"),
-            );
+            ctx.error("duplicate-name", span, "environments", format!("environment `{name}` is listed twice"));
         } else {
             out.push(name);
         }
@@ -428,22 +325,22 @@ fn stack(
         None => IndexMap::new(),
     };
     let shared = settings::resolve(ctx, &shared_defs, &[], secrets);
-    let scope = Scope {
-        settings: vec![&shared],
-        defer_instance: false,
-    };
+    let scope = Scope { settings: vec![&shared], defer_instance: false };
 
     let registry = match f.get("registry") {
         None => Registry::Embedded,
         Some(n) => match ctx.text(n, "registry", &scope) {
             Some(t) if t.expose() == "embedded" => Registry::Embedded,
-            Some(t) if matches!(settings::url_scheme(t.expose()), Some("redis" | "rediss")) => {
-                Registry::Redis(t)
-            }
+            Some(t) if matches!(settings::url_scheme(t.expose()), Some("redis" | "rediss")) => Registry::Redis(t),
             Some(t) => {
                 ctx.diags.push(
-                    Diagnostic::error("invalid-value", Some(n.span), "registry", format!("`{}` is not a registry", t.shown()))
-                        .with_hint("use `embedded` (one machine), or a Redis URL `redis://host:6379/0` / `rediss://...`"),
+                    Diagnostic::error(
+                        "invalid-value",
+                        Some(n.span),
+                        "registry",
+                        format!("`{}` is not a registry", t.shown()),
+                    )
+                    .with_hint("use `embedded` (one machine), or a Redis URL `redis://host:6379/0` / `rediss://...`"),
                 );
                 Registry::Embedded
             }
@@ -484,30 +381,18 @@ fn stack(
         }
         None => {
             ctx.diags.push(
-                Diagnostic::warning(
-                    "no-services",
-                    Some(f.span),
-                    "services",
-                    "the stack has no services",
-                )
-                .with_hint("add a `services:` mapping"),
+                Diagnostic::warning("no-services", Some(f.span), "services", "the stack has no services")
+                    .with_hint("add a `services:` mapping"),
             );
         }
     }
 
     let profiles = options.profiles.clone();
-    let active =
-        |s: &Service| s.profiles.is_empty() || s.profiles.iter().any(|p| profiles.contains(p));
-    let path_var = options
-        .check_commands
-        .then(|| options.process_env.get("PATH").cloned().unwrap_or_default());
+    let active = |s: &Service| s.profiles.is_empty() || s.profiles.iter().any(|p| profiles.contains(p));
+    let path_var = options.check_commands.then(|| options.process_env.get("PATH").cloned().unwrap_or_default());
     validate::check(
         ctx.diags,
-        &validate::Checked {
-            services: &services,
-            shared: &shared,
-            active: &active,
-        },
+        &validate::Checked { services: &services, shared: &shared, active: &active },
         path_var.as_deref(),
     );
 
@@ -539,9 +424,7 @@ fn stack(
 
 /// A path as diagnostics show it: relative to the current folder when inside it.
 fn display_path(cwd: &Path, path: &Path) -> PathBuf {
-    path.strip_prefix(cwd)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|_| path.to_path_buf())
+    path.strip_prefix(cwd).map(Path::to_path_buf).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// Lowercase letters, digits and `-`, at most 63, starting and ending alphanumeric.
@@ -549,28 +432,15 @@ pub fn is_dns_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
 
 fn project_name_from(root: &Path) -> String {
-    let folder = root
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("tug")
-        .to_ascii_lowercase();
-    let mut name: String = folder
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
+    let folder = root.file_name().and_then(|n| n.to_str()).unwrap_or("tug").to_ascii_lowercase();
+    let mut name: String = folder.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     name = name.trim_matches('-').chars().take(63).collect();
     let name = name.trim_end_matches('-').to_string();
-    if name.is_empty() {
-        "tug".to_string()
-    } else {
-        name
-    }
+    if name.is_empty() { "tug".to_string() } else { name }
 }

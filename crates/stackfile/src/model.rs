@@ -29,19 +29,11 @@ pub struct Text {
 
 impl Text {
     pub fn plain(value: impl Into<String>) -> Self {
-        Text {
-            value: value.into(),
-            ..Text::default()
-        }
+        Text { value: value.into(), ..Text::default() }
     }
 
     pub fn new(value: String, sensitive: bool, pending: bool, template: bool) -> Self {
-        Text {
-            value,
-            sensitive,
-            pending,
-            template,
-        }
+        Text { value, sensitive, pending, template }
     }
 
     /// The value itself. Callers that print must use [`Text::shown`] instead.
@@ -82,10 +74,7 @@ fn display<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S:
     s.serialize_str(&v.to_string())
 }
 
-fn opt_display<T: std::fmt::Display, S: Serializer>(
-    v: &Option<T>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn opt_display<T: std::fmt::Display, S: Serializer>(v: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
     match v {
         Some(v) => display(v, s),
         None => s.serialize_none(),
@@ -137,9 +126,8 @@ pub enum SettingType {
 }
 
 impl SettingType {
-    pub const NAMES: [&'static str; 10] = [
-        "string", "int", "float", "bool", "duration", "port", "url", "path", "enum", "secret",
-    ];
+    pub const NAMES: [&'static str; 10] =
+        ["string", "int", "float", "bool", "duration", "port", "url", "path", "enum", "secret"];
     pub const ALL: [SettingType; 10] = [
         SettingType::String,
         SettingType::Int,

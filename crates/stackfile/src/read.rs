@@ -14,15 +14,8 @@ use crate::units::{self, Percent, Signal, Size};
 use crate::yaml::{Kind, Node};
 
 /// The instance variables every instance receives, substituted when it starts.
-pub const INSTANCE_VARIABLES: [&str; 7] = [
-    "HOST",
-    "PORT",
-    "TUG_SERVICE",
-    "TUG_INSTANCE",
-    "TUG_REPLICA",
-    "TUG_REVISION",
-    "TUG_STATE_DIR",
-];
+pub const INSTANCE_VARIABLES: [&str; 7] =
+    ["HOST", "PORT", "TUG_SERVICE", "TUG_INSTANCE", "TUG_REPLICA", "TUG_REVISION", "TUG_STATE_DIR"];
 
 /// Variables from outside the stack file: the process environment, then env files.
 #[derive(Clone, Debug, Default)]
@@ -37,9 +30,7 @@ impl Env {
         if let Some(v) = self.process.get(name) {
             return Some((v, Source::Environment, None));
         }
-        self.files
-            .get(name)
-            .map(|(v, file, span)| (v.as_str(), Source::EnvFile(file.clone()), Some(*span)))
+        self.files.get(name).map(|(v, file, span)| (v.as_str(), Source::EnvFile(file.clone()), Some(*span)))
     }
 }
 
@@ -53,18 +44,10 @@ pub struct Scope<'s> {
 
 impl Scope<'_> {
     /// Only the environment: for the parts of the file read before settings are resolved.
-    pub const ENV_ONLY: Scope<'static> = Scope {
-        settings: Vec::new(),
-        defer_instance: false,
-    };
+    pub const ENV_ONLY: Scope<'static> = Scope { settings: Vec::new(), defer_instance: false };
 }
 
-pub fn lookup_in(
-    settings: &[&IndexMap<String, Setting>],
-    env: &Env,
-    defer_instance: bool,
-    name: &str,
-) -> Lookup {
+pub fn lookup_in(settings: &[&IndexMap<String, Setting>], env: &Env, defer_instance: bool, name: &str) -> Lookup {
     if let Some(setting) = settings.iter().find_map(|layer| layer.get(name)) {
         return setting_lookup(setting);
     }
@@ -72,10 +55,7 @@ pub fn lookup_in(
         return Lookup::Deferred;
     }
     match env.get(name) {
-        Some((v, _, _)) => Lookup::Value {
-            text: v.to_string(),
-            sensitive: false,
-        },
+        Some((v, _, _)) => Lookup::Value { text: v.to_string(), sensitive: false },
         None => Lookup::Unknown,
     }
 }
@@ -85,22 +65,13 @@ pub fn setting_lookup(setting: &Setting) -> Lookup {
     match (&setting.value, &setting.source) {
         (_, Source::ToBeGenerated) => Lookup::Pending,
         (Some(v), _) if v.pending => Lookup::Pending,
-        (Some(v), _) => Lookup::Value {
-            text: v.expose().to_string(),
-            sensitive: v.sensitive,
-        },
+        (Some(v), _) => Lookup::Value { text: v.expose().to_string(), sensitive: v.sensitive },
         (None, _) => Lookup::Unknown,
     }
 }
 
 /// Reports interpolation errors at the node, with a hint for unknown names.
-pub fn report_interp_errors(
-    diags: &mut Diagnostics,
-    span: Span,
-    path: &str,
-    errors: Vec<interp::Error>,
-    defer: bool,
-) {
+pub fn report_interp_errors(diags: &mut Diagnostics, span: Span, path: &str, errors: Vec<interp::Error>, defer: bool) {
     for error in errors {
         let mut d = Diagnostic::error("interpolation", Some(span), path, error.to_string());
         if let interp::Error::Unknown { name } = &error {
@@ -122,34 +93,17 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    pub fn error(
-        &mut self,
-        code: &'static str,
-        span: Span,
-        path: &str,
-        message: impl Into<String>,
-    ) {
-        self.diags
-            .push(Diagnostic::error(code, Some(span), path, message));
+    pub fn error(&mut self, code: &'static str, span: Span, path: &str, message: impl Into<String>) {
+        self.diags.push(Diagnostic::error(code, Some(span), path, message));
     }
 
     pub fn type_error(&mut self, node: &Node, path: &str, expected: &str) {
-        self.error(
-            "wrong-type",
-            node.span,
-            path,
-            format!("expected {expected}, found {}", node.type_name()),
-        );
+        self.error("wrong-type", node.span, path, format!("expected {expected}, found {}", node.type_name()));
     }
 
     /// A mapping's entries, reporting unknown keys (with a suggestion) and a node that is not a mapping.
     /// Keys starting with `x-` are extension fields and ignored, as in Docker Compose.
-    pub fn fields<'n>(
-        &mut self,
-        node: &'n Node,
-        path: &str,
-        allowed: &[&str],
-    ) -> Option<Fields<'n>> {
+    pub fn fields<'n>(&mut self, node: &'n Node, path: &str, allowed: &[&str]) -> Option<Fields<'n>> {
         let Kind::Map(entries) = &node.kind else {
             if node.is_null() {
                 return Some(Fields {
@@ -176,10 +130,7 @@ impl Ctx<'_> {
                     join(path, name),
                     format!("unknown field `{name}`"),
                 );
-                d = match (
-                    suggest(name, allowed.iter().copied()),
-                    foreign_field_hint(name),
-                ) {
+                d = match (suggest(name, allowed.iter().copied()), foreign_field_hint(name)) {
                     (Some(s), _) => {
                         misspelled.push(s.to_string());
                         d.with_hint(format!("did you mean `{s}`?"))
@@ -192,12 +143,7 @@ impl Ctx<'_> {
             }
             out.push((name, key.span, value));
         }
-        Some(Fields {
-            entries: out,
-            misspelled,
-            path: path.to_string(),
-            span: node.span,
-        })
+        Some(Fields { entries: out, misspelled, path: path.to_string(), span: node.span })
     }
 
     /// A scalar's raw text (no interpolation); reports other node kinds.
@@ -217,25 +163,14 @@ impl Ctx<'_> {
         self.interpolate(raw, node.span, path, scope)
     }
 
-    pub fn interpolate(
-        &mut self,
-        raw: &str,
-        span: Span,
-        path: &str,
-        scope: &Scope,
-    ) -> Option<Text> {
+    pub fn interpolate(&mut self, raw: &str, span: Span, path: &str, scope: &Scope) -> Option<Text> {
         if !interp::has_references(raw) {
             return Some(Text::plain(raw));
         }
         let env = self.env;
         let mut resolver = |name: &str| lookup_in(&scope.settings, env, scope.defer_instance, name);
         match interp::interpolate(raw, &mut resolver) {
-            Ok(out) => Some(Text::new(
-                out.text,
-                out.sensitive,
-                out.pending,
-                out.deferred,
-            )),
+            Ok(out) => Some(Text::new(out.text, out.sensitive, out.pending, out.deferred)),
             Err(errors) => {
                 report_interp_errors(self.diags, span, path, errors, scope.defer_instance);
                 None
@@ -272,11 +207,7 @@ impl Ctx<'_> {
         match parse(text.expose().trim()) {
             Ok(v) => Some(v),
             Err(message) => {
-                let message = if text.sensitive {
-                    format!("the value is not {expected}")
-                } else {
-                    message
-                };
+                let message = if text.sensitive { format!("the value is not {expected}") } else { message };
                 self.error("invalid-value", node.span, path, message);
                 None
             }
@@ -289,20 +220,11 @@ impl Ctx<'_> {
         })
     }
 
-    pub fn uint(
-        &mut self,
-        node: &Node,
-        path: &str,
-        scope: &Scope,
-        min: u64,
-        max: u64,
-    ) -> Option<u64> {
-        self.parsed(node, path, scope, "a whole number", |t| {
-            match t.parse::<u64>() {
-                Ok(v) if (min..=max).contains(&v) => Ok(v),
-                Ok(v) => Err(format!("{v} is out of range: expected {min} to {max}")),
-                Err(_) => Err(format!("`{t}` is not a whole number")),
-            }
+    pub fn uint(&mut self, node: &Node, path: &str, scope: &Scope, min: u64, max: u64) -> Option<u64> {
+        self.parsed(node, path, scope, "a whole number", |t| match t.parse::<u64>() {
+            Ok(v) if (min..=max).contains(&v) => Ok(v),
+            Ok(v) => Err(format!("{v} is out of range: expected {min} to {max}")),
+            Err(_) => Err(format!("`{t}` is not a whole number")),
         })
     }
 
@@ -319,8 +241,7 @@ impl Ctx<'_> {
 
     pub fn duration(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Duration> {
         self.parsed(node, path, scope, "a duration", |t| {
-            units::parse_duration(t)
-                .map_err(|e| format!("{e} (write durations like 100ms, 2s, 1m30s)"))
+            units::parse_duration(t).map_err(|e| format!("{e} (write durations like 100ms, 2s, 1m30s)"))
         })
     }
 
@@ -338,26 +259,14 @@ impl Ctx<'_> {
             && let Some(last) = self.diags.items.last_mut()
             && last.code == "invalid-value"
         {
-            last.hint = Some(format!(
-                "use one of {}",
-                units::SIGNALS
-                    .iter()
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            last.hint =
+                Some(format!("use one of {}", units::SIGNALS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")));
         }
         signal
     }
 
     /// One of `choices`, with a suggestion when it is close to one.
-    pub fn choice<T: Copy>(
-        &mut self,
-        node: &Node,
-        path: &str,
-        scope: &Scope,
-        choices: &[(&str, T)],
-    ) -> Option<T> {
+    pub fn choice<T: Copy>(&mut self, node: &Node, path: &str, scope: &Scope, choices: &[(&str, T)]) -> Option<T> {
         let raw = self.scalar(node, path, "a string")?;
         let text = self.interpolate(raw, node.span, path, scope)?;
         let text = text.expose();
@@ -384,15 +293,9 @@ impl Ctx<'_> {
             Kind::Seq(items) => items
                 .iter()
                 .enumerate()
-                .filter_map(|(i, item)| {
-                    self.string(item, &format!("{path}[{i}]"), scope)
-                        .map(|s| (s, item.span))
-                })
+                .filter_map(|(i, item)| self.string(item, &format!("{path}[{i}]"), scope).map(|s| (s, item.span)))
                 .collect(),
-            Kind::Scalar { .. } => self
-                .string(node, path, scope)
-                .map(|s| vec![(s, node.span)])
-                .unwrap_or_default(),
+            Kind::Scalar { .. } => self.string(node, path, scope).map(|s| vec![(s, node.span)]).unwrap_or_default(),
             Kind::Null => Vec::new(),
             Kind::Map(_) => {
                 self.type_error(node, path, "a list of strings");
@@ -423,10 +326,7 @@ pub struct Fields<'n> {
 impl<'n> Fields<'n> {
     /// The value of a key; a `null` value counts as absent (so an overlay can blank a field).
     pub fn get(&self, key: &str) -> Option<&'n Node> {
-        self.entries
-            .iter()
-            .find(|(k, _, v)| *k == key && !v.is_null())
-            .map(|(_, _, v)| *v)
+        self.entries.iter().find(|(k, _, v)| *k == key && !v.is_null()).map(|(_, _, v)| *v)
     }
 
     pub fn path(&self, key: &str) -> String {
@@ -435,31 +335,19 @@ impl<'n> Fields<'n> {
 }
 
 pub fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
 }
 
 /// Docker Compose fields with no tug equivalent of the same name: what to use instead.
 fn foreign_field_hint(name: &str) -> Option<&'static str> {
     Some(match name {
         "image" | "build" => "tug runs programs on the host: give the service a `command`",
-        "ports" | "expose" => {
-            "a service has one stable `port`; tug's router balances its replicas behind it"
-        }
-        "volumes" => {
-            "services run with the host's files: use `working_dir` and paths under `${TUG_STATE_DIR}`"
-        }
-        "networks" | "network_mode" | "links" => {
-            "services reach each other on the host through their stable ports"
-        }
+        "ports" | "expose" => "a service has one stable `port`; tug's router balances its replicas behind it",
+        "volumes" => "services run with the host's files: use `working_dir` and paths under `${TUG_STATE_DIR}`",
+        "networks" | "network_mode" | "links" => "services reach each other on the host through their stable ports",
         "container_name" | "hostname" => "instances are named `<service>-<n>` (TUG_INSTANCE)",
         "entrypoint" => "put the whole argument list in `command`",
-        "env" | "environments" | "variables" => {
-            "use `environment` (literals) or `settings` (typed)"
-        }
+        "env" | "environments" | "variables" => "use `environment` (literals) or `settings` (typed)",
         _ => return None,
     })
 }
@@ -473,9 +361,7 @@ pub fn suggest<'c>(word: &str, candidates: impl Iterator<Item = &'c str>) -> Opt
         .filter_map(|c| {
             let lower = c.to_lowercase();
             let distance = edit_distance(&word, &lower);
-            let prefix = word.len() >= 3
-                && lower.len() >= 3
-                && (lower.starts_with(&word) || word.starts_with(&lower));
+            let prefix = word.len() >= 3 && lower.len() >= 3 && (lower.starts_with(&word) || word.starts_with(&lower));
             (distance <= limit || prefix).then_some((distance, c))
         })
         .min_by_key(|(d, _)| *d)
@@ -489,11 +375,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
             let cost = usize::from(ca != *cb);
-            current.push(
-                (previous[j] + cost)
-                    .min(previous[j + 1] + 1)
-                    .min(current[j] + 1),
-            );
+            current.push((previous[j] + cost).min(previous[j + 1] + 1).min(current[j] + 1));
         }
         previous = current;
     }
@@ -508,14 +390,8 @@ mod tests {
     fn suggestions() {
         let fields = ["command", "healthcheck", "depends_on", "replicas"];
         assert_eq!(suggest("comand", fields.iter().copied()), Some("command"));
-        assert_eq!(
-            suggest("helthcheck", fields.iter().copied()),
-            Some("healthcheck")
-        );
-        assert_eq!(
-            suggest("depends-on", fields.iter().copied()),
-            Some("depends_on")
-        );
+        assert_eq!(suggest("helthcheck", fields.iter().copied()), Some("healthcheck"));
+        assert_eq!(suggest("depends-on", fields.iter().copied()), Some("depends_on"));
         assert_eq!(suggest("image", fields.iter().copied()), None);
     }
 }

@@ -25,8 +25,7 @@ const ENV_NAME: &str = "[A-Za-z_][A-Za-z0-9_]*";
 /// Environment and profile names.
 const PROFILE_NAME: &str = "[a-zA-Z0-9][a-zA-Z0-9_.-]*";
 const HEADER_NAME: &str = "[A-Za-z0-9!#$%&'*+.^_`|~-]+";
-const SIZE_UNITS: &str =
-    "b|B|k|K|KB|kB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB|T|TB|Ti|TiB|kb|kib|m|mb|mib|g|gb|gib";
+const SIZE_UNITS: &str = "b|B|k|K|KB|kB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB|T|TB|Ti|TiB|kb|kib|m|mb|mib|g|gb|gib";
 const TRUE_WORDS: [&str; 4] = ["true", "yes", "on", "1"];
 const FALSE_WORDS: [&str; 4] = ["false", "no", "off", "0"];
 
@@ -336,7 +335,9 @@ fn probe(description: &str, interval: &str, start_interval: &str) -> Value {
             "start_interval": field_or("How often to probe until the first success.", json!(start_interval), duration),
         }),
     );
-    let checks = PROBE_CHECKS.iter().map(|check| json!({ "required": [check], "properties": { *check: { "not": { "type": "null" } } } }));
+    let checks = PROBE_CHECKS
+        .iter()
+        .map(|check| json!({ "required": [check], "properties": { *check: { "not": { "type": "null" } } } }));
     probe["oneOf"] = checks.collect();
     probe
 }
@@ -456,20 +457,9 @@ fn words(list: &[&str]) -> Value {
 
 /// A signal's name in any case, with or without `SIG`, or its number as a string.
 fn signal_spelling() -> Value {
-    let names: Vec<String> = SIGNALS
-        .iter()
-        .map(|(name, _)| caseless(name.trim_start_matches("SIG")))
-        .collect();
-    let numbers: Vec<String> = SIGNALS
-        .iter()
-        .map(|(_, number)| number.to_string())
-        .collect();
-    matching(&format!(
-        "(?:{})?(?:{})|{}",
-        caseless("SIG"),
-        names.join("|"),
-        numbers.join("|")
-    ))
+    let names: Vec<String> = SIGNALS.iter().map(|(name, _)| caseless(name.trim_start_matches("SIG"))).collect();
+    let numbers: Vec<String> = SIGNALS.iter().map(|(_, number)| number.to_string()).collect();
+    matching(&format!("(?:{})?(?:{})|{}", caseless("SIG"), names.join("|"), numbers.join("|")))
 }
 
 /// A regular expression for `word` in any case: `on` is `[oO][nN]`.
@@ -490,8 +480,8 @@ mod tests {
     use super::*;
     use crate::TOP_FIELDS;
     use crate::service::{
-        ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS,
-        PROBE_FIELDS, RESOURCES_FIELDS, SERVICE_FIELDS,
+        ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
+        RESOURCES_FIELDS, SERVICE_FIELDS,
     };
     use crate::settings::SETTING_FIELDS;
     use crate::units::{parse_duration, parse_percent, parse_signal, parse_size};
@@ -518,19 +508,14 @@ mod tests {
     }
 
     fn patterns(schema: &Value) -> Vec<&str> {
-        find(schema, "pattern")
-            .into_iter()
-            .filter_map(Value::as_str)
-            .collect()
+        find(schema, "pattern").into_iter().filter_map(Value::as_str).collect()
     }
 
     /// Whether one of the patterns of a unit's definition accepts `text`.
     fn accepts(schema: &Value, unit: &str, text: &str) -> bool {
-        patterns(&schema["$defs"][unit]).into_iter().any(|pattern| {
-            regex::Regex::new(pattern)
-                .expect("a valid pattern")
-                .is_match(text)
-        })
+        patterns(&schema["$defs"][unit])
+            .into_iter()
+            .any(|pattern| regex::Regex::new(pattern).expect("a valid pattern").is_match(text))
     }
 
     #[test]
@@ -551,10 +536,7 @@ mod tests {
             (&defs["dependency"], DEPENDS_ON_FIELDS),
         ] {
             let properties = object["properties"].as_object().expect("an object schema");
-            assert_eq!(
-                sorted(properties.keys().map(String::as_str)),
-                sorted(fields.iter().copied())
-            );
+            assert_eq!(sorted(properties.keys().map(String::as_str)), sorted(fields.iter().copied()));
         }
     }
 
@@ -580,10 +562,7 @@ mod tests {
                 .filter_map(Value::as_str)
                 .collect();
             for choice in choices {
-                assert!(
-                    listed.contains(&choice),
-                    "`{choice}` is missing from {listed:?}"
-                );
+                assert!(listed.contains(&choice), "`{choice}` is missing from {listed:?}");
             }
         }
     }
@@ -600,38 +579,16 @@ mod tests {
     fn agrees<E>(unit: &str, parse: impl Fn(&str) -> Result<E, String>, samples: &[&str]) {
         let schema = schema();
         for text in samples {
-            assert_eq!(
-                accepts(&schema, unit, text),
-                parse(text).is_ok(),
-                "{unit} `{text}`"
-            );
+            assert_eq!(accepts(&schema, unit, text), parse(text).is_ok(), "{unit} `{text}`");
         }
         assert!(accepts(&schema, unit, "${VALUE}"), "{unit} interpolated");
     }
 
     #[test]
     fn unit_patterns_agree_with_the_decoder() {
-        agrees(
-            "duration",
-            parse_duration,
-            &[
-                "100ms", "2s", "1m30s", "1.5s", "250us", "0", "10", "5x", "1m30", "-1s",
-            ],
-        );
-        agrees(
-            "percentage",
-            parse_percent,
-            &["70%", "0.1%", "100%", "70", "%", "x%"],
-        );
-        agrees(
-            "size",
-            parse_size,
-            &["512Mi", "1G", "512m", "4096", "10 MiB", "Mi", "12 parsecs"],
-        );
-        agrees(
-            "signal",
-            parse_signal,
-            &["SIGTERM", "term", "Hup", "15", "SIGFOO", "16"],
-        );
+        agrees("duration", parse_duration, &["100ms", "2s", "1m30s", "1.5s", "250us", "0", "10", "5x", "1m30", "-1s"]);
+        agrees("percentage", parse_percent, &["70%", "0.1%", "100%", "70", "%", "x%"]);
+        agrees("size", parse_size, &["512Mi", "1G", "512m", "4096", "10 MiB", "Mi", "12 parsecs"]);
+        agrees("signal", parse_signal, &["SIGTERM", "term", "Hup", "15", "SIGFOO", "16"]);
     }
 }

@@ -42,17 +42,8 @@ pub const SERVICE_FIELDS: &[&str] = &[
     "resources",
     "logs",
 ];
-pub const PROBE_FIELDS: &[&str] = &[
-    "http",
-    "tcp",
-    "exec",
-    "log",
-    "interval",
-    "timeout",
-    "retries",
-    "start_period",
-    "start_interval",
-];
+pub const PROBE_FIELDS: &[&str] =
+    &["http", "tcp", "exec", "log", "interval", "timeout", "retries", "start_period", "start_interval"];
 pub const PROBE_CHECKS: &[&str] = &["http", "tcp", "exec", "log"];
 pub const DEPLOY_FIELDS: &[&str] = &[
     "strategy",
@@ -68,14 +59,8 @@ pub const DEPLOY_FIELDS: &[&str] = &[
     "progress_deadline",
 ];
 pub const ANALYSIS_FIELDS: &[&str] = &["max_error_rate", "max_p99", "min_requests"];
-pub const AUTOSCALE_FIELDS: &[&str] = &[
-    "min",
-    "max",
-    "cpu",
-    "memory",
-    "requests_per_second",
-    "scale_down_stabilization",
-];
+pub const AUTOSCALE_FIELDS: &[&str] =
+    &["min", "max", "cpu", "memory", "requests_per_second", "scale_down_stabilization"];
 pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpu"];
 pub const LOGS_FIELDS: &[&str] = &["max_size", "max_files"];
 pub const DEPENDS_ON_FIELDS: &[&str] = &["condition", "required"];
@@ -87,13 +72,9 @@ pub const CONDITIONS: &[(&str, Condition)] = &[
     // Docker Compose's spellings.
     ("service_started", Condition::Started),
     ("service_healthy", Condition::Healthy),
-    (
-        "service_completed_successfully",
-        Condition::CompletedSuccessfully,
-    ),
+    ("service_completed_successfully", Condition::CompletedSuccessfully),
 ];
-pub const KINDS: &[(&str, ServiceKind)] =
-    &[("service", ServiceKind::Service), ("job", ServiceKind::Job)];
+pub const KINDS: &[(&str, ServiceKind)] = &[("service", ServiceKind::Service), ("job", ServiceKind::Job)];
 pub const PROTOCOLS: &[(&str, Protocol)] = &[("http", Protocol::Http), ("tcp", Protocol::Tcp)];
 pub const BALANCES: &[(&str, Balance)] = &[
     ("round_robin", Balance::RoundRobin),
@@ -154,10 +135,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
             "missing-field",
             input.key_span,
             &path,
-            format!(
-                "service `{}` is empty: it needs at least a `command`",
-                input.name
-            ),
+            format!("service `{}` is empty: it needs at least a `command`", input.name),
         );
         return None;
     }
@@ -165,29 +143,15 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
 
     // The service's own settings first: the rest of it may refer to them.
     let own_defs: IndexMap<String, Definition> = match f.get("settings") {
-        Some(n) => settings::definitions(
-            ctx,
-            n,
-            &f.path("settings"),
-            input.environment,
-            input.environments,
-        ),
+        Some(n) => settings::definitions(ctx, n, &f.path("settings"), input.environment, input.environments),
         None => IndexMap::new(),
     };
     let own = settings::resolve(ctx, &own_defs, &[input.shared], input.secrets);
-    let scope = Scope {
-        settings: vec![&own, input.shared],
-        defer_instance: false,
-    };
-    let instance_scope = Scope {
-        settings: vec![&own, input.shared],
-        defer_instance: true,
-    };
+    let scope = Scope { settings: vec![&own, input.shared], defer_instance: false };
+    let instance_scope = Scope { settings: vec![&own, input.shared], defer_instance: true };
 
-    let kind = f
-        .get("kind")
-        .and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS))
-        .unwrap_or(ServiceKind::Service);
+    let kind =
+        f.get("kind").and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS)).unwrap_or(ServiceKind::Service);
     let job = kind == ServiceKind::Job;
     let mut spans = Spans {
         port: None,
@@ -208,8 +172,15 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         None if f.misspelled.iter().any(|m| m == "command") => None,
         None => {
             ctx.diags.push(
-                Diagnostic::error("missing-field", Some(input.key_span), &path, format!("`{}` has no `command`", input.name))
-                    .with_hint("add `command: [program, arg]` (run directly) or `command: \"a shell line\"` (run by sh -c)"),
+                Diagnostic::error(
+                    "missing-field",
+                    Some(input.key_span),
+                    &path,
+                    format!("`{}` has no `command`", input.name),
+                )
+                .with_hint(
+                    "add `command: [program, arg]` (run directly) or `command: \"a shell line\"` (run by sh -c)",
+                ),
             );
             None
         }
@@ -218,10 +189,8 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         spans.port = Some(n.span);
         ctx.port(n, &f.path("port"), &scope)
     });
-    let protocol = f
-        .get("protocol")
-        .and_then(|n| ctx.choice(n, &f.path("protocol"), &scope, PROTOCOLS))
-        .unwrap_or(Protocol::Http);
+    let protocol =
+        f.get("protocol").and_then(|n| ctx.choice(n, &f.path("protocol"), &scope, PROTOCOLS)).unwrap_or(Protocol::Http);
     let balance = f
         .get("balance")
         .and_then(|n| ctx.choice(n, &f.path("balance"), &scope, BALANCES))
@@ -229,11 +198,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let tenant_header = f.get("tenant_header").and_then(|n| {
         spans.tenant_header = Some(n.span);
         let header = ctx.string(n, &f.path("tenant_header"), &scope)?;
-        if header.is_empty()
-            || !header
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if header.is_empty() || !header.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)) {
             ctx.error(
                 "invalid-value",
                 n.span,
@@ -244,10 +209,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         }
         Some(header.to_ascii_lowercase())
     });
-    let proxy = f
-        .get("proxy")
-        .and_then(|n| ctx.bool(n, &f.path("proxy"), &scope))
-        .unwrap_or(port.is_some());
+    let proxy = f.get("proxy").and_then(|n| ctx.bool(n, &f.path("proxy"), &scope)).unwrap_or(port.is_some());
     let working_dir = match f.get("working_dir") {
         Some(n) => {
             spans.working_dir = Some(n.span);
@@ -257,10 +219,8 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         }
         None => input.root.to_path_buf(),
     };
-    let replicas = f
-        .get("replicas")
-        .and_then(|n| ctx.uint(n, &f.path("replicas"), &scope, 0, 10_000))
-        .unwrap_or(1) as u32;
+    let replicas =
+        f.get("replicas").and_then(|n| ctx.uint(n, &f.path("replicas"), &scope, 0, 10_000)).unwrap_or(1) as u32;
 
     let secrets = match f.get("secrets") {
         Some(n) => {
@@ -332,24 +292,11 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     if let Some(n) = f.get("depends_on") {
         dependencies(ctx, n, &f.path("depends_on"), &scope, &mut spans);
     }
-    let healthcheck = f.get("healthcheck").and_then(|n| {
-        probe(
-            ctx,
-            n,
-            &f.path("healthcheck"),
-            &instance_scope,
-            ProbeDefaults::READINESS,
-        )
-    });
-    let liveness = f.get("liveness").and_then(|n| {
-        probe(
-            ctx,
-            n,
-            &f.path("liveness"),
-            &instance_scope,
-            ProbeDefaults::LIVENESS,
-        )
-    });
+    let healthcheck = f
+        .get("healthcheck")
+        .and_then(|n| probe(ctx, n, &f.path("healthcheck"), &instance_scope, ProbeDefaults::READINESS));
+    let liveness =
+        f.get("liveness").and_then(|n| probe(ctx, n, &f.path("liveness"), &instance_scope, ProbeDefaults::LIVENESS));
     let restart = match f.get("restart") {
         Some(n) => {
             let restart = ctx.choice(n, &f.path("restart"), &scope, RESTARTS);
@@ -369,10 +316,8 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         None if job => Restart::No,
         None => Restart::OnFailure,
     };
-    let stop_signal = f
-        .get("stop_signal")
-        .and_then(|n| ctx.signal(n, &f.path("stop_signal"), &scope))
-        .unwrap_or(Signal::TERM);
+    let stop_signal =
+        f.get("stop_signal").and_then(|n| ctx.signal(n, &f.path("stop_signal"), &scope)).unwrap_or(Signal::TERM);
     let stop_grace_period = f
         .get("stop_grace_period")
         .and_then(|n| ctx.duration(n, &f.path("stop_grace_period"), &scope))
@@ -387,9 +332,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
                         "invalid-name",
                         *span,
                         &f.path("profiles"),
-                        format!(
-                            "`{profile}` is not a valid profile name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"
-                        ),
+                        format!("`{profile}` is not a valid profile name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)"),
                     );
                 }
             }
@@ -400,23 +343,13 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let deploy = deploy(ctx, f.get("deploy"), &f, &scope, &mut spans);
     let autoscale = f.get("autoscale").and_then(|n| {
         if job {
-            ctx.error(
-                "invalid-value",
-                n.span,
-                &f.path("autoscale"),
-                "a job cannot be autoscaled",
-            );
+            ctx.error("invalid-value", n.span, &f.path("autoscale"), "a job cannot be autoscaled");
             return None;
         }
         autoscale(ctx, n, &f.path("autoscale"), &scope)
     });
-    let user = f
-        .get("user")
-        .and_then(|n| ctx.string(n, &f.path("user"), &scope));
-    let resources = f
-        .get("resources")
-        .map(|n| resources(ctx, n, &f.path("resources"), &scope))
-        .unwrap_or_default();
+    let user = f.get("user").and_then(|n| ctx.string(n, &f.path("user"), &scope));
+    let resources = f.get("resources").map(|n| resources(ctx, n, &f.path("resources"), &scope)).unwrap_or_default();
     let logs = logs(ctx, f.get("logs"), &f, &scope);
     if let Some(n) = f.get("description") {
         ctx.string(n, &f.path("description"), &scope);
@@ -435,11 +368,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         secrets,
         settings: own,
         environment,
-        depends_on: spans
-            .dependencies
-            .iter()
-            .map(|d| (d.name.clone(), d.condition))
-            .collect(),
+        depends_on: spans.dependencies.iter().map(|d| (d.name.clone(), d.condition)).collect(),
         healthcheck,
         liveness,
         restart,
@@ -464,9 +393,7 @@ pub fn normalize(path: &Path) -> std::path::PathBuf {
     for part in path.components() {
         match part {
             Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
                 out.pop();
             }
             other => out.push(other),
@@ -489,14 +416,9 @@ pub fn command(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<
                 ctx.error("invalid-value", node.span, path, "an empty command");
                 return None;
             }
-            let argv: Vec<Option<Text>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| ctx.text(item, &format!("{path}[{i}]"), scope))
-                .collect();
-            argv.into_iter()
-                .collect::<Option<Vec<_>>>()
-                .map(Command::Argv)
+            let argv: Vec<Option<Text>> =
+                items.iter().enumerate().map(|(i, item)| ctx.text(item, &format!("{path}[{i}]"), scope)).collect();
+            argv.into_iter().collect::<Option<Vec<_>>>().map(Command::Argv)
         }
         Kind::Scalar { text, .. } if text.trim().is_empty() => {
             ctx.error("invalid-value", node.span, path, "an empty command");
@@ -512,26 +434,12 @@ pub fn command(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<
 
 /// `environment:` as a mapping or as a list of `KEY=VALUE` (Docker Compose's two forms).
 /// A key with no value passes the variable through from tug's own environment.
-fn environment_entries(
-    ctx: &mut Ctx,
-    node: &Node,
-    path: &str,
-    scope: &Scope,
-) -> Vec<(String, Text)> {
+fn environment_entries(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Vec<(String, Text)> {
     let mut out = Vec::new();
-    let mut add = |ctx: &mut Ctx,
-                   name: &str,
-                   value: Option<&Node>,
-                   raw: Option<&str>,
-                   span: Span| {
+    let mut add = |ctx: &mut Ctx, name: &str, value: Option<&Node>, raw: Option<&str>, span: Span| {
         let entry_path = format!("{path}.{name}");
         if !is_env_name(name) {
-            ctx.error(
-                "invalid-name",
-                span,
-                &entry_path,
-                format!("`{name}` is not a valid environment variable name"),
-            );
+            ctx.error("invalid-name", span, &entry_path, format!("`{name}` is not a valid environment variable name"));
             return;
         }
         let text = match (value, raw) {
@@ -577,11 +485,7 @@ fn environment_entries(
                 }
             }
         }
-        _ => ctx.type_error(
-            node,
-            path,
-            "a mapping of variables, or a list of `KEY=VALUE`",
-        ),
+        _ => ctx.type_error(node, path, "a mapping of variables, or a list of `KEY=VALUE`"),
     }
     out
 }
@@ -591,12 +495,7 @@ fn dependencies(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, spans: &m
         // A list means `started` for each, as in Docker Compose.
         Kind::Seq(_) | Kind::Scalar { .. } => {
             for (name, span) in ctx.string_list(node, path, scope) {
-                spans.dependencies.push(Dependency {
-                    name,
-                    condition: Condition::Started,
-                    required: true,
-                    span,
-                });
+                spans.dependencies.push(Dependency { name, condition: Condition::Started, required: true, span });
             }
         }
         Kind::Map(entries) => {
@@ -605,28 +504,19 @@ fn dependencies(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, spans: &m
                 let entry_path = format!("{path}.{name}");
                 let (condition, required) = match &value.kind {
                     Kind::Null => (Some(Condition::Started), true),
-                    Kind::Scalar { .. } => {
-                        (ctx.choice(value, &entry_path, scope, CONDITIONS), true)
-                    }
+                    Kind::Scalar { .. } => (ctx.choice(value, &entry_path, scope, CONDITIONS), true),
                     _ => match ctx.fields(value, &entry_path, DEPENDS_ON_FIELDS) {
                         Some(f) => (
                             f.get("condition")
                                 .map(|n| ctx.choice(n, &f.path("condition"), scope, CONDITIONS))
                                 .unwrap_or(Some(Condition::Started)),
-                            f.get("required")
-                                .and_then(|n| ctx.bool(n, &f.path("required"), scope))
-                                .unwrap_or(true),
+                            f.get("required").and_then(|n| ctx.bool(n, &f.path("required"), scope)).unwrap_or(true),
                         ),
                         None => (None, true),
                     },
                 };
                 if let Some(condition) = condition {
-                    spans.dependencies.push(Dependency {
-                        name,
-                        condition,
-                        required,
-                        span: key.span,
-                    });
+                    spans.dependencies.push(Dependency { name, condition, required, span: key.span });
                 }
             }
         }
@@ -658,29 +548,14 @@ impl ProbeDefaults {
     };
 }
 
-fn probe(
-    ctx: &mut Ctx,
-    node: &Node,
-    path: &str,
-    scope: &Scope,
-    defaults: ProbeDefaults,
-) -> Option<Probe> {
+fn probe(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, defaults: ProbeDefaults) -> Option<Probe> {
     let f = ctx.fields(node, path, PROBE_FIELDS)?;
-    let present: Vec<&str> = PROBE_CHECKS
-        .iter()
-        .copied()
-        .filter(|c| f.get(c).is_some())
-        .collect();
+    let present: Vec<&str> = PROBE_CHECKS.iter().copied().filter(|c| f.get(c).is_some()).collect();
     let check = match present.as_slice() {
         [] => {
             ctx.diags.push(
-                Diagnostic::error(
-                    "missing-field",
-                    Some(f.span),
-                    path,
-                    "a probe needs one check",
-                )
-                .with_hint("add one of `http: /health`, `tcp: true`, `exec: CMD` or `log: REGEX`"),
+                Diagnostic::error("missing-field", Some(f.span), path, "a probe needs one check")
+                    .with_hint("add one of `http: /health`, `tcp: true`, `exec: CMD` or `log: REGEX`"),
             );
             None
         }
@@ -693,8 +568,15 @@ fn probe(
                         Some(Check::Http(p))
                     } else {
                         ctx.diags.push(
-                            Diagnostic::error("invalid-value", Some(n.span), check_path, format!("`{}` is not a path", p.shown()))
-                                .with_hint("write the path only, starting with `/`: tug probes the instance's own HOST:PORT"),
+                            Diagnostic::error(
+                                "invalid-value",
+                                Some(n.span),
+                                check_path,
+                                format!("`{}` is not a path", p.shown()),
+                            )
+                            .with_hint(
+                                "write the path only, starting with `/`: tug probes the instance's own HOST:PORT",
+                            ),
                         );
                         None
                     }
@@ -702,7 +584,12 @@ fn probe(
                 "tcp" => match ctx.bool(n, &check_path, scope) {
                     Some(true) => Some(Check::Tcp),
                     Some(false) => {
-                        ctx.error("invalid-value", n.span, &check_path, "`tcp: false` checks nothing; remove the probe or use another check");
+                        ctx.error(
+                            "invalid-value",
+                            n.span,
+                            &check_path,
+                            "`tcp: false` checks nothing; remove the probe or use another check",
+                        );
                         None
                     }
                     None => None,
@@ -712,7 +599,12 @@ fn probe(
                     Ok(_) => Some(Check::Log(re)),
                     Err(e) => {
                         let reason = settings::regex_reason(&e.to_string());
-                        ctx.error("invalid-regex", n.span, &check_path, format!("invalid regular expression: {reason}"));
+                        ctx.error(
+                            "invalid-regex",
+                            n.span,
+                            &check_path,
+                            format!("invalid regular expression: {reason}"),
+                        );
                         None
                     }
                 }),
@@ -731,50 +623,26 @@ fn probe(
             None
         }
     };
-    let interval = f
-        .get("interval")
-        .and_then(|n| ctx.duration(n, &f.path("interval"), scope))
-        .unwrap_or(defaults.interval);
-    let timeout = f
-        .get("timeout")
-        .and_then(|n| ctx.duration(n, &f.path("timeout"), scope))
-        .unwrap_or(defaults.timeout);
-    let retries = f
-        .get("retries")
-        .and_then(|n| ctx.uint(n, &f.path("retries"), scope, 1, 1000))
-        .unwrap_or(defaults.retries) as u32;
-    let start_period = f
-        .get("start_period")
-        .and_then(|n| ctx.duration(n, &f.path("start_period"), scope))
-        .unwrap_or_default();
+    let interval =
+        f.get("interval").and_then(|n| ctx.duration(n, &f.path("interval"), scope)).unwrap_or(defaults.interval);
+    let timeout = f.get("timeout").and_then(|n| ctx.duration(n, &f.path("timeout"), scope)).unwrap_or(defaults.timeout);
+    let retries =
+        f.get("retries").and_then(|n| ctx.uint(n, &f.path("retries"), scope, 1, 1000)).unwrap_or(defaults.retries)
+            as u32;
+    let start_period =
+        f.get("start_period").and_then(|n| ctx.duration(n, &f.path("start_period"), scope)).unwrap_or_default();
     let start_interval = f
         .get("start_interval")
         .and_then(|n| ctx.duration(n, &f.path("start_interval"), scope))
         .unwrap_or(defaults.start_interval);
-    for (name, value) in [
-        ("interval", interval),
-        ("timeout", timeout),
-        ("start_interval", start_interval),
-    ] {
+    for (name, value) in [("interval", interval), ("timeout", timeout), ("start_interval", start_interval)] {
         if value.is_zero()
             && let Some(n) = f.get(name)
         {
-            ctx.error(
-                "invalid-value",
-                n.span,
-                &f.path(name),
-                format!("`{name}` must be more than zero"),
-            );
+            ctx.error("invalid-value", n.span, &f.path(name), format!("`{name}` must be more than zero"));
         }
     }
-    Some(Probe {
-        check: check?,
-        interval,
-        timeout,
-        retries,
-        start_period,
-        start_interval,
-    })
+    Some(Probe { check: check?, interval, timeout, retries, start_period, start_interval })
 }
 
 fn amount(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Amount> {
@@ -782,18 +650,11 @@ fn amount(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Amoun
     if raw.trim_end().ends_with('%') {
         ctx.percent(node, path, scope).map(Amount::Percent)
     } else {
-        ctx.uint(node, path, scope, 0, 10_000)
-            .map(|v| Amount::Count(v as u32))
+        ctx.uint(node, path, scope, 0, 10_000).map(|v| Amount::Count(v as u32))
     }
 }
 
-fn deploy(
-    ctx: &mut Ctx,
-    node: Option<&Node>,
-    service: &Fields,
-    scope: &Scope,
-    spans: &mut Spans,
-) -> Deploy {
+fn deploy(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope, spans: &mut Spans) -> Deploy {
     let mut deploy = Deploy {
         strategy: Strategy::Rolling,
         max_surge: Amount::Count(1),
@@ -801,11 +662,7 @@ fn deploy(
         min_ready: Duration::ZERO,
         steps: Vec::new(),
         step_duration: Duration::from_secs(30),
-        analysis: Analysis {
-            max_error_rate: None,
-            max_p99: None,
-            min_requests: 20,
-        },
+        analysis: Analysis { max_error_rate: None, max_p99: None, min_requests: 20 },
         preview_port: None,
         auto_promote: false,
         scale_down_delay: Duration::from_secs(30),
@@ -830,15 +687,18 @@ fn deploy(
     {
         deploy.max_unavailable = a;
     }
-    let is_zero =
-        |a: Amount| matches!(a, Amount::Count(0)) || matches!(a, Amount::Percent(p) if p.0 == 0.0);
-    if deploy.strategy == Strategy::Rolling
-        && is_zero(deploy.max_surge)
-        && is_zero(deploy.max_unavailable)
-    {
+    let is_zero = |a: Amount| matches!(a, Amount::Count(0)) || matches!(a, Amount::Percent(p) if p.0 == 0.0);
+    if deploy.strategy == Strategy::Rolling && is_zero(deploy.max_surge) && is_zero(deploy.max_unavailable) {
         ctx.diags.push(
-            Diagnostic::error("invalid-value", Some(f.span), &path, "`max_surge` and `max_unavailable` are both zero: a rolling deploy could never progress")
-                .with_hint("allow at least one extra instance (`max_surge: 1`) or one missing instance (`max_unavailable: 1`)"),
+            Diagnostic::error(
+                "invalid-value",
+                Some(f.span),
+                &path,
+                "`max_surge` and `max_unavailable` are both zero: a rolling deploy could never progress",
+            )
+            .with_hint(
+                "allow at least one extra instance (`max_surge: 1`) or one missing instance (`max_unavailable: 1`)",
+            ),
         );
     }
     for (field, slot) in [
@@ -860,14 +720,9 @@ fn deploy(
                 let mut previous = 0u64;
                 for (i, item) in items.iter().enumerate() {
                     let item_path = format!("{path}[{i}]");
-                    let raw = ctx
-                        .scalar(item, &item_path, "a percentage")
-                        .unwrap_or_default()
-                        .trim_end()
-                        .to_string();
+                    let raw = ctx.scalar(item, &item_path, "a percentage").unwrap_or_default().trim_end().to_string();
                     let step = if raw.ends_with('%') {
-                        ctx.percent(item, &item_path, scope)
-                            .map(|p| p.0.round() as u64)
+                        ctx.percent(item, &item_path, scope).map(|p| p.0.round() as u64)
                     } else {
                         ctx.uint(item, &item_path, scope, 1, 100)
                     };
@@ -884,11 +739,7 @@ fn deploy(
                     deploy.steps.push(step as u8);
                 }
             }
-            _ => ctx.type_error(
-                n,
-                &path,
-                "a non-empty list of traffic percentages, such as [10, 50, 100]",
-            ),
+            _ => ctx.type_error(n, &path, "a non-empty list of traffic percentages, such as [10, 50, 100]"),
         }
     }
     if deploy.strategy == Strategy::Canary && deploy.steps.is_empty() {
@@ -933,27 +784,14 @@ fn deploy(
             }
         }
     };
-    only(
-        Strategy::Canary,
-        &["steps", "step_duration", "analysis"],
-        "canary",
-        ctx,
-    );
-    only(
-        Strategy::BlueGreen,
-        &["preview_port", "auto_promote", "scale_down_delay"],
-        "blue_green",
-        ctx,
-    );
+    only(Strategy::Canary, &["steps", "step_duration", "analysis"], "canary", ctx);
+    only(Strategy::BlueGreen, &["preview_port", "auto_promote", "scale_down_delay"], "blue_green", ctx);
     deploy
 }
 
 fn autoscale(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Autoscale> {
     let f = ctx.fields(node, path, AUTOSCALE_FIELDS)?;
-    let min = f
-        .get("min")
-        .and_then(|n| ctx.uint(n, &f.path("min"), scope, 1, 10_000))
-        .unwrap_or(1) as u32;
+    let min = f.get("min").and_then(|n| ctx.uint(n, &f.path("min"), scope, 1, 10_000)).unwrap_or(1) as u32;
     let max = match f.get("max") {
         Some(n) => ctx.uint(n, &f.path("max"), scope, 1, 10_000)? as u32,
         None => {
@@ -962,19 +800,10 @@ fn autoscale(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Au
         }
     };
     if max < min {
-        ctx.error(
-            "invalid-value",
-            f.span,
-            path,
-            format!("autoscale `max` ({max}) is less than `min` ({min})"),
-        );
+        ctx.error("invalid-value", f.span, path, format!("autoscale `max` ({max}) is less than `min` ({min})"));
     }
-    let cpu = f
-        .get("cpu")
-        .and_then(|n| ctx.percent(n, &f.path("cpu"), scope));
-    let memory = f
-        .get("memory")
-        .and_then(|n| ctx.percent(n, &f.path("memory"), scope));
+    let cpu = f.get("cpu").and_then(|n| ctx.percent(n, &f.path("cpu"), scope));
+    let memory = f.get("memory").and_then(|n| ctx.percent(n, &f.path("memory"), scope));
     let requests_per_second = f.get("requests_per_second").and_then(|n| {
         let v = ctx.float(n, &f.path("requests_per_second"), scope)?;
         if v <= 0.0 {
@@ -988,41 +817,25 @@ fn autoscale(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Au
         }
         Some(v)
     });
-    let targets_given = ["cpu", "memory", "requests_per_second"]
-        .iter()
-        .any(|t| f.get(t).is_some());
+    let targets_given = ["cpu", "memory", "requests_per_second"].iter().any(|t| f.get(t).is_some());
     if !targets_given {
         ctx.diags.push(
-            Diagnostic::error(
-                "missing-field",
-                Some(f.span),
-                path,
-                "autoscale needs a target",
-            )
-            .with_hint("add `cpu: 70%`, `memory: 80%` or `requests_per_second: 100`"),
+            Diagnostic::error("missing-field", Some(f.span), path, "autoscale needs a target")
+                .with_hint("add `cpu: 70%`, `memory: 80%` or `requests_per_second: 100`"),
         );
     }
     let scale_down_stabilization = f
         .get("scale_down_stabilization")
         .and_then(|n| ctx.duration(n, &f.path("scale_down_stabilization"), scope))
         .unwrap_or(Duration::from_secs(300));
-    Some(Autoscale {
-        min,
-        max,
-        cpu,
-        memory,
-        requests_per_second,
-        scale_down_stabilization,
-    })
+    Some(Autoscale { min, max, cpu, memory, requests_per_second, scale_down_stabilization })
 }
 
 fn resources(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Resources {
     let Some(f) = ctx.fields(node, path, RESOURCES_FIELDS) else {
         return Resources::default();
     };
-    let memory = f
-        .get("memory")
-        .and_then(|n| ctx.size(n, &f.path("memory"), scope));
+    let memory = f.get("memory").and_then(|n| ctx.size(n, &f.path("memory"), scope));
     let cpu = f.get("cpu").and_then(|n| {
         // Cores as a number (`0.5`), or Kubernetes' millicores (`500m`).
         ctx.parsed(n, &f.path("cpu"), scope, "a CPU limit", |t| {
@@ -1032,9 +845,7 @@ fn resources(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Resources
             };
             match cores {
                 Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
-                _ => Err(format!(
-                    "`{t}` is not a CPU limit (cores such as 0.5, or millicores such as 500m)"
-                )),
+                _ => Err(format!("`{t}` is not a CPU limit (cores such as 0.5, or millicores such as 500m)")),
             }
         })
     });
@@ -1042,10 +853,7 @@ fn resources(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Resources
 }
 
 fn logs(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope) -> Logs {
-    let mut logs = Logs {
-        max_size: Size(10 << 20),
-        max_files: 5,
-    };
+    let mut logs = Logs { max_size: Size(10 << 20), max_files: 5 };
     let path = service.path("logs");
     if let Some(f) = node.and_then(|n| ctx.fields(n, &path, LOGS_FIELDS)) {
         if let Some(n) = f.get("max_size")

@@ -12,9 +12,7 @@ use crate::SecretSource;
 use crate::diag::{Diagnostic, Span};
 use crate::interp::{self, Lookup};
 use crate::model::{Generate, Setting, SettingSpec, SettingType, Source, Text};
-use crate::read::{
-    Ctx, Scope, lookup_in, parse_bool, report_interp_errors, setting_lookup, suggest,
-};
+use crate::read::{Ctx, Scope, lookup_in, parse_bool, report_interp_errors, setting_lookup, suggest};
 use crate::yaml::{self, Kind, Node};
 use tug_secrets::Charset;
 
@@ -70,7 +68,9 @@ pub fn definitions(
                 "invalid-name",
                 key.span,
                 &setting_path,
-                format!("`{name}` is not a valid setting name: settings are environment variables ([A-Za-z_][A-Za-z0-9_]*)"),
+                format!(
+                    "`{name}` is not a valid setting name: settings are environment variables ([A-Za-z_][A-Za-z0-9_]*)"
+                ),
             );
             continue;
         }
@@ -83,9 +83,7 @@ pub fn definitions(
 
 pub fn is_env_name(name: &str) -> bool {
     let mut bytes = name.bytes();
-    bytes
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+    bytes.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
         && bytes.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
@@ -99,11 +97,7 @@ fn definition(
 ) -> Option<Definition> {
     // A scalar is shorthand for a string setting with that default.
     if let Kind::Scalar { .. } = node.kind {
-        let spec = SettingSpec {
-            ty: Some(SettingType::String),
-            required: true,
-            ..SettingSpec::default()
-        };
+        let spec = SettingSpec { ty: Some(SettingType::String), required: true, ..SettingSpec::default() };
         return Some(Definition {
             spec,
             span,
@@ -121,11 +115,7 @@ fn definition(
         if let Some(envs) = ctx.fields(per_env, &base.path("environments"), &names) {
             for (env_name, _, rule) in &envs.entries {
                 let rule_fields = &SETTING_FIELDS[..SETTING_FIELDS.len() - 1];
-                if ctx
-                    .fields(rule, &envs.path(env_name), rule_fields)
-                    .is_some()
-                    && *env_name == environment
-                {
+                if ctx.fields(rule, &envs.path(env_name), rule_fields).is_some() && *env_name == environment {
                     let mut node = node.clone();
                     yaml::merge(&mut node, (*rule).clone());
                     merged = Some(node);
@@ -136,28 +126,17 @@ fn definition(
     // The merged rule's fields were all checked above; read them without reporting twice.
     let mut quiet = crate::diag::Diagnostics::default();
     let f = match &merged {
-        Some(node) => Ctx {
-            diags: &mut quiet,
-            env: ctx.env,
-        }
-        .fields(node, path, SETTING_FIELDS)?,
+        Some(node) => Ctx { diags: &mut quiet, env: ctx.env }.fields(node, path, SETTING_FIELDS)?,
         None => base,
     };
     let scope = Scope::ENV_ONLY;
-    let mut spec = SettingSpec {
-        required: true,
-        ..SettingSpec::default()
-    };
+    let mut spec = SettingSpec { required: true, ..SettingSpec::default() };
     spec.ty = match f.get("type") {
         Some(n) => ctx.choice(
             n,
             &f.path("type"),
             &scope,
-            &SettingType::NAMES
-                .iter()
-                .copied()
-                .zip(SettingType::ALL)
-                .collect::<Vec<_>>(),
+            &SettingType::NAMES.iter().copied().zip(SettingType::ALL).collect::<Vec<_>>(),
         ),
         None => Some(SettingType::String),
     };
@@ -179,10 +158,7 @@ fn definition(
                     "constraint-type",
                     Some(n.span),
                     f.path(field),
-                    format!(
-                        "`{field}` does not apply to a setting of type {}",
-                        ty.name()
-                    ),
+                    format!("`{field}` does not apply to a setting of type {}", ty.name()),
                 )
                 .with_hint(format!("`{field}` applies to: {}", names.join(", "))),
             );
@@ -194,28 +170,19 @@ fn definition(
     for field in ["min", "max"] {
         if let Some(n) = applies(ctx, field, &[T::Int, T::Float, T::Duration, T::Port]) {
             let bound = if ty == Some(T::Duration) {
-                ctx.duration(n, &f.path(field), &scope)
-                    .map(|d| d.as_secs_f64())
+                ctx.duration(n, &f.path(field), &scope).map(|d| d.as_secs_f64())
             } else {
                 ctx.float(n, &f.path(field), &scope)
             };
-            if field == "min" {
-                spec.min = bound
-            } else {
-                spec.max = bound
-            }
+            if field == "min" { spec.min = bound } else { spec.max = bound }
         }
     }
     let textual = [T::String, T::Secret, T::Path, T::Url];
     if let Some(n) = applies(ctx, "min_length", &textual) {
-        spec.min_length = ctx
-            .uint(n, &f.path("min_length"), &scope, 0, u32::MAX as u64)
-            .map(|v| v as usize);
+        spec.min_length = ctx.uint(n, &f.path("min_length"), &scope, 0, u32::MAX as u64).map(|v| v as usize);
     }
     if let Some(n) = applies(ctx, "max_length", &textual) {
-        spec.max_length = ctx
-            .uint(n, &f.path("max_length"), &scope, 0, u32::MAX as u64)
-            .map(|v| v as usize);
+        spec.max_length = ctx.uint(n, &f.path("max_length"), &scope, 0, u32::MAX as u64).map(|v| v as usize);
     }
     let mut pattern = None;
     if let Some(n) = applies(ctx, "pattern", &textual)
@@ -230,58 +197,31 @@ fn definition(
                 "invalid-regex",
                 n.span,
                 &f.path("pattern"),
-                format!(
-                    "invalid regular expression: {}",
-                    regex_reason(&e.to_string())
-                ),
+                format!("invalid regular expression: {}", regex_reason(&e.to_string())),
             ),
         }
     }
     if let Some(n) = applies(ctx, "values", &[T::Enum]) {
-        spec.values = ctx
-            .string_list(n, &f.path("values"), &scope)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        spec.values = ctx.string_list(n, &f.path("values"), &scope).into_iter().map(|(s, _)| s).collect();
     }
     if ty == Some(T::Enum) && spec.values.is_empty() {
         ctx.diags.push(
-            Diagnostic::error(
-                "missing-field",
-                Some(f.span),
-                path,
-                "a setting of type enum needs `values`",
-            )
-            .with_hint("list the allowed values: `values: [a, b]`"),
+            Diagnostic::error("missing-field", Some(f.span), path, "a setting of type enum needs `values`")
+                .with_hint("list the allowed values: `values: [a, b]`"),
         );
     }
     if let Some(n) = applies(ctx, "schemes", &[T::Url]) {
-        spec.schemes = ctx
-            .string_list(n, &f.path("schemes"), &scope)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        spec.schemes = ctx.string_list(n, &f.path("schemes"), &scope).into_iter().map(|(s, _)| s).collect();
     }
     if let Some(n) = f.get("forbid") {
-        spec.forbid = ctx
-            .string_list(n, &f.path("forbid"), &scope)
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        spec.forbid = ctx.string_list(n, &f.path("forbid"), &scope).into_iter().map(|(s, _)| s).collect();
     }
     if let Some(n) = applies(ctx, "generate", &[T::Secret]) {
         spec.generate = generate(ctx, n, &f.path("generate"));
     }
     let value = f.get("value").cloned();
     let default = f.get("default").cloned();
-    Some(Definition {
-        spec,
-        span,
-        path: path.to_string(),
-        value,
-        default,
-        pattern,
-    })
+    Some(Definition { spec, span, path: path.to_string(), value, default, pattern })
 }
 
 fn generate(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Generate> {
@@ -308,11 +248,7 @@ fn generate(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Generate> {
 
 /// The regex crate's message is several lines; its last line says what is wrong.
 pub fn regex_reason(text: &str) -> String {
-    let last = text
-        .lines()
-        .rfind(|l| !l.trim().is_empty())
-        .unwrap_or(text)
-        .trim();
+    let last = text.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(text).trim();
     last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
@@ -324,20 +260,12 @@ pub fn resolve(
     outer: &[&IndexMap<String, Setting>],
     secrets: &dyn SecretSource,
 ) -> IndexMap<String, Setting> {
-    let mut r = Resolution {
-        defs,
-        outer,
-        secrets,
-        done: IndexMap::new(),
-        in_progress: Vec::new(),
-    };
+    let mut r = Resolution { defs, outer, secrets, done: IndexMap::new(), in_progress: Vec::new() };
     for name in defs.keys() {
         r.resolve(ctx, name);
     }
     // Keep declaration order.
-    defs.keys()
-        .filter_map(|k| r.done.swap_remove(k).map(|s| (k.clone(), s)))
-        .collect()
+    defs.keys().filter_map(|k| r.done.swap_remove(k).map(|s| (k.clone(), s))).collect()
 }
 
 struct Resolution<'r> {
@@ -358,20 +286,14 @@ impl Resolution<'_> {
             return lookup_in(self.outer, ctx.env, false, name);
         };
         if let Some(start) = self.in_progress.iter().position(|n| n == name) {
-            let mut cycle: Vec<&str> = self.in_progress[start..]
-                .iter()
-                .map(String::as_str)
-                .collect();
+            let mut cycle: Vec<&str> = self.in_progress[start..].iter().map(String::as_str).collect();
             cycle.push(name);
             ctx.diags.push(
                 Diagnostic::error(
                     "setting-cycle",
                     Some(def.span),
                     &def.path,
-                    format!(
-                        "settings refer to each other in a cycle: {}",
-                        cycle.join(" → ")
-                    ),
+                    format!("settings refer to each other in a cycle: {}", cycle.join(" → ")),
                 )
                 .with_hint("break the cycle: one of them needs a value that does not refer back"),
             );
@@ -406,12 +328,7 @@ impl Resolution<'_> {
 
     fn compute(&mut self, ctx: &mut Ctx, name: &str, def: &Definition) -> Setting {
         let secret = def.spec.ty == Some(SettingType::Secret);
-        let mut setting = Setting {
-            spec: def.spec.clone(),
-            value: None,
-            source: Source::Unset,
-            span: def.span,
-        };
+        let mut setting = Setting { spec: def.spec.clone(), value: None, source: Source::Unset, span: def.span };
         if def.spec.ty.is_none() {
             // Its `type` is wrong and reported: checking a value against no type says nothing more.
             return setting;
@@ -499,15 +416,7 @@ impl Resolution<'_> {
         {
             let mut value = Text::plain(text.clone());
             value.sensitive = secret;
-            check_value(
-                ctx,
-                name,
-                def,
-                &mut value,
-                node.span,
-                &format!("{}.default", def.path),
-                "",
-            );
+            check_value(ctx, name, def, &mut value, node.span, &format!("{}.default", def.path), "");
         }
         setting
     }
@@ -515,23 +424,11 @@ impl Resolution<'_> {
 
 /// Checks a value against its type and constraints, normalizing it (booleans to
 /// `true`/`false`). Messages never contain a sensitive value.
-fn check_value(
-    ctx: &mut Ctx,
-    name: &str,
-    def: &Definition,
-    value: &mut Text,
-    span: Span,
-    path: &str,
-    from: &str,
-) {
+fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, span: Span, path: &str, from: &str) {
     let spec = &def.spec;
     let sensitive = value.sensitive;
     let shown = |v: &str| {
-        if sensitive {
-            "the value".to_string()
-        } else {
-            format!("`{v}`")
-        }
+        if sensitive { "the value".to_string() } else { format!("`{v}`") }
     };
     let text = value.expose().to_string();
     let mut problems: Vec<(String, Option<String>)> = Vec::new();
@@ -562,11 +459,7 @@ fn check_value(
             Ok(d) => Some(d.as_secs_f64()),
             Err(e) => {
                 problems.push((
-                    if sensitive {
-                        "the value is not a duration".into()
-                    } else {
-                        e
-                    },
+                    if sensitive { "the value is not a duration".into() } else { e },
                     Some("write durations like 100ms, 2s, 1m30s".into()),
                 ));
                 None
@@ -575,10 +468,7 @@ fn check_value(
         Some(T::Bool) => {
             match parse_bool(text.trim()) {
                 Some(b) => *value = Text::new(b.to_string(), sensitive, false, false),
-                None => problems.push((
-                    format!("{} is not a bool", shown(&text)),
-                    Some("use true or false".into()),
-                )),
+                None => problems.push((format!("{} is not a bool", shown(&text)), Some("use true or false".into()))),
             }
             None
         }
@@ -589,8 +479,7 @@ fn check_value(
                     Some("write it as scheme://host[:port][/path]".into()),
                 )),
                 Some(scheme)
-                    if !spec.schemes.is_empty()
-                        && !spec.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
+                    if !spec.schemes.is_empty() && !spec.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
                 {
                     problems.push((
                         format!("the URL's scheme `{scheme}` is not allowed here"),
@@ -609,10 +498,7 @@ fn check_value(
                     }
                     _ => format!("allowed: {}", spec.values.join(", ")),
                 };
-                problems.push((
-                    format!("{} is not one of the allowed values", shown(&text)),
-                    Some(hint),
-                ));
+                problems.push((format!("{} is not one of the allowed values", shown(&text)), Some(hint)));
             }
             None
         }
@@ -633,18 +519,12 @@ fn check_value(
         if let Some(min) = spec.min
             && n < min
         {
-            problems.push((
-                format!("{} is less than the minimum {}", shown(&text), unit(min)),
-                None,
-            ));
+            problems.push((format!("{} is less than the minimum {}", shown(&text), unit(min)), None));
         }
         if let Some(max) = spec.max
             && n > max
         {
-            problems.push((
-                format!("{} is more than the maximum {}", shown(&text), unit(max)),
-                None,
-            ));
+            problems.push((format!("{} is more than the maximum {}", shown(&text), unit(max)), None));
         }
     }
     let length = text.chars().count();
@@ -654,11 +534,7 @@ fn check_value(
         problems.push((
             format!(
                 "{} is {length} characters long, shorter than min_length {min}",
-                if sensitive {
-                    "the value".into()
-                } else {
-                    shown(&text)
-                }
+                if sensitive { "the value".into() } else { shown(&text) }
             ),
             None,
         ));
@@ -669,11 +545,7 @@ fn check_value(
         problems.push((
             format!(
                 "{} is {length} characters long, longer than max_length {max}",
-                if sensitive {
-                    "the value".into()
-                } else {
-                    shown(&text)
-                }
+                if sensitive { "the value".into() } else { shown(&text) }
             ),
             None,
         ));
@@ -681,10 +553,7 @@ fn check_value(
     if let (Some(re), Some(pattern)) = (&def.pattern, &spec.pattern)
         && !re.is_match(&text)
     {
-        problems.push((
-            format!("{} does not match the pattern `{pattern}`", shown(&text)),
-            None,
-        ));
+        problems.push((format!("{} does not match the pattern `{pattern}`", shown(&text)), None));
     }
     if spec.forbid.contains(&text) {
         problems.push((
@@ -697,18 +566,9 @@ fn check_value(
         ));
     }
     for (message, hint) in problems {
-        let code = if message.contains("placeholder") {
-            "forbidden-value"
-        } else {
-            "constraint"
-        };
-        let mut d = Diagnostic::error(
-            code,
-            Some(span),
-            path,
-            format!("setting `{name}`{from}: {message}"),
-        )
-        .sensitive(sensitive);
+        let code = if message.contains("placeholder") { "forbidden-value" } else { "constraint" };
+        let mut d = Diagnostic::error(code, Some(span), path, format!("setting `{name}`{from}: {message}"))
+            .sensitive(sensitive);
         if let Some(hint) = hint {
             d = d.with_hint(hint);
         }

@@ -15,19 +15,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = 0f64;
     let mut rest = text;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if number_len == 0 {
             return Err(format!("`{text}` is not a duration"));
         }
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| format!("`{text}` is not a duration"))?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| format!("`{text}` is not a duration"))?;
         rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let seconds = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -38,9 +32,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "d" => 86400.0,
             "" => return Err(format!("`{text}` has a number without a unit")),
             _ => {
-                return Err(format!(
-                    "`{text}` is not a duration: units are ns, us, ms, s, m, h, d"
-                ));
+                return Err(format!("`{text}` is not a duration: units are ns, us, ms, s, m, h, d"));
             }
         };
         rest = &rest[unit_len..];
@@ -101,9 +93,7 @@ impl fmt::Display for Percent {
 pub fn parse_percent(text: &str) -> Result<Percent, String> {
     let text = text.trim();
     let Some(number) = text.strip_suffix('%') else {
-        return Err(format!(
-            "`{text}` is not a percentage (write it with `%`, such as `70%`)"
-        ));
+        return Err(format!("`{text}` is not a percentage (write it with `%`, such as `70%`)"));
     };
     match number.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && (0.0..=100.0).contains(&v) => Ok(Percent(v)),
@@ -118,12 +108,7 @@ pub struct Size(pub u64);
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, size) in [
-            ("Ti", 1u64 << 40),
-            ("Gi", 1 << 30),
-            ("Mi", 1 << 20),
-            ("Ki", 1 << 10),
-        ] {
+        for (unit, size) in [("Ti", 1u64 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)] {
             if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
@@ -135,13 +120,9 @@ impl fmt::Display for Size {
 /// Parses `512Mi`, `1Gi`, `10M`, `100KB`, `4096`, and compose's `512m` / `1g` (binary).
 pub fn parse_size(text: &str) -> Result<Size, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size"))?;
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a size"))?;
     let multiplier: u64 = match unit.trim() {
         "" | "b" | "B" => 1,
         "k" | "K" | "KB" | "kB" => 1000,
@@ -157,9 +138,7 @@ pub fn parse_size(text: &str) -> Result<Size, String> {
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         other => {
-            return Err(format!(
-                "`{other}` in `{text}` is not a size unit (use Ki, Mi, Gi, K, M, G)"
-            ));
+            return Err(format!("`{other}` in `{text}` is not a size unit (use Ki, Mi, Gi, K, M, G)"));
         }
     };
     let bytes = number * multiplier as f64;
@@ -189,20 +168,13 @@ pub struct Signal {
 }
 
 impl Signal {
-    pub const TERM: Signal = Signal {
-        name: "SIGTERM",
-        number: 15,
-    };
+    pub const TERM: Signal = Signal { name: "SIGTERM", number: 15 };
 }
 
 /// Parses `SIGTERM`, `TERM`, `sigterm` or a number from [`SIGNALS`].
 pub fn parse_signal(text: &str) -> Result<Signal, String> {
     let upper = text.trim().to_ascii_uppercase();
-    let wanted = if upper.starts_with("SIG") {
-        upper.clone()
-    } else {
-        format!("SIG{upper}")
-    };
+    let wanted = if upper.starts_with("SIG") { upper.clone() } else { format!("SIG{upper}") };
     SIGNALS
         .iter()
         .find(|(name, number)| *name == wanted || upper.parse::<i32>().ok() == Some(*number))
@@ -216,19 +188,9 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (text, ms) in [
-            ("100ms", 100),
-            ("2s", 2000),
-            ("1m30s", 90_000),
-            ("1h", 3_600_000),
-            ("1.5s", 1500),
-            ("0", 0),
-        ] {
-            assert_eq!(
-                parse_duration(text).unwrap(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
+        for (text, ms) in [("100ms", 100), ("2s", 2000), ("1m30s", 90_000), ("1h", 3_600_000), ("1.5s", 1500), ("0", 0)]
+        {
+            assert_eq!(parse_duration(text).unwrap(), Duration::from_millis(ms), "{text}");
         }
         assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
         for bad in ["", "10", "s", "5x", "1m30", "-1s", "1e3s"] {

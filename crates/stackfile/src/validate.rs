@@ -18,6 +18,8 @@ pub struct Checked<'a> {
 }
 
 pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
+    // Many services run the same programs: look each one up on PATH once.
+    let mut on_path: HashMap<String, bool> = HashMap::new();
     for (name, (service, spans)) in c.services {
         let path = format!("services.{name}");
         dependencies(diags, c, name, service, spans, &path);
@@ -61,7 +63,10 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
                 "replicas-outside-autoscale",
                 Some(service.span),
                 format!("{path}.replicas"),
-                format!("`replicas: {}` is outside autoscale's {}..{}: the autoscaler will move it into range", service.replicas, autoscale.min, autoscale.max),
+                format!(
+                    "`replicas: {}` is outside autoscale's {}..{}: the autoscaler will move it into range",
+                    service.replicas, autoscale.min, autoscale.max
+                ),
             ));
         }
         if spans.working_dir.is_some() && !service.working_dir.is_dir() {
@@ -69,30 +74,20 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
                 "missing-directory",
                 spans.working_dir,
                 format!("{path}.working_dir"),
-                format!(
-                    "`{}` is not a folder on this machine",
-                    service.working_dir.display()
-                ),
+                format!("`{}` is not a folder on this machine", service.working_dir.display()),
             ));
         }
         if let Some(path_var) = path_var
             && (c.active)(service)
         {
-            commands(diags, service, spans, &path, path_var);
+            commands(diags, service, spans, &path, path_var, &mut on_path);
         }
     }
     cycles(diags, c);
     ports(diags, c);
 }
 
-fn dependencies(
-    diags: &mut Diagnostics,
-    c: &Checked,
-    name: &str,
-    service: &Service,
-    spans: &Spans,
-    path: &str,
-) {
+fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Service, spans: &Spans, path: &str) {
     for dep in &spans.dependencies {
         let dep_path = format!("{path}.depends_on.{}", dep.name);
         let Some((target, _)) = c.services.get(&dep.name) else {
@@ -114,9 +109,16 @@ fn dependencies(
                     "inactive-dependency",
                     Some(dep.span),
                     &dep_path,
-                    format!("`{name}` depends on `{}`, whose profiles ({}) are not active", dep.name, target.profiles.join(", ")),
+                    format!(
+                        "`{name}` depends on `{}`, whose profiles ({}) are not active",
+                        dep.name,
+                        target.profiles.join(", ")
+                    ),
                 )
-                .with_hint(format!("activate a profile with `--profile {}`, or mark the dependency `required: false`", target.profiles[0])),
+                .with_hint(format!(
+                    "activate a profile with `--profile {}`, or mark the dependency `required: false`",
+                    target.profiles[0]
+                )),
             );
         }
         match dep.condition {
@@ -134,7 +136,10 @@ fn dependencies(
                     "condition-not-a-job",
                     Some(dep.span),
                     dep_path,
-                    format!("`{name}` waits for `{}` to complete, but `{}` is a long-running service, not a job", dep.name, dep.name),
+                    format!(
+                        "`{name}` waits for `{}` to complete, but `{}` is a long-running service, not a job",
+                        dep.name, dep.name
+                    ),
                 )
                 .with_hint(format!("declare `{}` with `kind: job`, or wait for `healthy` or `started`", dep.name)),
             ),
@@ -172,11 +177,7 @@ fn cycles(diags: &mut Diagnostics, c: &Checked) {
         .services
         .values()
         .map(|(_, spans)| {
-            spans
-                .dependencies
-                .iter()
-                .filter_map(|d| index.get(d.name.as_str()).map(|&i| (i, d.span)))
-                .collect()
+            spans.dependencies.iter().filter_map(|d| index.get(d.name.as_str()).map(|&i| (i, d.span))).collect()
         })
         .collect();
     // 0 = unvisited, 1 = on the current path, 2 = done.
@@ -238,11 +239,7 @@ fn ports(diags: &mut Diagnostics, c: &Checked) {
     for (name, (service, spans)) in c.services {
         let ports = [
             (service.port, spans.port, "port"),
-            (
-                service.deploy.preview_port,
-                spans.preview_port,
-                "deploy.preview_port",
-            ),
+            (service.deploy.preview_port, spans.preview_port, "deploy.preview_port"),
         ];
         for (port, span, field) in ports {
             let (Some(port), Some(span)) = (port, span) else {
@@ -256,7 +253,9 @@ fn ports(diags: &mut Diagnostics, c: &Checked) {
                         format!("services.{name}.{field}"),
                         format!("port {port} is already used by `{other}` ({other_field})"),
                     )
-                    .with_hint("each service needs its own port; instances of one service share it through tug's router"),
+                    .with_hint(
+                        "each service needs its own port; instances of one service share it through tug's router",
+                    ),
                 ),
                 None => {
                     taken.insert(port, (name, field));
@@ -267,18 +266,30 @@ fn ports(diags: &mut Diagnostics, c: &Checked) {
 }
 
 const SHELL_BUILTINS: &[&str] = &[
-    ".", ":", "[", "alias", "cd", "command", "eval", "exec", "exit", "export", "false", "for",
-    "if", "read", "set", "source", "test", "trap", "true", "ulimit", "umask", "unset", "wait",
-    "while", "until", "case", "echo", "printf", "sleep", "{", "(",
+    ".", ":", "[", "alias", "cd", "command", "eval", "exec", "exit", "export", "false", "for", "if", "read", "set",
+    "source", "test", "trap", "true", "ulimit", "umask", "unset", "wait", "while", "until", "case", "echo", "printf",
+    "sleep", "{", "(",
 ];
 
 /// A command not found on this machine is a warning: the stack may be checked on one machine and run on another.
-fn commands(diags: &mut Diagnostics, service: &Service, spans: &Spans, path: &str, path_var: &str) {
+fn commands(
+    diags: &mut Diagnostics,
+    service: &Service,
+    spans: &Spans,
+    path: &str,
+    path_var: &str,
+    on_path: &mut HashMap<String, bool>,
+) {
     let mut check = |command: &Command, field: &str, span: Option<Span>| {
         let Some(program) = program(command) else {
             return;
         };
-        if !found(&program, &service.working_dir, path_var) {
+        let exists = if program.contains('/') {
+            found(&program, &service.working_dir, path_var)
+        } else {
+            *on_path.entry(program.clone()).or_insert_with(|| found(&program, &service.working_dir, path_var))
+        };
+        if !exists {
             diags.push(
                 Diagnostic::warning("command-not-found", span, format!("{path}.{field}"), format!("`{program}` is not found on this machine"))
                     .with_hint("install it, or check the name; this is only a warning because the stack may run on another machine"),
@@ -295,10 +306,7 @@ fn program(command: &Command) -> Option<String> {
     let first = match command {
         Command::Argv(argv) => argv.first()?.expose().to_string(),
         Command::Shell(line) => {
-            let mut words = line
-                .expose()
-                .split_whitespace()
-                .skip_while(|w| w.contains('=') && !w.starts_with('='));
+            let mut words = line.expose().split_whitespace().skip_while(|w| w.contains('=') && !w.starts_with('='));
             let mut word = words.next()?;
             if word == "exec" {
                 word = words.next()?;
@@ -320,16 +328,10 @@ fn program(command: &Command) -> Option<String> {
 
 fn found(program: &str, working_dir: &Path, path_var: &str) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: PathBuf| {
-        p.metadata()
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
-    };
+    let executable =
+        |p: PathBuf| p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false);
     if program.contains('/') {
         return executable(working_dir.join(program));
     }
-    path_var
-        .split(':')
-        .filter(|d| !d.is_empty())
-        .any(|dir| executable(Path::new(dir).join(program)))
+    path_var.split(':').filter(|d| !d.is_empty()).any(|dir| executable(Path::new(dir).join(program)))
 }

@@ -53,10 +53,7 @@ impl Node {
 
     pub fn get(&self, key: &str) -> Option<&Node> {
         match &self.kind {
-            Kind::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| k.key_text() == Some(key))
-                .map(|(_, v)| v),
+            Kind::Map(entries) => entries.iter().find(|(k, _)| k.key_text() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -72,40 +69,17 @@ fn is_bool(text: &str) -> bool {
 
 /// Parses one YAML document. An empty document is an empty mapping.
 pub fn parse(text: &str, file: u32) -> Result<Node, Box<Diagnostic>> {
-    let mut builder = Builder {
-        file,
-        stack: Vec::new(),
-        anchors: HashMap::new(),
-        root: None,
-        error: None,
-    };
+    let mut builder = Builder { file, stack: Vec::new(), anchors: HashMap::new(), root: None, error: None };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
         let m = e.marker();
-        let span = Span {
-            file,
-            line: m.line() as u32,
-            col: m.col() as u32 + 1,
-        };
-        return Err(Box::new(Diagnostic::error(
-            "yaml-syntax",
-            Some(span),
-            "",
-            format!("invalid YAML: {}", e.info()),
-        )));
+        let span = Span { file, line: m.line() as u32, col: m.col() as u32 + 1 };
+        return Err(Box::new(Diagnostic::error("yaml-syntax", Some(span), "", format!("invalid YAML: {}", e.info()))));
     }
     if let Some(error) = builder.error {
         return Err(Box::new(error));
     }
-    Ok(builder.root.unwrap_or(Node {
-        kind: Kind::Map(Vec::new()),
-        span: Span {
-            file,
-            line: 1,
-            col: 1,
-        },
-        tag: None,
-    }))
+    Ok(builder.root.unwrap_or(Node { kind: Kind::Map(Vec::new()), span: Span { file, line: 1, col: 1 }, tag: None }))
 }
 
 enum Open {
@@ -125,11 +99,7 @@ struct Builder {
 
 impl Builder {
     fn span(&self, mark: Marker) -> Span {
-        Span {
-            file: self.file,
-            line: mark.line() as u32,
-            col: mark.col() as u32 + 1,
-        }
+        Span { file: self.file, line: mark.line() as u32, col: mark.col() as u32 + 1 }
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
@@ -163,12 +133,8 @@ impl Builder {
                             match source.kind {
                                 Kind::Map(merged) => {
                                     for (k, v) in merged {
-                                        if !entries
-                                            .iter()
-                                            .any(|(e, _)| e.key_text() == k.key_text())
-                                        {
-                                            from_merge
-                                                .push(k.key_text().unwrap_or_default().to_string());
+                                        if !entries.iter().any(|(e, _)| e.key_text() == k.key_text()) {
+                                            from_merge.push(k.key_text().unwrap_or_default().to_string());
                                             entries.push((k, v));
                                         }
                                     }
@@ -192,18 +158,12 @@ impl Builder {
                         entries.retain(|(e, _)| e.key_text() != Some(text));
                     }
                     if let Some(text) = key.key_text()
-                        && let Some((first, _)) =
-                            entries.iter().find(|(e, _)| e.key_text() == Some(text))
+                        && let Some((first, _)) = entries.iter().find(|(e, _)| e.key_text() == Some(text))
                     {
                         let first_line = first.span.line;
                         self.error.get_or_insert(
-                            Diagnostic::error(
-                                "duplicate-key",
-                                Some(key.span),
-                                "",
-                                format!("duplicate key `{text}`"),
-                            )
-                            .with_hint(format!("it is already set on line {first_line}")),
+                            Diagnostic::error("duplicate-key", Some(key.span), "", format!("duplicate key `{text}`"))
+                                .with_hint(format!("it is already set on line {first_line}")),
                         );
                         return;
                     }
@@ -224,13 +184,7 @@ impl Builder {
 }
 
 fn tag_name(tag: Option<Tag>) -> Option<String> {
-    tag.map(|t| {
-        if t.handle == "!" {
-            format!("!{}", t.suffix)
-        } else {
-            format!("{}{}", t.handle, t.suffix)
-        }
-    })
+    tag.map(|t| if t.handle == "!" { format!("!{}", t.suffix) } else { format!("{}{}", t.handle, t.suffix) })
 }
 
 impl MarkedEventReceiver for Builder {
@@ -240,10 +194,7 @@ impl MarkedEventReceiver for Builder {
             Event::Scalar(text, style, anchor, tag) => {
                 let plain = style == TScalarStyle::Plain;
                 let tag = tag_name(tag);
-                let kind = if plain
-                    && tag.is_none()
-                    && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")
-                {
+                let kind = if plain && tag.is_none() && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
                     Kind::Null
                 } else {
                     Kind::Scalar { text, plain }
@@ -251,31 +202,18 @@ impl MarkedEventReceiver for Builder {
                 self.finish(Node { kind, span, tag }, anchor);
             }
             Event::SequenceStart(anchor, tag) => {
-                self.stack.push(Open::Seq(
-                    Node {
-                        kind: Kind::Seq(Vec::new()),
-                        span,
-                        tag: tag_name(tag),
-                    },
-                    anchor,
-                ));
+                self.stack.push(Open::Seq(Node { kind: Kind::Seq(Vec::new()), span, tag: tag_name(tag) }, anchor));
             }
             Event::MappingStart(anchor, tag) => {
                 self.stack.push(Open::Map(
-                    Node {
-                        kind: Kind::Map(Vec::new()),
-                        span,
-                        tag: tag_name(tag),
-                    },
+                    Node { kind: Kind::Map(Vec::new()), span, tag: tag_name(tag) },
                     anchor,
                     None,
                     Vec::new(),
                 ));
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(Open::Seq(node, anchor) | Open::Map(node, anchor, _, _)) =
-                    self.stack.pop()
-                {
+                if let Some(Open::Seq(node, anchor) | Open::Map(node, anchor, _, _)) = self.stack.pop() {
                     self.finish(node, anchor);
                 }
             }
@@ -285,19 +223,10 @@ impl MarkedEventReceiver for Builder {
                     self.finish(node, 0);
                 }
                 None => {
-                    self.error.get_or_insert(Diagnostic::error(
-                        "yaml-alias",
-                        Some(span),
-                        "",
-                        "unknown alias",
-                    ));
+                    self.error.get_or_insert(Diagnostic::error("yaml-alias", Some(span), "", "unknown alias"));
                 }
             },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
 }
@@ -307,13 +236,9 @@ impl MarkedEventReceiver for Builder {
 /// `!override` replaces instead of merging.
 pub fn merge(base: &mut Node, over: Node) {
     match (&mut base.kind, over.kind) {
-        (Kind::Map(entries), Kind::Map(over_entries))
-            if over.tag.as_deref() != Some("!override") =>
-        {
+        (Kind::Map(entries), Kind::Map(over_entries)) if over.tag.as_deref() != Some("!override") => {
             for (key, value) in over_entries {
-                let position = entries
-                    .iter()
-                    .position(|(k, _)| k.key_text() == key.key_text());
+                let position = entries.iter().position(|(k, _)| k.key_text() == key.key_text());
                 if value.tag.as_deref() == Some("!reset") {
                     if let Some(i) = position {
                         entries.remove(i);
@@ -327,11 +252,7 @@ pub fn merge(base: &mut Node, over: Node) {
             }
         }
         (_, kind) => {
-            *base = strip_directives(Node {
-                kind,
-                span: over.span,
-                tag: over.tag,
-            });
+            *base = strip_directives(Node { kind, span: over.span, tag: over.tag });
         }
     }
 }
@@ -345,26 +266,12 @@ fn strip_directives(mut node: Node) -> Node {
         Kind::Map(entries) => {
             entries.retain(|(_, v)| v.tag.as_deref() != Some("!reset"));
             for (_, v) in entries.iter_mut() {
-                *v = strip_directives(std::mem::replace(
-                    v,
-                    Node {
-                        kind: Kind::Null,
-                        span: v.span,
-                        tag: None,
-                    },
-                ));
+                *v = strip_directives(std::mem::replace(v, Node { kind: Kind::Null, span: v.span, tag: None }));
             }
         }
         Kind::Seq(items) => {
             for v in items.iter_mut() {
-                *v = strip_directives(std::mem::replace(
-                    v,
-                    Node {
-                        kind: Kind::Null,
-                        span: v.span,
-                        tag: None,
-                    },
-                ));
+                *v = strip_directives(std::mem::replace(v, Node { kind: Kind::Null, span: v.span, tag: None }));
             }
         }
         _ => {}
@@ -384,10 +291,7 @@ mod tests {
         match &node.kind {
             Kind::Null => "~".into(),
             Kind::Scalar { text, .. } => text.clone(),
-            Kind::Seq(items) => format!(
-                "[{}]",
-                items.iter().map(texts).collect::<Vec<_>>().join(",")
-            ),
+            Kind::Seq(items) => format!("[{}]", items.iter().map(texts).collect::<Vec<_>>().join(",")),
             Kind::Map(entries) => format!(
                 "{{{}}}",
                 entries
@@ -417,18 +321,12 @@ mod tests {
 
     #[test]
     fn maps_merge_key_by_key_and_lists_replace() {
-        assert_eq!(
-            merged("a: {x: 1, y: 2}\nl: [1, 2]", "a: {y: 3, z: 4}\nl: [9]"),
-            "{a:{x:1,y:3,z:4},l:[9]}"
-        );
+        assert_eq!(merged("a: {x: 1, y: 2}\nl: [1, 2]", "a: {y: 3, z: 4}\nl: [9]"), "{a:{x:1,y:3,z:4},l:[9]}");
     }
 
     #[test]
     fn reset_removes_a_key() {
-        assert_eq!(
-            merged("a: {x: 1, y: 2}", "a: {x: !reset null}"),
-            "{a:{y:2}}"
-        );
+        assert_eq!(merged("a: {x: 1, y: 2}", "a: {x: !reset null}"), "{a:{y:2}}");
         assert_eq!(merged("a: {x: 1}\nb: 2", "a: !reset {}"), "{b:2}");
         // Resetting a key that is not there is not an error, and leaves nothing behind.
         assert_eq!(merged("a: 1", "b: !reset ~"), "{a:1}");
@@ -436,10 +334,7 @@ mod tests {
 
     #[test]
     fn override_replaces_a_mapping() {
-        assert_eq!(
-            merged("a: {x: 1, y: 2}", "a: !override {z: 3}"),
-            "{a:{z:3}}"
-        );
+        assert_eq!(merged("a: {x: 1, y: 2}", "a: !override {z: 3}"), "{a:{z:3}}");
     }
 
     #[test]
@@ -450,8 +345,7 @@ mod tests {
 
     #[test]
     fn anchors_aliases_and_merge_keys() {
-        let d =
-            doc("x-base: &base {restart: always, replicas: 2}\nsvc:\n  <<: *base\n  replicas: 3\n");
+        let d = doc("x-base: &base {restart: always, replicas: 2}\nsvc:\n  <<: *base\n  replicas: 3\n");
         assert_eq!(texts(d.get("svc").unwrap()), "{restart:always,replicas:3}");
     }
 

@@ -39,13 +39,7 @@ pub struct StackArgs {
     #[arg(long = "env-file", value_name = "FILE", global = true)]
     pub env_files: Vec<PathBuf>,
     /// Activate a profile (repeatable, or comma-separated in TUG_PROFILES)
-    #[arg(
-        long = "profile",
-        value_name = "NAME",
-        env = "TUG_PROFILES",
-        value_delimiter = ',',
-        global = true
-    )]
+    #[arg(long = "profile", value_name = "NAME", env = "TUG_PROFILES", value_delimiter = ',', global = true)]
     pub profiles: Vec<String>,
 }
 

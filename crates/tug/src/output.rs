@@ -8,11 +8,7 @@ use tug_stackfile::diag::Palette;
 
 /// Colours for a stream: only on a terminal, and never when NO_COLOR is set.
 pub fn palette(terminal: bool) -> Palette {
-    if terminal && std::env::var_os("NO_COLOR").is_none() {
-        Palette::ANSI
-    } else {
-        Palette::PLAIN
-    }
+    if terminal && std::env::var_os("NO_COLOR").is_none() { Palette::ANSI } else { Palette::PLAIN }
 }
 
 pub fn stdout_palette() -> Palette {
@@ -29,8 +25,7 @@ pub fn error_line(message: &str) -> String {
 }
 
 pub fn print_json(value: &Value) -> Result<ExitCode, String> {
-    let text =
-        serde_json::to_string_pretty(value).map_err(|e| format!("cannot encode JSON: {e}"))?;
+    let text = serde_json::to_string_pretty(value).map_err(|e| format!("cannot encode JSON: {e}"))?;
     write_stdout(&format!("{text}\n"))
 }
 
@@ -111,12 +106,8 @@ fn quote(s: &str) -> String {
         "" | "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off" | "y" | "n"
     );
     let numeric = s.parse::<f64>().is_ok() || s.starts_with("0x") || s.starts_with("0o");
-    let special_start =
-        s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c) || c.is_whitespace());
-    let special_inside = s.contains(": ")
-        || s.contains(" #")
-        || s.ends_with(':')
-        || s.ends_with(char::is_whitespace);
+    let special_start = s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c) || c.is_whitespace());
+    let special_inside = s.contains(": ") || s.contains(" #") || s.ends_with(':') || s.ends_with(char::is_whitespace);
     let control = s.chars().any(|c| c.is_control());
     if reserved || numeric || special_start || special_inside || control {
         serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
@@ -154,9 +145,7 @@ mod tests {
         let yaml = to_yaml(&value);
         let node = tug_stackfile::yaml::parse(&yaml, 0).expect("valid yaml");
         let b = node.get("a").and_then(|a| a.get("b")).expect("a.b");
-        let tug_stackfile::yaml::Kind::Seq(items) = &b.kind else {
-            panic!("a list")
-        };
+        let tug_stackfile::yaml::Kind::Seq(items) = &b.kind else { panic!("a list") };
         let texts: Vec<_> = items
             .iter()
             .map(|i| match &i.kind {

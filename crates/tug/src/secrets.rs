@@ -59,11 +59,7 @@ fn generate(args: &StackArgs) -> Result<ExitCode, String> {
     for (name, rule) in &missing {
         let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
         store.insert(name, value, Origin::Generated);
-        report.push_str(&format!(
-            "generated {name} ({} {} characters)\n",
-            rule.length,
-            rule.charset.as_str()
-        ));
+        report.push_str(&format!("generated {name} ({} {} characters)\n", rule.length, rule.charset.as_str()));
     }
     store.save().map_err(|e| e.to_string())?;
     output::write_stdout(&report)
@@ -83,14 +79,8 @@ fn source_name(source: &Source) -> String {
 
 fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let loaded = load(args)?;
-    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref())
-        .map_err(|e| e.to_string())?;
-    let defined: Vec<(&str, &Setting)> = loaded
-        .compiled
-        .stack
-        .as_ref()
-        .map(secret_settings)
-        .unwrap_or_default();
+    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())?;
+    let defined: Vec<(&str, &Setting)> = loaded.compiled.stack.as_ref().map(secret_settings).unwrap_or_default();
     let mut rows: Vec<serde_json::Value> = Vec::new();
     for (name, setting) in &defined {
         let info = store.as_ref().and_then(|s| s.info(name));
@@ -120,9 +110,7 @@ fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
         return output::print_json(&serde_json::Value::Array(rows));
     }
     if rows.is_empty() {
-        return output::write_stdout(
-            "no secrets: the stack defines none and the store holds none\n",
-        );
+        return output::write_stdout("no secrets: the stack defines none and the store holds none\n");
     }
     let cell = |row: &serde_json::Value, key: &str| match &row[key] {
         serde_json::Value::String(s) => s.clone(),
@@ -130,24 +118,11 @@ fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
         other => other.to_string(),
     };
     let columns = ["name", "source", "origin", "version", "updated_at"];
-    let widths: Vec<usize> = columns
-        .iter()
-        .map(|c| {
-            rows.iter()
-                .map(|r| cell(r, c).len())
-                .max()
-                .unwrap_or(0)
-                .max(c.len())
-        })
-        .collect();
+    let widths: Vec<usize> =
+        columns.iter().map(|c| rows.iter().map(|r| cell(r, c).len()).max().unwrap_or(0).max(c.len())).collect();
     let mut text = String::new();
     let line = |cells: Vec<String>| {
-        let mut l = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
+        let mut l = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ");
         l.truncate(l.trim_end().len());
         l + "\n"
     };
@@ -168,11 +143,8 @@ fn find_secret<'s>(compiled: &'s Compiled, name: &str) -> Result<&'s Setting, St
     if let Some((_, setting)) = secrets.iter().find(|(n, _)| *n == name) {
         return Ok(setting);
     }
-    let defined_elsewhere = stack.settings.contains_key(name)
-        || stack
-            .services
-            .values()
-            .any(|s| s.settings.contains_key(name));
+    let defined_elsewhere =
+        stack.settings.contains_key(name) || stack.services.values().any(|s| s.settings.contains_key(name));
     if defined_elsewhere {
         return Err(format!(
             "`{name}` is a setting but not a secret: set it in the environment or .env, or declare it `type: secret`"
@@ -193,11 +165,7 @@ struct WithValue<'a> {
 
 impl SecretSource for WithValue<'_> {
     fn get(&self, name: &str) -> Option<Secret> {
-        if name == self.name {
-            Some(self.value.clone())
-        } else {
-            self.store.get(name)
-        }
+        if name == self.name { Some(self.value.clone()) } else { self.store.get(name) }
     }
 }
 
@@ -208,10 +176,7 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     std::io::stdin()
         .read_to_string(&mut input)
         .map_err(|e| format!("cannot read the value from standard input: {e}"))?;
-    let trimmed = input
-        .strip_suffix('\n')
-        .map(|s| s.strip_suffix('\r').unwrap_or(s))
-        .unwrap_or(&input);
+    let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
     if trimmed.is_empty() {
         return Err(format!(
             "no value for `{name}` on standard input: pipe it in, e.g. `tug secrets set {name} < file`"
@@ -220,15 +185,11 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     let value = Secret::new(trimmed.to_string());
     drop(input);
     if std::env::var_os(name).is_some() {
-        eprintln!(
-            "warning: `{name}` is also set in the environment, which takes precedence over the store"
-        );
+        eprintln!("warning: `{name}` is also set in the environment, which takes precedence over the store");
     }
     // Check the new value against its rule by compiling with it: one definition of validity.
-    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref())
-        .map_err(|e| e.to_string())?;
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())?;
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let options = Options {
         files: args.files.clone(),
         cwd,
@@ -238,35 +199,21 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
         process_env: std::env::vars().filter(|(k, _)| k != name).collect(),
         check_commands: false,
     };
-    let checked = tug_stackfile::compile(
-        &options,
-        &WithValue {
-            store: StoreSource(store),
-            name,
-            value: &value,
-        },
-    );
+    let checked = tug_stackfile::compile(&options, &WithValue { store: StoreSource(store), name, value: &value });
     let own_path = format!(".settings.{name}");
     let problems: Vec<_> = checked
         .diagnostics
         .items
         .iter()
-        .filter(|d| {
-            d.severity == Severity::Error && matches!(d.code, "constraint" | "forbidden-value")
-        })
+        .filter(|d| d.severity == Severity::Error && matches!(d.code, "constraint" | "forbidden-value"))
         .filter(|d| d.path.starts_with(&format!("settings.{name}")) || d.path.contains(&own_path))
         .cloned()
         .collect();
     if !problems.is_empty() {
         for d in &problems {
-            eprint!(
-                "{}",
-                tug_stackfile::diag::render_human(d, &checked.sources, output::stderr_palette())
-            );
+            eprint!("{}", tug_stackfile::diag::render_human(d, &checked.sources, output::stderr_palette()));
         }
-        return Err(format!(
-            "`{name}` was not stored: the value breaks its rule"
-        ));
+        return Err(format!("`{name}` was not stored: the value breaks its rule"));
     }
     let mut store = open_store(&loaded.state_dir)?;
     store.insert(name, value, Origin::Set);
@@ -294,8 +241,7 @@ fn rotate(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
 }
 
 fn remove(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let state_dir = stack::state_dir(args, &cwd);
     let mut store = Store::open(&state_dir, stack::secrets_key_env().as_deref())
         .map_err(|e| e.to_string())?

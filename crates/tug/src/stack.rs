@@ -12,15 +12,8 @@ use crate::{CheckFormat, StackArgs};
 
 /// The folder of the first stack file: where `.tug/` and `.env` live.
 pub fn stack_root(args: &StackArgs, cwd: &Path) -> PathBuf {
-    let first = args
-        .files
-        .first()
-        .map(|f| cwd.join(f))
-        .unwrap_or_else(|| cwd.join(tug_stackfile::DEFAULT_FILE));
-    first
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| cwd.to_path_buf())
+    let first = args.files.first().map(|f| cwd.join(f)).unwrap_or_else(|| cwd.join(tug_stackfile::DEFAULT_FILE));
+    first.parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.to_path_buf())
 }
 
 /// The stack's state folder: `.tug/` beside the stack file, or `TUG_STATE_DIR`.
@@ -32,9 +25,7 @@ pub fn state_dir(args: &StackArgs, cwd: &Path) -> PathBuf {
 }
 
 pub fn secrets_key_env() -> Option<String> {
-    std::env::var("TUG_SECRETS_KEY")
-        .ok()
-        .filter(|k| !k.is_empty())
+    std::env::var("TUG_SECRETS_KEY").ok().filter(|k| !k.is_empty())
 }
 
 /// Secrets from the encrypted store, when it can be opened.
@@ -54,8 +45,7 @@ pub struct Loaded {
 /// Compiles the stack with its stored secrets. A store that cannot be opened is
 /// reported as a diagnostic (the rest is still checked).
 pub fn load(args: &StackArgs) -> Result<Loaded, String> {
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let state_dir = state_dir(args, &cwd);
     let (store, store_error) = match Store::open(&state_dir, secrets_key_env().as_deref()) {
         Ok(store) => (store, None),
@@ -66,31 +56,18 @@ pub fn load(args: &StackArgs) -> Result<Loaded, String> {
         cwd,
         environment: args.environment.clone().filter(|e| !e.is_empty()),
         env_files: args.env_files.clone(),
-        profiles: args
-            .profiles
-            .iter()
-            .filter(|p| !p.is_empty())
-            .cloned()
-            .collect(),
+        profiles: args.profiles.iter().filter(|p| !p.is_empty()).cloned().collect(),
         process_env: std::env::vars().collect(),
         check_commands: true,
     };
     let mut compiled = tug_stackfile::compile(&options, &StoreSource(store));
     if let Some(error) = store_error {
         compiled.diagnostics.push(
-            Diagnostic::error(
-                "secret-store",
-                None,
-                "",
-                format!("the secret store cannot be opened: {error}"),
-            )
-            .with_file(state_dir.join(Store::FILE)),
+            Diagnostic::error("secret-store", None, "", format!("the secret store cannot be opened: {error}"))
+                .with_file(state_dir.join(Store::FILE)),
         );
     }
-    Ok(Loaded {
-        compiled,
-        state_dir,
-    })
+    Ok(Loaded { compiled, state_dir })
 }
 
 pub fn print_diagnostics(compiled: &Compiled, palette: Palette, to_stderr: bool) {
@@ -125,12 +102,8 @@ pub fn check(args: &StackArgs, format: CheckFormat) -> Result<ExitCode, String> 
     let valid = compiled.valid().is_some();
     match format {
         CheckFormat::Json => {
-            let diagnostics: Vec<_> = compiled
-                .diagnostics
-                .items
-                .iter()
-                .map(|d| diag::to_json(d, &compiled.sources))
-                .collect();
+            let diagnostics: Vec<_> =
+                compiled.diagnostics.items.iter().map(|d| diag::to_json(d, &compiled.sources)).collect();
             output::print_json(&serde_json::json!({
                 "valid": valid,
                 "project": compiled.stack.as_ref().map(|s| s.name.clone()),
@@ -146,11 +119,7 @@ pub fn check(args: &StackArgs, format: CheckFormat) -> Result<ExitCode, String> 
             print_diagnostics(compiled, palette, false);
             let line = match compiled.valid() {
                 Some(stack) => {
-                    let jobs = stack
-                        .services
-                        .values()
-                        .filter(|s| s.kind == ServiceKind::Job)
-                        .count();
+                    let jobs = stack.services.values().filter(|s| s.kind == ServiceKind::Job).count();
                     let services = stack.services.len() - jobs;
                     format!(
                         "{}✓{} {}: valid (environment {}; {services} service{}, {jobs} job{}; {})\n",
@@ -163,37 +132,21 @@ pub fn check(args: &StackArgs, format: CheckFormat) -> Result<ExitCode, String> 
                         summary(compiled)
                     )
                 }
-                None => format!(
-                    "{}✗ invalid:{} {}\n",
-                    palette.error,
-                    palette.reset,
-                    summary(compiled)
-                ),
+                None => format!("{}✗ invalid:{} {}\n", palette.error, palette.reset, summary(compiled)),
             };
             output::write_stdout(&line)?;
         }
     }
-    Ok(if valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 pub fn config(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let loaded = load(args)?;
     let Some(stack) = loaded.compiled.valid() else {
         print_diagnostics(&loaded.compiled, output::stderr_palette(), true);
-        return Err(format!(
-            "the stack is invalid ({})",
-            summary(&loaded.compiled)
-        ));
+        return Err(format!("the stack is invalid ({})", summary(&loaded.compiled)));
     };
     // Serializing the model masks every sensitive value (see tug_stackfile::Text).
     let value = serde_json::to_value(stack).map_err(|e| format!("cannot encode the stack: {e}"))?;
-    if json {
-        output::print_json(&value)
-    } else {
-        output::write_stdout(&output::to_yaml(&value))
-    }
+    if json { output::print_json(&value) } else { output::write_stdout(&output::to_yaml(&value)) }
 }

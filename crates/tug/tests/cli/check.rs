@@ -13,12 +13,7 @@ fn check(case: &str) -> String {
     if dir.join(&env_file).exists() {
         args.extend(["--env-file", env_file.as_str()]);
     }
-    let run = tug(
-        &dir,
-        &args,
-        &[("TUG_STATE_DIR", state.path().to_str().unwrap())],
-        None,
-    );
+    let run = tug(&dir, &args, &[("TUG_STATE_DIR", state.path().to_str().unwrap())], None);
     assert_eq!(run.stderr, "", "check prints its verdict on stdout");
     let actual = format!("{}exit: {}\n", run.stdout, run.code);
     expect_file(&dir.join(format!("{case}.expected")), &actual);
@@ -51,11 +46,7 @@ fn wrong_types() {
 #[test]
 fn setting_constraints() {
     let out = check("setting_constraints");
-    assert_eq!(
-        out.matches("error[constraint]").count(),
-        12,
-        "one error per broken rule:\n{out}"
-    );
+    assert_eq!(out.matches("error[constraint]").count(), 12, "one error per broken rule:\n{out}");
 }
 
 #[test]
@@ -103,10 +94,7 @@ fn forbidden_placeholders() {
 fn a_secret_breaking_its_rule_is_reported_without_its_value() {
     let out = check("secret_rule");
     for secret in ["hunter2-is-short!", "tok-3f9a8b7c6d5e", "hunter2"] {
-        assert!(
-            !out.contains(secret),
-            "the secret `{secret}` was printed:\n{out}"
-        );
+        assert!(!out.contains(secret), "the secret `{secret}` was printed:\n{out}");
     }
     assert!(out.contains("min_length 32"));
 }
@@ -122,11 +110,7 @@ fn missing_secrets_with_generate_are_notes() {
 fn commands_not_found_are_warnings() {
     let out = check("commands");
     assert!(out.contains("exit: 0"), "warnings do not fail the check");
-    assert_eq!(
-        out.matches("warning[command-not-found]").count(),
-        3,
-        "{out}"
-    );
+    assert_eq!(out.matches("warning[command-not-found]").count(), 3, "{out}");
 }
 
 #[test]
@@ -139,15 +123,8 @@ fn ten_planted_errors_are_all_reported_with_positions() {
     let out = check("ten_errors");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error[")).collect();
     assert!(errors.len() >= 10, "{out}");
-    let positions = out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("--> ten_errors.yaml:"))
-        .count();
-    assert_eq!(
-        positions,
-        errors.len(),
-        "every error has file, line and column:\n{out}"
-    );
+    let positions = out.lines().filter(|l| l.trim_start().starts_with("--> ten_errors.yaml:")).count();
+    assert_eq!(positions, errors.len(), "every error has file, line and column:\n{out}");
     assert!(out.contains("exit: 1"));
 }
 
@@ -159,27 +136,16 @@ fn a_valid_stack_exits_zero() {
 #[test]
 fn json_format_has_every_diagnostic_with_its_position() {
     let dir = data_dir().join("check");
-    let run = tug(
-        &dir,
-        &["check", "-f", "ten_errors.yaml", "--format", "json"],
-        &[],
-        None,
-    );
+    let run = tug(&dir, &["check", "-f", "ten_errors.yaml", "--format", "json"], &[], None);
     assert_eq!(run.code, 1);
     let report: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
     assert_eq!(report["valid"], false);
     let diagnostics = report["diagnostics"].as_array().expect("diagnostics");
-    let errors: Vec<_> = diagnostics
-        .iter()
-        .filter(|d| d["severity"] == "error")
-        .collect();
+    let errors: Vec<_> = diagnostics.iter().filter(|d| d["severity"] == "error").collect();
     assert_eq!(report["errors"].as_u64(), Some(errors.len() as u64));
     for d in errors {
         assert_eq!(d["file"], "ten_errors.yaml");
-        assert!(
-            d["line"].as_u64().is_some() && d["column"].as_u64().is_some(),
-            "{d}"
-        );
+        assert!(d["line"].as_u64().is_some() && d["column"].as_u64().is_some(), "{d}");
     }
 }
 
@@ -195,11 +161,7 @@ fn a_missing_stack_file_is_a_clear_error() {
     let dir = TempDir::new("no-stack");
     let run = tug(dir.path(), &["check"], &[], None);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stdout.contains("cannot read the stack file") && run.stdout.contains("tug.yaml"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("cannot read the stack file") && run.stdout.contains("tug.yaml"), "{}", run.stdout);
 }
 
 #[test]

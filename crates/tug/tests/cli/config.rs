@@ -17,20 +17,9 @@ fn development_takes_its_own_rules_and_the_env_file() {
     let dir = data_dir().join("check/overlay");
     let c = config(&dir, &[], &[]);
     assert_eq!(c["environment"], "development");
-    assert_eq!(
-        c["settings"]["LOG_LEVEL"]["value"], "DEBUG",
-        "per-environment default"
-    );
-    assert_eq!(
-        c["settings"]["REDIS_URL"]["value"],
-        "rediss://cache.internal:6380/0"
-    );
-    assert!(
-        c["settings"]["REDIS_URL"]["source"]["env_file"]
-            .as_str()
-            .unwrap()
-            .ends_with(".env")
-    );
+    assert_eq!(c["settings"]["LOG_LEVEL"]["value"], "DEBUG", "per-environment default");
+    assert_eq!(c["settings"]["REDIS_URL"]["value"], "rediss://cache.internal:6380/0");
+    assert!(c["settings"]["REDIS_URL"]["source"]["env_file"].as_str().unwrap().ends_with(".env"));
     assert_eq!(
         c["settings"]["GREETING"]["value"], "hello from $HOME",
         "`:-` takes the .env value; `$$` is a literal `$`"
@@ -49,14 +38,8 @@ fn the_production_overlay_merges_and_resets() {
     assert_eq!(api["replicas"], 6, "scalars replace");
     assert_eq!(api["port"], 18001, "maps merge key by key");
     assert_eq!(api["environment"]["MODE"], "production");
-    assert!(
-        api["environment"].get("DEBUG_TOOLBAR").is_none(),
-        "!reset removes a key"
-    );
-    assert!(
-        c["services"].get("extra").is_none(),
-        "!reset removes a whole service"
-    );
+    assert!(api["environment"].get("DEBUG_TOOLBAR").is_none(), "!reset removes a key");
+    assert!(c["services"].get("extra").is_none(), "!reset removes a whole service");
     // TUG_ENV selects the environment as --env does.
     let by_env = config(&dir, &[], &[("TUG_ENV", "production")]);
     assert_eq!(by_env["environment"], "production");
@@ -66,29 +49,11 @@ fn the_production_overlay_merges_and_resets() {
 fn per_environment_rules_are_enforced() {
     let dir = data_dir().join("check/overlay");
     // The process environment wins over .env, and production accepts only rediss://.
-    let run = tug(
-        &dir,
-        &["check", "--env", "production"],
-        &[("REDIS_URL", "redis://127.0.0.1:6379/0")],
-        None,
-    );
+    let run = tug(&dir, &["check", "--env", "production"], &[("REDIS_URL", "redis://127.0.0.1:6379/0")], None);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stdout
-            .contains("the URL's scheme `redis` is not allowed here"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("from the environment variable `REDIS_URL`")
-    );
-    let dev = tug(
-        &dir,
-        &["check"],
-        &[("REDIS_URL", "redis://127.0.0.1:6379/0")],
-        None,
-    );
+    assert!(run.stdout.contains("the URL's scheme `redis` is not allowed here"), "{}", run.stdout);
+    assert!(run.stdout.contains("from the environment variable `REDIS_URL`"));
+    let dev = tug(&dir, &["check"], &[("REDIS_URL", "redis://127.0.0.1:6379/0")], None);
     assert_eq!(dev.code, 0, "{}", dev.stdout);
 }
 
@@ -127,12 +92,7 @@ fn profiles_enable_services() {
     // A service of an active profile that needs one of an inactive profile is an error.
     let run = tug(dir.path(), &["check", "--profile", "debug"], &[], None);
     assert_eq!(run.code, 1);
-    assert!(
-        run.stdout
-            .contains("whose profiles (monitoring) are not active"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("whose profiles (monitoring) are not active"), "{}", run.stdout);
 }
 
 #[test]
@@ -145,14 +105,9 @@ fn instance_variables_stay_for_each_instance() {
     let c = config(dir.path(), &[], &[]);
     assert_eq!(
         c["services"]["api"]["command"],
-        serde_json::json!([
-            "serve", "--port", "${PORT}", "--root", "/srv", "--cost", "$5"
-        ])
+        serde_json::json!(["serve", "--port", "${PORT}", "--root", "/srv", "--cost", "$5"])
     );
-    assert_eq!(
-        c["services"]["api"]["environment"]["URL"],
-        "http://${HOST}:${PORT}/"
-    );
+    assert_eq!(c["services"]["api"]["environment"]["URL"], "http://${HOST}:${PORT}/");
 }
 
 #[test]
@@ -161,7 +116,5 @@ fn config_of_an_invalid_stack_fails_with_the_diagnostics() {
     let run = tug(&dir, &["config", "-f", "ten_errors.yaml"], &[], None);
     assert_eq!(run.code, 1);
     assert_eq!(run.stdout, "");
-    assert!(
-        run.stderr.contains("error[unknown-field]") && run.stderr.contains("the stack is invalid")
-    );
+    assert!(run.stderr.contains("error[unknown-field]") && run.stderr.contains("the stack is invalid"));
 }

@@ -28,10 +28,7 @@ pub fn data_dir() -> PathBuf {
 }
 
 pub fn repo_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
 }
 
 /// Runs `tug` in `dir` with a clean environment (PATH and `env` only) and `stdin`.

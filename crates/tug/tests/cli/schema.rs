@@ -49,21 +49,14 @@ fn validate(files: &[PathBuf]) -> String {
         .output()
         .expect("run /usr/bin/python3 (scripts/test installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "validator failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "validator failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
 fn stack_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
         let path = entry.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         if path.is_dir() && !name.starts_with('.') {
             stack_files(&path, out);
         } else if name.starts_with("tug") && (name.ends_with(".yaml") || name.ends_with(".yml")) {

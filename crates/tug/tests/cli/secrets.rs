@@ -33,9 +33,7 @@ fn run(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
 }
 
 fn open(dir: &Path) -> Store {
-    Store::open(&dir.join(".tug"), None)
-        .expect("open store")
-        .expect("a store exists")
+    Store::open(&dir.join(".tug"), None).expect("open store").expect("a store exists")
 }
 
 #[test]
@@ -44,125 +42,59 @@ fn lifecycle_generate_set_list_rotate_remove() {
     let d = dir.path();
     let before = run(d, &["secrets", "list"], None);
     assert_eq!(before.code, 0, "{}", before.all());
-    assert!(
-        before.stdout.contains("SESSION_KEY  to be generated"),
-        "{}",
-        before.stdout
-    );
-    assert!(
-        before.stdout.contains("API_TOKEN    missing"),
-        "{}",
-        before.stdout
-    );
+    assert!(before.stdout.contains("SESSION_KEY  to be generated"), "{}", before.stdout);
+    assert!(before.stdout.contains("API_TOKEN    missing"), "{}", before.stdout);
 
     let generated = run(d, &["secrets", "generate"], None);
     // The stack is invalid until API_TOKEN has a value: generate refuses an invalid stack.
     assert_eq!(generated.code, 1, "{}", generated.all());
-    assert!(
-        generated
-            .stderr
-            .contains("setting `API_TOKEN` has no value")
-    );
+    assert!(generated.stderr.contains("setting `API_TOKEN` has no value"));
 
     let short = run(d, &["secrets", "set", "API_TOKEN"], Some("too-short-xyz\n"));
     assert_eq!(short.code, 1);
     assert!(
-        short.stderr.contains("shorter than min_length 16")
-            && !short.all().contains("too-short-xyz"),
+        short.stderr.contains("shorter than min_length 16") && !short.all().contains("too-short-xyz"),
         "{}",
         short.all()
     );
-    let placeholder = run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("CHANGE_ME_PLEASE_1234"),
-    );
+    let placeholder = run(d, &["secrets", "set", "API_TOKEN"], Some("CHANGE_ME_PLEASE_1234"));
     assert_eq!(placeholder.code, 1);
-    assert!(
-        placeholder.stderr.contains("known placeholder")
-            && !placeholder.all().contains("CHANGE_ME_PLEASE_1234")
-    );
+    assert!(placeholder.stderr.contains("known placeholder") && !placeholder.all().contains("CHANGE_ME_PLEASE_1234"));
 
-    let set = run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-0123456789abcdef\n"),
-    );
+    let set = run(d, &["secrets", "set", "API_TOKEN"], Some("tok-0123456789abcdef\n"));
+    assert_eq!((set.code, set.stdout.as_str()), (0, "set API_TOKEN (version 1)\n"), "{}", set.stderr);
     assert_eq!(
-        (set.code, set.stdout.as_str()),
-        (0, "set API_TOKEN (version 1)\n"),
-        "{}",
-        set.stderr
-    );
-    assert_eq!(
-        open(d)
-            .get("API_TOKEN")
-            .map(|s| s.expose().to_string())
-            .as_deref(),
+        open(d).get("API_TOKEN").map(|s| s.expose().to_string()).as_deref(),
         Some("tok-0123456789abcdef"),
         "one trailing newline dropped"
     );
 
     let generated = run(d, &["secrets", "generate"], None);
-    assert_eq!(
-        (generated.code, generated.stdout.as_str()),
-        (0, "generated SESSION_KEY (48 base64url characters)\n")
-    );
+    assert_eq!((generated.code, generated.stdout.as_str()), (0, "generated SESSION_KEY (48 base64url characters)\n"));
     let first = open(d).get("SESSION_KEY").expect("generated").clone();
     assert_eq!(first.expose().len(), 48);
-    assert!(
-        first
-            .expose()
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    );
-    assert_eq!(
-        run(d, &["secrets", "generate"], None).stdout,
-        "nothing to generate: every secret has a value\n"
-    );
+    assert!(first.expose().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    assert_eq!(run(d, &["secrets", "generate"], None).stdout, "nothing to generate: every secret has a value\n");
     assert_eq!(run(d, &["check"], None).code, 0);
 
     let list = run(d, &["secrets", "list", "--json"], None);
     let rows: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
     assert_eq!(rows[0]["name"], "SESSION_KEY");
-    assert_eq!(
-        (rows[0]["source"].as_str(), rows[0]["origin"].as_str()),
-        (Some("store"), Some("generated"))
-    );
-    assert_eq!(
-        (rows[1]["source"].as_str(), rows[1]["origin"].as_str()),
-        (Some("store"), Some("set"))
-    );
+    assert_eq!((rows[0]["source"].as_str(), rows[0]["origin"].as_str()), (Some("store"), Some("generated")));
+    assert_eq!((rows[1]["source"].as_str(), rows[1]["origin"].as_str()), (Some("store"), Some("set")));
     assert!(rows[1]["created_at"].as_str().unwrap().ends_with('Z'));
 
     let rotated = run(d, &["secrets", "rotate", "SESSION_KEY"], None);
-    assert!(
-        rotated
-            .stdout
-            .starts_with("rotated SESSION_KEY (version 2)"),
-        "{}",
-        rotated.all()
-    );
-    assert_ne!(
-        open(d).get("SESSION_KEY"),
-        Some(&first),
-        "rotation changes the value"
-    );
+    assert!(rotated.stdout.starts_with("rotated SESSION_KEY (version 2)"), "{}", rotated.all());
+    assert_ne!(open(d).get("SESSION_KEY"), Some(&first), "rotation changes the value");
     let no_rule = run(d, &["secrets", "rotate", "API_TOKEN"], None);
     assert!(no_rule.code == 1 && no_rule.stderr.contains("has no `generate` rule"));
     let unknown = run(d, &["secrets", "set", "SESSION_KY"], Some("x"));
-    assert!(
-        unknown.code == 1 && unknown.stderr.contains("did you mean `SESSION_KEY`?"),
-        "{}",
-        unknown.stderr
-    );
+    assert!(unknown.code == 1 && unknown.stderr.contains("did you mean `SESSION_KEY`?"), "{}", unknown.stderr);
     let not_secret = run(d, &["secrets", "set", "LOG_LEVEL"], Some("x"));
     assert!(not_secret.code == 1 && not_secret.stderr.contains("is a setting but not a secret"));
 
-    assert_eq!(
-        run(d, &["secrets", "rm", "SESSION_KEY"], None).stdout,
-        "removed SESSION_KEY\n"
-    );
+    assert_eq!(run(d, &["secrets", "rm", "SESSION_KEY"], None).stdout, "removed SESSION_KEY\n");
     assert!(open(d).get("SESSION_KEY").is_none());
     assert_eq!(run(d, &["secrets", "rm", "SESSION_KEY"], None).code, 1);
 }
@@ -172,17 +104,9 @@ fn store_and_key_are_private_files() {
     use std::os::unix::fs::PermissionsExt;
     let dir = stack();
     let d = dir.path();
-    run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-0123456789abcdef"),
-    );
+    run(d, &["secrets", "set", "API_TOKEN"], Some("tok-0123456789abcdef"));
     for file in [Store::FILE, Store::KEY_FILE] {
-        let mode = std::fs::metadata(d.join(".tug").join(file))
-            .expect(file)
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = std::fs::metadata(d.join(".tug").join(file)).expect(file).permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{file}");
     }
 }
@@ -196,16 +120,9 @@ fn no_verb_ever_shows_a_secret() {
     let stored = "stored-Zq8fK2mWx7Lp4Rv9";
     let from_env = "env-Yt3nB6cHs1Qa8Dk5";
     let from_env_file = "file-Pw2jG7eUr5Mz9Xb4";
-    assert_eq!(
-        run(d, &["secrets", "set", "API_TOKEN"], Some(stored)).code,
-        0
-    );
+    assert_eq!(run(d, &["secrets", "set", "API_TOKEN"], Some(stored)).code, 0);
     assert_eq!(run(d, &["secrets", "generate"], None).code, 0);
-    let generated = open(d)
-        .get("SESSION_KEY")
-        .expect("generated")
-        .expose()
-        .to_string();
+    let generated = open(d).get("SESSION_KEY").expect("generated").expose().to_string();
     let secrets = [stored, from_env, from_env_file, generated.as_str()];
 
     let verbs: &[&[&str]] = &[
@@ -227,14 +144,7 @@ fn no_verb_ever_shows_a_secret() {
     outputs.push(tug(d, &["check"], &[("API_TOKEN", from_env)], None).all());
     dir.write("prod.env", &format!("API_TOKEN={from_env_file}\n"));
     outputs.push(run(d, &["config", "--env-file", "prod.env"], None).all());
-    outputs.push(
-        run(
-            d,
-            &["check", "--format", "json", "--env-file", "prod.env"],
-            None,
-        )
-        .all(),
-    );
+    outputs.push(run(d, &["check", "--format", "json", "--env-file", "prod.env"], None).all());
     // Errors about secrets must not show them either.
     dir.write("short.env", "API_TOKEN=short-Hq7\n");
     outputs.push(run(d, &["check", "--env-file", "short.env"], None).all());
@@ -257,10 +167,7 @@ fn no_verb_ever_shows_a_secret() {
         let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
         let text = String::from_utf8_lossy(&bytes);
         for secret in &secrets {
-            assert!(
-                !text.contains(secret),
-                "a secret is in plain text in the state folder"
-            );
+            assert!(!text.contains(secret), "a secret is in plain text in the state folder");
         }
     }
 }
@@ -269,43 +176,18 @@ fn no_verb_ever_shows_a_secret() {
 fn a_wrong_key_is_a_clear_error_and_changes_nothing() {
     let dir = stack();
     let d = dir.path();
-    run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-0123456789abcdef"),
-    );
+    run(d, &["secrets", "set", "API_TOKEN"], Some("tok-0123456789abcdef"));
     let store_file = d.join(".tug").join(Store::FILE);
     let before = std::fs::read(&store_file).expect("store");
-    let wrong = [(
-        "TUG_SECRETS_KEY",
-        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-    )];
+    let wrong = [("TUG_SECRETS_KEY", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")];
     let check = tug(d, &["check"], &wrong, None);
     assert_eq!(check.code, 1);
-    assert!(
-        check.stdout.contains("the secret store cannot be opened"),
-        "{}",
-        check.stdout
-    );
-    let set = tug(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        &wrong,
-        Some("tok-fedcba9876543210"),
-    );
+    assert!(check.stdout.contains("the secret store cannot be opened"), "{}", check.stdout);
+    let set = tug(d, &["secrets", "set", "API_TOKEN"], &wrong, Some("tok-fedcba9876543210"));
     assert_eq!(set.code, 1);
     assert!(set.stderr.to_lowercase().contains("key"), "{}", set.stderr);
-    assert_eq!(
-        std::fs::read(&store_file).expect("store"),
-        before,
-        "the store is untouched"
-    );
-    let bad = tug(
-        d,
-        &["secrets", "list"],
-        &[("TUG_SECRETS_KEY", "not-a-key")],
-        None,
-    );
+    assert_eq!(std::fs::read(&store_file).expect("store"), before, "the store is untouched");
+    let bad = tug(d, &["secrets", "list"], &[("TUG_SECRETS_KEY", "not-a-key")], None);
     assert_eq!(bad.code, 1);
     assert!(!bad.stderr.contains("not-a-key"));
 }
@@ -314,21 +196,13 @@ fn a_wrong_key_is_a_clear_error_and_changes_nothing() {
 fn a_damaged_store_is_a_clear_error_and_is_not_overwritten() {
     let dir = stack();
     let d = dir.path();
-    run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-0123456789abcdef"),
-    );
+    run(d, &["secrets", "set", "API_TOKEN"], Some("tok-0123456789abcdef"));
     let store_file = d.join(".tug").join(Store::FILE);
     let mut bytes = std::fs::read(&store_file).expect("store");
     let at = bytes.len() - 20;
     bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
     std::fs::write(&store_file, &bytes).expect("damage");
-    let set = run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-fedcba9876543210"),
-    );
+    let set = run(d, &["secrets", "set", "API_TOKEN"], Some("tok-fedcba9876543210"));
     assert_eq!(set.code, 1);
     assert!(set.stderr.contains("damaged"), "{}", set.stderr);
     assert_eq!(std::fs::read(&store_file).expect("store"), bytes);
@@ -340,17 +214,9 @@ fn a_damaged_store_is_a_clear_error_and_is_not_overwritten() {
 fn a_missing_key_is_never_replaced_by_a_new_one() {
     let dir = stack();
     let d = dir.path();
-    run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-0123456789abcdef"),
-    );
+    run(d, &["secrets", "set", "API_TOKEN"], Some("tok-0123456789abcdef"));
     std::fs::remove_file(d.join(".tug").join(Store::KEY_FILE)).expect("remove key");
-    let set = run(
-        d,
-        &["secrets", "set", "API_TOKEN"],
-        Some("tok-fedcba9876543210"),
-    );
+    let set = run(d, &["secrets", "set", "API_TOKEN"], Some("tok-fedcba9876543210"));
     assert_eq!(set.code, 1);
     assert!(set.stderr.contains("missing"), "{}", set.stderr);
     assert!(!d.join(".tug").join(Store::KEY_FILE).exists());
@@ -360,28 +226,9 @@ fn a_missing_key_is_never_replaced_by_a_new_one() {
 fn a_key_from_the_environment_works_without_a_key_file() {
     let dir = stack();
     let d = dir.path();
-    let key = [(
-        "TUG_SECRETS_KEY",
-        "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
-    )];
-    assert_eq!(
-        tug(
-            d,
-            &["secrets", "set", "API_TOKEN"],
-            &key,
-            Some("tok-0123456789abcdef")
-        )
-        .code,
-        0
-    );
-    assert!(
-        !d.join(".tug").join(Store::KEY_FILE).exists(),
-        "no key file when the key comes from the environment"
-    );
+    let key = [("TUG_SECRETS_KEY", "8f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0")];
+    assert_eq!(tug(d, &["secrets", "set", "API_TOKEN"], &key, Some("tok-0123456789abcdef")).code, 0);
+    assert!(!d.join(".tug").join(Store::KEY_FILE).exists(), "no key file when the key comes from the environment");
     assert_eq!(tug(d, &["check"], &key, None).code, 0);
-    assert_eq!(
-        tug(d, &["check"], &[], None).code,
-        1,
-        "without the key the store cannot be read"
-    );
+    assert_eq!(tug(d, &["check"], &[], None).code, 1, "without the key the store cannot be read");
 }
