@@ -444,3 +444,144 @@ fn project_name_from(root: &Path) -> String {
     let name = name.trim_end_matches('-').to_string();
     if name.is_empty() { "tug".to_string() } else { name }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile_env(text: &str, environment: Option<&str>, env: &[(&str, &str)]) -> Compiled {
+        let options = Options {
+            environment: environment.map(str::to_string),
+            process_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Options::default()
+        };
+        compile_str(Path::new("tug.yaml"), text, &options, &NoSecrets)
+    }
+
+    fn value(compiled: &Compiled, name: &str) -> Option<String> {
+        compiled.stack.as_ref()?.settings.get(name)?.value.as_ref().map(|v| v.expose().to_string())
+    }
+
+    fn codes(compiled: &Compiled) -> Vec<&'static str> {
+        compiled.diagnostics.items.iter().filter(|d| d.severity == Severity::Error).map(|d| d.code).collect()
+    }
+
+    const PER_ENV: &str = "
+environments: [development, staging, production]
+settings:
+  LOG_LEVEL:
+    type: enum
+    values: [DEBUG, INFO, WARNING]
+    default: INFO
+    environments:
+      development: { default: DEBUG }
+      production: { values: [INFO, WARNING], default: WARNING }
+  REDIS_URL:
+    type: url
+    schemes: [redis, rediss]
+    default: redis://127.0.0.1:6379/0
+    environments:
+      production: { schemes: [rediss], default: null }
+services:
+  api: { command: [sleep, '1'] }
+";
+
+    #[test]
+    fn the_first_environment_is_the_default() {
+        let c = compile_env(PER_ENV, None, &[]);
+        assert_eq!(c.stack.as_ref().map(|s| s.environment.as_str()), Some("development"));
+        assert_eq!(value(&c, "LOG_LEVEL").as_deref(), Some("DEBUG"));
+    }
+
+    #[test]
+    fn an_environment_without_a_rule_uses_the_base_rule() {
+        let c = compile_env(PER_ENV, Some("staging"), &[]);
+        assert_eq!(value(&c, "LOG_LEVEL").as_deref(), Some("INFO"));
+        assert_eq!(value(&c, "REDIS_URL").as_deref(), Some("redis://127.0.0.1:6379/0"));
+    }
+
+    #[test]
+    fn a_rule_replaces_fields_and_null_removes_a_default() {
+        let c = compile_env(PER_ENV, Some("production"), &[]);
+        assert_eq!(value(&c, "LOG_LEVEL").as_deref(), Some("WARNING"));
+        assert_eq!(codes(&c), ["missing-value"], "production must provide REDIS_URL");
+        let given = compile_env(PER_ENV, Some("production"), &[("REDIS_URL", "redis://cache:6379/0")]);
+        assert_eq!(codes(&given), ["constraint"], "production's schemes replace the base list");
+        let good = compile_env(PER_ENV, Some("production"), &[("REDIS_URL", "rediss://cache:6380/0")]);
+        assert!(codes(&good).is_empty());
+        // Production's `values` replace the list: DEBUG is no longer allowed there.
+        let debug =
+            compile_env(PER_ENV, Some("production"), &[("LOG_LEVEL", "DEBUG"), ("REDIS_URL", "rediss://c:1/0")]);
+        assert_eq!(codes(&debug), ["constraint"]);
+    }
+
+    #[test]
+    fn rules_for_unknown_environments_and_fields_are_errors() {
+        let text = "environments: [development, production]\nsettings:\n  A:\n    default: x\n    environments:\n      prod: { default: y }\n      production: { defualt: z }\n";
+        let c = compile_env(text, None, &[]);
+        assert_eq!(codes(&c), ["unknown-field", "unknown-field"]);
+        let hints: Vec<_> = c.diagnostics.items.iter().filter_map(|d| d.hint.as_deref()).collect();
+        assert!(
+            hints.contains(&"did you mean `production`?") && hints.contains(&"did you mean `default`?"),
+            "{hints:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_environment_is_refused() {
+        let c = compile_env(PER_ENV, Some("prod"), &[]);
+        assert_eq!(codes(&c), ["unknown-environment"]);
+    }
+
+    #[test]
+    fn settings_follow_references_and_keep_sensitivity() {
+        let text = "
+settings:
+  PASSWORD: { type: secret }
+  HOST: { default: db }
+  URL: { type: url, value: 'postgresql://app:${PASSWORD}@${HOST}/app' }
+  LABEL: { default: 'on ${HOST}' }
+services:
+  api: { command: [sleep, '1'] }
+";
+        let c = compile_env(text, None, &[("PASSWORD", "pw")]);
+        assert!(codes(&c).is_empty(), "{:?}", c.diagnostics);
+        let settings = &c.stack.as_ref().expect("stack").settings;
+        let url = settings["URL"].value.as_ref().expect("url");
+        assert_eq!((url.expose(), url.sensitive), ("postgresql://app:pw@db/app", true));
+        assert!(!settings["LABEL"].value.as_ref().expect("label").sensitive);
+        assert_eq!(format!("{url:?}"), "\"********\"", "Debug never shows a sensitive value");
+    }
+
+    #[test]
+    fn delivery_lists_secrets_only_where_listed() {
+        let text = "
+settings:
+  TOKEN: { type: secret }
+  LEVEL: { default: INFO }
+services:
+  api: { command: [sleep, '1'], secrets: [TOKEN], settings: { WORKERS: { type: int, default: 2 } } }
+  web: { command: [sleep, '1'], environment: { LEVEL: DEBUG } }
+";
+        let c = compile_env(text, None, &[("TOKEN", "t0k")]);
+        let stack = c.valid().expect("valid");
+        let api = &stack.services["api"].environment;
+        assert_eq!(api.keys().collect::<Vec<_>>(), ["TOKEN", "LEVEL", "WORKERS"]);
+        let web = &stack.services["web"].environment;
+        assert!(!web.contains_key("TOKEN") && !web.contains_key("WORKERS"));
+        assert_eq!(web["LEVEL"].expose(), "DEBUG", "`environment` wins over a setting");
+    }
+
+    #[test]
+    fn overlay_file_names() {
+        assert_eq!(overlay_path(Path::new("/s/tug.yaml"), "production"), Path::new("/s/tug.production.yaml"));
+        assert_eq!(overlay_path(Path::new("stack.yml"), "dev"), Path::new("stack.dev.yml"));
+    }
+
+    #[test]
+    fn project_names_default_to_the_folder() {
+        assert_eq!(project_name_from(Path::new("/home/me/My_Shop")), "my-shop");
+        assert_eq!(project_name_from(Path::new("/")), "tug");
+        assert!(is_dns_label("api-2") && !is_dns_label("-api") && !is_dns_label("Api") && !is_dns_label(""));
+    }
+}

@@ -1,6 +1,6 @@
 //! `tug secrets generate | list | set | rotate | rm`: never prints a value.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use tug_secrets::{Origin, Secret, Store, format_rfc3339};
@@ -157,6 +157,32 @@ fn find_secret<'s>(compiled: &'s Compiled, name: &str) -> Result<&'s Setting, St
     Err(format!("the stack defines no secret `{name}`{hint}"))
 }
 
+/// The value from standard input: all of it from a pipe; one line, not echoed, from a terminal.
+fn read_value(name: &str) -> Result<String, String> {
+    let mut input = String::new();
+    let mut stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        stdin.read_to_string(&mut input).map_err(|e| format!("cannot read the value from standard input: {e}"))?;
+        return Ok(input);
+    }
+    eprint!("value for {name} (not shown): ");
+    let echo = |on: bool| {
+        let tty = std::fs::File::open("/dev/tty").ok()?;
+        std::process::Command::new("stty").arg(if on { "echo" } else { "-echo" }).stdin(tty).status().ok()
+    };
+    let hidden = echo(false).is_some_and(|s| s.success());
+    let read = stdin.read_line(&mut input);
+    if hidden {
+        echo(true);
+    }
+    eprintln!();
+    if !hidden {
+        return Err("cannot turn off the terminal's echo to read a secret: pipe the value in instead".into());
+    }
+    read.map_err(|e| format!("cannot read the value: {e}"))?;
+    Ok(input)
+}
+
 struct WithValue<'a> {
     store: StoreSource,
     name: &'a str,
@@ -172,10 +198,7 @@ impl SecretSource for WithValue<'_> {
 fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     let loaded = load(args)?;
     find_secret(&loaded.compiled, name)?;
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .map_err(|e| format!("cannot read the value from standard input: {e}"))?;
+    let input = read_value(name)?;
     let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
     if trimmed.is_empty() {
         return Err(format!(
