@@ -209,11 +209,8 @@ pub fn render_human(diagnostic: &Diagnostic, sources: &SourceMap, palette: Palet
     {
         let number = span.line.to_string();
         let gutter = " ".repeat(number.len());
-        let caret_pad: String = line
-            .chars()
-            .take(span.col.saturating_sub(1) as usize)
-            .map(|c| if c == '\t' { '\t' } else { ' ' })
-            .collect();
+        let (line, col) = excerpt(line, span.col.saturating_sub(1) as usize);
+        let caret_pad: String = line.chars().take(col).map(|c| if c == '\t' { '\t' } else { ' ' }).collect();
         let _ = writeln!(out, "  {gutter} {}|{}", p.dim, p.reset);
         let _ = writeln!(out, "  {}{number} |{} {line}", p.dim, p.reset);
         let _ = writeln!(
@@ -230,6 +227,29 @@ pub fn render_human(diagnostic: &Diagnostic, sources: &SourceMap, palette: Palet
     }
     out
 }
+
+/// At most [`EXCERPT`] characters of a long source line, around the column (which is
+/// returned relative to the excerpt), marked with `…` where cut.
+fn excerpt(line: &str, col: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= EXCERPT {
+        return (line.to_string(), col);
+    }
+    let start = col.saturating_sub(EXCERPT / 2).min(chars.len() - EXCERPT);
+    let end = start + EXCERPT;
+    let mut out: String = chars[start..end].iter().collect();
+    let mut col = col - start;
+    if start > 0 {
+        out.insert(0, '…');
+        col += 1;
+    }
+    if end < chars.len() {
+        out.push('…');
+    }
+    (out, col)
+}
+
+const EXCERPT: usize = 120;
 
 /// One line per diagnostic: `file:line:col: severity[code] path: message (hint: ...)`.
 /// Stable and compact: what the tests snapshot, and what editors' problem matchers read.
@@ -266,4 +286,22 @@ pub fn to_json(diagnostic: &Diagnostic, sources: &SourceMap) -> serde_json::Valu
         "message": diagnostic.message,
         "hint": diagnostic.hint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_around_the_column() {
+        let line = format!("{}X{}", "a".repeat(300), "b".repeat(300));
+        let (shown, col) = excerpt(&line, 300);
+        assert_eq!(shown.chars().nth(col), Some('X'));
+        assert!(shown.starts_with('…') && shown.ends_with('…'));
+        assert_eq!(shown.chars().count(), EXCERPT + 2);
+        assert_eq!(excerpt("short", 2), ("short".to_string(), 2));
+        // Multi-byte characters are cut on character boundaries.
+        let (wide, col) = excerpt(&"é".repeat(500), 499);
+        assert_eq!((wide.chars().count(), col), (EXCERPT + 1, EXCERPT));
+    }
 }

@@ -67,9 +67,13 @@ fn is_bool(text: &str) -> bool {
     matches!(text, "true" | "false" | "True" | "False" | "TRUE" | "FALSE")
 }
 
+/// The most nodes a document may expand to through aliases: far beyond any real
+/// stack file, far below what would exhaust memory ("billion laughs").
+pub const MAX_NODES: usize = 1_000_000;
+
 /// Parses one YAML document. An empty document is an empty mapping.
 pub fn parse(text: &str, file: u32) -> Result<Node, Box<Diagnostic>> {
-    let mut builder = Builder { file, stack: Vec::new(), anchors: HashMap::new(), root: None, error: None };
+    let mut builder = Builder { file, stack: Vec::new(), anchors: HashMap::new(), root: None, error: None, nodes: 0 };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
         let m = e.marker();
@@ -92,9 +96,20 @@ enum Open {
 struct Builder {
     file: u32,
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes and how many nodes each holds.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     error: Option<Diagnostic>,
+    /// Nodes built so far, aliases counted at their full size.
+    nodes: usize,
+}
+
+fn size(node: &Node) -> usize {
+    1 + match &node.kind {
+        Kind::Seq(items) => items.iter().map(size).sum(),
+        Kind::Map(entries) => entries.iter().map(|(k, v)| size(k) + size(v)).sum(),
+        _ => 0,
+    }
 }
 
 impl Builder {
@@ -103,8 +118,12 @@ impl Builder {
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
+        if self.error.is_some() {
+            return;
+        }
         if anchor > 0 {
-            self.anchors.insert(anchor, node.clone());
+            let size = size(&node);
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => {
@@ -190,6 +209,9 @@ fn tag_name(tag: Option<Tag>) -> Option<String> {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         let span = self.span(mark);
+        if matches!(event, Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)) {
+            self.nodes += 1;
+        }
         match event {
             Event::Scalar(text, style, anchor, tag) => {
                 let plain = style == TScalarStyle::Plain;
@@ -218,7 +240,19 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => {
+                Some((_, size)) if self.nodes + size > MAX_NODES => {
+                    self.error.get_or_insert(
+                        Diagnostic::error(
+                            "yaml-too-large",
+                            Some(span),
+                            "",
+                            "aliases expand this document beyond a million nodes",
+                        )
+                        .with_hint("a stack file never needs this many: check for aliases that refer to aliases"),
+                    );
+                }
+                Some((node, size)) => {
+                    self.nodes += size;
                     let node = node.clone();
                     self.finish(node, 0);
                 }
@@ -259,24 +293,22 @@ pub fn merge(base: &mut Node, over: Node) {
 
 /// Removes overlay directives from a node that is taken whole (nothing below it to reset).
 fn strip_directives(mut node: Node) -> Node {
+    strip_in_place(&mut node);
+    node
+}
+
+fn strip_in_place(node: &mut Node) {
     if matches!(node.tag.as_deref(), Some("!override") | Some("!reset")) {
         node.tag = None;
     }
     match &mut node.kind {
         Kind::Map(entries) => {
             entries.retain(|(_, v)| v.tag.as_deref() != Some("!reset"));
-            for (_, v) in entries.iter_mut() {
-                *v = strip_directives(std::mem::replace(v, Node { kind: Kind::Null, span: v.span, tag: None }));
-            }
+            entries.iter_mut().for_each(|(_, v)| strip_in_place(v));
         }
-        Kind::Seq(items) => {
-            for v in items.iter_mut() {
-                *v = strip_directives(std::mem::replace(v, Node { kind: Kind::Null, span: v.span, tag: None }));
-            }
-        }
+        Kind::Seq(items) => items.iter_mut().for_each(strip_in_place),
         _ => {}
     }
-    node
 }
 
 #[cfg(test)]
@@ -362,6 +394,15 @@ mod tests {
         let e = parse("a: [1, 2\nb: 3\n", 0).unwrap_err();
         assert_eq!(e.code, "yaml-syntax");
         assert!(e.span.is_some());
+    }
+
+    #[test]
+    fn alias_bombs_are_refused() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"].iter().zip(["b", "c", "d", "e", "f", "g", "h"]) {
+            text.push_str(&format!("{name}: &{name} [{}]\n", vec![format!("*{prev}"); 10].join(", ")));
+        }
+        assert_eq!(parse(&text, 0).unwrap_err().code, "yaml-too-large");
     }
 
     #[test]
