@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Overlay merging over the same document.
-    if let (Ok(mut base), Ok(over)) = (yaml::parse(rest, 0), yaml::parse(first, 1)) {
+    if let (Ok((mut base, _)), Ok((over, _))) = (yaml::parse(rest, 0), yaml::parse(first, 1)) {
         yaml::merge(&mut base, over);
     }
 

@@ -38,7 +38,8 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Error>) {
             errors.push(Error {
                 line: line_number,
                 col: indent + 1,
-                message: format!("expected `KEY=VALUE`, found `{}`", line.trim_end()),
+                // Nothing of the line is quoted: env files hold secrets.
+                message: "expected `KEY=VALUE`: this line has no `=`".into(),
             });
             continue;
         };
@@ -49,7 +50,7 @@ pub fn parse(text: &str) -> (Vec<Entry>, Vec<Error>) {
             errors.push(Error {
                 line: line_number,
                 col: indent + 1,
-                message: format!("`{key}` is not a valid variable name"),
+                message: "the name before `=` is not a valid variable name ([A-Za-z_][A-Za-z0-9_.-]*)".into(),
             });
             continue;
         }

@@ -18,6 +18,10 @@ pub enum Lookup {
     Pending,
     /// An instance variable, substituted when the instance starts.
     Deferred,
+    /// A setting that is defined but has no value (`required: false`): not set.
+    Unset,
+    /// A sensitive setting that this service does not list under `secrets:`.
+    NotListed,
     Unknown,
 }
 
@@ -45,6 +49,8 @@ pub struct Output {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Error {
     Unknown { name: String },
+    Unset { name: String },
+    NotListed { name: String },
     Required { name: String, message: String },
     Syntax { message: String },
 }
@@ -53,6 +59,10 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Error::Unknown { name } => write!(f, "unknown variable `{name}`"),
+            Error::Unset { name } => write!(f, "`{name}` has no value here (it is an optional setting)"),
+            Error::NotListed { name } => {
+                write!(f, "`{name}` is a secret (or derived from one) that this service does not list under `secrets:`")
+            }
             Error::Required { name, message } if message.is_empty() => {
                 write!(f, "`{name}` is required but not set")
             }
@@ -122,7 +132,7 @@ fn is_name_char(c: u8) -> bool {
 /// Interpolates `input`, collecting every error rather than stopping at the first.
 pub fn interpolate(input: &str, resolver: &mut dyn Resolver) -> Result<Output, Vec<Error>> {
     let mut errors = Vec::new();
-    let builder = expand(input, resolver, &mut errors);
+    let builder = expand(input, resolver, &mut errors, 0);
     if errors.is_empty() { Ok(builder.finish()) } else { Err(errors) }
 }
 
@@ -135,9 +145,16 @@ pub fn has_references(input: &str) -> bool {
         .any(|(i, &b)| b == b'$' && matches!(bytes.get(i + 1), Some(&c) if c == b'$' || c == b'{' || is_name_start(c)))
 }
 
-fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> Builder {
+/// How deeply defaults may nest (`${A:-${B:-...}}`): far beyond real use, far below the stack's limit.
+pub const MAX_NESTING: usize = 32;
+
+fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, depth: usize) -> Builder {
     let bytes = input.as_bytes();
     let mut out = Builder::default();
+    if depth > MAX_NESTING {
+        errors.push(Error::Syntax { message: format!("references nest more than {MAX_NESTING} deep") });
+        return out;
+    }
     let mut literal_start = 0;
     let mut i = 0;
     while i < bytes.len() {
@@ -158,7 +175,7 @@ fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> 
                 while end < bytes.len() && is_name_char(bytes[end]) {
                     end += 1;
                 }
-                reference(&input[start..end], None, resolver, errors, &mut out);
+                reference(&input[start..end], None, resolver, errors, &mut out, depth);
                 i = end;
                 literal_start = i;
             }
@@ -170,7 +187,7 @@ fn expand(input: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>) -> 
                         return out;
                     }
                     Some(close) => {
-                        braced(&input[i + 2..close], resolver, errors, &mut out);
+                        braced(&input[i + 2..close], resolver, errors, &mut out, depth);
                         i = close + 1;
                         literal_start = i;
                     }
@@ -212,7 +229,7 @@ enum Modifier {
     Alternative(bool),
 }
 
-fn braced(body: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, out: &mut Builder) {
+fn braced(body: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, out: &mut Builder, depth: usize) {
     let bytes = body.as_bytes();
     let name_len = bytes.iter().take_while(|&&c| is_name_char(c)).count();
     let name = &body[..name_len];
@@ -239,7 +256,7 @@ fn braced(body: &str, resolver: &mut dyn Resolver, errors: &mut Vec<Error>, out:
         };
         (Some(modifier), &op[1..])
     };
-    reference(name, modifier.map(|m| (m, word)), resolver, errors, out);
+    reference(name, modifier.map(|m| (m, word)), resolver, errors, out, depth);
 }
 
 fn reference(
@@ -248,13 +265,19 @@ fn reference(
     resolver: &mut dyn Resolver,
     errors: &mut Vec<Error>,
     out: &mut Builder,
+    depth: usize,
 ) {
     let found = resolver.lookup(name);
+    if found == Lookup::NotListed {
+        // Not even a default may stand in: the reference itself is the mistake.
+        errors.push(Error::NotListed { name: name.to_string() });
+        return;
+    }
     // "set" and "non-empty" as the shell means them; a pending secret or an instance variable is both.
     let (set, non_empty) = match &found {
         Lookup::Value { text, .. } => (true, !text.is_empty()),
         Lookup::Pending | Lookup::Deferred => (true, true),
-        Lookup::Unknown => (false, false),
+        Lookup::Unknown | Lookup::Unset | Lookup::NotListed => (false, false),
     };
     let use_value = |out: &mut Builder| match &found {
         Lookup::Value { text, sensitive } => {
@@ -267,16 +290,17 @@ fn reference(
             out.pending = true;
         }
         Lookup::Deferred => out.segments.push(Segment::Deferred(name.to_string())),
-        Lookup::Unknown => {}
+        Lookup::Unknown | Lookup::Unset | Lookup::NotListed => {}
     };
     match modifier {
         None if set => use_value(out),
+        None if found == Lookup::Unset => errors.push(Error::Unset { name: name.to_string() }),
         None => errors.push(Error::Unknown { name: name.to_string() }),
         Some((Modifier::Default(colon), word)) => {
             if set && (non_empty || !colon) {
                 use_value(out)
             } else {
-                out.absorb(expand(word, resolver, errors))
+                out.absorb(expand(word, resolver, errors, depth + 1))
             }
         }
         Some((Modifier::Required(colon), message)) => {
@@ -288,7 +312,7 @@ fn reference(
         }
         Some((Modifier::Alternative(colon), word)) => {
             if set && (non_empty || !colon) {
-                out.absorb(expand(word, resolver, errors))
+                out.absorb(expand(word, resolver, errors, depth + 1))
             }
         }
     }
@@ -382,6 +406,32 @@ mod tests {
         assert_eq!(text("${EMPTY:+yes}"), "");
         assert_eq!(text("${EMPTY+yes}"), "yes");
         assert_eq!(text("${NOPE+yes}"), "");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{}x{}", "${NOPE:-".repeat(10_000), "}".repeat(10_000));
+        assert!(matches!(run(&deep).unwrap_err()[0], Error::Syntax { .. }));
+        let fine = format!("{}x{}", "${NOPE:-".repeat(MAX_NESTING), "}".repeat(MAX_NESTING));
+        assert_eq!(text(&fine), "x");
+    }
+
+    #[test]
+    fn unset_and_unlisted_settings() {
+        let mut resolver = |name: &str| match name {
+            "OPTIONAL" => Lookup::Unset,
+            _ => Lookup::NotListed,
+        };
+        assert_eq!(interpolate("${OPTIONAL:-d}", &mut resolver).unwrap().text, "d");
+        assert_eq!(
+            interpolate("$OPTIONAL", &mut resolver).unwrap_err(),
+            vec![Error::Unset { name: "OPTIONAL".into() }]
+        );
+        assert_eq!(
+            interpolate("${TOKEN:-fallback}", &mut resolver).unwrap_err(),
+            vec![Error::NotListed { name: "TOKEN".into() }],
+            "a default does not hide a secret the service may not use"
+        );
     }
 
     #[test]

@@ -123,9 +123,22 @@ pub fn compile(options: &Options, secrets: &dyn SecretSource) -> Compiled {
     if diags.has_errors() {
         return Compiled { stack: None, diagnostics: diags, sources };
     }
-    let read_overlay = |base: &Path, environment: &str| -> Option<(PathBuf, String)> {
+    let read_overlay = |base: &Path, environment: &str| -> Result<Option<(PathBuf, String)>, Box<Diagnostic>> {
         let overlay = overlay_path(base, environment);
-        std::fs::read_to_string(&overlay).ok().map(|text| (overlay, text))
+        match std::fs::read_to_string(&overlay) {
+            Ok(text) => Ok(Some((overlay, text))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // An overlay that exists but cannot be read must not be skipped quietly.
+            Err(e) => Err(Box::new(
+                Diagnostic::error(
+                    "unreadable-file",
+                    None,
+                    "",
+                    format!("cannot read the overlay {}: {e}", overlay.display()),
+                )
+                .with_file(&overlay),
+            )),
+        }
     };
     compile_documents(documents, options, secrets, &mut sources, &mut diags, &read_overlay)
 }
@@ -140,7 +153,7 @@ pub fn compile_str(path: &Path, text: &str, options: &Options, secrets: &dyn Sec
         secrets,
         &mut sources,
         &mut diags,
-        &|_, _| None,
+        &|_, _| Ok(None),
     )
 }
 
@@ -154,7 +167,52 @@ pub fn overlay_path(base: &Path, environment: &str) -> PathBuf {
     base.with_file_name(overlay)
 }
 
-type OverlayReader<'a> = dyn Fn(&Path, &str) -> Option<(PathBuf, String)> + 'a;
+type OverlayReader<'a> = dyn Fn(&Path, &str) -> Result<Option<(PathBuf, String)>, Box<Diagnostic>> + 'a;
+
+/// Adds a file to the source map and parses it. `None` when it cannot be parsed (the
+/// error is reported) or holds nothing (an empty document changes nothing).
+fn parse_file(path: &Path, text: String, cwd: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Option<Node> {
+    // Editors on some systems start files with a byte order mark; it is not content.
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
+    let id = sources.add(display_path(cwd, path), text);
+    match yaml::parse(sources.text(id), id) {
+        Ok((node, problems)) => {
+            diags.items.extend(problems);
+            (!node.is_null()).then_some(node)
+        }
+        Err(d) => {
+            diags.push(*d);
+            None
+        }
+    }
+}
+
+/// Names declared `type: secret`, shared or a service's own, as written in a document.
+fn secret_names(doc: &Node) -> Vec<String> {
+    let is_secret =
+        |rule: &Node| matches!(rule.get("type").map(|t| &t.kind), Some(Kind::Scalar { text, .. }) if text == "secret");
+    let mut names = Vec::new();
+    let mut collect = |settings: Option<&Node>| {
+        if let Some(Node { kind: Kind::Map(entries), .. }) = settings {
+            names.extend(
+                entries
+                    .iter()
+                    .filter(|(_, rule)| is_secret(rule))
+                    .filter_map(|(k, _)| k.key_text().map(str::to_string)),
+            );
+        }
+    };
+    collect(doc.get("settings"));
+    if let Some(Node { kind: Kind::Map(services), .. }) = doc.get("services") {
+        for (_, service) in services {
+            collect(service.get("settings"));
+        }
+    }
+    names
+}
 
 fn compile_documents(
     documents: Vec<(PathBuf, String)>,
@@ -169,11 +227,7 @@ fn compile_documents(
     let files: Vec<PathBuf> = documents.iter().map(|(p, _)| p.clone()).collect();
     let mut parsed = Vec::new();
     for (path, text) in documents {
-        let id = sources.add(display_path(&options.cwd, &path), text);
-        match yaml::parse(sources.text(id), id) {
-            Ok(node) => parsed.push(node),
-            Err(d) => diags.push(*d),
-        }
+        parsed.push(parse_file(&path, text, &options.cwd, sources, diags));
     }
     let finish = |diags: &mut Diagnostics, sources: &mut SourceMap, stack: Option<Stack>| {
         let mut diagnostics = std::mem::take(diags);
@@ -183,16 +237,17 @@ fn compile_documents(
     if diags.has_errors() {
         return finish(diags, sources, None);
     }
-    let env = load_env(options, &root, sources, diags);
-    let mut ctx = Ctx { diags, env: &env };
-    if let Some(node) = parsed.iter().find(|n| !matches!(n.kind, Kind::Map(_) | Kind::Null)) {
+    if let Some(node) = parsed.iter().flatten().find(|n| !matches!(n.kind, Kind::Map(_))) {
+        let mut ctx = Ctx { diags, env: &Env::default() };
         ctx.type_error(node, "", "a mapping of top-level fields (name, settings, services, ...)");
         return finish(diags, sources, None);
     }
+    let mut env = load_env(options, &root, sources, diags);
+    env.secret_names.extend(parsed.iter().flatten().flat_map(secret_names));
     // The environment is chosen from the base files, before overlays (which depend on
     // it): the last file that lists `environments` decides, as a merge would.
-    let listed = parsed.iter().rev().find_map(|n| n.get("environments"));
-    let environments = environments(&mut ctx, listed);
+    let listed = parsed.iter().flatten().rev().find_map(|n| n.get("environments"));
+    let environments = environments(&mut Ctx { diags, env: &env }, listed);
     let environment = options.environment.clone().unwrap_or_else(|| environments[0].clone());
     if !environments.contains(&environment) {
         let span = listed.map(|n| n.span);
@@ -207,28 +262,34 @@ fn compile_documents(
         } else {
             d = d.with_hint("add it to `environments:`");
         }
-        ctx.diags.push(d);
+        diags.push(d);
         return finish(diags, sources, None);
     }
     // Each file, then its environment overlay.
     let mut merged = Node { kind: Kind::Map(Vec::new()), span: Span { file: 0, line: 1, col: 1 }, tag: None };
     for (node, file) in parsed.into_iter().zip(&files) {
-        yaml::merge(&mut merged, node);
-        if let Some((path, text)) = read_overlay(file, &environment) {
-            let id = sources.add(display_path(&options.cwd, &path), text);
-            match yaml::parse(sources.text(id), id) {
-                Ok(node) => yaml::merge(&mut merged, node),
-                Err(d) => ctx.diags.push(*d),
-            }
+        if let Some(node) = node {
+            yaml::merge(&mut merged, node);
+        }
+        match read_overlay(file, &environment) {
+            Ok(Some((path, text))) => match parse_file(&path, text, &options.cwd, sources, diags) {
+                Some(node) if matches!(node.kind, Kind::Map(_)) => yaml::merge(&mut merged, node),
+                Some(node) => Ctx { diags, env: &env }.type_error(&node, "", "a mapping of top-level fields"),
+                None => {}
+            },
+            Ok(None) => {}
+            Err(d) => diags.push(*d),
         }
     }
+    env.secret_names.extend(secret_names(&merged));
+    let mut ctx = Ctx { diags, env: &env };
     let stack = stack(&mut ctx, &merged, options, &root, files, environment, environments, secrets);
     finish(diags, sources, stack)
 }
 
 /// The process environment, then `.env` beside the first stack file, then each `--env-file`.
 fn load_env(options: &Options, root: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Env {
-    let mut env = Env { process: options.process_env.clone(), files: HashMap::new() };
+    let mut env = Env { process: options.process_env.clone(), ..Env::default() };
     let dot_env = root.join(".env");
     let mut files: Vec<(PathBuf, bool)> = vec![(dot_env, false)];
     files.extend(options.env_files.iter().map(|f| (options.cwd.join(f), true)));
@@ -324,8 +385,8 @@ fn stack(
         Some(n) => settings::definitions(ctx, n, "settings", &environment, &environments),
         None => IndexMap::new(),
     };
-    let shared = settings::resolve(ctx, &shared_defs, &[], secrets);
-    let scope = Scope { settings: vec![&shared], defer_instance: false };
+    let shared = settings::resolve(ctx, &shared_defs, &Scope::ENV_ONLY, secrets);
+    let scope = Scope { shared: Some(&shared), ..Scope::ENV_ONLY };
 
     let registry = match f.get("registry") {
         None => Registry::Embedded,

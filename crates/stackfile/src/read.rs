@@ -21,6 +21,9 @@ pub const INSTANCE_VARIABLES: [&str; 7] =
 #[derive(Clone, Debug, Default)]
 pub struct Env {
     pub process: HashMap<String, String>,
+    /// Names of settings declared `type: secret`: their values are sensitive wherever
+    /// they come from, even where settings are not resolved yet.
+    pub secret_names: std::collections::HashSet<String>,
     /// From `.env` and `--env-file`, later files winning: value, file and span of the line.
     pub files: HashMap<String, (String, PathBuf, Span)>,
 }
@@ -35,27 +38,45 @@ impl Env {
 }
 
 /// What names an interpolated string may refer to.
+#[derive(Clone, Copy, Default)]
 pub struct Scope<'s> {
-    /// Resolved settings, innermost first (a service's own, then the shared ones).
-    pub settings: Vec<&'s IndexMap<String, Setting>>,
+    /// A service's own settings: all of them usable by the service.
+    pub own: Option<&'s IndexMap<String, Setting>>,
+    /// The shared settings.
+    pub shared: Option<&'s IndexMap<String, Setting>>,
+    /// The sensitive shared settings this scope may use (a service's `secrets:`); None: all.
+    pub listed: Option<&'s [String]>,
     /// Keep instance variables for the per-instance pass (command, probes, environment).
     pub defer_instance: bool,
 }
 
 impl Scope<'_> {
     /// Only the environment: for the parts of the file read before settings are resolved.
-    pub const ENV_ONLY: Scope<'static> = Scope { settings: Vec::new(), defer_instance: false };
+    pub const ENV_ONLY: Scope<'static> = Scope { own: None, shared: None, listed: None, defer_instance: false };
 }
 
-pub fn lookup_in(settings: &[&IndexMap<String, Setting>], env: &Env, defer_instance: bool, name: &str) -> Lookup {
-    if let Some(setting) = settings.iter().find_map(|layer| layer.get(name)) {
+/// Whether a setting's value must be kept from people and from unlisted services.
+pub fn is_sensitive(setting: &Setting) -> bool {
+    setting.is_secret()
+        || setting.source == Source::ToBeGenerated
+        || setting.value.as_ref().is_some_and(|v| v.sensitive)
+}
+
+pub fn lookup_in(scope: &Scope, env: &Env, name: &str) -> Lookup {
+    if let Some(setting) = scope.own.and_then(|own| own.get(name)) {
         return setting_lookup(setting);
     }
-    if defer_instance && INSTANCE_VARIABLES.contains(&name) {
+    if let Some(setting) = scope.shared.and_then(|shared| shared.get(name)) {
+        if is_sensitive(setting) && scope.listed.is_some_and(|listed| !listed.iter().any(|l| l == name)) {
+            return Lookup::NotListed;
+        }
+        return setting_lookup(setting);
+    }
+    if scope.defer_instance && INSTANCE_VARIABLES.contains(&name) {
         return Lookup::Deferred;
     }
     match env.get(name) {
-        Some((v, _, _)) => Lookup::Value { text: v.to_string(), sensitive: false },
+        Some((v, _, _)) => Lookup::Value { text: v.to_string(), sensitive: env.secret_names.contains(name) },
         None => Lookup::Unknown,
     }
 }
@@ -66,7 +87,7 @@ pub fn setting_lookup(setting: &Setting) -> Lookup {
         (_, Source::ToBeGenerated) => Lookup::Pending,
         (Some(v), _) if v.pending => Lookup::Pending,
         (Some(v), _) => Lookup::Value { text: v.expose().to_string(), sensitive: v.sensitive },
-        (None, _) => Lookup::Unknown,
+        (None, _) => Lookup::Unset,
     }
 }
 
@@ -74,6 +95,16 @@ pub fn setting_lookup(setting: &Setting) -> Lookup {
 pub fn report_interp_errors(diags: &mut Diagnostics, span: Span, path: &str, errors: Vec<interp::Error>, defer: bool) {
     for error in errors {
         let mut d = Diagnostic::error("interpolation", Some(span), path, error.to_string());
+        match &error {
+            interp::Error::NotListed { name } => {
+                d.code = "secret-not-listed";
+                d = d.with_hint(format!("add `{name}` to this service's `secrets:` if it needs it"));
+            }
+            interp::Error::Unset { name } => {
+                d = d.with_hint(format!("give it a value, or write `${{{name}:-}}` to accept it empty"));
+            }
+            _ => {}
+        }
         if let interp::Error::Unknown { name } = &error {
             d.code = "unknown-variable";
             d = d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
@@ -168,7 +199,7 @@ impl Ctx<'_> {
             return Some(Text::plain(raw));
         }
         let env = self.env;
-        let mut resolver = |name: &str| lookup_in(&scope.settings, env, scope.defer_instance, name);
+        let mut resolver = |name: &str| lookup_in(scope, env, name);
         match interp::interpolate(raw, &mut resolver) {
             Ok(out) => Some(Text::new(out.text, out.sensitive, out.pending, out.deferred)),
             Err(errors) => {
@@ -204,10 +235,18 @@ impl Ctx<'_> {
     ) -> Option<T> {
         let raw = self.scalar(node, path, expected)?;
         let text = self.interpolate(raw, node.span, path, scope)?;
+        if text.sensitive {
+            self.error(
+                "sensitive-value",
+                node.span,
+                path,
+                "this field cannot take a secret (it would be shown in clear)",
+            );
+            return None;
+        }
         match parse(text.expose().trim()) {
             Ok(v) => Some(v),
             Err(message) => {
-                let message = if text.sensitive { format!("the value is not {expected}") } else { message };
                 self.error("invalid-value", node.span, path, message);
                 None
             }
@@ -267,9 +306,8 @@ impl Ctx<'_> {
 
     /// One of `choices`, with a suggestion when it is close to one.
     pub fn choice<T: Copy>(&mut self, node: &Node, path: &str, scope: &Scope, choices: &[(&str, T)]) -> Option<T> {
-        let raw = self.scalar(node, path, "a string")?;
-        let text = self.interpolate(raw, node.span, path, scope)?;
-        let text = text.expose();
+        let text = self.string(node, path, scope)?;
+        let text = text.as_str();
         if let Some((_, v)) = choices.iter().find(|(name, _)| *name == text) {
             return Some(*v);
         }

@@ -140,19 +140,6 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         return None;
     }
     let env_scope = Scope::ENV_ONLY;
-
-    // The service's own settings first: the rest of it may refer to them.
-    let own_defs: IndexMap<String, Definition> = match f.get("settings") {
-        Some(n) => settings::definitions(ctx, n, &f.path("settings"), input.environment, input.environments),
-        None => IndexMap::new(),
-    };
-    let own = settings::resolve(ctx, &own_defs, &[input.shared], input.secrets);
-    let scope = Scope { settings: vec![&own, input.shared], defer_instance: false };
-    let instance_scope = Scope { settings: vec![&own, input.shared], defer_instance: true };
-
-    let kind =
-        f.get("kind").and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS)).unwrap_or(ServiceKind::Service);
-    let job = kind == ServiceKind::Job;
     let mut spans = Spans {
         port: None,
         preview_port: None,
@@ -163,6 +150,25 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         tenant_header: None,
         profiles: None,
     };
+    // Which secrets the service may use: everything after this is limited to them.
+    if let Some(n) = f.get("secrets") {
+        spans.secrets = ctx.string_list(n, &f.path("secrets"), &env_scope);
+    }
+    let secrets: Vec<String> = spans.secrets.iter().map(|(s, _)| s.clone()).collect();
+    let shared_scope = Scope { shared: Some(input.shared), listed: Some(&secrets), ..Scope::ENV_ONLY };
+
+    // The service's own settings next: the rest of it may refer to them.
+    let own_defs: IndexMap<String, Definition> = match f.get("settings") {
+        Some(n) => settings::definitions(ctx, n, &f.path("settings"), input.environment, input.environments),
+        None => IndexMap::new(),
+    };
+    let own = settings::resolve(ctx, &own_defs, &shared_scope, input.secrets);
+    let scope = Scope { own: Some(&own), ..shared_scope };
+    let instance_scope = Scope { defer_instance: true, ..scope };
+
+    let kind =
+        f.get("kind").and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS)).unwrap_or(ServiceKind::Service);
+    let job = kind == ServiceKind::Job;
 
     let command = match f.get("command") {
         Some(n) => {
@@ -222,18 +228,10 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let replicas =
         f.get("replicas").and_then(|n| ctx.uint(n, &f.path("replicas"), &scope, 0, 10_000)).unwrap_or(1) as u32;
 
-    let secrets = match f.get("secrets") {
-        Some(n) => {
-            spans.secrets = ctx.string_list(n, &f.path("secrets"), &scope);
-            spans.secrets.iter().map(|(s, _)| s.clone()).collect()
-        }
-        None => Vec::new(),
-    };
-
     let mut env_file = Vec::new();
     let mut environment: IndexMap<String, Text> = IndexMap::new();
-    // Delivery, later winning: shared settings (secrets only where listed), own settings,
-    // env_file, environment.
+    // Delivery, later winning: shared settings (sensitive ones only where listed), own
+    // settings, env_file, environment.
     let delivered = |setting: &Setting| match (&setting.value, &setting.source) {
         (Some(v), _) => Some(v.clone()),
         // Generated before the first start; known to be there, not what it will be.
@@ -241,7 +239,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         (None, _) => None,
     };
     for (name, setting) in input.shared {
-        if (!setting.is_secret() || secrets.contains(name))
+        if (!crate::read::is_sensitive(setting) || secrets.contains(name))
             && let Some(v) = delivered(setting)
         {
             environment.insert(name.clone(), v);
@@ -264,13 +262,14 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
                                 "env-file",
                                 None,
                                 f.path("env_file"),
-                                format!("line {}: {}", e.line, e.message),
+                                format!("line {}, column {}: {}", e.line, e.col, e.message),
                             )
                             .with_file(&file_path),
                         );
                     }
+                    // Env files are where secrets usually live: their values are never shown.
                     for e in entries {
-                        environment.insert(e.key, Text::plain(e.value));
+                        environment.insert(e.key, Text::new(e.value, true, false, false));
                     }
                 }
                 Err(e) => ctx.error(
@@ -451,14 +450,20 @@ fn environment_entries(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) ->
                 }
             },
             (None, Some(raw)) => ctx.interpolate(raw, span, &entry_path, scope),
-            _ => match ctx.env.process.get(name) {
-                Some(v) => Some(Text::plain(v.clone())),
+            // A setting's name passes the setting through, under the same rules as `${NAME}`.
+            _ if scope.own.is_some_and(|m| m.contains_key(name))
+                || scope.shared.is_some_and(|m| m.contains_key(name)) =>
+            {
+                ctx.interpolate(&format!("${{{name}}}"), span, &entry_path, scope)
+            }
+            _ => match ctx.env.get(name) {
+                Some((v, _, _)) => Some(Text::new(v.to_string(), ctx.env.secret_names.contains(name), false, false)),
                 None => {
                     ctx.diags.push(Diagnostic::warning(
                         "unset-variable",
                         Some(span),
                         &entry_path,
-                        format!("`{name}` has no value here and is not set in tug's environment: it is not passed"),
+                        format!("`{name}` has no value here and is not set in tug's environment or env files: it is not passed"),
                     ));
                     None
                 }

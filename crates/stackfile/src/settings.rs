@@ -257,7 +257,7 @@ pub fn regex_reason(text: &str) -> String {
 pub fn resolve(
     ctx: &mut Ctx,
     defs: &IndexMap<String, Definition>,
-    outer: &[&IndexMap<String, Setting>],
+    outer: &Scope,
     secrets: &dyn SecretSource,
 ) -> IndexMap<String, Setting> {
     let mut r = Resolution { defs, outer, secrets, done: IndexMap::new(), in_progress: Vec::new() };
@@ -268,9 +268,12 @@ pub fn resolve(
     defs.keys().filter_map(|k| r.done.swap_remove(k).map(|s| (k.clone(), s))).collect()
 }
 
+/// How long a chain of settings referring to settings may be.
+pub const MAX_REFERENCE_DEPTH: usize = 64;
+
 struct Resolution<'r> {
     defs: &'r IndexMap<String, Definition>,
-    outer: &'r [&'r IndexMap<String, Setting>],
+    outer: &'r Scope<'r>,
     secrets: &'r dyn SecretSource,
     done: IndexMap<String, Setting>,
     in_progress: Vec<String>,
@@ -283,8 +286,17 @@ impl Resolution<'_> {
             return setting_lookup(setting);
         }
         let Some(def) = self.defs.get(name) else {
-            return lookup_in(self.outer, ctx.env, false, name);
+            return lookup_in(self.outer, ctx.env, name);
         };
+        if self.in_progress.len() >= MAX_REFERENCE_DEPTH {
+            ctx.diags.push(Diagnostic::error(
+                "setting-depth",
+                Some(def.span),
+                &def.path,
+                format!("settings refer to settings more than {MAX_REFERENCE_DEPTH} deep"),
+            ));
+            return Lookup::Pending;
+        }
         if let Some(start) = self.in_progress.iter().position(|n| n == name) {
             let mut cycle: Vec<&str> = self.in_progress[start..].iter().map(String::as_str).collect();
             cycle.push(name);
@@ -372,7 +384,7 @@ impl Resolution<'_> {
                 Some(def.span),
                 &def.path,
                 format!(
-                    "secret `{name}` will be generated on first `tug up` ({} {} characters)",
+                    "secret `{name}` has no value yet: `tug secrets generate` creates it ({} {} characters)",
                     generate.length,
                     generate.charset.as_str()
                 ),
@@ -420,6 +432,26 @@ impl Resolution<'_> {
         }
         setting
     }
+}
+
+/// Checks a proposed value for a resolved setting against its rule (for `tug secrets set`):
+/// the problems, each a message that never quotes a sensitive value.
+pub fn problems_with(name: &str, setting: &Setting, value: &str) -> Vec<String> {
+    let mut diags = crate::diag::Diagnostics::default();
+    let env = crate::read::Env::default();
+    let mut ctx = Ctx { diags: &mut diags, env: &env };
+    let pattern = setting.spec.pattern.as_ref().and_then(|p| Regex::new(&format!("^(?:{p})$")).ok());
+    let def = Definition {
+        spec: setting.spec.clone(),
+        span: setting.span,
+        path: name.to_string(),
+        value: None,
+        default: None,
+        pattern,
+    };
+    let mut text = Text::new(value.to_string(), crate::read::is_sensitive(setting), false, false);
+    check_value(&mut ctx, name, &def, &mut text, setting.span, name, "");
+    diags.items.into_iter().map(|d| d.message).collect()
 }
 
 /// Checks a value against its type and constraints, normalizing it (booleans to

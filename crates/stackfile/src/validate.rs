@@ -151,14 +151,27 @@ fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Serv
 fn secrets(diags: &mut Diagnostics, c: &Checked, spans: &Spans, path: &str) {
     for (secret, span) in &spans.secrets {
         match c.shared.get(secret) {
-            Some(setting) if setting.is_secret() => {}
+            Some(setting) if crate::read::is_sensitive(setting) => {}
             Some(_) => diags.push(
-                Diagnostic::error("not-a-secret", Some(*span), format!("{path}.secrets"), format!("`{secret}` is not a secret setting"))
-                    .with_hint("every non-secret setting is delivered to every service already; declare it `type: secret` to restrict it"),
+                Diagnostic::error(
+                    "not-a-secret",
+                    Some(*span),
+                    format!("{path}.secrets"),
+                    format!("`{secret}` is not secret"),
+                )
+                .with_hint(
+                    "every setting that is neither a secret nor derived from one is delivered to every service already",
+                ),
             ),
             None => {
-                let secret_names = c.shared.iter().filter(|(_, s)| s.is_secret()).map(|(n, _)| n.as_str());
-                let mut d = Diagnostic::error("unknown-secret", Some(*span), format!("{path}.secrets"), format!("secret `{secret}` is not defined"));
+                let secret_names =
+                    c.shared.iter().filter(|(_, s)| crate::read::is_sensitive(s)).map(|(n, _)| n.as_str());
+                let mut d = Diagnostic::error(
+                    "unknown-secret",
+                    Some(*span),
+                    format!("{path}.secrets"),
+                    format!("secret `{secret}` is not defined"),
+                );
                 d = match suggest(secret, secret_names) {
                     Some(s) => d.with_hint(format!("did you mean `{s}`?")),
                     None => d.with_hint("define it under `settings:` with `type: secret`"),
@@ -180,38 +193,8 @@ fn cycles(diags: &mut Diagnostics, c: &Checked) {
             spans.dependencies.iter().filter_map(|d| index.get(d.name.as_str()).map(|&i| (i, d.span))).collect()
         })
         .collect();
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut state = vec![0u8; names.len()];
-    let mut stack: Vec<usize> = Vec::new();
+    let found = find_cycles(&edges);
     let mut reported: Vec<Vec<usize>> = Vec::new();
-    fn visit(
-        v: usize,
-        edges: &[Vec<(usize, Span)>],
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-        found: &mut Vec<(Vec<usize>, Span)>,
-    ) {
-        state[v] = 1;
-        stack.push(v);
-        for &(w, span) in &edges[v] {
-            match state[w] {
-                0 => visit(w, edges, state, stack, found),
-                1 => {
-                    let start = stack.iter().position(|&x| x == w).unwrap_or(0);
-                    found.push((stack[start..].to_vec(), span));
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state[v] = 2;
-    }
-    let mut found = Vec::new();
-    for v in 0..names.len() {
-        if state[v] == 0 {
-            visit(v, &edges, &mut state, &mut stack, &mut found);
-        }
-    }
     for (cycle, span) in found {
         let mut key = cycle.clone();
         key.sort_unstable();
@@ -234,9 +217,51 @@ fn cycles(diags: &mut Diagnostics, c: &Checked) {
     }
 }
 
+/// Each back edge of a depth-first search closes a cycle: the path from its target to
+/// here. Iterative, so that a long dependency chain cannot exhaust the stack.
+fn find_cycles(edges: &[Vec<(usize, Span)>]) -> Vec<(Vec<usize>, Span)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut state = vec![State::New; edges.len()];
+    let mut found = Vec::new();
+    for start in 0..edges.len() {
+        if state[start] != State::New {
+            continue;
+        }
+        // The current path, each with the index of its next edge to follow.
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        state[start] = State::OnPath;
+        while let Some(&mut (v, ref mut next)) = path.last_mut() {
+            let Some(&(w, span)) = edges[v].get(*next) else {
+                state[v] = State::Done;
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            match state[w] {
+                State::New => {
+                    state[w] = State::OnPath;
+                    path.push((w, 0));
+                }
+                State::OnPath => {
+                    let from = path.iter().position(|&(x, _)| x == w).unwrap_or(0);
+                    found.push((path[from..].iter().map(|&(x, _)| x).collect(), span));
+                }
+                State::Done => {}
+            }
+        }
+    }
+    found
+}
+
 fn ports(diags: &mut Diagnostics, c: &Checked) {
     let mut taken: HashMap<u16, (&str, &str)> = HashMap::new();
-    for (name, (service, spans)) in c.services {
+    // Services of inactive profiles never run beside the active ones.
+    for (name, (service, spans)) in c.services.iter().filter(|(_, (s, _))| (c.active)(s)) {
         let ports = [
             (service.port, spans.port, "port"),
             (service.deploy.preview_port, spans.preview_port, "deploy.preview_port"),
@@ -303,8 +328,10 @@ fn commands(
 
 /// The program a command runs, when it can be known without running anything.
 fn program(command: &Command) -> Option<String> {
+    // A program named by a secret is not looked up: a warning would have to show it.
     let first = match command {
-        Command::Argv(argv) => argv.first()?.expose().to_string(),
+        Command::Argv(argv) => argv.first().filter(|p| !p.sensitive)?.expose().to_string(),
+        Command::Shell(line) if line.sensitive => return None,
         Command::Shell(line) => {
             let mut words = line.expose().split_whitespace().skip_while(|w| w.contains('=') && !w.starts_with('='));
             let mut word = words.next()?;
@@ -334,4 +361,32 @@ fn found(program: &str, working_dir: &Path, path_var: &str) -> bool {
         return executable(working_dir.join(program));
     }
     path_var.split(':').filter(|d| !d.is_empty()).any(|dir| executable(Path::new(dir).join(program)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span() -> Span {
+        Span { file: 0, line: 1, col: 1 }
+    }
+
+    #[test]
+    fn cycles_are_found_in_order() {
+        // 0 → 1 → 2 → 0, and 3 → 3.
+        let edges = vec![vec![(1, span())], vec![(2, span())], vec![(0, span())], vec![(3, span())]];
+        let cycles: Vec<Vec<usize>> = find_cycles(&edges).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(cycles, vec![vec![0, 1, 2], vec![3]]);
+    }
+
+    #[test]
+    fn a_long_chain_does_not_exhaust_the_stack() {
+        let n = 200_000;
+        let edges: Vec<Vec<(usize, Span)>> =
+            (0..n).map(|i| if i + 1 < n { vec![(i + 1, span())] } else { vec![] }).collect();
+        assert!(find_cycles(&edges).is_empty());
+        let mut looped = edges;
+        looped[n - 1].push((0, span()));
+        assert_eq!(find_cycles(&looped)[0].0.len(), n);
+    }
 }

@@ -4,7 +4,7 @@
 //! line and column and its tag (`!reset`, `!override`). Scalars stay text: their type
 //! is decided by the field that reads them, as the stack file's schema says.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser, Tag};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
@@ -67,49 +67,96 @@ fn is_bool(text: &str) -> bool {
     matches!(text, "true" | "false" | "True" | "False" | "TRUE" | "FALSE")
 }
 
-/// The most nodes a document may expand to through aliases: far beyond any real
-/// stack file, far below what would exhaust memory ("billion laughs").
+/// What a document may expand to through aliases: far beyond any real stack file,
+/// far below what would exhaust memory ("billion laughs").
 pub const MAX_NODES: usize = 1_000_000;
+pub const MAX_BYTES: usize = 64 << 20;
 
-/// Parses one YAML document. An empty document is an empty mapping.
-pub fn parse(text: &str, file: u32) -> Result<Node, Box<Diagnostic>> {
-    let mut builder = Builder { file, stack: Vec::new(), anchors: HashMap::new(), root: None, error: None, nodes: 0 };
+/// Parses one YAML document. An empty document is an empty mapping. Problems that
+/// leave a usable tree (a duplicate key, say) come back beside it, so that everything
+/// else in the file is still checked; a syntax error is fatal.
+pub fn parse(text: &str, file: u32) -> Result<(Node, Vec<Diagnostic>), Box<Diagnostic>> {
+    let mut builder = Builder {
+        file,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+        problems: Vec::new(),
+        fatal: None,
+        budget: Size::default(),
+    };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, false) {
+    if let Err(e) = parser.load(&mut builder, true) {
         let m = e.marker();
         let span = Span { file, line: m.line() as u32, col: m.col() as u32 + 1 };
         return Err(Box::new(Diagnostic::error("yaml-syntax", Some(span), "", format!("invalid YAML: {}", e.info()))));
     }
-    if let Some(error) = builder.error {
-        return Err(Box::new(error));
+    if let Some(fatal) = builder.fatal {
+        return Err(Box::new(fatal));
     }
-    Ok(builder.root.unwrap_or(Node { kind: Kind::Map(Vec::new()), span: Span { file, line: 1, col: 1 }, tag: None }))
+    let root =
+        builder.root.unwrap_or(Node { kind: Kind::Map(Vec::new()), span: Span { file, line: 1, col: 1 }, tag: None });
+    Ok((root, builder.problems))
+}
+
+/// A mapping under construction.
+struct OpenMap {
+    node: Node,
+    anchor: usize,
+    /// A key waiting for its value.
+    key: Option<Node>,
+    /// Keys present, for duplicate detection without scanning (mappings can be wide).
+    keys: HashSet<String>,
+    /// Keys that came from a merge key `<<`, which explicit keys override.
+    from_merge: HashSet<String>,
 }
 
 enum Open {
     Seq(Node, usize),
-    /// A mapping under construction, its anchor, a key waiting for its value, and
-    /// the keys that came from a merge key `<<` (which explicit keys override).
-    Map(Node, usize, Option<Node>, Vec<String>),
+    Map(OpenMap),
+}
+
+#[derive(Clone, Copy, Default)]
+struct Size {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Size {
+    fn of(node: &Node) -> Size {
+        let mut size = Size { nodes: 1, bytes: 0 };
+        match &node.kind {
+            Kind::Scalar { text, .. } => size.bytes = text.len(),
+            Kind::Seq(items) => items.iter().for_each(|i| size.add(Size::of(i))),
+            Kind::Map(entries) => entries.iter().for_each(|(k, v)| {
+                size.add(Size::of(k));
+                size.add(Size::of(v));
+            }),
+            Kind::Null => {}
+        }
+        size
+    }
+
+    fn add(&mut self, other: Size) {
+        self.nodes += other.nodes;
+        self.bytes += other.bytes;
+    }
+
+    fn within_limits(self) -> bool {
+        self.nodes <= MAX_NODES && self.bytes <= MAX_BYTES
+    }
 }
 
 struct Builder {
     file: u32,
     stack: Vec<Open>,
-    /// Anchored nodes and how many nodes each holds.
-    anchors: HashMap<usize, (Node, usize)>,
+    /// Anchored nodes and their size.
+    anchors: HashMap<usize, (Node, Size)>,
     root: Option<Node>,
-    error: Option<Diagnostic>,
-    /// Nodes built so far, aliases counted at their full size.
-    nodes: usize,
-}
-
-fn size(node: &Node) -> usize {
-    1 + match &node.kind {
-        Kind::Seq(items) => items.iter().map(size).sum(),
-        Kind::Map(entries) => entries.iter().map(|(k, v)| size(k) + size(v)).sum(),
-        _ => 0,
-    }
+    problems: Vec<Diagnostic>,
+    fatal: Option<Diagnostic>,
+    /// What the document holds so far, aliases counted at their full size.
+    budget: Size,
 }
 
 impl Builder {
@@ -118,11 +165,11 @@ impl Builder {
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
-        if self.error.is_some() {
+        if self.fatal.is_some() {
             return;
         }
         if anchor > 0 {
-            let size = size(&node);
+            let size = Size::of(&node);
             self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
@@ -136,70 +183,63 @@ impl Builder {
                     items.push(node);
                 }
             }
-            Some(Open::Map(map, _, pending, from_merge)) => match pending.take() {
-                None => *pending = Some(node),
+            Some(Open::Map(map)) => match map.key.take() {
+                None => map.key = Some(node),
                 Some(key) => {
-                    let Kind::Map(entries) = &mut map.kind else {
-                        return;
-                    };
-                    if key.key_text() == Some("<<") && key.tag.is_none() {
-                        // YAML merge key: entries of the merged mapping(s) fill keys not set here.
-                        let sources = match node.kind {
-                            Kind::Seq(items) => items,
-                            _ => vec![node],
-                        };
-                        for source in sources {
-                            match source.kind {
-                                Kind::Map(merged) => {
-                                    for (k, v) in merged {
-                                        if !entries.iter().any(|(e, _)| e.key_text() == k.key_text()) {
-                                            from_merge.push(k.key_text().unwrap_or_default().to_string());
-                                            entries.push((k, v));
-                                        }
-                                    }
-                                }
-                                _ => {
-                                    self.error.get_or_insert(Diagnostic::error(
-                                        "yaml-merge",
-                                        Some(key.span),
-                                        "",
-                                        "the merge key `<<` takes a mapping or a list of mappings",
-                                    ));
-                                }
-                            }
-                        }
-                        return;
+                    if let Some(problem) = insert(map, key, node) {
+                        self.problems.push(problem);
                     }
-                    if let Some(text) = key.key_text()
-                        && let Some(i) = from_merge.iter().position(|k| k == text)
-                    {
-                        from_merge.swap_remove(i);
-                        entries.retain(|(e, _)| e.key_text() != Some(text));
-                    }
-                    if let Some(text) = key.key_text()
-                        && let Some((first, _)) = entries.iter().find(|(e, _)| e.key_text() == Some(text))
-                    {
-                        let first_line = first.span.line;
-                        self.error.get_or_insert(
-                            Diagnostic::error("duplicate-key", Some(key.span), "", format!("duplicate key `{text}`"))
-                                .with_hint(format!("it is already set on line {first_line}")),
-                        );
-                        return;
-                    }
-                    if !matches!(key.kind, Kind::Scalar { .. }) {
-                        self.error.get_or_insert(Diagnostic::error(
-                            "yaml-key",
-                            Some(key.span),
-                            "",
-                            "mapping keys must be plain strings",
-                        ));
-                        return;
-                    }
-                    entries.push((key, node));
                 }
             },
         }
     }
+}
+
+/// Adds an entry to a mapping under construction; a problem leaves the mapping as it was.
+fn insert(map: &mut OpenMap, key: Node, value: Node) -> Option<Diagnostic> {
+    let Kind::Map(entries) = &mut map.node.kind else { return None };
+    let Some(text) = key.key_text().map(str::to_string) else {
+        return Some(Diagnostic::error("yaml-key", Some(key.span), "", "mapping keys must be plain strings"));
+    };
+    if text == "<<" && key.tag.is_none() {
+        // YAML merge key: entries of the merged mapping(s) fill keys not set here.
+        let sources = match value.kind {
+            Kind::Seq(items) => items,
+            _ => vec![value],
+        };
+        for source in sources {
+            let Kind::Map(merged) = source.kind else {
+                return Some(Diagnostic::error(
+                    "yaml-merge",
+                    Some(key.span),
+                    "",
+                    "the merge key `<<` takes a mapping or a list of mappings",
+                ));
+            };
+            for (k, v) in merged {
+                let name = k.key_text().unwrap_or_default().to_string();
+                if map.keys.insert(name.clone()) {
+                    map.from_merge.insert(name);
+                    entries.push((k, v));
+                }
+            }
+        }
+        return None;
+    }
+    if map.from_merge.remove(&text) {
+        entries.retain(|(e, _)| e.key_text() != Some(&text));
+        map.keys.remove(&text);
+    }
+    if !map.keys.insert(text.clone()) {
+        let first_line = entries.iter().find(|(e, _)| e.key_text() == Some(&text)).map(|(e, _)| e.span.line);
+        let mut d = Diagnostic::error("duplicate-key", Some(key.span), "", format!("duplicate key `{text}`"));
+        if let Some(line) = first_line {
+            d = d.with_hint(format!("it is already set on line {line}; the first one is used"));
+        }
+        return Some(d);
+    }
+    entries.push((key, value));
+    None
 }
 
 fn tag_name(tag: Option<Tag>) -> Option<String> {
@@ -209,8 +249,10 @@ fn tag_name(tag: Option<Tag>) -> Option<String> {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         let span = self.span(mark);
-        if matches!(event, Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..)) {
-            self.nodes += 1;
+        if let Event::Scalar(text, ..) = &event {
+            self.budget.add(Size { nodes: 1, bytes: text.len() });
+        } else if matches!(event, Event::SequenceStart(..) | Event::MappingStart(..)) {
+            self.budget.add(Size { nodes: 1, bytes: 0 });
         }
         match event {
             Event::Scalar(text, style, anchor, tag) => {
@@ -227,39 +269,47 @@ impl MarkedEventReceiver for Builder {
                 self.stack.push(Open::Seq(Node { kind: Kind::Seq(Vec::new()), span, tag: tag_name(tag) }, anchor));
             }
             Event::MappingStart(anchor, tag) => {
-                self.stack.push(Open::Map(
-                    Node { kind: Kind::Map(Vec::new()), span, tag: tag_name(tag) },
+                self.stack.push(Open::Map(OpenMap {
+                    node: Node { kind: Kind::Map(Vec::new()), span, tag: tag_name(tag) },
                     anchor,
-                    None,
-                    Vec::new(),
-                ));
+                    key: None,
+                    keys: HashSet::new(),
+                    from_merge: HashSet::new(),
+                }));
             }
-            Event::SequenceEnd | Event::MappingEnd => {
-                if let Some(Open::Seq(node, anchor) | Open::Map(node, anchor, _, _)) = self.stack.pop() {
-                    self.finish(node, anchor);
-                }
-            }
+            Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
+                Some(Open::Seq(node, anchor)) => self.finish(node, anchor),
+                Some(Open::Map(map)) => self.finish(map.node, map.anchor),
+                None => {}
+            },
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some((_, size)) if self.nodes + size > MAX_NODES => {
-                    self.error.get_or_insert(
-                        Diagnostic::error(
-                            "yaml-too-large",
-                            Some(span),
-                            "",
-                            "aliases expand this document beyond a million nodes",
-                        )
-                        .with_hint("a stack file never needs this many: check for aliases that refer to aliases"),
-                    );
-                }
                 Some((node, size)) => {
-                    self.nodes += size;
+                    let mut after = self.budget;
+                    after.add(*size);
+                    if !after.within_limits() {
+                        self.fatal.get_or_insert(
+                            Diagnostic::error(
+                                "yaml-too-large",
+                                Some(span),
+                                "",
+                                "aliases expand this document beyond a million nodes or 64 MiB",
+                            )
+                            .with_hint("a stack file never needs this much: check for aliases that refer to aliases"),
+                        );
+                        return;
+                    }
+                    self.budget = after;
                     let node = node.clone();
                     self.finish(node, 0);
                 }
-                None => {
-                    self.error.get_or_insert(Diagnostic::error("yaml-alias", Some(span), "", "unknown alias"));
-                }
+                None => self.problems.push(Diagnostic::error("yaml-alias", Some(span), "", "unknown alias")),
             },
+            Event::DocumentStart if self.root.is_some() => {
+                self.fatal.get_or_insert(
+                    Diagnostic::error("yaml-documents", Some(span), "", "a stack file holds one YAML document; this starts a second")
+                        .with_hint("remove the `---` line, or put the second document in its own file and pass it with another `-f`"),
+                );
+            }
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
@@ -271,18 +321,32 @@ impl MarkedEventReceiver for Builder {
 pub fn merge(base: &mut Node, over: Node) {
     match (&mut base.kind, over.kind) {
         (Kind::Map(entries), Kind::Map(over_entries)) if over.tag.as_deref() != Some("!override") => {
+            // An index, since mappings can be wide (thousands of services).
+            let mut index: HashMap<String, usize> =
+                entries.iter().enumerate().filter_map(|(i, (k, _))| k.key_text().map(|t| (t.to_string(), i))).collect();
+            let mut removed = HashSet::new();
             for (key, value) in over_entries {
-                let position = entries.iter().position(|(k, _)| k.key_text() == key.key_text());
+                let name = key.key_text().unwrap_or_default().to_string();
                 if value.tag.as_deref() == Some("!reset") {
-                    if let Some(i) = position {
-                        entries.remove(i);
+                    if let Some(i) = index.remove(&name) {
+                        removed.insert(i);
                     }
                     continue;
                 }
-                match position {
-                    Some(i) => merge(&mut entries[i].1, value),
-                    None => entries.push((key, strip_directives(value))),
+                match index.get(&name) {
+                    Some(&i) => merge(&mut entries[i].1, value),
+                    None => {
+                        index.insert(name, entries.len());
+                        entries.push((key, strip_directives(value)));
+                    }
                 }
+            }
+            if !removed.is_empty() {
+                let mut i = 0;
+                entries.retain(|_| {
+                    i += 1;
+                    !removed.contains(&(i - 1))
+                });
             }
         }
         (_, kind) => {
@@ -316,7 +380,9 @@ mod tests {
     use super::*;
 
     fn doc(text: &str) -> Node {
-        parse(text, 0).expect("valid yaml")
+        let (node, problems) = parse(text, 0).expect("valid yaml");
+        assert!(problems.is_empty(), "{problems:?}");
+        node
     }
 
     fn texts(node: &Node) -> String {
@@ -382,11 +448,39 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_keys_are_errors_naming_the_first() {
-        let e = parse("a: 1\nb: 2\na: 3\n", 0).unwrap_err();
-        assert_eq!(e.code, "duplicate-key");
-        assert_eq!(e.span.map(|s| s.line), Some(3));
-        assert!(e.hint.unwrap().contains("line 1"));
+    fn duplicate_keys_are_errors_naming_the_first_and_keep_the_rest() {
+        let (node, problems) = parse("a: 1\nb: 2\na: 3\n", 0).unwrap();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].code, "duplicate-key");
+        assert_eq!(problems[0].span.map(|s| s.line), Some(3));
+        assert!(problems[0].hint.as_deref().unwrap().contains("line 1"));
+        assert_eq!(texts(&node), "{a:1,b:2}");
+    }
+
+    #[test]
+    fn a_second_document_is_an_error() {
+        assert_eq!(parse("a: 1\n---\nb: 2\n", 0).unwrap_err().code, "yaml-documents");
+        assert!(parse("---\na: 1\n", 0).is_ok(), "one document may start with ---");
+    }
+
+    #[test]
+    fn wide_mappings_merge_by_key() {
+        let text: String = (0..20_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let (mut node, _) = parse(&text, 0).unwrap();
+        let (over, _) = parse("k7: seven\nk9: !reset\nnew: 1\n", 1).unwrap();
+        merge(&mut node, over);
+        let Kind::Map(entries) = &node.kind else { panic!("a mapping") };
+        assert_eq!(entries.len(), 20_000);
+        assert_eq!(texts(node.get("k7").unwrap()), "seven");
+        assert!(node.get("k9").is_none() && node.get("new").is_some());
+    }
+
+    #[test]
+    fn big_scalars_behind_aliases_are_refused() {
+        let big = "x".repeat(100_000);
+        let text =
+            format!("a: &a [{big}]\nb: &b [{}]\nc: &c [{}]\n", vec!["*a"; 100].join(","), vec!["*b"; 100].join(","));
+        assert_eq!(parse(&text, 0).unwrap_err().code, "yaml-too-large");
     }
 
     #[test]

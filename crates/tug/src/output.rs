@@ -143,7 +143,7 @@ mod tests {
     fn yaml_output_parses_back_to_the_same_value() {
         let value = serde_json::json!({"a": {"b": ["x: y", "#no", "- dash", " lead"], "c": "ok"}});
         let yaml = to_yaml(&value);
-        let node = tug_stackfile::yaml::parse(&yaml, 0).expect("valid yaml");
+        let (node, _) = tug_stackfile::yaml::parse(&yaml, 0).expect("valid yaml");
         let b = node.get("a").and_then(|a| a.get("b")).expect("a.b");
         let tug_stackfile::yaml::Kind::Seq(items) = &b.kind else { panic!("a list") };
         let texts: Vec<_> = items

@@ -4,10 +4,10 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use tug_secrets::{Origin, Secret, Store, format_rfc3339};
-use tug_stackfile::{Compiled, Generate, Options, SecretSource, Setting, Severity, Source, Stack};
+use tug_stackfile::{Compiled, Generate, Setting, Source, Stack};
 
 use crate::output;
-use crate::stack::{self, StoreSource, load, print_diagnostics};
+use crate::stack::{self, load, print_diagnostics};
 use crate::{SecretsCommand, StackArgs};
 
 pub fn run(args: &StackArgs, command: SecretsCommand) -> Result<ExitCode, String> {
@@ -183,21 +183,9 @@ fn read_value(name: &str) -> Result<String, String> {
     Ok(input)
 }
 
-struct WithValue<'a> {
-    store: StoreSource,
-    name: &'a str,
-    value: &'a Secret,
-}
-
-impl SecretSource for WithValue<'_> {
-    fn get(&self, name: &str) -> Option<Secret> {
-        if name == self.name { Some(self.value.clone()) } else { self.store.get(name) }
-    }
-}
-
 fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     let loaded = load(args)?;
-    find_secret(&loaded.compiled, name)?;
+    let setting = find_secret(&loaded.compiled, name)?;
     let input = read_value(name)?;
     let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
     if trimmed.is_empty() {
@@ -205,41 +193,25 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
             "no value for `{name}` on standard input: pipe it in, e.g. `tug secrets set {name} < file`"
         ));
     }
-    let value = Secret::new(trimmed.to_string());
-    drop(input);
-    if std::env::var_os(name).is_some() {
-        eprintln!("warning: `{name}` is also set in the environment, which takes precedence over the store");
-    }
-    // Check the new value against its rule by compiling with it: one definition of validity.
-    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())?;
-    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
-    let options = Options {
-        files: args.files.clone(),
-        cwd,
-        environment: args.environment.clone(),
-        env_files: args.env_files.clone(),
-        profiles: args.profiles.clone(),
-        process_env: std::env::vars().filter(|(k, _)| k != name).collect(),
-        check_commands: false,
-    };
-    let checked = tug_stackfile::compile(&options, &WithValue { store: StoreSource(store), name, value: &value });
-    let own_path = format!(".settings.{name}");
-    let problems: Vec<_> = checked
-        .diagnostics
-        .items
-        .iter()
-        .filter(|d| d.severity == Severity::Error && matches!(d.code, "constraint" | "forbidden-value"))
-        .filter(|d| d.path.starts_with(&format!("settings.{name}")) || d.path.contains(&own_path))
-        .cloned()
-        .collect();
+    // The same rule `tug check` applies, so a stored value never makes the stack invalid.
+    let problems = tug_stackfile::settings::problems_with(name, setting, trimmed);
     if !problems.is_empty() {
-        for d in &problems {
-            eprint!("{}", tug_stackfile::diag::render_human(d, &checked.sources, output::stderr_palette()));
+        for problem in &problems {
+            eprintln!("{}", output::error_line(problem));
         }
         return Err(format!("`{name}` was not stored: the value breaks its rule"));
     }
+    match &setting.source {
+        Source::Environment => {
+            eprintln!("warning: `{name}` is also set in the environment, which takes precedence over the store")
+        }
+        Source::EnvFile(file) => {
+            eprintln!("warning: `{name}` is also set in {}, which takes precedence over the store", file.display())
+        }
+        _ => {}
+    }
     let mut store = open_store(&loaded.state_dir)?;
-    store.insert(name, value, Origin::Set);
+    store.insert(name, Secret::new(trimmed.to_string()), Origin::Set);
     store.save().map_err(|e| e.to_string())?;
     let version = store.info(name).map(|i| i.version).unwrap_or(1);
     output::write_stdout(&format!("set {name} (version {version})\n"))

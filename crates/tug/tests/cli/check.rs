@@ -102,7 +102,7 @@ fn a_secret_breaking_its_rule_is_reported_without_its_value() {
 #[test]
 fn missing_secrets_with_generate_are_notes() {
     let out = check("secret_generated");
-    assert!(out.contains("note[secret-generated]: secret `SESSION_KEY` will be generated"));
+    assert!(out.contains("note[secret-generated]: secret `SESSION_KEY` has no value yet"));
     assert!(out.contains("error[missing-value]: setting `API_TOKEN` has no value"));
 }
 
@@ -173,4 +173,17 @@ fn an_unknown_environment_is_an_error() {
         run.stdout.contains("environment `prodution` is not one of")
             && run.stdout.contains("did you mean `production`?")
     );
+}
+
+#[test]
+fn secrets_stay_with_the_services_that_list_them() {
+    let out = check("secret_scope");
+    for secret in ["tok-Rz81VqLm4sXc", "4711"] {
+        assert!(!out.contains(secret), "the secret `{secret}` was printed:\n{out}");
+    }
+    // Through interpolation (with or without a default), pass-through, a derived value,
+    // and a service's own setting.
+    assert_eq!(out.matches("error[secret-not-listed]").count(), 5, "{out}");
+    // Typed and configuring fields refuse secrets instead of showing them.
+    assert_eq!(out.matches("error[sensitive-value]").count(), 4, "{out}");
 }

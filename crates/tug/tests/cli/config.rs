@@ -118,3 +118,90 @@ fn config_of_an_invalid_stack_fails_with_the_diagnostics() {
     assert_eq!(run.stdout, "");
     assert!(run.stderr.contains("error[unknown-field]") && run.stderr.contains("the stack is invalid"));
 }
+
+#[test]
+fn values_derived_from_secrets_reach_only_the_services_that_list_them() {
+    let dir = TempDir::new("derived");
+    dir.write(
+        "tug.yaml",
+        "name: d\nsettings:\n  PASSWORD: { type: secret }\n  DATABASE_URL: { type: url, value: 'postgresql://app:${PASSWORD}@db/app' }\nservices:\n  api: { command: [sleep, '1'], secrets: [DATABASE_URL], env_file: app.env }\n  frontend: { command: [sleep, '1'] }\n",
+    );
+    dir.write("app.env", "EXTRA=from-env-file-Qm3\n");
+    let c = config(dir.path(), &[], &[("PASSWORD", "pw-Lx9")]);
+    assert_eq!(c["services"]["api"]["environment"]["DATABASE_URL"], "********");
+    assert!(
+        c["services"]["api"]["environment"].get("PASSWORD").is_none(),
+        "listing a derived value does not deliver its source"
+    );
+    assert!(c["services"]["frontend"]["environment"].get("DATABASE_URL").is_none());
+    assert_eq!(c["services"]["api"]["environment"]["EXTRA"], "********", "env_file values are never shown");
+}
+
+#[test]
+fn empty_documents_change_nothing_and_a_second_document_is_an_error() {
+    let dir = TempDir::new("documents");
+    dir.write("tug.yaml", "name: docs\nservices:\n  api: { command: [sleep, '1'] }\n");
+    dir.write("tug.development.yaml", "---\n# nothing yet\n");
+    dir.write("empty.yaml", "");
+    let c = config(dir.path(), &["-f", "tug.yaml", "-f", "empty.yaml"], &[]);
+    assert!(c["services"]["api"].is_object(), "an empty overlay or file does not wipe the stack");
+    assert_eq!(c["name"], "docs");
+    dir.write("two.yaml", "name: docs\n---\nservices: {}\n");
+    let run = tug(dir.path(), &["check", "-f", "two.yaml"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("error[yaml-documents]") && run.stdout.contains("two.yaml:2:1"), "{}", run.stdout);
+}
+
+#[test]
+fn an_overlay_that_cannot_be_read_is_an_error() {
+    let dir = TempDir::new("bad-overlay");
+    dir.write("tug.yaml", "name: o\nservices:\n  api: { command: [sleep, '1'] }\n");
+    std::fs::write(dir.path().join("tug.development.yaml"), b"# caf\xe9\nservices: {}\n").expect("write");
+    let run = tug(dir.path(), &["check"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("cannot read the overlay") && run.stdout.contains("tug.development.yaml"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_byte_order_mark_is_not_content() {
+    let dir = TempDir::new("bom");
+    dir.write("tug.yaml", "\u{feff}name: bom\nservices:\n  api: { command: [sleep, '1'] }\n");
+    assert_eq!(config(dir.path(), &[], &[])["name"], "bom");
+}
+
+#[test]
+fn services_of_exclusive_profiles_may_share_a_port() {
+    let dir = TempDir::new("exclusive");
+    dir.write(
+        "tug.yaml",
+        "name: x\nservices:\n  mail-fake: { command: [sleep, '1'], port: 1025, profiles: [dev] }\n  mail-real: { command: [sleep, '1'], port: 1025, profiles: [prod] }\n",
+    );
+    assert_eq!(tug(dir.path(), &["check", "--profile", "dev"], &[], None).code, 0);
+    let both = tug(dir.path(), &["check", "--profile", "dev,prod"], &[], None);
+    assert!(both.code == 1 && both.stdout.contains("port 1025 is already used by `mail-fake`"), "{}", both.stdout);
+}
+
+#[test]
+fn long_chains_are_errors_not_crashes() {
+    let dir = TempDir::new("chains");
+    // Settings referring to settings, 2,000 deep.
+    let mut text = String::from("name: c\nsettings:\n");
+    for i in 0..2000 {
+        text.push_str(&format!("  S{i}: {{ value: 'x${{S{}}}' }}\n", i + 1));
+    }
+    text.push_str("  S2000: { default: end }\nservices:\n  api: { command: [sleep, '1'] }\n");
+    dir.write("settings.yaml", &text);
+    let run = tug(dir.path(), &["check", "-f", "settings.yaml"], &[], None);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stdout.contains("more than 64 deep"), "{}", run.stdout);
+    // Defaults nested 10,000 deep.
+    let nested = format!("{}x{}", "${NOPE:-".repeat(10_000), "}".repeat(10_000));
+    dir.write("nested.yaml", &format!("name: n\nservices:\n  api: {{ command: [echo, '{nested}'] }}\n"));
+    let run = tug(dir.path(), &["check", "-f", "nested.yaml"], &[], None);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stdout.contains("nest more than 32 deep"));
+}

@@ -232,3 +232,22 @@ fn a_key_from_the_environment_works_without_a_key_file() {
     assert_eq!(tug(d, &["check"], &key, None).code, 0);
     assert_eq!(tug(d, &["check"], &[], None).code, 1, "without the key the store cannot be read");
 }
+
+#[test]
+fn set_checks_the_rule_whatever_else_provides_the_value() {
+    let dir = TempDir::new("set-rule");
+    let d = dir.path();
+    dir.write(
+        "tug.yaml",
+        "name: s\nsettings:\n  TOKEN: { type: secret, min_length: 16 }\n  TOKEN_OLD: { type: secret, min_length: 16, required: false }\nservices:\n  api: { command: [sleep, '1'], secrets: [TOKEN] }\n",
+    );
+    // An empty TUG_ENV is no environment, as for every other command.
+    let short = tug(d, &["secrets", "set", "TOKEN"], &[("TUG_ENV", "")], Some("short"));
+    assert_eq!(short.code, 1, "{}", short.all());
+    // A valid value in .env does not let an invalid one into the store, and is pointed out.
+    dir.write(".env", "TOKEN=valid-token-from-dotenv-123\nTOKEN_OLD=short\n");
+    assert_eq!(run(d, &["secrets", "set", "TOKEN"], Some("x")).code, 1);
+    let ok = run(d, &["secrets", "set", "TOKEN"], Some("another-valid-token-456"));
+    assert_eq!(ok.code, 0, "a problem with TOKEN_OLD is not TOKEN's: {}", ok.all());
+    assert!(ok.stderr.contains("also set in .env, which takes precedence"), "{}", ok.stderr);
+}
