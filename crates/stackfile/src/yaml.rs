@@ -105,8 +105,9 @@ struct OpenMap {
     anchor: usize,
     /// A key waiting for its value.
     key: Option<Node>,
-    /// Keys present, for duplicate detection without scanning (mappings can be wide).
-    keys: HashSet<String>,
+    /// Keys present, once the mapping is wide enough for scanning to cost (thousands
+    /// of services or settings); small mappings are scanned.
+    keys: Option<HashSet<String>>,
     /// Keys that came from a merge key `<<`, which explicit keys override.
     from_merge: HashSet<String>,
 }
@@ -195,9 +196,40 @@ impl Builder {
     }
 }
 
+const INDEX_FROM: usize = 32;
+
+impl OpenMap {
+    fn has_key(&self, text: &str) -> bool {
+        match (&self.keys, &self.node.kind) {
+            (Some(keys), _) => keys.contains(text),
+            (None, Kind::Map(entries)) => entries.iter().any(|(k, _)| k.key_text() == Some(text)),
+            _ => false,
+        }
+    }
+
+    fn push(&mut self, key: Node, value: Node) {
+        let Kind::Map(entries) = &mut self.node.kind else { return };
+        if let Some(keys) = &mut self.keys {
+            keys.insert(key.key_text().unwrap_or_default().to_string());
+        }
+        entries.push((key, value));
+        if self.keys.is_none() && entries.len() >= INDEX_FROM {
+            self.keys = Some(entries.iter().filter_map(|(k, _)| k.key_text().map(str::to_string)).collect());
+        }
+    }
+
+    fn remove(&mut self, text: &str) {
+        if let Kind::Map(entries) = &mut self.node.kind {
+            entries.retain(|(e, _)| e.key_text() != Some(text));
+        }
+        if let Some(keys) = &mut self.keys {
+            keys.remove(text);
+        }
+    }
+}
+
 /// Adds an entry to a mapping under construction; a problem leaves the mapping as it was.
 fn insert(map: &mut OpenMap, key: Node, value: Node) -> Option<Diagnostic> {
-    let Kind::Map(entries) = &mut map.node.kind else { return None };
     let Some(text) = key.key_text().map(str::to_string) else {
         return Some(Diagnostic::error("yaml-key", Some(key.span), "", "mapping keys must be plain strings"));
     };
@@ -218,19 +250,19 @@ fn insert(map: &mut OpenMap, key: Node, value: Node) -> Option<Diagnostic> {
             };
             for (k, v) in merged {
                 let name = k.key_text().unwrap_or_default().to_string();
-                if map.keys.insert(name.clone()) {
+                if !map.has_key(&name) {
                     map.from_merge.insert(name);
-                    entries.push((k, v));
+                    map.push(k, v);
                 }
             }
         }
         return None;
     }
     if map.from_merge.remove(&text) {
-        entries.retain(|(e, _)| e.key_text() != Some(&text));
-        map.keys.remove(&text);
+        map.remove(&text);
     }
-    if !map.keys.insert(text.clone()) {
+    if map.has_key(&text) {
+        let Kind::Map(entries) = &map.node.kind else { return None };
         let first_line = entries.iter().find(|(e, _)| e.key_text() == Some(&text)).map(|(e, _)| e.span.line);
         let mut d = Diagnostic::error("duplicate-key", Some(key.span), "", format!("duplicate key `{text}`"));
         if let Some(line) = first_line {
@@ -238,7 +270,7 @@ fn insert(map: &mut OpenMap, key: Node, value: Node) -> Option<Diagnostic> {
         }
         return Some(d);
     }
-    entries.push((key, value));
+    map.push(key, value);
     None
 }
 
@@ -273,7 +305,7 @@ impl MarkedEventReceiver for Builder {
                     node: Node { kind: Kind::Map(Vec::new()), span, tag: tag_name(tag) },
                     anchor,
                     key: None,
-                    keys: HashSet::new(),
+                    keys: None,
                     from_merge: HashSet::new(),
                 }));
             }
@@ -455,6 +487,15 @@ mod tests {
         assert_eq!(problems[0].span.map(|s| s.line), Some(3));
         assert!(problems[0].hint.as_deref().unwrap().contains("line 1"));
         assert_eq!(texts(&node), "{a:1,b:2}");
+    }
+
+    #[test]
+    fn duplicates_are_found_in_wide_mappings_too() {
+        let mut text: String = (0..100).map(|i| format!("k{i}: {i}\n")).collect();
+        text.push_str("k3: again\nk99: again\n");
+        let (node, problems) = parse(&text, 0).unwrap();
+        assert_eq!(problems.iter().filter(|p| p.code == "duplicate-key").count(), 2);
+        assert_eq!(texts(node.get("k3").unwrap()), "3", "the first value is kept");
     }
 
     #[test]
