@@ -18,8 +18,11 @@ pub enum Lookup {
     Pending,
     /// An instance variable, substituted when the instance starts.
     Deferred,
-    /// A setting that is defined but has no value (`required: false`): not set.
-    Unset,
+    /// A setting that is defined but has no value (`required: false`): not set. A
+    /// reference to it is sensitive when the setting is, whether or not it has a value.
+    Unset {
+        sensitive: bool,
+    },
     /// A sensitive setting that this service does not list under `secrets:`.
     NotListed,
     Unknown,
@@ -130,10 +133,21 @@ fn is_name_char(c: u8) -> bool {
 }
 
 /// Interpolates `input`, collecting every error rather than stopping at the first.
+/// The longest value interpolation may produce: values that refer to values could
+/// otherwise double in size at every step and exhaust memory.
+pub const MAX_VALUE: usize = 1 << 20;
+
 pub fn interpolate(input: &str, resolver: &mut dyn Resolver) -> Result<Output, Vec<Error>> {
     let mut errors = Vec::new();
     let builder = expand(input, resolver, &mut errors, 0);
-    if errors.is_empty() { Ok(builder.finish()) } else { Err(errors) }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let output = builder.finish();
+    if output.text.len() > MAX_VALUE {
+        return Err(vec![Error::Syntax { message: "the value grows beyond 1 MiB once interpolated".into() }]);
+    }
+    Ok(output)
 }
 
 /// Whether the text contains anything interpolation would change.
@@ -277,8 +291,11 @@ fn reference(
     let (set, non_empty) = match &found {
         Lookup::Value { text, .. } => (true, !text.is_empty()),
         Lookup::Pending | Lookup::Deferred => (true, true),
-        Lookup::Unknown | Lookup::Unset | Lookup::NotListed => (false, false),
+        Lookup::Unknown | Lookup::Unset { .. } | Lookup::NotListed => (false, false),
     };
+    if let Lookup::Unset { sensitive: true } = found {
+        out.sensitive = true;
+    }
     let use_value = |out: &mut Builder| match &found {
         Lookup::Value { text, sensitive } => {
             out.literal(text);
@@ -290,11 +307,11 @@ fn reference(
             out.pending = true;
         }
         Lookup::Deferred => out.segments.push(Segment::Deferred(name.to_string())),
-        Lookup::Unknown | Lookup::Unset | Lookup::NotListed => {}
+        Lookup::Unknown | Lookup::Unset { .. } | Lookup::NotListed => {}
     };
     match modifier {
         None if set => use_value(out),
-        None if found == Lookup::Unset => errors.push(Error::Unset { name: name.to_string() }),
+        None if matches!(found, Lookup::Unset { .. }) => errors.push(Error::Unset { name: name.to_string() }),
         None => errors.push(Error::Unknown { name: name.to_string() }),
         Some((Modifier::Default(colon), word)) => {
             if set && (non_empty || !colon) {
@@ -417,12 +434,22 @@ mod tests {
     }
 
     #[test]
+    fn values_cannot_grow_without_bound() {
+        let mut resolver = |_: &str| Lookup::Value { text: "x".repeat(MAX_VALUE / 2 + 1), sensitive: false };
+        assert!(matches!(interpolate("$A$A", &mut resolver).unwrap_err()[0], Error::Syntax { .. }));
+        assert!(interpolate("$A", &mut resolver).is_ok());
+    }
+
+    #[test]
     fn unset_and_unlisted_settings() {
         let mut resolver = |name: &str| match name {
-            "OPTIONAL" => Lookup::Unset,
+            "OPTIONAL" => Lookup::Unset { sensitive: false },
+            "OPTIONAL_SECRET" => Lookup::Unset { sensitive: true },
             _ => Lookup::NotListed,
         };
         assert_eq!(interpolate("${OPTIONAL:-d}", &mut resolver).unwrap().text, "d");
+        // Whether a value is sensitive does not depend on whether the secret is set.
+        assert!(interpolate("redis://:${OPTIONAL_SECRET:-}@h", &mut resolver).unwrap().sensitive);
         assert_eq!(
             interpolate("$OPTIONAL", &mut resolver).unwrap_err(),
             vec![Error::Unset { name: "OPTIONAL".into() }]

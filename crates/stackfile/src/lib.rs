@@ -102,7 +102,9 @@ pub fn compile(options: &Options, secrets: &dyn SecretSource) -> Compiled {
         match std::fs::read_to_string(file) {
             Ok(text) => documents.push((file.clone(), text)),
             Err(e) => {
-                let hint = if options.files.is_empty() {
+                let hint = if e.kind() == std::io::ErrorKind::InvalidData {
+                    "the file must be UTF-8 text"
+                } else if options.files.is_empty() {
                     "run tug in the folder of your tug.yaml, or name the file with `-f FILE`"
                 } else {
                     "check the path given with `-f`"
@@ -169,9 +171,15 @@ pub fn overlay_path(base: &Path, environment: &str) -> PathBuf {
 
 type OverlayReader<'a> = dyn Fn(&Path, &str) -> Result<Option<(PathBuf, String)>, Box<Diagnostic>> + 'a;
 
-/// Adds a file to the source map and parses it. `None` when it cannot be parsed (the
-/// error is reported) or holds nothing (an empty document changes nothing).
-fn parse_file(path: &Path, text: String, cwd: &Path, sources: &mut SourceMap, diags: &mut Diagnostics) -> Option<Node> {
+/// Adds a file to the source map and parses it. `Ok(None)` when it holds nothing (an
+/// empty document changes nothing); `Err` when it cannot be parsed (the error is reported).
+fn parse_file(
+    path: &Path,
+    text: String,
+    cwd: &Path,
+    sources: &mut SourceMap,
+    diags: &mut Diagnostics,
+) -> Result<Option<Node>, ()> {
     // Editors on some systems start files with a byte order mark; it is not content.
     let text = match text.strip_prefix('\u{feff}') {
         Some(rest) => rest.to_string(),
@@ -181,11 +189,11 @@ fn parse_file(path: &Path, text: String, cwd: &Path, sources: &mut SourceMap, di
     match yaml::parse(sources.text(id), id) {
         Ok((node, problems)) => {
             diags.items.extend(problems);
-            (!node.is_null()).then_some(node)
+            Ok((!node.is_null()).then_some(node))
         }
         Err(d) => {
             diags.push(*d);
-            None
+            Err(())
         }
     }
 }
@@ -226,15 +234,20 @@ fn compile_documents(
         documents.first().and_then(|(p, _)| p.parent()).map(Path::to_path_buf).unwrap_or_else(|| options.cwd.clone());
     let files: Vec<PathBuf> = documents.iter().map(|(p, _)| p.clone()).collect();
     let mut parsed = Vec::new();
+    let mut unparsable = false;
     for (path, text) in documents {
-        parsed.push(parse_file(&path, text, &options.cwd, sources, diags));
+        match parse_file(&path, text, &options.cwd, sources, diags) {
+            Ok(node) => parsed.push(node),
+            Err(()) => unparsable = true,
+        }
     }
     let finish = |diags: &mut Diagnostics, sources: &mut SourceMap, stack: Option<Stack>| {
         let mut diagnostics = std::mem::take(diags);
         diagnostics.sort();
         Compiled { stack, diagnostics, sources: std::mem::take(sources) }
     };
-    if diags.has_errors() {
+    // A file that parsed with problems (a duplicate key) is still checked through.
+    if unparsable {
         return finish(diags, sources, None);
     }
     if let Some(node) = parsed.iter().flatten().find(|n| !matches!(n.kind, Kind::Map(_))) {
@@ -273,9 +286,9 @@ fn compile_documents(
         }
         match read_overlay(file, &environment) {
             Ok(Some((path, text))) => match parse_file(&path, text, &options.cwd, sources, diags) {
-                Some(node) if matches!(node.kind, Kind::Map(_)) => yaml::merge(&mut merged, node),
-                Some(node) => Ctx { diags, env: &env }.type_error(&node, "", "a mapping of top-level fields"),
-                None => {}
+                Ok(Some(node)) if matches!(node.kind, Kind::Map(_)) => yaml::merge(&mut merged, node),
+                Ok(Some(node)) => Ctx { diags, env: &env }.type_error(&node, "", "a mapping of top-level fields"),
+                Ok(None) | Err(()) => {}
             },
             Ok(None) => {}
             Err(d) => diags.push(*d),
@@ -311,6 +324,7 @@ fn load_env(options: &Options, root: &Path, sources: &mut SourceMap, diags: &mut
             Err(_) => continue,
         };
         let shown = display_path(&options.cwd, &path);
+        let text = text.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(text);
         let id = sources.add(shown.clone(), text);
         let (entries, errors) = dotenv::parse(sources.text(id));
         for e in errors {

@@ -76,6 +76,9 @@ pub fn lookup_in(scope: &Scope, env: &Env, name: &str) -> Lookup {
         return Lookup::Deferred;
     }
     match env.get(name) {
+        // A secret is used through its setting (listed, in a service): never straight
+        // from the environment, which would bypass the listing.
+        Some(_) if env.secret_names.contains(name) && scope.listed.is_some() => Lookup::NotListed,
         Some((v, _, _)) => Lookup::Value { text: v.to_string(), sensitive: env.secret_names.contains(name) },
         None => Lookup::Unknown,
     }
@@ -87,7 +90,7 @@ pub fn setting_lookup(setting: &Setting) -> Lookup {
         (_, Source::ToBeGenerated) => Lookup::Pending,
         (Some(v), _) if v.pending => Lookup::Pending,
         (Some(v), _) => Lookup::Value { text: v.expose().to_string(), sensitive: v.sensitive },
-        (None, _) => Lookup::Unset,
+        (None, _) => Lookup::Unset { sensitive: setting.is_secret() },
     }
 }
 

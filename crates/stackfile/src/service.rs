@@ -162,6 +162,20 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         Some(n) => settings::definitions(ctx, n, &f.path("settings"), input.environment, input.environments),
         None => IndexMap::new(),
     };
+    // Redefining a shared secret would hand it to the service without listing it.
+    for (name, def) in &own_defs {
+        if input.shared.get(name).is_some_and(|shared| shared.is_secret()) {
+            ctx.diags.push(
+                Diagnostic::error(
+                    "redefined-secret",
+                    Some(def.span),
+                    &def.path,
+                    format!("`{name}` is a shared secret: a service's own settings cannot redefine it"),
+                )
+                .with_hint("list it under `secrets:` to use it, or give this setting another name"),
+            );
+        }
+    }
     let own = settings::resolve(ctx, &own_defs, &shared_scope, input.secrets);
     let scope = Scope { own: Some(&own), ..shared_scope };
     let instance_scope = Scope { defer_instance: true, ..scope };

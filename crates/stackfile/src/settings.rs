@@ -204,7 +204,7 @@ fn definition(
     if let Some(n) = applies(ctx, "values", &[T::Enum]) {
         spec.values = ctx.string_list(n, &f.path("values"), &scope).into_iter().map(|(s, _)| s).collect();
     }
-    if ty == Some(T::Enum) && spec.values.is_empty() {
+    if ty == Some(T::Enum) && f.get("values").is_none() {
         ctx.diags.push(
             Diagnostic::error("missing-field", Some(f.span), path, "a setting of type enum needs `values`")
                 .with_hint("list the allowed values: `values: [a, b]`"),
@@ -260,7 +260,7 @@ pub fn resolve(
     outer: &Scope,
     secrets: &dyn SecretSource,
 ) -> IndexMap<String, Setting> {
-    let mut r = Resolution { defs, outer, secrets, done: IndexMap::new(), in_progress: Vec::new() };
+    let mut r = Resolution { defs, outer, secrets, done: IndexMap::new(), in_progress: Vec::new(), too_deep: false };
     for name in defs.keys() {
         r.resolve(ctx, name);
     }
@@ -277,6 +277,8 @@ struct Resolution<'r> {
     secrets: &'r dyn SecretSource,
     done: IndexMap<String, Setting>,
     in_progress: Vec<String>,
+    /// The depth limit was hit: said once, not once per setting beyond it.
+    too_deep: bool,
 }
 
 impl Resolution<'_> {
@@ -289,6 +291,9 @@ impl Resolution<'_> {
             return lookup_in(self.outer, ctx.env, name);
         };
         if self.in_progress.len() >= MAX_REFERENCE_DEPTH {
+            if std::mem::replace(&mut self.too_deep, true) {
+                return Lookup::Pending;
+            }
             ctx.diags.push(Diagnostic::error(
                 "setting-depth",
                 Some(def.span),
@@ -364,7 +369,7 @@ impl Resolution<'_> {
             if let Some(span) = span {
                 at.0 = span;
             }
-            setting.value = Some(Text::plain(value));
+            setting.value = Some(Text::new(value.to_string(), ctx.env.secret_names.contains(name), false, false));
             setting.source = source;
         } else if let Some(value) = secret.then(|| self.secrets.get(name)).flatten() {
             setting.value = Some(Text::plain(value.expose()));
@@ -514,7 +519,11 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
                     if !spec.schemes.is_empty() && !spec.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
                 {
                     problems.push((
-                        format!("the URL's scheme `{scheme}` is not allowed here"),
+                        if sensitive {
+                            "the URL's scheme is not allowed here".to_string()
+                        } else {
+                            format!("the URL's scheme `{scheme}` is not allowed here")
+                        },
                         Some(format!("allowed schemes: {}", spec.schemes.join(", "))),
                     ));
                 }

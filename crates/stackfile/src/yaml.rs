@@ -71,6 +71,9 @@ fn is_bool(text: &str) -> bool {
 /// far below what would exhaust memory ("billion laughs").
 pub const MAX_NODES: usize = 1_000_000;
 pub const MAX_BYTES: usize = 64 << 20;
+/// How deeply mappings and lists may nest: every walk of the tree is recursive, and a
+/// stack file needs a handful of levels.
+pub const MAX_DEPTH: usize = 128;
 
 /// Parses one YAML document. An empty document is an empty mapping. Problems that
 /// leave a usable tree (a duplicate key, say) come back beside it, so that everything
@@ -86,10 +89,22 @@ pub fn parse(text: &str, file: u32) -> Result<(Node, Vec<Diagnostic>), Box<Diagn
         budget: Size::default(),
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, true) {
-        let m = e.marker();
-        let span = Span { file, line: m.line() as u32, col: m.col() as u32 + 1 };
-        return Err(Box::new(Diagnostic::error("yaml-syntax", Some(span), "", format!("invalid YAML: {}", e.info()))));
+    // The parser's own `load` recurses once per nesting level; pulling events in a loop
+    // does not, and stops at the first fatal problem (such as nesting too deep).
+    loop {
+        match parser.next_token() {
+            Ok((Event::StreamEnd, _)) => break,
+            Ok((event, mark)) => builder.on_event(event, mark),
+            Err(e) => {
+                let m = e.marker();
+                let span = Span { file, line: m.line() as u32, col: m.col() as u32 + 1 };
+                let message = format!("invalid YAML: {}", e.info());
+                return Err(Box::new(Diagnostic::error("yaml-syntax", Some(span), "", message)));
+            }
+        }
+        if builder.fatal.is_some() {
+            break;
+        }
     }
     if let Some(fatal) = builder.fatal {
         return Err(Box::new(fatal));
@@ -297,6 +312,14 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.finish(Node { kind, span, tag }, anchor);
             }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                self.fatal.get_or_insert(Diagnostic::error(
+                    "yaml-too-deep",
+                    Some(span),
+                    "",
+                    format!("mappings and lists nest more than {MAX_DEPTH} levels deep here"),
+                ));
+            }
             Event::SequenceStart(anchor, tag) => {
                 self.stack.push(Open::Seq(Node { kind: Kind::Seq(Vec::new()), span, tag: tag_name(tag) }, anchor));
             }
@@ -496,6 +519,14 @@ mod tests {
         let (node, problems) = parse(&text, 0).unwrap();
         assert_eq!(problems.iter().filter(|p| p.code == "duplicate-key").count(), 2);
         assert_eq!(texts(node.get("k3").unwrap()), "3", "the first value is kept");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let text = format!("x-a:\n{}x\n", "- ".repeat(50_000));
+        assert_eq!(parse(&text, 0).unwrap_err().code, "yaml-too-deep");
+        let ok = format!("a:\n{}x\n", "- ".repeat(MAX_DEPTH - 2));
+        assert!(parse(&ok, 0).is_ok());
     }
 
     #[test]

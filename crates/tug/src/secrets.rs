@@ -133,16 +133,20 @@ fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     output::write_stdout(&text)
 }
 
-/// The stack's definition of a secret, with a suggestion when the name is unknown.
-fn find_secret<'s>(compiled: &'s Compiled, name: &str) -> Result<&'s Setting, String> {
+/// Every definition of a secret (shared, or services' own), with a suggestion when
+/// the name is unknown.
+fn find_secret<'s>(compiled: &'s Compiled, name: &str) -> Result<Vec<&'s Setting>, String> {
     let Some(stack) = compiled.stack.as_ref() else {
         print_diagnostics(compiled, output::stderr_palette(), true);
         return Err("the stack cannot be read: fix the errors above first".into());
     };
-    let secrets = secret_settings(stack);
-    if let Some((_, setting)) = secrets.iter().find(|(n, _)| *n == name) {
-        return Ok(setting);
+    let own = stack.services.values().flat_map(|s| s.settings.get_key_value(name));
+    let definitions: Vec<&Setting> =
+        stack.settings.get_key_value(name).into_iter().chain(own).map(|(_, s)| s).filter(|s| s.is_secret()).collect();
+    if !definitions.is_empty() {
+        return Ok(definitions);
     }
+    let secrets = secret_settings(stack);
     let defined_elsewhere =
         stack.settings.contains_key(name) || stack.services.values().any(|s| s.settings.contains_key(name));
     if defined_elsewhere {
@@ -185,7 +189,12 @@ fn read_value(name: &str) -> Result<String, String> {
 
 fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     let loaded = load(args)?;
-    let setting = find_secret(&loaded.compiled, name)?;
+    let definitions = find_secret(&loaded.compiled, name)?;
+    if definitions.iter().any(|d| d.source == Source::Value) {
+        return Err(format!(
+            "`{name}` has a `value:` in the stack file, which always wins: a stored value would never be used"
+        ));
+    }
     let input = read_value(name)?;
     let trimmed = input.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&input);
     if trimmed.is_empty() {
@@ -194,14 +203,16 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
         ));
     }
     // The same rule `tug check` applies, so a stored value never makes the stack invalid.
-    let problems = tug_stackfile::settings::problems_with(name, setting, trimmed);
+    let mut problems: Vec<String> =
+        definitions.iter().flat_map(|d| tug_stackfile::settings::problems_with(name, d, trimmed)).collect();
+    problems.dedup();
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("{}", output::error_line(problem));
         }
         return Err(format!("`{name}` was not stored: the value breaks its rule"));
     }
-    match &setting.source {
+    match &definitions[0].source {
         Source::Environment => {
             eprintln!("warning: `{name}` is also set in the environment, which takes precedence over the store")
         }
@@ -219,8 +230,8 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
 
 fn rotate(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
     let loaded = load(args)?;
-    let setting = find_secret(&loaded.compiled, name)?;
-    let Some(rule) = setting.spec.generate else {
+    let definitions = find_secret(&loaded.compiled, name)?;
+    let Some(rule) = definitions.iter().find_map(|d| d.spec.generate) else {
         return Err(format!(
             "`{name}` has no `generate` rule, so tug cannot make a new value: use `tug secrets set {name}`"
         ));

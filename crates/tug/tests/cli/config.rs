@@ -205,3 +205,66 @@ fn long_chains_are_errors_not_crashes() {
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(run.stdout.contains("nest more than 32 deep"));
 }
+
+#[test]
+fn values_that_double_at_each_step_are_refused() {
+    let dir = TempDir::new("doubling");
+    let mut text = format!("name: bomb\nsettings:\n  S0: {{ default: '{}' }}\n", "x".repeat(1000));
+    for i in 1..=24 {
+        text.push_str(&format!("  S{i}: {{ default: '${{S{p}}}${{S{p}}}' }}\n", p = i - 1));
+    }
+    dir.write("tug.yaml", &text);
+    let run = tug(dir.path(), &["check"], &[], None);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stdout.contains("grows beyond 1 MiB"), "{}", run.stdout);
+}
+
+#[test]
+fn secrets_cannot_be_reached_around_their_listing() {
+    let dir = TempDir::new("around");
+    dir.write(
+        "tug.yaml",
+        "name: a\nsettings:\n  API_KEY: { type: secret }\n  X: { type: string }\nservices:\n  web: { command: [sleep, '1'], settings: { API_KEY: { type: string } } }\n  a: { command: [sleep, '1'], settings: { A_KEY: { type: secret }, X: { type: secret } } }\n  b: { command: 'echo ${A_KEY}' }\n",
+    );
+    dir.write(".env", "API_KEY=apikey2222\nA_KEY=akey3333\nX=xsecret4444\n");
+    let run = tug(dir.path(), &["check"], &[], None);
+    assert!(!run.all().contains("apikey2222") && !run.all().contains("akey3333"));
+    assert!(run.stdout.contains("error[redefined-secret]: `API_KEY` is a shared secret"), "{}", run.stdout);
+    assert!(run.stdout.contains("error[secret-not-listed]: `A_KEY`"), "another service's own secret: {}", run.stdout);
+    // A name declared secret anywhere is never shown, even where it is a plain setting.
+    dir.write(
+        "tug.yaml",
+        "name: a\nsettings:\n  X: { type: string }\nservices:\n  a: { command: [sleep, '1'], settings: { X: { type: secret } } }\n",
+    );
+    let config = tug(dir.path(), &["config"], &[], None);
+    assert_eq!(config.code, 0, "{}", config.all());
+    assert!(!config.stdout.contains("xsecret4444"), "{}", config.stdout);
+}
+
+#[test]
+fn whether_a_value_is_secret_does_not_depend_on_the_secret_being_set() {
+    let dir = TempDir::new("static-sensitivity");
+    dir.write(
+        "tug.yaml",
+        "name: r\nsettings:\n  REDIS_PASSWORD: { type: secret, required: false }\n  REDIS_URL: { type: url, value: 'redis://:${REDIS_PASSWORD:-}@cache:6379/0' }\nservices:\n  api: { command: [sleep, '1'], secrets: [REDIS_URL] }\n  web: { command: 'echo $REDIS_URL' }\n",
+    );
+    for env in [&[][..], &[("REDIS_PASSWORD", "pw123")][..]] {
+        let run = tug(dir.path(), &["check"], env, None);
+        assert_eq!(run.code, 1, "{}", run.stdout);
+        assert!(!run.stdout.contains("not-a-secret"), "listing REDIS_URL is right either way: {}", run.stdout);
+        assert!(run.stdout.contains("error[secret-not-listed]: `REDIS_URL`"), "{}", run.stdout);
+    }
+}
+
+#[test]
+fn small_input_mistakes_get_precise_messages() {
+    let dir = TempDir::new("small");
+    dir.write("tug.yaml", "name: s\nsettings:\n  T: { type: secret }\n  E: { type: enum, values: ['${T}'] }\nservices:\n  api: { command: [sleep, '1'] }\n");
+    std::fs::write(dir.path().join(".env"), "\u{feff}T=tok\n").expect("write");
+    let run = tug(dir.path(), &["check"], &[], None);
+    assert!(!run.stdout.contains("needs `values`"), "one error for one mistake: {}", run.stdout);
+    assert!(!run.stdout.contains("not a valid variable name"), "a BOM in .env is not part of the name: {}", run.stdout);
+    std::fs::write(dir.path().join("latin1.yaml"), b"name: caf\xe9\n").expect("write");
+    let bad = tug(dir.path(), &["check", "-f", "latin1.yaml"], &[], None);
+    assert!(bad.stdout.contains("the file must be UTF-8 text"), "{}", bad.stdout);
+}

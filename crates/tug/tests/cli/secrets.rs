@@ -251,3 +251,20 @@ fn set_checks_the_rule_whatever_else_provides_the_value() {
     assert_eq!(ok.code, 0, "a problem with TOKEN_OLD is not TOKEN's: {}", ok.all());
     assert!(ok.stderr.contains("also set in .env, which takes precedence"), "{}", ok.stderr);
 }
+
+#[test]
+fn set_honours_every_definition_of_the_name() {
+    let dir = TempDir::new("set-all");
+    let d = dir.path();
+    dir.write(
+        "tug.yaml",
+        "name: s\nsettings:\n  FIXED: { type: secret, value: 'computed-${OWN_A:-x}', required: false }\nservices:\n  a: { command: [sleep, '1'], settings: { OWN: { type: secret, min_length: 4, required: false } } }\n  b: { command: [sleep, '1'], settings: { OWN: { type: secret, min_length: 40, required: false } } }\n",
+    );
+    let short = run(d, &["secrets", "set", "OWN"], Some("abcdef"));
+    assert_eq!(short.code, 1, "b's rule applies too: {}", short.all());
+    assert!(short.stderr.contains("min_length 40"));
+    assert_eq!(run(d, &["secrets", "set", "OWN"], Some(&"z".repeat(40))).code, 0);
+    assert_eq!(run(d, &["check"], None).code, 0);
+    let fixed = run(d, &["secrets", "set", "FIXED"], Some("whatever-value"));
+    assert!(fixed.code == 1 && fixed.stderr.contains("always wins"), "{}", fixed.all());
+}
