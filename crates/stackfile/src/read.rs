@@ -214,7 +214,14 @@ impl Ctx<'_> {
 
     /// A non-sensitive interpolated string, for fields that configure rather than carry data.
     pub fn string(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<String> {
-        let text = self.text(node, path, scope)?;
+        self.configuring(node, path, scope, "a string")
+    }
+
+    /// An interpolated scalar that must not be (or contain) a secret: it configures tug, and
+    /// would be shown in clear (in `tug config`, or in an error about it).
+    fn configuring(&mut self, node: &Node, path: &str, scope: &Scope, expected: &str) -> Option<String> {
+        let raw = self.scalar(node, path, expected)?;
+        let text = self.interpolate(raw, node.span, path, scope)?;
         if text.sensitive {
             self.error(
                 "sensitive-value",
@@ -236,18 +243,8 @@ impl Ctx<'_> {
         expected: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
-        let raw = self.scalar(node, path, expected)?;
-        let text = self.interpolate(raw, node.span, path, scope)?;
-        if text.sensitive {
-            self.error(
-                "sensitive-value",
-                node.span,
-                path,
-                "this field cannot take a secret (it would be shown in clear)",
-            );
-            return None;
-        }
-        match parse(text.expose().trim()) {
+        let text = self.configuring(node, path, scope, expected)?;
+        match parse(text.trim()) {
             Ok(v) => Some(v),
             Err(message) => {
                 self.error("invalid-value", node.span, path, message);
