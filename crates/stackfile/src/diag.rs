@@ -251,24 +251,6 @@ fn excerpt(line: &str, col: usize) -> (String, usize) {
 
 const EXCERPT: usize = 120;
 
-/// One line per diagnostic: `file:line:col: severity[code] path: message (hint: ...)`.
-/// Stable and compact: what the tests snapshot, and what editors' problem matchers read.
-pub fn render_line(diagnostic: &Diagnostic, sources: &SourceMap) -> String {
-    let mut out = String::new();
-    if let Some(location) = location(diagnostic, sources) {
-        let _ = write!(out, "{location}: ");
-    }
-    let _ = write!(out, "{}[{}] ", diagnostic.severity.as_str(), diagnostic.code);
-    if !diagnostic.path.is_empty() {
-        let _ = write!(out, "{}: ", diagnostic.path);
-    }
-    out.push_str(&diagnostic.message);
-    if let Some(hint) = &diagnostic.hint {
-        let _ = write!(out, " (hint: {hint})");
-    }
-    out
-}
-
 /// A machine-readable diagnostic, for `tug check --format json`.
 pub fn to_json(diagnostic: &Diagnostic, sources: &SourceMap) -> serde_json::Value {
     let file = match (diagnostic.span, &diagnostic.file) {

@@ -78,10 +78,6 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    pub fn errors(&self) -> usize {
-        self.diagnostics.count(Severity::Error)
-    }
-
     /// The stack, if it has no error.
     pub fn valid(&self) -> Option<&Stack> {
         if self.diagnostics.has_errors() { None } else { self.stack.as_ref() }
