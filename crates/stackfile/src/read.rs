@@ -98,29 +98,30 @@ pub fn setting_lookup(setting: &Setting) -> Lookup {
 pub fn report_interp_errors(diags: &mut Diagnostics, span: Span, path: &str, errors: Vec<interp::Error>, defer: bool) {
     for error in errors {
         let mut d = Diagnostic::error("interpolation", Some(span), path, error.to_string());
-        match &error {
+        d = match &error {
             interp::Error::NotListed { name } => {
                 d.code = "secret-not-listed";
-                d = d.with_hint(format!("add `{name}` to this service's `secrets:` if it needs it"));
+                d.with_hint(format!("add `{name}` to this service's `secrets:` if it needs it"))
             }
             interp::Error::Unset { name } => {
-                d = d.with_hint(format!("give it a value, or write `${{{name}:-}}` to accept it empty"));
+                d.with_hint(format!("give it a value, or write `${{{name}:-}}` to accept it empty"))
             }
-            _ => {}
-        }
-        if let interp::Error::Unknown { name } = &error {
-            d.code = "unknown-variable";
-            d = d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
-                format!("`{name}` is an instance variable: it is only substituted in command, healthcheck, liveness and environment")
-            } else {
-                format!("define `{name}` under settings, set it in the environment or .env, or give a default: `${{{name}:-value}}`")
-            });
-        }
+            interp::Error::Unknown { name } => {
+                d.code = "unknown-variable";
+                d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
+                    format!("`{name}` is an instance variable: it is only substituted in command, healthcheck, liveness and environment")
+                } else {
+                    format!("define `{name}` under settings, set it in the environment or .env, or give a default: `${{{name}:-value}}`")
+                })
+            }
+            interp::Error::Required { .. } | interp::Error::Syntax { .. } => d,
+        };
         diags.push(d);
     }
 }
 
-/// The decoding context: diagnostics, environment, and the interpolation scope.
+/// The decoding context: where diagnostics go, and the environment interpolation reads.
+/// What a string may refer to is the `Scope` each reader is given.
 pub struct Ctx<'a> {
     pub diags: &'a mut Diagnostics,
     pub env: &'a Env,
@@ -243,11 +244,26 @@ impl Ctx<'_> {
         expected: &str,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Option<T> {
+        self.parsed_with_hint(node, path, scope, expected, parse, None)
+    }
+
+    /// As [`Ctx::parsed`], with a hint for when the text does not parse.
+    fn parsed_with_hint<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        scope: &Scope,
+        expected: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+        hint: Option<String>,
+    ) -> Option<T> {
         let text = self.configuring(node, path, scope, expected)?;
         match parse(text.trim()) {
             Ok(v) => Some(v),
             Err(message) => {
-                self.error("invalid-value", node.span, path, message);
+                let mut d = Diagnostic::error("invalid-value", Some(node.span), path, message);
+                d.hint = hint;
+                self.diags.push(d);
                 None
             }
         }
@@ -293,15 +309,9 @@ impl Ctx<'_> {
     }
 
     pub fn signal(&mut self, node: &Node, path: &str, scope: &Scope) -> Option<Signal> {
-        let signal = self.parsed(node, path, scope, "a signal", units::parse_signal);
-        if signal.is_none()
-            && let Some(last) = self.diags.items.last_mut()
-            && last.code == "invalid-value"
-        {
-            last.hint =
-                Some(format!("use one of {}", units::SIGNALS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")));
-        }
-        signal
+        let names: Vec<&str> = units::SIGNALS.iter().map(|(n, _)| *n).collect();
+        let hint = format!("use one of {}", names.join(", "));
+        self.parsed_with_hint(node, path, scope, "a signal", units::parse_signal, Some(hint))
     }
 
     /// One of `choices`, with a suggestion when it is close to one.

@@ -112,10 +112,11 @@ fn definition(
     let mut merged = None;
     if let Some(per_env) = base.get("environments") {
         let names: Vec<&str> = environments.iter().map(String::as_str).collect();
+        // A per-environment rule is a rule without rules of its own.
+        let rule_fields: Vec<&str> = SETTING_FIELDS.iter().copied().filter(|f| *f != "environments").collect();
         if let Some(envs) = ctx.fields(per_env, &base.path("environments"), &names) {
             for (env_name, _, rule) in &envs.entries {
-                let rule_fields = &SETTING_FIELDS[..SETTING_FIELDS.len() - 1];
-                if ctx.fields(rule, &envs.path(env_name), rule_fields).is_some() && *env_name == environment {
+                if ctx.fields(rule, &envs.path(env_name), &rule_fields).is_some() && *env_name == environment {
                     let mut node = node.clone();
                     yaml::merge(&mut node, (*rule).clone());
                     merged = Some(node);
@@ -188,7 +189,7 @@ fn definition(
     if let Some(n) = applies(ctx, "pattern", &textual)
         && let Some(text) = ctx.string(n, &f.path("pattern"), &scope)
     {
-        match Regex::new(&format!("^(?:{text})$")) {
+        match anchored(&text) {
             Ok(re) => {
                 pattern = Some(re);
                 spec.pattern = Some(text);
@@ -439,13 +440,18 @@ impl Resolution<'_> {
     }
 }
 
+/// A setting's `pattern` matches the whole value, not a part of it.
+fn anchored(pattern: &str) -> Result<Regex, regex::Error> {
+    Regex::new(&format!("^(?:{pattern})$"))
+}
+
 /// Checks a proposed value for a resolved setting against its rule (for `tug secrets set`):
 /// the problems, each a message that never quotes a sensitive value.
 pub fn problems_with(name: &str, setting: &Setting, value: &str) -> Vec<String> {
     let mut diags = crate::diag::Diagnostics::default();
     let env = crate::read::Env::default();
     let mut ctx = Ctx { diags: &mut diags, env: &env };
-    let pattern = setting.spec.pattern.as_ref().and_then(|p| Regex::new(&format!("^(?:{p})$")).ok());
+    let pattern = setting.spec.pattern.as_deref().and_then(|p| anchored(p).ok());
     let def = Definition {
         spec: setting.spec.clone(),
         span: setting.span,
@@ -468,27 +474,28 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
         if sensitive { "the value".to_string() } else { format!("`{v}`") }
     };
     let text = value.expose().to_string();
-    let mut problems: Vec<(String, Option<String>)> = Vec::new();
+    // Each problem: its code, its message, and a hint.
+    let mut problems: Vec<(&'static str, String, Option<String>)> = Vec::new();
     use SettingType as T;
     let number = match spec.ty {
         Some(T::Int) => match text.trim().parse::<i64>() {
             Ok(v) => Some(v as f64),
             Err(_) => {
-                problems.push((format!("{} is not an int", shown(&text)), None));
+                problems.push(("constraint", format!("{} is not an int", shown(&text)), None));
                 None
             }
         },
         Some(T::Float) => match text.trim().parse::<f64>() {
             Ok(v) if v.is_finite() => Some(v),
             _ => {
-                problems.push((format!("{} is not a float", shown(&text)), None));
+                problems.push(("constraint", format!("{} is not a float", shown(&text)), None));
                 None
             }
         },
         Some(T::Port) => match text.trim().parse::<u16>() {
             Ok(v) if v > 0 => Some(v as f64),
             _ => {
-                problems.push((format!("{} is not a port (1 to 65535)", shown(&text)), None));
+                problems.push(("constraint", format!("{} is not a port (1 to 65535)", shown(&text)), None));
                 None
             }
         },
@@ -496,6 +503,7 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
             Ok(d) => Some(d.as_secs_f64()),
             Err(e) => {
                 problems.push((
+                    "constraint",
                     if sensitive { "the value is not a duration".into() } else { e },
                     Some("write durations like 100ms, 2s, 1m30s".into()),
                 ));
@@ -505,13 +513,18 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
         Some(T::Bool) => {
             match parse_bool(text.trim()) {
                 Some(b) => *value = Text::new(b.to_string(), sensitive, false, false),
-                None => problems.push((format!("{} is not a bool", shown(&text)), Some("use true or false".into()))),
+                None => problems.push((
+                    "constraint",
+                    format!("{} is not a bool", shown(&text)),
+                    Some("use true or false".into()),
+                )),
             }
             None
         }
         Some(T::Url) => {
             match url_scheme(&text) {
                 None => problems.push((
+                    "constraint",
                     format!("{} is not a URL", shown(&text)),
                     Some("write it as scheme://host[:port][/path]".into()),
                 )),
@@ -519,6 +532,7 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
                     if !spec.schemes.is_empty() && !spec.schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)) =>
                 {
                     problems.push((
+                        "constraint",
                         if sensitive {
                             "the URL's scheme is not allowed here".to_string()
                         } else {
@@ -539,12 +553,12 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
                     }
                     _ => format!("allowed: {}", spec.values.join(", ")),
                 };
-                problems.push((format!("{} is not one of the allowed values", shown(&text)), Some(hint)));
+                problems.push(("constraint", format!("{} is not one of the allowed values", shown(&text)), Some(hint)));
             }
             None
         }
         Some(T::Path) if text.is_empty() => {
-            problems.push(("an empty path".into(), None));
+            problems.push(("constraint", "an empty path".into(), None));
             None
         }
         _ => None,
@@ -560,12 +574,12 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
         if let Some(min) = spec.min
             && n < min
         {
-            problems.push((format!("{} is less than the minimum {}", shown(&text), unit(min)), None));
+            problems.push(("constraint", format!("{} is less than the minimum {}", shown(&text), unit(min)), None));
         }
         if let Some(max) = spec.max
             && n > max
         {
-            problems.push((format!("{} is more than the maximum {}", shown(&text), unit(max)), None));
+            problems.push(("constraint", format!("{} is more than the maximum {}", shown(&text), unit(max)), None));
         }
     }
     let length = text.chars().count();
@@ -573,10 +587,8 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
         && length < min
     {
         problems.push((
-            format!(
-                "{} is {length} characters long, shorter than min_length {min}",
-                if sensitive { "the value".into() } else { shown(&text) }
-            ),
+            "constraint",
+            format!("{} is {length} characters long, shorter than min_length {min}", shown(&text)),
             None,
         ));
     }
@@ -584,20 +596,19 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
         && length > max
     {
         problems.push((
-            format!(
-                "{} is {length} characters long, longer than max_length {max}",
-                if sensitive { "the value".into() } else { shown(&text) }
-            ),
+            "constraint",
+            format!("{} is {length} characters long, longer than max_length {max}", shown(&text)),
             None,
         ));
     }
     if let (Some(re), Some(pattern)) = (&def.pattern, &spec.pattern)
         && !re.is_match(&text)
     {
-        problems.push((format!("{} does not match the pattern `{pattern}`", shown(&text)), None));
+        problems.push(("constraint", format!("{} does not match the pattern `{pattern}`", shown(&text)), None));
     }
     if spec.forbid.contains(&text) {
         problems.push((
+            "forbidden-value",
             format!("{} is a known placeholder that is not allowed", shown(&text)),
             Some(if spec.ty == Some(T::Secret) && spec.generate.is_some() {
                 format!("remove it so that tug generates `{name}`, or set a real value with `tug secrets set {name}`")
@@ -606,8 +617,7 @@ fn check_value(ctx: &mut Ctx, name: &str, def: &Definition, value: &mut Text, sp
             }),
         ));
     }
-    for (message, hint) in problems {
-        let code = if message.contains("placeholder") { "forbidden-value" } else { "constraint" };
+    for (code, message, hint) in problems {
         let mut d = Diagnostic::error(code, Some(span), path, format!("setting `{name}`{from}: {message}"))
             .sensitive(sensitive);
         if let Some(hint) = hint {
