@@ -3,11 +3,11 @@
 use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
-use tug_secrets::{Origin, Secret, Store, format_rfc3339};
+use tug_secrets::{EntryInfo, Origin, Secret, Store, format_rfc3339};
 use tug_stackfile::{Compiled, Generate, Setting, Source, Stack};
 
 use crate::output;
-use crate::stack::{self, load, print_diagnostics};
+use crate::stack::{self, Loaded, load, print_diagnostics, store_for_writing};
 use crate::{SecretsCommand, StackArgs};
 
 pub fn run(args: &StackArgs, command: SecretsCommand) -> Result<ExitCode, String> {
@@ -32,10 +32,6 @@ fn secret_settings(stack: &Stack) -> Vec<(&str, &Setting)> {
     out
 }
 
-fn open_store(state_dir: &std::path::Path) -> Result<Store, String> {
-    Store::open_or_create(state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())
-}
-
 fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
     compiled.valid().ok_or_else(|| {
         print_diagnostics(compiled, output::stderr_palette(), true);
@@ -44,8 +40,8 @@ fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
 }
 
 fn generate(args: &StackArgs) -> Result<ExitCode, String> {
-    let loaded = load(args)?;
-    let stack = require_valid(&loaded.compiled)?;
+    let Loaded { compiled, state_dir, store } = load(args)?;
+    let stack = require_valid(&compiled)?;
     let missing: Vec<(&str, Generate)> = secret_settings(stack)
         .into_iter()
         .filter(|(_, s)| s.source == Source::ToBeGenerated)
@@ -54,7 +50,7 @@ fn generate(args: &StackArgs) -> Result<ExitCode, String> {
     if missing.is_empty() {
         return output::write_stdout("nothing to generate: every secret has a value\n");
     }
-    let mut store = open_store(&loaded.state_dir)?;
+    let mut store = store_for_writing(store, &state_dir)?;
     let mut report = String::new();
     for (name, rule) in &missing {
         let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
@@ -79,31 +75,26 @@ fn source_name(source: &Source) -> String {
 
 fn list(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let loaded = load(args)?;
-    let store = Store::open(&loaded.state_dir, stack::secrets_key_env().as_deref()).map_err(|e| e.to_string())?;
+    let store = loaded.store.as_ref().map_err(String::clone)?.as_ref();
     let defined: Vec<(&str, &Setting)> = loaded.compiled.stack.as_ref().map(secret_settings).unwrap_or_default();
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    for (name, setting) in &defined {
-        let info = store.as_ref().and_then(|s| s.info(name));
-        rows.push(serde_json::json!({
+    let row = |name: &str, source: String, info: Option<EntryInfo>| {
+        serde_json::json!({
             "name": name,
-            "source": source_name(&setting.source),
+            "source": source,
             "origin": info.as_ref().map(|i| i.origin.as_str()),
             "version": info.as_ref().map(|i| i.version),
             "created_at": info.as_ref().map(|i| format_rfc3339(i.created_at)),
             "updated_at": info.as_ref().map(|i| format_rfc3339(i.updated_at)),
-        }));
-    }
+        })
+    };
+    let mut rows: Vec<serde_json::Value> = defined
+        .iter()
+        .map(|(name, setting)| row(name, source_name(&setting.source), store.and_then(|s| s.info(name))))
+        .collect();
     // Stored values that the stack no longer defines.
-    for info in store.as_ref().map(Store::list).unwrap_or_default() {
+    for info in store.map(Store::list).unwrap_or_default() {
         if !defined.iter().any(|(n, _)| *n == info.name) {
-            rows.push(serde_json::json!({
-                "name": info.name,
-                "source": "store (not defined in the stack)",
-                "origin": info.origin.as_str(),
-                "version": info.version,
-                "created_at": format_rfc3339(info.created_at),
-                "updated_at": format_rfc3339(info.updated_at),
-            }));
+            rows.push(row(&info.name.clone(), "store (not defined in the stack)".into(), Some(info)));
         }
     }
     if json {
@@ -188,8 +179,8 @@ fn read_value(name: &str) -> Result<String, String> {
 }
 
 fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
-    let loaded = load(args)?;
-    let definitions = find_secret(&loaded.compiled, name)?;
+    let Loaded { compiled, state_dir, store } = load(args)?;
+    let definitions = find_secret(&compiled, name)?;
     if definitions.iter().any(|d| d.source == Source::Value) {
         return Err(format!(
             "`{name}` has a `value:` in the stack file, which always wins: a stored value would never be used"
@@ -221,7 +212,7 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
         }
         _ => {}
     }
-    let mut store = open_store(&loaded.state_dir)?;
+    let mut store = store_for_writing(store, &state_dir)?;
     store.insert(name, Secret::new(trimmed.to_string()), Origin::Set);
     store.save().map_err(|e| e.to_string())?;
     let version = store.info(name).map(|i| i.version).unwrap_or(1);
@@ -229,14 +220,14 @@ fn set(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
 }
 
 fn rotate(args: &StackArgs, name: &str) -> Result<ExitCode, String> {
-    let loaded = load(args)?;
-    let definitions = find_secret(&loaded.compiled, name)?;
+    let Loaded { compiled, state_dir, store } = load(args)?;
+    let definitions = find_secret(&compiled, name)?;
     let Some(rule) = definitions.iter().find_map(|d| d.spec.generate) else {
         return Err(format!(
             "`{name}` has no `generate` rule, so tug cannot make a new value: use `tug secrets set {name}`"
         ));
     };
-    let mut store = open_store(&loaded.state_dir)?;
+    let mut store = store_for_writing(store, &state_dir)?;
     let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
     store.insert(name, value, Origin::Generated);
     store.save().map_err(|e| e.to_string())?;

@@ -29,17 +29,30 @@ pub fn secrets_key_env() -> Option<String> {
 }
 
 /// Secrets from the encrypted store, when it can be opened.
-pub struct StoreSource(pub Option<Store>);
+struct StoreSource<'a>(Option<&'a Store>);
 
-impl SecretSource for StoreSource {
+impl SecretSource for StoreSource<'_> {
     fn get(&self, name: &str) -> Option<Secret> {
-        self.0.as_ref().and_then(|s| s.get(name).cloned())
+        self.0.and_then(|s| s.get(name).cloned())
     }
 }
 
 pub struct Loaded {
     pub compiled: Compiled,
     pub state_dir: PathBuf,
+    /// The store as opened for compiling (decrypted once per command): none yet, or why
+    /// it cannot be opened.
+    pub store: Result<Option<Store>, String>,
+}
+
+/// The store to change: the one already open, or a new one when there is none yet.
+/// A store that could not be opened is never replaced.
+pub fn store_for_writing(store: Result<Option<Store>, String>, state_dir: &Path) -> Result<Store, String> {
+    match store {
+        Ok(Some(store)) => Ok(store),
+        Ok(None) => Store::open_or_create(state_dir, secrets_key_env().as_deref()).map_err(|e| e.to_string()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Compiles the stack with its stored secrets. A store that cannot be opened is
@@ -47,10 +60,7 @@ pub struct Loaded {
 pub fn load(args: &StackArgs) -> Result<Loaded, String> {
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let state_dir = state_dir(args, &cwd);
-    let (store, store_error) = match Store::open(&state_dir, secrets_key_env().as_deref()) {
-        Ok(store) => (store, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let store = Store::open(&state_dir, secrets_key_env().as_deref()).map_err(|e| e.to_string());
     let options = Options {
         files: args.files.clone(),
         cwd,
@@ -60,14 +70,14 @@ pub fn load(args: &StackArgs) -> Result<Loaded, String> {
         process_env: std::env::vars().collect(),
         check_commands: true,
     };
-    let mut compiled = tug_stackfile::compile(&options, &StoreSource(store));
-    if let Some(error) = store_error {
+    let mut compiled = tug_stackfile::compile(&options, &StoreSource(store.as_ref().ok().and_then(Option::as_ref)));
+    if let Err(error) = &store {
         compiled.diagnostics.push(
             Diagnostic::error("secret-store", None, "", format!("the secret store cannot be opened: {error}"))
                 .with_file(state_dir.join(Store::FILE)),
         );
     }
-    Ok(Loaded { compiled, state_dir })
+    Ok(Loaded { compiled, state_dir, store })
 }
 
 pub fn print_diagnostics(compiled: &Compiled, palette: Palette, to_stderr: bool) {
