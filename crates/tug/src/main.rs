@@ -3,7 +3,11 @@
 //! This file is the command line: it parses flags, calls the library crates, and
 //! turns their results into output and exit codes (0 ok, 1 failed, 2 usage).
 
+mod client;
+mod daemon;
+mod logs;
 mod output;
+mod run;
 mod secrets;
 mod stack;
 
@@ -61,6 +65,73 @@ enum Command {
     /// Manage the stack's encrypted secrets
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Start the stack (or SERVICEs and what they need) in dependency order
+    Up {
+        /// Return once everything started is healthy (or running) and needed jobs completed
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// With -d: give up after this long (e.g. 2m)
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Stop everything in reverse dependency order; returns when all is gone
+    Down,
+    /// One row per instance: state, pid, port, restarts, health
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show instances' logs, merged in time order
+    Logs {
+        /// Keep printing new lines (`-f` also works here)
+        #[arg(long)]
+        follow: bool,
+        /// Only the last N lines of each instance
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Only lines since a time (RFC 3339) or a duration ago (10m, 1h)
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "SERVICE|INSTANCE")]
+        names: Vec<String>,
+    },
+    /// Start services or instances (and what they depend on)
+    Start {
+        #[arg(required = true, value_name = "SERVICE|INSTANCE")]
+        targets: Vec<String>,
+    },
+    /// Stop services or instances gracefully
+    Stop {
+        #[arg(required = true, value_name = "SERVICE|INSTANCE")]
+        targets: Vec<String>,
+    },
+    /// Restart services or instances
+    Restart {
+        #[arg(required = true, value_name = "SERVICE|INSTANCE")]
+        targets: Vec<String>,
+    },
+    /// Set the number of instances: tug scale web=5 (removes the newest first)
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=N")]
+        assignments: Vec<String>,
+    },
+    /// The per-stack daemon (started by `tug up`)
+    #[command(hide = true)]
+    Daemon {
+        #[arg(long)]
+        serve: bool,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    tug_stackfile::units::parse_duration(text)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -86,13 +157,61 @@ pub enum SecretsCommand {
     Rm { name: String },
 }
 
+/// `-f` is the global `--file`, except after `logs`, where it means `--follow`
+/// (as in `docker compose logs -f`): clap cannot express that, so it is rewritten here.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut i = 1;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy();
+        if ["-f", "--file", "--env", "--env-file", "--profile"].contains(&arg.as_ref()) {
+            i += 2;
+            continue;
+        }
+        if arg.starts_with('-') {
+            i += 1;
+            continue;
+        }
+        if arg == "logs" {
+            for later in &mut args[i + 1..] {
+                if later == "-f" {
+                    *later = "--follow".into();
+                }
+            }
+        }
+        break;
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let result = match cli.command {
         Command::Check { format } => stack::check(&cli.stack, format),
         Command::Config { json } => stack::config(&cli.stack, json),
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
+        Command::Up { detach, timeout, services } => run::up(&cli.stack, run::UpOptions { detach, services, timeout }),
+        Command::Down => run::down(&cli.stack),
+        Command::Ps { json } => run::ps(&cli.stack, json),
+        Command::Logs { follow, tail, since, json, names } => {
+            logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, names })
+        }
+        Command::Start { targets } => run::control(&cli.stack, "start", targets),
+        Command::Stop { targets } => run::control(&cli.stack, "stop", targets),
+        Command::Restart { targets } => run::control(&cli.stack, "restart", targets),
+        Command::Scale { assignments } => run::scale(&cli.stack, assignments),
+        Command::Daemon { serve, state_dir } => {
+            let code = match daemon::state_dir_arg(state_dir) {
+                Ok(dir) if serve => daemon::serve(&dir),
+                Ok(dir) => daemon::keep(&dir),
+                Err(error) => {
+                    eprintln!("tug daemon: {error}");
+                    2
+                }
+            };
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,11 @@ pub fn error_line(message: &str) -> String {
     format!("{}error:{} {message}", p.error, p.reset)
 }
 
+pub fn warning_line(message: &str) -> String {
+    let p = stderr_palette();
+    format!("{}warning:{} {message}", p.warning, p.reset)
+}
+
 pub fn print_json(value: &Value) -> Result<ExitCode, String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| format!("cannot encode JSON: {e}"))?;
     write_stdout(&format!("{text}\n"))

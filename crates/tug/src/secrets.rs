@@ -32,7 +32,7 @@ fn secret_settings(stack: &Stack) -> Vec<(&str, &Setting)> {
     out
 }
 
-fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
+pub fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
     compiled.valid().ok_or_else(|| {
         print_diagnostics(compiled, output::stderr_palette(), true);
         "the stack is invalid: fix the errors above first".to_string()
@@ -42,15 +42,29 @@ fn require_valid(compiled: &Compiled) -> Result<&Stack, String> {
 fn generate(args: &StackArgs) -> Result<ExitCode, String> {
     let Loaded { compiled, state_dir, store } = load(args)?;
     let stack = require_valid(&compiled)?;
+    let report = generate_missing(stack, &state_dir, store)?;
+    if report.is_empty() {
+        return output::write_stdout("nothing to generate: every secret has a value\n");
+    }
+    output::write_stdout(&report)
+}
+
+/// Generates every secret that has a `generate` rule and no value yet, and saves
+/// them in the store. Returns one line per secret made (empty when none).
+pub fn generate_missing(
+    stack: &Stack,
+    state_dir: &std::path::Path,
+    store: Result<Option<tug_secrets::Store>, String>,
+) -> Result<String, String> {
     let missing: Vec<(&str, Generate)> = secret_settings(stack)
         .into_iter()
         .filter(|(_, s)| s.source == Source::ToBeGenerated)
         .filter_map(|(n, s)| s.spec.generate.map(|g| (n, g)))
         .collect();
     if missing.is_empty() {
-        return output::write_stdout("nothing to generate: every secret has a value\n");
+        return Ok(String::new());
     }
-    let mut store = store_for_writing(store, &state_dir)?;
+    let mut store = store_for_writing(store, state_dir)?;
     let mut report = String::new();
     for (name, rule) in &missing {
         let value = tug_secrets::generate(rule.length, rule.charset).map_err(|e| e.to_string())?;
@@ -58,7 +72,7 @@ fn generate(args: &StackArgs) -> Result<ExitCode, String> {
         report.push_str(&format!("generated {name} ({} {} characters)\n", rule.length, rule.charset.as_str()));
     }
     store.save().map_err(|e| e.to_string())?;
-    output::write_stdout(&report)
+    Ok(report)
 }
 
 fn source_name(source: &Source) -> String {

@@ -1,0 +1,25 @@
+//! The control API between the `tug` CLI and a stack's daemon: HTTP/JSON over the
+//! Unix socket `tug.sock` in the state folder, every request signed ([`auth`]).
+//!
+//! [`spec`] is what the CLI sends (the stack, resolved, with the values instances
+//! need, secrets included); [`status`] is what the daemon answers, which never
+//! carries an environment value. The OpenAPI document describes both.
+
+pub mod auth;
+pub mod spec;
+pub mod status;
+
+pub const SOCKET_FILE: &str = "tug.sock";
+pub const PID_FILE: &str = "daemon.pid";
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Seconds since the Unix epoch, for signing.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,206 @@
+//! The resolved stack as the CLI hands it to the daemon.
+//!
+//! Unlike the stack model, these types carry secret values in clear (the daemon
+//! must pass them to instances), so their `Debug` masks sensitive values and the
+//! daemon never echoes a spec back.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A string that reaches an instance: an argument, a probe path, a variable.
+#[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Value {
+    pub value: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sensitive: bool,
+    /// Holds instance variables (`${PORT}`) to substitute per instance.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub template: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Value {
+    pub fn plain(value: impl Into<String>) -> Value {
+        Value { value: value.into(), sensitive: false, template: false }
+    }
+
+    /// What may be shown to a person.
+    pub fn shown(&self) -> &str {
+        if self.sensitive { "********" } else { &self.value }
+    }
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.shown())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandSpec {
+    /// Executed directly.
+    Argv(Vec<Value>),
+    /// Run by `sh -c`.
+    Shell(Value),
+}
+
+impl CommandSpec {
+    /// The command as it may be shown (sensitive parts masked).
+    pub fn shown(&self) -> String {
+        match self {
+            CommandSpec::Argv(args) => args.iter().map(Value::shown).collect::<Vec<_>>().join(" "),
+            CommandSpec::Shell(text) => text.shown().to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Service,
+    Job,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Service => "service",
+            Kind::Job => "job",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    Started,
+    Healthy,
+    CompletedSuccessfully,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Started => "started",
+            Condition::Healthy => "healthy",
+            Condition::CompletedSuccessfully => "completed_successfully",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check {
+    Http { path: Value },
+    Tcp,
+    Exec { command: CommandSpec },
+    Log { regex: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub check: Check,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+    pub start_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub kind: Kind,
+    pub command: Option<CommandSpec>,
+    pub working_dir: PathBuf,
+    pub replicas: u32,
+    pub port: Option<u16>,
+    /// tug's router owns `port` and instances get private ports.
+    pub proxy: bool,
+    /// Settings, listed secrets, env files and `environment`, in delivery order.
+    pub environment: Vec<(String, Value)>,
+    pub depends_on: Vec<(String, Condition)>,
+    pub healthcheck: Option<Probe>,
+    pub liveness: Option<Probe>,
+    pub restart: Restart,
+    pub stop_signal: i32,
+    pub stop_signal_name: String,
+    pub stop_grace_ms: u64,
+    pub user: Option<String>,
+    pub memory_bytes: Option<u64>,
+    pub cpu: Option<f64>,
+    pub log_max_size: u64,
+    pub log_max_files: u32,
+    /// Digest of everything above: instances started from another revision are replaced.
+    pub revision: String,
+}
+
+impl ServiceSpec {
+    /// The digest of the effective spec (every field but the revision itself).
+    pub fn compute_revision(&self) -> String {
+        let mut copy = self.clone();
+        copy.revision.clear();
+        let json = serde_json::to_vec(&copy).unwrap_or_default();
+        crate::auth::hex(&Sha256::digest(&json)[..6])
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StackSpec {
+    pub project: String,
+    pub environment: String,
+    /// The folder of the first stack file.
+    pub root: PathBuf,
+    /// Services and jobs, in file order.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when
+/// empty) and what they depend on.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpRequest {
+    pub spec: StackSpec,
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+/// `POST /v1/start|stop|restart`: services or instances by name.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetsRequest {
+    pub targets: Vec<String>,
+}
+
+/// `POST /v1/scale`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub service: String,
+    pub replicas: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_sensitive_values() {
+        let v = Value { value: "hunter2".into(), sensitive: true, template: false };
+        assert_eq!(format!("{v:?}"), "\"********\"");
+        let c = CommandSpec::Argv(vec![Value::plain("run"), v]);
+        assert_eq!(c.shown(), "run ********");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,733 @@
+//! One instance's life: wait for the service's dependencies, start the process,
+//! probe it, restart it by its policy with exponential backoff, stop it
+//! gracefully. Every change is written to the supervisor's table.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot};
+use tug_logs::{LineSplitter, LogWriter, Stream};
+use tug_proto::spec::{Check as CheckSpec, CommandSpec, Kind, Probe, Restart, ServiceSpec, Value};
+use tug_proto::status::{Health, InstanceStatus, State};
+
+use crate::order::{self, Gate};
+use crate::probe::{self, Check};
+use crate::process::{self, Launch, RunAs};
+use crate::reaper::Exit;
+use crate::{Inner, Instance, ports, rfc3339};
+
+/// Backoff starts here and doubles up to [`MAX_BACKOFF`].
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An instance up this long before it exits starts its backoff over.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Longest line kept whole in the logs; longer ones are cut into pieces.
+const MAX_LINE: usize = 16 * 1024;
+
+pub enum Control {
+    Start,
+    Stop(oneshot::Sender<()>),
+    Restart,
+    Remove(oneshot::Sender<()>),
+}
+
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(20);
+    (FIRST_BACKOFF * 2u32.pow(exponent)).min(MAX_BACKOFF)
+}
+
+/// Adds an instance row (the lowest free replica number) and starts its task.
+pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let host = inner.config.host.clone();
+    let range = inner.config.port_range;
+    let created = inner.update(|t| {
+        let used: Vec<u32> =
+            t.instances.values().filter(|i| i.status.service == spec.name).map(|i| i.replica).collect();
+        let replica = (1..).find(|n| !used.contains(n)).unwrap_or(1);
+        let name = format!("{}-{replica}", spec.name);
+        let port = match (spec.kind, spec.port, spec.proxy) {
+            (Kind::Job, _, _) => None,
+            (Kind::Service, Some(port), false) => Some(port),
+            _ => ports::allocate(&mut t.ports, &host, range),
+        };
+        let status = InstanceStatus {
+            service: spec.name.clone(),
+            instance: name.clone(),
+            kind: spec.kind,
+            state: State::Pending,
+            pid: None,
+            port,
+            restarts: 0,
+            started_at: None,
+            health: None,
+            exit_code: None,
+            revision: spec.revision.clone(),
+            message: None,
+            cpu_seconds: None,
+            memory_bytes: None,
+        };
+        let message = if port.is_none() && spec.kind == Kind::Service && spec.proxy {
+            Some(format!("no free port in {}-{}", range.0, range.1))
+        } else {
+            None
+        };
+        t.instances.insert(name.clone(), Instance { status, replica, control: tx, start_ticks: None });
+        (name, replica, port, message)
+    });
+    let (name, replica, port, problem) = created;
+    let task = Task {
+        inner: inner.clone(),
+        spec,
+        name,
+        replica,
+        port,
+        failures: 0,
+        restarts: 0,
+        logs: None,
+        log_matched: Arc::new(AtomicBool::new(false)),
+    };
+    tokio::spawn(task.run(rx, problem));
+}
+
+struct Task {
+    inner: Arc<Inner>,
+    spec: Arc<ServiceSpec>,
+    name: String,
+    replica: u32,
+    port: Option<u16>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    restarts: u32,
+    logs: Option<Arc<Mutex<LogWriter>>>,
+    log_matched: Arc<AtomicBool>,
+}
+
+enum Outcome {
+    Exited { exit: Exit, up_for: Option<Duration>, why: Option<String> },
+    Stopped(oneshot::Sender<()>),
+    Restart,
+    Removed(Option<oneshot::Sender<()>>),
+}
+
+enum Wake {
+    Go,
+    Stop(Option<oneshot::Sender<()>>),
+    Remove(Option<oneshot::Sender<()>>),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
+struct ProbeResult {
+    kind: ProbeKind,
+    result: Result<String, String>,
+    /// Whether a failure counts toward `retries`.
+    counted: bool,
+}
+
+impl Task {
+    fn set(&self, change: impl FnOnce(&mut InstanceStatus)) {
+        self.inner.update(|t| {
+            if let Some(row) = t.instances.get_mut(&self.name) {
+                change(&mut row.status);
+            }
+        });
+    }
+
+    fn state(&self) -> Option<State> {
+        self.inner.lock().instances.get(&self.name).map(|i| i.status.state)
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Control>, problem: Option<String>) {
+        if let Some(problem) = problem {
+            self.set(|s| {
+                s.state = State::Failed;
+                s.message = Some(problem);
+            });
+            return self.idle_until_removed(&mut rx).await;
+        }
+        let mut running = true;
+        loop {
+            if !running {
+                match rx.recv().await {
+                    Some(Control::Start | Control::Restart) => {
+                        running = true;
+                        self.failures = 0;
+                    }
+                    Some(Control::Stop(reply)) => {
+                        let _ = reply.send(());
+                    }
+                    Some(Control::Remove(reply)) => return self.remove(Some(reply)),
+                    None => return self.remove(None),
+                }
+                continue;
+            }
+            match self.wait_gate(&mut rx).await {
+                Wake::Go => {}
+                Wake::Stop(reply) => {
+                    self.set(|s| {
+                        s.state = State::Stopped;
+                        s.message = None;
+                    });
+                    if let Some(reply) = reply {
+                        let _ = reply.send(());
+                    }
+                    running = false;
+                    continue;
+                }
+                Wake::Remove(reply) => return self.remove(reply),
+            }
+            if self.state() == Some(State::Failed) {
+                running = false;
+                continue;
+            }
+            match self.run_once(&mut rx).await {
+                Outcome::Exited { exit, up_for, why } => match self.after_exit(exit, up_for, why, &mut rx).await {
+                    Wake::Go => {}
+                    Wake::Stop(reply) => {
+                        if let Some(reply) = reply {
+                            self.set(|s| s.state = State::Stopped);
+                            let _ = reply.send(());
+                        }
+                        running = false;
+                    }
+                    Wake::Remove(reply) => return self.remove(reply),
+                },
+                Outcome::Stopped(reply) => {
+                    self.set(|s| {
+                        s.state = State::Stopped;
+                        s.message = None;
+                    });
+                    let _ = reply.send(());
+                    running = false;
+                }
+                Outcome::Restart => {
+                    self.failures = 0;
+                    self.restarts += 1;
+                    let restarts = self.restarts;
+                    self.set(|s| s.restarts = restarts);
+                }
+                Outcome::Removed(reply) => return self.remove(reply),
+            }
+        }
+    }
+
+    async fn idle_until_removed(self, rx: &mut mpsc::UnboundedReceiver<Control>) {
+        loop {
+            match rx.recv().await {
+                Some(Control::Remove(reply)) => return self.remove(Some(reply)),
+                None => return self.remove(None),
+                Some(Control::Stop(reply)) => {
+                    let _ = reply.send(());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn remove(self, reply: Option<oneshot::Sender<()>>) {
+        self.inner.update(|t| {
+            t.instances.shift_remove(&self.name);
+            if let Some(port) = self.port.filter(|_| self.spec.proxy || self.spec.port.is_none()) {
+                t.ports.remove(&port);
+            }
+        });
+        if let Some(reply) = reply {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Waits until the service's dependencies hold (or a control message).
+    async fn wait_gate(&self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Wake {
+        let mut changes = self.inner.changes.subscribe();
+        loop {
+            let gate = {
+                let t = self.inner.lock();
+                let spec = t.services.get(&self.spec.name).map(|s| s.spec.clone()).unwrap_or(self.spec.clone());
+                order::gate(
+                    &spec,
+                    &t.specs,
+                    |name| t.services.get(name).is_some_and(|s| s.active),
+                    |name| t.instances.values().filter(|i| i.status.service == name).map(|i| &i.status).collect(),
+                )
+            };
+            match gate {
+                Gate::Open => return Wake::Go,
+                Gate::Wait(message) => {
+                    let current = self.inner.lock().instances.get(&self.name).and_then(|i| i.status.message.clone());
+                    if current.as_deref() != Some(message.as_str()) || self.state() != Some(State::Pending) {
+                        self.set(|s| {
+                            s.state = State::Pending;
+                            s.message = Some(message);
+                        });
+                    }
+                }
+                Gate::Failed(message) => {
+                    self.set(|s| {
+                        s.state = State::Failed;
+                        s.message = Some(format!("not started: {message}"));
+                    });
+                    return Wake::Go;
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return Wake::Remove(None) },
+                control = rx.recv() => match control {
+                    Some(Control::Start | Control::Restart) => {}
+                    Some(Control::Stop(reply)) => return Wake::Stop(Some(reply)),
+                    Some(Control::Remove(reply)) => return Wake::Remove(Some(reply)),
+                    None => return Wake::Remove(None),
+                },
+            }
+        }
+    }
+
+    fn instance_vars(&self) -> Vec<(String, String)> {
+        let port = self.port.map(|p| p.to_string()).unwrap_or_default();
+        vec![
+            ("HOST".into(), self.inner.config.host.clone()),
+            ("PORT".into(), port),
+            ("TUG_SERVICE".into(), self.spec.name.clone()),
+            ("TUG_INSTANCE".into(), self.name.clone()),
+            ("TUG_REPLICA".into(), self.replica.to_string()),
+            ("TUG_REVISION".into(), self.spec.revision.clone()),
+            ("TUG_STATE_DIR".into(), self.inner.config.state_dir.display().to_string()),
+        ]
+    }
+
+    /// A value with this instance's variables substituted.
+    fn resolve(&self, value: &Value, vars: &[(String, String)]) -> Result<String, String> {
+        if !value.template {
+            return Ok(value.value.clone());
+        }
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        tug_stackfile::interp::substitute_instance(&value.value, &pairs).map_err(|errors| {
+            let what = errors.first().map(|e| e.to_string()).unwrap_or_default();
+            if value.sensitive {
+                "a sensitive value cannot be interpolated".to_string()
+            } else {
+                format!("cannot interpolate `{}`: {what}", value.value)
+            }
+        })
+    }
+
+    fn command(&self, command: &CommandSpec, vars: &[(String, String)]) -> Result<(String, Vec<String>), String> {
+        match command {
+            CommandSpec::Argv(args) => {
+                let mut args = args.iter().map(|a| self.resolve(a, vars)).collect::<Result<Vec<_>, _>>()?;
+                if args.is_empty() {
+                    return Err("the command is empty".into());
+                }
+                let program = args.remove(0);
+                Ok((program, args))
+            }
+            CommandSpec::Shell(text) => Ok(("sh".into(), vec!["-c".into(), self.resolve(text, vars)?])),
+        }
+    }
+
+    fn check(&self, probe: &Probe, vars: &[(String, String)]) -> Result<Check, String> {
+        Ok(match &probe.check {
+            CheckSpec::Http { path } => Check::Http { path: self.resolve(path, vars)? },
+            CheckSpec::Tcp => Check::Tcp,
+            CheckSpec::Exec { command } => {
+                let (program, args) = self.command(command, vars)?;
+                Check::Exec { program, args }
+            }
+            CheckSpec::Log { regex } => Check::Log { matched: self.log_matched.clone(), regex: regex.clone() },
+        })
+    }
+
+    fn log_writer(&mut self) -> Option<Arc<Mutex<LogWriter>>> {
+        if self.logs.is_none() {
+            let dir = self.inner.config.logs_dir();
+            match LogWriter::open(&dir, &self.spec.name, &self.name, self.spec.log_max_size, self.spec.log_max_files) {
+                Ok(writer) => self.logs = Some(Arc::new(Mutex::new(writer))),
+                Err(e) => eprintln!("tug: cannot open the log of {} in {}: {e}", self.name, dir.display()),
+            }
+        }
+        self.logs.clone()
+    }
+
+    /// Starts the process once and supervises it until it ends or is told to.
+    async fn run_once(&mut self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
+        let vars = self.instance_vars();
+        let prepared = self.prepare(&vars);
+        let (program, args, env, run_as, readiness, liveness) = match prepared {
+            Ok(p) => p,
+            Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
+        };
+        let cgroup = self.cgroup();
+        let launch = Launch {
+            program: &program,
+            args: &args,
+            working_dir: &self.spec.working_dir,
+            env: &env,
+            run_as: run_as.as_ref(),
+            cgroup: cgroup.clone(),
+            capture: true,
+        };
+        let mut spawned = match process::spawn(&launch) {
+            Ok(s) => s,
+            Err(e) => {
+                let why = format!("cannot start `{}`: {e}", shown_program(&self.spec, &program));
+                return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) };
+            }
+        };
+        let pid = spawned.pid;
+
+        let start_ticks = tug_sys::procfs::stat(pid).ok().map(|s| s.start_time);
+        let has_healthcheck = readiness.is_some();
+        let initial = match (self.spec.kind, has_healthcheck) {
+            (Kind::Service, true) => State::Starting,
+            _ => State::Running,
+        };
+        self.log_matched.store(false, Ordering::Release);
+        let name = self.name.clone();
+        self.inner.update(|t| {
+            if let Some(row) = t.instances.get_mut(&name) {
+                row.start_ticks = start_ticks;
+                let s = &mut row.status;
+                s.pid = Some(pid);
+                s.state = initial;
+                s.started_at = Some(rfc3339(SystemTime::now()));
+                s.exit_code = None;
+                s.health = None;
+                s.message = None;
+            }
+        });
+        let writer = self.log_writer();
+        let log_regex = match self.spec.healthcheck.as_ref().map(|p| &p.check) {
+            Some(CheckSpec::Log { regex }) => regex::Regex::new(regex).ok(),
+            _ => None,
+        };
+        let sink = Arc::new(Sink { writer, log_probe: log_regex.map(|r| (r, self.log_matched.clone())) });
+        let pumps: Vec<_> = [(spawned.stdout.take(), Stream::Out), (spawned.stderr.take(), Stream::Err)]
+            .into_iter()
+            .filter_map(|(pipe, stream)| pipe.map(|p| tokio::spawn(pump(p, stream, sink.clone()))))
+            .collect();
+        let (probe_tx, mut probe_rx) = mpsc::channel(16);
+        let target = ProbeTarget {
+            host: self.inner.config.host.clone(),
+            port: self.port,
+            env: env.clone(),
+            working_dir: self.spec.working_dir.clone(),
+            run_as: run_as.clone(),
+        };
+        let mut probes = Vec::new();
+        if let Some((probe, check)) = readiness {
+            probes.push(tokio::spawn(probe_loop(ProbeKind::Readiness, probe, check, target.clone(), probe_tx.clone())));
+        }
+        if let Some((probe, check)) = liveness {
+            probes.push(tokio::spawn(probe_loop(ProbeKind::Liveness, probe, check, target, probe_tx.clone())));
+        }
+        drop(probe_tx);
+        let mut ready_failures = 0u32;
+        let mut live_failures = 0u32;
+        let mut up_since: Option<Instant> = (initial == State::Running).then(Instant::now);
+        let stop = |grace_signal: i32| (grace_signal, Duration::from_millis(self.spec.stop_grace_ms));
+        let (signal, grace) = stop(self.spec.stop_signal);
+        let outcome = loop {
+            tokio::select! {
+                exit = &mut spawned.exit => {
+                    let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
+                    break Outcome::Exited { exit, up_for: up_since.map(|t| t.elapsed()), why: None };
+                }
+                Some(result) = probe_rx.recv() => {
+                    let retries = match result.kind {
+                        ProbeKind::Readiness => self.spec.healthcheck.as_ref().map_or(3, |p| p.retries.max(1)),
+                        ProbeKind::Liveness => self.spec.liveness.as_ref().map_or(3, |p| p.retries.max(1)),
+                    };
+                    match result.kind {
+                        ProbeKind::Readiness => {
+                            let ok = result.result.is_ok();
+                            if ok { ready_failures = 0 } else if result.counted { ready_failures += 1 }
+                            let failures = ready_failures;
+                            let message = match &result.result { Ok(m) | Err(m) => m.clone() };
+                            let mut became_up = false;
+                            self.set(|s| {
+                                s.health = Some(Health { ok, message, at: rfc3339(SystemTime::now()), failures });
+                                if ok && matches!(s.state, State::Starting | State::Unhealthy) {
+                                    s.state = State::Healthy;
+                                    became_up = true;
+                                } else if !ok && failures >= retries && matches!(s.state, State::Starting | State::Healthy) {
+                                    s.state = State::Unhealthy;
+                                }
+                            });
+                            if became_up && up_since.is_none() { up_since = Some(Instant::now()) }
+                            if !ok && failures >= retries { up_since = None }
+                        }
+                        ProbeKind::Liveness => {
+                            match &result.result {
+                                Ok(_) => live_failures = 0,
+                                Err(_) if result.counted => live_failures += 1,
+                                Err(_) => {}
+                            }
+                            if let Err(why) = result.result && live_failures >= retries {
+                                let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
+                                let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
+                                let why = format!("liveness failed {live_failures} times: {why}; restarted");
+                                break Outcome::Exited { exit, up_for: None, why: Some(why) };
+                            }
+                        }
+                    }
+                }
+                control = rx.recv() => {
+                    let outcome = match control {
+                        Some(Control::Start) => continue,
+                        Some(Control::Stop(reply)) => Outcome::Stopped(reply),
+                        Some(Control::Restart) => Outcome::Restart,
+                        Some(Control::Remove(reply)) => Outcome::Removed(Some(reply)),
+                        None => Outcome::Removed(None),
+                    };
+                    self.set(|s| s.state = State::Stopping);
+                    let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
+                    let code = exit.map(Exit::code);
+                    self.set(|s| s.exit_code = code);
+                    break outcome;
+                }
+            }
+        };
+        for probe in probes {
+            probe.abort();
+        }
+        // Let the pumps drain what the process wrote last (bounded: a grandchild
+        // may hold the pipe open).
+        for pump in pumps {
+            let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+        }
+        // Whatever the leader left behind in its group goes with it.
+        if process::group_alive(pid) {
+            let mut none = oneshot::channel().1;
+            process::stop_group(pid, libc::SIGKILL, Duration::ZERO, &mut none).await;
+        }
+        if let Some(group) = cgroup {
+            group.kill_all();
+        }
+        let name = self.name.clone();
+        self.inner.update(|t| {
+            if let Some(row) = t.instances.get_mut(&name) {
+                row.start_ticks = None;
+                row.status.pid = None;
+            }
+        });
+        outcome
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &self,
+        vars: &[(String, String)],
+    ) -> Result<
+        (String, Vec<String>, Vec<(String, String)>, Option<RunAs>, Option<(Probe, Check)>, Option<(Probe, Check)>),
+        String,
+    > {
+        let command = self.spec.command.as_ref().ok_or("the service has no `command`")?;
+        let (program, args) = self.command(command, vars)?;
+        let mut env = Vec::with_capacity(self.spec.environment.len() + vars.len());
+        for (name, value) in &self.spec.environment {
+            env.push((name.clone(), self.resolve(value, vars)?));
+        }
+        // Instance variables are tug's contract with the instance: they win.
+        env.extend(vars.iter().cloned());
+        let run_as = match &self.spec.user {
+            Some(user) => {
+                let run_as = process::lookup_user(user)?;
+                // SAFETY: geteuid has no preconditions.
+                let euid = unsafe { libc::geteuid() };
+                if euid != 0 && euid != run_as.uid {
+                    return Err(format!("`user: {user}` needs tug to run as root (it runs as uid {euid})"));
+                }
+                Some(run_as)
+            }
+            None => None,
+        };
+        let readiness =
+            self.spec.healthcheck.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
+        let liveness = self.spec.liveness.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
+        Ok((program, args, env, run_as, readiness, liveness))
+    }
+
+    fn cgroup(&self) -> Option<Arc<tug_sys::cgroup::Group>> {
+        if self.spec.memory_bytes.is_none() && self.spec.cpu.is_none() {
+            return None;
+        }
+        let limits = tug_sys::cgroup::Limits { memory_bytes: self.spec.memory_bytes, cpu_cores: self.spec.cpu };
+        self.inner.cgroups.can_apply(&limits).ok()?;
+        let scope = self.inner.lock().project.clone();
+        match self.inner.cgroups.create(&scope, &self.name, &limits) {
+            Ok(group) => Some(Arc::new(group)),
+            Err(e) => {
+                eprintln!("tug: {}: resources not applied: {e}", self.name);
+                None
+            }
+        }
+    }
+
+    /// Decides what follows an exit: a restart after the backoff, or the end.
+    async fn after_exit(
+        &mut self,
+        exit: Exit,
+        up_for: Option<Duration>,
+        why: Option<String>,
+        rx: &mut mpsc::UnboundedReceiver<Control>,
+    ) -> Wake {
+        let failed = !exit.success() || why.is_some();
+        if self.spec.kind == Kind::Job && !failed {
+            self.set(|s| {
+                s.state = State::Completed;
+                s.exit_code = Some(0);
+                s.message = None;
+            });
+            return Wake::Stop(None);
+        }
+        let restart = match self.spec.restart {
+            Restart::No => false,
+            Restart::OnFailure => failed,
+            Restart::Always => true,
+        };
+        let what = why.unwrap_or_else(|| exit.describe());
+        if !restart {
+            let state = if failed { State::Failed } else { State::Stopped };
+            self.set(|s| {
+                s.state = state;
+                s.exit_code = Some(exit.code());
+                s.message = Some(what);
+            });
+            return Wake::Stop(None);
+        }
+        if up_for.is_some_and(|d| d >= STABLE_AFTER) {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        self.restarts += 1;
+        let delay = backoff(self.failures);
+        let restarts = self.restarts;
+        self.set(|s| {
+            s.state = State::Crashloop;
+            s.exit_code = Some(exit.code());
+            s.restarts = restarts;
+            s.message = Some(format!("{what}; restarting in {}", tug_stackfile::units::format_duration(delay)));
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => Wake::Go,
+            control = rx.recv() => match control {
+                Some(Control::Start | Control::Restart) => { self.failures = 0; Wake::Go }
+                Some(Control::Stop(reply)) => Wake::Stop(Some(reply)),
+                Some(Control::Remove(reply)) => Wake::Remove(Some(reply)),
+                None => Wake::Remove(None),
+            },
+        }
+    }
+}
+
+fn shown_program(spec: &ServiceSpec, program: &str) -> String {
+    match &spec.command {
+        Some(CommandSpec::Argv(args)) if args.first().is_some_and(|a| a.sensitive) => "********".into(),
+        _ => program.to_string(),
+    }
+}
+
+#[derive(Clone)]
+struct ProbeTarget {
+    host: String,
+    port: Option<u16>,
+    env: Vec<(String, String)>,
+    working_dir: PathBuf,
+    run_as: Option<RunAs>,
+}
+
+/// Probes on the probe's schedule. Before the first success it probes every
+/// `start_interval` but counts at most one failure per `interval`, so probing
+/// faster never fails an instance sooner; failures in `start_period` do not count.
+async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTarget, tx: mpsc::Sender<ProbeResult>) {
+    let started = Instant::now();
+    let interval = Duration::from_millis(probe.interval_ms.max(1));
+    let start_interval = Duration::from_millis(probe.start_interval_ms);
+    let start_period = Duration::from_millis(probe.start_period_ms);
+    let timeout = Duration::from_millis(probe.timeout_ms.max(1));
+    let mut passed = false;
+    let mut last_counted: Option<Instant> = None;
+    loop {
+        let wait = if !passed && !start_interval.is_zero() { start_interval } else { interval };
+        tokio::time::sleep(wait).await;
+        let probe_target = probe::Target {
+            host: &target.host,
+            port: target.port,
+            env: &target.env,
+            working_dir: &target.working_dir,
+            run_as: target.run_as.as_ref(),
+        };
+        let result = probe::attempt(&check, &probe_target, timeout).await;
+        let now = Instant::now();
+        let counted = result.is_err()
+            && now.duration_since(started) >= start_period
+            && (passed || last_counted.is_none_or(|t| now.duration_since(t) >= interval));
+        if counted {
+            last_counted = Some(now);
+        }
+        passed |= result.is_ok();
+        if tx.send(ProbeResult { kind, result, counted }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Where an instance's output goes: its log file, and the `log` probe's regex.
+struct Sink {
+    writer: Option<Arc<Mutex<LogWriter>>>,
+    log_probe: Option<(regex::Regex, Arc<AtomicBool>)>,
+}
+
+/// Reads one stream to its end. Never stops reading, whatever the disk does,
+/// so a chatty instance never blocks on a full pipe.
+async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: Arc<Sink>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut splitter = LineSplitter::new(MAX_LINE);
+    let write = |time: SystemTime, line: &[u8]| {
+        if let Some((regex, matched)) = &sink.log_probe
+            && !matched.load(Ordering::Relaxed)
+            && regex.is_match(&String::from_utf8_lossy(line))
+        {
+            matched.store(true, Ordering::Release);
+        }
+        if let Some(writer) = &sink.writer {
+            let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writer.write(time, stream, line);
+        }
+    };
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let now = SystemTime::now();
+        splitter.push(&buf[..n], &mut |line: &[u8]| write(now, line));
+        if let Some(writer) = &sink.writer {
+            let _ = writer.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
+    }
+    splitter.finish(&mut |line: &[u8]| write(SystemTime::now(), line));
+    if let Some(writer) = &sink.writer {
+        let _ = writer.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100ms_to_30s() {
+        let delays: Vec<u128> = (1..=11).map(|n| backoff(n).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+        assert_eq!(backoff(1000), MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,531 @@
+//! The supervisor: runs a stack's instances and keeps them running.
+//!
+//! [`Supervisor`] holds the table of services and instances. Each instance is a
+//! tokio task ([`instance`]) that waits for its service's dependencies, starts
+//! the process, probes it, restarts it by its policy, and reports every change
+//! to the table, which bumps a generation counter that watchers (`up -d`, the
+//! gates of dependent services) wait on. Stopping goes in reverse dependency order.
+
+pub mod instance;
+pub mod order;
+pub mod persist;
+pub mod ports;
+pub mod probe;
+pub mod process;
+pub mod reaper;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use indexmap::IndexMap;
+use tokio::sync::{mpsc, oneshot, watch};
+use tug_proto::spec::{Kind, ServiceSpec, StackSpec, UpRequest};
+use tug_proto::status::{InstanceStatus, ServiceStatus, StackStatus, State, UpResponse};
+
+pub use instance::Control;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// The address instances bind (`HOST`).
+    pub host: String,
+    /// Private ports for instances come from this range (inclusive).
+    pub port_range: (u16, u16),
+}
+
+impl Config {
+    pub fn logs_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+}
+
+/// A request the supervisor refuses, with what the user should know.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub(crate) struct Instance {
+    pub status: InstanceStatus,
+    pub replica: u32,
+    pub control: mpsc::UnboundedSender<Control>,
+    /// Start time (clock ticks after boot) of the current process, for reconciliation.
+    pub start_ticks: Option<u64>,
+}
+
+pub(crate) struct Service {
+    pub spec: Arc<ServiceSpec>,
+    pub active: bool,
+}
+
+pub(crate) struct Table {
+    pub project: String,
+    pub generation: u64,
+    pub shutting_down: bool,
+    pub specs: IndexMap<String, Arc<ServiceSpec>>,
+    pub services: IndexMap<String, Service>,
+    pub instances: IndexMap<String, Instance>,
+    pub ports: HashSet<u16>,
+    pub notices: Vec<String>,
+}
+
+pub(crate) struct Inner {
+    pub config: Config,
+    pub table: Mutex<Table>,
+    pub changes: watch::Sender<u64>,
+    pub cgroups: tug_sys::cgroup::Support,
+}
+
+impl Inner {
+    pub fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies `change` to the table and wakes every watcher.
+    pub fn update<R>(&self, change: impl FnOnce(&mut Table) -> R) -> R {
+        let mut table = self.lock();
+        let result = change(&mut table);
+        table.generation += 1;
+        let generation = table.generation;
+        let persist = persist::Record::from_table(&table);
+        drop(table);
+        persist.save(&self.config.state_dir);
+        self.changes.send_replace(generation);
+        result
+    }
+}
+
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+impl Supervisor {
+    pub fn new(config: Config) -> Supervisor {
+        let (changes, _) = watch::channel(0);
+        let cgroups = tug_sys::cgroup::detect();
+        let table = Table {
+            project: String::new(),
+            generation: 0,
+            shutting_down: false,
+            specs: IndexMap::new(),
+            services: IndexMap::new(),
+            instances: IndexMap::new(),
+            ports: HashSet::new(),
+            notices: Vec::new(),
+        };
+        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups }) }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn notice(&self, text: String) {
+        self.inner.update(|t| t.notices.push(text));
+    }
+
+    /// Waits until the generation passes `after` (or `timeout`), then reports.
+    pub async fn status(&self, after: Option<u64>, timeout: std::time::Duration) -> StackStatus {
+        if let Some(after) = after {
+            let mut rx = self.inner.changes.subscribe();
+            let _ = tokio::time::timeout(timeout, rx.wait_for(|g| *g > after)).await;
+        }
+        let table = self.inner.lock();
+        let services = table
+            .services
+            .iter()
+            .map(|(name, s)| ServiceStatus {
+                name: name.clone(),
+                kind: s.spec.kind,
+                replicas: s.spec.replicas,
+                port: s.spec.port,
+                active: s.active,
+            })
+            .collect();
+        let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
+        for row in &mut instances {
+            if let Some(pid) = row.pid {
+                let usage = tug_sys::procfs::group_usage(pid);
+                if usage.processes > 0 {
+                    let ticks = tug_sys::procfs::clock_ticks_per_second().max(1) as f64;
+                    row.cpu_seconds = Some(usage.cpu_ticks as f64 / ticks);
+                    row.memory_bytes = Some(usage.rss_bytes);
+                }
+            }
+        }
+        StackStatus {
+            project: table.project.clone(),
+            daemon_pid: std::process::id(),
+            generation: table.generation,
+            shutting_down: table.shutting_down,
+            services,
+            instances,
+            notices: table.notices.clone(),
+        }
+    }
+
+    /// `up`: adopts `spec` and starts the targets and their dependencies.
+    pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
+        let UpRequest { spec, targets } = request;
+        validate_spec(&spec)?;
+        let inner = &self.inner;
+        let new_specs: IndexMap<String, Arc<ServiceSpec>> =
+            spec.services.iter().map(|s| (s.name.clone(), Arc::new(s.clone()))).collect();
+        for target in &targets {
+            if !new_specs.contains_key(target) {
+                return Err(Error::NotFound(format!("no service or job named `{target}` in the stack")));
+            }
+        }
+        let wanted = order::closure(&new_specs, &targets);
+        let mut notices = Vec::new();
+        {
+            let table = inner.lock();
+            if table.shutting_down {
+                return Err(Error::Conflict("the stack is shutting down; run `tug up` again once it is down".into()));
+            }
+            // A fixed port taken by another program fails `up` before anything starts.
+            let mut taken = Vec::new();
+            for name in &wanted {
+                let spec = &new_specs[name];
+                let Some(port) = spec.port else { continue };
+                let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
+                    || table.instances.values().any(|i| i.status.port == Some(port));
+                if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&inner.config.host, port)
+                {
+                    taken.push(ports::describe_taken(name, port));
+                }
+            }
+            if !taken.is_empty() {
+                return Err(Error::Conflict(taken.join("\n")));
+            }
+            if let Some(problem) = cgroup_problem(&inner.cgroups, &wanted, &new_specs) {
+                notices.push(problem);
+            }
+        }
+        let mut replaced = Vec::new();
+        let mut removed = Vec::new();
+        inner.update(|t| {
+            t.project = spec.project.clone();
+            for (name, new) in &new_specs {
+                match t.services.get_mut(name) {
+                    Some(service) if service.spec.revision == new.revision => {}
+                    Some(service) => {
+                        service.spec = new.clone();
+                        replaced.push(name.clone());
+                    }
+                    None => {
+                        t.services.insert(name.clone(), Service { spec: new.clone(), active: false });
+                    }
+                }
+            }
+            if targets.is_empty() {
+                removed = t.services.keys().filter(|n| !new_specs.contains_key(*n)).cloned().collect();
+            }
+            t.specs = new_specs.clone();
+            for name in &removed {
+                t.specs.insert(name.clone(), t.services[name].spec.clone());
+            }
+        });
+        // Replaced services: their old instances go, new ones start gated as usual.
+        for name in replaced.iter().chain(&removed) {
+            for control in self.instance_controls(name) {
+                let (tx, _rx) = oneshot::channel();
+                let _ = control.send(Control::Remove(tx));
+            }
+        }
+        let this = self.clone();
+        let removed_names = removed.clone();
+        if !removed.is_empty() {
+            tokio::spawn(async move {
+                this.wait_removed(&removed_names).await;
+                this.inner.update(|t| {
+                    for name in &removed_names {
+                        t.services.shift_remove(name);
+                        t.specs.shift_remove(name);
+                    }
+                });
+            });
+        }
+        for name in &wanted {
+            self.activate(name, replaced.contains(name));
+        }
+        if !notices.is_empty() {
+            inner.update(|t| t.notices.extend(notices.iter().cloned()));
+        }
+        Ok(UpResponse { services: wanted, notices })
+    }
+
+    fn instance_controls(&self, service: &str) -> Vec<mpsc::UnboundedSender<Control>> {
+        let table = self.inner.lock();
+        table.instances.values().filter(|i| i.status.service == service).map(|i| i.control.clone()).collect()
+    }
+
+    async fn wait_removed(&self, services: &[String]) {
+        let mut rx = self.inner.changes.subscribe();
+        loop {
+            let left = {
+                let table = self.inner.lock();
+                table.instances.values().any(|i| services.contains(&i.status.service))
+            };
+            if !left || rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Marks a service active and makes sure it has its replicas: missing
+    /// instances are created, stopped or failed ones started again.
+    fn activate(&self, name: &str, fresh: bool) {
+        let inner = &self.inner;
+        let (spec, existing) = {
+            let mut table = inner.lock();
+            let Some(service) = table.services.get_mut(name) else { return };
+            service.active = true;
+            let spec = service.spec.clone();
+            let existing: Vec<(u32, State, String, mpsc::UnboundedSender<Control>)> = table
+                .instances
+                .values()
+                .filter(|i| i.status.service == name)
+                .map(|i| (i.replica, i.status.state, i.status.revision.clone(), i.control.clone()))
+                .collect();
+            (spec, existing)
+        };
+        let current: Vec<_> =
+            existing.iter().filter(|(_, _, revision, _)| !fresh || *revision == spec.revision).collect();
+        for (_, state, _, control) in &current {
+            let again = match spec.kind {
+                Kind::Job => matches!(state, State::Failed | State::Stopped),
+                Kind::Service => matches!(state, State::Failed | State::Stopped | State::Completed),
+            };
+            if again {
+                let _ = control.send(Control::Start);
+            }
+        }
+        let have: Vec<u32> = current.iter().map(|(r, ..)| *r).collect();
+        let missing = (spec.replicas as usize).saturating_sub(have.len());
+        self.add_instances(&spec, missing);
+        inner.update(|_| {});
+    }
+
+    fn add_instances(&self, spec: &Arc<ServiceSpec>, count: usize) {
+        for _ in 0..count {
+            instance::create(&self.inner, spec.clone());
+        }
+    }
+
+    /// Services or instances named in `targets`: (service names, instance names).
+    fn resolve(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        let table = self.inner.lock();
+        let mut instances = Vec::new();
+        for target in targets {
+            let matched: Vec<String> = table
+                .instances
+                .values()
+                .filter(|i| i.status.service == *target || i.status.instance == *target)
+                .map(|i| i.status.instance.clone())
+                .collect();
+            if matched.is_empty() && !table.services.contains_key(target) {
+                return Err(Error::NotFound(format!("no service, job or instance named `{target}`")));
+            }
+            instances.extend(matched);
+        }
+        Ok(instances)
+    }
+
+    /// `start`: the targets, activating services and their dependencies.
+    pub fn start(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        let instances = self.resolve(targets)?;
+        let services: Vec<String> = {
+            let table = self.inner.lock();
+            let named: Vec<String> = targets.iter().filter(|t| table.services.contains_key(*t)).cloned().collect();
+            let mut needed = order::closure(&table.specs, &named);
+            for instance in &instances {
+                if let Some(row) = table.instances.get(instance) {
+                    for dep in order::closure(&table.specs, std::slice::from_ref(&row.status.service)) {
+                        if dep != row.status.service && !needed.contains(&dep) {
+                            needed.push(dep);
+                        }
+                    }
+                }
+            }
+            needed
+        };
+        for service in &services {
+            self.activate(service, false);
+        }
+        for instance in &instances {
+            self.send(instance, Control::Start);
+        }
+        Ok(instances)
+    }
+
+    /// `stop`: the targets' instances, gracefully, waiting until they are stopped.
+    pub async fn stop(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        let instances = self.resolve(targets)?;
+        self.inner.update(|t| {
+            for target in targets {
+                if let Some(service) = t.services.get_mut(target) {
+                    service.active = false;
+                }
+            }
+        });
+        let waits: Vec<_> = instances
+            .iter()
+            .filter_map(|name| {
+                let (tx, rx) = oneshot::channel();
+                self.send(name, Control::Stop(tx)).then_some(rx)
+            })
+            .collect();
+        for rx in waits {
+            let _ = rx.await;
+        }
+        Ok(instances)
+    }
+
+    pub fn restart(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        let instances = self.resolve(targets)?;
+        for instance in &instances {
+            self.send(instance, Control::Restart);
+        }
+        Ok(instances)
+    }
+
+    fn send(&self, instance: &str, control: Control) -> bool {
+        let table = self.inner.lock();
+        table.instances.get(instance).is_some_and(|i| i.control.send(control).is_ok())
+    }
+
+    /// `scale`: adds instances, or removes the newest first, gracefully.
+    pub async fn scale(&self, service: &str, replicas: u32) -> Result<(), Error> {
+        let (spec, mut rows) = {
+            let table = self.inner.lock();
+            let Some(s) = table.services.get(service) else {
+                return Err(Error::NotFound(format!("no service or job named `{service}`")));
+            };
+            let rows: Vec<(u32, String)> = table
+                .instances
+                .values()
+                .filter(|i| i.status.service == service)
+                .map(|i| (i.replica, i.status.instance.clone()))
+                .collect();
+            (s.spec.clone(), rows)
+        };
+        if let Some(port) = spec.port.filter(|_| !spec.proxy && replicas > 1) {
+            return Err(Error::BadRequest(format!(
+                "`{service}` binds its port {port} itself (proxy: false), so it can run only one instance"
+            )));
+        }
+        let mut scaled = (*spec).clone();
+        scaled.replicas = replicas;
+        let scaled = Arc::new(scaled);
+        self.inner.update(|t| {
+            if let Some(s) = t.services.get_mut(service) {
+                s.spec = scaled.clone();
+                s.active = true;
+            }
+            t.specs.insert(service.to_string(), scaled.clone());
+        });
+        rows.sort();
+        if rows.len() < replicas as usize {
+            self.add_instances(&scaled, replicas as usize - rows.len());
+            self.inner.update(|_| {});
+        } else {
+            let waits: Vec<_> = rows[replicas as usize..]
+                .iter()
+                .rev()
+                .filter_map(|(_, name)| {
+                    let (tx, rx) = oneshot::channel();
+                    self.send(name, Control::Remove(tx)).then_some(rx)
+                })
+                .collect();
+            for rx in waits {
+                let _ = rx.await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `down`: stops everything in reverse dependency order and waits.
+    pub async fn shutdown(&self) {
+        let levels = {
+            let mut table = self.inner.lock();
+            table.shutting_down = true;
+            let depths = order::depths(&table.specs);
+            let mut levels: Vec<(usize, Vec<String>)> = Vec::new();
+            for row in table.instances.values() {
+                let depth = depths.get(&row.status.service).copied().unwrap_or(0);
+                match levels.iter_mut().find(|(d, _)| *d == depth) {
+                    Some((_, names)) => names.push(row.status.instance.clone()),
+                    None => levels.push((depth, vec![row.status.instance.clone()])),
+                }
+            }
+            levels.sort_by_key(|level| std::cmp::Reverse(level.0));
+            levels
+        };
+        self.inner.update(|_| {});
+        for (_, names) in levels {
+            let waits: Vec<_> = names
+                .iter()
+                .filter_map(|name| {
+                    let (tx, rx) = oneshot::channel();
+                    self.send(name, Control::Remove(tx)).then_some(rx)
+                })
+                .collect();
+            for rx in waits {
+                let _ = rx.await;
+            }
+        }
+        persist::Record::default().save(&self.inner.config.state_dir);
+    }
+}
+
+fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
+    let mut seen = HashSet::new();
+    for s in &spec.services {
+        let valid_name = !s.name.is_empty()
+            && s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(Error::BadRequest(format!("`{}` is not a valid service name", s.name)));
+        }
+        if !seen.insert(&s.name) {
+            return Err(Error::BadRequest(format!("service `{}` appears twice", s.name)));
+        }
+        if s.revision != s.compute_revision() {
+            return Err(Error::BadRequest(format!("service `{}`: the revision does not match its spec", s.name)));
+        }
+        if s.replicas > 1000 {
+            return Err(Error::BadRequest(format!("service `{}`: {} replicas is more than 1000", s.name, s.replicas)));
+        }
+    }
+    Ok(())
+}
+
+fn cgroup_problem(
+    support: &tug_sys::cgroup::Support,
+    wanted: &[String],
+    specs: &IndexMap<String, Arc<ServiceSpec>>,
+) -> Option<String> {
+    let limited: Vec<&str> = wanted
+        .iter()
+        .filter(|n| specs[*n].memory_bytes.is_some() || specs[*n].cpu.is_some())
+        .map(String::as_str)
+        .collect();
+    let first = limited.first()?;
+    let limits = tug_sys::cgroup::Limits { memory_bytes: specs[*first].memory_bytes, cpu_cores: specs[*first].cpu };
+    support.can_apply(&limits).err().map(|why| {
+        format!("resources limits of {} are not applied: {why}; the services run without them", limited.join(", "))
+    })
+}
+
+/// RFC 3339 UTC, to the millisecond.
+pub fn rfc3339(time: SystemTime) -> String {
+    tug_logs::format_time(time)
+}

@@ -1,0 +1,141 @@
+//! The daemon's record of the processes it runs (`state.json`), and the
+//! reconciliation that stops what an earlier daemon left running.
+//!
+//! A process is identified by its pid *and* its start time (clock ticks after
+//! boot, from `/proc/<pid>/stat`), so a pid reused by an unrelated program is
+//! never touched. Descendants that left their group are found by the
+//! environment every instance carries (`TUG_STATE_DIR` and `TUG_INSTANCE`).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Table;
+
+pub const FILE: &str = "state.json";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub daemon_pid: u32,
+    pub instances: Vec<Entry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub instance: String,
+    pub pid: i32,
+    pub start_ticks: u64,
+}
+
+static LAST_SAVED: Mutex<Option<Record>> = Mutex::new(None);
+
+impl Record {
+    pub(crate) fn from_table(table: &Table) -> Record {
+        let instances = table
+            .instances
+            .values()
+            .filter_map(|i| {
+                Some(Entry { instance: i.status.instance.clone(), pid: i.status.pid?, start_ticks: i.start_ticks? })
+            })
+            .collect();
+        Record { daemon_pid: std::process::id(), instances }
+    }
+
+    /// Writes the record atomically, when it changed since the last write.
+    pub fn save(&self, state_dir: &Path) {
+        let mut last = LAST_SAVED.lock().unwrap_or_else(|p| p.into_inner());
+        if last.as_ref() == Some(self) {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(self).unwrap_or_default();
+        match write_atomic(&state_dir.join(FILE), &json) {
+            Ok(()) => *last = Some(self.clone()),
+            Err(e) => eprintln!("tug: cannot save {}: {e}", state_dir.join(FILE).display()),
+        }
+    }
+
+    pub fn load(state_dir: &Path) -> Result<Option<Record>, String> {
+        let path = state_dir.join(FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{} is damaged ({e}); processes it listed cannot be checked", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+}
+
+/// Writes through a temporary file, fsync and rename: readers see the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Stops every process an earlier daemon of this state folder left running.
+/// Returns one line per process stopped.
+pub fn reconcile(state_dir: &Path, previous: Option<&Record>) -> Vec<String> {
+    let mut groups: Vec<(i32, String)> = Vec::new();
+    for entry in previous.map(|r| r.instances.as_slice()).unwrap_or_default() {
+        if let Ok(stat) = tug_sys::procfs::stat(entry.pid)
+            && stat.start_time == entry.start_ticks
+        {
+            groups.push((entry.pid, entry.instance.clone()));
+        }
+    }
+    let me = std::process::id() as i32;
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
+    let dir = state_dir.display().to_string();
+    let mut strays: Vec<i32> = Vec::new();
+    for pid in tug_sys::procfs::pids().unwrap_or_default() {
+        if pid == me || pid == parent || groups.iter().any(|(g, _)| *g == pid) {
+            continue;
+        }
+        if tug_sys::procfs::environ_contains(pid, "TUG_STATE_DIR", &dir) && has_variable(pid, "TUG_INSTANCE") {
+            strays.push(pid);
+        }
+    }
+    let mut report = Vec::new();
+    for (pgid, instance) in &groups {
+        report.push(format!("stopped {instance} (pid {pgid}), left running by an earlier daemon"));
+        crate::process::signal_group(*pgid, libc::SIGTERM);
+    }
+    for pid in &strays {
+        let what = tug_sys::procfs::cmdline(*pid).unwrap_or_default();
+        report.push(format!("stopped pid {pid} ({what}), started by an instance of an earlier daemon"));
+        // SAFETY: plain kill on a pid we just identified.
+        unsafe { libc::kill(*pid, libc::SIGTERM) };
+    }
+    // Up to 5 s to go quietly, then SIGKILL whatever is left.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let alive = |pid: i32| -> bool { tug_sys::procfs::stat(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X') };
+    while Instant::now() < deadline
+        && (groups.iter().any(|(g, _)| !tug_sys::procfs::group_members(*g).is_empty())
+            || strays.iter().any(|p| alive(*p)))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (pgid, _) in &groups {
+        crate::process::signal_group(*pgid, libc::SIGKILL);
+    }
+    for pid in &strays {
+        if alive(*pid) {
+            // SAFETY: as above.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    report
+}
+
+fn has_variable(pid: i32, name: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|entry| entry.starts_with(format!("{name}=").as_bytes())))
+        .unwrap_or(false)
+}

@@ -1,0 +1,62 @@
+//! Ports: private ones for instances from a range, and telling who holds a taken one.
+
+use std::collections::HashSet;
+use std::net::TcpListener;
+
+/// Whether `port` can be bound on `host` now.
+pub fn is_free(host: &str, port: u16) -> bool {
+    TcpListener::bind((host, port)).is_ok()
+}
+
+/// The first port of `range` that no instance holds and that binds now.
+pub fn allocate(used: &mut HashSet<u16>, host: &str, range: (u16, u16)) -> Option<u16> {
+    let port = (range.0..=range.1).find(|p| !used.contains(p) && is_free(host, *p))?;
+    used.insert(port);
+    Some(port)
+}
+
+/// "port 8080 (service web) is already in use by pid 1234 (nginx)".
+pub fn describe_taken(service: &str, port: u16) -> String {
+    match tug_sys::procfs::port_listener(port) {
+        Some((pid, program)) => {
+            format!("port {port} of `{service}` is already in use by another program: pid {pid} ({program})")
+        }
+        None => format!("port {port} of `{service}` is already in use by another program"),
+    }
+}
+
+/// Parses `TUG_PORT_RANGE` (`20000-29999`).
+pub fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').ok_or_else(|| format!("`{text}` is not a port range like 20000-29999"))?;
+    let low: u16 = low.trim().parse().map_err(|_| format!("`{low}` is not a port number (1-65535)"))?;
+    let high: u16 = high.trim().parse().map_err(|_| format!("`{high}` is not a port number (1-65535)"))?;
+    if low == 0 || low > high {
+        return Err(format!("`{text}`: the range must go from a low port (at least 1) up to a higher one"));
+    }
+    Ok((low, high))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_and_refuse_nonsense() {
+        assert_eq!(parse_range("20000-29999"), Ok((20000, 29999)));
+        assert!(parse_range("3000").is_err());
+        assert!(parse_range("0-10").is_err());
+        assert!(parse_range("10-5").is_err());
+        assert!(parse_range("1-70000").is_err());
+    }
+
+    #[test]
+    fn allocation_skips_used_and_bound_ports() {
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let mut used = HashSet::new();
+        assert_eq!(allocate(&mut used, "127.0.0.1", (port, port)), None);
+        drop(held);
+        assert_eq!(allocate(&mut used, "127.0.0.1", (port, port)), Some(port));
+        assert_eq!(allocate(&mut used, "127.0.0.1", (port, port)), None, "already handed out");
+    }
+}

@@ -1,0 +1,176 @@
+//! One probe attempt of each kind. Scheduling (intervals, retries, start period)
+//! is the instance's; this module only answers "did it pass, and what happened".
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::process::{self, Launch};
+
+/// A probe with its instance's values substituted.
+#[derive(Clone, Debug)]
+pub enum Check {
+    Http {
+        path: String,
+    },
+    Tcp,
+    Exec {
+        program: String,
+        args: Vec<String>,
+    },
+    /// Set by the log pump when a line matched.
+    Log {
+        matched: Arc<AtomicBool>,
+        regex: String,
+    },
+}
+
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: Option<u16>,
+    pub env: &'a [(String, String)],
+    pub working_dir: &'a Path,
+    pub run_as: Option<&'a process::RunAs>,
+}
+
+/// Runs one attempt within `timeout`. Ok carries a short description of success.
+pub async fn attempt(check: &Check, target: &Target<'_>, timeout: Duration) -> Result<String, String> {
+    match check {
+        Check::Http { path } => {
+            let port = target.port.ok_or("the http probe needs a port, and this instance has none")?;
+            within(timeout, http(target.host, port, path)).await
+        }
+        Check::Tcp => {
+            let port = target.port.ok_or("the tcp probe needs a port, and this instance has none")?;
+            within(timeout, async {
+                TcpStream::connect((target.host, port))
+                    .await
+                    .map(|_| format!("connected to {}:{port}", target.host))
+                    .map_err(|e| format!("cannot connect to {}:{port}: {e}", target.host))
+            })
+            .await
+        }
+        Check::Exec { program, args } => exec(program, args, target, timeout).await,
+        Check::Log { matched, regex } => {
+            if matched.load(Ordering::Acquire) {
+                Ok(format!("a log line matched /{regex}/"))
+            } else {
+                Err(format!("no log line has matched /{regex}/ yet"))
+            }
+        }
+    }
+}
+
+async fn within<F: Future<Output = Result<String, String>>>(timeout: Duration, f: F) -> Result<String, String> {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("timed out after {}", tug_stackfile::units::format_duration(timeout))),
+    }
+}
+
+async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect((host, port)).await.map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: tug-probe\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut head = Vec::with_capacity(256);
+    let mut buf = [0u8; 256];
+    // The status line is all a probe needs.
+    while !head.contains(&b'\n') && head.len() < 4096 {
+        let n = stream.read(&mut buf).await.map_err(|e| format!("cannot read the response: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let line = line.lines().next().unwrap_or("");
+    let status = line
+        .strip_prefix("HTTP/")
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or_else(|| {
+            if line.is_empty() {
+                "the connection closed without a response".to_string()
+            } else {
+                format!("not an HTTP response: {:?}", truncate(line, 80))
+            }
+        })?;
+    if (200..400).contains(&status) {
+        Ok(format!("HTTP {status}"))
+    } else {
+        Err(format!("HTTP {status} from GET {path}"))
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    match text.char_indices().nth(max) {
+        Some((i, _)) => &text[..i],
+        None => text,
+    }
+}
+
+async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Duration) -> Result<String, String> {
+    let launch = Launch {
+        program,
+        args,
+        working_dir: target.working_dir,
+        env: target.env,
+        run_as: target.run_as,
+        cgroup: None,
+        capture: true,
+    };
+    let mut spawned = process::spawn(&launch).map_err(|e| format!("cannot run the probe `{program}`: {e}"))?;
+    let output = collect_output(spawned.stdout.take(), spawned.stderr.take());
+    let pid = spawned.pid;
+    let waited = tokio::time::timeout(timeout, &mut spawned.exit).await;
+    let exit = match waited {
+        Ok(Ok(exit)) => exit,
+        Ok(Err(_)) => return Err("the probe's exit status was lost".into()),
+        Err(_) => {
+            // Its whole process group: a shell's children must not outlive the probe.
+            process::signal_group(pid, libc::SIGKILL);
+            let _ = spawned.exit.await;
+            return Err(format!("timed out after {}", tug_stackfile::units::format_duration(timeout)));
+        }
+    };
+    // Children that kept the pipes open must not hold the probe up.
+    process::signal_group(pid, libc::SIGKILL);
+    let text = tokio::time::timeout(Duration::from_millis(200), output).await.unwrap_or_default();
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| truncate(l.trim(), 200).to_string());
+    if exit.success() {
+        Ok(last.unwrap_or_else(|| "exit 0".into()))
+    } else {
+        let what = exit.describe();
+        Err(match last {
+            Some(line) => format!("{what}: {line}"),
+            None => what,
+        })
+    }
+}
+
+/// The first 8 KiB of a probe's output (both streams), for its message.
+async fn collect_output(
+    stdout: Option<tokio::net::unix::pipe::Receiver>,
+    stderr: Option<tokio::net::unix::pipe::Receiver>,
+) -> String {
+    async fn read(pipe: Option<tokio::net::unix::pipe::Receiver>) -> Vec<u8> {
+        let mut out = Vec::new();
+        if let Some(pipe) = pipe {
+            let _ = pipe.take(8192).read_to_end(&mut out).await;
+        }
+        out
+    }
+    let (out, err) = tokio::join!(read(stdout), read(stderr));
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push('\n');
+    text.push_str(&String::from_utf8_lossy(&err));
+    text
+}

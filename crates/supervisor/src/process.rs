@@ -1,0 +1,179 @@
+//! Starting and stopping one process tree: its own process group, the parent-death
+//! signal, an optional user and cgroup, stdout and stderr on pipes.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use crate::reaper::{Exit, Reaper};
+
+/// Environment variables of the daemon that must never reach an instance.
+pub const PRIVATE_VARIABLES: [&str; 2] = ["TUG_API_KEY", "TUG_SECRETS_KEY"];
+
+/// The identity to run as, looked up before forking (lookups allocate).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+    pub name: String,
+}
+
+/// Looks up `user` (a name or a numeric uid) in the passwd database.
+pub fn lookup_user(user: &str) -> Result<RunAs, String> {
+    let name = CString::new(user).map_err(|_| format!("user `{user}` contains a NUL byte"))?;
+    let mut buf = vec![0u8; 16384];
+    // SAFETY: passwd is plain data filled by getpwnam_r/getpwuid_r.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    let rc = match user.parse::<u32>() {
+        // SAFETY: all pointers are valid for the call; buf outlives the use of pwd.
+        Ok(uid) => unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) },
+        // SAFETY: as above.
+        Err(_) => unsafe { libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result) },
+    };
+    if rc != 0 || result.is_null() {
+        return Err(format!("user `{user}` does not exist on this machine"));
+    }
+    // SAFETY: pw_dir and pw_name point into buf, NUL-terminated, valid here.
+    let home = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) }.to_string_lossy().into_owned();
+    // SAFETY: as above.
+    let pw_name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) }.to_owned();
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let mut count = groups.len() as libc::c_int;
+    // SAFETY: groups has room for `count` entries; getgrouplist updates count.
+    let rc = unsafe { libc::getgrouplist(pw_name.as_ptr(), pwd.pw_gid, groups.as_mut_ptr(), &mut count) };
+    groups.truncate(if rc < 0 { 0 } else { count.max(0) as usize });
+    Ok(RunAs { uid: pwd.pw_uid, gid: pwd.pw_gid, groups, home, name: pw_name.to_string_lossy().into_owned() })
+}
+
+pub struct Launch<'a> {
+    pub program: &'a str,
+    pub args: &'a [String],
+    pub working_dir: &'a Path,
+    /// Added to (and overriding) the daemon's own environment.
+    pub env: &'a [(String, String)],
+    pub run_as: Option<&'a RunAs>,
+    pub cgroup: Option<std::sync::Arc<tug_sys::cgroup::Group>>,
+    /// Capture stdout and stderr (else they go to /dev/null).
+    pub capture: bool,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub exit: oneshot::Receiver<Exit>,
+    pub stdout: Option<pipe::Receiver>,
+    pub stderr: Option<pipe::Receiver>,
+}
+
+fn nonblocking_receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
+    pipe::Receiver::from_owned_fd(fd)
+}
+
+/// Starts a process as the leader of its own process group, killed if the
+/// daemon dies. Must be called inside a tokio runtime (for the pipes).
+pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
+    let mut command = Command::new(launch.program);
+    command.args(launch.args).current_dir(launch.working_dir).stdin(Stdio::null());
+    for name in PRIVATE_VARIABLES {
+        command.env_remove(name);
+    }
+    if let Some(user) = launch.run_as {
+        command.env("HOME", &user.home).env("USER", &user.name).env("LOGNAME", &user.name);
+    }
+    command.envs(launch.env.iter().map(|(k, v)| (k, v)));
+    if launch.capture {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+    }
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let run_as = launch.run_as.cloned();
+    let cgroup_fds = launch.cgroup.clone();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls on data prepared before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setpgid(0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if let Some(group) = &cgroup_fds {
+                group.join_in_child()?;
+            }
+            if let Some(user) = &run_as
+                && (libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0
+                    || libc::setgid(user.gid) != 0
+                    || libc::setuid(user.uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // After the user change, which would clear it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The daemon may have died before the prctl took effect.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let (mut child, exit) = Reaper::global().spawn(&mut command)?;
+    let pid = child.id() as i32;
+    let stdout = child.stdout.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
+    let stderr = child.stderr.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
+    Ok(Spawned { pid, exit, stdout, stderr })
+}
+
+/// Sends `signal` to a whole process group. False when the group is gone.
+pub fn signal_group(pgid: i32, signal: i32) -> bool {
+    if pgid <= 1 {
+        return false;
+    }
+    // SAFETY: kill with a negative pid signals the group; no memory involved.
+    unsafe { libc::kill(-pgid, signal) == 0 }
+}
+
+/// Whether any process of the group is still there (zombies count until reaped).
+pub fn group_alive(pgid: i32) -> bool {
+    signal_group(pgid, 0)
+}
+
+/// Stops a process group: `signal`, then up to `grace` for the leader to exit and
+/// the group to empty, then SIGKILL to the group. Returns the leader's exit.
+pub async fn stop_group(pgid: i32, signal: i32, grace: Duration, exit: &mut oneshot::Receiver<Exit>) -> Option<Exit> {
+    signal_group(pgid, signal);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut status = None;
+    if let Ok(result) = tokio::time::timeout_at(deadline, &mut *exit).await {
+        status = result.ok();
+    }
+    // The leader is gone; give the rest of the group what remains of the grace.
+    while group_alive(pgid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if group_alive(pgid) {
+        signal_group(pgid, libc::SIGKILL);
+    }
+    if status.is_none() {
+        status = exit.await.ok();
+    }
+    // Members are reaped by the reaper; wait (briefly) until none is left.
+    for _ in 0..100 {
+        if !group_alive(pgid) {
+            break;
+        }
+        signal_group(pgid, libc::SIGKILL);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    status
+}

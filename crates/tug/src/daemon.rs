@@ -1,0 +1,392 @@
+//! The per-stack daemon, in two processes.
+//!
+//! `tug daemon` is the keeper: a small process that is a child subreaper and
+//! the parent of the daemon proper (`tug daemon --serve`). Whatever happens to
+//! the daemon, even SIGKILL, its instances and their descendants end up
+//! children of the keeper, which kills them all and exits. The daemon serves
+//! the control API on `tug.sock` and runs the supervisor.
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::UnixListener;
+use tug_proto::auth::{ApiKey, Verifier};
+use tug_proto::spec::{ScaleRequest, TargetsRequest, UpRequest};
+use tug_supervisor::{Config, Error, Supervisor};
+
+/// Largest request body accepted (a stack spec of thousands of services fits).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+pub const LOG_FILE: &str = "daemon.log";
+const LOCK_FILE: &str = "daemon.lock";
+
+static DAEMON_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(_: libc::c_int) {
+    let pid = DAEMON_PID.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+}
+
+/// The keeper: starts the daemon, waits for it, then leaves nothing behind.
+pub fn keep(state_dir: &Path) -> i32 {
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("tug keeper: cannot find its own executable: {e}");
+            return 1;
+        }
+    };
+    let mut command = std::process::Command::new(exe);
+    command.arg("daemon").arg("--serve").arg("--state-dir").arg(state_dir);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            // Keeper gone: the daemon shuts the stack down gracefully.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("tug keeper: cannot start the daemon: {e}");
+            return 1;
+        }
+    };
+    let daemon = child.id() as i32;
+    DAEMON_PID.store(daemon, Ordering::Relaxed);
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only calls kill.
+        unsafe { libc::signal(signal, forward_signal as *const () as libc::sighandler_t) };
+    }
+    let mut code = 1;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child; status is a valid pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == daemon {
+            code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+            if code != 0 {
+                eprintln!(
+                    "tug keeper: the daemon (pid {daemon}) ended abnormally (status {code}); stopping what it left"
+                );
+            }
+            break;
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    kill_descendants();
+    // A daemon that did not exit cleanly left its socket and pid file behind.
+    if code != 0 {
+        let _ = std::fs::remove_file(state_dir.join(tug_proto::SOCKET_FILE));
+        let _ = std::fs::remove_file(state_dir.join(tug_proto::PID_FILE));
+    }
+    code
+}
+
+/// SIGKILLs every descendant until none is left: orphans are reparented to the
+/// keeper (a subreaper) as their parents die, so repeat until quiet.
+fn kill_descendants() {
+    let me = std::process::id() as i32;
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let mut quiet_rounds = 0;
+    for _ in 0..500 {
+        let all = tug_sys::procfs::descendants(me);
+        for pid in &all {
+            if let Ok(stat) = tug_sys::procfs::stat(*pid)
+                && stat.pgid != own_group
+            {
+                tug_supervisor::process::signal_group(stat.pgid, libc::SIGKILL);
+            }
+            // SAFETY: plain kill of a descendant.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: non-blocking reap of any child.
+            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+                break;
+            }
+        }
+        if all.is_empty() {
+            quiet_rounds += 1;
+            if quiet_rounds >= 3 {
+                return;
+            }
+        } else {
+            quiet_rounds = 0;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Holds an exclusive lock on `daemon.lock` for the daemon's lifetime.
+fn lock(state_dir: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a valid descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("another daemon already runs this stack ({} is locked)", path.display()));
+    }
+    Ok(file)
+}
+
+struct App {
+    supervisor: Supervisor,
+    verifier: Verifier,
+    shutdown: tokio::sync::Notify,
+}
+
+/// The daemon proper.
+pub fn serve(state_dir: &Path) -> i32 {
+    match serve_inner(state_dir) {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("tug daemon: {error}");
+            1
+        }
+    }
+}
+
+fn serve_inner(state_dir: &Path) -> Result<(), String> {
+    let _lock = lock(state_dir)?;
+    let key_env = std::env::var(tug_proto::auth::KEY_ENV).ok();
+    let key = ApiKey::load(state_dir, key_env.as_deref(), false)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no API key: {} is missing", state_dir.join(tug_proto::auth::KEY_FILE).display()))?;
+    let port_range = match std::env::var("TUG_PORT_RANGE") {
+        Ok(text) if !text.is_empty() => {
+            tug_supervisor::ports::parse_range(&text).map_err(|e| format!("TUG_PORT_RANGE: {e}"))?
+        }
+        _ => (20000, 29999),
+    };
+    let previous = tug_supervisor::persist::Record::load(state_dir);
+    let mut notices = Vec::new();
+    let previous = match previous {
+        Ok(record) => record,
+        Err(problem) => {
+            notices.push(problem);
+            None
+        }
+    };
+    for line in tug_supervisor::persist::reconcile(state_dir, previous.as_ref()) {
+        eprintln!("tug daemon: {line}");
+        notices.push(line);
+    }
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let socket = state_dir.join(tug_proto::SOCKET_FILE);
+        let _ = std::fs::remove_file(&socket);
+        let listener =
+            UnixListener::bind(&socket).map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
+        let pid_file = state_dir.join(tug_proto::PID_FILE);
+        tug_supervisor::persist::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
+        let config = Config { state_dir: state_dir.to_path_buf(), host: "127.0.0.1".into(), port_range };
+        let supervisor = Supervisor::new(config);
+        for notice in notices {
+            supervisor.notice(notice);
+        }
+        let app = Arc::new(App { supervisor, verifier: Verifier::new(key), shutdown: tokio::sync::Notify::new() });
+        let signals = app.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            signals.shutdown.notify_one();
+        });
+        let accepting = app.clone();
+        let accept_loop = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let app = accepting.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| handle(app.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        app.shutdown.notified().await;
+        app.supervisor.shutdown().await;
+        accept_loop.abort();
+        let _ = std::fs::remove_file(&socket);
+        let _ = std::fs::remove_file(&pid_file);
+        Ok::<(), String>(())
+    })
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+    json(status, &tug_proto::ErrorBody { error: message.into() })
+}
+
+fn supervisor_error(e: Error) -> Response<Full<Bytes>> {
+    let status = match &e {
+        Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::Conflict(_) => StatusCode::CONFLICT,
+    };
+    error(status, e.to_string())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Full<Bytes>>>> {
+    serde_json::from_slice(body)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}"))))
+}
+
+fn query(path_and_query: &str, name: &str) -> Option<u64> {
+    let (_, query) = path_and_query.split_once('?')?;
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().clone();
+    let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
+    let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes"))),
+    };
+    // Authentication before routing: nothing about the API is reachable unsigned.
+    if let Err(e) = app.verifier.verify(header.as_deref(), method.as_str(), &target, &body, tug_proto::unix_now()) {
+        return Ok(error(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    let path = target.split('?').next().unwrap_or("/");
+    let supervisor = &app.supervisor;
+    let response = match (&method, path) {
+        (&Method::GET, "/v1/openapi.json") => {
+            let mut response = Response::new(Full::new(Bytes::from_static(tug_proto::OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            response
+        }
+        (&Method::GET, "/v1/status") => {
+            let wait = Duration::from_millis(query(&target, "wait_ms").unwrap_or(0).min(60_000));
+            json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait).await)
+        }
+        (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
+            Ok(request) => match supervisor.apply(request) {
+                Ok(answer) => json(StatusCode::OK, &answer),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/start" | "/v1/stop" | "/v1/restart") => match parse::<TargetsRequest>(&body) {
+            Ok(request) => {
+                let result = match path {
+                    "/v1/start" => supervisor.start(&request.targets),
+                    "/v1/stop" => supervisor.stop(&request.targets).await,
+                    _ => supervisor.restart(&request.targets),
+                };
+                match result {
+                    Ok(instances) => json(StatusCode::OK, &serde_json::json!({ "instances": instances })),
+                    Err(e) => supervisor_error(e),
+                }
+            }
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/scale") => match parse::<ScaleRequest>(&body) {
+            Ok(request) => match supervisor.scale(&request.service, request.replicas).await {
+                Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/down") => {
+            app.shutdown.notify_one();
+            json(StatusCode::ACCEPTED, &serde_json::json!({ "daemon_pid": std::process::id() }))
+        }
+        (
+            _,
+            "/v1/openapi.json" | "/v1/status" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart" | "/v1/scale"
+            | "/v1/down",
+        ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    };
+    Ok(response)
+}
+
+/// Starts the keeper (and so the daemon) for `state_dir`, detached from the terminal.
+pub fn spawn(state_dir: &Path) -> Result<u32, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find tug's own executable: {e}"))?;
+    let log_path = state_dir.join(LOG_FILE);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let log_err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .arg("daemon")
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env_remove("TUG_SECRETS_KEY")
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| format!("cannot start the daemon: {e}"))?;
+    Ok(child.id())
+}
+
+pub fn state_dir_arg(dir: Option<PathBuf>) -> Result<PathBuf, String> {
+    let dir = dir.ok_or("tug daemon needs --state-dir")?;
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::canonicalize(&dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+}

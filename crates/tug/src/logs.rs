@@ -1,0 +1,157 @@
+//! `tug logs`, and the log following of a foreground `tug up`. Reads the
+//! instances' log files directly (the format is `tug_logs`'s contract), so logs
+//! can be read whether or not the daemon runs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use tug_logs::{Follower, Record, Selector, Stream};
+
+use crate::StackArgs;
+use crate::output;
+
+pub struct LogsOptions {
+    pub follow: bool,
+    pub tail: Option<usize>,
+    pub since: Option<String>,
+    pub json: bool,
+    pub names: Vec<String>,
+}
+
+const COLOURS: [&str; 6] = ["\x1b[36m", "\x1b[33m", "\x1b[32m", "\x1b[35m", "\x1b[34m", "\x1b[91m"];
+
+struct Printer {
+    json: bool,
+    colour: bool,
+    width: usize,
+    instances: Vec<String>,
+}
+
+impl Printer {
+    fn new(json: bool, logs_dir: &Path) -> Printer {
+        let width = tug_logs::instances(logs_dir).unwrap_or_default().iter().map(|(_, i)| i.len()).max().unwrap_or(0);
+        Printer { json, colour: !output::stdout_palette().reset.is_empty(), width, instances: Vec::new() }
+    }
+
+    fn line(&mut self, record: &Record) -> String {
+        if self.json {
+            let value = serde_json::json!({
+                "time": tug_logs::format_time(record.time),
+                "service": record.service,
+                "instance": record.instance,
+                "stream": record.stream.as_str(),
+                "line": record.text,
+            });
+            return format!("{value}\n");
+        }
+        // Control characters other than tab would let a log line drive the terminal.
+        let text: String =
+            record.text.chars().map(|c| if c.is_control() && c != '\t' { '\u{FFFD}' } else { c }).collect();
+        self.width = self.width.max(record.instance.len());
+        let prefix = format!("{:<width$} |", record.instance, width = self.width);
+        if !self.colour {
+            return format!("{prefix} {text}\n");
+        }
+        let index = match self.instances.iter().position(|i| *i == record.instance) {
+            Some(i) => i,
+            None => {
+                self.instances.push(record.instance.clone());
+                self.instances.len() - 1
+            }
+        };
+        let colour = COLOURS[index % COLOURS.len()];
+        let text = if record.stream == Stream::Err { format!("\x1b[2m{text}\x1b[0m") } else { text };
+        format!("{colour}{prefix}\x1b[0m {text}\n")
+    }
+
+    /// Writes records; false when stdout is closed (`tug logs | head`).
+    fn print(&mut self, records: &[Record]) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let mut text = String::new();
+        for record in records {
+            text.push_str(&self.line(record));
+        }
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_ok()
+    }
+}
+
+fn logs_dir(args: &StackArgs) -> Result<PathBuf, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    Ok(crate::stack::state_dir(args, &cwd).join("logs"))
+}
+
+pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, String> {
+    let dir = logs_dir(args)?;
+    let since = match &options.since {
+        Some(text) => Some(tug_logs::parse_since(text, SystemTime::now()).map_err(|e| format!("--since: {e}"))?),
+        None => None,
+    };
+    let selector = Selector::new(options.names.iter().cloned());
+    let unmatched = selector.unmatched(&dir).unwrap_or_default();
+    if !unmatched.is_empty() && !options.follow {
+        let known: Vec<String> = tug_logs::instances(&dir).unwrap_or_default().into_iter().map(|(_, i)| i).collect();
+        return Err(format!(
+            "no logs for {}: {}",
+            unmatched.join(", "),
+            if known.is_empty() {
+                "no instance has written any yet".to_string()
+            } else {
+                format!("instances with logs: {}", known.join(", "))
+            }
+        ));
+    }
+    let mut printer = Printer::new(options.json, &dir);
+    if !options.follow {
+        let records = tug_logs::read(&dir, &selector, options.tail, since)
+            .map_err(|e| format!("cannot read the logs in {}: {e}", dir.display()))?;
+        printer.print(&records);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (records, follower) = Follower::read_then_follow(&dir, selector, options.tail, since)
+        .map_err(|e| format!("cannot read the logs in {}: {e}", dir.display()))?;
+    if !printer.print(&records) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(follower, &mut printer, || false)
+}
+
+fn follow(mut follower: Follower, printer: &mut Printer, stop: impl Fn() -> bool) -> Result<ExitCode, String> {
+    while !stop() {
+        match follower.poll() {
+            Ok(records) => {
+                if !printer.print(&records) {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("{}", output::warning_line(&format!("reading the logs: {e}"))),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A follower positioned at the end of every log there is now.
+pub fn follow_from_now(state_dir: &Path) -> Result<Follower, String> {
+    let dir = state_dir.join("logs");
+    Follower::from_end(&dir, Selector::all()).map_err(|e| format!("cannot read the logs in {}: {e}", dir.display()))
+}
+
+/// Prints what the follower sees until `stop` says so (the foreground `up`).
+pub fn follow_until(follower: Follower, stop: impl Fn() -> bool) -> Result<ExitCode, String> {
+    let mut printer =
+        Printer { json: false, colour: !output::stdout_palette().reset.is_empty(), width: 0, instances: Vec::new() };
+    follow(follower, &mut printer, stop)
+}
+
+/// The last `n` lines of one instance, for failure reports.
+pub fn last_lines(state_dir: &Path, instance: &str, n: usize) -> Vec<String> {
+    let selector = Selector::new([instance.to_string()]);
+    tug_logs::read(&state_dir.join("logs"), &selector, Some(n), None)
+        .map(|records| records.into_iter().map(|r| r.text).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,529 @@
+//! `tug up | down | ps | start | stop | restart | scale`: the CLI side of the
+//! daemon. The stack is compiled and checked here; the daemon gets the resolved
+//! spec and does the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tug_proto::auth::ApiKey;
+use tug_proto::spec::{self as proto, CommandSpec, ScaleRequest, StackSpec, TargetsRequest, UpRequest, Value};
+use tug_proto::status::{InstanceStatus, StackStatus, State, UpResponse};
+use tug_stackfile::model::{self, Check, Command, Text};
+use tug_stackfile::{ServiceKind, Stack};
+
+use crate::client::{Client, RequestError};
+use crate::output;
+use crate::stack::{self, Loaded};
+use crate::{StackArgs, daemon, logs};
+
+const QUICK: Duration = Duration::from_secs(10);
+
+fn value(text: &Text) -> Value {
+    Value { value: text.expose().to_string(), sensitive: text.sensitive, template: text.template }
+}
+
+fn command(command: &Command) -> CommandSpec {
+    match command {
+        Command::Argv(args) => CommandSpec::Argv(args.iter().map(value).collect()),
+        Command::Shell(text) => CommandSpec::Shell(value(text)),
+    }
+}
+
+fn probe(probe: &model::Probe) -> proto::Probe {
+    let check = match &probe.check {
+        Check::Http(path) => proto::Check::Http { path: value(path) },
+        Check::Tcp => proto::Check::Tcp,
+        Check::Exec(c) => proto::Check::Exec { command: command(c) },
+        Check::Log(regex) => proto::Check::Log { regex: regex.clone() },
+    };
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+    proto::Probe {
+        check,
+        interval_ms: ms(probe.interval),
+        timeout_ms: ms(probe.timeout),
+        retries: probe.retries,
+        start_period_ms: ms(probe.start_period),
+        start_interval_ms: ms(probe.start_interval),
+    }
+}
+
+/// The resolved stack as the daemon needs it.
+pub fn to_spec(stack: &Stack) -> StackSpec {
+    let services = stack
+        .services
+        .iter()
+        .map(|(name, s)| {
+            let working_dir =
+                if s.working_dir.is_absolute() { s.working_dir.clone() } else { stack.root.join(&s.working_dir) };
+            let mut spec = proto::ServiceSpec {
+                name: name.clone(),
+                kind: match s.kind {
+                    ServiceKind::Service => proto::Kind::Service,
+                    ServiceKind::Job => proto::Kind::Job,
+                },
+                command: s.command.as_ref().map(command),
+                working_dir,
+                replicas: s.replicas,
+                port: s.port,
+                proxy: s.proxy,
+                environment: s.environment.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
+                depends_on: s
+                    .depends_on
+                    .iter()
+                    .map(|(d, c)| {
+                        let c = match c {
+                            model::Condition::Started => proto::Condition::Started,
+                            model::Condition::Healthy => proto::Condition::Healthy,
+                            model::Condition::CompletedSuccessfully => proto::Condition::CompletedSuccessfully,
+                        };
+                        (d.clone(), c)
+                    })
+                    .collect(),
+                healthcheck: s.healthcheck.as_ref().map(probe),
+                liveness: s.liveness.as_ref().map(probe),
+                restart: match s.restart {
+                    model::Restart::No => proto::Restart::No,
+                    model::Restart::OnFailure => proto::Restart::OnFailure,
+                    model::Restart::Always => proto::Restart::Always,
+                },
+                stop_signal: s.stop_signal.number,
+                stop_signal_name: s.stop_signal.name.to_string(),
+                stop_grace_ms: s.stop_grace_period.as_millis().min(u64::MAX as u128) as u64,
+                user: s.user.clone(),
+                memory_bytes: s.resources.memory.map(|m| m.0),
+                cpu: s.resources.cpu,
+                log_max_size: s.logs.max_size.0,
+                log_max_files: s.logs.max_files,
+                revision: String::new(),
+            };
+            spec.revision = spec.compute_revision();
+            spec
+        })
+        .collect();
+    StackSpec {
+        project: stack.name.clone(),
+        environment: stack.environment.clone(),
+        root: stack.root.clone(),
+        services,
+    }
+}
+
+/// The state folder and a client for the stack's daemon (which may not run).
+fn connect(args: &StackArgs, create_key: bool) -> Result<(PathBuf, Option<Client>), String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let state_dir = stack::state_dir(args, &cwd);
+    let env_key = std::env::var(tug_proto::auth::KEY_ENV).ok();
+    let key = ApiKey::load(&state_dir, env_key.as_deref(), create_key).map_err(|e| e.to_string())?;
+    Ok((state_dir.clone(), key.map(|k| Client::new(&state_dir, k))))
+}
+
+fn status(client: &Client) -> Result<StackStatus, RequestError> {
+    client.get("/v1/status", QUICK)
+}
+
+/// Makes sure the daemon runs, starting it when it does not.
+fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<(), String> {
+    match status(client) {
+        Ok(_) => return Ok(()),
+        Err(RequestError::NoDaemon) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
+    let state_dir =
+        std::fs::canonicalize(state_dir).map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
+    let keeper = daemon::spawn(&state_dir)?;
+    let deadline = Instant::now() + QUICK;
+    loop {
+        match status(client) {
+            Ok(_) => return Ok(()),
+            Err(RequestError::NoDaemon) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+                let gone = tug_sys::procfs::stat(keeper as i32).map(|s| s.is_zombie()).unwrap_or(true);
+                if gone {
+                    return Err(daemon_failed(&state_dir));
+                }
+            }
+            Err(RequestError::NoDaemon) => return Err(daemon_failed(&state_dir)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+fn daemon_failed(state_dir: &Path) -> String {
+    let log = std::fs::read_to_string(state_dir.join(daemon::LOG_FILE)).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("the daemon did not start; the end of {}:\n{}", state_dir.join(daemon::LOG_FILE).display(), tail.join("\n"))
+}
+
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn catch_interrupts() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic.
+        unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTS.load(Ordering::Relaxed) > 0
+}
+
+pub struct UpOptions {
+    pub detach: bool,
+    pub services: Vec<String>,
+    pub timeout: Option<Duration>,
+}
+
+pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
+    let palette = output::stderr_palette();
+    let Loaded { compiled, state_dir, store } = stack::load(args)?;
+    let stack_ok = crate::secrets::require_valid(&compiled)?;
+    stack::print_diagnostics(&compiled, palette, false);
+    let generated = crate::secrets::generate_missing(stack_ok, &state_dir, store)?;
+    let compiled = if generated.is_empty() {
+        compiled
+    } else {
+        eprint!("{generated}");
+        stack::load(args)?.compiled
+    };
+    let stack = crate::secrets::require_valid(&compiled)?;
+    for name in &options.services {
+        if !stack.services.contains_key(name) {
+            let known: Vec<&str> = stack.services.keys().map(String::as_str).collect();
+            return Err(format!("no service or job named `{name}` (the stack has: {})", known.join(", ")));
+        }
+    }
+    let spec = to_spec(stack);
+    let (state_dir, client) = connect(args, true)?;
+    let client = client.ok_or("no API key")?;
+    ensure_daemon(&state_dir, &client)?;
+    catch_interrupts();
+    let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
+    let request = UpRequest { spec, targets: options.services.clone() };
+    let answer: UpResponse = client.send("PUT", "/v1/stack", &request, QUICK)?;
+    for notice in &answer.notices {
+        eprintln!("{}", output::warning_line(notice));
+    }
+    let outcome = wait_up(&client, &answer.services, &request.spec, options.timeout, !options.detach)?;
+    if options.detach {
+        return match outcome {
+            Waited::Up => Ok(ExitCode::SUCCESS),
+            Waited::Failed(report) => {
+                eprintln!("{report}");
+                print_failure_logs(&state_dir, &report_instances(&client, &answer.services));
+                Ok(ExitCode::from(1))
+            }
+            Waited::Interrupted => Ok(ExitCode::from(130)),
+            Waited::TimedOut(report) => {
+                eprintln!("{report}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+    if let Waited::Failed(report) | Waited::TimedOut(report) = &outcome {
+        eprintln!("{report}");
+    }
+    if !interrupted()
+        && let Some(follower) = follower
+    {
+        logs::follow_until(follower, interrupted)?;
+    }
+    eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
+    INTERRUPTS.store(0, Ordering::Relaxed);
+    down_with(&state_dir, &client)
+}
+
+enum Waited {
+    Up,
+    Failed(String),
+    TimedOut(String),
+    Interrupted,
+}
+
+fn is_failure(row: &InstanceStatus) -> bool {
+    matches!(row.state, State::Failed | State::Crashloop | State::Unhealthy)
+}
+
+fn failed_instances(status: &StackStatus, services: &[String]) -> Vec<InstanceStatus> {
+    status.instances.iter().filter(|i| services.contains(&i.service) && is_failure(i)).cloned().collect()
+}
+
+fn report_instances(client: &Client, services: &[String]) -> Vec<InstanceStatus> {
+    status(client).map(|s| failed_instances(&s, services)).unwrap_or_default()
+}
+
+/// Waits until every instance of `services` (of the current revision) is up, or
+/// one fails. With `progress`, prints each service's state as it changes.
+fn wait_up(
+    client: &Client,
+    services: &[String],
+    spec: &StackSpec,
+    timeout: Option<Duration>,
+    progress: bool,
+) -> Result<Waited, String> {
+    let started = Instant::now();
+    let mut generation = 0;
+    let mut shown: Vec<(String, String)> = Vec::new();
+    let palette = output::stderr_palette();
+    loop {
+        if interrupted() {
+            return Ok(Waited::Interrupted);
+        }
+        let path = format!("/v1/status?after={generation}&wait_ms=500");
+        let status: StackStatus = client.get(&path, Duration::from_secs(1))?;
+        generation = status.generation;
+        let mut all_up = true;
+        let mut lines = Vec::new();
+        for name in services {
+            let Some(service) = spec.services.iter().find(|s| &s.name == name) else { continue };
+            let rows: Vec<&InstanceStatus> =
+                status.instances.iter().filter(|i| &i.service == name && i.revision == service.revision).collect();
+            let up = rows.iter().filter(|i| i.state.is_up()).count();
+            let complete = up >= service.replicas as usize && rows.len() >= service.replicas as usize;
+            all_up &= complete;
+            let summary = summarize(&rows, service.replicas);
+            lines.push((name.clone(), summary));
+        }
+        if progress {
+            for (name, summary) in &lines {
+                if !shown.iter().any(|(n, s)| n == name && s == summary) {
+                    eprintln!("{}{name:>16}{} {summary}", palette.bold, palette.reset);
+                    shown.retain(|(n, _)| n != name);
+                    shown.push((name.clone(), summary.clone()));
+                }
+            }
+        }
+        let failed = failed_instances(&status, services);
+        if !failed.is_empty() {
+            return Ok(Waited::Failed(describe_failures(&failed)));
+        }
+        if all_up {
+            return Ok(Waited::Up);
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            let waiting: Vec<String> = status
+                .instances
+                .iter()
+                .filter(|i| services.contains(&i.service) && !i.state.is_up())
+                .map(|i| format!("{} is {}{}", i.instance, i.state.as_str(), detail(i)))
+                .collect();
+            return Ok(Waited::TimedOut(format!(
+                "not up after {}: {}",
+                tug_stackfile::units::format_duration(limit),
+                waiting.join("; ")
+            )));
+        }
+    }
+}
+
+fn summarize(rows: &[&InstanceStatus], replicas: u32) -> String {
+    let mut counts: Vec<(State, usize)> = Vec::new();
+    for row in rows {
+        match counts.iter_mut().find(|(s, _)| *s == row.state) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((row.state, 1)),
+        }
+    }
+    let states: Vec<String> = counts
+        .iter()
+        .map(|(s, n)| if replicas > 1 { format!("{n}/{replicas} {}", s.as_str()) } else { s.as_str().to_string() })
+        .collect();
+    let message = rows.iter().find_map(|r| r.message.clone()).map(|m| format!(" ({m})")).unwrap_or_default();
+    if states.is_empty() { "pending".into() } else { format!("{}{message}", states.join(", ")) }
+}
+
+fn detail(row: &InstanceStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some(message) = &row.message {
+        parts.push(message.clone());
+    }
+    if let Some(health) = row.health.as_ref().filter(|h| !h.ok) {
+        parts.push(format!("last probe: {}", health.message));
+    }
+    if parts.is_empty() { String::new() } else { format!(": {}", parts.join("; ")) }
+}
+
+fn describe_failures(failed: &[InstanceStatus]) -> String {
+    failed.iter().map(|i| format!("{} {}{}", i.instance, i.state.as_str(), detail(i))).collect::<Vec<_>>().join("\n")
+}
+
+fn print_failure_logs(state_dir: &Path, failed: &[InstanceStatus]) {
+    for row in failed.iter().take(5) {
+        let lines = logs::last_lines(state_dir, &row.instance, 10);
+        if lines.is_empty() {
+            eprintln!("-- {}: no output", row.instance);
+        } else {
+            eprintln!("-- last lines of {}:", row.instance);
+            for line in lines {
+                eprintln!("   {line}");
+            }
+        }
+    }
+}
+
+pub fn down(args: &StackArgs) -> Result<ExitCode, String> {
+    let (state_dir, client) = connect(args, false)?;
+    let Some(client) = client else {
+        return output::write_stdout("nothing is running for this stack\n");
+    };
+    catch_interrupts();
+    down_with(&state_dir, &client)
+}
+
+fn down_with(state_dir: &Path, client: &Client) -> Result<ExitCode, String> {
+    let before = match status(client) {
+        Ok(status) => status,
+        Err(RequestError::NoDaemon) => return output::write_stdout("nothing is running for this stack\n"),
+        Err(e) => return Err(e.to_string()),
+    };
+    let answer: serde_json::Value = client.send("POST", "/v1/down", &serde_json::json!({}), QUICK)?;
+    let pid = answer.get("daemon_pid").and_then(|p| p.as_u64()).unwrap_or(before.daemon_pid as u64) as i32;
+    // The daemon exits once everything is stopped; its keeper right after.
+    let keeper = tug_sys::procfs::stat(pid).ok().map(|s| s.ppid);
+    while tug_sys::procfs::stat(pid).is_ok_and(|s| !s.is_zombie()) {
+        if INTERRUPTS.load(Ordering::Relaxed) > 1 {
+            eprintln!("left the stack stopping in the background");
+            return Ok(ExitCode::from(130));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(keeper) = keeper.filter(|k| *k > 1) {
+        let deadline = Instant::now() + QUICK;
+        while tug_sys::procfs::stat(keeper).is_ok_and(|s| !s.is_zombie() && s.comm.starts_with("tug"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = state_dir;
+    let count = before.instances.iter().filter(|i| i.pid.is_some()).count();
+    output::write_stdout(&format!("stopped {count} instance{}\n", if count == 1 { "" } else { "s" }))
+}
+
+pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
+    let (_, client) = connect(args, false)?;
+    let status = match client.map(|c| status(&c)) {
+        Some(Ok(status)) => Some(status),
+        None | Some(Err(RequestError::NoDaemon)) => None,
+        Some(Err(e)) => return Err(e.to_string()),
+    };
+    if json {
+        let rows = status.map(|s| s.instances).unwrap_or_default();
+        return output::print_json(&serde_json::to_value(&rows).map_err(|e| e.to_string())?);
+    }
+    let Some(status) = status else {
+        return output::write_stdout("nothing is running for this stack\n");
+    };
+    let mut table = vec![
+        ["INSTANCE", "KIND", "STATE", "PID", "PORT", "RESTARTS", "STARTED", "CPU", "MEMORY", "HEALTH"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for i in &status.instances {
+        let health = match (&i.health, &i.message) {
+            (_, Some(message)) if !i.state.is_up() => message.clone(),
+            (Some(h), _) => h.message.clone(),
+            (None, _) => String::new(),
+        };
+        table.push(vec![
+            i.instance.clone(),
+            i.kind.as_str().to_string(),
+            i.state.as_str().to_string(),
+            i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            i.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            i.restarts.to_string(),
+            i.started_at.as_deref().map(|t| t.get(11..19).unwrap_or(t).to_string()).unwrap_or_else(|| "-".into()),
+            i.cpu_seconds.map(|c| format!("{c:.1}s")).unwrap_or_else(|| "-".into()),
+            i.memory_bytes.map(format_bytes).unwrap_or_else(|| "-".into()),
+            health,
+        ]);
+    }
+    let mut out = render_table(&table);
+    for notice in &status.notices {
+        out.push_str(&format!("note: {notice}\n"));
+    }
+    output::write_stdout(&out)
+}
+
+fn format_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 30 {
+        format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64)
+    } else {
+        format!("{:.1}M", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+fn render_table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == columns {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  ", width = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn running_client(args: &StackArgs) -> Result<Client, String> {
+    let (_, client) = connect(args, false)?;
+    client.ok_or_else(|| "nothing is running for this stack: start it with `tug up`".to_string())
+}
+
+pub fn control(args: &StackArgs, action: &str, targets: Vec<String>) -> Result<ExitCode, String> {
+    let client = running_client(args)?;
+    let request = TargetsRequest { targets };
+    let timeout = Duration::from_secs(600);
+    let answer: serde_json::Value =
+        client.send("POST", &format!("/v1/{action}"), &request, timeout).map_err(|e| match e {
+            RequestError::NoDaemon => "nothing is running for this stack: start it with `tug up`".to_string(),
+            e => e.to_string(),
+        })?;
+    let names: Vec<&str> = answer
+        .get("instances")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    let verb = match action {
+        "start" => "starting",
+        "stop" => "stopped",
+        _ => "restarting",
+    };
+    if names.is_empty() {
+        return output::write_stdout(&format!("{verb} {}\n", request.targets.join(", ")));
+    }
+    output::write_stdout(&format!("{verb} {}\n", names.join(", ")))
+}
+
+pub fn scale(args: &StackArgs, assignments: Vec<String>) -> Result<ExitCode, String> {
+    let mut requests = Vec::new();
+    for assignment in &assignments {
+        let (service, count) =
+            assignment.split_once('=').ok_or_else(|| format!("`{assignment}`: write SERVICE=N, for example web=3"))?;
+        let replicas: u32 =
+            count.parse().map_err(|_| format!("`{assignment}`: `{count}` is not a number of replicas (0 or more)"))?;
+        requests.push(ScaleRequest { service: service.to_string(), replicas });
+    }
+    let client = running_client(args)?;
+    for request in &requests {
+        let _: serde_json::Value = client.send("POST", "/v1/scale", request, Duration::from_secs(600))?;
+        println!("scaled {} to {}", request.service, request.replicas);
+    }
+    Ok(ExitCode::SUCCESS)
+}
