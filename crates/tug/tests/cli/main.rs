@@ -3,8 +3,10 @@
 
 mod check;
 mod config;
+mod harness;
 mod schema;
 mod secrets;
+mod up;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
