@@ -390,7 +390,7 @@ impl Resolution<'_> {
                 Some(def.span),
                 &def.path,
                 format!(
-                    "secret `{name}` has no value yet: `tug secrets generate` creates it ({} {} characters)",
+                    "secret `{name}` has no value yet: `tug up` (or `tug secrets generate`) creates it ({} {} characters)",
                     generate.length,
                     generate.charset.as_str()
                 ),

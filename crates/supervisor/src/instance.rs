@@ -374,7 +374,9 @@ impl Task {
             cgroup: cgroup.clone(),
             capture: true,
         };
-        let mut spawned = match process::spawn(&launch) {
+        let spawned = process::spawn(&launch);
+        drop(launch);
+        let mut spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
                 let why = format!("cannot start `{}`: {e}", shown_program(&self.spec, &program));
@@ -510,6 +512,12 @@ impl Task {
         }
         if let Some(group) = cgroup {
             group.kill_all();
+            // The launch's copy is gone with the child; the folder can go too.
+            if let Ok(group) = Arc::try_unwrap(group)
+                && let Err(e) = group.remove()
+            {
+                eprintln!("tug: {}: {e}", self.name);
+            }
         }
         let name = self.name.clone();
         self.inner.update(|t| {
@@ -561,7 +569,10 @@ impl Task {
         }
         let limits = tug_sys::cgroup::Limits { memory_bytes: self.spec.memory_bytes, cpu_cores: self.spec.cpu };
         self.inner.cgroups.can_apply(&limits).ok()?;
-        let scope = self.inner.lock().project.clone();
+        // Two stacks may share a project name: the state folder tells them apart.
+        let folder = self.inner.config.state_dir.display().to_string();
+        let digest = folder.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
+        let scope = format!("{}-{:08x}", self.inner.lock().project, digest as u32);
         match self.inner.cgroups.create(&scope, &self.name, &limits) {
             Ok(group) => Some(Arc::new(group)),
             Err(e) => {

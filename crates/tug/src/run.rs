@@ -269,8 +269,7 @@ fn wait_up(
 ) -> Result<Waited, String> {
     let started = Instant::now();
     let mut generation = 0;
-    let mut shown: Vec<(String, String)> = Vec::new();
-    let palette = output::stderr_palette();
+    let mut display = Progress::new();
     loop {
         if interrupted() {
             return Ok(Waited::Interrupted);
@@ -288,16 +287,17 @@ fn wait_up(
             let complete = up >= service.replicas as usize && rows.len() >= service.replicas as usize;
             all_up &= complete;
             let summary = summarize(&rows, service.replicas);
-            lines.push((name.clone(), summary));
+            let mark = if complete {
+                Mark::Up
+            } else if rows.iter().any(|r| is_failure(r)) {
+                Mark::Failed
+            } else {
+                Mark::Waiting
+            };
+            lines.push((name.clone(), mark, summary));
         }
         if progress {
-            for (name, summary) in &lines {
-                if !shown.iter().any(|(n, s)| n == name && s == summary) {
-                    eprintln!("{}{name:>16}{} {summary}", palette.bold, palette.reset);
-                    shown.retain(|(n, _)| n != name);
-                    shown.push((name.clone(), summary.clone()));
-                }
-            }
+            display.show(&lines);
         }
         let failed = failed_instances(&status, services);
         if !failed.is_empty() {
@@ -320,6 +320,64 @@ fn wait_up(
                 tug_stackfile::units::format_duration(limit),
                 waiting.join("; ")
             )));
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mark {
+    Waiting,
+    Up,
+    Failed,
+}
+
+/// The per-service progress of `up`: redrawn in place on a terminal, one line per
+/// change otherwise (logs, CI).
+struct Progress {
+    terminal: bool,
+    palette: tug_stackfile::diag::Palette,
+    drawn: usize,
+    shown: Vec<(String, String)>,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        Progress { terminal, palette: output::stderr_palette(), drawn: 0, shown: Vec::new(), started: Instant::now() }
+    }
+
+    fn show(&mut self, lines: &[(String, Mark, String)]) {
+        let p = self.palette;
+        let width = lines.iter().map(|(n, ..)| n.len()).max().unwrap_or(0);
+        let render = |name: &str, mark: Mark, summary: &str| {
+            let (colour, symbol) = match mark {
+                Mark::Up => (p.note, "✔"),
+                Mark::Failed => (p.error, "✘"),
+                Mark::Waiting => (p.dim, "…"),
+            };
+            format!("{colour}{symbol}{} {}{name:<width$}{} {summary}", p.reset, p.bold, p.reset)
+        };
+        if self.terminal {
+            let mut text = String::new();
+            if self.drawn > 0 {
+                text.push_str(&format!("\x1b[{}A", self.drawn));
+            }
+            for (name, mark, summary) in lines {
+                text.push_str(&format!("\x1b[2K{}\n", render(name, *mark, summary)));
+            }
+            let elapsed = self.started.elapsed().as_secs_f64();
+            text.push_str(&format!("\x1b[2K{}{elapsed:.1}s{}\n", p.dim, p.reset));
+            self.drawn = lines.len() + 1;
+            eprint!("{text}");
+            return;
+        }
+        for (name, mark, summary) in lines {
+            if !self.shown.iter().any(|(n, s)| n == name && s == summary) {
+                eprintln!("{}", render(name, *mark, summary));
+                self.shown.retain(|(n, _)| n != name);
+                self.shown.push((name.clone(), summary.clone()));
+            }
         }
     }
 }
