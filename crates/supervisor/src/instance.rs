@@ -410,7 +410,21 @@ impl Task {
             Some(CheckSpec::Log { regex }) => regex::Regex::new(regex).ok(),
             _ => None,
         };
-        let sink = Arc::new(Sink { writer, log_probe: log_regex.map(|r| (r, self.log_matched.clone())) });
+        let secrets: Arc<Vec<Vec<u8>>> = Arc::new(
+            self.spec
+                .environment
+                .iter()
+                .filter(|(_, v)| v.sensitive)
+                .filter_map(|(_, v)| self.resolve(v, &vars).ok())
+                .filter(|v| v.len() >= MIN_MASKED)
+                .map(String::into_bytes)
+                .collect(),
+        );
+        let sink = Arc::new(Sink {
+            writer,
+            log_probe: log_regex.map(|r| (r, self.log_matched.clone())),
+            secrets: secrets.clone(),
+        });
         let pumps: Vec<_> = [(spawned.stdout.take(), Stream::Out), (spawned.stderr.take(), Stream::Err)]
             .into_iter()
             .filter_map(|(pipe, stream)| pipe.map(|p| tokio::spawn(pump(p, stream, sink.clone()))))
@@ -452,7 +466,7 @@ impl Task {
                             let ok = result.result.is_ok();
                             if ok { ready_failures = 0 } else if result.counted { ready_failures += 1 }
                             let failures = ready_failures;
-                            let message = match &result.result { Ok(m) | Err(m) => m.clone() };
+                            let message = match &result.result { Ok(m) | Err(m) => redact_text(m.clone(), &secrets) };
                             let mut became_up = false;
                             self.set(|s| {
                                 s.health = Some(Health { ok, message, at: rfc3339(SystemTime::now()), failures });
@@ -475,7 +489,7 @@ impl Task {
                             if let Err(why) = result.result && live_failures >= retries {
                                 let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
                                 let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
-                                let why = format!("liveness failed {live_failures} times: {why}; restarted");
+                                let why = redact_text(format!("liveness failed {live_failures} times: {why}; restarted"), &secrets);
                                 break Outcome::Exited { exit, up_for: None, why: Some(why) };
                             }
                         }
@@ -695,6 +709,42 @@ async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTa
 struct Sink {
     writer: Option<Arc<Mutex<LogWriter>>>,
     log_probe: Option<(regex::Regex, Arc<AtomicBool>)>,
+    /// The instance's secret values: masked wherever its output is kept.
+    secrets: Arc<Vec<Vec<u8>>>,
+}
+
+/// Secrets shorter than this are not masked: they would mask ordinary words.
+const MIN_MASKED: usize = 4;
+
+/// `line` with every occurrence of a secret replaced by `********`.
+pub fn redact(line: &[u8], secrets: &[Vec<u8>]) -> Option<Vec<u8>> {
+    let found = secrets.iter().any(|s| line.windows(s.len()).any(|w| w == s.as_slice()));
+    if !found {
+        return None;
+    }
+    let mut out = line.to_vec();
+    for secret in secrets {
+        let mut masked = Vec::with_capacity(out.len());
+        let mut i = 0;
+        while i < out.len() {
+            if out[i..].starts_with(secret) {
+                masked.extend_from_slice(tug_stackfile::model::MASK.as_bytes());
+                i += secret.len();
+            } else {
+                masked.push(out[i]);
+                i += 1;
+            }
+        }
+        out = masked;
+    }
+    Some(out)
+}
+
+fn redact_text(text: String, secrets: &[Vec<u8>]) -> String {
+    match redact(text.as_bytes(), secrets) {
+        Some(masked) => String::from_utf8_lossy(&masked).into_owned(),
+        None => text,
+    }
 }
 
 /// Reads one stream to its end. Never stops reading, whatever the disk does,
@@ -703,6 +753,8 @@ async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: Arc<Sink>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut splitter = LineSplitter::new(MAX_LINE);
     let write = |time: SystemTime, line: &[u8]| {
+        let masked = redact(line, &sink.secrets);
+        let line = masked.as_deref().unwrap_or(line);
         if let Some((regex, matched)) = &sink.log_probe
             && !matched.load(Ordering::Relaxed)
             && regex.is_match(&String::from_utf8_lossy(line))
@@ -734,6 +786,15 @@ async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: Arc<Sink>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_masked_in_output() {
+        let secrets = vec![b"hunter22".to_vec(), b"s3cr3t".to_vec()];
+        assert_eq!(redact(b"nothing here", &secrets), None);
+        let masked = redact(b"url=postgres://u:hunter22@db/x s3cr3t hunter22", &secrets).unwrap();
+        assert_eq!(String::from_utf8(masked).unwrap(), "url=postgres://u:********@db/x ******** ********");
+        assert_eq!(redact_text("ok".into(), &secrets), "ok");
+    }
 
     #[test]
     fn backoff_doubles_from_100ms_to_30s() {

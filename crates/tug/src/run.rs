@@ -184,7 +184,6 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let palette = output::stderr_palette();
     let Loaded { compiled, state_dir, store } = stack::load(args)?;
     let stack_ok = crate::secrets::require_valid(&compiled)?;
-    stack::print_diagnostics(&compiled, palette, false);
     let generated = crate::secrets::generate_missing(stack_ok, &state_dir, store)?;
     let compiled = if generated.is_empty() {
         compiled
@@ -193,6 +192,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         stack::load(args)?.compiled
     };
     let stack = crate::secrets::require_valid(&compiled)?;
+    stack::print_diagnostics(&compiled, palette, true);
     for name in &options.services {
         if !stack.services.contains_key(name) {
             let known: Vec<&str> = stack.services.keys().map(String::as_str).collect();
