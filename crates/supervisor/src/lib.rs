@@ -133,7 +133,8 @@ impl Supervisor {
     }
 
     /// Waits until the generation passes `after` (or `timeout`), then reports.
-    pub async fn status(&self, after: Option<u64>, timeout: std::time::Duration) -> StackStatus {
+    /// With `usage`, each running instance's CPU time and memory (one scan of `/proc`).
+    pub async fn status(&self, after: Option<u64>, timeout: std::time::Duration, usage: bool) -> StackStatus {
         if let Some(after) = after {
             let mut rx = self.inner.changes.subscribe();
             let _ = tokio::time::timeout(timeout, rx.wait_for(|g| *g > after)).await;
@@ -151,13 +152,14 @@ impl Supervisor {
             })
             .collect();
         let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
-        for row in &mut instances {
-            if let Some(pid) = row.pid {
-                let usage = tug_sys::procfs::group_usage(pid);
-                if usage.processes > 0 {
-                    let ticks = tug_sys::procfs::clock_ticks_per_second().max(1) as f64;
-                    row.cpu_seconds = Some(usage.cpu_ticks as f64 / ticks);
-                    row.memory_bytes = Some(usage.rss_bytes);
+        if usage {
+            let groups: Vec<i32> = instances.iter().filter_map(|i| i.pid).collect();
+            let measured = tug_sys::procfs::groups_usage(&groups);
+            let ticks = tug_sys::procfs::clock_ticks_per_second().max(1) as f64;
+            for row in &mut instances {
+                if let Some(u) = row.pid.and_then(|pid| measured.get(&pid)) {
+                    row.cpu_seconds = Some(u.cpu_ticks as f64 / ticks);
+                    row.memory_bytes = Some(u.rss_bytes);
                 }
             }
         }

@@ -260,6 +260,21 @@ pub fn group_usage(pgid: i32) -> Usage {
     })
 }
 
+/// [`group_usage`] for many groups at once, with one scan of `/proc`.
+pub fn groups_usage(pgids: &[i32]) -> std::collections::HashMap<i32, Usage> {
+    let page = page_size();
+    let mut usage: std::collections::HashMap<i32, Usage> = std::collections::HashMap::new();
+    for s in live_processes() {
+        if s.pgid > 0 && pgids.contains(&s.pgid) {
+            let u = usage.entry(s.pgid).or_default();
+            u.cpu_ticks = u.cpu_ticks.saturating_add(s.utime).saturating_add(s.stime);
+            u.rss_bytes = u.rss_bytes.saturating_add(u64::try_from(s.rss_pages).unwrap_or(0).saturating_mul(page));
+            u.processes += 1;
+        }
+    }
+    usage
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

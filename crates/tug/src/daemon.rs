@@ -26,6 +26,8 @@ use tug_supervisor::{Config, Error, Supervisor};
 const MAX_BODY: usize = 16 * 1024 * 1024;
 pub const LOG_FILE: &str = "daemon.log";
 const LOCK_FILE: &str = "daemon.lock";
+/// Most instances of one service, as the supervisor checks for a whole stack.
+const MAX_REPLICAS: u32 = 1000;
 
 static DAEMON_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -308,7 +310,8 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
         }
         (&Method::GET, "/v1/status") => {
             let wait = Duration::from_millis(query(&target, "wait_ms").unwrap_or(0).min(60_000));
-            json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait).await)
+            let usage = query(&target, "usage") == Some(1);
+            json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait, usage).await)
         }
         (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
             Ok(request) => match supervisor.apply(request) {
@@ -332,6 +335,13 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
             Err(response) => *response,
         },
         (&Method::POST, "/v1/scale") => match parse::<ScaleRequest>(&body) {
+            // The same cap as `PUT /v1/stack` (the supervisor's validate_spec): without it one
+            // request (`tug scale web=4000000000`) makes the daemon spawn processes until the
+            // machine gives out.
+            Ok(request) if request.replicas > MAX_REPLICAS => error(
+                StatusCode::BAD_REQUEST,
+                format!("service `{}`: {} replicas is more than {MAX_REPLICAS}", request.service, request.replicas),
+            ),
             Ok(request) => match supervisor.scale(&request.service, request.replicas).await {
                 Ok(()) => json(StatusCode::OK, &serde_json::json!({})),
                 Err(e) => supervisor_error(e),

@@ -468,7 +468,7 @@ fn down_with(state_dir: &Path, client: &Client) -> Result<ExitCode, String> {
 
 pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let (_, client) = connect(args, false)?;
-    let status = match client.map(|c| status(&c)) {
+    let status = match client.map(|c| c.get::<StackStatus>("/v1/status?usage=1", QUICK)) {
         Some(Ok(status)) => Some(status),
         None | Some(Err(RequestError::NoDaemon)) => None,
         Some(Err(e)) => return Err(e.to_string()),
