@@ -96,7 +96,7 @@ impl Inner {
         let generation = table.generation;
         let persist = persist::Record::from_table(&table);
         drop(table);
-        persist.save(&self.config.state_dir);
+        persist.save(&self.config.state_dir, generation);
         self.changes.send_replace(generation);
         result
     }
@@ -485,7 +485,7 @@ impl Supervisor {
                 let _ = rx.await;
             }
         }
-        persist::Record::default().save(&self.inner.config.state_dir);
+        persist::Record::default().save(&self.inner.config.state_dir, u64::MAX);
     }
 }
 

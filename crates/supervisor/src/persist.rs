@@ -29,7 +29,9 @@ pub struct Entry {
     pub start_ticks: u64,
 }
 
-static LAST_SAVED: Mutex<Option<Record>> = Mutex::new(None);
+/// The generation and record last written: updates race to save, and an older
+/// one must never overwrite a newer one.
+static LAST_SAVED: Mutex<Option<(u64, Record)>> = Mutex::new(None);
 
 impl Record {
     pub(crate) fn from_table(table: &Table) -> Record {
@@ -43,15 +45,17 @@ impl Record {
         Record { daemon_pid: std::process::id(), instances }
     }
 
-    /// Writes the record atomically, when it changed since the last write.
-    pub fn save(&self, state_dir: &Path) {
+    /// Writes the record atomically, when it is newer than, and differs from, the last one written.
+    pub fn save(&self, state_dir: &Path, generation: u64) {
         let mut last = LAST_SAVED.lock().unwrap_or_else(|p| p.into_inner());
-        if last.as_ref() == Some(self) {
+        if let Some((saved, record)) = last.as_ref()
+            && (*saved >= generation || record == self)
+        {
             return;
         }
         let json = serde_json::to_vec_pretty(self).unwrap_or_default();
         match write_atomic(&state_dir.join(FILE), &json) {
-            Ok(()) => *last = Some(self.clone()),
+            Ok(()) => *last = Some((generation, self.clone())),
             Err(e) => eprintln!("tug: cannot save {}: {e}", state_dir.join(FILE).display()),
         }
     }
@@ -68,13 +72,15 @@ impl Record {
     }
 }
 
-/// Writes through a temporary file, fsync and rename: readers see the old or the new file.
+/// Writes through a temporary file and a rename: readers see the old or the new
+/// file, whole. No fsync: the record lists processes, which a power loss ends
+/// too, and it is rewritten at every start and exit of an instance.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    drop(file);
     std::fs::rename(&tmp, path)
 }
 
