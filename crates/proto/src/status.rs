@@ -73,6 +73,10 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// RFC 3339, when the current (or last) process started.
     pub started_at: Option<String>,
+    /// When it last became ready: healthy, running without a healthcheck, or completed.
+    pub ready_at: Option<String>,
+    /// When its last process exited.
+    pub finished_at: Option<String>,
     pub health: Option<Health>,
     pub exit_code: Option<i32>,
     pub revision: String,

@@ -64,6 +64,8 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
             port,
             restarts: 0,
             started_at: None,
+            ready_at: None,
+            finished_at: None,
             health: None,
             exit_code: None,
             revision: spec.revision.clone(),
@@ -399,7 +401,10 @@ impl Task {
                 let s = &mut row.status;
                 s.pid = Some(pid);
                 s.state = initial;
-                s.started_at = Some(rfc3339(SystemTime::now()));
+                let now = rfc3339(SystemTime::now());
+                s.ready_at = (initial == State::Running).then(|| now.clone());
+                s.finished_at = None;
+                s.started_at = Some(now);
                 s.exit_code = None;
                 s.health = None;
                 s.message = None;
@@ -472,6 +477,7 @@ impl Task {
                                 s.health = Some(Health { ok, message, at: rfc3339(SystemTime::now()), failures });
                                 if ok && matches!(s.state, State::Starting | State::Unhealthy) {
                                     s.state = State::Healthy;
+                                    s.ready_at = Some(rfc3339(SystemTime::now()));
                                     became_up = true;
                                 } else if !ok && failures >= retries && matches!(s.state, State::Starting | State::Healthy) {
                                     s.state = State::Unhealthy;
@@ -538,6 +544,7 @@ impl Task {
             if let Some(row) = t.instances.get_mut(&name) {
                 row.start_ticks = None;
                 row.status.pid = None;
+                row.status.finished_at = Some(rfc3339(SystemTime::now()));
             }
         });
         outcome
@@ -577,10 +584,10 @@ impl Task {
         Ok((program, args, env, run_as, readiness, liveness))
     }
 
+    /// The instance's cgroup, wherever the machine allows one, limits or not: it
+    /// holds every process the instance starts, even those that leave its
+    /// process group (PostgreSQL's `setsid`), so stopping kills them all.
     fn cgroup(&self) -> Option<Arc<tug_sys::cgroup::Group>> {
-        if self.spec.memory_bytes.is_none() && self.spec.cpu.is_none() {
-            return None;
-        }
         let limits = tug_sys::cgroup::Limits { memory_bytes: self.spec.memory_bytes, cpu_cores: self.spec.cpu };
         self.inner.cgroups.can_apply(&limits).ok()?;
         // Two stacks may share a project name: the state folder tells them apart.
@@ -608,6 +615,7 @@ impl Task {
         if self.spec.kind == Kind::Job && !failed {
             self.set(|s| {
                 s.state = State::Completed;
+                s.ready_at = s.finished_at.clone();
                 s.exit_code = Some(0);
                 s.message = None;
             });
