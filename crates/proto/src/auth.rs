@@ -67,9 +67,12 @@ impl ApiKey {
                 let mut bytes = [0u8; 32];
                 getrandom::fill(&mut bytes).map_err(|e| KeyError::Random(e.to_string()))?;
                 let text = hex(&bytes);
-                write_private(&path, text.as_bytes())
-                    .map_err(|source| KeyError::Create { path: path.display().to_string(), source })?;
-                Ok(Some(ApiKey(text.into_bytes())))
+                match write_private(&path, text.as_bytes()) {
+                    Ok(()) => Ok(Some(ApiKey(text.into_bytes()))),
+                    // Another `tug up` made it first: use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ApiKey::load(state_dir, None, false),
+                    Err(source) => Err(KeyError::Create { path: path.display().to_string(), source }),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(KeyError::Read { path: path.display().to_string(), source }),

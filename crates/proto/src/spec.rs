@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The most instances a service may have: the stack file's own limit.
+pub const MAX_REPLICAS: u32 = 10_000;
+
 /// A string that reaches an instance: an argument, a probe path, a variable.
 #[derive(Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Value {
@@ -145,15 +148,17 @@ pub struct ServiceSpec {
     pub cpu: Option<f64>,
     pub log_max_size: u64,
     pub log_max_files: u32,
-    /// Digest of everything above: instances started from another revision are replaced.
+    /// Digest of everything above but `replicas`: instances started from another revision are replaced.
     pub revision: String,
 }
 
 impl ServiceSpec {
-    /// The digest of the effective spec (every field but the revision itself).
+    /// The digest of what reaches an instance: every field but the revision itself
+    /// and the number of replicas (scaling does not make a new revision).
     pub fn compute_revision(&self) -> String {
         let mut copy = self.clone();
         copy.revision.clear();
+        copy.replicas = 0;
         let json = serde_json::to_vec(&copy).unwrap_or_default();
         crate::auth::hex(&Sha256::digest(&json)[..6])
     }

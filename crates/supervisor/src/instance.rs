@@ -152,9 +152,9 @@ impl Task {
         if let Some(problem) = problem {
             self.set(|s| {
                 s.state = State::Failed;
-                s.message = Some(problem);
+                s.message = Some(problem.clone());
             });
-            return self.idle_until_removed(&mut rx).await;
+            return self.idle_until_removed(&mut rx, problem).await;
         }
         let mut running = true;
         loop {
@@ -163,6 +163,12 @@ impl Task {
                     Some(Control::Start | Control::Restart) => {
                         running = true;
                         self.failures = 0;
+                        // A `failed` left from the last run must go: the check after the gate
+                        // took it for a failed dependency, so a failed instance never started again.
+                        self.set(|s| {
+                            s.state = State::Pending;
+                            s.message = None;
+                        });
                     }
                     Some(Control::Stop(reply)) => {
                         let _ = reply.send(());
@@ -222,7 +228,7 @@ impl Task {
         }
     }
 
-    async fn idle_until_removed(self, rx: &mut mpsc::UnboundedReceiver<Control>) {
+    async fn idle_until_removed(self, rx: &mut mpsc::UnboundedReceiver<Control>, problem: String) {
         loop {
             match rx.recv().await {
                 Some(Control::Remove(reply)) => return self.remove(Some(reply)),
@@ -230,7 +236,11 @@ impl Task {
                 Some(Control::Stop(reply)) => {
                     let _ = reply.send(());
                 }
-                Some(_) => {}
+                // `activate` marks an instance it starts `pending` at once; this one cannot start.
+                Some(_) => self.set(|s| {
+                    s.state = State::Failed;
+                    s.message = Some(problem.clone());
+                }),
             }
         }
     }
@@ -359,7 +369,33 @@ impl Task {
     }
 
     /// Starts the process once and supervises it until it ends or is told to.
+    /// A private port can be taken by another program between two starts (or
+    /// between allocation and the first): then the instance moves to a free one,
+    /// rather than crash-looping on a port it can never bind.
+    fn refresh_port(&mut self) {
+        let private = self.spec.kind == Kind::Service && (self.spec.proxy || self.spec.port.is_none());
+        let Some(port) = self.port.filter(|_| private) else { return };
+        let host = self.inner.config.host.clone();
+        if ports::is_free(&host, port) {
+            return;
+        }
+        let range = self.inner.config.port_range;
+        let name = self.name.clone();
+        let moved = self.inner.update(|t| {
+            let new = ports::allocate(&mut t.ports, &host, range)?;
+            t.ports.remove(&port);
+            if let Some(row) = t.instances.get_mut(&name) {
+                row.status.port = Some(new);
+            }
+            Some(new)
+        });
+        if let Some(new) = moved {
+            self.port = Some(new);
+        }
+    }
+
     async fn run_once(&mut self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
+        self.refresh_port();
         let vars = self.instance_vars();
         let prepared = self.prepare(&vars);
         let (program, args, env, run_as, readiness, liveness) = match prepared {
@@ -721,8 +757,9 @@ struct Sink {
     secrets: Arc<Vec<Vec<u8>>>,
 }
 
-/// Secrets shorter than this are not masked: they would mask ordinary words.
-const MIN_MASKED: usize = 4;
+/// Values shorter than this are not masked: they would mask ordinary words
+/// (an env file's `MODE=info` is sensitive, and "information" is not).
+const MIN_MASKED: usize = 8;
 
 /// `line` with every occurrence of a secret replaced by `********`.
 pub fn redact(line: &[u8], secrets: &[Vec<u8>]) -> Option<Vec<u8>> {

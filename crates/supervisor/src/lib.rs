@@ -6,6 +6,7 @@
 //! to the table, which bumps a generation counter that watchers (`up -d`, the
 //! gates of dependent services) wait on. Stopping goes in reverse dependency order.
 
+mod forward;
 pub mod instance;
 pub mod order;
 pub mod persist;
@@ -81,6 +82,8 @@ pub(crate) struct Inner {
     pub table: Mutex<Table>,
     pub changes: watch::Sender<u64>,
     pub cgroups: tug_sys::cgroup::Support,
+    /// The services' stable addresses (their `port`), forwarded to ready instances.
+    pub listeners: Mutex<forward::Listeners>,
 }
 
 impl Inner {
@@ -121,7 +124,8 @@ impl Supervisor {
             ports: HashSet::new(),
             notices: Vec::new(),
         };
-        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups }) }
+        let listeners = Mutex::new(forward::Listeners::default());
+        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups, listeners }) }
     }
 
     pub fn config(&self) -> &Config {
@@ -199,7 +203,8 @@ impl Supervisor {
                 let spec = &new_specs[name];
                 let Some(port) = spec.port else { continue };
                 let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
-                    || table.instances.values().any(|i| i.status.port == Some(port));
+                    || table.instances.values().any(|i| i.status.port == Some(port))
+                    || inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).holds(name, port);
                 if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&inner.config.host, port)
                 {
                     taken.push(ports::describe_taken(name, port));
@@ -212,13 +217,34 @@ impl Supervisor {
                 notices.push(problem);
             }
         }
+        // The stable addresses are bound now, before any instance starts, so the
+        // port is this stack's from here on.
+        for name in &wanted {
+            let spec = &new_specs[name];
+            match spec.port.filter(|_| spec.proxy && spec.kind == Kind::Service && spec.replicas > 0) {
+                Some(port) => forward::open(inner, name, port).map_err(Error::Conflict)?,
+                None => inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).close(name),
+            }
+        }
         let mut replaced = Vec::new();
         let mut removed = Vec::new();
+        let mut kept = Vec::new();
+        let mut rescaled = Vec::new();
         inner.update(|t| {
             t.project = spec.project.clone();
             for (name, new) in &new_specs {
                 match t.services.get_mut(name) {
-                    Some(service) if service.spec.revision == new.revision => {}
+                    Some(service) if service.spec.revision == new.revision => {
+                        // `tug scale` changes the count but not the revision. `up` goes back to the
+                        // file's count (as Compose does): keeping the scaled one made `up -d` wait
+                        // forever for replicas the file asks for.
+                        if service.spec.replicas != new.replicas && wanted.contains(name) {
+                            rescaled.push((name.clone(), new.replicas));
+                        }
+                    }
+                    // `up SERVICE` replaces only what it starts. Without this, a changed service
+                    // it does not start lost its instances and was never started again.
+                    Some(service) if !wanted.contains(name) => kept.push((name.clone(), service.spec.clone())),
                     Some(service) => {
                         service.spec = new.clone();
                         replaced.push(name.clone());
@@ -232,6 +258,9 @@ impl Supervisor {
                 removed = t.services.keys().filter(|n| !new_specs.contains_key(*n)).cloned().collect();
             }
             t.specs = new_specs.clone();
+            for (name, old) in &kept {
+                t.specs.insert(name.clone(), old.clone());
+            }
             for name in &removed {
                 t.specs.insert(name.clone(), t.services[name].spec.clone());
             }
@@ -245,6 +274,12 @@ impl Supervisor {
         }
         let this = self.clone();
         let removed_names = removed.clone();
+        {
+            let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            for name in &removed {
+                listeners.close(name);
+            }
+        }
         if !removed.is_empty() {
             tokio::spawn(async move {
                 this.wait_removed(&removed_names).await;
@@ -256,8 +291,30 @@ impl Supervisor {
                 });
             });
         }
-        for name in &wanted {
-            self.activate(name, replaced.contains(name));
+        for (name, replicas) in rescaled {
+            let this = self.clone();
+            tokio::spawn(async move {
+                if this.scale(&name, replicas).await.is_ok() {
+                    this.activate(&name, false);
+                }
+            });
+        }
+        for name in &order::dependencies_first(&new_specs, &wanted) {
+            if !replaced.contains(name) {
+                self.activate(name, false);
+                continue;
+            }
+            // Stop, then start (as documented): the new instances must not start beside the old
+            // ones, or they got new replica numbers (`api-3` for `api-1`) and, with `proxy: false`,
+            // found the fixed port still bound by the old instance.
+            let this = self.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                this.wait_removed(std::slice::from_ref(&name)).await;
+                if !this.inner.lock().shutting_down {
+                    this.activate(&name, true);
+                }
+            });
         }
         if !notices.is_empty() {
             inner.update(|t| t.notices.extend(notices.iter().cloned()));
@@ -292,24 +349,41 @@ impl Supervisor {
             let Some(service) = table.services.get_mut(name) else { return };
             service.active = true;
             let spec = service.spec.clone();
-            let existing: Vec<(u32, State, String, mpsc::UnboundedSender<Control>)> = table
+            let existing: Vec<(u32, State, String, mpsc::UnboundedSender<Control>, String)> = table
                 .instances
                 .values()
                 .filter(|i| i.status.service == name)
-                .map(|i| (i.replica, i.status.state, i.status.revision.clone(), i.control.clone()))
+                .map(|i| {
+                    let status = &i.status;
+                    (i.replica, status.state, status.revision.clone(), i.control.clone(), status.instance.clone())
+                })
                 .collect();
             (spec, existing)
         };
         let current: Vec<_> =
-            existing.iter().filter(|(_, _, revision, _)| !fresh || *revision == spec.revision).collect();
-        for (_, state, _, control) in &current {
-            let again = match spec.kind {
+            existing.iter().filter(|(_, _, revision, _, _)| !fresh || *revision == spec.revision).collect();
+        let mut again = Vec::new();
+        for (_, state, _, control, instance) in &current {
+            let start = match spec.kind {
                 Kind::Job => matches!(state, State::Failed | State::Stopped),
                 Kind::Service => matches!(state, State::Failed | State::Stopped | State::Completed),
             };
-            if again {
-                let _ = control.send(Control::Start);
+            if start {
+                again.push((instance.clone(), control.clone()));
             }
+        }
+        // `pending` before the instance's task gets to it: `up` must not take the last run's
+        // `failed` for a new failure.
+        inner.update(|t| {
+            for (instance, _) in &again {
+                if let Some(row) = t.instances.get_mut(instance) {
+                    row.status.state = State::Pending;
+                    row.status.message = None;
+                }
+            }
+        });
+        for (_, control) in again {
+            let _ = control.send(Control::Start);
         }
         let have: Vec<u32> = current.iter().map(|(r, ..)| *r).collect();
         let missing = (spec.replicas as usize).saturating_sub(have.len());
@@ -358,15 +432,31 @@ impl Supervisor {
                     }
                 }
             }
-            needed
+            order::dependencies_first(&table.specs, &needed)
         };
         for service in &services {
             self.activate(service, false);
         }
+        self.mark_active(&instances);
         for instance in &instances {
             self.send(instance, Control::Start);
         }
         Ok(instances)
+    }
+
+    /// Marks the services of `instances` active. An instance started or restarted by name runs
+    /// again; without this, after `stop SERVICE` its dependents kept waiting for it as "not
+    /// running" while it was healthy.
+    fn mark_active(&self, instances: &[String]) {
+        self.inner.update(|t| {
+            let services: Vec<String> =
+                instances.iter().filter_map(|i| t.instances.get(i)).map(|i| i.status.service.clone()).collect();
+            for name in services {
+                if let Some(service) = t.services.get_mut(&name) {
+                    service.active = true;
+                }
+            }
+        });
     }
 
     /// `stop`: the targets' instances, gracefully, waiting until they are stopped.
@@ -394,6 +484,7 @@ impl Supervisor {
 
     pub fn restart(&self, targets: &[String]) -> Result<Vec<String>, Error> {
         let instances = self.resolve(targets)?;
+        self.mark_active(&instances);
         for instance in &instances {
             self.send(instance, Control::Restart);
         }
@@ -457,6 +548,8 @@ impl Supervisor {
 
     /// `down`: stops everything in reverse dependency order and waits.
     pub async fn shutdown(&self) {
+        // No new connections; those in flight end with their instances.
+        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).close_all();
         let levels = {
             let mut table = self.inner.lock();
             table.shutting_down = true;
@@ -503,8 +596,13 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
         if s.revision != s.compute_revision() {
             return Err(Error::BadRequest(format!("service `{}`: the revision does not match its spec", s.name)));
         }
-        if s.replicas > 1000 {
-            return Err(Error::BadRequest(format!("service `{}`: {} replicas is more than 1000", s.name, s.replicas)));
+        if s.replicas > tug_proto::spec::MAX_REPLICAS {
+            return Err(Error::BadRequest(format!(
+                "service `{}`: {} replicas is more than {}",
+                s.name,
+                s.replicas,
+                tug_proto::spec::MAX_REPLICAS
+            )));
         }
     }
     Ok(())

@@ -51,6 +51,16 @@ pub fn depths(specs: &IndexMap<String, std::sync::Arc<ServiceSpec>>) -> IndexMap
     depth
 }
 
+/// `names` with every service after the ones it depends on. Activating in this order marks a
+/// failed dependency `pending` before its dependent's gate looks at it (which would otherwise
+/// find the last run's `failed` and fail the dependent again).
+pub fn dependencies_first(specs: &IndexMap<String, std::sync::Arc<ServiceSpec>>, names: &[String]) -> Vec<String> {
+    let depths = depths(specs);
+    let mut sorted = names.to_vec();
+    sorted.sort_by_key(|name| depths.get(name).copied().unwrap_or(0));
+    sorted
+}
+
 /// Whether a service may start now.
 #[derive(Debug, PartialEq)]
 pub enum Gate {

@@ -128,6 +128,9 @@ async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Dura
         capture: true,
     };
     let mut spawned = process::spawn(&launch).map_err(|e| format!("cannot run the probe `{program}`: {e}"))?;
+    // The instance aborts its probe tasks when it stops: this future is then dropped
+    // mid-wait, and the probe's process group must not outlive it.
+    let mut guard = KillGroupOnDrop(Some(spawned.pid));
     let output = collect_output(spawned.stdout.take(), spawned.stderr.take());
     let pid = spawned.pid;
     let waited = tokio::time::timeout(timeout, &mut spawned.exit).await;
@@ -137,12 +140,14 @@ async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Dura
         Err(_) => {
             // Its whole process group: a shell's children must not outlive the probe.
             process::signal_group(pid, libc::SIGKILL);
+            guard.0 = None;
             let _ = spawned.exit.await;
             return Err(format!("timed out after {}", tug_stackfile::units::format_duration(timeout)));
         }
     };
     // Children that kept the pipes open must not hold the probe up.
     process::signal_group(pid, libc::SIGKILL);
+    guard.0 = None;
     let text = tokio::time::timeout(Duration::from_millis(200), output).await.unwrap_or_default();
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| truncate(l.trim(), 200).to_string());
     if exit.success() {
@@ -153,6 +158,17 @@ async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Dura
             Some(line) => format!("{what}: {line}"),
             None => what,
         })
+    }
+}
+
+/// Kills a probe's process group when dropped while still armed.
+struct KillGroupOnDrop(Option<i32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            process::signal_group(pgid, libc::SIGKILL);
+        }
     }
 }
 

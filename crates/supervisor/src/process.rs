@@ -55,6 +55,25 @@ pub fn lookup_user(user: &str) -> Result<RunAs, String> {
     Ok(RunAs { uid: pwd.pw_uid, gid: pwd.pw_gid, groups, home, name: pw_name.to_string_lossy().into_owned() })
 }
 
+/// The soft limit on open files the daemon started with, given back to instances.
+static ORIGINAL_FILES_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Every instance holds pipes and cgroup files open in the daemon: it takes the
+/// hard limit on open files as its soft one, as servers do, so thousands of
+/// instances fit. Instances get the original soft limit back (some programs
+/// walk every possible descriptor up to it).
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            ORIGINAL_FILES_LIMIT.store(limit.rlim_cur, std::sync::atomic::Ordering::Relaxed);
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raised);
+        }
+    }
+}
+
 pub struct Launch<'a> {
     pub program: &'a str,
     pub args: &'a [String],
@@ -78,6 +97,33 @@ fn nonblocking_receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
     pipe::Receiver::from_owned_fd(fd)
 }
 
+/// Marks every descriptor from 3 up close-on-exec, for a `pre_exec` closure (only
+/// async-signal-safe calls). Descriptors tug inherited without the flag (a CI runner's
+/// or `make`'s pipes, a script's redirections) would otherwise reach the daemon and
+/// every instance, and whoever waits for such a pipe to close would wait as long as
+/// the stack runs. Those std opened are close-on-exec already (the one reporting an
+/// exec failure must stay open until the exec, which this leaves it).
+pub fn close_inherited_on_exec() {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets descriptor flags.
+    let marked = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) } == 0;
+    if marked {
+        return;
+    }
+    // Before Linux 5.11: each descriptor up to the limit (closed ones fail harmlessly).
+    // SAFETY: rlimit is plain data that getrlimit fills.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to an rlimit.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(65536) as i32
+    } else {
+        1024
+    };
+    for fd in 3..max {
+        // SAFETY: fcntl on any number is safe; FD_CLOEXEC is the only descriptor flag.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+}
+
 /// Starts a process as the leader of its own process group, killed if the
 /// daemon dies. Must be called inside a tokio runtime (for the pipes).
 pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
@@ -99,12 +145,21 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
     let parent = unsafe { libc::getpid() };
     let run_as = launch.run_as.cloned();
     let cgroup_fds = launch.cgroup.clone();
+    let files_limit = ORIGINAL_FILES_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls on data prepared before the fork.
     unsafe {
         command.pre_exec(move || {
+            close_inherited_on_exec();
             if libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            if files_limit > 0 {
+                let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur = files_limit;
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+                }
             }
             if let Some(group) = &cgroup_fds {
                 group.join_in_child()?;
@@ -127,7 +182,15 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
             Ok(())
         });
     }
-    let (mut child, exit) = Reaper::global().spawn(&mut command)?;
+    let (mut child, exit) = Reaper::global().spawn(&mut command).map_err(|e| {
+        // The child's chdir fails with the same ENOENT as a missing program, and the
+        // message then blamed the program (`cannot start `sh`: No such file or directory`).
+        if e.kind() == io::ErrorKind::NotFound && !launch.working_dir.is_dir() {
+            io::Error::new(e.kind(), format!("its working_dir {} is not a folder", launch.working_dir.display()))
+        } else {
+            e
+        }
+    })?;
     let pid = child.id() as i32;
     let stdout = child.stdout.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
     let stderr = child.stderr.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;

@@ -19,15 +19,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
 use tug_proto::auth::{ApiKey, Verifier};
-use tug_proto::spec::{ScaleRequest, TargetsRequest, UpRequest};
+use tug_proto::spec::{MAX_REPLICAS, ScaleRequest, TargetsRequest, UpRequest};
 use tug_supervisor::{Config, Error, Supervisor};
 
 /// Largest request body accepted (a stack spec of thousands of services fits).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 pub const LOG_FILE: &str = "daemon.log";
 const LOCK_FILE: &str = "daemon.lock";
-/// Most instances of one service, as the supervisor checks for a whole stack.
-const MAX_REPLICAS: u32 = 1000;
 
 static DAEMON_PID: AtomicI32 = AtomicI32::new(0);
 
@@ -94,8 +92,13 @@ pub fn keep(state_dir: &Path) -> i32 {
         }
     }
     kill_descendants();
-    // A daemon that did not exit cleanly left its socket and pid file behind.
-    if code != 0 {
+    // A daemon that did not exit cleanly left its socket and pid file behind. But a daemon
+    // that failed because another one holds the lock never had them: they are the running
+    // daemon's, and removing them would cut that stack off from every client. So only the
+    // holder of the lock (now free) may remove them.
+    if code != 0
+        && let Ok(_lock) = lock(state_dir)
+    {
         let _ = std::fs::remove_file(state_dir.join(tug_proto::SOCKET_FILE));
         let _ = std::fs::remove_file(state_dir.join(tug_proto::PID_FILE));
     }
@@ -160,6 +163,9 @@ struct App {
     supervisor: Supervisor,
     verifier: Verifier,
     shutdown: tokio::sync::Notify,
+    /// Changes (up, start, stop, restart, scale) happen one at a time: two
+    /// concurrent `up`s must not both add the replicas a service lacks.
+    changes: tokio::sync::Mutex<()>,
 }
 
 /// The daemon proper.
@@ -200,6 +206,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
     }
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    tug_supervisor::process::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -219,7 +226,12 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         for notice in notices {
             supervisor.notice(notice);
         }
-        let app = Arc::new(App { supervisor, verifier: Verifier::new(key), shutdown: tokio::sync::Notify::new() });
+        let app = Arc::new(App {
+            supervisor,
+            verifier: Verifier::new(key),
+            shutdown: tokio::sync::Notify::new(),
+            changes: tokio::sync::Mutex::new(()),
+        });
         let signals = app.clone();
         tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
@@ -232,7 +244,11 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         let accepting = app.clone();
         let accept_loop = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    // Out of descriptors, say: wait rather than spin on the error.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let app = accepting.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| handle(app.clone(), request));
@@ -300,6 +316,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
     }
     let path = target.split('?').next().unwrap_or("/");
     let supervisor = &app.supervisor;
+    let _one_change_at_a_time = match method {
+        Method::GET => None,
+        _ => Some(app.changes.lock().await),
+    };
     let response = match (&method, path) {
         (&Method::GET, "/v1/openapi.json") => {
             let mut response = Response::new(Full::new(Bytes::from_static(tug_proto::OPENAPI.as_bytes())));
@@ -382,9 +402,11 @@ pub fn spawn(state_dir: &Path) -> Result<u32, String> {
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: setsid and close_inherited_on_exec are async-signal-safe.
     unsafe {
         command.pre_exec(|| {
+            // The keeper and the daemon outlive this command: they must not hold what it inherited.
+            tug_supervisor::process::close_inherited_on_exec();
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -116,6 +116,14 @@ fn connect(args: &StackArgs, create_key: bool) -> Result<(PathBuf, Option<Client
     let state_dir = stack::state_dir(args, &cwd);
     let env_key = std::env::var(tug_proto::auth::KEY_ENV).ok();
     let key = ApiKey::load(&state_dir, env_key.as_deref(), create_key).map_err(|e| e.to_string())?;
+    if key.is_none() && std::os::unix::net::UnixStream::connect(state_dir.join(tug_proto::SOCKET_FILE)).is_ok() {
+        return Err(format!(
+            "a daemon runs this stack, but there is no API key to talk to it: set {} to the key it was started \
+             with, or restore {}",
+            tug_proto::auth::KEY_ENV,
+            state_dir.join(tug_proto::auth::KEY_FILE).display()
+        ));
+    }
     Ok((state_dir.clone(), key.map(|k| Client::new(&state_dir, k))))
 }
 
@@ -123,10 +131,10 @@ fn status(client: &Client) -> Result<StackStatus, RequestError> {
     client.get("/v1/status", QUICK)
 }
 
-/// Makes sure the daemon runs, starting it when it does not.
-fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<(), String> {
+/// Makes sure the daemon runs, starting it when it does not (then true).
+fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<bool, String> {
     match status(client) {
-        Ok(_) => return Ok(()),
+        Ok(_) => return Ok(false),
         Err(RequestError::NoDaemon) => {}
         Err(e) => return Err(e.to_string()),
     }
@@ -137,11 +145,20 @@ fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<(), String> {
     let deadline = Instant::now() + QUICK;
     loop {
         match status(client) {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             Err(RequestError::NoDaemon) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
                 let gone = tug_sys::procfs::stat(keeper as i32).map(|s| s.is_zombie()).unwrap_or(true);
                 if gone {
+                    // A concurrent `up` may have won the lock: its daemon is about to listen.
+                    let grace = Instant::now() + Duration::from_secs(2);
+                    while Instant::now() < grace {
+                        match status(client) {
+                            Ok(_) => return Ok(true),
+                            Err(RequestError::NoDaemon) => std::thread::sleep(Duration::from_millis(20)),
+                            Err(e) => return Err(e.to_string()),
+                        }
+                    }
                     return Err(daemon_failed(&state_dir));
                 }
             }
@@ -202,11 +219,20 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let spec = to_spec(stack);
     let (state_dir, client) = connect(args, true)?;
     let client = client.ok_or("no API key")?;
-    ensure_daemon(&state_dir, &client)?;
+    let started_daemon = ensure_daemon(&state_dir, &client)?;
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
     let request = UpRequest { spec, targets: options.services.clone() };
-    let answer: UpResponse = client.send("PUT", "/v1/stack", &request, QUICK)?;
+    let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, QUICK) {
+        Ok(answer) => answer,
+        Err(error) => {
+            // A daemon this command started for nothing is not left behind.
+            if started_daemon && status(&client).is_ok_and(|s| s.instances.is_empty()) {
+                let _ = down_with(&state_dir, &client, true);
+            }
+            return Err(error.into());
+        }
+    };
     for notice in &answer.notices {
         eprintln!("{}", output::warning_line(notice));
     }
@@ -236,7 +262,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     }
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
-    down_with(&state_dir, &client)
+    down_with(&state_dir, &client, false)
 }
 
 enum Waited {
@@ -244,6 +270,27 @@ enum Waited {
     Failed(String),
     TimedOut(String),
     Interrupted,
+}
+
+/// How long an instance without a healthcheck must keep running before `up -d`
+/// counts it: a program that dies at once (bad flag, missing library) fails `up`
+/// instead of slipping through.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Whether `up -d` may count this instance as started: a job once it completed,
+/// a service once healthy, or running (no healthcheck) for [`SETTLE`].
+fn counts_as_up(row: &InstanceStatus) -> bool {
+    match (row.kind, row.state) {
+        (proto::Kind::Job, state) => state == State::Completed,
+        (_, State::Healthy | State::Completed) => true,
+        (_, State::Running) => row
+            .ready_at
+            .as_deref()
+            .and_then(tug_logs::parse_time)
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age >= SETTLE),
+        _ => false,
+    }
 }
 
 fn is_failure(row: &InstanceStatus) -> bool {
@@ -283,7 +330,7 @@ fn wait_up(
             let Some(service) = spec.services.iter().find(|s| &s.name == name) else { continue };
             let rows: Vec<&InstanceStatus> =
                 status.instances.iter().filter(|i| &i.service == name && i.revision == service.revision).collect();
-            let up = rows.iter().filter(|i| i.state.is_up()).count();
+            let up = rows.iter().filter(|i| counts_as_up(i)).count();
             let complete = up >= service.replicas as usize && rows.len() >= service.replicas as usize;
             all_up &= complete;
             let summary = summarize(&rows, service.replicas);
@@ -433,10 +480,10 @@ pub fn down(args: &StackArgs) -> Result<ExitCode, String> {
         return output::write_stdout("nothing is running for this stack\n");
     };
     catch_interrupts();
-    down_with(&state_dir, &client)
+    down_with(&state_dir, &client, false)
 }
 
-fn down_with(state_dir: &Path, client: &Client) -> Result<ExitCode, String> {
+fn down_with(state_dir: &Path, client: &Client, quiet: bool) -> Result<ExitCode, String> {
     let before = match status(client) {
         Ok(status) => status,
         Err(RequestError::NoDaemon) => return output::write_stdout("nothing is running for this stack\n"),
@@ -463,6 +510,9 @@ fn down_with(state_dir: &Path, client: &Client) -> Result<ExitCode, String> {
     }
     let _ = state_dir;
     let count = before.instances.iter().filter(|i| i.pid.is_some()).count();
+    if quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
     output::write_stdout(&format!("stopped {count} instance{}\n", if count == 1 { "" } else { "s" }))
 }
 
@@ -580,7 +630,11 @@ pub fn scale(args: &StackArgs, assignments: Vec<String>) -> Result<ExitCode, Str
     }
     let client = running_client(args)?;
     for request in &requests {
-        let _: serde_json::Value = client.send("POST", "/v1/scale", request, Duration::from_secs(600))?;
+        let _: serde_json::Value =
+            client.send("POST", "/v1/scale", request, Duration::from_secs(600)).map_err(|e| match e {
+                RequestError::NoDaemon => "nothing is running for this stack: start it with `tug up`".to_string(),
+                e => e.to_string(),
+            })?;
         println!("scaled {} to {}", request.service, request.replicas);
     }
     Ok(ExitCode::SUCCESS)

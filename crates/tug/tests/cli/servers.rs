@@ -1,0 +1,363 @@
+//! `examples/servers`: real servers from Debian's packages under the real daemon.
+//! PostgreSQL (its cluster created by a job, run as `postgres`, probed with
+//! `pg_isready`), Redis (probed with `redis-cli ping`, run as `redis`), a migration
+//! job and an API that needs all three, gated on them.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{self, Stack};
+use crate::repo_dir;
+
+/// The Debian packages the example needs (what `scripts/test` installs).
+const PACKAGES: [&str; 4] = ["postgresql", "redis-server", "redis-tools", "python3"];
+/// The `PATH` the harness gives `tug` (and so every instance).
+const PATH: [&str; 3] = ["/usr/local/bin", "/usr/bin", "/bin"];
+
+fn on_path(program: &str) -> bool {
+    PATH.iter().any(|dir| Path::new(dir).join(program).is_file())
+}
+
+fn uid_of(user: &str) -> Option<u32> {
+    let out = Command::new("id").args(["-u", user]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok().filter(|_| out.status.success())
+}
+
+/// The newest PostgreSQL's server programs (Debian: /usr/lib/postgresql/<major>/bin).
+fn pg_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse::<u32>().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin)| ["postgres", "initdb", "pg_isready", "psql"].iter().all(|p| bin.join(p).is_file()))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// What this machine lacks to run the example.
+fn missing() -> Vec<String> {
+    let mut missing = Vec::new();
+    if pg_bin().is_none() {
+        missing.push("PostgreSQL's server programs in /usr/lib/postgresql/*/bin".to_string());
+    }
+    for program in ["redis-server", "redis-cli", "python3"] {
+        if !on_path(program) {
+            missing.push(format!("`{program}` on {}", PATH.join(":")));
+        }
+    }
+    for user in ["postgres", "redis"] {
+        if uid_of(user).is_none() {
+            missing.push(format!("the user `{user}`"));
+        }
+    }
+    missing
+}
+
+fn apt_install() -> bool {
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(PACKAGES)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    install()
+        || (Command::new("apt-get").args(["update", "-qq"]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+            && install())
+}
+
+/// `Err(reason)` when the example cannot run here: the servers are missing and cannot
+/// be installed (they are installed when tug's tests run as root with apt), or tug
+/// is not root (`user:` needs it).
+fn prerequisites() -> Result<PathBuf, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the example runs PostgreSQL as `postgres` (`user:`), which needs tug to run as root".into());
+    }
+    let lacking = missing();
+    if !lacking.is_empty() {
+        eprintln!("servers: missing {}; installing {}", lacking.join(", "), PACKAGES.join(" "));
+        let installed = apt_install();
+        let still = missing();
+        if !still.is_empty() {
+            let how = if installed { "installed, yet" } else { "apt-get install failed" };
+            return Err(format!("missing {} ({how}; scripts/test installs {})", still.join(", "), PACKAGES.join(" ")));
+        }
+    }
+    pg_bin().ok_or_else(|| "no PostgreSQL server programs".into())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read folder").flatten() {
+        let (path, name) = (entry.path(), entry.file_name());
+        if name == "__pycache__" || name == ".tug" {
+            continue;
+        }
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name));
+        } else {
+            std::fs::copy(&path, to.join(&name)).expect("copy file");
+        }
+    }
+}
+
+/// Distinct free ports for PostgreSQL, Redis and the API.
+fn free_ports() -> [u16; 3] {
+    loop {
+        let ports = [harness::free_port(), harness::free_port(), harness::free_port()];
+        if ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2] {
+            return ports;
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:port: the status code and the body.
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("connect to :{port}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the response");
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+fn row<'a>(rows: &'a [Value], instance: &str) -> Option<&'a Value> {
+    rows.iter().find(|r| r["instance"] == instance)
+}
+
+fn state<'a>(rows: &'a [Value], instance: &str) -> &'a str {
+    row(rows, instance).and_then(|r| r["state"].as_str()).unwrap_or("absent")
+}
+
+fn started(rows: &[Value], instance: &str) -> bool {
+    row(rows, instance).is_some_and(|r| r["started_at"].is_string())
+}
+
+/// `tug up -d`, with `tug ps --json` polled meanwhile: every snapshot seen.
+fn up_watched(stack: &Stack) -> Vec<Vec<Value>> {
+    std::thread::scope(|scope| {
+        let up = scope.spawn(|| stack.tug(&["up", "-d", "--timeout", "60s"]));
+        let mut snapshots = Vec::new();
+        while !up.is_finished() {
+            let ps = stack.tug(&["ps", "--json"]);
+            if ps.code == 0
+                && let Ok(Value::Array(rows)) = serde_json::from_str(&ps.stdout)
+            {
+                snapshots.push(rows);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let up = up.join().expect("tug up");
+        assert_eq!(up.code, 0, "tug up -d failed:\n{}", up.all());
+        snapshots
+    })
+}
+
+/// Nothing starts before what it depends on is there, in any snapshot.
+fn check_gating(snapshots: &[Vec<Value>]) {
+    let rules: [(&str, &[(&str, &str)]); 5] = [
+        ("pg-init-1", &[("pg-prepare-1", "completed")]),
+        ("postgres-1", &[("pg-init-1", "completed")]),
+        ("migrate-1", &[("postgres-1", "healthy")]),
+        ("api-1", &[("postgres-1", "healthy"), ("redis-1", "healthy"), ("migrate-1", "completed")]),
+        ("redis-1", &[]),
+    ];
+    for rows in snapshots {
+        for (instance, needs) in rules {
+            if started(rows, instance) {
+                for (dependency, wanted) in needs {
+                    assert_eq!(
+                        state(rows, dependency),
+                        *wanted,
+                        "{instance} started while {dependency} was not {wanted}: {rows:#?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The first `health.at` of a passing probe seen for `instance`.
+fn first_healthy(snapshots: &[Vec<Value>], instance: &str) -> String {
+    snapshots
+        .iter()
+        .filter_map(|rows| row(rows, instance))
+        .filter(|r| r["health"]["ok"] == true)
+        .filter_map(|r| r["health"]["at"].as_str())
+        .min()
+        .unwrap_or_else(|| panic!("{instance} was never seen healthy"))
+        .to_string()
+}
+
+/// `instance`'s pid, from the last `tug ps`.
+fn pid(rows: &[Value], instance: &str) -> i32 {
+    row(rows, instance).and_then(|r| r["pid"].as_i64()).unwrap_or_else(|| panic!("{instance} has no pid: {rows:#?}"))
+        as i32
+}
+
+fn stat_fields(pid: i32) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let ppid = fields.nth(1)?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((ppid, pgrp))
+}
+
+/// `roots` and every live process descending from them or in their process groups.
+/// (PostgreSQL's children call setsid and overwrite their environment with their
+/// titles, so neither the group nor `TUG_STATE_DIR` finds them.)
+fn family(roots: &[i32]) -> Vec<i32> {
+    let mut all: Vec<i32> = roots.to_vec();
+    loop {
+        let before = all.len();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            if let Some((ppid, pgrp)) = stat_fields(pid)
+                && !all.contains(&pid)
+                && (all.contains(&ppid) || roots.contains(&pgrp))
+            {
+                all.push(pid);
+            }
+        }
+        if all.len() == before {
+            return all;
+        }
+    }
+}
+
+fn uid(pid: i32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/PID/status");
+    let line = status.lines().find(|l| l.starts_with("Uid:")).expect("a Uid line");
+    line.split_whitespace().nth(2).and_then(|u| u.parse().ok()).expect("the effective uid")
+}
+
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// `tug down`, then nothing of the stack is left: no process, no listener.
+fn down_leaves_nothing(stack: &Stack, processes: &[i32], ports: &[u16]) {
+    let down = stack.tug(&["down"]);
+    assert_eq!(down.code, 0, "tug down failed:\n{}", down.all());
+    for pid in processes {
+        assert!(harness::wait_gone(*pid, Duration::from_secs(10)), "process {pid} survived tug down");
+    }
+    assert!(harness::stack_processes(&stack.state_dir()).is_empty(), "processes of the stack are left");
+    for port in ports {
+        assert!(TcpStream::connect(("127.0.0.1", *port)).is_err(), "something still listens on {port}");
+    }
+}
+
+#[test]
+fn postgres_redis_and_an_api_start_gated_and_serve() {
+    let started = Instant::now();
+    let pg_bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            eprintln!("skipping servers test: {reason}");
+            return;
+        }
+    };
+    let example = repo_dir().join("examples/servers");
+    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    let mut stack = Stack::new("servers", &yaml);
+    copy_dir(&example.join("app"), &stack.path().join("app"));
+    let [pg_port, redis_port, api_port] = free_ports();
+    for (name, value) in [
+        ("PG_BIN", pg_bin.display().to_string()),
+        ("PG_PORT", pg_port.to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("API_PORT", api_port.to_string()),
+    ] {
+        stack.env.push((name.into(), value));
+    }
+    let check = stack.tug(&["check"]);
+    assert_eq!(check.code, 0, "tug check:\n{}", check.all());
+    assert!(!check.all().contains("warning["), "tug check:\n{}", check.all());
+
+    // First start: the cluster is created, then everything comes up in order.
+    let snapshots = up_watched(&stack);
+    let rows = stack.ps();
+    for (instance, wanted) in [
+        ("pg-prepare-1", "completed"),
+        ("pg-init-1", "completed"),
+        ("migrate-1", "completed"),
+        ("postgres-1", "healthy"),
+        ("redis-1", "healthy"),
+        ("api-1", "healthy"),
+    ] {
+        assert_eq!(state(&rows, instance), wanted, "{instance}: {rows:#?}");
+    }
+    check_gating(&snapshots);
+    let at = |instance: &str| row(&rows, instance).and_then(|r| r["started_at"].as_str()).unwrap().to_string();
+    let (pg_healthy, redis_healthy) = (first_healthy(&snapshots, "postgres-1"), first_healthy(&snapshots, "redis-1"));
+    assert!(
+        at("migrate-1") > pg_healthy,
+        "migrate started {} before postgres was healthy at {pg_healthy}",
+        at("migrate-1")
+    );
+    assert!(at("api-1") > pg_healthy, "api started {} before postgres was healthy at {pg_healthy}", at("api-1"));
+    assert!(at("api-1") > redis_healthy, "api started {} before redis was healthy at {redis_healthy}", at("api-1"));
+    let migrate_log = stack.log("migrate", "migrate-1");
+    let migrated_at = migrate_log.lines().find(|l| l.contains("migrations done")).and_then(|l| l.split(' ').next());
+    assert!(migrated_at.is_some_and(|t| at("api-1").as_str() > t), "api started before migrate ended:\n{migrate_log}");
+    // The API saw both servers, and the table, when it started.
+    let api_log = stack.log("api", "api-1");
+    assert!(api_log.contains("(1 greetings), redis "), "{api_log}");
+
+    // Each server runs as its own user.
+    let (postgres, redis, api) = (pid(&rows, "postgres-1"), pid(&rows, "redis-1"), pid(&rows, "api-1"));
+    assert_eq!(uid(postgres), uid_of("postgres").unwrap(), "postgres runs as `postgres`");
+    assert_eq!(uid(redis), uid_of("redis").unwrap(), "redis runs as `redis`");
+    let cmdline = std::fs::read(format!("/proc/{postgres}/cmdline")).unwrap_or_default();
+    assert!(cmdline.starts_with(pg_bin.join("postgres").as_os_str().as_encoded_bytes()), "{cmdline:?}");
+    let data = stack.state_dir().join("pg");
+    assert!(data.join("PG_VERSION").is_file(), "pg-init made no cluster in {}", data.display());
+
+    // The API answers with data from both: the greeting from PostgreSQL, the counter from Redis.
+    assert_eq!(get(api_port, "/health").0, 200);
+    let answer = |n: u64| {
+        let (status, body) = get(api_port, "/");
+        assert_eq!(status, 200, "{body}");
+        let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        assert_eq!(json["hits"], n, "{json}");
+        assert_eq!(json["greetings"][0]["text"], "hello from PostgreSQL", "{json}");
+        assert!(json["postgres"].as_str().is_some_and(|v| !v.is_empty()), "{json}");
+        json
+    };
+    answer(1);
+    answer(2);
+
+    let processes = family(&[postgres, redis, api]);
+    assert!(processes.len() > 3, "PostgreSQL's own processes are found too: {processes:?}");
+    down_leaves_nothing(&stack, &processes, &[pg_port, redis_port, api_port]);
+
+    // A second start keeps the cluster and the database, and starts again.
+    up_watched(&stack);
+    let rows = stack.ps();
+    assert_eq!(state(&rows, "pg-init-1"), "completed", "{rows:#?}");
+    assert_eq!(state(&rows, "api-1"), "healthy", "{rows:#?}");
+    assert!(stack.log("pg-init", "pg-init-1").contains("cluster already initialised"));
+    let migrate_log = stack.log("migrate", "migrate-1");
+    assert_eq!(count(&migrate_log, "migrations done"), 2, "{migrate_log}");
+    assert_eq!(count(&migrate_log, "created database app"), 1, "{migrate_log}");
+    answer(1); // Redis keeps nothing (--save ''): a new count.
+    let processes = family(&[pid(&rows, "postgres-1"), pid(&rows, "redis-1"), pid(&rows, "api-1")]);
+    down_leaves_nothing(&stack, &processes, &[pg_port, redis_port, api_port]);
+    eprintln!(
+        "servers test: {:.1}s, {} snapshots of the first start",
+        started.elapsed().as_secs_f64(),
+        snapshots.len()
+    );
+}
