@@ -5,6 +5,7 @@ mod api;
 mod check;
 mod config;
 mod control;
+mod forward;
 mod harness;
 mod lifecycle;
 mod schema;
