@@ -91,7 +91,9 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
         failures: 0,
         restarts: 0,
         logs: None,
+        cgroup: None,
         log_matched: Arc::new(AtomicBool::new(false)),
+        log_wake: Arc::new(tokio::sync::Notify::new()),
     };
     tokio::spawn(task.run(rx, problem));
 }
@@ -106,7 +108,12 @@ struct Task {
     failures: u32,
     restarts: u32,
     logs: Option<Arc<Mutex<LogWriter>>>,
+    /// Made while the instance waits for its dependencies, off the runtime's
+    /// threads, so its cost is not on the start-up's critical path.
+    cgroup: Option<Arc<tug_sys::cgroup::Group>>,
     log_matched: Arc<AtomicBool>,
+    /// Wakes the readiness probe as soon as the `log` probe's line arrives.
+    log_wake: Arc<tokio::sync::Notify>,
 }
 
 enum Outcome {
@@ -178,6 +185,9 @@ impl Task {
                 }
                 continue;
             }
+            if self.cgroup.is_none() {
+                self.cgroup = self.make_cgroup().await;
+            }
             match self.wait_gate(&mut rx).await {
                 Wake::Go => {}
                 Wake::Stop(reply) => {
@@ -245,7 +255,11 @@ impl Task {
         }
     }
 
-    fn remove(self, reply: Option<oneshot::Sender<()>>) {
+    fn remove(mut self, reply: Option<oneshot::Sender<()>>) {
+        // A cgroup made for a start that never came.
+        if let Some(group) = self.cgroup.take().and_then(|g| Arc::try_unwrap(g).ok()) {
+            let _ = group.remove();
+        }
         self.inner.update(|t| {
             t.instances.shift_remove(&self.name);
             if let Some(port) = self.port.filter(|_| self.spec.proxy || self.spec.port.is_none()) {
@@ -402,7 +416,7 @@ impl Task {
             Ok(p) => p,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
-        let cgroup = self.cgroup();
+        let cgroup = self.cgroup.take();
         let launch = Launch {
             program: &program,
             args: &args,
@@ -463,7 +477,7 @@ impl Task {
         );
         let sink = Arc::new(Sink {
             writer,
-            log_probe: log_regex.map(|r| (r, self.log_matched.clone())),
+            log_probe: log_regex.map(|r| (r, self.log_matched.clone(), self.log_wake.clone())),
             secrets: secrets.clone(),
         });
         let pumps: Vec<_> = [(spawned.stdout.take(), Stream::Out), (spawned.stderr.take(), Stream::Err)]
@@ -480,10 +494,18 @@ impl Task {
         };
         let mut probes = Vec::new();
         if let Some((probe, check)) = readiness {
-            probes.push(tokio::spawn(probe_loop(ProbeKind::Readiness, probe, check, target.clone(), probe_tx.clone())));
+            let wake = matches!(check, Check::Log { .. }).then(|| self.log_wake.clone());
+            probes.push(tokio::spawn(probe_loop(
+                ProbeKind::Readiness,
+                probe,
+                check,
+                target.clone(),
+                probe_tx.clone(),
+                wake,
+            )));
         }
         if let Some((probe, check)) = liveness {
-            probes.push(tokio::spawn(probe_loop(ProbeKind::Liveness, probe, check, target, probe_tx.clone())));
+            probes.push(tokio::spawn(probe_loop(ProbeKind::Liveness, probe, check, target, probe_tx.clone(), None)));
         }
         drop(probe_tx);
         let mut ready_failures = 0u32;
@@ -509,7 +531,28 @@ impl Task {
                             let failures = ready_failures;
                             let message = match &result.result { Ok(m) | Err(m) => redact_text(m.clone(), &secrets) };
                             let mut became_up = false;
-                            self.set(|s| {
+                            // A result that changes nothing but the time of the last probe is
+                            // recorded without waking watchers (gates, `up`'s long poll).
+                            let quiet = {
+                                let mut t = self.inner.lock();
+                                match t.instances.get_mut(&self.name) {
+                                    Some(row)
+                                        if row.status.health.as_ref().is_some_and(|h| {
+                                            h.ok == ok && h.message == message && h.failures == failures
+                                        }) && !(ok && matches!(row.status.state, State::Starting | State::Unhealthy))
+                                            && !(!ok
+                                                && failures >= retries
+                                                && matches!(row.status.state, State::Starting | State::Healthy)) =>
+                                    {
+                                        if let Some(h) = row.status.health.as_mut() {
+                                            h.at = rfc3339(SystemTime::now());
+                                        }
+                                        true
+                                    }
+                                    _ => false,
+                                }
+                            };
+                            if !quiet { self.set(|s| {
                                 s.health = Some(Health { ok, message, at: rfc3339(SystemTime::now()), failures });
                                 if ok && matches!(s.state, State::Starting | State::Unhealthy) {
                                     s.state = State::Healthy;
@@ -518,7 +561,7 @@ impl Task {
                                 } else if !ok && failures >= retries && matches!(s.state, State::Starting | State::Healthy) {
                                     s.state = State::Unhealthy;
                                 }
-                            });
+                            }); }
                             if became_up && up_since.is_none() { up_since = Some(Instant::now()) }
                             if !ok && failures >= retries { up_since = None }
                         }
@@ -561,10 +604,19 @@ impl Task {
         for pump in pumps {
             let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
         }
-        // Whatever the leader left behind in its group goes with it.
+        // Whatever the leader left behind in its group goes with it, and what
+        // left the group (and was adopted by the daemon) too.
         if process::group_alive(pid) {
             let mut none = oneshot::channel().1;
             process::stop_group(pid, libc::SIGKILL, Duration::ZERO, &mut none).await;
+        }
+        let state_dir = self.inner.config.state_dir.display().to_string();
+        for _ in 0..50 {
+            // A stray's parent may still be dying: it is adopted a moment later.
+            if process::kill_strays(&self.name, &state_dir) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if let Some(group) = cgroup {
             group.kill_all();
@@ -620,22 +672,31 @@ impl Task {
         Ok((program, args, env, run_as, readiness, liveness))
     }
 
-    /// The instance's cgroup, wherever the machine allows one, limits or not: it
-    /// holds every process the instance starts, even those that leave its
-    /// process group (PostgreSQL's `setsid`), so stopping kills them all.
-    fn cgroup(&self) -> Option<Arc<tug_sys::cgroup::Group>> {
+    /// The instance's cgroup, when it has `resources` limits and the machine
+    /// allows them. Only then: joining a cgroup v1 costs about 12 ms before the
+    /// exec (an RCU grace period), on the critical path of every start. What
+    /// leaves the process group is found by its environment instead ([`process::kill_strays`]).
+    async fn make_cgroup(&self) -> Option<Arc<tug_sys::cgroup::Group>> {
+        if self.spec.memory_bytes.is_none() && self.spec.cpu.is_none() {
+            return None;
+        }
         let limits = tug_sys::cgroup::Limits { memory_bytes: self.spec.memory_bytes, cpu_cores: self.spec.cpu };
         self.inner.cgroups.can_apply(&limits).ok()?;
         // Two stacks may share a project name: the state folder tells them apart.
         let folder = self.inner.config.state_dir.display().to_string();
         let digest = folder.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3));
         let scope = format!("{}-{:08x}", self.inner.lock().project, digest as u32);
-        match self.inner.cgroups.create(&scope, &self.name, &limits) {
-            Ok(group) => Some(Arc::new(group)),
-            Err(e) => {
-                eprintln!("tug: {}: resources not applied: {e}", self.name);
+        let inner = self.inner.clone();
+        let name = self.name.clone();
+        // mkdir and writes in cgroupfs block: not on the runtime's threads.
+        let created = tokio::task::spawn_blocking(move || inner.cgroups.create(&scope, &name, &limits)).await;
+        match created {
+            Ok(Ok(group)) => Some(Arc::new(group)),
+            Ok(Err(e)) => {
+                eprintln!("tug: {}: no cgroup: {e}", self.name);
                 None
             }
+            Err(_) => None,
         }
     }
 
@@ -716,7 +777,14 @@ struct ProbeTarget {
 /// Probes on the probe's schedule. Before the first success it probes every
 /// `start_interval` but counts at most one failure per `interval`, so probing
 /// faster never fails an instance sooner; failures in `start_period` do not count.
-async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTarget, tx: mpsc::Sender<ProbeResult>) {
+async fn probe_loop(
+    kind: ProbeKind,
+    probe: Probe,
+    check: Check,
+    target: ProbeTarget,
+    tx: mpsc::Sender<ProbeResult>,
+    wake: Option<Arc<tokio::sync::Notify>>,
+) {
     let started = Instant::now();
     let interval = Duration::from_millis(probe.interval_ms.max(1));
     let start_interval = Duration::from_millis(probe.start_interval_ms);
@@ -724,9 +792,20 @@ async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTa
     let timeout = Duration::from_millis(probe.timeout_ms.max(1));
     let mut passed = false;
     let mut last_counted: Option<Instant> = None;
+    // Deadlines on a fixed grid from the start, so the probe's own time does not add up.
+    let first = if !start_interval.is_zero() { start_interval } else { interval };
+    let mut next = tokio::time::Instant::now() + first;
     loop {
-        let wait = if !passed && !start_interval.is_zero() { start_interval } else { interval };
-        tokio::time::sleep(wait).await;
+        let woken = async {
+            match (&wake, passed) {
+                (Some(wake), false) => wake.notified().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = woken => {}
+        }
         let probe_target = probe::Target {
             host: &target.host,
             port: target.port,
@@ -743,6 +822,8 @@ async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTa
             last_counted = Some(now);
         }
         passed |= result.is_ok();
+        let wait = if !passed && !start_interval.is_zero() { start_interval } else { interval };
+        next = (next + wait).max(tokio::time::Instant::now());
         if tx.send(ProbeResult { kind, result, counted }).await.is_err() {
             return;
         }
@@ -752,7 +833,7 @@ async fn probe_loop(kind: ProbeKind, probe: Probe, check: Check, target: ProbeTa
 /// Where an instance's output goes: its log file, and the `log` probe's regex.
 struct Sink {
     writer: Option<Arc<Mutex<LogWriter>>>,
-    log_probe: Option<(regex::Regex, Arc<AtomicBool>)>,
+    log_probe: Option<(regex::Regex, Arc<AtomicBool>, Arc<tokio::sync::Notify>)>,
     /// The instance's secret values: masked wherever its output is kept.
     secrets: Arc<Vec<Vec<u8>>>,
 }
@@ -800,11 +881,12 @@ async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: Arc<Sink>) {
     let write = |time: SystemTime, line: &[u8]| {
         let masked = redact(line, &sink.secrets);
         let line = masked.as_deref().unwrap_or(line);
-        if let Some((regex, matched)) = &sink.log_probe
+        if let Some((regex, matched, wake)) = &sink.log_probe
             && !matched.load(Ordering::Relaxed)
             && regex.is_match(&String::from_utf8_lossy(line))
         {
             matched.store(true, Ordering::Release);
+            wake.notify_one();
         }
         if let Some(writer) = &sink.writer {
             let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());

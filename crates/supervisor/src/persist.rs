@@ -100,7 +100,12 @@ pub fn reconcile(state_dir: &Path, previous: Option<&Record>) -> Vec<String> {
     let parent = unsafe { libc::getppid() };
     let dir = state_dir.display().to_string();
     let mut strays: Vec<i32> = Vec::new();
-    for pid in tug_sys::procfs::pids().unwrap_or_default() {
+    // A daemon that ended cleanly recorded no instances: then there is nothing to
+    // look for, and reading every process's environment (tens of ms on a busy
+    // machine) is skipped. A damaged or missing record is not trusted.
+    let clean = previous.is_some_and(|r| r.instances.is_empty());
+    let candidates = if clean { Vec::new() } else { tug_sys::procfs::pids().unwrap_or_default() };
+    for pid in candidates {
         if pid == me || pid == parent || groups.iter().any(|(g, _)| *g == pid) {
             continue;
         }

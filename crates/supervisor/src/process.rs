@@ -206,6 +206,33 @@ pub fn signal_group(pgid: i32, signal: i32) -> bool {
     unsafe { libc::kill(-pgid, signal) == 0 }
 }
 
+/// Kills what an instance left behind outside its process group: a process that
+/// called `setsid` and whose parent has died is the daemon's child now (the
+/// daemon is a subreaper), and it still carries the instance's variables. Its
+/// whole group goes too. Returns how many it found.
+pub fn kill_strays(instance: &str, state_dir: &str) -> usize {
+    let daemon = std::process::id() as i32;
+    let mut found = 0;
+    for pid in tug_sys::procfs::children(daemon) {
+        let ours = tug_sys::procfs::environ_contains(pid, "TUG_INSTANCE", instance)
+            && tug_sys::procfs::environ_contains(pid, "TUG_STATE_DIR", state_dir);
+        if !ours {
+            continue;
+        }
+        found += 1;
+        if let Ok(stat) = tug_sys::procfs::stat(pid) {
+            signal_group(stat.pgid, libc::SIGKILL);
+        }
+        for child in tug_sys::procfs::descendants(pid) {
+            // SAFETY: kill of a descendant of our own child.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+        }
+        // SAFETY: kill of our own child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    found
+}
+
 /// Whether any process of the group is still there (zombies count until reaped).
 pub fn group_alive(pgid: i32) -> bool {
     signal_group(pgid, 0)

@@ -2,10 +2,12 @@
 //!
 //! The daemon is a child subreaper, so orphaned grandchildren become its children
 //! too and must be reaped, or they stay zombies. One thread waits for any child
-//! (`waitid` with `WNOWAIT`, which does not reap), then, holding the lock that
-//! spawning also holds, reaps that pid and hands its status to whoever spawned
-//! it. Because spawn-and-register happens under the same lock, a pid can never be
-//! reaped, reused by a new child and then matched to the wrong waiter.
+//! (`waitid` with `WNOWAIT`, which does not reap), then reaps that pid and hands
+//! its status to whoever spawned it. A pid nobody has registered is either an
+//! adopted orphan or a child whose spawn has not returned yet: while any spawn is
+//! in flight, the reaper waits for it before deciding, so a pid is never reaped,
+//! reused by a new child and then matched to the wrong waiter. Spawns themselves
+//! run in parallel (a fork and exec can take milliseconds).
 
 use std::collections::HashMap;
 use std::io;
@@ -67,11 +69,14 @@ pub fn signal_name(signal: i32) -> String {
 struct Table {
     waiting: HashMap<i32, oneshot::Sender<Exit>>,
     children: usize,
+    /// Spawns that have forked (or may have) but not registered their child yet.
+    spawning: usize,
 }
 
 struct Shared {
     table: Mutex<Table>,
-    /// Wakes the reaper thread when there may be children again.
+    /// Wakes the reaper thread when a spawn ends: there may be children again,
+    /// or the pid it waits about has been registered.
     spawned: Condvar,
 }
 
@@ -100,14 +105,19 @@ impl Reaper {
     /// Spawns `command` and returns the child with a receiver for its exit.
     /// The caller must not `wait` on the child: the reaper does.
     pub fn spawn(&self, command: &mut Command) -> io::Result<(Child, oneshot::Receiver<Exit>)> {
+        self.shared.table.lock().unwrap_or_else(|p| p.into_inner()).spawning += 1;
+        let spawned = command.spawn();
         let mut table = self.shared.table.lock().unwrap_or_else(|p| p.into_inner());
-        let child = command.spawn()?;
-        let (tx, rx) = oneshot::channel();
-        table.waiting.insert(child.id() as i32, tx);
-        table.children += 1;
+        table.spawning -= 1;
+        let result = spawned.map(|child| {
+            let (tx, rx) = oneshot::channel();
+            table.waiting.insert(child.id() as i32, tx);
+            table.children += 1;
+            (child, rx)
+        });
         drop(table);
-        self.shared.spawned.notify_one();
-        Ok((child, rx))
+        self.shared.spawned.notify_all();
+        result
     }
 }
 
@@ -131,6 +141,10 @@ fn reap_forever(shared: &Shared) {
         // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
         let pid = unsafe { info.si_pid() };
         let mut table = shared.table.lock().unwrap_or_else(|p| p.into_inner());
+        // Not registered yet, with a spawn in flight: it may be that spawn's child.
+        while !table.waiting.contains_key(&pid) && table.spawning > 0 {
+            table = shared.spawned.wait(table).unwrap_or_else(|p| p.into_inner());
+        }
         let mut status = 0;
         // SAFETY: plain waitpid on a pid we were told is our exited child.
         let reaped = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };

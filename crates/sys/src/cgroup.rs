@@ -244,10 +244,11 @@ fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
 }
 
 /// Creates a directory, or reuses an existing one.
-fn mkdir_reuse(path: &Path) -> Result<(), CgroupError> {
+/// Creates a cgroup directory, or reuses an existing one; true when it is new.
+fn mkdir_reuse(path: &Path) -> Result<bool, CgroupError> {
     match fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(false),
         Err(e) => Err(CgroupError::Io { op: "create cgroup", path: path.to_path_buf(), source: e }),
     }
 }
@@ -469,15 +470,24 @@ impl Support {
         self.can_apply(limits).map_err(CgroupError::Unsupported)?;
         let mut group = Group { members: Vec::new(), scopes: Vec::new() };
         let scope_dir = format!("tug-{scope}");
+        // A group without limits only has to hold the instance's processes: one
+        // directory in one hierarchy does that, at a third of the cost on v1.
+        let limited = limits.memory_bytes.is_some() || limits.cpu_cores.is_some();
         let result = match self {
             Support::Unavailable { reason } => Err(CgroupError::Unavailable(reason.clone())),
-            Support::V2 { base } => group.add(Kind::Unified, base, &scope_dir, name, limits, &self.controllers()),
+            Support::V2 { base } => {
+                let controllers = if limited { self.controllers() } else { Vec::new() };
+                group.add(Kind::Unified, base, &scope_dir, name, limits, &controllers)
+            }
             Support::V1 { memory, cpu } => (|| {
                 if let Some(base) = memory {
                     group.add(Kind::Memory, base, &scope_dir, name, limits, &[])?;
                 }
-                if let Some(base) = cpu {
+                if let Some(base) = cpu.as_ref().filter(|_| limits.cpu_cores.is_some() || group.members.is_empty()) {
                     group.add(Kind::Cpu, base, &scope_dir, name, limits, &[])?;
+                }
+                if limits.cpu_cores.is_none() {
+                    return Ok(());
                 }
                 // CPU accounting lives in the cpuacct controller, often a separate hierarchy: join it
                 // too when possible, for `cpu_usage_nanos`. Best effort: it sets no limit.
@@ -546,7 +556,7 @@ impl Group {
         let dir = scope.join(name);
         // Another group's removal may take the scope directory away between the two mkdirs: retry.
         let mut attempt = 0;
-        loop {
+        let fresh = loop {
             mkdir_reuse(&scope)?;
             for c in v2_controllers {
                 write_file(&scope.join("cgroup.subtree_control"), &format!("+{c}"))?;
@@ -557,6 +567,15 @@ impl Group {
                 }
                 other => break other?,
             }
+        };
+        // A new group has no limits: only a reused one must have old ones lifted.
+        let unlimited = limits.memory_bytes.is_none() && limits.cpu_cores.is_none();
+        if fresh && unlimited {
+            let procs = OpenOptions::new().write(true).open(dir.join("cgroup.procs"));
+            let procs = procs.map_err(io_err("open", &dir.join("cgroup.procs")))?;
+            self.scopes.push(scope);
+            self.members.push(Member { kind, dir, procs });
+            return Ok(());
         }
         self.scopes.push(scope);
         let procs = OpenOptions::new().write(true).open(dir.join("cgroup.procs"));

@@ -147,7 +147,7 @@ fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<bool, String> {
         match status(client) {
             Ok(_) => return Ok(true),
             Err(RequestError::NoDaemon) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(2));
                 let gone = tug_sys::procfs::stat(keeper as i32).map(|s| s.is_zombie()).unwrap_or(true);
                 if gone {
                     // A concurrent `up` may have won the lock: its daemon is about to listen.
