@@ -79,6 +79,9 @@ pub struct InstanceStatus {
     pub finished_at: Option<String>,
     pub health: Option<Health>,
     pub exit_code: Option<i32>,
+    /// How its last process ended, and why when tug ended it ("liveness failed …"):
+    /// kept after a restart, so the reason for the restart stays visible.
+    pub last_exit: Option<String>,
     pub revision: String,
     /// Why it is in this state, in words (a failure, what it waits for).
     pub message: Option<String>,

@@ -68,6 +68,7 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
             finished_at: None,
             health: None,
             exit_code: None,
+            last_exit: None,
             revision: spec.revision.clone(),
             message: None,
             cpu_seconds: None,
@@ -714,6 +715,7 @@ impl Task {
                 s.state = State::Completed;
                 s.ready_at = s.finished_at.clone();
                 s.exit_code = Some(0);
+                s.last_exit = Some(exit.describe());
                 s.message = None;
             });
             return Wake::Stop(None);
@@ -729,6 +731,7 @@ impl Task {
             self.set(|s| {
                 s.state = state;
                 s.exit_code = Some(exit.code());
+                s.last_exit = Some(what.clone());
                 s.message = Some(what);
             });
             return Wake::Stop(None);
@@ -745,6 +748,7 @@ impl Task {
             s.exit_code = Some(exit.code());
             s.restarts = restarts;
             s.message = Some(format!("{what}; restarting in {}", tug_stackfile::units::format_duration(delay)));
+            s.last_exit = Some(what);
         });
         tokio::select! {
             _ = tokio::time::sleep(delay) => Wake::Go,

@@ -536,11 +536,15 @@ pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
             .to_vec(),
     ];
     for i in &status.instances {
-        let health = match (&i.health, &i.message) {
+        let mut health = match (&i.health, &i.message) {
             (_, Some(message)) if !i.state.is_up() => message.clone(),
             (Some(h), _) => h.message.clone(),
             (None, _) => String::new(),
         };
+        // Why it restarted, once it runs again.
+        if let Some(last) = i.last_exit.as_ref().filter(|_| i.restarts > 0 && i.state.is_up()) {
+            health = format!("{health} (last exit: {last})").trim_start().to_string();
+        }
         table.push(vec![
             i.instance.clone(),
             i.kind.as_str().to_string(),

@@ -136,6 +136,10 @@ services:
     assert!(!alive(old_pid), "the old process is gone");
     assert!(restarted["restarts"].as_i64().unwrap() >= 1, "{restarted:#}");
     assert!(messages.iter().any(|m| m.contains("liveness")), "{messages:#?}");
+    // The reason stays visible once it runs again.
+    assert!(restarted["last_exit"].as_str().is_some_and(|l| l.contains("liveness")), "{restarted:#}");
+    let ps = stack.tug(&["ps"]);
+    assert!(ps.stdout.contains("last exit: liveness failed"), "{}", ps.stdout);
     // The new process is live again: no further restart.
     let new_pid = pid_of(&restarted);
     std::thread::sleep(Duration::from_millis(1000));
