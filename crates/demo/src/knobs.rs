@@ -2,44 +2,9 @@
 
 use std::time::Duration;
 
-/// Parses `100ms`, `2s`, `1m30s`, `1h`, `1.5s`, `250us` (the stack file's syntax). A bare `0` is zero.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if text.is_empty() {
-        return Err("an empty duration".into());
-    }
-    let mut total = 0f64;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
-        if number_len == 0 {
-            return Err(format!("`{text}` is not a duration (such as 50ms, 2s, 1m30s)"));
-        }
-        let number: f64 = rest[..number_len].parse().map_err(|_| format!("`{text}` is not a duration"))?;
-        rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            "" => return Err(format!("`{text}` has a number without a unit (such as 50ms, 2s)")),
-            _ => return Err(format!("`{text}` is not a duration: units are ns, us, ms, s, m, h, d")),
-        };
-        rest = &rest[unit_len..];
-        total += number * seconds;
-    }
-    if !total.is_finite() || total > 1e9 {
-        return Err(format!("`{text}` is too long a duration"));
-    }
-    Ok(Duration::from_secs_f64(total))
-}
+/// Parses `100ms`, `2s`, `1m30s`, `1h`, `1.5s`, `250us`: the stack file's own syntax, so the
+/// same text works in `environment:` and in a query.
+pub use tug_stackfile::units::parse_duration;
 
 /// A share of requests, in parts per million.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
