@@ -172,6 +172,12 @@ pub struct StackSpec {
     pub root: PathBuf,
     /// Services and jobs, in file order.
     pub services: Vec<ServiceSpec>,
+    /// The names of the stack's sensitive settings (secrets and what derives from them).
+    /// Instances inherit the daemon's environment, which is the first `tug up`'s: a secret
+    /// given there (`DB_PASSWORD=… tug up`) must not reach every instance by inheritance,
+    /// only those it is delivered to through their `environment`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub withheld: Vec<String>,
 }
 
 /// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when

@@ -46,6 +46,11 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
     let host = inner.config.host.clone();
     let range = inner.config.port_range;
     let created = inner.update(|t| {
+        // `down` runs beside other requests (and SIGTERM at any time): an instance added
+        // after it took its list would be left out of the graceful stop.
+        if t.shutting_down {
+            return None;
+        }
         let used: Vec<u32> =
             t.instances.values().filter(|i| i.status.service == spec.name).map(|i| i.replica).collect();
         let replica = (1..).find(|n| !used.contains(n)).unwrap_or(1);
@@ -80,9 +85,9 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
             None
         };
         t.instances.insert(name.clone(), Instance { status, replica, control: tx, start_ticks: None });
-        (name, replica, port, message)
+        Some((name, replica, port, message))
     });
-    let (name, replica, port, problem) = created;
+    let Some((name, replica, port, problem)) = created else { return };
     let task = Task {
         inner: inner.clone(),
         spec,
@@ -362,11 +367,12 @@ impl Task {
 
     fn check(&self, probe: &Probe, vars: &[(String, String)]) -> Result<Check, String> {
         Ok(match &probe.check {
-            CheckSpec::Http { path } => Check::Http { path: self.resolve(path, vars)? },
+            CheckSpec::Http { path } => Check::Http { path: self.resolve(path, vars)?, sensitive: path.sensitive },
             CheckSpec::Tcp => Check::Tcp,
             CheckSpec::Exec { command } => {
                 let (program, args) = self.command(command, vars)?;
-                Check::Exec { program, args }
+                let shown = shown_command_program(command, &program);
+                Check::Exec { program, args, shown }
             }
             CheckSpec::Log { regex } => Check::Log { matched: self.log_matched.clone(), regex: regex.clone() },
         })
@@ -466,16 +472,9 @@ impl Task {
             Some(CheckSpec::Log { regex }) => regex::Regex::new(regex).ok(),
             _ => None,
         };
-        let secrets: Arc<Vec<Vec<u8>>> = Arc::new(
-            self.spec
-                .environment
-                .iter()
-                .filter(|(_, v)| v.sensitive)
-                .filter_map(|(_, v)| self.resolve(v, &vars).ok())
-                .filter(|v| v.len() >= MIN_MASKED)
-                .map(String::into_bytes)
-                .collect(),
-        );
+        let secrets: Arc<Vec<Vec<u8>>> = Arc::new(masked_values(
+            self.spec.environment.iter().filter(|(_, v)| v.sensitive).filter_map(|(_, v)| self.resolve(v, &vars).ok()),
+        ));
         let sink = Arc::new(Sink {
             writer,
             log_probe: log_regex.map(|r| (r, self.log_matched.clone(), self.log_wake.clone())),
@@ -764,7 +763,14 @@ impl Task {
 
 fn shown_program(spec: &ServiceSpec, program: &str) -> String {
     match &spec.command {
-        Some(CommandSpec::Argv(args)) if args.first().is_some_and(|a| a.sensitive) => "********".into(),
+        Some(command) => shown_command_program(command, program),
+        None => program.to_string(),
+    }
+}
+
+fn shown_command_program(command: &CommandSpec, program: &str) -> String {
+    match command {
+        CommandSpec::Argv(args) if args.first().is_some_and(|a| a.sensitive) => "********".into(),
         _ => program.to_string(),
     }
 }
@@ -846,6 +852,22 @@ struct Sink {
 /// (an env file's `MODE=info` is sensitive, and "information" is not).
 const MIN_MASKED: usize = 8;
 
+/// What to mask in an instance's output, from its sensitive values. Output is masked line by
+/// line, so a value of several lines (a PEM key) would never match whole: each of its lines is
+/// masked too.
+fn masked_values(values: impl Iterator<Item = String>) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for value in values {
+        if value.contains('\n') {
+            out.extend(value.lines().filter(|l| l.len() >= MIN_MASKED).map(|l| l.as_bytes().to_vec()));
+        }
+        if value.len() >= MIN_MASKED {
+            out.push(value.into_bytes());
+        }
+    }
+    out
+}
+
 /// `line` with every occurrence of a secret replaced by `********`.
 pub fn redact(line: &[u8], secrets: &[Vec<u8>]) -> Option<Vec<u8>> {
     let found = secrets.iter().any(|s| line.windows(s.len()).any(|w| w == s.as_slice()));
@@ -925,6 +947,17 @@ mod tests {
         let masked = redact(b"url=postgres://u:hunter22@db/x s3cr3t hunter22", &secrets).unwrap();
         assert_eq!(String::from_utf8(masked).unwrap(), "url=postgres://u:********@db/x ******** ********");
         assert_eq!(redact_text("ok".into(), &secrets), "ok");
+    }
+
+    #[test]
+    fn each_line_of_a_multiline_secret_is_masked() {
+        let key = "-----BEGIN KEY-----\r\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nshort\n".to_string();
+        let secrets = masked_values([key, "tiny".into()].into_iter());
+        let masked = redact(b"key: MIIEvQIBADANBgkqhkiG9w0BAQEFAASC", &secrets).unwrap();
+        assert_eq!(String::from_utf8(masked).unwrap(), "key: ********");
+        assert!(redact(b"-----BEGIN KEY-----", &secrets).is_some());
+        // Pieces under 8 characters are not masked, as values under 8 are not.
+        assert_eq!(redact(b"short tiny", &secrets), None);
     }
 
     #[test]

@@ -182,6 +182,7 @@ impl Supervisor {
     pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
         let UpRequest { spec, targets } = request;
         validate_spec(&spec)?;
+        process::withhold(&spec.withheld);
         let inner = &self.inner;
         let new_specs: IndexMap<String, Arc<ServiceSpec>> =
             spec.services.iter().map(|s| (s.name.clone(), Arc::new(s.clone()))).collect();
@@ -346,6 +347,9 @@ impl Supervisor {
         let inner = &self.inner;
         let (spec, existing) = {
             let mut table = inner.lock();
+            if table.shutting_down {
+                return;
+            }
             let Some(service) = table.services.get_mut(name) else { return };
             service.active = true;
             let spec = service.spec.clone();
@@ -416,8 +420,17 @@ impl Supervisor {
         Ok(instances)
     }
 
+    /// Refuses a change once `down` has begun: it would start what the shutdown is stopping.
+    fn refuse_if_shutting_down(&self) -> Result<(), Error> {
+        if self.inner.lock().shutting_down {
+            return Err(Error::Conflict("the stack is shutting down; run `tug up` again once it is down".into()));
+        }
+        Ok(())
+    }
+
     /// `start`: the targets, activating services and their dependencies.
     pub fn start(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        self.refuse_if_shutting_down()?;
         let instances = self.resolve(targets)?;
         let services: Vec<String> = {
             let table = self.inner.lock();
@@ -483,6 +496,7 @@ impl Supervisor {
     }
 
     pub fn restart(&self, targets: &[String]) -> Result<Vec<String>, Error> {
+        self.refuse_if_shutting_down()?;
         let instances = self.resolve(targets)?;
         self.mark_active(&instances);
         for instance in &instances {
@@ -498,6 +512,7 @@ impl Supervisor {
 
     /// `scale`: adds instances, or removes the newest first, gracefully.
     pub async fn scale(&self, service: &str, replicas: u32) -> Result<(), Error> {
+        self.refuse_if_shutting_down()?;
         let (spec, mut rows) = {
             let table = self.inner.lock();
             let Some(s) = table.services.get(service) else {

@@ -119,8 +119,11 @@ pub fn reconcile(state_dir: &Path, previous: Option<&Record>) -> Vec<String> {
         crate::process::signal_group(*pgid, libc::SIGTERM);
     }
     for pid in &strays {
-        let what = tug_sys::procfs::cmdline(*pid).unwrap_or_default();
-        report.push(format!("stopped pid {pid} ({what}), started by an instance of an earlier daemon"));
+        // Its program's name and the instance, never its arguments: those can carry a secret
+        // (`--password …`), and this line goes to daemon.log, the API and `tug ps`.
+        let program = tug_sys::procfs::stat(*pid).map(|s| s.comm).unwrap_or_default();
+        let instance = variable(*pid, "TUG_INSTANCE").unwrap_or_default();
+        report.push(format!("stopped pid {pid} ({program}), started by {instance} of an earlier daemon"));
         // SAFETY: plain kill on a pid we just identified.
         unsafe { libc::kill(*pid, libc::SIGTERM) };
     }
@@ -143,6 +146,15 @@ pub fn reconcile(state_dir: &Path, previous: Option<&Record>) -> Vec<String> {
         }
     }
     report
+}
+
+/// The value of `name` in the process's environment (lossily decoded).
+fn variable(pid: i32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
 }
 
 fn has_variable(pid: i32, name: &str) -> bool {

@@ -16,11 +16,17 @@ use crate::process::{self, Launch};
 pub enum Check {
     Http {
         path: String,
+        /// Whether `path` is sensitive (it interpolates a secret): then the probe's
+        /// messages, which `tug ps` and the API show, never quote it. Masking by value
+        /// misses secrets under 8 characters.
+        sensitive: bool,
     },
     Tcp,
     Exec {
         program: String,
         args: Vec<String>,
+        /// The program as it may be shown (`********` when sensitive).
+        shown: String,
     },
     /// Set by the log pump when a line matched.
     Log {
@@ -40,9 +46,9 @@ pub struct Target<'a> {
 /// Runs one attempt within `timeout`. Ok carries a short description of success.
 pub async fn attempt(check: &Check, target: &Target<'_>, timeout: Duration) -> Result<String, String> {
     match check {
-        Check::Http { path } => {
+        Check::Http { path, sensitive } => {
             let port = target.port.ok_or("the http probe needs a port, and this instance has none")?;
-            within(timeout, http(target.host, port, path)).await
+            within(timeout, http(target.host, port, path, *sensitive)).await
         }
         Check::Tcp => {
             let port = target.port.ok_or("the tcp probe needs a port, and this instance has none")?;
@@ -54,7 +60,7 @@ pub async fn attempt(check: &Check, target: &Target<'_>, timeout: Duration) -> R
             })
             .await
         }
-        Check::Exec { program, args } => exec(program, args, target, timeout).await,
+        Check::Exec { program, args, shown } => exec(program, args, shown, target, timeout).await,
         Check::Log { matched, regex } => {
             if matched.load(Ordering::Acquire) {
                 Ok(format!("a log line matched /{regex}/"))
@@ -72,7 +78,7 @@ async fn within<F: Future<Output = Result<String, String>>>(timeout: Duration, f
     }
 }
 
-async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
+async fn http(host: &str, port: u16, path: &str, sensitive: bool) -> Result<String, String> {
     let mut stream =
         TcpStream::connect((host, port)).await.map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
     let path = if path.starts_with('/') { path.to_string() } else { format!("/{path}") };
@@ -106,7 +112,8 @@ async fn http(host: &str, port: u16, path: &str) -> Result<String, String> {
     if (200..400).contains(&status) {
         Ok(format!("HTTP {status}"))
     } else {
-        Err(format!("HTTP {status} from GET {path}"))
+        let shown = if sensitive { tug_stackfile::model::MASK } else { &path };
+        Err(format!("HTTP {status} from GET {shown}"))
     }
 }
 
@@ -117,7 +124,13 @@ fn truncate(text: &str, max: usize) -> &str {
     }
 }
 
-async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Duration) -> Result<String, String> {
+async fn exec(
+    program: &str,
+    args: &[String],
+    shown: &str,
+    target: &Target<'_>,
+    timeout: Duration,
+) -> Result<String, String> {
     let launch = Launch {
         program,
         args,
@@ -127,7 +140,7 @@ async fn exec(program: &str, args: &[String], target: &Target<'_>, timeout: Dura
         cgroup: None,
         capture: true,
     };
-    let mut spawned = process::spawn(&launch).map_err(|e| format!("cannot run the probe `{program}`: {e}"))?;
+    let mut spawned = process::spawn(&launch).map_err(|e| format!("cannot run the probe `{shown}`: {e}"))?;
     // The instance aborts its probe tasks when it stops: this future is then dropped
     // mid-wait, and the probe's process group must not outlive it.
     let mut guard = KillGroupOnDrop(Some(spawned.pid));

@@ -17,6 +17,23 @@ use crate::reaper::{Exit, Reaper};
 /// Environment variables of the daemon that must never reach an instance.
 pub const PRIVATE_VARIABLES: [&str; 2] = ["TUG_API_KEY", "TUG_SECRETS_KEY"];
 
+/// Names of sensitive settings (`StackSpec::withheld`) of every stack applied: an instance
+/// never inherits them from the daemon's environment, which is the first `tug up`'s
+/// (`DB_PASSWORD=… tug up` put the secret in every instance, listed or not). A service
+/// that is delivered one gets it through its own `environment`, set after the removal.
+static WITHHELD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds `names` to the variables instances never inherit (kept for the daemon's life:
+/// a name once sensitive stays withheld).
+pub fn withhold(names: &[String]) {
+    let mut withheld = WITHHELD.lock().unwrap_or_else(|p| p.into_inner());
+    for name in names {
+        if !withheld.contains(name) {
+            withheld.push(name.clone());
+        }
+    }
+}
+
 /// The identity to run as, looked up before forking (lookups allocate).
 #[derive(Clone, Debug)]
 pub struct RunAs {
@@ -130,6 +147,9 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
     let mut command = Command::new(launch.program);
     command.args(launch.args).current_dir(launch.working_dir).stdin(Stdio::null());
     for name in PRIVATE_VARIABLES {
+        command.env_remove(name);
+    }
+    for name in WITHHELD.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         command.env_remove(name);
     }
     if let Some(user) = launch.run_as {

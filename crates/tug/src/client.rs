@@ -111,7 +111,14 @@ impl Client {
         );
         stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(io)?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).map_err(io)?;
+        stream.read_to_end(&mut response).map_err(|e| match e.kind() {
+            // The read timeout: say so, rather than "Resource temporarily unavailable".
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RequestError::Other(format!(
+                "the daemon did not answer {method} {path} within {} s",
+                (timeout + Duration::from_secs(5)).as_secs()
+            )),
+            _ => io(e),
+        })?;
         parse_response(&response).ok_or_else(|| RequestError::Other("the daemon sent a malformed answer".into()))
     }
 }

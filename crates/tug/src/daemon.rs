@@ -316,8 +316,11 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
     }
     let path = target.split('?').next().unwrap_or("/");
     let supervisor = &app.supervisor;
-    let _one_change_at_a_time = match method {
-        Method::GET => None,
+    // `down` only signals the shutdown, which itself stops everything: it must not queue
+    // behind a change in progress (a `tug stop` waiting out a long stop_grace_period made
+    // `tug down` time out). The supervisor refuses to create instances once shutting down.
+    let _one_change_at_a_time = match (&method, path) {
+        (&Method::GET, _) | (&Method::POST, "/v1/down") => None,
         _ => Some(app.changes.lock().await),
     };
     let response = match (&method, path) {

@@ -102,11 +102,23 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
             spec
         })
         .collect();
+    // Every sensitive setting's name, shared or a service's own: the daemon keeps them out of
+    // what instances inherit from its environment (see `StackSpec::withheld`).
+    let sensitive = |(name, setting): (&String, &model::Setting)| {
+        (setting.is_secret() || setting.value.as_ref().is_some_and(|v| v.sensitive)).then(|| name.clone())
+    };
+    let mut withheld: Vec<String> = stack.settings.iter().filter_map(sensitive).collect();
+    for service in stack.services.values() {
+        withheld.extend(service.settings.iter().filter_map(sensitive));
+    }
+    withheld.sort();
+    withheld.dedup();
     StackSpec {
         project: stack.name.clone(),
         environment: stack.environment.clone(),
         root: stack.root.clone(),
         services,
+        withheld,
     }
 }
 

@@ -397,6 +397,7 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             environment: "development".into(),
             root: stack.path().to_path_buf(),
             services: vec![service],
+            withheld: Vec::new(),
         },
         targets: vec![name.to_string()],
     };

@@ -8,6 +8,7 @@ mod control;
 mod forward;
 mod harness;
 mod lifecycle;
+mod review;
 mod schema;
 mod secrets;
 mod servers;
