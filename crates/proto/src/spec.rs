@@ -79,31 +79,8 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Condition {
-    Started,
-    Healthy,
-    CompletedSuccessfully,
-}
-
-impl Condition {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Condition::Started => "started",
-            Condition::Healthy => "healthy",
-            Condition::CompletedSuccessfully => "completed_successfully",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Restart {
-    No,
-    OnFailure,
-    Always,
-}
+/// The stack file's own: a dependency's condition and a restart policy travel as they are.
+pub use tug_stackfile::model::{Condition, Restart};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

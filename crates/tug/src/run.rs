@@ -69,25 +69,10 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 port: s.port,
                 proxy: s.proxy,
                 environment: s.environment.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
-                depends_on: s
-                    .depends_on
-                    .iter()
-                    .map(|(d, c)| {
-                        let c = match c {
-                            model::Condition::Started => proto::Condition::Started,
-                            model::Condition::Healthy => proto::Condition::Healthy,
-                            model::Condition::CompletedSuccessfully => proto::Condition::CompletedSuccessfully,
-                        };
-                        (d.clone(), c)
-                    })
-                    .collect(),
+                depends_on: s.depends_on.iter().map(|(d, c)| (d.clone(), *c)).collect(),
                 healthcheck: s.healthcheck.as_ref().map(probe),
                 liveness: s.liveness.as_ref().map(probe),
-                restart: match s.restart {
-                    model::Restart::No => proto::Restart::No,
-                    model::Restart::OnFailure => proto::Restart::OnFailure,
-                    model::Restart::Always => proto::Restart::Always,
-                },
+                restart: s.restart,
                 stop_signal: s.stop_signal.number,
                 stop_signal_name: s.stop_signal.name.to_string(),
                 stop_grace_ms: s.stop_grace_period.as_millis().min(u64::MAX as u128) as u64,
