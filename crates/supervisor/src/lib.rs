@@ -597,9 +597,25 @@ impl Supervisor {
     }
 }
 
+/// The stack file checks all of this; the API is reachable without it, so the
+/// daemon checks again what could hurt it (a request is signed, not necessarily sane).
 fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
     let mut seen = HashSet::new();
+    let total: u64 = spec.services.iter().map(|s| u64::from(s.replicas)).sum();
+    if total > u64::from(tug_proto::spec::MAX_REPLICAS) {
+        return Err(Error::BadRequest(format!(
+            "the stack asks for {total} instances in all, more than {}",
+            tug_proto::spec::MAX_REPLICAS
+        )));
+    }
     for s in &spec.services {
+        // As the stack file allows: a rotation renames every kept file.
+        if !(1..=1000).contains(&s.log_max_files) {
+            return Err(Error::BadRequest(format!(
+                "service `{}`: logs.max_files must be from 1 to 1000, not {}",
+                s.name, s.log_max_files
+            )));
+        }
         let valid_name = !s.name.is_empty()
             && s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !valid_name {
@@ -643,4 +659,63 @@ fn cgroup_problem(
 /// RFC 3339 UTC, to the millisecond.
 pub fn rfc3339(time: SystemTime) -> String {
     tug_logs::format_time(time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tug_proto::spec::{Restart, Value};
+
+    fn service(name: &str, replicas: u32, log_max_files: u32) -> ServiceSpec {
+        let mut spec = ServiceSpec {
+            name: name.into(),
+            kind: Kind::Service,
+            command: Some(tug_proto::spec::CommandSpec::Shell(Value::plain("true"))),
+            working_dir: "/".into(),
+            replicas,
+            port: None,
+            proxy: false,
+            environment: Vec::new(),
+            depends_on: Vec::new(),
+            healthcheck: None,
+            liveness: None,
+            restart: Restart::No,
+            stop_signal: libc::SIGTERM,
+            stop_signal_name: "SIGTERM".into(),
+            stop_grace_ms: 1000,
+            user: None,
+            memory_bytes: None,
+            cpu: None,
+            log_max_size: 1 << 20,
+            log_max_files,
+            revision: String::new(),
+        };
+        spec.revision = spec.compute_revision();
+        spec
+    }
+
+    fn stack(services: Vec<ServiceSpec>) -> StackSpec {
+        StackSpec {
+            project: "p".into(),
+            environment: "development".into(),
+            root: "/".into(),
+            services,
+            withheld: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn specs_the_stack_file_would_refuse_are_refused() {
+        assert!(validate_spec(&stack(vec![service("a", 2, 5)])).is_ok());
+        let too_many = stack(vec![service("a", 6000, 5), service("b", 6000, 5)]);
+        assert!(validate_spec(&too_many).unwrap_err().to_string().contains("12000 instances"));
+        let files = validate_spec(&stack(vec![service("a", 1, u32::MAX)])).unwrap_err().to_string();
+        assert!(files.contains("logs.max_files"), "{files}");
+        let mut tampered = service("a", 1, 5);
+        tampered.stop_grace_ms = 1;
+        assert!(validate_spec(&stack(vec![tampered])).unwrap_err().to_string().contains("revision"));
+        let twice = stack(vec![service("a", 1, 5), service("a", 1, 5)]);
+        assert!(validate_spec(&twice).unwrap_err().to_string().contains("twice"));
+        assert!(validate_spec(&stack(vec![service("../x", 1, 5)])).is_err());
+    }
 }
