@@ -24,6 +24,9 @@ use tug_supervisor::{Config, Error, Supervisor};
 
 /// Largest request body accepted (a stack spec of thousands of services fits).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// A body sent slower than this is dropped (before authentication, so it is bounded).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 256;
 pub const LOG_FILE: &str = "daemon.log";
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -242,6 +245,9 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             signals.shutdown.notify_one();
         });
         let accepting = app.clone();
+        // Connections at once: enough for any number of CLIs, few enough that
+        // a local program opening sockets in a loop cannot exhaust the daemon.
+        let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -249,8 +255,13 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let app = accepting.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let service = hyper::service::service_fn(move |request| handle(app.clone(), request));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
@@ -306,9 +317,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
     let method = request.method().clone();
     let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes"))),
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes"))),
+        Err(_) => return Ok(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
     };
     // Authentication before routing: nothing about the API is reachable unsigned.
     if let Err(e) = app.verifier.verify(header.as_deref(), method.as_str(), &target, &body, tug_proto::unix_now()) {
