@@ -889,6 +889,16 @@ mod tests {
     }
 
     /// The directories that could hold this test process's groups and probes.
+    /// `sleep 30`, moved into `group` between fork and exec.
+    fn sleep_in(group: &Arc<Group>) -> std::process::Child {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30").stdin(Stdio::null());
+        let joiner = Arc::clone(group);
+        // SAFETY: join_in_child only calls write(2) on pre-opened descriptors: async-signal-safe.
+        unsafe { cmd.pre_exec(move || joiner.join_in_child()) };
+        cmd.spawn().expect("spawn a child that joins the group")
+    }
+
     fn bases(support: &Support) -> Vec<PathBuf> {
         match support {
             Support::V2 { base } => vec![base.clone()],
@@ -963,13 +973,7 @@ mod tests {
             Arc::new(support.create(&scope, "sleeper", &limits).expect("create again"))
         };
 
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30").stdin(Stdio::null());
-        let joiner = Arc::clone(&group);
-        // SAFETY: join_in_child only calls write(2) on pre-opened descriptors: async-signal-safe.
-        unsafe { cmd.pre_exec(move || joiner.join_in_child()) };
-        let mut child = cmd.spawn().expect("spawn a child that joins the group");
-        drop(cmd);
+        let mut child = sleep_in(&group);
         let pid = child.id() as i32;
         assert_eq!(group.pids(), vec![pid]);
         assert!(!group.pids().contains(&(std::process::id() as i32)));
@@ -1033,13 +1037,7 @@ mod tests {
         }
         let scope = format!("test-{}-v2", std::process::id());
         let group = Arc::new(support.create(&scope, "plain", &Limits::default()).expect("create"));
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30").stdin(Stdio::null());
-        let joiner = Arc::clone(&group);
-        // SAFETY: join_in_child only calls write(2) on pre-opened descriptors: async-signal-safe.
-        unsafe { cmd.pre_exec(move || joiner.join_in_child()) };
-        let mut child = cmd.spawn().unwrap();
-        drop(cmd);
+        let mut child = sleep_in(&group);
         assert_eq!(group.pids(), vec![child.id() as i32]);
         assert!(group.cpu_usage_nanos().is_some());
         group.kill_all();
@@ -1060,13 +1058,7 @@ mod tests {
         }
         let scope = format!("test-{}-busy", std::process::id());
         let group = Arc::new(support.create(&scope, "busy", &Limits::default()).expect("create"));
-        let mut cmd = Command::new("sleep");
-        cmd.arg("30").stdin(Stdio::null());
-        let joiner = Arc::clone(&group);
-        // SAFETY: join_in_child only calls write(2) on pre-opened descriptors: async-signal-safe.
-        unsafe { cmd.pre_exec(move || joiner.join_in_child()) };
-        let mut child = cmd.spawn().unwrap();
-        drop(cmd);
+        let mut child = sleep_in(&group);
         let pid = child.id() as i32;
         assert_eq!(group.pids(), vec![pid]);
         // Kill it from elsewhere and reap it after a while: remove waits for that.
