@@ -1,0 +1,5 @@
+//! The router's one integration-test binary: real listeners, in-process backends.
+
+mod http;
+mod support;
+mod tcp;
