@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Benchmark: tug's router against nginx and HAProxy fronting the same three backends (single-process
+# nginx answering `return 200 "ok"`, bench/router/backend.sh), same machine, same load generator (wrk,
+# h2load for HTTP/2), same concurrency, interleaved in one run. Goal (issue 4): tug's requests/s at
+# least the better peer's, and its p99 at most 1.2x the better peer's.
+#
+# Knobs (environment): ROUNDS (3), DURATION (10s) per wrk run, LOADS ("64 8": wrk connections, the
+# first the throughput run, the second latency-focused), WRK_THREADS (2), PROXY_WORKERS (2: nginx
+# worker_processes, HAProxy nbthread; tug's daemon runs 2 runtime threads), H2 (1), H2_DURATION (5s),
+# H2_CLIENTS/H2_STREAMS (8/8: 64 streams in flight), TUG (1: also `tug up -d` the generated stack),
+# TUG_LABEL (what the daemon serves the port with today), TUG_BIN (default: a fresh release build),
+# TUG_ROUTER_CMD (a command starting a router on 127.0.0.1:$LISTEN_PORT in front of $BACKENDS, for a
+# router that is not yet in the daemon), BASE_PORT (31800).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx-light; need haproxy haproxy; need wrk wrk; need h2load nghttp2-client
+
+rounds=${ROUNDS:-3}
+duration=${DURATION:-10s}
+loads=${LOADS:-64 8}
+wrk_threads=${WRK_THREADS:-2}
+workers=${PROXY_WORKERS:-2}
+h2=${H2:-1}
+h2_duration=${H2_DURATION:-5s}
+h2_clients=${H2_CLIENTS:-8}
+h2_streams=${H2_STREAMS:-8}
+base=${BASE_PORT:-31800}
+# NEXT: once the daemon serves `port:` through crates/router, this becomes "tug router".
+tug_label=${TUG_LABEL:-tug TCP forwarder (not the router)}
+# Ports: backends base+1..3 (the harness's; tug starts its own three on private ports from
+# TUG_PORT_RANGE), then one front port per target, plus an h2c port for the peers (nginx 1.22 speaks
+# h2c only on a port of its own).
+backends=($((base + 1)) $((base + 2)) $((base + 3)))
+p_nginx=$((base + 10)) p_haproxy=$((base + 11)) p_tug=$((base + 12)) p_cmd=$((base + 13))
+p_nginx_h2=$((base + 20)) p_haproxy_h2=$((base + 21))
+
+out=bench/out/router
+rm -rf "$out"; mkdir -p "$out/raw" "$out/conf"
+work=$(mktemp -d /tmp/tug-bench-router.XXXXXX)
+pids=()
+tug=""
+cleanup() {
+  [ -n "$tug" ] && "$tug" down -f "$work/tug.yaml" >/dev/null 2>&1 || true
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {   # wait_port PORT: until something accepts on 127.0.0.1:PORT (5 s)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on 127.0.0.1:$1" >&2; return 1
+}
+machine() { echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(ls /proc | grep -c '^[0-9]') processes"; }
+echo "machine: $(machine)" | tee "$out/machine.txt"
+
+# --- backends: three single-process nginx, 1 worker each ----------------------------------------
+for p in "${backends[@]}"; do
+  BACKEND_DIR="$work/backends" bench/router/backend.sh "$p" 2>>"$out/backends.log" &
+  pids+=($!)
+done
+for p in "${backends[@]}"; do wait_port "$p"; done
+upstreams=$(printf '127.0.0.1:%s,' "${backends[@]}"); upstreams=${upstreams%,}
+
+# --- peer 1: nginx reverse proxy ------------------------------------------------------------------
+mkdir -p "$work/nginx/tmp"
+cat > "$out/conf/nginx.conf" <<CONF
+# nginx as the reverse proxy: $workers worker processes (= tug's runtime threads), keepalive pool to
+# the backends, X-Forwarded-For/-Proto added as tug's router must, no access log.
+daemon off;
+worker_processes $workers;
+pid $work/nginx/nginx.pid;
+error_log stderr error;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  client_body_temp_path $work/nginx/tmp; proxy_temp_path $work/nginx/tmp; fastcgi_temp_path $work/nginx/tmp;
+  uwsgi_temp_path $work/nginx/tmp; scgi_temp_path $work/nginx/tmp;
+  upstream backends {
+$(for p in "${backends[@]}"; do echo "    server 127.0.0.1:$p;"; done)
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$p_nginx;
+    listen 127.0.0.1:$p_nginx_h2 http2;
+    location / {
+      proxy_pass http://backends;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+nginx -p "$work/nginx" -e stderr -c "$(realpath "$out/conf/nginx.conf")" 2>>"$out/nginx.log" &
+pids+=($!)
+
+# --- peer 2: HAProxy ------------------------------------------------------------------------------
+cat > "$out/conf/haproxy.cfg" <<CONF
+# HAProxy: $workers threads (= tug's runtime threads), round robin, idle server connections shared
+# (http-reuse always), X-Forwarded-For/-Proto added, no logging, no health checks (nginx has none either).
+global
+  nbthread $workers
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  option forwardfor
+  http-reuse always
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:$p_haproxy
+  bind 127.0.0.1:$p_haproxy_h2 proto h2
+  http-request set-header X-Forwarded-Proto http
+  default_backend be
+backend be
+  balance roundrobin
+$(i=0; for p in "${backends[@]}"; do i=$((i + 1)); echo "  server b$i 127.0.0.1:$p"; done)
+CONF
+haproxy -db -f "$out/conf/haproxy.cfg" 2>>"$out/haproxy.log" &
+pids+=($!)
+wait_port "$p_nginx"; wait_port "$p_haproxy"
+
+targets=("nginx|$p_nginx" "haproxy|$p_haproxy")
+
+# --- tug: `tug up -d` of three instances of the same backend behind `port:` -----------------------
+if [ "${TUG:-1}" = 1 ]; then
+  if [ -z "${TUG_BIN:-}" ]; then
+    cargo build --release --quiet -p tug || echo "warning: cargo build failed; measuring the existing target/release/tug" >&2
+  fi
+  mkdir -p "$out/bin"; cp "${TUG_BIN:-target/release/tug}" "$out/bin/tug"   # a rebuild must not swap it mid-run
+  tug=$(realpath "$out/bin/tug")
+  export TUG_STATE_DIR="$work/state" TUG_PORT_RANGE=${TUG_PORT_RANGE:-31900-31999}
+  python3 bench/router/gen_stack.py --port "$p_tug" --backend "$(realpath bench/router/backend.sh)" \
+    --dir "$work/tug-backends" > "$work/tug.yaml"
+  cp "$work/tug.yaml" "$out/conf/tug.yaml"
+  "$tug" up -d -f "$work/tug.yaml" >"$out/tug-up.log" 2>&1 || { cat "$out/tug-up.log"; exit 1; }
+  wait_port "$p_tug"
+  targets+=("$tug_label|$p_tug")
+fi
+# --- a router not yet in the daemon: TUG_ROUTER_CMD -------------------------------------------------
+if [ -n "${TUG_ROUTER_CMD:-}" ]; then
+  LISTEN_PORT=$p_cmd BACKENDS=$upstreams bash -c "exec $TUG_ROUTER_CMD" >"$out/router-cmd.log" 2>&1 &
+  pids+=($!)
+  wait_port "$p_cmd"
+  targets+=("tug router (TUG_ROUTER_CMD)|$p_cmd")
+else
+  echo "tug router: not available yet — skipped (set TUG_ROUTER_CMD, or TUG_LABEL once the daemon serves through it)"
+fi
+
+for t in "${targets[@]}"; do curl -fsS "http://127.0.0.1:${t##*|}/" >/dev/null || { echo "no 200 from ${t%%|*}" >&2; exit 1; }; done
+
+run_wrk() {   # run_wrk CONNECTIONS DURATION PORT FILE
+  local threads=$wrk_threads; [ "$1" -lt "$threads" ] && threads=$1
+  local cmd="wrk -t$threads -c$1 -d$2 --latency http://127.0.0.1:$3/"
+  { echo "# $cmd"; $cmd; } > "$4"
+}
+
+# --- backends direct: each alone, same load as the throughput run -----------------------------------
+first_load=${loads%% *}
+for p in "${backends[@]}"; do run_wrk "$first_load" 3s "$p" "$out/raw/backend-$p.txt"; done
+# Warm-up: every target once, 2 s.
+for t in "${targets[@]}"; do run_wrk "$first_load" 2s "${t##*|}" /dev/null; done
+
+# --- interleaved rounds: every target once per load per round, order rotated each round -----------
+n=${#targets[@]}
+for r in $(seq "$rounds"); do
+  for c in $loads; do
+    for k in $(seq 0 $((n - 1))); do
+      t=${targets[$(((k + r - 1) % n))]}; name=${t%%|*}; port=${t##*|}
+      f="$out/raw/c$c-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_').txt"
+      run_wrk "$c" "$duration" "$port" "$f"
+      echo "round $r c=$c $name: $(grep Requests/sec "$f" | awk '{print $2}') req/s"
+    done
+  done
+  if [ "$h2" = 1 ]; then
+    for t in "nginx|$p_nginx_h2" "haproxy|$p_haproxy_h2"; do
+      name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-r$r-$name"
+      cmd="h2load -t$wrk_threads -c$h2_clients -m$h2_streams -D ${h2_duration%s} --log-file=$f.log http://127.0.0.1:$port/"
+      { echo "# $cmd"; $cmd; } > "$f.txt"
+      echo "round $r h2 $name: $(grep -o '[0-9.]* req/s' "$f.txt")"
+    done
+  fi
+done
+[ "$h2" = 1 ] && echo "tug HTTP/2: skipped — the TCP forwarder passes h2c to backends that speak HTTP/1.1 only; the router will terminate h2c on its port"
+echo "machine after: $(machine)" | tee -a "$out/machine.txt"
+
+python3 bench/router/summary.py "$out" "$rounds" "$loads" "${targets[@]%%|*}" | tee "$out/summary.txt"
