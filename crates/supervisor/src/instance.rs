@@ -18,7 +18,9 @@ use crate::order::{self, Gate};
 use crate::probe::{self, Check};
 use crate::process::{self, Launch, RunAs};
 use crate::reaper::Exit;
-use crate::{Inner, Instance, ports, rfc3339};
+use tug_logs::format_time;
+
+use crate::{Inner, Instance, ports};
 
 /// Backoff starts here and doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -458,7 +460,7 @@ impl Task {
                 let s = &mut row.status;
                 s.pid = Some(pid);
                 s.state = initial;
-                let now = rfc3339(SystemTime::now());
+                let now = format_time(SystemTime::now());
                 s.ready_at = (initial == State::Running).then(|| now.clone());
                 s.finished_at = None;
                 s.started_at = Some(now);
@@ -511,8 +513,7 @@ impl Task {
         let mut ready_failures = 0u32;
         let mut live_failures = 0u32;
         let mut up_since: Option<Instant> = (initial == State::Running).then(Instant::now);
-        let stop = |grace_signal: i32| (grace_signal, Duration::from_millis(self.spec.stop_grace_ms));
-        let (signal, grace) = stop(self.spec.stop_signal);
+        let (signal, grace) = (self.spec.stop_signal, Duration::from_millis(self.spec.stop_grace_ms));
         let outcome = loop {
             tokio::select! {
                 exit = &mut spawned.exit => {
@@ -545,7 +546,7 @@ impl Task {
                                                 && matches!(row.status.state, State::Starting | State::Healthy)) =>
                                     {
                                         if let Some(h) = row.status.health.as_mut() {
-                                            h.at = rfc3339(SystemTime::now());
+                                            h.at = format_time(SystemTime::now());
                                         }
                                         true
                                     }
@@ -553,10 +554,10 @@ impl Task {
                                 }
                             };
                             if !quiet { self.set(|s| {
-                                s.health = Some(Health { ok, message, at: rfc3339(SystemTime::now()), failures });
+                                s.health = Some(Health { ok, message, at: format_time(SystemTime::now()), failures });
                                 if ok && matches!(s.state, State::Starting | State::Unhealthy) {
                                     s.state = State::Healthy;
-                                    s.ready_at = Some(rfc3339(SystemTime::now()));
+                                    s.ready_at = Some(format_time(SystemTime::now()));
                                     became_up = true;
                                 } else if !ok && failures >= retries && matches!(s.state, State::Starting | State::Healthy) {
                                     s.state = State::Unhealthy;
@@ -632,7 +633,7 @@ impl Task {
             if let Some(row) = t.instances.get_mut(&name) {
                 row.start_ticks = None;
                 row.status.pid = None;
-                row.status.finished_at = Some(rfc3339(SystemTime::now()));
+                row.status.finished_at = Some(format_time(SystemTime::now()));
             }
         });
         outcome

@@ -18,7 +18,6 @@ pub mod reaper;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -654,11 +653,6 @@ fn cgroup_problem(
     support.can_apply(&limits).err().map(|why| {
         format!("resources limits of {} are not applied: {why}; the services run without them", limited.join(", "))
     })
-}
-
-/// RFC 3339 UTC, to the millisecond.
-pub fn rfc3339(time: SystemTime) -> String {
-    tug_logs::format_time(time)
 }
 
 #[cfg(test)]

@@ -68,7 +68,6 @@ pub fn signal_name(signal: i32) -> String {
 #[derive(Default)]
 struct Table {
     waiting: HashMap<i32, oneshot::Sender<Exit>>,
-    children: usize,
     /// Spawns that have forked (or may have) but not registered their child yet.
     spawning: usize,
 }
@@ -112,7 +111,6 @@ impl Reaper {
         let result = spawned.map(|child| {
             let (tx, rx) = oneshot::channel();
             table.waiting.insert(child.id() as i32, tx);
-            table.children += 1;
             (child, rx)
         });
         drop(table);
@@ -159,7 +157,6 @@ fn reap_forever(shared: &Shared) {
             Exit::Code(libc::WEXITSTATUS(status))
         };
         if let Some(tx) = table.waiting.remove(&pid) {
-            table.children = table.children.saturating_sub(1);
             let _ = tx.send(exit);
         }
     }

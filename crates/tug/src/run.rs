@@ -225,7 +225,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         Err(error) => {
             // A daemon this command started for nothing is not left behind.
             if started_daemon && status(&client).is_ok_and(|s| s.instances.is_empty()) {
-                let _ = down_with(&state_dir, &client, true);
+                let _ = down_with(&client, true);
             }
             return Err(error.into());
         }
@@ -259,7 +259,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     }
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
-    down_with(&state_dir, &client, false)
+    down_with(&client, false)
 }
 
 enum Waited {
@@ -472,15 +472,15 @@ fn print_failure_logs(state_dir: &Path, failed: &[InstanceStatus]) {
 }
 
 pub fn down(args: &StackArgs) -> Result<ExitCode, String> {
-    let (state_dir, client) = connect(args, false)?;
+    let (_, client) = connect(args, false)?;
     let Some(client) = client else {
         return output::write_stdout("nothing is running for this stack\n");
     };
     catch_interrupts();
-    down_with(&state_dir, &client, false)
+    down_with(&client, false)
 }
 
-fn down_with(state_dir: &Path, client: &Client, quiet: bool) -> Result<ExitCode, String> {
+fn down_with(client: &Client, quiet: bool) -> Result<ExitCode, String> {
     let before = match status(client) {
         Ok(status) => status,
         Err(RequestError::NoDaemon) => return output::write_stdout("nothing is running for this stack\n"),
@@ -505,7 +505,6 @@ fn down_with(state_dir: &Path, client: &Client, quiet: bool) -> Result<ExitCode,
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let _ = state_dir;
     let count = before.instances.iter().filter(|i| i.pid.is_some()).count();
     if quiet {
         return Ok(ExitCode::SUCCESS);
