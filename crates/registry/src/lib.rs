@@ -5,9 +5,36 @@
 //! with the same semantics:
 //!
 //! - [`EmbeddedRegistry`]: in the daemon's memory, for a project on one host (the default).
-//! - [`RedisRegistry`]: in Redis (`redis://…`), for a project that spans hosts. Expiry is judged by the
-//!   Redis server's clock (Lua with `TIME`), never a client's; changes are announced with pub/sub and a
-//!   periodic full resync catches what pub/sub lost across a disconnect.
+//! - [`RedisRegistry`]: in Redis (`redis://…`, or `rediss://…` over TLS), for a project that spans
+//!   hosts. Expiry is judged by the Redis server's clock (Lua with `TIME`), never a client's; changes
+//!   are announced with pub/sub and a periodic full resync catches what pub/sub lost across a
+//!   disconnect.
+//!
+//! # Registry URLs
+//!
+//! ```text
+//! redis://[[user]:password@]host[:port][/db]
+//! rediss://[[user]:password@]host[:port][/db][?ca=PATH][&cert=PATH&key=PATH][&insecure=true]
+//! ```
+//!
+//! `rediss://` is Redis over TLS (rustls): the server's certificate must be valid for `host` and
+//! signed by a CA of the system's bundle (`SSL_CERT_FILE` when set, else e.g. Debian's
+//! `/etc/ssl/certs/ca-certificates.crt`). Parameters, all PEM files:
+//!
+//! - `ca=/path/ca.pem`: trust these CAs instead (a private CA).
+//! - `cert=/path/client.pem&key=/path/client-key.pem`: a client certificate, for servers that
+//!   require one (mutual TLS; redis-server's `--tls-auth-clients yes`).
+//! - `insecure=true`: **no verification of the server's certificate**: anyone on the network path
+//!   can pose as the server, read the password and rewrite the membership, and so redirect traffic.
+//!   Test setups only; prefer `ca=`. [`RedisUrl::is_insecure`] tells a caller to warn.
+//!
+//! The files are read when the URL is parsed (so by [`AnyRegistry::open`]): a missing or non-PEM
+//! file is a [`RegistryError::Url`] naming the parameter and path. Everything else (AUTH, SELECT,
+//! the scripts, the subscriber connection, reconnects, timeouts) is the same over TLS; a TLS
+//! failure once connected is a [`RegistryError::Tls`], which says `certificate problem` when the
+//! server's certificate is not trusted or the server wants a client certificate. The parser's
+//! docs (`src/url.rs`) have the details: `%`-encoding, relative paths, where the system's bundle is
+//! looked for.
 //!
 //! A registry is bound to one project: every key it touches is namespaced by the project name.
 //! [`Registry::watch`] gives the live membership; when the registry fails, the watch keeps the last
@@ -16,6 +43,7 @@
 mod embedded;
 mod redis;
 pub mod resp;
+mod tls;
 mod url;
 
 use std::future::Future;
@@ -129,6 +157,10 @@ pub enum RegistryError {
     Io { address: String, source: std::io::Error },
     #[error("Redis at {address}: no answer within {after:?}")]
     Timeout { address: String, after: Duration },
+    /// The TLS session failed: a certificate problem (`message` says so), a refused handshake, or
+    /// a server that does not speak TLS on that port.
+    #[error("Redis at {address}: TLS: {message}")]
+    Tls { address: String, message: String },
     #[error("Redis at {address}: malformed reply: {message}")]
     Protocol { address: String, message: String },
     #[error("invalid entry {instance:?}: {message}")]
@@ -164,9 +196,10 @@ pub enum AnyRegistry {
 }
 
 impl AnyRegistry {
-    /// `None` or `"embedded"`: the embedded registry; `redis://…`: Redis. Must be called inside a
-    /// tokio runtime (both start a background task). Does not contact Redis: an unreachable registry
-    /// shows as a stale membership and failing registrations, never as a failure to start.
+    /// `None` or `"embedded"`: the embedded registry; `redis://…` or `rediss://…`: Redis. Must be
+    /// called inside a tokio runtime (both start a background task). Does not contact Redis: an
+    /// unreachable registry shows as a stale membership and failing registrations, never as a
+    /// failure to start. It does read the TLS files a `rediss://` URL names: a bad one is an error.
     pub fn open(setting: Option<&str>, project: &str, config: Config) -> Result<AnyRegistry, RegistryError> {
         match setting {
             None | Some("embedded") => Ok(AnyRegistry::Embedded(EmbeddedRegistry::new(project, config))),

@@ -9,6 +9,9 @@
 //!
 //! Every script first drops the entries whose expiry has passed (by the server's `TIME`) and announces
 //! the drop, so a dead host's entries leave within its TTL plus one resync of any watcher.
+//!
+//! A connection is a TCP stream or, for `rediss://`, a rustls session over one ([`Stream`]); all
+//! the rest (AUTH, SELECT, scripts, the subscriber, reconnects) does not know which.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,9 +19,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, Notify, watch};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::resp::{self, Value};
+use crate::tls::{Explained, TlsParams};
 use crate::{Config, Entry, Membership, RedisUrl, Registry, RegistryError, Status, check_entries, mark_stale, publish};
 
 /// Shared prologue: `now` in ms by the server's clock; drop and announce expired entries.
@@ -149,7 +155,12 @@ async fn call_on(ctx: &Ctx, slot: &mut Option<Conn>, args: &[&[u8]]) -> Result<V
     }
     let conn = slot.as_mut().expect("connected above");
     match conn.call(args).await {
-        Err(e @ (RegistryError::Io { .. } | RegistryError::Timeout { .. } | RegistryError::Protocol { .. })) => {
+        Err(
+            e @ (RegistryError::Io { .. }
+            | RegistryError::Tls { .. }
+            | RegistryError::Timeout { .. }
+            | RegistryError::Protocol { .. }),
+        ) => {
             *slot = None;
             Err(e)
         }
@@ -372,24 +383,79 @@ async fn watch_once(ctx: &Ctx, cmd: &mut Option<Conn>, backoff: &mut Backoff) ->
     }
 }
 
+/// The bytes under RESP: plain TCP, or TLS over TCP (boxed: a rustls session is large).
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            // rustls may keep records it could not write yet: the flush sends them.
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+
+    /// Cancel-safe, as both streams' `read` are.
+    async fn read(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(into).await,
+            Stream::Tls(s) => s.read(into).await,
+        }
+    }
+}
+
 /// One connection, authenticated and on the right database.
 struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
     address: String,
     timeout: Duration,
+    /// For `rediss://`: what the URL asked for, so TLS errors can say what to change.
+    tls: Option<TlsParams>,
+    /// A reply has been read: the server speaks RESP here.
+    answered: bool,
 }
 
 impl Conn {
     async fn open(url: &RedisUrl, limit: Duration) -> Result<Conn, RegistryError> {
         let address = url.address();
-        let stream = match timeout(limit, TcpStream::connect((url.host.as_str(), url.port))).await {
+        // One bound for connecting and, over TLS, the handshake.
+        let deadline = Instant::now() + limit;
+        let tcp = match timeout_at(deadline, TcpStream::connect((url.host.as_str(), url.port))).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(RegistryError::Connect { address, source }),
             Err(_) => return Err(RegistryError::Timeout { address, after: limit }),
         };
-        let _ = stream.set_nodelay(true);
-        let mut conn = Conn { stream, buf: Vec::with_capacity(4096), address, timeout: limit };
+        let _ = tcp.set_nodelay(true);
+        let (stream, tls) = match &url.tls {
+            None => (Stream::Plain(tcp), None),
+            Some(tls) => {
+                let connector = TlsConnector::from(tls.config.clone());
+                match timeout_at(deadline, connector.connect(tls.server_name.clone(), tcp)).await {
+                    Ok(Ok(s)) => (Stream::Tls(Box::new(s)), Some(tls.params.clone())),
+                    Ok(Err(source)) => {
+                        let message = match tls_error(&source) {
+                            Some(error) => Explained { error, params: &tls.params }.to_string(),
+                            None => format!("handshake failed: {source} (is this redis-server's --tls-port?)"),
+                        };
+                        return Err(RegistryError::Tls { address, message });
+                    }
+                    // A plain server takes the ClientHello for the start of a command and waits.
+                    Err(_) => {
+                        let message =
+                            format!("no answer to the handshake within {limit:?} (is this redis-server's --tls-port?)");
+                        return Err(RegistryError::Tls { address, message });
+                    }
+                }
+            }
+        };
+        let mut conn = Conn { stream, buf: Vec::with_capacity(4096), address, timeout: limit, tls, answered: false };
         if let Some(password) = &url.password {
             let mut args: Vec<&[u8]> = vec![b"AUTH"];
             if let Some(user) = &url.username {
@@ -415,9 +481,32 @@ impl Conn {
         resp::encode(args, &mut out);
         match timeout(self.timeout, self.stream.write_all(&out)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(source)) => Err(RegistryError::Io { address: self.address.clone(), source }),
+            Ok(Err(source)) => Err(self.io_error(source)),
             Err(_) => Err(RegistryError::Timeout { address: self.address.clone(), after: self.timeout }),
         }
+    }
+
+    /// A failed read or write: [`RegistryError::Tls`] when TLS failed (a certificate the server
+    /// refused after the handshake, as TLS 1.3 servers do), else [`RegistryError::Io`].
+    fn io_error(&self, source: std::io::Error) -> RegistryError {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+        if let (Some(params), Some(error)) = (&self.tls, tls_error(&source)) {
+            return RegistryError::Tls {
+                address: self.address.clone(),
+                message: Explained { error, params }.to_string(),
+            };
+        }
+        // A TLS port drops a plain client without a word.
+        let source = match source.kind() {
+            kind @ (ConnectionReset | UnexpectedEof | BrokenPipe) if self.tls.is_none() && !self.answered => {
+                std::io::Error::new(
+                    kind,
+                    format!("{source}, before any reply (if this port serves TLS, use rediss://)"),
+                )
+            }
+            _ => source,
+        };
+        RegistryError::Io { address: self.address.clone(), source }
     }
 
     fn buffered_is_empty(&self) -> bool {
@@ -430,6 +519,7 @@ impl Conn {
             match resp::parse(&self.buf) {
                 Ok(Some((value, used))) => {
                     self.buf.drain(..used);
+                    self.answered = true;
                     return Ok(value);
                 }
                 Ok(None) => {}
@@ -437,14 +527,9 @@ impl Conn {
             }
             let mut chunk = [0u8; 16 * 1024];
             match self.stream.read(&mut chunk).await {
-                Ok(0) => {
-                    return Err(RegistryError::Io {
-                        address: self.address.clone(),
-                        source: std::io::ErrorKind::UnexpectedEof.into(),
-                    });
-                }
+                Ok(0) => return Err(self.io_error(std::io::ErrorKind::UnexpectedEof.into())),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(source) => return Err(RegistryError::Io { address: self.address.clone(), source }),
+                Err(source) => return Err(self.io_error(source)),
             }
         }
     }
@@ -465,6 +550,11 @@ impl Conn {
             other => Ok(other),
         }
     }
+}
+
+/// The rustls error inside an I/O error from a TLS stream.
+fn tls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{WAIT, entry, fast, ids, wait_for};
-use tug_registry::{AnyRegistry, Config, EmbeddedRegistry, Registry, Status};
+use tug_registry::{AnyRegistry, Config, EmbeddedRegistry, Registry, RegistryError, Status};
 
 #[tokio::test]
 async fn register_snapshot_deregister_round_trip() {
@@ -42,13 +42,17 @@ async fn entries_expire_when_heartbeats_stop() {
 }
 
 #[tokio::test]
-async fn any_registry_defaults_to_embedded_and_rejects_tls() {
+async fn any_registry_defaults_to_embedded_and_opens_redis_urls() {
     let reg = AnyRegistry::open(None, "p", fast()).unwrap();
     assert!(matches!(reg, AnyRegistry::Embedded(_)));
     assert_eq!(reg.project(), "p");
     reg.register(&[entry("web", "h1/web-1", 8001)]).await.unwrap();
     assert_eq!(reg.snapshot().await.unwrap().len(), 1);
-    let err = AnyRegistry::open(Some("rediss://:pw@h:6380"), "p", fast()).err().unwrap().to_string();
-    assert!(err.contains("not supported yet") && !err.contains("pw"), "{err}");
     assert!(matches!(AnyRegistry::open(Some("redis://h:6380"), "p", fast()).unwrap(), AnyRegistry::Redis(_)));
+    assert!(matches!(AnyRegistry::open(Some("rediss://:pw@h:6380"), "p", fast()).unwrap(), AnyRegistry::Redis(_)));
+    // A TLS file that cannot be read fails the opening, naming the parameter and the path only.
+    let err = AnyRegistry::open(Some("rediss://:hunter2@h:6380?ca=/nonexistent/ca.pem"), "p", fast()).err().unwrap();
+    assert!(matches!(err, RegistryError::Url(_)), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("cannot read ca=/nonexistent/ca.pem") && !text.contains("hunter2"), "{text}");
 }
