@@ -9,13 +9,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// of 10 backends carries within about 15% of the mean.
 pub const VIRTUAL_NODES: u32 = 160;
 
-/// Round robin over `n` candidates; one relaxed atomic per pick.
+/// Longest smooth weighted order; larger weight sums are scaled down to it.
+pub const MAX_ORDER: usize = 1024;
+
+/// Round robin over a sequence of candidates; one relaxed atomic per pick.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
 }
 
 impl RoundRobin {
+    /// A position in `0..n`, advancing by one each call.
     pub fn pick(&self, n: usize) -> Option<usize> {
         if n == 0 {
             return None;
@@ -24,29 +28,87 @@ impl RoundRobin {
     }
 }
 
-/// Power of two choices: two distinct random candidates, the one with the lower
-/// load wins (ties go to the first). `load(i)` is read once per candidate.
-pub fn p2c(n: usize, load: impl Fn(usize) -> usize) -> Option<usize> {
+/// The smooth weighted round-robin order over `weights` (nginx's algorithm):
+/// each index appears in proportion to its weight, spread out rather than in
+/// runs; weight 0 never appears. Weights are reduced by their common divisor
+/// and, if they still sum past [`MAX_ORDER`], scaled down (each keeps at least
+/// one turn). Built once per membership change; a pick is an index into it.
+pub fn weighted_order(weights: &[u32]) -> Vec<u32> {
+    let present = || weights.iter().enumerate().filter(|&(_, &w)| w > 0);
+    let Some(&first) = weights.iter().find(|&&w| w > 0) else { return Vec::new() };
+    if present().all(|(_, &w)| w == first) {
+        return present().map(|(i, _)| i as u32).collect();
+    }
+    let divisor = present().fold(0u32, |g, (_, &w)| gcd(g, w));
+    let mut scaled: Vec<u64> = weights.iter().map(|&w| u64::from(w / divisor.max(1))).collect();
+    let sum: u64 = scaled.iter().sum();
+    if sum > MAX_ORDER as u64 {
+        for w in scaled.iter_mut().filter(|w| **w > 0) {
+            *w = (*w * MAX_ORDER as u64 / sum).max(1);
+        }
+    }
+    let total: u64 = scaled.iter().sum();
+    let mut current = vec![0i64; scaled.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best: Option<usize> = None;
+        for (i, &w) in scaled.iter().enumerate().filter(|&(_, &w)| w > 0) {
+            current[i] += w as i64;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        let Some(best) = best else { break };
+        current[best] -= total as i64;
+        order.push(best as u32);
+    }
+    order
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Whether `b` carries less load per unit of weight than `a`.
+pub fn lighter(a: (usize, u32), b: (usize, u32)) -> bool {
+    (b.0 as u128) * u128::from(a.1) < (a.0 as u128) * u128::from(b.1)
+}
+
+/// Power of two choices: two candidates drawn at distinct positions of
+/// `order` (so in proportion to weight), the one with the lower load per unit
+/// of weight wins (ties go to the first). `cost(i)` is (load, weight).
+pub fn p2c(order: &[u32], cost: impl Fn(usize) -> (usize, u32)) -> Option<usize> {
+    let n = order.len();
     match n {
         0 => None,
-        1 => Some(0),
+        1 => Some(order[0] as usize),
         _ => {
             let r = random();
             let a = (r % n as u64) as usize;
-            // A second draw in 0..n-1, shifted past `a`, so the two differ.
+            // A second draw in 0..n-1, shifted past `a`, so the two positions differ.
             let mut b = ((r >> 32) % (n as u64 - 1)) as usize;
             if b >= a {
                 b += 1;
             }
-            Some(if load(b) < load(a) { b } else { a })
+            let (a, b) = (order[a] as usize, order[b] as usize);
+            Some(if a != b && lighter(cost(a), cost(b)) { b } else { a })
         }
     }
 }
 
-/// The candidate with the fewest in flight, scanning from a rotating start so
-/// ties are shared. For small sets (TCP least connections).
-pub fn least(n: usize, start: usize, load: impl Fn(usize) -> usize) -> Option<usize> {
-    (0..n).map(|k| (start + k) % n).min_by_key(|&i| load(i))
+/// The candidate with the least load per unit of weight, scanning from a
+/// rotating start so ties are shared. `cost(i)` is (load, weight), or `None`
+/// for a candidate that may not be picked. For small sets.
+pub fn least(n: usize, start: usize, cost: impl Fn(usize) -> Option<(usize, u32)>) -> Option<usize> {
+    let mut best: Option<(usize, (usize, u32))> = None;
+    for i in (0..n).map(|k| (start + k) % n) {
+        if let Some(c) = cost(i)
+            && best.is_none_or(|(_, b)| lighter(b, c))
+        {
+            best = Some((i, c));
+        }
+    }
+    best.map(|(i, _)| i)
 }
 
 /// A consistent-hash ring over stable backend identities. Built once per
@@ -80,12 +142,15 @@ impl Ring {
     /// The owner of `key` (already hashed with [`hash`]): the first point at or
     /// after it, wrapping around.
     pub fn pick(&self, key: u64) -> Option<usize> {
-        if self.points.is_empty() {
-            return None;
-        }
+        self.walk(key).next()
+    }
+
+    /// The owners of the points from `key` on, round the whole ring once: the
+    /// owner first, then who takes over if it cannot serve (repeats included).
+    pub fn walk(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
+        let n = self.points.len();
         let at = self.points.partition_point(|&(p, _)| p < key);
-        let (_, index) = self.points[if at == self.points.len() { 0 } else { at }];
-        Some(index as usize)
+        (0..n).map(move |k| self.points[(at + k) % n].1 as usize)
     }
 }
 
@@ -121,7 +186,7 @@ thread_local! {
 }
 
 /// A fast thread-local random number (splitmix64); not for anything secret.
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     RNG.with(|s| {
         let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
         s.set(x);
@@ -157,38 +222,70 @@ mod tests {
     }
 
     #[test]
+    fn weighted_order_is_proportional_and_interleaved() {
+        assert_eq!(weighted_order(&[1, 1, 1]), [0, 1, 2]);
+        assert_eq!(weighted_order(&[7, 0, 7]), [0, 2]);
+        assert_eq!(weighted_order(&[]), Vec::<u32>::new());
+        assert_eq!(weighted_order(&[0, 0]), Vec::<u32>::new());
+        // nginx's example: a, a, b, a, c, a, b for 5, 1, 1 is spread out, not a run.
+        assert_eq!(weighted_order(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        assert_eq!(weighted_order(&[2, 4]), [1, 0, 1]);
+        let big = weighted_order(&[u32::MAX, 1, u32::MAX / 2]);
+        assert!(big.len() <= MAX_ORDER + 3, "{}", big.len());
+        let count = |i: u32| big.iter().filter(|&&x| x == i).count();
+        assert_eq!(count(1), 1, "a tiny weight keeps one turn");
+        assert!((count(0) as f64 / count(2) as f64 - 2.0).abs() < 0.05);
+    }
+
+    #[test]
     fn p2c_prefers_the_idle_backend() {
         // Backend 2 is idle, the others busy: it wins every draw it is part of,
         // which with three candidates is two draws in three.
         let loads = [10usize, 10, 0];
+        let order = [0, 1, 2];
         let mut wins = 0;
         for _ in 0..3000 {
-            if p2c(3, |i| loads[i]) == Some(2) {
+            if p2c(&order, |i| (loads[i], 1)) == Some(2) {
                 wins += 1;
             }
         }
         assert!((1800..=2200).contains(&wins), "idle backend won {wins} of 3000");
         // With two candidates both are always drawn: the idle one always wins.
-        assert!((0..100).all(|_| p2c(2, |i| [5, 0][i]) == Some(1)));
-        assert_eq!(p2c(1, |_| 99), Some(0));
-        assert_eq!(p2c(0, |_| 0), None);
+        assert!((0..100).all(|_| p2c(&[0, 1], |i| ([5, 0][i], 1)) == Some(1)));
+        assert_eq!(p2c(&[0], |_| (99, 1)), Some(0));
+        assert_eq!(p2c(&[], |_| (0, 1)), None);
     }
 
     #[test]
-    fn p2c_draws_distinct_candidates_over_all_backends() {
+    fn p2c_weighs_load_by_weight() {
+        // Backend 1 has twice the weight and less than twice the load: it is lighter.
+        let order = weighted_order(&[1, 2]);
+        assert!((0..100).all(|_| p2c(&order, |i| ([4, 7][i], [1, 2][i])) == Some(1)));
+        // Backend 0 is lighter, but drawn by weight it meets backend 1 in two
+        // draws of three (the third draws backend 1 twice).
+        let wins = (0..3000).filter(|_| p2c(&order, |i| ([4, 9][i], [1, 2][i])) == Some(0)).count();
+        assert!((1800..=2200).contains(&wins), "{wins}");
+    }
+
+    #[test]
+    fn p2c_draws_over_all_backends() {
         let mut seen = [0usize; 4];
         for _ in 0..4000 {
-            seen[p2c(4, |_| 0).unwrap()] += 1;
+            seen[p2c(&[0, 1, 2, 3], |_| (0, 1)).unwrap()] += 1;
         }
         assert!(seen.iter().all(|&c| c > 600), "{seen:?}");
     }
 
     #[test]
-    fn least_picks_the_minimum_and_rotates_ties() {
-        assert_eq!(least(3, 0, |i| [3, 1, 2][i]), Some(1));
-        assert_eq!(least(3, 0, |_| 0), Some(0));
-        assert_eq!(least(3, 2, |_| 0), Some(2));
-        assert_eq!(least(0, 0, |_| 0), None);
+    fn least_picks_the_minimum_rotates_ties_and_skips_the_excluded() {
+        let one = |loads: [usize; 3]| move |i: usize| Some((loads[i], 1));
+        assert_eq!(least(3, 0, one([3, 1, 2])), Some(1));
+        assert_eq!(least(3, 0, one([0, 0, 0])), Some(0));
+        assert_eq!(least(3, 2, one([0, 0, 0])), Some(2));
+        assert_eq!(least(3, 0, |i| (i != 1).then_some(([3, 1, 2][i], 1))), Some(2));
+        assert_eq!(least(3, 0, |i| Some(([2, 3, 9][i], [1, 2, 1][i]))), Some(1));
+        assert_eq!(least(0, 0, |_| Some((0, 1))), None);
+        assert_eq!(least(2, 0, |_| None), None);
     }
 
     #[test]
@@ -260,5 +357,18 @@ mod tests {
         assert_eq!(counts[2], 0);
         assert!((6500..=8500).contains(&counts[1]), "{counts:?}");
         assert!(Ring::new([("a", 0)]).is_empty());
+    }
+
+    #[test]
+    fn ring_walk_starts_at_the_owner_and_visits_everyone() {
+        let ring = ring_of(&ids(4));
+        for k in 0..100 {
+            let key = hash(format!("tenant-{k}").as_bytes());
+            let walk: Vec<usize> = ring.walk(key).collect();
+            assert_eq!(walk.len(), 4 * VIRTUAL_NODES as usize);
+            assert_eq!(Some(walk[0]), ring.pick(key));
+            assert!((0..4).all(|i| walk.contains(&i)));
+        }
+        assert_eq!(Ring::default().walk(7).next(), None);
     }
 }

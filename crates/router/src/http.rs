@@ -1,30 +1,29 @@
 //! HTTP mode: HTTP/1.1 and h2c on one listener, each request forwarded to a
-//! backend chosen per request over a per-backend connection pool, bodies
-//! streamed both ways.
+//! backend chosen per request, bodies streamed both ways, retries within the
+//! budget, upgrades tunnelled.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
+use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use hyper::body::{Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::{http1, http2};
+use http_body_util::BodyExt;
+use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Request, Response, StatusCode, Version};
+use hyper::server::conn::{http1, http2};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::Policy;
 use crate::balance;
+use crate::lifecycle::{Live, drive, until_stopped};
+use crate::stats::Counters;
 use crate::table::{Endpoint, InFlight, Shared, Tried, lock};
-use crate::{Config, Policy};
-
-/// How long a pooled HTTP/1 connection may take to become ready again (its
-/// previous exchange finishing) before another is used.
-const READY_WAIT: Duration = Duration::from_millis(100);
+use crate::tcp::COPY_BUFFER;
+use crate::upstream::{Body, Conn, Kind, Outgoing, Replay, checkout};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -44,11 +43,28 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::UPGRADE,
 ];
 
+/// What a client connection opens with when it speaks HTTP/2 with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The server side, configured once per listener.
+struct Servers {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(shared.config.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let config = &shared.config;
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_header_size(config.max_header_bytes);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(config.max_header_list_size)
+        .max_pending_accept_reset_streams(config.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(config.max_local_error_reset_streams);
+    let servers = Arc::new(Servers { h1, h2 });
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -58,122 +74,399 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let (builder, shared) = (builder.clone(), shared.clone());
-        tokio::spawn(async move {
-            let client = peer.ip();
-            let service = hyper::service::service_fn(move |req| proxy(shared.clone(), client, req));
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
+        // Over the cap: closed at once, so the client fails fast instead of
+        // waiting in the backlog.
+        if shared.tracker.count() >= shared.config.max_connections {
+            continue;
+        }
+        let live = shared.tracker.enter();
+        let work = connection(stream, peer.ip(), shared.clone(), servers.clone(), live);
+        tokio::spawn(until_stopped(shared.phase.clone(), work));
     }
 }
 
-enum Conn {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+/// What the router knows of one client connection; every request on it holds
+/// a reference.
+pub(crate) struct Client {
+    pub shared: Arc<Shared>,
+    /// The client's address as an `X-Forwarded-For` value, made once.
+    forwarded_for: HeaderValue,
 }
 
-async fn proxy(shared: Arc<Shared>, client: IpAddr, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers, true);
-    forwarded(headers, client);
-    let h2 = req.version() == Version::HTTP_2;
+async fn connection(stream: TcpStream, ip: IpAddr, shared: Arc<Shared>, servers: Arc<Servers>, _live: Live) {
+    let _ = stream.set_nodelay(true);
+    let Ok(http2) = speaks_http2(&stream, shared.config.header_read_timeout).await else { return };
+    let (phase, max_age) = (shared.phase.clone(), shared.config.max_connection_age);
+    let Ok(forwarded_for) = HeaderValue::try_from(ip.to_string()) else { return };
+    let client = Arc::new(Client { shared, forwarded_for });
+    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
+    let io = TokioIo::new(stream);
+    if http2 {
+        drive(servers.h2.serve_connection(io, service), |c| c.graceful_shutdown(), phase, max_age).await;
+    } else {
+        let conn = servers.h1.serve_connection(io, service).with_upgrades();
+        drive(conn, |c| c.graceful_shutdown(), phase, max_age).await;
+    }
+}
+
+/// Whether the client opens with the HTTP/2 preface. Peeks (nothing is
+/// consumed), within `timeout` for the first bytes, so a client that connects
+/// and sends nothing is dropped like one that sends its headers too slowly.
+async fn speaks_http2(stream: &TcpStream, timeout: Duration) -> io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let sniff = async {
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            if buf[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            // A prefix of the preface (rare: clients send it in one write).
+            // Peeking again at once would spin on the same bytes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(timeout, sniff).await.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// A request as it can be sent again: taken only for replayable requests
+/// when another endpoint could take a retry.
+struct Spare {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Replay,
+}
+
+impl Spare {
+    fn request(&self) -> Request<Outgoing> {
+        let mut req = Request::new(Outgoing::from(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// How one try on one endpoint went.
+enum Outcome {
+    Answered(Response<Incoming>, Option<hyper::client::conn::http1::SendRequest<Outgoing>>),
+    /// Could not connect, or the connection failed before any response byte.
+    /// `unsent` is the request if it never left the router.
+    Unreachable {
+        unsent: Option<Request<Outgoing>>,
+    },
+    /// The response headers did not come within `request_timeout`.
+    TimedOut,
+    /// The backend answered something that is not HTTP.
+    Garbled,
+    /// The client's own request body failed (it went away, or sent bad chunks).
+    ClientFailed,
+}
+
+async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let shared = &client.shared;
+    // A tunnel to wherever the client names is not a service's business (and
+    // hyper would take the connection over on a 2xx).
+    if req.method() == Method::CONNECT {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
+    }
+    shared.budget.deposit();
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, true, upgrade);
+    forwarded(&mut parts.headers, &client.forwarded_for);
     let key = match &shared.config.policy {
-        Policy::TenantHash { header } => req.headers().get(header).map(|v| balance::hash(v.as_bytes())),
+        Policy::TenantHash { header } => parts.headers.get(header).map(|v| balance::hash(v.as_bytes())),
         _ => None,
     };
+    let kind = match parts.version {
+        _ if upgrade => Kind::Upgrade,
+        Version::HTTP_2 => Kind::H2,
+        _ => Kind::H1,
+    };
+
     let mut tried = Tried::default();
-    while tried.len() < shared.config.connect_attempts {
-        let Some(endpoint) = shared.select(key, &tried, false) else { break };
+    let (Some(mut endpoint), members) = shared.select_among(key, &tried, false) else {
+        Counters::bump(&shared.unrouted);
+        return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n"));
+    };
+    let (body, replay) = match prepare_body(body, shared).await {
+        Ok(prepared) => prepared,
+        Err(answer) => return Ok(answer),
+    };
+    let max_attempts = shared.config.retry.max_attempts;
+    let spare = match replay {
+        Some(body) if max_attempts > 1 && members > 1 => Some(Spare {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        }),
+        _ => None,
+    };
+    let retry_answers = spare.is_some() && idempotent(&parts.method);
+    let mut req = Request::from_parts(parts, body);
+
+    loop {
+        tried.push(&endpoint);
         let guard = InFlight::new(endpoint);
-        let Ok(conn) = checkout(&guard.0, h2, &shared.config).await else {
-            tried.push(&guard.0);
-            continue;
-        };
-        let (sent, reuse) = match conn {
-            Conn::H1(mut s) => (s.try_send_request(req).await, Some(s)),
-            Conn::H2(mut s) => (s.try_send_request(req).await, None),
-        };
-        match sent {
-            Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
-                let body = Body::upstream(body, reuse, guard, shared.config.max_idle_per_backend);
-                return Ok(Response::from_parts(parts, body));
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written (the pooled connection had closed): safe to try another.
-                Some(unsent) => {
-                    req = unsent;
-                    tried.push(&guard.0);
+        let started = Instant::now();
+        let outcome = attempt(shared, &guard.0, kind, req).await;
+        let counters = &guard.0.counters;
+        // Whether a retry may resend the request (the request itself if it
+        // never left the router, else a copy from the spare), and the answer
+        // if there is no retry.
+        let (unsent, resendable, fallback) = match outcome {
+            Outcome::Answered(response, reuse) => {
+                let status = response.status();
+                if status.is_server_error() {
+                    shared.failed(&guard.0);
+                } else {
+                    shared.succeeded(&guard.0);
                 }
-                None => return Ok(text(StatusCode::BAD_GATEWAY, "the instance failed to answer\n")),
-            },
+                if !(retry_answers && matches!(status.as_u16(), 502 | 503)) {
+                    counters.response(status, started.elapsed());
+                    return Ok(forward(response, reuse, guard, client_upgrade, &client));
+                }
+                (None, true, Fallback::Answer(response, reuse))
+            }
+            Outcome::Unreachable { unsent } => {
+                Counters::bump(&counters.failures);
+                shared.failed(&guard.0);
+                (unsent, true, Fallback::Made(StatusCode::BAD_GATEWAY, "the instance could not be reached\n"))
+            }
+            Outcome::TimedOut => {
+                Counters::bump(&counters.failures);
+                shared.failed(&guard.0);
+                (None, false, Fallback::Made(StatusCode::GATEWAY_TIMEOUT, "the instance did not answer in time\n"))
+            }
+            Outcome::Garbled => {
+                Counters::bump(&counters.failures);
+                shared.failed(&guard.0);
+                (None, false, Fallback::Made(StatusCode::BAD_GATEWAY, "the instance's answer was not HTTP\n"))
+            }
+            Outcome::ClientFailed => {
+                (None, false, Fallback::Made(StatusCode::BAD_REQUEST, "the request body failed\n"))
+            }
+        };
+        if resendable
+            && (unsent.is_some() || spare.is_some())
+            && tried.len() < max_attempts
+            && let Some(next) = shared.select(key, &tried, false)
+        {
+            if shared.budget.withdraw() {
+                if let Some(again) = unsent.or_else(|| spare.as_ref().map(Spare::request)) {
+                    Counters::bump(&counters.retries);
+                    (endpoint, req) = (next, again);
+                    continue;
+                }
+            } else {
+                Counters::bump(&shared.retries_denied);
+            }
         }
+        return Ok(match fallback {
+            Fallback::Answer(response, reuse) => {
+                counters.response(response.status(), started.elapsed());
+                forward(response, reuse, guard, None, &client)
+            }
+            Fallback::Made(status, message) => {
+                counters.response(status, started.elapsed());
+                text(status, message)
+            }
+        });
     }
-    Ok(if tried.len() == 0 {
-        text(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n")
-    } else {
-        text(StatusCode::BAD_GATEWAY, "no instance could be reached\n")
-    })
 }
 
-/// A connection to `e` of the kind the client spoke: the shared HTTP/2
-/// connection, or an idle HTTP/1 one from the pool, or a new one.
-async fn checkout(e: &Endpoint, h2: bool, config: &Config) -> Result<Conn, ()> {
-    if h2 {
-        let current = lock(&e.h2).clone();
-        if let Some(mut s) = current
-            && !s.is_closed()
-            && s.ready().await.is_ok()
-        {
-            return Ok(Conn::H2(s));
-        }
-        let io = e.connect(config.connect_timeout).await.map_err(drop)?;
-        let (s, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(drop)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        if !e.is_retired() {
-            *lock(&e.h2) = Some(s.clone());
-        }
-        return Ok(Conn::H2(s));
-    }
+/// The answer for a try that may be retried, in case it is not.
+enum Fallback {
+    Answer(Response<Incoming>, Option<hyper::client::conn::http1::SendRequest<Outgoing>>),
+    Made(StatusCode, &'static str),
+}
+
+/// One try on one endpoint. A pooled connection that turns out closed before
+/// the request went out is the pool's staleness, not the endpoint's failure:
+/// the request goes on another connection to the same endpoint.
+async fn attempt(shared: &Shared, e: &Endpoint, kind: Kind, mut req: Request<Outgoing>) -> Outcome {
+    // Bounded: each stale connection is dropped, and a new one is never stale.
+    let mut stale_left = shared.config.max_idle_per_backend + 1;
     loop {
-        let idle = lock(&e.idle_h1).pop();
-        let Some(mut s) = idle else { break };
-        if s.is_closed() {
-            continue;
-        }
-        if s.is_ready() || matches!(tokio::time::timeout(READY_WAIT, s.ready()).await, Ok(Ok(()))) {
-            return Ok(Conn::H1(s));
+        let Ok(conn) = checkout(shared, e, kind).await else { return Outcome::Unreachable { unsent: Some(req) } };
+        // The request timeout runs once the request is complete: at once for
+        // a buffered body, from its end for a streamed one (as Envoy's), so a
+        // long upload or client stream is not cut short.
+        let request_sent = req.body_mut().watch_end();
+        let timeout = shared.config.request_timeout;
+        let deadline = async move {
+            if let Some(sent) = request_sent {
+                let _ = sent.await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        let (pooled, sent, reuse) = match conn {
+            Conn::H1 { mut send, pooled } => {
+                let sent = within(deadline, send.try_send_request(req)).await;
+                (pooled, sent, (kind == Kind::H1).then_some(send))
+            }
+            Conn::H2 { mut send, pooled } => (pooled, within(deadline, send.try_send_request(req)).await, None),
+        };
+        let mut failed = match sent {
+            None => return Outcome::TimedOut,
+            Some(Ok(response)) => return Outcome::Answered(response, reuse),
+            Some(Err(failed)) => failed,
+        };
+        match failed.take_message() {
+            Some(unsent) if pooled && stale_left > 0 => {
+                stale_left -= 1;
+                if kind == Kind::H2 {
+                    // The shared connection is going away (GOAWAY): open another.
+                    lock(&e.h2).take();
+                }
+                req = unsent;
+            }
+            Some(unsent) => return Outcome::Unreachable { unsent: Some(unsent) },
+            None => {
+                let error = failed.into_error();
+                return if error.is_user() {
+                    Outcome::ClientFailed
+                } else if error.is_parse() {
+                    Outcome::Garbled
+                } else {
+                    Outcome::Unreachable { unsent: None }
+                };
+            }
         }
     }
-    let io = e.connect(config.connect_timeout).await.map_err(drop)?;
-    let (s, conn) = http1::handshake(TokioIo::new(io)).await.map_err(drop)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Conn::H1(s))
+}
+
+/// `work`'s output, or `None` if `deadline` comes first.
+async fn within<T>(deadline: impl Future<Output = ()>, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        done = work => Some(done),
+        () = deadline => None,
+    }
+}
+
+/// The client's response from the backend's: hop-by-hop headers removed, the
+/// body streamed. A 101 to an upgrade request keeps `Connection` and `Upgrade`
+/// and starts the tunnel, which keeps the request in flight until it closes.
+fn forward(
+    mut response: Response<Incoming>,
+    reuse: Option<hyper::client::conn::http1::SendRequest<Outgoing>>,
+    guard: InFlight,
+    client_upgrade: Option<OnUpgrade>,
+    client: &Arc<Client>,
+) -> Response<Body> {
+    if let Some(client_upgrade) = client_upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let backend_upgrade = hyper::upgrade::on(&mut response);
+        let (mut parts, _) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false, true);
+        let shared = &client.shared;
+        let live = shared.tracker.enter();
+        tokio::spawn(until_stopped(shared.phase.clone(), tunnel(client_upgrade, backend_upgrade, guard, live)));
+        return Response::from_parts(parts, Body::empty());
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false, false);
+    Response::from_parts(parts, Body::upstream(body, reuse, guard, client.clone()))
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either
+/// side closes.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight, _live: Live) {
+    let (Ok(client), Ok(backend)) = tokio::join!(client, backend) else { return };
+    let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+    let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER).await;
+}
+
+/// The request body as it will be sent, and a copy for retries when it can be
+/// replayed: empty, or of a declared length within `max_replay_body` (read
+/// whole now, within `request_timeout`). Anything else streams.
+async fn prepare_body(body: Incoming, shared: &Shared) -> Result<(Outgoing, Option<Replay>), Response<Body>> {
+    if body.is_end_stream() {
+        return Ok((Outgoing::Empty, Some(Replay::default())));
+    }
+    let limit = shared.config.retry.max_replay_body;
+    match body.size_hint().exact() {
+        Some(len) if len <= limit as u64 => {
+            match tokio::time::timeout(shared.config.request_timeout, read_replay(body, limit)).await {
+                Ok(Some(replay)) => Ok((Outgoing::from(replay.clone()), Some(replay))),
+                Ok(None) => Err(text(StatusCode::BAD_REQUEST, "the request body could not be read\n")),
+                Err(_) => Err(text(StatusCode::REQUEST_TIMEOUT, "the request body did not arrive in time\n")),
+            }
+        }
+        _ => Ok((Outgoing::stream(body), None)),
+    }
+}
+
+/// Reads a small body whole: no copy when it arrives in one frame (the usual
+/// case). `None` if it fails or grows past `limit`.
+async fn read_replay(mut body: Incoming, limit: usize) -> Option<Replay> {
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame.ok()?.into_data() {
+            Ok(data) => {
+                let len = first.as_ref().map_or(0, Bytes::len) + joined.len() + data.len();
+                if len > limit {
+                    return None;
+                }
+                match first.take() {
+                    None if joined.is_empty() => first = Some(data),
+                    earlier => {
+                        joined.extend_from_slice(&earlier.unwrap_or_default());
+                        joined.extend_from_slice(&data);
+                    }
+                }
+            }
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    let data = first.unwrap_or_else(|| Bytes::from(joined));
+    Some(Replay { data, trailers })
+}
+
+/// Methods a retry cannot make take effect twice (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// An HTTP/1.1 request asking to switch protocols (WebSocket and the like):
+/// an `Upgrade` header and `upgrade` among the `Connection` options.
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_options(req.headers()).any(|o| o.eq_ignore_ascii_case(b"upgrade"))
+}
+
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers and those the `Connection` header names. A
-/// request keeps `te: trailers`, which gRPC requires end to end.
-fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+/// request keeps `te: trailers`, which gRPC requires end to end; an upgrade
+/// keeps `Upgrade` and `Connection: upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         // Only allocates when a Connection header is present.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
+        let named: Vec<HeaderName> =
+            connection_options(headers).filter_map(|o| HeaderName::from_bytes(o).ok()).collect();
         for name in named {
-            headers.remove(name);
+            if !(upgrade && name == header::UPGRADE) {
+                headers.remove(name);
+            }
         }
     }
     let keep_te = request
@@ -182,122 +475,65 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+    let protocols = if upgrade { headers.remove(header::UPGRADE) } else { None };
     for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if keep_te {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    if let Some(protocols) = protocols {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocols);
+    }
 }
 
 /// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto`.
-fn forwarded(headers: &mut HeaderMap, client: IpAddr) {
-    let mut value = String::with_capacity(48);
-    for previous in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(previous) = previous.to_str() {
-            value.push_str(previous);
-            value.push_str(", ");
+fn forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+    let value = if headers.contains_key(&X_FORWARDED_FOR) {
+        // Only allocates when an earlier proxy set the header.
+        let mut joined = Vec::with_capacity(64);
+        for previous in headers.get_all(&X_FORWARDED_FOR) {
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
         }
-    }
-    let _ = write!(value, "{client}");
-    if let Ok(value) = HeaderValue::try_from(value) {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
+        joined.extend_from_slice(client.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+    } else {
+        client.clone()
+    };
+    headers.insert(&X_FORWARDED_FOR, value);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body { inner: Inner::Static(Some(Bytes::from_static(body.as_bytes()))) });
+    let mut response = Response::new(Body::text(body));
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
-}
-
-/// The body the router answers with: a backend's, streamed frame by frame,
-/// or a short one of its own.
-pub struct Body {
-    inner: Inner,
-}
-
-enum Inner {
-    Static(Option<Bytes>),
-    Upstream(Upstream),
-}
-
-struct Upstream {
-    body: Incoming,
-    /// The HTTP/1 connection, back to the pool once this body has ended.
-    reuse: Option<http1::SendRequest<Incoming>>,
-    max_idle: usize,
-    /// Counts the request in flight until the body is done or dropped.
-    guard: InFlight,
-}
-
-impl Body {
-    fn upstream(body: Incoming, reuse: Option<http1::SendRequest<Incoming>>, guard: InFlight, max_idle: usize) -> Body {
-        Body { inner: Inner::Upstream(Upstream { body, reuse, max_idle, guard }) }
-    }
-}
-
-impl Upstream {
-    fn release(&mut self) {
-        if let Some(s) = self.reuse.take() {
-            let endpoint = &self.guard.0;
-            if !endpoint.is_retired() {
-                let mut idle = lock(&endpoint.idle_h1);
-                if idle.len() < self.max_idle {
-                    idle.push(s);
-                }
-            }
-        }
-    }
-}
-
-impl hyper::body::Body for Body {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().inner {
-            Inner::Static(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(up) => {
-                let polled = Pin::new(&mut up.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => up.release(),
-                    Poll::Ready(Some(Ok(_))) if up.body.is_end_stream() => up.release(),
-                    // A connection that failed mid-body is never reused.
-                    Poll::Ready(Some(Err(_))) => up.reuse = None,
-                    _ => {}
-                }
-                polled
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Static(bytes) => bytes.is_none(),
-            Inner::Upstream(up) => up.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Static(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Static(None) => SizeHint::with_exact(0),
-            Inner::Upstream(up) => up.body.size_hint(),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(k, v) in pairs {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = headers(&[
             ("connection", "keep-alive, x-secret"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
@@ -305,28 +541,62 @@ mod tests {
             ("te", "gzip, trailers"),
             ("upgrade", "h2c"),
             ("x-kept", "yes"),
-        ] {
-            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_hop_by_hop(&mut h, true);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["te", "x-kept"]);
+        ]);
+        strip_hop_by_hop(&mut h, true, false);
+        assert_eq!(names(&h), ["te", "x-kept"]);
         assert_eq!(h["te"], "trailers");
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_hop_by_hop(&mut h, false);
+        let mut h = headers(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut h, false, false);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_two_headers() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        strip_hop_by_hop(&mut h, true, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn recognises_upgrade_requests() {
+        let req = |version, pairs: &[(&'static str, &'static str)]| {
+            let mut r = Request::new(());
+            *r.version_mut() = version;
+            *r.headers_mut() = headers(pairs);
+            r
+        };
+        assert!(is_upgrade(&req(Version::HTTP_11, &[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(Version::HTTP_11, &[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&req(Version::HTTP_11, &[("connection", "upgrade")])));
+        assert!(!is_upgrade(&req(Version::HTTP_10, &[("connection", "upgrade"), ("upgrade", "websocket")])));
     }
 
     #[test]
     fn appends_to_x_forwarded_for() {
         let mut h = HeaderMap::new();
-        forwarded(&mut h, "10.0.0.1".parse().unwrap());
+        forwarded(&mut h, &HeaderValue::from_static("10.0.0.1"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        forwarded(&mut h, "::1".parse().unwrap());
+        forwarded(&mut h, &HeaderValue::from_static("::1"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, ::1");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE, Method::PUT, Method::DELETE] {
+            assert!(idempotent(&m), "{m}");
+        }
+        for m in [Method::POST, Method::PATCH, Method::CONNECT] {
+            assert!(!idempotent(&m), "{m}");
+        }
     }
 }

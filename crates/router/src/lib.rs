@@ -3,33 +3,61 @@
 //! service's ready instances.
 //!
 //! Membership comes in on a `watch` channel of backend lists. A task follows it
-//! and publishes an immutable [`Table`](table::Table) (endpoints with their
-//! connection pools and in-flight counters, the hash ring) on a second `watch`;
-//! the request path only borrows that snapshot for the instant it takes to pick
-//! an endpoint, clones one `Arc`, and lets go. An endpoint that leaves is no
-//! longer picked and its idle connections close; whatever it has in flight holds
-//! its own `Arc` and finishes.
+//! and publishes an immutable `Table` (endpoints with their connection pools,
+//! ejection state and counters, the weighted order, the hash ring) on a second
+//! `watch`; the request path only borrows that snapshot for the instant it
+//! takes to pick an endpoint, clones one `Arc`, and lets go. An endpoint that
+//! leaves is no longer picked and its idle connections close; whatever it has
+//! in flight holds its own `Arc` and finishes ([`Router::in_flight`] tells when).
 //!
-//! Not yet here (see the router issue): retries on 502/503 with a budget,
-//! outlier ejection, draining with GOAWAY on shutdown, upgrades, maximum
-//! connection age, metrics, and limits on abusive peers beyond hyper's own.
+//! Around every request (see [`Config`]):
+//! - passive outlier ejection of endpoints that fail in a row ([`OutlierPolicy`]);
+//! - retries on another endpoint within a budget ([`RetryPolicy`]): connect
+//!   failures and resets for any method, 502 and 503 for idempotent ones, only
+//!   for bodies small enough to replay and never after a response byte went out;
+//! - a deadline for the response headers (504);
+//! - HTTP/1.1 upgrades (WebSocket) tunnelled over a fresh backend connection;
+//! - limits on what a client may hold: connections, header bytes and time,
+//!   HTTP/2 streams and resets, connection age;
+//! - counters per (instance, revision) read with [`Router::stats`];
+//! - a graceful [`Router::shutdown`].
+//!
+//! The request path takes no lock across an await and counts with relaxed
+//! atomics. Beyond what hyper allocates, a request costs a copy of its head
+//! when a retry could need one (a replayable body and another endpoint to go
+//! to), a one-shot channel when its body streams (so the request timeout can
+//! start at its end), and a buffer only for a small body that arrives in more
+//! than one frame. Bodies otherwise stream: only those of at most
+//! `max_replay_body` bytes are ever held whole.
+//!
+//! Not here: HTTP/2 extended CONNECT (WebSocket over HTTP/2) and `CONNECT`
+//! tunnels (answered 405); TLS; active health checks (the supervisor's
+//! readiness decides membership; ejection is passive).
 
 pub mod balance;
+mod budget;
+mod config;
 mod http;
+mod lifecycle;
+mod stats;
 mod table;
 mod tcp;
+mod upstream;
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use hyper::http::HeaderName;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::table::{Shared, Table};
+pub use crate::config::{Config, MAX_CONNECT_ATTEMPTS, OutlierPolicy, Policy, RetryPolicy};
+use crate::lifecycle::Phase;
+pub use crate::stats::{EndpointStats, Histogram, LATENCY_BOUNDS, MAX_DEPARTED, Stats};
+use crate::table::{Ledger, Shared, Table, lock};
 
 /// One ready instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +66,11 @@ pub struct Backend {
     /// Tenant hashing is keyed on it, never on the address.
     pub id: String,
     pub addr: SocketAddr,
-    /// Relative share; 0 takes no new requests (an instance being drained).
-    /// The hash ring honours weights; round robin and least request do not yet.
+    /// Relative share, honoured by every policy; 0 takes no new requests (an
+    /// instance being drained).
     pub weight: u32,
+    /// The instance's spec revision: counters are kept per (id, revision).
+    pub revision: String,
 }
 
 /// What the listener speaks.
@@ -54,56 +84,21 @@ pub enum Protocol {
     Tcp,
 }
 
-/// How a backend is chosen.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Policy {
-    #[default]
-    RoundRobin,
-    /// HTTP: power of two choices on requests in flight. TCP: least open
-    /// connections (a scan: the sets are small).
-    LeastRequest,
-    /// A consistent-hash ring over backend ids keyed on this request header;
-    /// a request without it is balanced round robin. TCP has no header, so it
-    /// is round robin there.
-    TenantHash { header: HeaderName },
-}
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub policy: Policy,
-    /// Per connection attempt to a backend.
-    pub connect_timeout: Duration,
-    /// Backends tried for one request or connection when connecting fails
-    /// before any byte is sent (1 to [`MAX_CONNECT_ATTEMPTS`]).
-    pub connect_attempts: usize,
-    /// Idle HTTP/1 connections kept per backend.
-    pub max_idle_per_backend: usize,
-    /// How long a client may take to send a request's headers (HTTP/1).
-    pub header_read_timeout: Duration,
-}
-
-/// The most backends one request tries.
-pub const MAX_CONNECT_ATTEMPTS: usize = 4;
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            policy: Policy::RoundRobin,
-            connect_timeout: Duration::from_secs(2),
-            connect_attempts: 3,
-            max_idle_per_backend: 64,
-            header_read_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
 /// A listening router. Dropping it (or [`Router::close`]) stops accepting and
-/// stops following membership; connections and requests already accepted go on.
-#[derive(Debug)]
+/// stops following membership; connections and requests already accepted go
+/// on. [`Router::shutdown`] drains them instead.
 pub struct Router {
     local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    phase: watch::Sender<Phase>,
     accept: JoinHandle<()>,
     follow: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("local_addr", &self.local_addr).finish_non_exhaustive()
+    }
 }
 
 impl Router {
@@ -120,15 +115,18 @@ impl Router {
         let listener = TcpListener::from_std(std_listener)?;
         let local_addr = listener.local_addr()?;
 
-        let first = Table::build(&members.borrow_and_update(), None, &config.policy);
+        let mut ledger = Ledger::default();
+        let first = Table::build(&members.borrow_and_update(), None, &config.policy, &mut ledger);
+        ledger.set_members(&first);
         let (tables, table) = watch::channel(Arc::new(first));
-        let follow = tokio::spawn(follow(members, tables, config.policy.clone()));
-        let shared = Arc::new(Shared::new(table, config));
+        let (phase, phases) = watch::channel(Phase::Serving);
+        let shared = Arc::new(Shared::new(table, config, ledger, phases));
+        let follow = tokio::spawn(follow(members, tables, shared.clone()));
         let accept = match protocol {
-            Protocol::Http => tokio::spawn(http::serve(listener, shared)),
-            Protocol::Tcp => tokio::spawn(tcp::serve(listener, shared)),
+            Protocol::Http => tokio::spawn(http::serve(listener, shared.clone())),
+            Protocol::Tcp => tokio::spawn(tcp::serve(listener, shared.clone())),
         };
-        Ok(Router { local_addr, accept, follow })
+        Ok(Router { local_addr, shared, phase, accept, follow })
     }
 
     /// The address actually bound (useful with port 0).
@@ -136,8 +134,44 @@ impl Router {
         self.local_addr
     }
 
+    /// A snapshot of the counters: cheap enough to take every second (one
+    /// short lock on membership changes' ledger, no effect on requests).
+    pub fn stats(&self) -> Stats {
+        let now = self.shared.now_ms();
+        Stats {
+            endpoints: lock(&self.shared.ledger).snapshot(now),
+            unrouted: self.shared.unrouted.load(Relaxed),
+            retries_denied: self.shared.retries_denied.load(Relaxed),
+        }
+    }
+
+    /// Requests (HTTP; an upgraded connection counts until it closes) or
+    /// connections (TCP) in flight on the instance `id`, a member or not, over
+    /// all its revisions. Remove an instance from membership, wait for this to
+    /// reach 0, then stop it.
+    pub fn in_flight(&self, id: &str) -> usize {
+        lock(&self.shared.ledger).in_flight(id)
+    }
+
     /// Stops accepting; what was accepted goes on.
     pub fn close(self) {}
+
+    /// Stops accepting now and drains: HTTP/1 connections close after their
+    /// current response (idle ones at once), HTTP/2 clients get GOAWAY and
+    /// their streams in flight finish, TCP connections and upgraded tunnels
+    /// are left to finish. Returns once nothing is open, or after `grace`,
+    /// having dropped whatever was still open.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.accept.abort();
+        // Once the accept task is gone, every accepted connection is counted.
+        let _ = (&mut self.accept).await;
+        self.phase.send_replace(Phase::Draining);
+        if tokio::time::timeout(grace, self.shared.tracker.idle()).await.is_err() {
+            self.phase.send_replace(Phase::Stopped);
+            // Each connection's task drops it the next time it runs.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.tracker.idle()).await;
+        }
+    }
 }
 
 impl Drop for Router {
@@ -147,13 +181,36 @@ impl Drop for Router {
     }
 }
 
-/// Rebuilds the table on every membership change. If the membership sender is
-/// dropped, the last table stays (a failed registry keeps serving).
-async fn follow(mut members: watch::Receiver<Arc<Vec<Backend>>>, tables: watch::Sender<Arc<Table>>, policy: Policy) {
-    while members.changed().await.is_ok() {
-        let old = tables.borrow().clone();
-        let next = Table::build(&members.borrow_and_update(), Some(&old), &policy);
-        old.retire_missing(&next);
-        tables.send_replace(Arc::new(next));
+/// Rebuilds the table on every membership change, and sweeps idle pooled
+/// connections. If the membership sender is dropped, the last table stays (a
+/// failed registry keeps serving).
+async fn follow(
+    mut members: watch::Receiver<Arc<Vec<Backend>>>,
+    tables: watch::Sender<Arc<Table>>,
+    shared: Arc<Shared>,
+) {
+    let mut sweep = tokio::time::interval(shared.sweep_interval());
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sweep.tick().await;
+    let mut following = true;
+    loop {
+        tokio::select! {
+            changed = members.changed(), if following => {
+                if changed.is_err() {
+                    following = false;
+                    continue;
+                }
+                let old = tables.borrow().clone();
+                let next = {
+                    let mut ledger = lock(&shared.ledger);
+                    let next = Table::build(&members.borrow_and_update(), Some(&old), &shared.config.policy, &mut ledger);
+                    ledger.set_members(&next);
+                    next
+                };
+                old.retire_missing(&next);
+                tables.send_replace(Arc::new(next));
+            }
+            _ = sweep.tick() => shared.sweep(),
+        }
     }
 }

@@ -1,11 +1,17 @@
 //! TCP mode: each connection is copied both ways to one backend.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::lifecycle::{Live, until_stopped};
+use crate::stats::Counters;
 use crate::table::{InFlight, Shared, Tried};
+
+/// Bytes buffered each way per copied connection, as HAProxy's and nginx's
+/// defaults: fewer system calls than tokio's 8 KiB, little memory.
+pub(crate) const COPY_BUFFER: usize = 16 << 10;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -17,25 +23,55 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
+        if shared.tracker.count() >= shared.config.max_connections {
+            continue;
+        }
         let _ = client.set_nodelay(true);
-        tokio::spawn(forward(shared.clone(), client));
+        let live = shared.tracker.enter();
+        tokio::spawn(until_stopped(shared.phase.clone(), forward(shared.clone(), client, live)));
     }
 }
 
 /// Connects to a backend (another one if connecting fails, within the
-/// attempts allowed) and copies until either side closes. With no backend the
-/// client's connection is closed.
-async fn forward(shared: Arc<Shared>, mut client: TcpStream) {
+/// attempts and the retry budget) and copies until either side closes. With
+/// no backend the client's connection is closed.
+async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
+    shared.budget.deposit();
     let mut tried = Tried::default();
-    while tried.len() < shared.config.connect_attempts {
-        let Some(endpoint) = shared.select(None, &tried, true) else { return };
+    let Some(mut endpoint) = shared.select(None, &tried, true) else {
+        Counters::bump(&shared.unrouted);
+        return;
+    };
+    loop {
+        tried.push(&endpoint);
         let guard = InFlight::new(endpoint);
+        let counters = &guard.0.counters;
+        let started = Instant::now();
         match guard.0.connect(shared.config.connect_timeout).await {
             Ok(mut upstream) => {
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                counters.observe(started.elapsed());
+                shared.succeeded(&guard.0);
+                let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER)
+                    .await;
                 return;
             }
-            Err(_) => tried.push(&guard.0),
+            Err(_) => {
+                Counters::bump(&counters.failures);
+                shared.failed(&guard.0);
+                if tried.len() < shared.config.retry.max_attempts
+                    && let Some(next) = shared.select(None, &tried, true)
+                {
+                    if shared.budget.withdraw() {
+                        Counters::bump(&counters.retries);
+                        endpoint = next;
+                        continue;
+                    }
+                    Counters::bump(&shared.retries_denied);
+                }
+                // The connection is counted where it last failed.
+                counters.observe(started.elapsed());
+                return;
+            }
         }
     }
 }

@@ -1,5 +1,12 @@
-//! The router's one integration-test binary: real listeners, in-process backends.
+//! The router's one integration-test binary: real listeners, in-process
+//! backends (and a real redis-server for TCP mode).
 
-mod http;
+mod abuse;
+mod balance;
+mod lifecycle;
+mod outlier;
+mod protocols;
+mod retry;
+mod stats;
 mod support;
 mod tcp;

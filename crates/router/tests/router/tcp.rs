@@ -1,12 +1,17 @@
+//! TCP mode, including a real redis-server behind the router.
+
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tug_router::{Backend, Config, Protocol};
 
-use crate::support::{EchoBackend, Fixture, dead_addr};
+use crate::support::{EchoBackend, Fixture, dead_addr, eventually};
 
-async fn echo_through(addr: std::net::SocketAddr, message: &str) -> String {
+async fn echo_through(addr: SocketAddr, message: &str) -> String {
     let stream = TcpStream::connect(addr).await.unwrap();
     let mut stream = BufReader::new(stream);
     let mut id = String::new();
@@ -19,21 +24,42 @@ async fn echo_through(addr: std::net::SocketAddr, message: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_mode_echoes_and_balances_connections() {
+async fn tcp_mode_echoes_balances_and_retries_refused_connects() {
     let (a, b) = (EchoBackend::start("echo-a").await, EchoBackend::start("echo-b").await);
-    let list = vec![
-        Backend { id: "echo-a".into(), addr: a.addr, weight: 1 },
-        Backend { id: "dead".into(), addr: dead_addr().await, weight: 1 },
-        Backend { id: "echo-b".into(), addr: b.addr, weight: 1 },
-    ];
-    let fx = Fixture::start(Protocol::Tcp, Config::default(), list);
+    let dead = Backend { id: "dead".into(), addr: dead_addr().await, weight: 1, revision: "r1".into() };
+    let fx = Fixture::start(Protocol::Tcp, Config::default(), vec![a.backend("echo-a"), dead, b.backend("echo-b")]);
     let mut counts = BTreeMap::new();
     for i in 0..30 {
         *counts.entry(echo_through(fx.addr(), &format!("hello {i}\n")).await).or_insert(0) += 1;
     }
-    // Every connection reached a live backend: the dead one's turn is retried on
-    // the next pick, so the two live ones alternate.
-    assert_eq!(counts, BTreeMap::from([("echo-a".to_string(), 15), ("echo-b".to_string(), 15)]));
+    // Every connection reached a live backend; the dead one's turns went to either.
+    assert_eq!(counts.keys().collect::<Vec<_>>(), ["echo-a", "echo-b"]);
+    assert!(counts.values().all(|&n| n >= 10), "{counts:?}");
+    let dead = fx.stats("dead", "r1");
+    assert!(dead.failures >= 5 && dead.retries == dead.failures && dead.ejections == 1, "{dead:?}");
+    let served: u64 = ["echo-a", "echo-b"].iter().map(|id| fx.stats(id, "r1").requests).sum();
+    assert_eq!(served, 30, "stats count connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_in_flight_counts_open_connections() {
+    let a = EchoBackend::start("echo-a").await;
+    let fx = Fixture::start(Protocol::Tcp, Config::default(), vec![a.backend("echo-a")]);
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(fx.addr()).await.unwrap();
+        let mut greeting = [0u8; 7];
+        stream.read_exact(&mut greeting).await.unwrap();
+        open.push(stream);
+    }
+    assert_eq!(fx.router.in_flight("echo-a"), 3);
+    // Leaving membership does not cut them: the count is how a drain waits.
+    fx.set(vec![]);
+    eventually(async || !fx.stats("echo-a", "r1").member).await;
+    assert_eq!(fx.router.in_flight("echo-a"), 3);
+    open.clear();
+    eventually(async || fx.router.in_flight("echo-a") == 0).await;
+    assert_eq!(fx.stats("echo-a", "r1").requests, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,6 +67,58 @@ async fn tcp_mode_closes_when_no_backend_is_ready() {
     let fx = Fixture::start(Protocol::Tcp, Config::default(), vec![]);
     let mut stream = TcpStream::connect(fx.addr()).await.unwrap();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(std::time::Duration::from_secs(2), stream.read_to_end(&mut buf)).await;
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert_eq!(fx.router.stats().unrouted, 1);
+}
+
+/// A redis-server of our own on a free port, killed when dropped.
+struct Redis {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed for this test: apt-get install -y redis-server redis-tools");
+        Redis { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `redis-cli -p port args…` and returns its output, trimmed.
+async fn redis_cli(port: u16, args: &[&str]) -> String {
+    let mut command = Command::new("redis-cli");
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("redis-cli is needed for this test: apt-get install -y redis-tools");
+    assert!(output.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_redis_server_answers_through_tcp_mode() {
+    let redis = Redis::start();
+    eventually(async || TcpStream::connect(redis.addr).await.is_ok()).await;
+    let backend = Backend { id: "host-a/redis-0".into(), addr: redis.addr, weight: 1, revision: "r1".into() };
+    let fx = Fixture::start(Protocol::Tcp, Config::default(), vec![backend]);
+    let port = fx.addr().port();
+    assert_eq!(redis_cli(port, &["ping"]).await, "PONG");
+    assert_eq!(redis_cli(port, &["set", "tug-router", "through the router"]).await, "OK");
+    assert_eq!(redis_cli(port, &["get", "tug-router"]).await, "through the router");
+    assert_eq!(fx.stats("host-a/redis-0", "r1").requests, 3);
+    eventually(async || fx.router.in_flight("host-a/redis-0") == 0).await;
 }

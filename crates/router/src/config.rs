@@ -1,0 +1,157 @@
+//! What a [`Router`](crate::Router) is configured with. Defaults follow Envoy
+//! and linkerd where they have one.
+
+use std::time::Duration;
+
+use hyper::http::HeaderName;
+
+/// The most tries one request or connection makes (the first and its retries);
+/// [`RetryPolicy::max_attempts`] is clamped to it.
+pub const MAX_CONNECT_ATTEMPTS: usize = 4;
+
+/// How a backend is chosen. Every policy skips ejected endpoints unless all are.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Smooth weighted round robin (as nginx's): with weights 1 and 2, the
+    /// second gets two requests of every three, interleaved.
+    #[default]
+    RoundRobin,
+    /// HTTP: power of two choices, each drawn by weight, the one with fewer
+    /// requests in flight per unit of weight wins. TCP: least open connections
+    /// per unit of weight (a scan: the sets are small).
+    LeastRequest,
+    /// A consistent-hash ring over backend ids keyed on this request header
+    /// (gRPC metadata is a header); a request without it is balanced round
+    /// robin. An ejected owner's tenants go to the next owner on the ring. TCP
+    /// has no header, so it is round robin there.
+    TenantHash { header: HeaderName },
+}
+
+/// Retries within a budget, like linkerd's and Finagle's: every request
+/// deposits `budget_ratio` of a token, every retry withdraws one, and
+/// `min_per_second` tokens are added each second so that a quiet service can
+/// still retry. What accumulates is capped at ten seconds of `min_per_second`
+/// plus the deposits of a thousand requests, so a long quiet spell does not
+/// bank an unbounded burst.
+///
+/// What is retried, always on another endpoint:
+/// - a connect failure or timeout, or a connection reset or closed before any
+///   response byte, for any method, provided the request body can be replayed;
+/// - a 502 or 503 answer, for idempotent methods (GET, HEAD, OPTIONS, TRACE,
+///   PUT, DELETE) with a replayable body.
+///
+/// A body is replayable when it is empty or declares a length of at most
+/// `max_replay_body`; only such a body is buffered (up front, whole). A
+/// request with a longer or unknown-length body is retried only when it never
+/// left the router (connect failures). Nothing is retried once a response byte
+/// went to the client.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub budget_ratio: f64,
+    pub min_per_second: u32,
+    /// Tries in total, the first included (1 disables retries); at most
+    /// [`MAX_CONNECT_ATTEMPTS`].
+    pub max_attempts: usize,
+    /// Bytes.
+    pub max_replay_body: usize,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy { budget_ratio: 0.2, min_per_second: 10, max_attempts: 3, max_replay_body: 64 << 10 }
+    }
+}
+
+/// Passive outlier detection, like Envoy's `consecutive_5xx`: an endpoint that
+/// fails `consecutive_failures` times in a row (5xx answers, connect failures,
+/// resets, timeouts) is ejected for `base_ejection` × the number of times it
+/// has been ejected, at most `max_ejection`; any other answer resets the run.
+/// The count of ejections starts again once an endpoint has stayed in for
+/// `max_ejection`. `consecutive_failures: 0` turns ejection off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierPolicy {
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    /// At most this share of the endpoints is ejected at once, rounded down:
+    /// with 50 and 3 endpoints, one; with a single endpoint, none.
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_failures: 5,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(300),
+            max_ejected_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub policy: Policy,
+    /// Per connection attempt to a backend.
+    pub connect_timeout: Duration,
+    /// From sending a request to a backend until its response headers arrive;
+    /// on expiry the client gets 504 and the endpoint a failure (not retried:
+    /// the backend may be acting on it). For a streamed request body the clock
+    /// starts once the body has been sent whole, as Envoy's does, so a long
+    /// upload or gRPC client stream is not cut short.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+    pub outlier: OutlierPolicy,
+    /// A client connection older than this (±10%, so a fleet does not close at
+    /// once) is closed gracefully: HTTP/1 after its current response
+    /// (`Connection: close`), HTTP/2 with GOAWAY once its streams end. `None`
+    /// keeps connections as long as the client does.
+    pub max_connection_age: Option<Duration>,
+    /// Idle HTTP/1 connections kept per backend.
+    pub max_idle_per_backend: usize,
+    /// A pooled backend connection unused for this long is closed.
+    pub pool_idle_timeout: Duration,
+    /// How long a client may take to send a request's headers (HTTP/1; also
+    /// how long a keep-alive connection may sit idle), and to send its first
+    /// bytes on a new connection (both protocols).
+    pub header_read_timeout: Duration,
+    /// Largest HTTP/1 request head (request line and headers); a larger one
+    /// is answered 431 and the connection closed.
+    pub max_header_bytes: usize,
+    /// HTTP/2 streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
+    /// Largest HTTP/2 header block (decoded), advertised to clients.
+    pub max_header_list_size: u32,
+    /// HTTP/2 rapid-reset protection: streams a client opened and reset before
+    /// the router accepted them, beyond which the connection is closed
+    /// (GOAWAY `ENHANCE_YOUR_CALM`).
+    pub max_pending_accept_reset_streams: usize,
+    /// HTTP/2: streams the router may reset because of a client's protocol
+    /// errors before it closes the connection.
+    pub max_local_error_reset_streams: usize,
+    /// Client connections open at once on this listener (upgraded ones
+    /// included); a connection beyond it is accepted and closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            policy: Policy::RoundRobin,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            outlier: OutlierPolicy::default(),
+            max_connection_age: None,
+            max_idle_per_backend: 64,
+            pool_idle_timeout: Duration::from_secs(90),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 << 10,
+            max_concurrent_streams: 256,
+            max_header_list_size: 64 << 10,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            max_connections: 16_384,
+        }
+    }
+}
