@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod spec;
+pub mod stats;
 pub mod status;
 
 pub const SOCKET_FILE: &str = "tug.sock";

@@ -79,8 +79,35 @@ impl Kind {
     }
 }
 
-/// The stack file's own: a dependency's condition and a restart policy travel as they are.
-pub use tug_stackfile::model::{Condition, Restart};
+/// The stack file's own: these travel as they are.
+pub use tug_stackfile::model::{Balance, Condition, Protocol, Restart};
+
+/// How the router fronts a service. None of it reaches an instance, so it is not part of the
+/// revision: changing it re-configures the router without restarting anything.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub protocol: Protocol,
+    pub balance: Balance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_header: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age_ms: Option<u64>,
+}
+
+impl Default for RouteSpec {
+    fn default() -> RouteSpec {
+        RouteSpec {
+            protocol: Protocol::Http,
+            balance: Balance::RoundRobin,
+            tenant_header: None,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 60_000,
+            max_connection_age_ms: None,
+        }
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,6 +138,9 @@ pub struct ServiceSpec {
     pub port: Option<u16>,
     /// tug's router owns `port` and instances get private ports.
     pub proxy: bool,
+    /// How the router fronts `port` (with `proxy`); outside the revision.
+    #[serde(default)]
+    pub route: RouteSpec,
     /// Settings, listed secrets, env files and `environment`, in delivery order.
     pub environment: Vec<(String, Value)>,
     pub depends_on: Vec<(String, Condition)>,
@@ -125,17 +155,19 @@ pub struct ServiceSpec {
     pub cpu: Option<f64>,
     pub log_max_size: u64,
     pub log_max_files: u32,
-    /// Digest of everything above but `replicas`: instances started from another revision are replaced.
+    /// Digest of everything above but `replicas` and `route`: instances started from another
+    /// revision are replaced.
     pub revision: String,
 }
 
 impl ServiceSpec {
-    /// The digest of what reaches an instance: every field but the revision itself
-    /// and the number of replicas (scaling does not make a new revision).
+    /// The digest of what reaches an instance: every field but the revision itself,
+    /// the number of replicas (scaling does not make a new revision) and the route.
     pub fn compute_revision(&self) -> String {
         let mut copy = self.clone();
         copy.revision.clear();
         copy.replicas = 0;
+        copy.route = RouteSpec::default();
         let json = serde_json::to_vec(&copy).unwrap_or_default();
         crate::auth::hex(&Sha256::digest(&json)[..6])
     }
@@ -155,6 +187,10 @@ pub struct StackSpec {
     /// only those it is delivered to through their `environment`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub withheld: Vec<String>,
+    /// `registry:`: `None` for the embedded one, else a `redis://` or `rediss://` URL (which
+    /// may carry a password: sensitive when it comes from a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Value>,
 }
 
 /// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when

@@ -112,6 +112,28 @@ pub struct StackStatus {
     pub instances: Vec<InstanceStatus>,
     /// Things the user should know (limits not applied, leftovers stopped).
     pub notices: Vec<String>,
+    /// The address this host's routers and instances bind and register (`--advertise`).
+    #[serde(default)]
+    pub advertise: String,
+    /// The registry in use, once a stack was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistryStatus>,
+}
+
+/// Which registry the daemon uses and how it is doing.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RegistryStatus {
+    /// `embedded`, or the Redis URL without its password.
+    pub location: String,
+    /// `pending` (no synchronization yet), `live`, or `stale` (the last one failed: routers keep
+    /// the last known membership).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Live entries, all hosts.
+    pub entries: usize,
+    /// Distinct hosts among them.
+    pub hosts: usize,
 }
 
 /// The answer to `PUT /v1/stack`.

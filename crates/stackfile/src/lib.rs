@@ -558,6 +558,20 @@ services:
 ";
 
     #[test]
+    fn router_options_and_dependency_addresses() {
+        let text = "services:\n  db: { command: [sleep, '1'], port: 5432 }\n  api:\n    command: [echo, '${DB_ADDR}']\n    depends_on: [db]\n    port: 8000\n    router: { request_timeout: 5s, max_connection_age: 10m }\n";
+        let c = compile_env(text, None, &[]);
+        assert!(codes(&c).is_empty(), "{:?}", c.diagnostics.items);
+        let api = &c.stack.as_ref().unwrap().services["api"];
+        assert_eq!(api.router.request_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(api.router.connect_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(api.router.max_connection_age, Some(std::time::Duration::from_secs(600)));
+        // A dependency's address is for its dependents only; zero timeouts are refused.
+        let other = "services:\n  db: { command: [echo, '${API_ADDR}'] }\n  api: { command: [sleep, '1'], port: 1, router: { connect_timeout: 0s, retries: 2 } }\n";
+        assert_eq!(codes(&compile_env(other, None, &[])), ["unknown-variable", "invalid-value", "unknown-field"]);
+    }
+
+    #[test]
     fn the_first_environment_is_the_default() {
         let c = compile_env(PER_ENV, None, &[]);
         assert_eq!(c.stack.as_ref().map(|s| s.environment.as_str()), Some("development"));

@@ -233,14 +233,14 @@ pub enum Command {
     Shell(Text),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
     Http,
     Tcp,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
     RoundRobin,
@@ -379,6 +379,30 @@ pub struct Resources {
     pub cpu: Option<f64>,
 }
 
+/// How the router talks to the instances (tug's extension, `router:` on a service).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RouterOptions {
+    /// Per attempt to open a connection to an instance.
+    #[serde(serialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// From sending a request until the response headers arrive (then 504).
+    #[serde(serialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Client connections older than this are closed gracefully, so long-lived clients rebalance.
+    #[serde(serialize_with = "opt_duration")]
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Default for RouterOptions {
+    fn default() -> RouterOptions {
+        RouterOptions {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+            max_connection_age: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Logs {
     #[serde(serialize_with = "display")]
@@ -396,6 +420,7 @@ pub struct Service {
     pub tenant_header: Option<String>,
     /// Whether tug's router owns `port` (default: yes when a port is set).
     pub proxy: bool,
+    pub router: RouterOptions,
     pub working_dir: PathBuf,
     pub replicas: u32,
     pub secrets: Vec<String>,

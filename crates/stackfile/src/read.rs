@@ -13,6 +13,13 @@ use crate::model::{Setting, Source, Text};
 use crate::units::{self, Percent, Signal, Size};
 use crate::yaml::{Kind, Node};
 
+/// `<NAME>_ADDR`: where an instance finds its dependency `name` (upper-cased, `-` as `_`).
+pub fn address_variable(service: &str) -> String {
+    let mut name: String = service.chars().map(|c| if c == '-' { '_' } else { c.to_ascii_uppercase() }).collect();
+    name.push_str("_ADDR");
+    name
+}
+
 /// The instance variables every instance receives, substituted when it starts.
 pub const INSTANCE_VARIABLES: [&str; 7] =
     ["HOST", "PORT", "TUG_SERVICE", "TUG_INSTANCE", "TUG_REPLICA", "TUG_REVISION", "TUG_STATE_DIR"];
@@ -48,11 +55,15 @@ pub struct Scope<'s> {
     pub listed: Option<&'s [String]>,
     /// Keep instance variables for the per-instance pass (command, probes, environment).
     pub defer_instance: bool,
+    /// With `defer_instance`: the `<NAME>_ADDR` variables of the service's dependencies, also
+    /// substituted per instance.
+    pub addresses: &'s [String],
 }
 
 impl Scope<'_> {
     /// Only the environment: for the parts of the file read before settings are resolved.
-    pub const ENV_ONLY: Scope<'static> = Scope { own: None, shared: None, listed: None, defer_instance: false };
+    pub const ENV_ONLY: Scope<'static> =
+        Scope { own: None, shared: None, listed: None, defer_instance: false, addresses: &[] };
 }
 
 /// Whether a setting's value must be kept from people and from unlisted services.
@@ -72,7 +83,7 @@ pub fn lookup_in(scope: &Scope, env: &Env, name: &str) -> Lookup {
         }
         return setting_lookup(setting);
     }
-    if scope.defer_instance && INSTANCE_VARIABLES.contains(&name) {
+    if scope.defer_instance && (INSTANCE_VARIABLES.contains(&name) || scope.addresses.iter().any(|a| a == name)) {
         return Lookup::Deferred;
     }
     match env.get(name) {

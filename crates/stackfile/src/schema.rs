@@ -160,6 +160,14 @@ pub fn schema() -> Value {
                     ),
                 }),
             ),
+            "router": object(
+                "How the router talks to the instances (tug's extension).",
+                json!({
+                    "connect_timeout": field_or("Per attempt to connect to an instance.", json!("2s"), def("duration")),
+                    "request_timeout": field_or("From sending a request until its response headers arrive; then 504.", json!("60s"), def("duration")),
+                    "max_connection_age": field("Close client connections older than this, gracefully, so long-lived clients rebalance.", def("duration")),
+                }),
+            ),
             "logs": object(
                 "Log file rotation per instance.",
                 json!({
@@ -312,6 +320,7 @@ fn service() -> Value {
             "user": field("Run as this user (tug must run as root).", json!({ "type": SCALAR })),
             "resources": field("Resource limits: memory, cpu.", def("resources")),
             "logs": field("Log rotation: max_size, max_files.", def("logs")),
+            "router": field("Router timeouts for this service: connect_timeout, request_timeout, max_connection_age.", def("router")),
         }),
     )
 }
@@ -481,7 +490,7 @@ mod tests {
     use crate::TOP_FIELDS;
     use crate::service::{
         ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
-        RESOURCES_FIELDS, SERVICE_FIELDS,
+        RESOURCES_FIELDS, ROUTER_FIELDS, SERVICE_FIELDS,
     };
     use crate::settings::SETTING_FIELDS;
     use crate::units::{parse_duration, parse_percent, parse_signal, parse_size};
@@ -533,6 +542,7 @@ mod tests {
             (&defs["autoscale"], AUTOSCALE_FIELDS),
             (&defs["resources"], RESOURCES_FIELDS),
             (&defs["logs"], LOGS_FIELDS),
+            (&defs["router"], ROUTER_FIELDS),
             (&defs["dependency"], DEPENDS_ON_FIELDS),
         ] {
             let properties = object["properties"].as_object().expect("an object schema");

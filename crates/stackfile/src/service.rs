@@ -9,7 +9,7 @@ use crate::SecretSource;
 use crate::diag::{Diagnostic, Span};
 use crate::dotenv;
 use crate::model::*;
-use crate::read::{Ctx, Fields, Scope};
+use crate::read::{Ctx, Fields, Scope, address_variable};
 use crate::settings::{self, Definition, is_env_name};
 use crate::units::{Signal, Size};
 use crate::yaml::{Kind, Node};
@@ -23,6 +23,7 @@ pub const SERVICE_FIELDS: &[&str] = &[
     "balance",
     "tenant_header",
     "proxy",
+    "router",
     "working_dir",
     "replicas",
     "secrets",
@@ -63,6 +64,7 @@ pub const AUTOSCALE_FIELDS: &[&str] =
     &["min", "max", "cpu", "memory", "requests_per_second", "scale_down_stabilization"];
 pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpu"];
 pub const LOGS_FIELDS: &[&str] = &["max_size", "max_files"];
+pub const ROUTER_FIELDS: &[&str] = &["connect_timeout", "request_timeout", "max_connection_age"];
 pub const DEPENDS_ON_FIELDS: &[&str] = &["condition", "required"];
 
 pub const CONDITIONS: &[(&str, Condition)] = &[
@@ -178,7 +180,13 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     }
     let own = settings::resolve(ctx, &own_defs, &shared_scope, input.secrets);
     let scope = Scope { own: Some(&own), ..shared_scope };
-    let instance_scope = Scope { defer_instance: true, ..scope };
+    // Dependencies' addresses are instance variables too (the daemon knows the host).
+    let addresses: Vec<String> = match f.get("depends_on").map(|n| &n.kind) {
+        Some(Kind::Map(entries)) => entries.iter().filter_map(|(k, _)| scalar_text(k)).map(address_variable).collect(),
+        Some(Kind::Seq(items)) => items.iter().filter_map(scalar_text).map(address_variable).collect(),
+        _ => Vec::new(),
+    };
+    let instance_scope = Scope { defer_instance: true, addresses: &addresses, ..scope };
 
     let kind =
         f.get("kind").and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS)).unwrap_or(ServiceKind::Service);
@@ -364,6 +372,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let user = f.get("user").and_then(|n| ctx.string(n, &f.path("user"), &scope));
     let resources = f.get("resources").map(|n| resources(ctx, n, &f.path("resources"), &scope)).unwrap_or_default();
     let logs = logs(ctx, f.get("logs"), &f, &scope);
+    let router = router(ctx, f.get("router"), &f, &scope);
     if let Some(n) = f.get("description") {
         ctx.string(n, &f.path("description"), &scope);
     }
@@ -376,6 +385,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         balance,
         tenant_header,
         proxy,
+        router,
         working_dir,
         replicas,
         secrets,
@@ -869,6 +879,36 @@ fn resources(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Resources
         })
     });
     Resources { memory, cpu }
+}
+
+fn scalar_text(node: &Node) -> Option<&str> {
+    match &node.kind {
+        Kind::Scalar { text, .. } => Some(text),
+        _ => None,
+    }
+}
+
+fn router(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope) -> RouterOptions {
+    let mut options = RouterOptions::default();
+    let path = service.path("router");
+    let Some(f) = node.and_then(|n| ctx.fields(n, &path, ROUTER_FIELDS)) else { return options };
+    let positive = |ctx: &mut Ctx, name: &str| -> Option<Duration> {
+        let n = f.get(name)?;
+        let d = ctx.duration(n, &f.path(name), scope)?;
+        if d.is_zero() {
+            ctx.error("invalid-value", n.span, &f.path(name), format!("`{name}` must be longer than 0"));
+            return None;
+        }
+        Some(d)
+    };
+    if let Some(d) = positive(ctx, "connect_timeout") {
+        options.connect_timeout = d;
+    }
+    if let Some(d) = positive(ctx, "request_timeout") {
+        options.request_timeout = d;
+    }
+    options.max_connection_age = positive(ctx, "max_connection_age");
+    options
 }
 
 fn logs(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope) -> Logs {

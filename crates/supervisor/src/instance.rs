@@ -326,15 +326,25 @@ impl Task {
 
     fn instance_vars(&self) -> Vec<(String, String)> {
         let port = self.port.map(|p| p.to_string()).unwrap_or_default();
-        vec![
-            ("HOST".into(), self.inner.config.host.clone()),
+        let host = &self.inner.config.host;
+        let mut vars = vec![
+            ("HOST".into(), host.clone()),
             ("PORT".into(), port),
             ("TUG_SERVICE".into(), self.spec.name.clone()),
             ("TUG_INSTANCE".into(), self.name.clone()),
             ("TUG_REPLICA".into(), self.replica.to_string()),
             ("TUG_REVISION".into(), self.spec.revision.clone()),
             ("TUG_STATE_DIR".into(), self.inner.config.state_dir.display().to_string()),
-        ]
+        ];
+        // Discovery: where each dependency with a port answers (its router, or the instance
+        // itself with `proxy: false`).
+        let table = self.inner.lock();
+        for (dependency, _) in &self.spec.depends_on {
+            if let Some(port) = table.specs.get(dependency).and_then(|d| d.port) {
+                vars.push((tug_stackfile::read::address_variable(dependency), format_address(host, port)));
+            }
+        }
+        vars
     }
 
     /// A value with this instance's variables substituted.
@@ -573,6 +583,8 @@ impl Task {
                                 Err(_) => {}
                             }
                             if let Err(why) = result.result && live_failures >= retries {
+                                self.set(|s| s.state = State::Stopping);
+                                self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
                                 let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
                                 let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
                                 let why = redact_text(format!("liveness failed {live_failures} times: {why}; restarted"), &secrets);
@@ -590,6 +602,8 @@ impl Task {
                         None => Outcome::Removed(None),
                     };
                     self.set(|s| s.state = State::Stopping);
+                    // Out of the routers first; what they have in flight on it finishes.
+                    self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
                     let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
                     let code = exit.map(Exit::code);
                     self.set(|s| s.exit_code = code);
@@ -760,6 +774,11 @@ impl Task {
             },
         }
     }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+fn format_address(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 fn shown_program(spec: &ServiceSpec, program: &str) -> String {
@@ -959,6 +978,13 @@ mod tests {
         assert!(redact(b"-----BEGIN KEY-----", &secrets).is_some());
         // Pieces under 8 characters are not masked, as values under 8 are not.
         assert_eq!(redact(b"short tiny", &secrets), None);
+    }
+
+    #[test]
+    fn address_variables_are_named_after_the_service() {
+        assert_eq!(tug_stackfile::read::address_variable("auth-db"), "AUTH_DB_ADDR");
+        assert_eq!(format_address("127.0.0.2", 80), "127.0.0.2:80");
+        assert_eq!(format_address("::1", 80), "[::1]:80");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! to the table, which bumps a generation counter that watchers (`up -d`, the
 //! gates of dependent services) wait on. Stopping goes in reverse dependency order.
 
-mod forward;
 pub mod instance;
 pub mod order;
 pub mod persist;
@@ -14,10 +13,12 @@ pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod reaper;
+mod routing;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -29,7 +30,7 @@ pub use instance::Control;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub state_dir: PathBuf,
-    /// The address instances bind (`HOST`).
+    /// The advertised address: instances and routers bind it (`HOST`), registry entries carry it.
     pub host: String,
     /// Private ports for instances come from this range (inclusive).
     pub port_range: (u16, u16),
@@ -81,8 +82,8 @@ pub(crate) struct Inner {
     pub table: Mutex<Table>,
     pub changes: watch::Sender<u64>,
     pub cgroups: tug_sys::cgroup::Support,
-    /// The services' stable addresses (their `port`), forwarded to ready instances.
-    pub listeners: Mutex<forward::Listeners>,
+    /// The services' stable addresses (their `port`): routers, and the registry feeding them.
+    pub routing: routing::Routing,
 }
 
 impl Inner {
@@ -123,8 +124,8 @@ impl Supervisor {
             ports: HashSet::new(),
             notices: Vec::new(),
         };
-        let listeners = Mutex::new(forward::Listeners::default());
-        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups, listeners }) }
+        let routing = routing::Routing::new(&config.host);
+        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups, routing }) }
     }
 
     pub fn config(&self) -> &Config {
@@ -166,15 +167,35 @@ impl Supervisor {
                 }
             }
         }
+        let (project, generation, shutting_down, notices) =
+            (table.project.clone(), table.generation, table.shutting_down, table.notices.clone());
+        drop(table);
         StackStatus {
-            project: table.project.clone(),
+            project,
             daemon_pid: std::process::id(),
-            generation: table.generation,
-            shutting_down: table.shutting_down,
+            generation,
+            shutting_down,
             services,
             instances,
-            notices: table.notices.clone(),
+            notices,
+            advertise: self.inner.config.host.clone(),
+            registry: self.inner.routing.registry_status(),
         }
+    }
+
+    /// The routers' counters (`tug stats`), for every proxied service or one.
+    pub fn stats(&self, service: Option<&str>) -> Result<tug_proto::stats::StatsResponse, Error> {
+        let stats = self.inner.routing.stats(service);
+        if let Some(name) = service
+            && stats.services.is_empty()
+        {
+            let table = self.inner.lock();
+            return Err(match table.services.get(name) {
+                Some(_) => Error::NotFound(format!("`{name}` has no router: it has no port, or `proxy: false`")),
+                None => Error::NotFound(format!("no service named `{name}`")),
+            });
+        }
+        Ok(stats)
     }
 
     /// `up`: adopts `spec` and starts the targets and their dependencies.
@@ -204,7 +225,7 @@ impl Supervisor {
                 let Some(port) = spec.port else { continue };
                 let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
                     || table.instances.values().any(|i| i.status.port == Some(port))
-                    || inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).holds(name, port);
+                    || inner.routing.holds(name, port);
                 if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&inner.config.host, port)
                 {
                     taken.push(ports::describe_taken(name, port));
@@ -217,13 +238,16 @@ impl Supervisor {
                 notices.push(problem);
             }
         }
+        let registry = spec.registry.as_ref().map(|v| v.value.as_str());
+        inner.routing.attach(inner, registry, &spec.project).map_err(Error::BadRequest)?;
         // The stable addresses are bound now, before any instance starts, so the
         // port is this stack's from here on.
         for name in &wanted {
             let spec = &new_specs[name];
-            match spec.port.filter(|_| spec.proxy && spec.kind == Kind::Service && spec.replicas > 0) {
-                Some(port) => forward::open(inner, name, port).map_err(Error::Conflict)?,
-                None => inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).close(name),
+            if spec.port.is_some() && spec.proxy && spec.kind == Kind::Service && spec.replicas > 0 {
+                inner.routing.open(spec).map_err(Error::Conflict)?;
+            } else {
+                inner.routing.close(name);
             }
         }
         let mut replaced = Vec::new();
@@ -235,6 +259,12 @@ impl Supervisor {
             for (name, new) in &new_specs {
                 match t.services.get_mut(name) {
                     Some(service) if service.spec.revision == new.revision => {
+                        // How the router fronts it is outside the revision: no restart for that.
+                        if service.spec.route != new.route {
+                            let mut updated = (*service.spec).clone();
+                            updated.route = new.route.clone();
+                            service.spec = Arc::new(updated);
+                        }
                         // `tug scale` changes the count but not the revision. `up` goes back to the
                         // file's count (as Compose does): keeping the scaled one made `up -d` wait
                         // forever for replicas the file asks for.
@@ -274,11 +304,8 @@ impl Supervisor {
         }
         let this = self.clone();
         let removed_names = removed.clone();
-        {
-            let mut listeners = inner.listeners.lock().unwrap_or_else(|p| p.into_inner());
-            for name in &removed {
-                listeners.close(name);
-            }
+        for name in &removed {
+            inner.routing.close(name);
         }
         if !removed.is_empty() {
             tokio::spawn(async move {
@@ -562,8 +589,13 @@ impl Supervisor {
 
     /// `down`: stops everything in reverse dependency order and waits.
     pub async fn shutdown(&self) {
-        // No new connections; those in flight end with their instances.
-        self.inner.listeners.lock().unwrap_or_else(|p| p.into_inner()).close_all();
+        // The routers first: no new connections, HTTP/2 clients get GOAWAY, and requests in
+        // flight finish while every instance still runs.
+        let grace = {
+            let table = self.inner.lock();
+            table.specs.values().filter(|s| s.port.is_some() && s.proxy).map(|s| s.stop_grace_ms).max().unwrap_or(0)
+        };
+        self.inner.routing.shutdown(Duration::from_millis(grace.min(30_000))).await;
         let levels = {
             let mut table = self.inner.lock();
             table.shutting_down = true;
@@ -592,6 +624,7 @@ impl Supervisor {
                 let _ = rx.await;
             }
         }
+        self.inner.routing.leave().await;
         persist::Record::default().save(&self.inner.config.state_dir, u64::MAX);
     }
 }
@@ -622,6 +655,10 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
         }
         if !seen.insert(&s.name) {
             return Err(Error::BadRequest(format!("service `{}` appears twice", s.name)));
+        }
+        if s.route.tenant_header.as_deref().is_some_and(|h| hyper::http::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return Err(Error::BadRequest(format!("service `{}`: tenant_header is not a valid header name", s.name)));
         }
         if s.revision != s.compute_revision() {
             return Err(Error::BadRequest(format!("service `{}`: the revision does not match its spec", s.name)));
@@ -669,6 +706,7 @@ mod tests {
             replicas,
             port: None,
             proxy: false,
+            route: Default::default(),
             environment: Vec::new(),
             depends_on: Vec::new(),
             healthcheck: None,
@@ -695,6 +733,7 @@ mod tests {
             root: "/".into(),
             services,
             withheld: Vec::new(),
+            registry: None,
         }
     }
 

@@ -264,8 +264,12 @@ pub async fn stop_group(pgid: i32, signal: i32, grace: Duration, exit: &mut ones
     signal_group(pgid, signal);
     let deadline = tokio::time::Instant::now() + grace;
     let mut status = None;
+    // A oneshot must not be polled again once it has answered (its sender may also be gone
+    // already: the caller passes a closed one when there is no leader to wait for).
+    let mut answered = false;
     if let Ok(result) = tokio::time::timeout_at(deadline, &mut *exit).await {
         status = result.ok();
+        answered = true;
     }
     // The leader is gone; give the rest of the group what remains of the grace.
     while group_alive(pgid) && tokio::time::Instant::now() < deadline {
@@ -274,7 +278,7 @@ pub async fn stop_group(pgid: i32, signal: i32, grace: Duration, exit: &mut ones
     if group_alive(pgid) {
         signal_group(pgid, libc::SIGKILL);
     }
-    if status.is_none() {
+    if !answered {
         status = exit.await.ok();
     }
     // Members are reaped by the reaper; wait (briefly) until none is left.

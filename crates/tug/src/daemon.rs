@@ -182,6 +182,32 @@ pub fn serve(state_dir: &Path) -> i32 {
     }
 }
 
+/// The address this host's routers and instances bind and register: `TUG_ADVERTISE` (which
+/// `tug up --advertise` sets for the daemon it starts), 127.0.0.1 by default.
+pub fn advertised_address() -> Result<String, String> {
+    match std::env::var(ADVERTISE_ENV) {
+        Ok(text) if !text.is_empty() => parse_advertise(&text),
+        _ => Ok("127.0.0.1".into()),
+    }
+}
+
+pub const ADVERTISE_ENV: &str = "TUG_ADVERTISE";
+
+/// An IP address this host has (it must be bindable): not a name, not a wildcard.
+pub fn parse_advertise(text: &str) -> Result<String, String> {
+    let ip: std::net::IpAddr = text.trim().parse().map_err(|_| {
+        format!("{ADVERTISE_ENV}/--advertise: `{text}` is not an IP address (such as 10.0.0.5 or 127.0.0.2)")
+    })?;
+    if ip.is_unspecified() {
+        return Err(format!(
+            "{ADVERTISE_ENV}/--advertise: `{ip}` is not an address others can reach; give this host's own address"
+        ));
+    }
+    std::net::TcpListener::bind((ip, 0))
+        .map_err(|e| format!("{ADVERTISE_ENV}/--advertise: cannot bind {ip} on this host: {e}"))?;
+    Ok(ip.to_string())
+}
+
 fn serve_inner(state_dir: &Path) -> Result<(), String> {
     let _lock = lock(state_dir)?;
     let key_env = std::env::var(tug_proto::auth::KEY_ENV).ok();
@@ -194,6 +220,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         }
         _ => (20000, 29999),
     };
+    let advertise = advertised_address()?;
     let previous = tug_supervisor::persist::Record::load(state_dir);
     let mut notices = Vec::new();
     let previous = match previous {
@@ -224,7 +251,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         let pid_file = state_dir.join(tug_proto::PID_FILE);
         tug_supervisor::persist::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
-        let config = Config { state_dir: state_dir.to_path_buf(), host: "127.0.0.1".into(), port_range };
+        let config = Config { state_dir: state_dir.to_path_buf(), host: advertise, port_range };
         let supervisor = Supervisor::new(config);
         for notice in notices {
             supervisor.notice(notice);
@@ -309,8 +336,13 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<
 }
 
 fn query(path_and_query: &str, name: &str) -> Option<u64> {
+    query_text(path_and_query, name)?.parse().ok()
+}
+
+/// A query parameter's raw value (the API's values are names and numbers: nothing to decode).
+fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     let (_, query) = path_and_query.split_once('?')?;
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
 async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -383,22 +415,30 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
             },
             Err(response) => *response,
         },
+        (&Method::GET, "/v1/stats") => {
+            let service = query_text(&target, "service");
+            match supervisor.stats(service) {
+                Ok(stats) => json(StatusCode::OK, &stats),
+                Err(e) => supervisor_error(e),
+            }
+        }
         (&Method::POST, "/v1/down") => {
             app.shutdown.notify_one();
             json(StatusCode::ACCEPTED, &serde_json::json!({ "daemon_pid": std::process::id() }))
         }
         (
             _,
-            "/v1/openapi.json" | "/v1/status" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart" | "/v1/scale"
-            | "/v1/down",
+            "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart"
+            | "/v1/scale" | "/v1/down",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     Ok(response)
 }
 
-/// Starts the keeper (and so the daemon) for `state_dir`, detached from the terminal.
-pub fn spawn(state_dir: &Path) -> Result<u32, String> {
+/// Starts the keeper (and so the daemon) for `state_dir`, detached from the terminal; with
+/// `advertise`, the daemon binds and registers that address.
+pub fn spawn(state_dir: &Path, advertise: Option<&str>) -> Result<u32, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find tug's own executable: {e}"))?;
     let log_path = state_dir.join(LOG_FILE);
     let log = std::fs::OpenOptions::new()
@@ -408,6 +448,9 @@ pub fn spawn(state_dir: &Path) -> Result<u32, String> {
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let mut command = std::process::Command::new(exe);
+    if let Some(address) = advertise {
+        command.env(ADVERTISE_ENV, address);
+    }
     command
         .arg("daemon")
         .arg("--state-dir")

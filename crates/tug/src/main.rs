@@ -10,6 +10,7 @@ mod output;
 mod run;
 mod secrets;
 mod stack;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,11 +74,22 @@ enum Command {
         /// With -d: give up after this long (e.g. 2m)
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// This host's address: routers and instances bind it and register it [default: 127.0.0.1]
+        #[arg(long, value_name = "ADDR", env = "TUG_ADVERTISE")]
+        advertise: Option<String>,
         #[arg(value_name = "SERVICE")]
         services: Vec<String>,
     },
     /// Stop everything in reverse dependency order; returns when all is gone
     Down,
+    /// The routers' counters: requests by status class, latency, retries, ejections, per revision and instance
+    Stats {
+        /// Print JSON (the API's `GET /v1/stats`)
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+    },
     /// One row per instance: state, pid, port, restarts, health
     Ps {
         #[arg(long)]
@@ -191,8 +203,11 @@ fn main() -> ExitCode {
         Command::Config { json } => stack::config(&cli.stack, json),
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
-        Command::Up { detach, timeout, services } => run::up(&cli.stack, run::UpOptions { detach, services, timeout }),
+        Command::Up { detach, timeout, advertise, services } => {
+            run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout })
+        }
         Command::Down => run::down(&cli.stack),
+        Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
         Command::Logs { follow, tail, since, json, names } => {
             logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, names })

@@ -18,7 +18,7 @@ use crate::output;
 use crate::stack::{self, Loaded};
 use crate::{StackArgs, daemon, logs};
 
-const QUICK: Duration = Duration::from_secs(10);
+pub(crate) const QUICK: Duration = Duration::from_secs(10);
 
 fn value(text: &Text) -> Value {
     Value { value: text.expose().to_string(), sensitive: text.sensitive, template: text.template }
@@ -51,6 +51,7 @@ fn probe(probe: &model::Probe) -> proto::Probe {
 
 /// The resolved stack as the daemon needs it.
 pub fn to_spec(stack: &Stack) -> StackSpec {
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
     let services = stack
         .services
         .iter()
@@ -68,6 +69,14 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 replicas: s.replicas,
                 port: s.port,
                 proxy: s.proxy,
+                route: proto::RouteSpec {
+                    protocol: s.protocol,
+                    balance: s.balance,
+                    tenant_header: s.tenant_header.clone(),
+                    connect_timeout_ms: ms(s.router.connect_timeout),
+                    request_timeout_ms: ms(s.router.request_timeout),
+                    max_connection_age_ms: s.router.max_connection_age.map(ms),
+                },
                 environment: s.environment.iter().map(|(k, v)| (k.clone(), value(v))).collect(),
                 depends_on: s.depends_on.iter().map(|(d, c)| (d.clone(), *c)).collect(),
                 healthcheck: s.healthcheck.as_ref().map(probe),
@@ -75,7 +84,7 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 restart: s.restart,
                 stop_signal: s.stop_signal.number,
                 stop_signal_name: s.stop_signal.name.to_string(),
-                stop_grace_ms: s.stop_grace_period.as_millis().min(u64::MAX as u128) as u64,
+                stop_grace_ms: ms(s.stop_grace_period),
                 user: s.user.clone(),
                 memory_bytes: s.resources.memory.map(|m| m.0),
                 cpu: s.resources.cpu,
@@ -104,11 +113,48 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
         root: stack.root.clone(),
         services,
         withheld,
+        registry: match &stack.registry {
+            model::Registry::Embedded => None,
+            model::Registry::Redis(url) => {
+                let mut url = value(url);
+                url.value = absolute_tls_files(&url.value, &stack.root);
+                Some(url)
+            }
+        },
     }
 }
 
+/// The registry URL with its `ca=`, `cert=` and `key=` files made absolute: written relative to
+/// the stack file, they must still be found by the daemon, which runs in `/`.
+fn absolute_tls_files(url: &str, root: &Path) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name @ ("ca" | "cert" | "key"), path)) if !path.is_empty() && !path.starts_with('/') => {
+                format!("{name}={}/{path}", percent_encode_path(&root.to_string_lossy()))
+            }
+            _ => pair.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", params.join("&"))
+}
+
+/// Percent-encodes what a URL query value cannot carry as is; `/` stays.
+fn percent_encode_path(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// The state folder and a client for the stack's daemon (which may not run).
-fn connect(args: &StackArgs, create_key: bool) -> Result<(PathBuf, Option<Client>), String> {
+pub(crate) fn connect(args: &StackArgs, create_key: bool) -> Result<(PathBuf, Option<Client>), String> {
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let state_dir = stack::state_dir(args, &cwd);
     let env_key = std::env::var(tug_proto::auth::KEY_ENV).ok();
@@ -129,16 +175,27 @@ fn status(client: &Client) -> Result<StackStatus, RequestError> {
 }
 
 /// Makes sure the daemon runs, starting it when it does not (then true).
-fn ensure_daemon(state_dir: &Path, client: &Client) -> Result<bool, String> {
+fn ensure_daemon(state_dir: &Path, client: &Client, advertise: Option<&str>) -> Result<bool, String> {
     match status(client) {
-        Ok(_) => return Ok(false),
+        Ok(running) => {
+            if let Some(wanted) = advertise
+                && !running.advertise.is_empty()
+                && running.advertise != wanted
+            {
+                return Err(format!(
+                    "this stack's daemon already runs advertising {}; run `tug down` first to advertise {wanted}",
+                    running.advertise
+                ));
+            }
+            return Ok(false);
+        }
         Err(RequestError::NoDaemon) => {}
         Err(e) => return Err(e.to_string()),
     }
     std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
     let state_dir =
         std::fs::canonicalize(state_dir).map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
-    let keeper = daemon::spawn(&state_dir)?;
+    let keeper = daemon::spawn(&state_dir, advertise)?;
     let deadline = Instant::now() + QUICK;
     loop {
         match status(client) {
@@ -190,6 +247,8 @@ fn interrupted() -> bool {
 
 pub struct UpOptions {
     pub detach: bool,
+    /// `--advertise`: the address the daemon binds and registers.
+    pub advertise: Option<String>,
     pub services: Vec<String>,
     pub timeout: Option<Duration>,
 }
@@ -213,10 +272,11 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
             return Err(format!("no service or job named `{name}` (the stack has: {})", known.join(", ")));
         }
     }
+    let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let spec = to_spec(stack);
     let (state_dir, client) = connect(args, true)?;
     let client = client.ok_or("no API key")?;
-    let started_daemon = ensure_daemon(&state_dir, &client)?;
+    let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
     let request = UpRequest { spec, targets: options.services.clone() };
@@ -555,6 +615,13 @@ pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
         ]);
     }
     let mut out = render_table(&table);
+    if let Some(r) = &status.registry {
+        let problem = r.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        out.push_str(&format!(
+            "registry: {} ({}{problem}; {} entries from {} hosts); this host advertises {}\n",
+            r.location, r.state, r.entries, r.hosts, status.advertise
+        ));
+    }
     for notice in &status.notices {
         out.push_str(&format!("note: {notice}\n"));
     }
@@ -569,7 +636,7 @@ fn format_bytes(bytes: u64) -> String {
     }
 }
 
-fn render_table(rows: &[Vec<String>]) -> String {
+pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
     let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> =
         (0..columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
@@ -638,4 +705,19 @@ pub fn scale(args: &StackArgs, assignments: Vec<String>) -> Result<ExitCode, Str
         println!("scaled {} to {}", request.service, request.replicas);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_tls_files_become_absolute() {
+        let root = Path::new("/srv/my stack");
+        assert_eq!(
+            absolute_tls_files("rediss://h:6380/0?ca=certs/ca.pem&cert=/etc/c.pem&key=k.pem", root),
+            "rediss://h:6380/0?ca=/srv/my%20stack/certs/ca.pem&cert=/etc/c.pem&key=/srv/my%20stack/k.pem"
+        );
+        assert_eq!(absolute_tls_files("redis://h:6379/0", root), "redis://h:6379/0");
+    }
 }

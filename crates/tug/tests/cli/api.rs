@@ -398,6 +398,7 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             root: stack.path().to_path_buf(),
             services: vec![service],
             withheld: Vec::new(),
+            registry: None,
         },
         targets: vec![name.to_string()],
     };

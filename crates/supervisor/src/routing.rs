@@ -1,0 +1,488 @@
+//! The services' stable addresses: a router on each proxied `port`, the registry that tells it
+//! which instances are ready on every host, and this host's entries in that registry.
+//!
+//! Local instances reach this host's routers directly from the table (so a readiness change
+//! or a drain is seen at once, and a registry outage never hides this host's own instances);
+//! other hosts' instances come from the registry. A heartbeat task registers this host's
+//! entries every [`tug_registry::Config::heartbeat`], and at once when one changes; a host that
+//! dies leaves the fleet when its entries' TTL passes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tug_proto::spec::{Balance, Kind, Protocol, RouteSpec, ServiceSpec};
+use tug_proto::stats::{Counters, InstanceStats, Latency, RevisionStats, ServiceStats, StatsResponse, StatusClasses};
+use tug_proto::status::{RegistryStatus, State};
+use tug_registry::{AnyRegistry, Entry, Membership, Registry, Status};
+use tug_router::{Backend, Router};
+
+use crate::Inner;
+
+/// With a shared registry, how long a drained instance keeps running after it left this
+/// host's membership, so the other hosts' routers see it leave before it stops.
+const REMOTE_PROPAGATION: Duration = Duration::from_millis(300);
+
+/// How long a port freed by a router being replaced may take to become bindable.
+const REBIND_WAIT: Duration = Duration::from_secs(2);
+
+pub(crate) struct Routing {
+    /// The advertised address: routers and instances bind it, entries carry it.
+    host: String,
+    ip: IpAddr,
+    state: Mutex<RoutingState>,
+    /// Wakes the heartbeat task: an entry changed.
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct RoutingState {
+    attached: Option<Attached>,
+    fronts: HashMap<String, Front>,
+    /// This host's entries, as last computed from the table.
+    local: Vec<Entry>,
+    /// The registry's membership, as last seen.
+    membership: Arc<Membership>,
+    /// The last registration's error, if it failed.
+    register_error: Option<String>,
+}
+
+struct Attached {
+    /// `None` for the embedded registry, else its URL.
+    setting: Option<String>,
+    /// What may be shown of it.
+    location: String,
+    registry: Arc<AnyRegistry>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+struct Front {
+    port: u16,
+    route: RouteSpec,
+    router: Option<Router>,
+    members: watch::Sender<Arc<Vec<Backend>>>,
+}
+
+impl Routing {
+    pub fn new(host: &str) -> Routing {
+        let ip = host.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Routing {
+            host: host.to_string(),
+            ip,
+            state: Mutex::new(RoutingState::default()),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoutingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry id of a local instance: unique across hosts.
+    pub fn entry_id(&self, instance: &str) -> String {
+        format!("{}/{instance}", self.host)
+    }
+
+    /// Opens the stack's registry (`None`: embedded) unless it is the one in use, and starts
+    /// following it. Must run inside the runtime.
+    pub fn attach(&self, inner: &Arc<Inner>, setting: Option<&str>, project: &str) -> Result<(), String> {
+        {
+            let state = self.lock();
+            if state.attached.as_ref().is_some_and(|a| a.setting.as_deref() == setting) {
+                return Ok(());
+            }
+        }
+        let registry = AnyRegistry::open(setting, project, tug_registry::Config::default())
+            .map_err(|e| format!("registry: {e}"))?;
+        let location = match &registry {
+            AnyRegistry::Embedded(_) => "embedded".to_string(),
+            AnyRegistry::Redis(r) => r.url().to_string(),
+        };
+        let registry = Arc::new(registry);
+        let tasks = vec![
+            tokio::spawn(heartbeat(Arc::downgrade(inner), registry.clone())),
+            tokio::spawn(follow(Arc::downgrade(inner), registry.clone())),
+        ];
+        let previous = {
+            let mut state = self.lock();
+            state.membership = Arc::new(Membership::default());
+            state.register_error = None;
+            state.attached.replace(Attached { setting: setting.map(str::to_string), location, registry, tasks })
+        };
+        // The old registry forgets this host's entries (best effort: it may be unreachable).
+        if let Some(old) = previous {
+            let ids: Vec<String> = self.lock().local.iter().map(|e| e.instance.clone()).collect();
+            let registry = old.registry.clone();
+            drop(old);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), registry.deregister(&ids)).await;
+            });
+        }
+        Ok(())
+    }
+
+    pub fn holds(&self, service: &str, port: u16) -> bool {
+        self.lock().fronts.get(service).is_some_and(|f| f.port == port && f.router.is_some())
+    }
+
+    /// Serves `spec`'s port through a router (binding it now, so a taken port is reported before
+    /// any instance starts), or keeps the one that already does with the same settings.
+    pub fn open(&self, spec: &ServiceSpec) -> Result<(), String> {
+        let Some(port) = spec.port else { return Ok(()) };
+        let name = &spec.name;
+        let old = {
+            let mut state = self.lock();
+            if state.fronts.get(name).is_some_and(|f| f.port == port && f.route == spec.route && f.router.is_some()) {
+                return Ok(());
+            }
+            state.fronts.remove(name)
+        };
+        let rebinding = old.as_ref().is_some_and(|f| f.port == port);
+        drop(old);
+        let config = router_config(&spec.route)?;
+        let protocol = match spec.route.protocol {
+            Protocol::Http => tug_router::Protocol::Http,
+            Protocol::Tcp => tug_router::Protocol::Tcp,
+        };
+        let (members, rx) = watch::channel(Arc::new(self.backends(name)));
+        let addr = SocketAddr::new(self.ip, port);
+        // A router just dropped releases its socket when its task is next polled.
+        let deadline = std::time::Instant::now() + if rebinding { REBIND_WAIT } else { Duration::ZERO };
+        let router = loop {
+            match Router::bind(addr, protocol, config.clone(), rx.clone()) {
+                Ok(router) => break router,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("cannot listen on {addr} for `{name}`: {e}")),
+            }
+        };
+        self.lock()
+            .fronts
+            .insert(name.clone(), Front { port, route: spec.route.clone(), router: Some(router), members });
+        Ok(())
+    }
+
+    /// Stops serving `service`'s port; requests in flight go on.
+    pub fn close(&self, service: &str) {
+        let front = self.lock().fronts.remove(service);
+        drop(front);
+    }
+
+    /// `down`: every router stops accepting, HTTP/2 clients get GOAWAY, and what is in flight
+    /// has `grace` to finish.
+    pub async fn shutdown(&self, grace: Duration) {
+        let routers: Vec<Router> = self.lock().fronts.drain().filter_map(|(_, mut f)| f.router.take()).collect();
+        let mut tasks = Vec::new();
+        for router in routers {
+            tasks.push(tokio::spawn(router.shutdown(grace)));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Leaves the registry: this host's entries are removed (a clean exit; a crash leaves them to
+    /// their TTL) and the heartbeat stops.
+    pub async fn leave(&self) {
+        let (attached, ids) = {
+            let mut state = self.lock();
+            let ids: Vec<String> = state.local.drain(..).map(|e| e.instance).collect();
+            (state.attached.take(), ids)
+        };
+        if let Some(attached) = attached {
+            let registry = attached.registry.clone();
+            drop(attached);
+            if !ids.is_empty() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), registry.deregister(&ids)).await;
+            }
+        }
+    }
+
+    /// Takes `instance` out of every router (it is `stopping`, so not ready) and waits until
+    /// the requests this host's router has in flight on it are done, at most `limit`.
+    pub async fn drain(&self, inner: &Inner, instance: &str, service: &str, limit: Duration) {
+        let id = self.entry_id(instance);
+        let shared = {
+            self.refresh_local(inner);
+            let state = self.lock();
+            state.attached.as_ref().is_some_and(|a| a.setting.is_some())
+        };
+        self.wake.notify_one();
+        let started = Instant::now();
+        let deadline = started + limit;
+        loop {
+            let busy = self.lock().fronts.get(service).and_then(|f| f.router.as_ref()).map_or(0, |r| r.in_flight(&id));
+            if busy == 0 || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if shared {
+            tokio::time::sleep_until((started + REMOTE_PROPAGATION).min(deadline)).await;
+        }
+    }
+
+    /// Recomputes this host's entries from the table and hands the routers their new members.
+    /// True when the entries changed.
+    pub fn refresh_local(&self, inner: &Inner) -> bool {
+        let entries = local_entries(inner, self);
+        let mut state = self.lock();
+        if state.local == entries {
+            return false;
+        }
+        state.local = entries;
+        publish(&state, &self.host);
+        true
+    }
+
+    /// The ready instances of `service`, on this host (from the table) and on others (from the
+    /// registry).
+    fn backends(&self, service: &str) -> Vec<Backend> {
+        backends_of(&self.lock(), &self.host, service)
+    }
+
+    pub fn registry_status(&self) -> Option<RegistryStatus> {
+        let state = self.lock();
+        let attached = state.attached.as_ref()?;
+        let m = &state.membership;
+        let (status, error) = match (&m.status, &state.register_error) {
+            (Status::Stale(e), _) => ("stale", Some(e.clone())),
+            (_, Some(e)) => ("stale", Some(e.clone())),
+            (Status::Pending, None) => ("pending", None),
+            (Status::Live, None) => ("live", None),
+        };
+        let mut hosts: Vec<&str> = m.entries.iter().map(|e| e.host.as_str()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        Some(RegistryStatus {
+            location: attached.location.clone(),
+            state: status.to_string(),
+            error,
+            entries: m.entries.len(),
+            hosts: hosts.len(),
+        })
+    }
+
+    /// Every router's counters, per service, revision and instance.
+    pub fn stats(&self, only: Option<&str>) -> StatsResponse {
+        let state = self.lock();
+        let mut names: Vec<&String> = state.fronts.keys().filter(|n| only.is_none_or(|o| o == n.as_str())).collect();
+        names.sort();
+        let services = names
+            .into_iter()
+            .filter_map(|name| {
+                let front = &state.fronts[name];
+                let router = front.router.as_ref()?;
+                Some(service_stats(name, front, router))
+            })
+            .collect();
+        StatsResponse { services }
+    }
+}
+
+fn router_config(route: &RouteSpec) -> Result<tug_router::Config, String> {
+    let policy = match route.balance {
+        Balance::RoundRobin => tug_router::Policy::RoundRobin,
+        Balance::LeastRequest => tug_router::Policy::LeastRequest,
+        Balance::TenantHash => {
+            let header = route.tenant_header.as_deref().unwrap_or("x-tenant-id");
+            let header = hyper::http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("`{header}` is not a valid header name for tenant_header"))?;
+            tug_router::Policy::TenantHash { header }
+        }
+    };
+    Ok(tug_router::Config {
+        policy,
+        connect_timeout: Duration::from_millis(route.connect_timeout_ms.max(1)),
+        request_timeout: Duration::from_millis(route.request_timeout_ms.max(1)),
+        max_connection_age: route.max_connection_age_ms.map(Duration::from_millis),
+        ..tug_router::Config::default()
+    })
+}
+
+/// This host's entries: every service instance with a port and a process. Ready means
+/// `healthy`, or `running` for a service without a healthcheck.
+fn local_entries(inner: &Inner, routing: &Routing) -> Vec<Entry> {
+    let table = inner.lock();
+    let mut entries: Vec<Entry> = table
+        .instances
+        .values()
+        .filter_map(|row| {
+            let status = &row.status;
+            let spec = table.services.get(&status.service)?.spec.clone();
+            if spec.kind != Kind::Service || status.pid.is_none() {
+                return None;
+            }
+            let port = status.port?;
+            let ready = match status.state {
+                State::Healthy => true,
+                State::Running => spec.healthcheck.is_none(),
+                _ => false,
+            };
+            Some(Entry {
+                service: status.service.clone(),
+                instance: routing.entry_id(&status.instance),
+                host: routing.host.clone(),
+                address: SocketAddr::new(routing.ip, port),
+                revision: status.revision.clone(),
+                ready,
+                weight: 1,
+            })
+        })
+        .collect();
+    entries.sort_by(|a, b| a.instance.cmp(&b.instance));
+    entries
+}
+
+fn backends_of(state: &RoutingState, host: &str, service: &str) -> Vec<Backend> {
+    let local = state.local.iter();
+    let remote = state.membership.entries.iter().filter(|e| e.host != host);
+    local
+        .chain(remote)
+        .filter(|e| e.service == service && e.ready && e.weight > 0)
+        .map(|e| Backend { id: e.instance.clone(), addr: e.address, weight: e.weight, revision: e.revision.clone() })
+        .collect()
+}
+
+/// Hands every router its members, waking it only when they changed.
+fn publish(state: &RoutingState, host: &str) {
+    for (name, front) in &state.fronts {
+        let next = backends_of(state, host, name);
+        front.members.send_if_modified(|current| {
+            if **current == next {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+    }
+}
+
+/// Registers this host's entries at every heartbeat, and at once when they change (removing
+/// those that are gone).
+async fn heartbeat(inner: std::sync::Weak<Inner>, registry: Arc<AnyRegistry>) {
+    let period = tug_registry::Config::default().heartbeat;
+    let (mut changes, wake) = match inner.upgrade() {
+        Some(inner) => (inner.changes.subscribe(), inner.routing.wake.clone()),
+        None => return,
+    };
+    let mut registered: Vec<Entry> = Vec::new();
+    let mut next_beat = Instant::now();
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        strong.routing.refresh_local(&strong);
+        let entries = strong.routing.lock().local.clone();
+        drop(strong);
+        if entries != registered || Instant::now() >= next_beat {
+            let gone: Vec<String> = registered
+                .iter()
+                .filter(|old| !entries.iter().any(|e| e.instance == old.instance))
+                .map(|e| e.instance.clone())
+                .collect();
+            let mut result = Ok(());
+            if !gone.is_empty() {
+                result = registry.deregister(&gone).await;
+            }
+            if result.is_ok() {
+                result = registry.register(&entries).await;
+            }
+            let error = result.err().map(|e| e.to_string());
+            if error.is_none() {
+                registered = entries;
+            }
+            if let Some(inner) = inner.upgrade() {
+                let mut state = inner.routing.lock();
+                if state.register_error != error {
+                    state.register_error = error;
+                }
+            }
+            next_beat = Instant::now() + period;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep_until(next_beat) => {}
+        }
+    }
+}
+
+/// Follows the registry's membership into the routers. A failed registry keeps the last one.
+async fn follow(inner: std::sync::Weak<Inner>, registry: Arc<AnyRegistry>) {
+    let mut rx = registry.watch();
+    loop {
+        let membership = rx.borrow_and_update().clone();
+        let Some(strong) = inner.upgrade() else { return };
+        {
+            let mut state = strong.routing.lock();
+            state.membership = membership;
+            publish(&state, &strong.routing.host);
+        }
+        drop(strong);
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn service_stats(name: &str, front: &Front, router: &Router) -> ServiceStats {
+    let snapshot = router.stats();
+    let mut total = Counters::default();
+    let mut revisions: Vec<RevisionStats> = Vec::new();
+    let mut instances = Vec::with_capacity(snapshot.endpoints.len());
+    for e in &snapshot.endpoints {
+        let counters = Counters {
+            requests: e.requests,
+            status: StatusClasses::from_array(e.status),
+            failures: e.failures,
+            retries: e.retries,
+            ejections: e.ejections,
+            in_flight: e.in_flight,
+            latency: Latency {
+                bounds: e.latency.bounds.to_vec(),
+                counts: e.latency.counts.clone(),
+                sum_seconds: e.latency.sum_seconds,
+            },
+        };
+        total.add(&counters);
+        match revisions.iter_mut().find(|r| r.revision == e.revision) {
+            Some(r) => r.counters.add(&counters),
+            None => revisions.push(RevisionStats { revision: e.revision.clone(), counters: counters.clone() }),
+        }
+        instances.push(InstanceStats {
+            instance: e.id.clone(),
+            address: e.addr.to_string(),
+            revision: e.revision.clone(),
+            member: e.member,
+            ejected: e.ejected,
+            counters,
+        });
+    }
+    ServiceStats {
+        service: name.to_string(),
+        protocol: match front.route.protocol {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+        .to_string(),
+        address: router.local_addr().to_string(),
+        unrouted: snapshot.unrouted,
+        retries_denied: snapshot.retries_denied,
+        total,
+        revisions,
+        instances,
+    }
+}
