@@ -147,7 +147,7 @@ impl Default for Config {
             pool_idle_timeout: Duration::from_secs(90),
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 64 << 10,
-            max_concurrent_streams: 256,
+            max_concurrent_streams: 128,
             max_header_list_size: 64 << 10,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,

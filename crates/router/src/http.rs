@@ -47,6 +47,9 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The server side, configured once per listener.
+/// Bytes buffered for sending per HTTP/2 stream to a client.
+const H2_SEND_BUFFER: usize = 64 << 10;
+
 struct Servers {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
@@ -63,7 +66,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .max_concurrent_streams(config.max_concurrent_streams)
         .max_header_list_size(config.max_header_list_size)
         .max_pending_accept_reset_streams(config.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(config.max_local_error_reset_streams);
+        .max_local_error_reset_streams(config.max_local_error_reset_streams)
+        // hyper's 400 KiB default let one client pin ~100 MiB across its streams; 64 KiB a
+        // stream keeps a connection under 8 MiB at the default stream limit.
+        .max_send_buf_size(H2_SEND_BUFFER);
     let servers = Arc::new(Servers { h1, h2 });
     loop {
         let (stream, peer) = match listener.accept().await {
