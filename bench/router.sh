@@ -10,11 +10,19 @@
 # H2_CLIENTS/H2_STREAMS (8/8: 64 streams in flight), TUG (1: also `tug up -d` the generated stack),
 # TUG_LABEL (what the daemon serves the port with today), TUG_BIN (default: a fresh release build),
 # TUG_ROUTER_CMD (a command starting a router on 127.0.0.1:$LISTEN_PORT in front of $BACKENDS, for a
-# router that is not yet in the daemon), BASE_PORT (31800).
+# router that is not yet in the daemon; PROTOCOL=tcp is added for the TCP section, e.g.
+# `cargo build --release -p tug-router --example front` then
+# `TUG=0 TUG_ROUTER_CMD=target/release/examples/front bench/router.sh`), BASE_PORT (31800).
+# TCP section (TCP=1): redis-server direct vs through HAProxy `mode tcp`, TUG_ROUTER_CMD with
+# PROTOCOL=tcp and (TUG=1) the daemon serving a redis stack's `port:` (gen_stack.py --redis), each
+# `redis-benchmark -q -n $REDIS_N -c $REDIS_C -t $REDIS_TESTS -P 1` (200000, 50, ping_inline,set,get),
+# interleaved for ROUNDS rounds; reported as ratios to direct.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
 need nginx nginx-light; need haproxy haproxy; need wrk wrk; need h2load nghttp2-client
+tcp=${TCP:-1}
+[ "$tcp" = 1 ] && { need redis-server redis-server; need redis-benchmark redis-tools; }
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
@@ -26,14 +34,16 @@ h2_duration=${H2_DURATION:-5s}
 h2_clients=${H2_CLIENTS:-8}
 h2_streams=${H2_STREAMS:-8}
 base=${BASE_PORT:-31800}
-# NEXT: once the daemon serves `port:` through crates/router, this becomes "tug router".
-tug_label=${TUG_LABEL:-tug TCP forwarder (not the router)}
+tug_label=${TUG_LABEL:-tug router}
 # Ports: backends base+1..3 (the harness's; tug starts its own three on private ports from
 # TUG_PORT_RANGE), then one front port per target, plus an h2c port for the peers (nginx 1.22 speaks
 # h2c only on a port of its own).
 backends=($((base + 1)) $((base + 2)) $((base + 3)))
 p_nginx=$((base + 10)) p_haproxy=$((base + 11)) p_tug=$((base + 12)) p_cmd=$((base + 13))
 p_nginx_h2=$((base + 20)) p_haproxy_h2=$((base + 21))
+# TCP section: redis direct, through the router (TUG_ROUTER_CMD), HAProxy, the daemon.
+p_redis=$((base + 30)) p_cmd_tcp=$((base + 31)) p_haproxy_tcp=$((base + 32)) p_tug_tcp=$((base + 33))
+redis_n=${REDIS_N:-200000} redis_c=${REDIS_C:-50} redis_tests=${REDIS_TESTS:-ping_inline,set,get}
 
 out=bench/out/router
 rm -rf "$out"; mkdir -p "$out/raw" "$out/conf"
@@ -42,6 +52,7 @@ pids=()
 tug=""
 cleanup() {
   [ -n "$tug" ] && "$tug" down -f "$work/tug.yaml" >/dev/null 2>&1 || true
+  [ -n "$tug" ] && [ -f "$work/tug-tcp.yaml" ] && "$tug" down -f "$work/tug-tcp.yaml" >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
@@ -57,12 +68,18 @@ machine() { echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(ls /p
 echo "machine: $(machine)" | tee "$out/machine.txt"
 
 # --- backends: three single-process nginx, 1 worker each ----------------------------------------
-for p in "${backends[@]}"; do
-  BACKEND_DIR="$work/backends" bench/router/backend.sh "$p" 2>>"$out/backends.log" &
+for i in 0 1 2; do
+  BACKEND_DIR="$work/backends" bench/router/backend.sh "${backends[$i]}" 2>>"$out/backends.log" &
   pids+=($!)
 done
 for p in "${backends[@]}"; do wait_port "$p"; done
 upstreams=$(printf '127.0.0.1:%s,' "${backends[@]}"); upstreams=${upstreams%,}
+if [ "$tcp" = 1 ]; then
+  redis-server --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+    >"$out/redis.log" 2>&1 &
+  pids+=($!)
+  wait_port "$p_redis"
+fi
 
 # --- peer 1: nginx reverse proxy ------------------------------------------------------------------
 mkdir -p "$work/nginx/tmp"
@@ -125,6 +142,7 @@ frontend fe
 backend be
   balance roundrobin
 $(i=0; for p in "${backends[@]}"; do i=$((i + 1)); echo "  server b$i 127.0.0.1:$p"; done)
+$([ "$tcp" = 1 ] && printf 'listen redis\n  mode tcp\n  bind 127.0.0.1:%s\n  server r1 127.0.0.1:%s\n' "$p_haproxy_tcp" "$p_redis")
 CONF
 haproxy -db -f "$out/conf/haproxy.cfg" 2>>"$out/haproxy.log" &
 pids+=($!)
@@ -148,13 +166,19 @@ if [ "${TUG:-1}" = 1 ]; then
   targets+=("$tug_label|$p_tug")
 fi
 # --- a router not yet in the daemon: TUG_ROUTER_CMD -------------------------------------------------
+cmd_label="tug router (TUG_ROUTER_CMD)"
+# HTTP/2: the peers listen for h2c on ports of their own (nginx 1.22 cannot serve h2c and HTTP/1.1
+# on one port); tug's router serves both on its one port. All three forward HTTP/2 requests to
+# the backends over HTTP/1.1 (tug does so for everything but gRPC).
+h2_targets=("nginx|$p_nginx_h2" "haproxy|$p_haproxy_h2")
+[ -n "$tug" ] && h2_targets+=("$tug_label|$p_tug")
 if [ -n "${TUG_ROUTER_CMD:-}" ]; then
+  echo "TUG_ROUTER_CMD: $TUG_ROUTER_CMD" > "$out/conf/router-cmd.txt"
   LISTEN_PORT=$p_cmd BACKENDS=$upstreams bash -c "exec $TUG_ROUTER_CMD" >"$out/router-cmd.log" 2>&1 &
   pids+=($!)
   wait_port "$p_cmd"
-  targets+=("tug router (TUG_ROUTER_CMD)|$p_cmd")
-else
-  echo "tug router: not available yet — skipped (set TUG_ROUTER_CMD, or TUG_LABEL once the daemon serves through it)"
+  targets+=("$cmd_label|$p_cmd")
+  h2_targets+=("$cmd_label|$p_cmd")
 fi
 
 for t in "${targets[@]}"; do curl -fsS "http://127.0.0.1:${t##*|}/" >/dev/null || { echo "no 200 from ${t%%|*}" >&2; exit 1; }; done
@@ -183,15 +207,49 @@ for r in $(seq "$rounds"); do
     done
   done
   if [ "$h2" = 1 ]; then
-    for t in "nginx|$p_nginx_h2" "haproxy|$p_haproxy_h2"; do
-      name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-r$r-$name"
+    nh=${#h2_targets[@]}
+    for k in $(seq 0 $((nh - 1))); do
+      t=${h2_targets[$(((k + r - 1) % nh))]}
+      name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_')"
       cmd="h2load -t$wrk_threads -c$h2_clients -m$h2_streams -D ${h2_duration%s} --log-file=$f.log http://127.0.0.1:$port/"
       { echo "# $cmd"; $cmd; } > "$f.txt"
       echo "round $r h2 $name: $(grep -o '[0-9.]* req/s' "$f.txt")"
     done
   fi
 done
-[ "$h2" = 1 ] && echo "tug HTTP/2: skipped — the TCP forwarder passes h2c to backends that speak HTTP/1.1 only; the router will terminate h2c on its port"
+
+# --- TCP: redis-benchmark direct vs through each TCP proxy, interleaved ---------------------------
+if [ "$tcp" = 1 ]; then
+  tcp_targets=("direct|$p_redis" "haproxy|$p_haproxy_tcp")
+  if [ -n "${TUG_ROUTER_CMD:-}" ]; then
+    LISTEN_PORT=$p_cmd_tcp BACKENDS=127.0.0.1:$p_redis PROTOCOL=tcp bash -c "exec $TUG_ROUTER_CMD" \
+      >"$out/router-cmd-tcp.log" 2>&1 &
+    pids+=($!)
+    wait_port "$p_cmd_tcp"
+    tcp_targets+=("$cmd_label|$p_cmd_tcp")
+  fi
+  if [ -n "$tug" ]; then
+    # The daemon's router serving a one-instance redis stack's `port:` with `protocol: tcp`.
+    python3 bench/router/gen_stack.py --redis --replicas 1 --protocol tcp --port "$p_tug_tcp" > "$work/tug-tcp.yaml"
+    cp "$work/tug-tcp.yaml" "$out/conf/tug-tcp.yaml"
+    if "$tug" up -d -f "$work/tug-tcp.yaml" >"$out/tug-up-tcp.log" 2>&1 && wait_port "$p_tug_tcp"; then
+      tcp_targets+=("${TUG_TCP_LABEL:-tug daemon (port:, protocol: tcp)}|$p_tug_tcp")
+    else
+      echo "tug daemon TCP: \`tug up\` of the redis stack failed — skipped (see $out/tug-up-tcp.log)"
+    fi
+  fi
+  nt=${#tcp_targets[@]}
+  for r in $(seq "$rounds"); do
+    for k in $(seq 0 $((nt - 1))); do
+      t=${tcp_targets[$(((k + r - 1) % nt))]}; name=${t%%|*}; port=${t##*|}
+      f="$out/raw/tcp-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_').txt"
+      cmd="redis-benchmark -h 127.0.0.1 -p $port -q -n $redis_n -c $redis_c -t $redis_tests -P 1"
+      { echo "# $cmd"; $cmd | tr '\r' '\n' | grep 'requests per second'; } > "$f"
+      echo "round $r tcp $name: $(tr '\n' ' ' < "$f" | grep -o '[A-Z_]*: [0-9.]* requests per second' | sed 's/ requests per second/ rps/g' | tr '\n' ' ')"
+    done
+  done
+  printf '%s\n' "${tcp_targets[@]%%|*}" > "$out/tcp-targets.txt"
+fi
 echo "machine after: $(machine)" | tee -a "$out/machine.txt"
 
 python3 bench/router/summary.py "$out" "$rounds" "$loads" "${targets[@]%%|*}" | tee "$out/summary.txt"

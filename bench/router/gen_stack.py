@@ -4,16 +4,31 @@ bench/router/backend.sh (the same single-process nginx `return 200 "ok"` that ng
 front), behind `port: PORT`. Each instance listens on the private `$PORT` tug gives it.
 
 Usage: gen_stack.py --port 31810 --backend /abs/path/backend.sh --dir /tmp/x [--replicas 3]
-                    [--protocol http|tcp] > tug.yaml"""
+                    [--protocol http|tcp] > tug.yaml
+       gen_stack.py --port 31831 --redis [--replicas 1] --protocol tcp > tug-tcp.yaml
+                    (the TCP section: redis-server instances, probed with `tcp: true`)"""
 import argparse
 
 p = argparse.ArgumentParser()
 p.add_argument("--port", type=int, required=True)
-p.add_argument("--backend", required=True, help="absolute path of bench/router/backend.sh")
-p.add_argument("--dir", required=True, help="BACKEND_DIR of the instances (configs, pids)")
+p.add_argument("--backend", help="absolute path of bench/router/backend.sh")
+p.add_argument("--dir", help="BACKEND_DIR of the instances (configs, pids)")
+p.add_argument("--redis", action="store_true", help="instances are redis-server (no persistence)")
 p.add_argument("--replicas", type=int, default=3)
 p.add_argument("--protocol", choices=["http", "tcp"], default="http")
 a = p.parse_args()
+if a.redis:
+    print(f"""name: bench-router-tcp
+services:
+  redis:
+    command: exec redis-server --port $PORT --bind 127.0.0.1 --save '' --appendonly no
+    replicas: {a.replicas}
+    port: {a.port}
+    protocol: {a.protocol}
+    healthcheck: {{ tcp: true, interval: 10s, start_interval: 10ms }}""")
+    raise SystemExit
+if not (a.backend and a.dir):
+    p.error("--backend and --dir are required (or --redis)")
 print(f"""name: bench-router
 services:
   web:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Summarises bench/router.sh's raw wrk/h2load outputs: per target and load, the median over rounds
-of requests/s, p50 and p99 (with the range), and the ratios against the better peer (nginx, HAProxy).
+"""Summarises bench/router.sh's raw wrk/h2load/redis-benchmark outputs: per target and load, the
+median over rounds of requests/s, p50 and p99 (with the range), and the ratios against the better
+peer (nginx, HAProxy); for TCP (redis-benchmark), requests/s per test and the ratio to direct.
 
 Usage: summary.py OUT ROUNDS "LOADS" TARGET... (target names as bench/router.sh labels them)"""
 import glob
@@ -82,8 +83,42 @@ for c in loads:
     cmd = next(iter(runs.values()))[0]["cmd"]
     cmd = re.sub(r":(\d+)/", ":PORT/", cmd)
     table(f"HTTP/1.1, {rounds} interleaved rounds of `{cmd}` (medians; range over rounds)", runs)
-h2runs = {p: [h2(f[:-4]) for f in sorted(glob.glob(f"{out}/raw/h2-r*-{p}.txt"))] for p in PEERS}
-if all(h2runs.values()):
+h2runs = {t: [h2(f[:-4]) for f in sorted(glob.glob(f"{out}/raw/h2-r*-{slug(t)}.txt"))] for t in targets}
+if all(h2runs[p] for p in PEERS):
     cmd = h2runs["nginx"][0]["cmd"]
     cmd = re.sub(r"--log-file=\S+ ", "", re.sub(r":(\d+)/", ":PORT/", cmd))
-    table(f"HTTP/2 (h2c, prior knowledge), {rounds} rounds of `{cmd}`", h2runs)
+    table(f"HTTP/2 (h2c, prior knowledge), {rounds} interleaved rounds of `{cmd}`", h2runs)
+
+
+def redis(path):
+    t = open(path).read()
+    r = {"cmd": t.splitlines()[0][2:]}
+    for test, rps, p50 in re.findall(r"([A-Z_]+): ([\d.]+) requests per second(?:, p50=([\d.]+) msec)?", t):
+        r[test] = (float(rps), float(p50) if p50 else None)
+    return r
+
+
+if os.path.exists(f"{out}/tcp-targets.txt"):
+    tcp_targets = open(f"{out}/tcp-targets.txt").read().split("\n")[:-1]
+    runs = {t: [redis(f) for f in sorted(glob.glob(f"{out}/raw/tcp-r*-{slug(t)}.txt"))] for t in tcp_targets}
+    if runs.get("direct"):
+        cmd = re.sub(r"-p \d+", "-p PORT", runs["direct"][0]["cmd"])
+        tests = [k for k in runs["direct"][0] if k != "cmd"]
+        print(f"TCP (redis-server, one instance), {rounds} interleaved rounds of `{cmd}` "
+              "(requests/s median (min-max), p50 ms median, ratio of medians to direct)")
+        rows = [("target",) + tuple(tests)]
+        for t, v in runs.items():
+            if not v:
+                continue
+            cells = []
+            for test in tests:
+                xs = [r[test][0] for r in v if test in r]
+                d = statistics.median(r[test][0] for r in runs["direct"] if test in r)
+                p50 = [r[test][1] for r in v if test in r and r[test][1] is not None]
+                cell = fmt_range(xs, lambda x: f"{x:,.0f}") + (f" p50 {statistics.median(p50):.3f}" if p50 else "")
+                cells.append(cell + ("" if t == "direct" else f" = {statistics.median(xs) / d:.2f}x"))
+            rows.append((t,) + tuple(cells))
+        w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  " + "  ".join(c.ljust(x) for c, x in zip(row, w)).rstrip())
+        print()

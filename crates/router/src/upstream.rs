@@ -123,8 +123,8 @@ impl hyper::body::Body for Outgoing {
 pub(crate) enum Kind {
     /// Pooled HTTP/1.1.
     H1,
-    /// The endpoint's shared HTTP/2 connection (for HTTP/2 clients, so gRPC
-    /// and trailers work end to end).
+    /// The endpoint's shared HTTP/2 connection (for gRPC, so trailers and
+    /// streams both ways work end to end).
     H2,
     /// A fresh HTTP/1.1 connection with upgrades enabled, never pooled.
     Upgrade,

@@ -51,7 +51,8 @@ async fn idle_pooled_connections_close_after_the_idle_timeout() {
     let config = Config { pool_idle_timeout: Duration::from_millis(200), ..Config::default() };
     let fx = Fixture::start(Protocol::Http, config, members(&web));
     assert_eq!(H1::connect(fx.addr()).await.get("/", &[]).await.status, StatusCode::OK);
-    assert_eq!(H2::connect(fx.addr()).await.get("/", &[]).await.status, StatusCode::OK);
+    let grpc = [("content-type", "application/grpc")];
+    assert_eq!(H2::connect(fx.addr()).await.get("/", &grpc).await.status, StatusCode::OK);
     assert_eq!(web[0].open.load(Relaxed), 2, "one pooled HTTP/1 connection, one HTTP/2");
     let started = Instant::now();
     eventually(async || web[0].open.load(Relaxed) == 0).await;

@@ -12,15 +12,22 @@ use tug_router::{Config, Protocol};
 use crate::support::{Fixture, H1, H2, backends, eventually, members, raw};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_prior_knowledge_goes_to_backends_over_http2_with_trailers() {
+async fn h2c_prior_knowledge_goes_to_backends_over_http11_and_grpc_over_http2_with_trailers() {
     let web = backends(2).await;
     let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
     let client = H2::connect(fx.addr()).await;
-    // Concurrent streams on the one client connection.
+    // A plain HTTP/2 request reaches its backend over HTTP/1.1, which every server speaks,
+    // with the authority as its Host.
+    let plain = client.clone().get("/headers", &[]).await;
+    assert_eq!(plain.status, StatusCode::OK);
+    assert_eq!(plain.headers["x-version"], "HTTP/1.1");
+    assert!(plain.body.contains("\nhost: "), "{}", plain.body);
+    // gRPC: concurrent streams on the one client connection, over HTTP/2 to the backends.
+    let grpc = [("te", "trailers"), ("content-type", "application/grpc+proto")];
     let calls: Vec<_> = (0..20)
         .map(|_| {
             let mut c = client.clone();
-            tokio::spawn(async move { c.get("/trailers", &[("te", "trailers")]).await })
+            tokio::spawn(async move { c.get("/trailers", &grpc).await })
         })
         .collect();
     let mut seen = BTreeSet::new();
@@ -33,19 +40,19 @@ async fn h2c_prior_knowledge_goes_to_backends_over_http2_with_trailers() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
     // gRPC's `te: trailers` reaches the backend.
-    let answer = client.clone().get("/headers", &[("te", "trailers")]).await;
+    let answer = client.clone().get("/headers", &grpc).await;
     assert!(answer.body.contains("\nte: trailers\n"), "{}", answer.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_burst_of_http2_streams_opens_one_backend_connection() {
+async fn a_burst_of_grpc_streams_opens_one_backend_connection() {
     let web = backends(1).await;
     let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
     let client = H2::connect(fx.addr()).await;
     let calls: Vec<_> = (0..50)
         .map(|_| {
             let mut c = client.clone();
-            tokio::spawn(async move { c.get("/", &[]).await.status })
+            tokio::spawn(async move { c.get("/", &[("content-type", "application/grpc")]).await.status })
         })
         .collect();
     for call in calls {

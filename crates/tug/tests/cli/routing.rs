@@ -149,6 +149,13 @@ services:
     for name in ["web-1", "web-2", "web-3"] {
         assert_eq!(seen.iter().filter(|s| *s == name).count(), 10, "round robin over 3 instances: {seen:?}");
     }
+    // HTTP/2 with prior knowledge on the same port, to instances that speak HTTP/1.1 only.
+    let h2 = Command::new("curl")
+        .args(["-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_version} %{http_code}"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "2 200", "{}", String::from_utf8_lossy(&h2.stderr));
     // The router adds X-Forwarded-For and -Proto.
     let (_, echo) = http_once("127.0.0.1", port, "GET", "/echo").unwrap();
     assert!(echo.contains("\"x-forwarded-for\":\"127.0.0.1\""), "{echo}");
