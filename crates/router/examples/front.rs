@@ -34,8 +34,8 @@ fn main() {
     let policy = match env("POLICY").as_deref() {
         None | Some("round-robin") => Policy::RoundRobin,
         Some("least-request") => Policy::LeastRequest,
-        Some(p) if p.starts_with("tenant-hash:") => {
-            Policy::TenantHash { header: HeaderName::from_bytes(p["tenant-hash:".len()..].as_bytes()).expect("POLICY: header") }
+        Some(p) if let Some(header) = p.strip_prefix("tenant-hash:") => {
+            Policy::TenantHash { header: HeaderName::from_bytes(header.as_bytes()).expect("POLICY: header") }
         }
         Some(p) => panic!("POLICY: round-robin, least-request or tenant-hash:HEADER, not {p:?}"),
     };

@@ -108,9 +108,20 @@ impl Router {
         addr: SocketAddr,
         protocol: Protocol,
         config: Config,
+        members: watch::Receiver<Arc<Vec<Backend>>>,
+    ) -> io::Result<Router> {
+        Router::serve(std::net::TcpListener::bind(addr)?, protocol, config, members)
+    }
+
+    /// Serves on a listener the caller bound. Handing a router's replacement a clone of the
+    /// same socket (`try_clone`) and then shutting the old one down changes a listener's
+    /// configuration without refusing a connection: the backlog stays where it is.
+    pub fn serve(
+        std_listener: std::net::TcpListener,
+        protocol: Protocol,
+        config: Config,
         mut members: watch::Receiver<Arc<Vec<Backend>>>,
     ) -> io::Result<Router> {
-        let std_listener = std::net::TcpListener::bind(addr)?;
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
         let local_addr = listener.local_addr()?;

@@ -569,6 +569,12 @@ services:
         // A dependency's address is for its dependents only; zero timeouts are refused.
         let other = "services:\n  db: { command: [echo, '${API_ADDR}'] }\n  api: { command: [sleep, '1'], port: 1, router: { connect_timeout: 0s, retries: 2 } }\n";
         assert_eq!(codes(&compile_env(other, None, &[])), ["unknown-variable", "invalid-value", "unknown-field"]);
+        // A dependency without a port has no address.
+        let portless =
+            "services:\n  db: { command: [sleep, '1'] }\n  api: { command: 'echo $DB_ADDR', depends_on: [db] }\n";
+        let c = compile_env(portless, None, &[]);
+        assert_eq!(codes(&c), ["unknown-variable"]);
+        assert!(c.diagnostics.items[0].message.contains("`db` has no `port`"), "{:?}", c.diagnostics.items);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::diag::{Diagnostic, Diagnostics, Span};
-use crate::model::{Balance, Command, Condition, Service, ServiceKind, Setting};
+use crate::model::{Balance, Check, Command, Condition, Probe, Service, ServiceKind, Setting, Text};
 use crate::read::suggest;
 use crate::service::Spans;
 
@@ -126,7 +126,7 @@ fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Serv
                 Diagnostic::error(
                     "condition-without-healthcheck",
                     Some(dep.span),
-                    dep_path,
+                    &dep_path,
                     format!("`{name}` waits for `{}` to be healthy, but `{}` has no healthcheck", dep.name, dep.name),
                 )
                 .with_hint(format!("add a `healthcheck` to `{}`, or wait for `started`", dep.name)),
@@ -135,7 +135,7 @@ fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Serv
                 Diagnostic::error(
                     "condition-not-a-job",
                     Some(dep.span),
-                    dep_path,
+                    &dep_path,
                     format!(
                         "`{name}` waits for `{}` to complete, but `{}` is a long-running service, not a job",
                         dep.name, dep.name
@@ -145,7 +145,43 @@ fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Serv
             ),
             _ => {}
         }
+        // `<DEP>_ADDR` exists only for a dependency with a port.
+        if target.port.is_none() {
+            let variable = crate::read::address_variable(&dep.name);
+            if uses_instance_variable(service, &variable) {
+                diags.push(
+                    Diagnostic::error(
+                        "unknown-variable",
+                        Some(dep.span),
+                        &dep_path,
+                        format!("`{name}` uses `{variable}`, but `{}` has no `port`, so it has no address", dep.name),
+                    )
+                    .with_hint(format!("give `{}` a `port`, or stop using `{variable}`", dep.name)),
+                );
+            }
+        }
     }
+}
+
+/// Whether one of the service's per-instance values (command, environment, probes) refers to
+/// the instance variable `name`.
+fn uses_instance_variable(service: &Service, name: &str) -> bool {
+    // Deferred references are kept written as `${NAME}` (see `interp`), whatever the form used.
+    let reference = format!("${{{name}}}");
+    let refers = |t: &Text| t.template && t.expose().contains(&reference);
+    let in_command = |c: &Command| match c {
+        Command::Argv(args) => args.iter().any(refers),
+        Command::Shell(text) => refers(text),
+    };
+    let in_probe = |p: &Option<Probe>| match p.as_ref().map(|p| &p.check) {
+        Some(Check::Http(path)) => refers(path),
+        Some(Check::Exec(command)) => in_command(command),
+        _ => false,
+    };
+    service.command.as_ref().is_some_and(in_command)
+        || service.environment.values().any(refers)
+        || in_probe(&service.healthcheck)
+        || in_probe(&service.liveness)
 }
 
 fn secrets(diags: &mut Diagnostics, c: &Checked, spans: &Spans, path: &str) {

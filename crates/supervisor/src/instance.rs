@@ -584,8 +584,8 @@ impl Task {
                             }
                             if let Err(why) = result.result && live_failures >= retries {
                                 self.set(|s| s.state = State::Stopping);
-                                self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
-                                let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
+                                let drained = self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
+                                let exit = process::stop_group(pid, signal, grace.saturating_sub(drained), &mut spawned.exit).await;
                                 let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
                                 let why = redact_text(format!("liveness failed {live_failures} times: {why}; restarted"), &secrets);
                                 break Outcome::Exited { exit, up_for: None, why: Some(why) };
@@ -603,8 +603,8 @@ impl Task {
                     };
                     self.set(|s| s.state = State::Stopping);
                     // Out of the routers first; what they have in flight on it finishes.
-                    self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
-                    let exit = process::stop_group(pid, signal, grace, &mut spawned.exit).await;
+                    let drained = self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
+                    let exit = process::stop_group(pid, signal, grace.saturating_sub(drained), &mut spawned.exit).await;
                     let code = exit.map(Exit::code);
                     self.set(|s| s.exit_code = code);
                     break outcome;

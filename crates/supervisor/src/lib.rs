@@ -18,7 +18,6 @@ mod routing;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -239,7 +238,9 @@ impl Supervisor {
             }
         }
         let registry = spec.registry.as_ref().map(|v| v.value.as_str());
-        inner.routing.attach(inner, registry, &spec.project).map_err(Error::BadRequest)?;
+        if let Some(warning) = inner.routing.attach(inner, registry, &spec.project).map_err(Error::BadRequest)? {
+            notices.push(warning);
+        }
         // The stable addresses are bound now, before any instance starts, so the
         // port is this stack's from here on.
         for name in &wanted {
@@ -589,16 +590,14 @@ impl Supervisor {
 
     /// `down`: stops everything in reverse dependency order and waits.
     pub async fn shutdown(&self) {
+        // Refused from now on: an `up` during the routers' drain would bind ports again and
+        // start what this shutdown is about to stop.
+        self.inner.update(|t| t.shutting_down = true);
         // The routers first: no new connections, HTTP/2 clients get GOAWAY, and requests in
         // flight finish while every instance still runs.
-        let grace = {
-            let table = self.inner.lock();
-            table.specs.values().filter(|s| s.port.is_some() && s.proxy).map(|s| s.stop_grace_ms).max().unwrap_or(0)
-        };
-        self.inner.routing.shutdown(Duration::from_millis(grace.min(30_000))).await;
+        self.inner.routing.shutdown().await;
         let levels = {
-            let mut table = self.inner.lock();
-            table.shutting_down = true;
+            let table = self.inner.lock();
             let depths = order::depths(&table.specs);
             let mut levels: Vec<(usize, Vec<String>)> = Vec::new();
             for row in table.instances.values() {

@@ -27,8 +27,8 @@ use crate::Inner;
 /// host's membership, so the other hosts' routers see it leave before it stops.
 const REMOTE_PROPAGATION: Duration = Duration::from_millis(300);
 
-/// How long a port freed by a router being replaced may take to become bindable.
-const REBIND_WAIT: Duration = Duration::from_secs(2);
+/// The longest a router being replaced (or `down`) waits for its requests in flight.
+const MAX_ROUTER_GRACE_MS: u64 = 30_000;
 
 pub(crate) struct Routing {
     /// The advertised address: routers and instances bind it, entries carry it.
@@ -49,6 +49,8 @@ struct RoutingState {
     membership: Arc<Membership>,
     /// The last registration's error, if it failed.
     register_error: Option<String>,
+    /// The task that keeps this host's entries (and its routers) in step with the table runs.
+    following_table: bool,
 }
 
 struct Attached {
@@ -71,8 +73,27 @@ impl Drop for Attached {
 struct Front {
     port: u16,
     route: RouteSpec,
-    router: Option<Router>,
+    /// The socket bound at `up`: each router serves a clone of it, so replacing the router
+    /// (a changed `balance` or `router:`) never refuses a connection.
+    listener: std::net::TcpListener,
+    router: Router,
     members: watch::Sender<Arc<Vec<Backend>>>,
+    /// Grace for a retired router's requests in flight (the service's stop grace period).
+    grace: Duration,
+}
+
+impl Front {
+    /// Stops this front's router gracefully, in the background: no new connections, HTTP/1
+    /// connections close after their response, HTTP/2 clients get GOAWAY, what is in flight
+    /// finishes within the grace period. Its membership stays as it was meanwhile.
+    fn retire(self) {
+        let Front { router, members, grace, listener, .. } = self;
+        drop(listener);
+        tokio::spawn(async move {
+            router.shutdown(grace).await;
+            drop(members);
+        });
+    }
 }
 
 impl Routing {
@@ -97,11 +118,12 @@ impl Routing {
 
     /// Opens the stack's registry (`None`: embedded) unless it is the one in use, and starts
     /// following it. Must run inside the runtime.
-    pub fn attach(&self, inner: &Arc<Inner>, setting: Option<&str>, project: &str) -> Result<(), String> {
+    /// Answers a warning the user should see, if any.
+    pub fn attach(&self, inner: &Arc<Inner>, setting: Option<&str>, project: &str) -> Result<Option<String>, String> {
         {
             let state = self.lock();
             if state.attached.as_ref().is_some_and(|a| a.setting.as_deref() == setting) {
-                return Ok(());
+                return Ok(None);
             }
         }
         let registry = AnyRegistry::open(setting, project, tug_registry::Config::default())
@@ -110,17 +132,32 @@ impl Routing {
             AnyRegistry::Embedded(_) => "embedded".to_string(),
             AnyRegistry::Redis(r) => r.url().to_string(),
         };
+        // Other hosts would send this host's traffic to their own loopback.
+        let warning = match &registry {
+            AnyRegistry::Redis(r) if self.ip.is_loopback() && !is_loopback_host(&r.url().host) => Some(format!(
+                "this host advertises {}, a loopback address, in a registry other hosts may share ({location}): \
+                 start it with `tug up --advertise ADDR` (an address the others reach) for a fleet",
+                self.host
+            )),
+            _ => None,
+        };
         let registry = Arc::new(registry);
-        let tasks = vec![
-            tokio::spawn(heartbeat(Arc::downgrade(inner), registry.clone())),
-            tokio::spawn(follow(Arc::downgrade(inner), registry.clone())),
-        ];
         let previous = {
             let mut state = self.lock();
             state.membership = Arc::new(Membership::default());
             state.register_error = None;
-            state.attached.replace(Attached { setting: setting.map(str::to_string), location, registry, tasks })
+            if !state.following_table {
+                state.following_table = true;
+                tokio::spawn(follow_table(Arc::downgrade(inner)));
+            }
+            state.attached.take()
         };
+        // Spawned once the old membership is gone, so the new registry's first one stays.
+        let tasks = vec![
+            tokio::spawn(heartbeat(Arc::downgrade(inner), registry.clone())),
+            tokio::spawn(follow(Arc::downgrade(inner), registry.clone())),
+        ];
+        self.lock().attached = Some(Attached { setting: setting.map(str::to_string), location, registry, tasks });
         // The old registry forgets this host's entries (best effort: it may be unreachable).
         if let Some(old) = previous {
             let ids: Vec<String> = self.lock().local.iter().map(|e| e.instance.clone()).collect();
@@ -130,64 +167,92 @@ impl Routing {
                 let _ = tokio::time::timeout(Duration::from_secs(2), registry.deregister(&ids)).await;
             });
         }
-        Ok(())
+        Ok(warning)
     }
 
     pub fn holds(&self, service: &str, port: u16) -> bool {
-        self.lock().fronts.get(service).is_some_and(|f| f.port == port && f.router.is_some())
+        self.lock().fronts.get(service).is_some_and(|f| f.port == port)
     }
 
     /// Serves `spec`'s port through a router (binding it now, so a taken port is reported before
-    /// any instance starts), or keeps the one that already does with the same settings.
+    /// any instance starts), or keeps the one that already does with the same settings. New
+    /// settings on the same port get a new router on the same socket; the old one drains.
     pub fn open(&self, spec: &ServiceSpec) -> Result<(), String> {
         let Some(port) = spec.port else { return Ok(()) };
         let name = &spec.name;
-        let old = {
-            let mut state = self.lock();
-            if state.fronts.get(name).is_some_and(|f| f.port == port && f.route == spec.route && f.router.is_some()) {
-                return Ok(());
-            }
-            state.fronts.remove(name)
-        };
-        let rebinding = old.as_ref().is_some_and(|f| f.port == port);
-        drop(old);
         let config = router_config(&spec.route)?;
         let protocol = match spec.route.protocol {
             Protocol::Http => tug_router::Protocol::Http,
             Protocol::Tcp => tug_router::Protocol::Tcp,
         };
-        let (members, rx) = watch::channel(Arc::new(self.backends(name)));
         let addr = SocketAddr::new(self.ip, port);
-        // A router just dropped releases its socket when its task is next polled.
-        let deadline = std::time::Instant::now() + if rebinding { REBIND_WAIT } else { Duration::ZERO };
-        let router = loop {
-            match Router::bind(addr, protocol, config.clone(), rx.clone()) {
-                Ok(router) => break router,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
+        let grace = Duration::from_millis(spec.stop_grace_ms.min(MAX_ROUTER_GRACE_MS));
+        let mut state = self.lock();
+        let (listener, old) = match state.fronts.remove(name) {
+            Some(front) if front.port == port && front.route == spec.route => {
+                state.fronts.insert(name.clone(), front);
+                return Ok(());
+            }
+            Some(front) if front.port == port => {
+                let listener = front.listener.try_clone().map_err(|e| format!("cannot reuse {addr}: {e}"))?;
+                (listener, Some(front))
+            }
+            other => {
+                let listener =
+                    std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} for `{name}`: {e}"));
+                match listener {
+                    Ok(listener) => (listener, other),
+                    Err(e) => {
+                        if let Some(front) = other {
+                            state.fronts.insert(name.clone(), front);
+                        }
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(format!("cannot listen on {addr} for `{name}`: {e}")),
             }
         };
-        self.lock()
-            .fronts
-            .insert(name.clone(), Front { port, route: spec.route.clone(), router: Some(router), members });
+        // Members are computed and the front inserted under one lock, so no publish is missed.
+        let (members, rx) = watch::channel(Arc::new(backends_of(&state, &self.host, name)));
+        let served = listener.try_clone().and_then(|l| Router::serve(l, protocol, config, rx));
+        let router = match served {
+            Ok(router) => router,
+            Err(e) => {
+                if let Some(front) = old {
+                    state.fronts.insert(name.clone(), front);
+                }
+                return Err(format!("cannot listen on {addr} for `{name}`: {e}"));
+            }
+        };
+        let front = Front { port, route: spec.route.clone(), listener, router, members, grace };
+        state.fronts.insert(name.clone(), front);
+        drop(state);
+        if let Some(old) = old {
+            old.retire();
+        }
         Ok(())
     }
 
-    /// Stops serving `service`'s port; requests in flight go on.
+    /// Stops serving `service`'s port: no new connections; requests in flight finish.
     pub fn close(&self, service: &str) {
         let front = self.lock().fronts.remove(service);
-        drop(front);
+        if let Some(front) = front {
+            front.retire();
+        }
     }
 
     /// `down`: every router stops accepting, HTTP/2 clients get GOAWAY, and what is in flight
     /// has `grace` to finish.
-    pub async fn shutdown(&self, grace: Duration) {
-        let routers: Vec<Router> = self.lock().fronts.drain().filter_map(|(_, mut f)| f.router.take()).collect();
+    /// TCP connections are cut when their instances stop, so their routers do not wait.
+    pub async fn shutdown(&self) {
+        let fronts: Vec<Front> = self.lock().fronts.drain().map(|(_, f)| f).collect();
         let mut tasks = Vec::new();
-        for router in routers {
-            tasks.push(tokio::spawn(router.shutdown(grace)));
+        for front in fronts {
+            let grace = if front.route.protocol == Protocol::Tcp { Duration::ZERO } else { front.grace };
+            let Front { router, members, .. } = front;
+            tasks.push(tokio::spawn(async move {
+                router.shutdown(grace).await;
+                drop(members);
+            }));
         }
         for task in tasks {
             let _ = task.await;
@@ -212,19 +277,26 @@ impl Routing {
     }
 
     /// Takes `instance` out of every router (it is `stopping`, so not ready) and waits until
-    /// the requests this host's router has in flight on it are done, at most `limit`.
-    pub async fn drain(&self, inner: &Inner, instance: &str, service: &str, limit: Duration) {
+    /// the requests this host's router has in flight on it are done, at most half of `grace`
+    /// (the stop signal gets the rest). Returns how long it waited. A TCP service is not waited
+    /// for: a pooled client connection never ends by itself, and it cannot move.
+    pub async fn drain(&self, inner: &Inner, instance: &str, service: &str, grace: Duration) -> Duration {
+        let started = Instant::now();
         let id = self.entry_id(instance);
-        let shared = {
-            self.refresh_local(inner);
+        self.refresh_local(inner);
+        let (shared, http) = {
             let state = self.lock();
-            state.attached.as_ref().is_some_and(|a| a.setting.is_some())
+            let shared = state.attached.as_ref().is_some_and(|a| a.setting.is_some());
+            let http = state.fronts.get(service).is_some_and(|f| f.route.protocol == Protocol::Http);
+            (shared, http)
         };
         self.wake.notify_one();
-        let started = Instant::now();
-        let deadline = started + limit;
+        if !http {
+            return started.elapsed();
+        }
+        let deadline = started + grace / 2;
         loop {
-            let busy = self.lock().fronts.get(service).and_then(|f| f.router.as_ref()).map_or(0, |r| r.in_flight(&id));
+            let busy = self.lock().fronts.get(service).map_or(0, |f| f.router.in_flight(&id));
             if busy == 0 || Instant::now() >= deadline {
                 break;
             }
@@ -233,6 +305,7 @@ impl Routing {
         if shared {
             tokio::time::sleep_until((started + REMOTE_PROPAGATION).min(deadline)).await;
         }
+        started.elapsed()
     }
 
     /// Recomputes this host's entries from the table and hands the routers their new members.
@@ -246,12 +319,6 @@ impl Routing {
         state.local = entries;
         publish(&state, &self.host);
         true
-    }
-
-    /// The ready instances of `service`, on this host (from the table) and on others (from the
-    /// registry).
-    fn backends(&self, service: &str) -> Vec<Backend> {
-        backends_of(&self.lock(), &self.host, service)
     }
 
     pub fn registry_status(&self) -> Option<RegistryStatus> {
@@ -283,14 +350,17 @@ impl Routing {
         names.sort();
         let services = names
             .into_iter()
-            .filter_map(|name| {
+            .map(|name| {
                 let front = &state.fronts[name];
-                let router = front.router.as_ref()?;
-                Some(service_stats(name, front, router))
+                service_stats(name, front, &front.router)
             })
             .collect();
         StatsResponse { services }
     }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn router_config(route: &RouteSpec) -> Result<tug_router::Config, String> {
@@ -376,15 +446,11 @@ fn publish(state: &RoutingState, host: &str) {
 /// those that are gone).
 async fn heartbeat(inner: std::sync::Weak<Inner>, registry: Arc<AnyRegistry>) {
     let period = tug_registry::Config::default().heartbeat;
-    let (mut changes, wake) = match inner.upgrade() {
-        Some(inner) => (inner.changes.subscribe(), inner.routing.wake.clone()),
-        None => return,
-    };
+    let Some(wake) = inner.upgrade().map(|inner| inner.routing.wake.clone()) else { return };
     let mut registered: Vec<Entry> = Vec::new();
     let mut next_beat = Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else { return };
-        strong.routing.refresh_local(&strong);
         let entries = strong.routing.lock().local.clone();
         drop(strong);
         if entries != registered || Instant::now() >= next_beat {
@@ -405,17 +471,30 @@ async fn heartbeat(inner: std::sync::Weak<Inner>, registry: Arc<AnyRegistry>) {
                 registered = entries;
             }
             if let Some(inner) = inner.upgrade() {
-                let mut state = inner.routing.lock();
-                if state.register_error != error {
-                    state.register_error = error;
-                }
+                inner.routing.lock().register_error = error;
             }
             next_beat = Instant::now() + period;
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
             _ = wake.notified() => {}
             _ = tokio::time::sleep_until(next_beat) => {}
+        }
+    }
+}
+
+/// Keeps this host's entries, and so its routers, in step with the table, whatever the registry
+/// does (a slow Redis must not delay a local instance joining or leaving), and wakes the
+/// heartbeat when they change.
+async fn follow_table(inner: std::sync::Weak<Inner>) {
+    let Some(mut changes) = inner.upgrade().map(|inner| inner.changes.subscribe()) else { return };
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        if strong.routing.refresh_local(&strong) {
+            strong.routing.wake.notify_one();
+        }
+        drop(strong);
+        if changes.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -37,6 +37,8 @@ fn field_of(body: &str, field: &str) -> String {
     body[start..].split('"').next().unwrap_or_default().to_string()
 }
 
+const CLOSED_EARLY: &str = "connection closed before the response";
+
 /// An HTTP/1.1 client on one keep-alive connection (reconnecting when the server closes it).
 pub struct KeepAlive {
     host: String,
@@ -49,8 +51,18 @@ impl KeepAlive {
         KeepAlive { host: host.to_string(), port, stream: None }
     }
 
-    /// GET `path`: (status, body), or an error for a connection failure.
+    /// GET `path`: (status, body), or an error for a connection failure. A kept-alive connection
+    /// that the server closed before answering is retried once on a new one, as HTTP clients do
+    /// (RFC 9112 §9.3.1): a server may close an idle connection just as a request goes out.
     pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let reused = self.stream.is_some();
+        match self.try_get(path) {
+            Err(e) if reused && e == CLOSED_EARLY => self.try_get(path),
+            other => other,
+        }
+    }
+
+    fn try_get(&mut self, path: &str) -> Result<(u16, String), String> {
         if self.stream.is_none() {
             let stream = TcpStream::connect((self.host.as_str(), self.port)).map_err(|e| format!("connect: {e}"))?;
             stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
@@ -68,7 +80,7 @@ impl KeepAlive {
         write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").map_err(|e| format!("write: {e}"))?;
         let mut line = String::new();
         if reader.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
-            return Err("connection closed before the response".into());
+            return Err(CLOSED_EARLY.into());
         }
         let status: u16 =
             line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {line:?}"))?;
@@ -376,6 +388,89 @@ services:
     let service = &stats(&stack, &["cache"])["services"][0];
     assert_eq!(service["protocol"], "tcp");
     assert!(service["total"]["requests"].as_u64().unwrap() >= 3, "{service:#}");
+    // An idle pooled client connection does not hold up a stop for the grace period.
+    let idle = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = Instant::now();
+    assert_eq!(stack.tug(&["stop", "cache"]).code, 0);
+    assert!(started.elapsed() < Duration::from_secs(5), "stop took {:?}", started.elapsed());
+    drop(idle);
+}
+
+#[test]
+fn changing_how_a_port_is_balanced_refuses_nothing_and_mixes_no_services() {
+    let (web_port, api_port) = (free_port(), free_port());
+    let yaml = |balance: &str| {
+        format!(
+            r#"
+name: rebalance
+services:
+  web:
+    command: "{{demo}}"
+    replicas: 2
+    port: {web_port}
+    balance: {balance}
+    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms }}
+  api:
+    command: "{{demo}}"
+    port: {api_port}
+    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms }}
+"#
+        )
+    };
+    let stack = Stack::new("routing-rebalance", &yaml("round_robin"));
+    stack.up();
+    let stop = Arc::new(AtomicBool::new(false));
+    // One client on a kept-alive connection, two on a new connection for every request.
+    let keep = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut client = KeepAlive::new("127.0.0.1", web_port);
+            let mut answers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                answers.push(client.get("/").map(|(status, body)| (status, field_of(&body, "service"))));
+            }
+            answers
+        })
+    };
+    let fresh: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    answers.push(
+                        http_once("127.0.0.1", web_port, "GET", "/")
+                            .map(|(status, body)| (status, field_of(&body, "service")))
+                            .ok_or_else(|| "no answer".to_string()),
+                    );
+                }
+                answers
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Only how the port is balanced changes: no instance restarts, the router is replaced on
+    // the same socket.
+    let pids: Vec<i32> = ["web-1", "web-2", "api-1"].iter().map(|i| pid_of(&stack, i)).collect();
+    stack
+        .dir
+        .write("tug.yaml", &yaml("least_request").replace("{demo}", &crate::harness::demo_bin().display().to_string()));
+    stack.up();
+    std::thread::sleep(Duration::from_millis(300));
+    // Ports freed and taken by others must not confuse a connection the old router accepted.
+    assert_eq!(stack.tug(&["scale", "web=1"]).code, 0);
+    assert_eq!(stack.tug(&["scale", "api=3"]).code, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = keep.join().unwrap();
+    for f in fresh {
+        answers.extend(f.join().unwrap());
+    }
+    let bad: Vec<_> = answers.iter().filter(|a| !matches!(a, Ok((200, s)) if s == "web")).collect();
+    assert!(bad.is_empty(), "{} of {} went wrong: {:?}", bad.len(), answers.len(), &bad[..bad.len().min(5)]);
+    assert!(answers.len() > 100, "{}", answers.len());
+    let after: Vec<i32> = ["web-1", "api-1"].iter().map(|i| pid_of(&stack, i)).collect();
+    assert_eq!(after, [pids[0], pids[2]], "no instance restarted");
 }
 
 const GRPC_SERVER: &str = r#"
