@@ -1,8 +1,8 @@
 //! A stand-alone router for benchmarks (bench/router.sh's `TUG_ROUTER_CMD`):
 //! `LISTEN_PORT=8080 BACKENDS=127.0.0.1:9001,127.0.0.1:9002 [PROTOCOL=http|tcp]
 //! [POLICY=round-robin|least-request|tenant-hash:HEADER] front`.
-//! Backends get ids `b1..bN`, weight 1. The runtime is the daemon's: multi-thread,
-//! 2 workers. For experiments only: WORKERS, EVENT_INTERVAL, GLOBAL_QUEUE_INTERVAL.
+//! Backends get ids `b1..bN`, weight 1. Threads as the daemon's data plane: one
+//! single-threaded runtime per core (`WORKERS` overrides the count).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,22 +39,30 @@ fn main() {
         }
         Some(p) => panic!("POLICY: round-robin, least-request or tenant-hash:HEADER, not {p:?}"),
     };
-    let workers: usize = env("WORKERS").map_or(2, |w| w.parse().expect("WORKERS: a number"));
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(workers).enable_all();
-    // Experiment knobs (unset: tokio's defaults, as the daemon runs).
-    if let Some(n) = env("EVENT_INTERVAL") {
-        builder.event_interval(n.parse().expect("EVENT_INTERVAL"));
+    // As the daemon runs its routers: one single-threaded runtime per core, each with its own
+    // router accepting on a clone of the one listening socket.
+    let workers: usize = env("WORKERS").map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |w| w.parse().expect("WORKERS: a number"),
+    );
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            let (backends, policy) = (backends.clone(), policy.clone());
+            let listener = listener.try_clone().expect("a clone of the listening socket");
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                runtime.block_on(async move {
+                    let (_tx, rx) = watch::channel(Arc::new(backends));
+                    let config = Config { policy, ..Config::default() };
+                    let _router = Router::serve(listener, protocol, config, rx).expect("serve");
+                    std::future::pending::<()>().await;
+                });
+            })
+        })
+        .collect();
+    eprintln!("front: {protocol:?} on 127.0.0.1:{port}, {workers} threads");
+    for t in threads {
+        let _ = t.join();
     }
-    if let Some(n) = env("GLOBAL_QUEUE_INTERVAL") {
-        builder.global_queue_interval(n.parse().expect("GLOBAL_QUEUE_INTERVAL"));
-    }
-    let runtime = builder.build().unwrap();
-    runtime.block_on(async move {
-        let (_tx, rx) = watch::channel(Arc::new(backends));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let router = Router::bind(addr, protocol, Config { policy, ..Config::default() }, rx).expect("bind");
-        eprintln!("front: {protocol:?} on {} ", router.local_addr());
-        std::future::pending::<()>().await;
-    });
 }
