@@ -6,7 +6,7 @@
 #
 # Knobs (environment): ROUNDS (3), DURATION (10s) per wrk run, LOADS ("64 8": wrk connections, the
 # first the throughput run, the second latency-focused), WRK_THREADS (2), PROXY_WORKERS (2: nginx
-# worker_processes, HAProxy nbthread; tug's daemon runs 2 runtime threads), H2 (1), H2_DURATION (5s),
+# worker_processes, HAProxy nbthread; tug's daemon runs one router thread per core), H2 (1), H2_DURATION (5s),
 # H2_CLIENTS/H2_STREAMS (8/8: 64 streams in flight), TUG (1: also `tug up -d` the generated stack),
 # TUG_LABEL (what the daemon serves the port with today), TUG_BIN (default: a fresh release build),
 # TUG_ROUTER_CMD (a command starting a router on 127.0.0.1:$LISTEN_PORT in front of $BACKENDS, for a
