@@ -138,24 +138,32 @@ fn pid_of(stack: &Stack, instance: &str) -> i32 {
     stack.instance(instance).and_then(|i| i["pid"].as_i64()).expect("a pid") as i32
 }
 
-#[test]
-fn the_stable_port_balances_ready_instances_only() {
-    let port = free_port();
+/// Three demo replicas of `web` behind `port`, probed every 200 ms, with `probe_extra` (such as
+/// `retries: 1`) in the healthcheck; up.
+fn web_stack(label: &str, name: &str, port: u16, probe_extra: &str) -> Stack {
+    let extra = if probe_extra.is_empty() { String::new() } else { format!(", {probe_extra}") };
     let stack = Stack::new(
-        "routing-balance",
+        label,
         &format!(
             r#"
-name: balance
+name: {name}
 services:
   web:
     command: "{{demo}}"
     replicas: 3
     port: {port}
-    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms, retries: 1 }}
+    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms{extra} }}
 "#
         ),
     );
     stack.up();
+    stack
+}
+
+#[test]
+fn the_stable_port_balances_ready_instances_only() {
+    let port = free_port();
+    let stack = web_stack("routing-balance", "balance", port, "retries: 1");
     let get = || http_once("127.0.0.1", port, "GET", "/").map(|(_, body)| instance_of(&body)).expect("an answer");
     // Round robin per router thread (one per core, as nginx's workers): even within a request
     // or two per thread.
@@ -257,21 +265,7 @@ services:
 #[test]
 fn a_replica_killed_under_load_fails_no_request_and_rejoins() {
     let port = free_port();
-    let stack = Stack::new(
-        "routing-kill",
-        &format!(
-            r#"
-name: kill
-services:
-  web:
-    command: "{{demo}}"
-    replicas: 3
-    port: {port}
-    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms, retries: 1 }}
-"#
-        ),
-    );
-    stack.up();
+    let stack = web_stack("routing-kill", "kill", port, "retries: 1");
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let clients: Vec<_> = (0..4)
@@ -321,21 +315,7 @@ services:
 #[test]
 fn scaling_down_drains_requests_in_flight() {
     let port = free_port();
-    let stack = Stack::new(
-        "routing-drain",
-        &format!(
-            r#"
-name: drain
-services:
-  web:
-    command: "{{demo}}"
-    replicas: 3
-    port: {port}
-    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms }}
-"#
-        ),
-    );
-    stack.up();
+    let stack = web_stack("routing-drain", "drain", port, "");
     // Slow requests on every instance (round robin), then two of them are removed.
     let slow: Vec<_> = (0..6)
         .map(|_| {
