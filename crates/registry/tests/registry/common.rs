@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tug_registry::resp::{self, Value};
-use tug_registry::{Entry, Membership};
+use tug_registry::{Entry, Membership, RedisRegistry, Registry, Status};
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -287,5 +287,38 @@ impl Pki {
             "-out",
             &pem,
         ]);
+    }
+}
+
+/// Stops `server` (the watcher keeps `e`, marked stale; registering fails), restarts it empty
+/// on the same port, and checks that a heartbeat of `e` and a second entry fills it again and
+/// the watcher reconnects and sees both.
+pub async fn survives_a_restart(
+    server: &mut RedisServer,
+    h1: &RedisRegistry,
+    rx: &mut watch::Receiver<Arc<Membership>>,
+    e: &Entry,
+    heartbeat: Duration,
+) {
+    server.stop();
+    let stale = wait_for(rx, WAIT, |m| matches!(m.status, Status::Stale(_))).await;
+    assert_eq!(stale.entries, vec![e.clone()], "the last known membership is kept");
+    assert!(h1.register(std::slice::from_ref(e)).await.is_err());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.borrow().entries, vec![e.clone()]);
+
+    server.restart();
+    let e2 = entry("web", "h1/web-2", 8002);
+    let beating = async {
+        loop {
+            let _ = h1.register(&[e.clone(), e2.clone()]).await;
+            tokio::time::sleep(heartbeat).await;
+        }
+    };
+    tokio::select! {
+        _ = beating => unreachable!(),
+        m = wait_for(rx, WAIT, |m| m.entries.len() == 2 && m.status == Status::Live) => {
+            assert_eq!(m.entries, vec![e.clone(), e2]);
+        }
     }
 }

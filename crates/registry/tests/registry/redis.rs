@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{RedisServer, WAIT, entry, fast, ids, wait_for};
+use crate::common::{RedisServer, WAIT, entry, fast, ids, survives_a_restart, wait_for};
 use tug_registry::resp::Value;
 use tug_registry::{Config, RedisRegistry, Registry, RegistryError, Status};
 
@@ -132,28 +132,9 @@ async fn watchers_keep_the_last_membership_while_redis_is_down_and_resync_after_
     h1.register(std::slice::from_ref(&e)).await.unwrap();
     wait_for(&mut rx, WAIT, |m| m.entries.len() == 1 && m.status == Status::Live).await;
 
-    server.stop();
-    let stale = wait_for(&mut rx, WAIT, |m| matches!(m.status, Status::Stale(_))).await;
-    assert_eq!(stale.entries, vec![e.clone()], "the last known membership is kept");
-    assert!(h1.register(std::slice::from_ref(&e)).await.is_err());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(rx.borrow().entries, vec![e.clone()]);
-
-    // A fresh, empty server on the same port: the heartbeat re-registers, the watcher reconnects.
-    server.restart();
-    let e2 = entry("web", "h1/web-2", 8002);
-    let heartbeat = async {
-        loop {
-            let _ = h1.register(&[e.clone(), e2.clone()]).await;
-            tokio::time::sleep(config.heartbeat).await;
-        }
-    };
-    tokio::select! {
-        _ = heartbeat => unreachable!(),
-        m = wait_for(&mut rx, WAIT, |m| m.entries.len() == 2 && m.status == Status::Live) => {
-            assert_eq!(m.entries, vec![e.clone(), e2.clone()]);
-        }
-    }
+    // Down, then a fresh, empty server on the same port: the heartbeat re-registers, the
+    // watcher reconnects.
+    survives_a_restart(&mut server, &h1, &mut rx, &e, config.heartbeat).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Pki, RedisServer, TlsServer, WAIT, entry, fast, ids, wait_for};
+use crate::common::{Pki, RedisServer, TlsServer, WAIT, entry, fast, ids, survives_a_restart, wait_for};
 use tug_registry::{AnyRegistry, Config, RedisRegistry, Registry, RegistryError, Status};
 
 fn open(url: &str, config: Config) -> RedisRegistry {
@@ -170,24 +170,6 @@ async fn watchers_reconnect_after_the_tls_server_restarts() {
     h1.register(std::slice::from_ref(&e)).await.unwrap();
     wait_for(&mut rx, WAIT, |m| m.entries.len() == 1 && m.status == Status::Live).await;
 
-    server.stop();
-    let stale = wait_for(&mut rx, WAIT, |m| matches!(m.status, Status::Stale(_))).await;
-    assert_eq!(stale.entries, vec![e.clone()], "the last known membership is kept");
-    assert!(h1.register(std::slice::from_ref(&e)).await.is_err());
-
     // A fresh, empty TLS server on the same port: new TLS sessions, the same recovery.
-    server.restart();
-    let e2 = entry("web", "h1/web-2", 8002);
-    let heartbeat = async {
-        loop {
-            let _ = h1.register(&[e.clone(), e2.clone()]).await;
-            tokio::time::sleep(config.heartbeat).await;
-        }
-    };
-    tokio::select! {
-        _ = heartbeat => unreachable!(),
-        m = wait_for(&mut rx, WAIT, |m| m.entries.len() == 2 && m.status == Status::Live) => {
-            assert_eq!(m.entries, vec![e.clone(), e2.clone()]);
-        }
-    }
+    survives_a_restart(&mut server, &h1, &mut rx, &e, config.heartbeat).await;
 }
