@@ -52,12 +52,13 @@ impl KeepAlive {
     }
 
     /// GET `path`: (status, body), or an error for a connection failure. A kept-alive connection
-    /// that the server closed before answering is retried once on a new one, as HTTP clients do
-    /// (RFC 9112 §9.3.1): a server may close an idle connection just as a request goes out.
+    /// that the server closed before answering (the write fails, or nothing comes back) is retried
+    /// once on a new one, as HTTP clients do (RFC 9112 §9.3.1): a server may close an idle
+    /// connection just as a request goes out.
     pub fn get(&mut self, path: &str) -> Result<(u16, String), String> {
         let reused = self.stream.is_some();
         match self.try_get(path) {
-            Err(e) if reused && e == CLOSED_EARLY => self.try_get(path),
+            Err(e) if reused && e.starts_with(CLOSED_EARLY) => self.try_get(path),
             other => other,
         }
     }
@@ -77,9 +78,10 @@ impl KeepAlive {
 
     fn exchange(&mut self, path: &str) -> Result<(u16, String), String> {
         let reader = self.stream.as_mut().expect("connected");
-        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+            .map_err(|e| format!("{CLOSED_EARLY} (write: {e})"))?;
         let mut line = String::new();
-        if reader.read_line(&mut line).map_err(|e| format!("read: {e}"))? == 0 {
+        if reader.read_line(&mut line).map_err(|e| format!("{CLOSED_EARLY} (read: {e})"))? == 0 {
             return Err(CLOSED_EARLY.into());
         }
         let status: u16 =
@@ -139,7 +141,8 @@ fn pid_of(stack: &Stack, instance: &str) -> i32 {
 }
 
 /// Three demo replicas of `web` behind `port`, probed every 200 ms, with `probe_extra` (such as
-/// `retries: 1`) in the healthcheck; up.
+/// `retries: 1`) in the healthcheck; up. Failures while starting do not count (a loaded machine
+/// may take a while to start them).
 fn web_stack(label: &str, name: &str, port: u16, probe_extra: &str) -> Stack {
     let extra = if probe_extra.is_empty() { String::new() } else { format!(", {probe_extra}") };
     let stack = Stack::new(
@@ -152,7 +155,7 @@ services:
     command: "{{demo}}"
     replicas: 3
     port: {port}
-    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms{extra} }}
+    healthcheck: {{ http: /health, interval: 200ms, start_interval: 50ms, start_period: 2s{extra} }}
 "#
         ),
     );
