@@ -47,6 +47,11 @@ pub enum KeyError {
 }
 
 impl ApiKey {
+    /// The key's bytes, to derive other keys from (never to show).
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
     pub fn from_text(text: &str) -> Option<ApiKey> {
         let text = text.trim();
         (text.len() >= 16).then(|| ApiKey(text.as_bytes().to_vec()))

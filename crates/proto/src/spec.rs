@@ -80,7 +80,7 @@ impl Kind {
 }
 
 /// The stack file's own: these travel as they are.
-pub use tug_stackfile::model::{Balance, Condition, Protocol, Restart};
+pub use tug_stackfile::model::{Balance, Condition, Protocol, Restart, Strategy};
 
 /// How the router fronts a service. None of it reaches an instance, so it is not part of the
 /// revision: changing it re-configures the router without restarting anything.
@@ -107,6 +107,90 @@ impl Default for RouteSpec {
             max_connection_age_ms: None,
         }
     }
+}
+
+/// The stack file's `deploy:` with durations in milliseconds and amounts resolved against
+/// nothing yet (a percentage stays one, so scaling keeps its meaning).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploySpec {
+    pub strategy: Strategy,
+    pub max_surge: Amount,
+    pub max_unavailable: Amount,
+    pub min_ready_ms: u64,
+    /// Canary traffic percentages, rising.
+    pub steps: Vec<u8>,
+    pub step_duration_ms: u64,
+    /// Canary: the most errors (5xx and failed attempts) per request, as a fraction (0.001 = 0.1%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<u64>,
+    pub min_requests: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview_port: Option<u16>,
+    pub auto_promote: bool,
+    pub scale_down_delay_ms: u64,
+    pub progress_deadline_ms: u64,
+}
+
+impl Default for DeploySpec {
+    fn default() -> DeploySpec {
+        DeploySpec {
+            strategy: Strategy::Rolling,
+            max_surge: Amount::Count(1),
+            max_unavailable: Amount::Count(0),
+            min_ready_ms: 0,
+            steps: vec![10, 50, 100],
+            step_duration_ms: 30_000,
+            max_error_rate: None,
+            max_p99_ms: None,
+            min_requests: 20,
+            preview_port: None,
+            auto_promote: false,
+            scale_down_delay_ms: 30_000,
+            progress_deadline_ms: 600_000,
+        }
+    }
+}
+
+/// `max_surge` / `max_unavailable`: instances, or a percentage of the replicas.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amount {
+    Count(u32),
+    Percent(f64),
+}
+
+impl Amount {
+    /// Instances for `replicas`: a surge rounds up, an allowance to be missing rounds down,
+    /// as Kubernetes does.
+    pub fn resolve(self, replicas: u32, round_up: bool) -> u32 {
+        match self {
+            Amount::Count(n) => n,
+            Amount::Percent(p) => {
+                let exact = f64::from(replicas) * p / 100.0;
+                let n = if round_up { exact.ceil() } else { exact.floor() };
+                n.clamp(0.0, f64::from(u32::MAX)) as u32
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AutoscaleSpec {
+    pub min: u32,
+    pub max: u32,
+    /// Target CPU per instance (its whole process group), percent of its `resources.cpu`, or
+    /// of one core without a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    /// Target memory per instance, percent of its `resources.memory`, or of the machine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_percent: Option<f64>,
+    /// Target requests a second per ready instance, from the router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<f64>,
+    pub scale_down_stabilization_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,8 +239,14 @@ pub struct ServiceSpec {
     pub cpu: Option<f64>,
     pub log_max_size: u64,
     pub log_max_files: u32,
-    /// Digest of everything above but `replicas` and `route`: instances started from another
-    /// revision are replaced.
+    /// How a new revision replaces the running one; outside the revision.
+    #[serde(default)]
+    pub deploy: DeploySpec,
+    /// Replicas follow load within bounds; outside the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSpec>,
+    /// Digest of everything above but `replicas`, `route`, `deploy` and `autoscale`: instances
+    /// started from another revision are replaced.
     pub revision: String,
 }
 
@@ -168,6 +258,8 @@ impl ServiceSpec {
         copy.revision.clear();
         copy.replicas = 0;
         copy.route = RouteSpec::default();
+        copy.deploy = DeploySpec::default();
+        copy.autoscale = None;
         let json = serde_json::to_vec(&copy).unwrap_or_default();
         crate::auth::hex(&Sha256::digest(&json)[..6])
     }
@@ -206,6 +298,24 @@ pub struct UpRequest {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetsRequest {
     pub targets: Vec<String>,
+}
+
+/// `POST /v1/rollout`: `tug rollout promote|abort|undo SERVICE`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RolloutRequest {
+    pub service: String,
+    pub action: RolloutAction,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutAction {
+    /// Blue-green: switch to the new set now. Canary: skip the remaining steps.
+    Promote,
+    /// Stop the rollout and send all traffic back to the stable revision.
+    Abort,
+    /// Go back to the last revision that completed before the current one.
+    Undo,
 }
 
 /// `POST /v1/scale`.

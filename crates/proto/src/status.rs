@@ -98,6 +98,14 @@ pub struct ServiceStatus {
     pub port: Option<u16>,
     /// Whether it was asked to run (by `up` or `start`).
     pub active: bool,
+    /// The revision it runs (the target of a rollout under way).
+    #[serde(default)]
+    pub revision: String,
+    /// Its latest rollout, if it had one since the daemon started (or one was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<crate::rollout::RolloutStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<crate::rollout::AutoscaleStatus>,
 }
 
 /// `GET /v1/status`: the daemon and everything it runs.
@@ -142,4 +150,7 @@ pub struct UpResponse {
     /// The services and jobs that this request starts (targets and their dependencies).
     pub services: Vec<String>,
     pub notices: Vec<String>,
+    /// The services this request rolls out to a new revision (`tug deploy` waits for them).
+    #[serde(default)]
+    pub rollouts: Vec<String>,
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use hyper::http::HeaderName;
 use tokio::sync::watch;
-use tug_router::{Backend, Config, Policy, Protocol, Router};
+use tug_router::{Backend, Config, Members, Policy, Protocol, Router};
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -53,7 +53,7 @@ fn main() {
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 runtime.block_on(async move {
-                    let (_tx, rx) = watch::channel(Arc::new(backends));
+                    let (_tx, rx) = watch::channel(Arc::new(Members::from(backends)));
                     let config = Config { policy, ..Config::default() };
                     let _router = Router::serve(listener, protocol, config, rx).expect("serve");
                     std::future::pending::<()>().await;

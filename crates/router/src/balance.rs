@@ -154,6 +154,34 @@ impl Ring {
     }
 }
 
+/// A canary split's shares are in thousandths: [`split_bucket`] is in `0..SPLIT_BUCKETS`.
+pub const SPLIT_BUCKETS: u16 = 1000;
+
+/// Xored into a tenant key before [`split_bucket`] mixes it again.
+const SPLIT_SALT: u64 = 0x5be0_cd19_137e_2179;
+
+/// The bucket of a tenant key (hashed with [`hash`]) in a canary split, in
+/// `0..1000`: the tenant goes to the canary when it is below the split's
+/// permille, so raising the permille only ever adds tenants. A second mix of
+/// the key rather than its ring position, so which tenants are canary does not
+/// depend on which instance owns them (a canary share of 10% is 10% of every
+/// stable instance's tenants, not all of one instance's). Fixed, like [`hash`]:
+/// every router on every host puts a tenant in the same group.
+pub fn split_bucket(key: u64) -> u16 {
+    (mix(key ^ SPLIT_SALT) % u64::from(SPLIT_BUCKETS)) as u16
+}
+
+/// Whether turn `n` (one per request: 0, 1, 2, …) goes to the canary in a split
+/// of `permille` (more than 1000 counts as 1000): exactly `permille` turns of
+/// every 1000, as evenly spaced as whole turns allow (at 100 every tenth, at
+/// 300 three of every ten), so the canary gets its share at once rather than in
+/// runs, and by count rather than by chance.
+pub fn canary_turn(n: u64, permille: u16) -> bool {
+    let p = u64::from(permille.min(SPLIT_BUCKETS));
+    let m = n % u64::from(SPLIT_BUCKETS);
+    (m + 1) * p / 1000 > m * p / 1000
+}
+
 /// FNV-1a over the bytes, finished with a 64-bit mixer so that nearby inputs
 /// spread over the whole ring. Stable across processes and versions.
 pub fn hash(bytes: &[u8]) -> u64 {
@@ -196,6 +224,8 @@ pub(crate) fn random() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn ids(n: usize) -> Vec<String> {
@@ -357,6 +387,72 @@ mod tests {
         assert_eq!(counts[2], 0);
         assert!((6500..=8500).contains(&counts[1]), "{counts:?}");
         assert!(Ring::new([("a", 0)]).is_empty());
+    }
+
+    #[test]
+    fn canary_turns_are_exact_and_spread() {
+        for permille in [0u16, 1, 7, 100, 250, 300, 333, 500, 600, 999, 1000] {
+            let turns: Vec<u64> = (0..1000).filter(|&n| canary_turn(n, permille)).collect();
+            assert_eq!(turns.len(), usize::from(permille), "{permille}");
+            // Spread: the gaps between canary turns differ by at most one.
+            let gaps: Vec<u64> = turns.windows(2).map(|w| w[1] - w[0]).collect();
+            if let (Some(min), Some(max)) = (gaps.iter().min(), gaps.iter().max()) {
+                assert!(max - min <= 1, "{permille}: gaps {min}..={max}");
+            }
+            // Any window of 1000 turns, not only the first.
+            assert_eq!((4321..5321).filter(|&n| canary_turn(n, permille)).count(), usize::from(permille));
+        }
+        // At 100‰ exactly every tenth turn.
+        let turns: Vec<u64> = (0..1000).filter(|&n| canary_turn(n, 100)).collect();
+        assert_eq!(turns, (0..100).map(|k| 10 * k + 9).collect::<Vec<_>>());
+        // At 300‰ the canary never gets two turns in a row.
+        assert!((0..1000).all(|n| !(canary_turn(n, 300) && canary_turn(n + 1, 300))));
+        assert!((0..100).all(|n| canary_turn(n, 1000) && canary_turn(n, u16::MAX) && !canary_turn(n, 0)));
+    }
+
+    #[test]
+    fn split_buckets_nest_as_the_share_rises_and_are_uniform() {
+        let buckets: Vec<u16> = (0..10_000).map(|k| split_bucket(hash(format!("tenant-{k}").as_bytes()))).collect();
+        assert!(buckets.iter().all(|&b| b < SPLIT_BUCKETS));
+        let canary = |permille: u16| -> BTreeSet<usize> {
+            buckets.iter().enumerate().filter(|&(_, &b)| b < permille).map(|(k, _)| k).collect()
+        };
+        let (at100, at300, at600) = (canary(100), canary(300), canary(600));
+        assert!(at100.is_subset(&at300) && at300.is_subset(&at600));
+        assert!(canary(0).is_empty());
+        assert_eq!(canary(1000).len(), 10_000);
+        for (set, expected) in [(&at100, 1000), (&at300, 3000), (&at600, 6000)] {
+            assert!(set.len().abs_diff(expected) < expected / 10, "{} for {expected}", set.len());
+        }
+        // Deterministic: the same key, the same bucket.
+        assert_eq!(split_bucket(hash(b"tenant-7")), buckets[7]);
+    }
+
+    #[test]
+    fn split_buckets_are_independent_of_the_ring() {
+        // Every instance's tenants are split in the same proportion: which
+        // tenants are canary does not follow from where they sit on the ring.
+        let ring = ring_of(&ids(5));
+        let mut owned = [0usize; 5];
+        let mut canary = [0usize; 5];
+        for k in 0..20_000 {
+            let key = hash(format!("tenant-{k}").as_bytes());
+            let owner = ring.pick(key).unwrap();
+            owned[owner] += 1;
+            if split_bucket(key) < 200 {
+                canary[owner] += 1;
+            }
+        }
+        for (o, c) in owned.iter().zip(&canary) {
+            let share = *c as f64 / *o as f64;
+            assert!((0.17..0.23).contains(&share), "owned {owned:?}, canary {canary:?}");
+        }
+        // Nor is the bucket the key's position scaled down: neighbours on the
+        // ring (keys in one arc) land in all buckets.
+        let mut arc: Vec<u64> = (0..20_000).map(|k| hash(format!("tenant-{k}").as_bytes())).collect();
+        arc.sort_unstable();
+        let low = arc[..2000].iter().filter(|&&key| split_bucket(key) < 500).count();
+        assert!((800..1200).contains(&low), "{low} of the lowest 2000 keys in the lower half");
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub enum Policy {
     /// A consistent-hash ring over backend ids keyed on this request header
     /// (gRPC metadata is a header); a request without it is balanced round
     /// robin. An ejected owner's tenants go to the next owner on the ring. TCP
-    /// has no header, so it is round robin there.
+    /// has no header, so it is round robin there. During a canary
+    /// [`Split`](crate::Split) each group has its own ring, and the key also
+    /// decides the tenant's group.
     TenantHash { header: HeaderName },
 }
 

@@ -208,7 +208,7 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
     }
 
     let mut tried = Tried::default();
-    let (Some(mut endpoint), members) = shared.select_among(key, &tried, false) else {
+    let (Some(mut endpoint), members) = shared.select_among(key, &mut tried, false) else {
         Counters::bump(&shared.unrouted);
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n"));
     };
@@ -275,7 +275,7 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
         if resendable
             && (unsent.is_some() || spare.is_some())
             && tried.len() < max_attempts
-            && let Some(next) = shared.select(key, &tried, false)
+            && let Some(next) = shared.select(key, &mut tried, false)
         {
             if shared.budget.withdraw() {
                 if let Some(again) = unsent.or_else(|| spare.as_ref().map(Spare::request)) {

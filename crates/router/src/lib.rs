@@ -2,13 +2,33 @@
 //! requests (HTTP/1.1 and h2c on one port) or TCP connections across the
 //! service's ready instances.
 //!
-//! Membership comes in on a `watch` channel of backend lists. A task follows it
-//! and publishes an immutable `Table` (endpoints with their connection pools,
-//! ejection state and counters, the weighted order, the hash ring) on a second
-//! `watch`; the request path only borrows that snapshot for the instant it
-//! takes to pick an endpoint, clones one `Arc`, and lets go. An endpoint that
-//! leaves is no longer picked and its idle connections close; whatever it has
-//! in flight holds its own `Arc` and finishes ([`Router::in_flight`] tells when).
+//! Membership comes in on a `watch` channel of [`Members`]: the backends, and
+//! the canary [`Split`] if a rollout is under way. A task follows it and
+//! publishes an immutable `Table` (endpoints with their connection pools,
+//! ejection state and counters, the weighted order, the hash ring, and for a
+//! split the same per group) on a second `watch`; the request path only
+//! borrows that snapshot for the instant it takes to pick an endpoint, clones
+//! one `Arc`, and lets go. An endpoint that leaves is no longer picked and its
+//! idle connections close; whatever it has in flight holds its own `Arc` and
+//! finishes ([`Router::in_flight`] tells when).
+//!
+//! A canary split divides traffic between the backends of one revision (the
+//! canary group) and the others (stable) by a share of requests (TCP: of new
+//! connections) in thousandths, whatever the number of instances in each. Each
+//! request first chooses its group, then the policy picks within that group:
+//! - a tenant (tenant hash, header present) is canary when a hash of its key,
+//!   independent of the ring, falls below the share, so raising the share only
+//!   adds tenants and no tenant flips back and forth; within its group it
+//!   stays on one instance;
+//! - other requests take turns: exactly the share of every 1000, spread out;
+//! - if the chosen group has nothing usable (no endpoint, all tried by this
+//!   request, all ejected) the other serves: availability wins over the split.
+//!   Retries stay in the request's group first.
+//!
+//! Without a split, or when either group is empty, nothing changes: the split
+//! costs a request one branch, and its groups are built with the table, once
+//! per membership change. Outlier ejection's cap and the counters are over all
+//! endpoints, as without a split.
 //!
 //! Around every request (see [`Config`]):
 //! - passive outlier ejection of endpoints that fail in a row ([`OutlierPolicy`]);
@@ -73,6 +93,57 @@ pub struct Backend {
     pub revision: String,
 }
 
+/// The members of a router, and how traffic is split between two revisions
+/// during a canary.
+///
+/// Sent whole on the membership `watch`: a change of the split is a change of
+/// membership like any other (endpoints whose id, address and revision are
+/// unchanged keep their pools, ejection state and counters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Members {
+    /// Every ready instance, of whichever revision.
+    pub backends: Vec<Backend>,
+    /// `None`: every backend takes its share by policy, whatever its revision.
+    pub split: Option<Split>,
+}
+
+impl From<Vec<Backend>> for Members {
+    /// Members with no split.
+    fn from(backends: Vec<Backend>) -> Members {
+        Members { backends, split: None }
+    }
+}
+
+/// A canary: backends whose `revision` equals `revision` are the canary group;
+/// the others are stable.
+///
+/// Each request (HTTP) or new connection (TCP) first chooses a group, then the
+/// policy picks within that group only. The share is a share of *requests*,
+/// not of instances, so one canary instance beside nine stable ones can take
+/// 1% or 50% as the rollout decides:
+/// - with a tenant key ([`Policy::TenantHash`] and its header present), a
+///   tenant goes to the canary when a hash of its key, independent of the
+///   ring, falls in `0..permille` of 1000 buckets: raising `permille` only ever
+///   adds tenants to the canary, none flips back and forth, and within its
+///   group a tenant stays on the same instance;
+/// - without a key, requests take turns deterministically: exactly
+///   `permille` of every 1000, spread out rather than in runs (at 100‰ every
+///   tenth request).
+///
+/// Availability wins over the split: if the chosen group has nothing usable
+/// (no endpoint, all already tried by this request, or all ejected) the other
+/// group serves. Retries stay in the request's group first. With no backend of
+/// `revision`, or no other backend, the split changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub revision: String,
+    /// Share of requests (TCP: of new connections) sent to the canary group, in
+    /// thousandths (0..=1000; more counts as 1000). 0 sends the canary nothing
+    /// unless stable has nothing usable; 1000 sends stable nothing unless the
+    /// canary has nothing usable.
+    pub permille: u16,
+}
+
 /// What the listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -108,7 +179,7 @@ impl Router {
         addr: SocketAddr,
         protocol: Protocol,
         config: Config,
-        members: watch::Receiver<Arc<Vec<Backend>>>,
+        members: watch::Receiver<Arc<Members>>,
     ) -> io::Result<Router> {
         Router::serve(std::net::TcpListener::bind(addr)?, protocol, config, members)
     }
@@ -120,7 +191,7 @@ impl Router {
         std_listener: std::net::TcpListener,
         protocol: Protocol,
         config: Config,
-        mut members: watch::Receiver<Arc<Vec<Backend>>>,
+        mut members: watch::Receiver<Arc<Members>>,
     ) -> io::Result<Router> {
         std_listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(std_listener)?;
@@ -195,11 +266,7 @@ impl Drop for Router {
 /// Rebuilds the table on every membership change, and sweeps idle pooled
 /// connections. If the membership sender is dropped, the last table stays (a
 /// failed registry keeps serving).
-async fn follow(
-    mut members: watch::Receiver<Arc<Vec<Backend>>>,
-    tables: watch::Sender<Arc<Table>>,
-    shared: Arc<Shared>,
-) {
+async fn follow(mut members: watch::Receiver<Arc<Members>>, tables: watch::Sender<Arc<Table>>, shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(shared.sweep_interval());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;

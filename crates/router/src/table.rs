@@ -19,7 +19,7 @@ use crate::budget::RetryBudget;
 use crate::lifecycle::{Phase, Tracker};
 use crate::stats::{Counters, EndpointStats, MAX_DEPARTED};
 use crate::upstream::Outgoing;
-use crate::{Backend, Config, MAX_CONNECT_ATTEMPTS, Policy};
+use crate::{Config, MAX_CONNECT_ATTEMPTS, Members, Policy};
 
 /// An idle pooled HTTP/1 connection and the sweep tick at which it went idle.
 pub(crate) struct Idle {
@@ -146,16 +146,71 @@ impl Drop for InFlight {
 pub(crate) struct Table {
     endpoints: Vec<Arc<Endpoint>>,
     weights: Vec<u32>,
-    /// Smooth weighted round-robin order of endpoint indices.
+    /// Every endpoint: what the policies pick from when there is no split.
+    all: Group,
+    /// The two groups of a canary split in force: `None` without a split, and
+    /// when either group would be empty (then the split changes nothing).
+    split: Option<Groups>,
+}
+
+/// Some of a table's endpoints, and what the policies need to pick among them
+/// only. Built once per membership change; every index is into the table's
+/// endpoints.
+struct Group {
+    /// The endpoints of the group, in table order.
+    members: Vec<u32>,
+    /// Smooth weighted round-robin order of the members.
     order: Vec<u32>,
+    /// The members' own ring (tenant hash only): a tenant is sticky within its group.
     ring: Ring,
+    /// Which of [`Shared`]'s round-robin counters the group turns.
+    turns: usize,
+}
+
+/// A canary split as the table applies it.
+struct Groups {
+    /// Clamped to 0..=1000.
+    permille: u16,
+    stable: Group,
+    canary: Group,
+}
+
+/// Round-robin counters: one for the whole table, one per group of a split, so
+/// that each group's turns go round its own members evenly.
+const ALL: usize = 0;
+const STABLE: usize = 1;
+const CANARY: usize = 2;
+
+impl Group {
+    /// The endpoints for which `member(i)` holds, with `weights`.
+    fn new(weights: &[u32], ids: &[&str], policy: &Policy, turns: usize, member: impl Fn(usize) -> bool) -> Group {
+        // Weight 0 leaves an endpoint out of the order and the ring, and keeps
+        // the indices those return the table's.
+        let weights: Vec<u32> = weights.iter().enumerate().map(|(i, &w)| if member(i) { w } else { 0 }).collect();
+        let ring = match policy {
+            Policy::TenantHash { .. } => Ring::new(ids.iter().copied().zip(weights.iter().copied())),
+            _ => Ring::default(),
+        };
+        Group {
+            members: (0..weights.len() as u32).filter(|&i| member(i as usize)).collect(),
+            order: balance::weighted_order(&weights),
+            ring,
+            turns,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
 }
 
 impl Table {
-    /// Endpoints for `backends` (weight 0 and repeated ids left out), reusing
-    /// `old`'s endpoint for every backend whose id, address and revision are
-    /// unchanged, and the ledger's counters for every (id, revision) it knows.
-    pub fn build(backends: &[Backend], old: Option<&Table>, policy: &Policy, ledger: &mut Ledger) -> Table {
+    /// Endpoints for `members`' backends (weight 0 and repeated ids left out),
+    /// reusing `old`'s endpoint for every backend whose id, address and
+    /// revision are unchanged, and the ledger's counters for every (id,
+    /// revision) it knows; and, for a split, each group's order and ring.
+    pub fn build(members: &Members, old: Option<&Table>, policy: &Policy, ledger: &mut Ledger) -> Table {
+        let backends = &members.backends;
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(backends.len());
         let mut weights = Vec::with_capacity(backends.len());
         for b in backends {
@@ -170,12 +225,18 @@ impl Table {
             endpoints.push(endpoint);
             weights.push(b.weight);
         }
-        let ring = match policy {
-            Policy::TenantHash { .. } => Ring::new(endpoints.iter().zip(&weights).map(|(e, &w)| (e.id(), w))),
-            _ => Ring::default(),
-        };
-        let order = balance::weighted_order(&weights);
-        Table { endpoints, weights, order, ring }
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.id()).collect();
+        let all = Group::new(&weights, &ids, policy, ALL, |_| true);
+        let split = members.split.as_ref().and_then(|split| {
+            let canary = |i: usize| endpoints[i].revision() == split.revision;
+            let groups = Groups {
+                permille: split.permille.min(balance::SPLIT_BUCKETS),
+                stable: Group::new(&weights, &ids, policy, STABLE, |i| !canary(i)),
+                canary: Group::new(&weights, &ids, policy, CANARY, canary),
+            };
+            (!groups.stable.is_empty() && !groups.canary.is_empty()).then_some(groups)
+        });
+        Table { endpoints, weights, all, split }
     }
 
     /// Retires every endpoint of `self` that `next` does not carry on.
@@ -244,11 +305,14 @@ impl Ledger {
     }
 }
 
-/// Endpoints already tried for one request; fixed size, no allocation.
+/// Endpoints already tried for one request; fixed size, no allocation. Also
+/// the request's group in a split (`Some(true)`: canary), chosen at its first
+/// pick, which its retries stay in first.
 #[derive(Default)]
 pub(crate) struct Tried {
     ptrs: [usize; MAX_CONNECT_ATTEMPTS],
     len: usize,
+    canary: Option<bool>,
 }
 
 impl Tried {
@@ -272,7 +336,10 @@ impl Tried {
 pub(crate) struct Shared {
     table: watch::Receiver<Arc<Table>>,
     pub config: Config,
-    rr: RoundRobin,
+    /// Turns of round robin: over the whole table, and over each group of a split.
+    rr: [RoundRobin; 3],
+    /// Turns of a split among requests without a tenant key ([`balance::canary_turn`]).
+    split_turns: AtomicU64,
     pub budget: RetryBudget,
     pub unrouted: AtomicU64,
     pub retries_denied: AtomicU64,
@@ -299,7 +366,8 @@ impl Shared {
             table,
             budget: RetryBudget::new(&config.retry),
             config,
-            rr: RoundRobin::default(),
+            rr: Default::default(),
+            split_turns: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             retries_denied: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -318,23 +386,46 @@ impl Shared {
 
     /// Picks an endpoint by policy among those not yet tried, skipping ejected
     /// ones unless nothing else is left. `key` is a hashed tenant; `least`
-    /// asks for least-connections rather than two random choices.
-    pub fn select(&self, key: Option<u64>, tried: &Tried, least: bool) -> Option<Arc<Endpoint>> {
+    /// asks for least-connections rather than two random choices. With a
+    /// split, the first pick of a request chooses its group (recorded in
+    /// `tried`), and the policy picks in that group, or in the other if that
+    /// one has nothing usable.
+    pub fn select(&self, key: Option<u64>, tried: &mut Tried, least: bool) -> Option<Arc<Endpoint>> {
         self.select_among(key, tried, least).0
     }
 
     /// [`Shared::select`], and how many endpoints there were to choose from.
-    pub fn select_among(&self, key: Option<u64>, tried: &Tried, least: bool) -> (Option<Arc<Endpoint>>, usize) {
+    pub fn select_among(&self, key: Option<u64>, tried: &mut Tried, least: bool) -> (Option<Arc<Endpoint>>, usize) {
         let table = self.table.borrow();
         (self.pick(&table, key, tried, least), table.len())
     }
 
-    fn pick(&self, table: &Table, key: Option<u64>, tried: &Tried, least: bool) -> Option<Arc<Endpoint>> {
+    /// Whether a request goes to the canary of a split at `permille`: by its
+    /// tenant's bucket if it has a key, else by taking the next turn.
+    fn canary(&self, permille: u16, key: Option<u64>) -> bool {
+        match key {
+            Some(k) => balance::split_bucket(k) < permille,
+            None => balance::canary_turn(self.split_turns.fetch_add(1, Relaxed), permille),
+        }
+    }
+
+    fn pick(&self, table: &Table, key: Option<u64>, tried: &mut Tried, least: bool) -> Option<Arc<Endpoint>> {
+        let (first, second) = match &table.split {
+            None => (&table.all, None),
+            Some(split) => {
+                let canary = match tried.canary {
+                    Some(canary) => canary,
+                    None => *tried.canary.insert(self.canary(split.permille, key)),
+                };
+                if canary { (&split.canary, Some(&split.stable)) } else { (&split.stable, Some(&split.canary)) }
+            }
+        };
+        let tried = &*tried;
         let eps = &table.endpoints;
-        let n = eps.len();
         // The clock is read only if some endpoint has an ejection on record.
         let now = Cell::new(0);
         let skipped_ejected = Cell::new(false);
+        // Ejected endpoints are the last resort: the other group's are not.
         for allow_ejected in [false, true] {
             let usable = |i: usize| {
                 let e = &eps[i];
@@ -356,40 +447,9 @@ impl Shared {
                 let _ = e.ejected_until.compare_exchange(until, 0, Relaxed, Relaxed);
                 true
             };
-            let found = match (&self.config.policy, key) {
-                (Policy::TenantHash { .. }, Some(k)) => table.ring.walk(k).find(|&i| usable(i)),
-                (Policy::LeastRequest, _) if least => {
-                    balance::least(n, self.rr.pick(n)?, |i| usable(i).then(|| table.cost(i)))
-                }
-                (Policy::LeastRequest, _) => balance::p2c(&table.order, |i| table.cost(i))
-                    .filter(|&i| usable(i))
-                    .or_else(|| balance::least(n, self.rr.pick(n)?, |i| usable(i).then(|| table.cost(i)))),
-                // A retry walks from a random turn: drawing turns would give
-                // the endpoint that failed the next first try as well.
-                _ if tried.len() > 0 => {
-                    let len = table.order.len();
-                    let start = (balance::random() % len.max(1) as u64) as usize;
-                    (0..len).map(|k| table.order[(start + k) % len] as usize).find(|&i| usable(i))
-                }
-                _ => {
-                    // An unusable turn draws the next turn rather than handing
-                    // it to its neighbour in the order, so the neighbour does
-                    // not get a double share while an endpoint is out.
-                    let len = table.order.len();
-                    let mut at = 0;
-                    let mut found = None;
-                    for _ in 0..len {
-                        at = self.rr.pick(len)?;
-                        let i = table.order[at] as usize;
-                        if usable(i) {
-                            found = Some(i);
-                            break;
-                        }
-                    }
-                    // Other requests' draws can interleave with ours: finish with a walk.
-                    found.or_else(|| (1..=len).map(|k| table.order[(at + k) % len] as usize).find(|&i| usable(i)))
-                }
-            };
+            let found = self
+                .pick_in(table, first, key, tried, least, &usable)
+                .or_else(|| self.pick_in(table, second?, key, tried, least, &usable));
             if let Some(i) = found {
                 return Some(eps[i].clone());
             }
@@ -398,6 +458,55 @@ impl Shared {
             }
         }
         None
+    }
+
+    /// Picks by policy among `group`'s `usable` endpoints.
+    fn pick_in(
+        &self,
+        table: &Table,
+        group: &Group,
+        key: Option<u64>,
+        tried: &Tried,
+        least: bool,
+        usable: &impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let rr = &self.rr[group.turns];
+        let members = &group.members;
+        let n = members.len();
+        let cost = |k: usize| {
+            let i = members[k] as usize;
+            usable(i).then(|| table.cost(i))
+        };
+        match (&self.config.policy, key) {
+            (Policy::TenantHash { .. }, Some(k)) => group.ring.walk(k).find(|&i| usable(i)),
+            (Policy::LeastRequest, _) if least => balance::least(n, rr.pick(n)?, cost).map(|k| members[k] as usize),
+            (Policy::LeastRequest, _) => balance::p2c(&group.order, |i| table.cost(i))
+                .filter(|&i| usable(i))
+                .or_else(|| balance::least(n, rr.pick(n)?, cost).map(|k| members[k] as usize)),
+            // A retry walks from a random turn: drawing turns would give
+            // the endpoint that failed the next first try as well.
+            _ if tried.len() > 0 => {
+                let len = group.order.len();
+                let start = (balance::random() % len.max(1) as u64) as usize;
+                (0..len).map(|k| group.order[(start + k) % len] as usize).find(|&i| usable(i))
+            }
+            _ => {
+                // An unusable turn draws the next turn rather than handing
+                // it to its neighbour in the order, so the neighbour does
+                // not get a double share while an endpoint is out.
+                let len = group.order.len();
+                let mut at = 0;
+                for _ in 0..len {
+                    at = rr.pick(len)?;
+                    let i = group.order[at] as usize;
+                    if usable(i) {
+                        return Some(i);
+                    }
+                }
+                // Other requests' draws can interleave with ours: finish with a walk.
+                (1..=len).map(|k| group.order[(at + k) % len] as usize).find(|&i| usable(i))
+            }
+        }
     }
 
     /// An outcome that does not count against an endpoint: the run of
@@ -483,31 +592,40 @@ fn duration_ms(d: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
     use super::*;
+    use crate::{Backend, Split};
 
     fn backend(id: &str, port: u16, revision: &str) -> Backend {
         Backend { id: id.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), weight: 1, revision: revision.into() }
+    }
+
+    fn of(backends: &[Backend]) -> Members {
+        Members::from(backends.to_vec())
     }
 
     #[test]
     fn counters_follow_id_and_revision_across_rebuilds_and_departures() {
         let mut ledger = Ledger::default();
         let policy = Policy::RoundRobin;
-        let first = Table::build(&[backend("a", 1, "r1"), backend("b", 2, "r1")], None, &policy, &mut ledger);
+        let first = Table::build(&of(&[backend("a", 1, "r1"), backend("b", 2, "r1")]), None, &policy, &mut ledger);
         ledger.set_members(&first);
         Counters::bump(&first.endpoints[0].counters.retries);
         // a moves to a new address: a new endpoint, the same counters.
-        let second = Table::build(&[backend("a", 9, "r1"), backend("b", 2, "r1")], Some(&first), &policy, &mut ledger);
+        let second =
+            Table::build(&of(&[backend("a", 9, "r1"), backend("b", 2, "r1")]), Some(&first), &policy, &mut ledger);
         ledger.set_members(&second);
         assert!(!Arc::ptr_eq(&first.endpoints[0], &second.endpoints[0]));
         assert!(Arc::ptr_eq(&first.endpoints[0].counters, &second.endpoints[0].counters));
         assert!(Arc::ptr_eq(&first.endpoints[1], &second.endpoints[1]), "b is unchanged");
         // a leaves, then comes back: counters continue.
-        let third = Table::build(&[backend("b", 2, "r1")], Some(&second), &policy, &mut ledger);
+        let third = Table::build(&of(&[backend("b", 2, "r1")]), Some(&second), &policy, &mut ledger);
         ledger.set_members(&third);
         let stats = ledger.snapshot(1);
         assert_eq!(stats.iter().map(|s| (s.id.as_str(), s.member)).collect::<Vec<_>>(), [("b", true), ("a", false)]);
-        let fourth = Table::build(&[backend("a", 9, "r1"), backend("b", 2, "r2")], Some(&third), &policy, &mut ledger);
+        let fourth =
+            Table::build(&of(&[backend("a", 9, "r1"), backend("b", 2, "r2")]), Some(&third), &policy, &mut ledger);
         ledger.set_members(&fourth);
         let stats = ledger.snapshot(1);
         let view: Vec<_> = stats.iter().map(|s| (s.id.as_str(), s.revision.as_str(), s.member, s.retries)).collect();
@@ -519,8 +637,12 @@ mod tests {
         let mut ledger = Ledger::default();
         let mut old: Option<Table> = None;
         for round in 0..(MAX_DEPARTED + 10) {
-            let next =
-                Table::build(&[backend("a", 1, &format!("r{round}"))], old.as_ref(), &Policy::RoundRobin, &mut ledger);
+            let next = Table::build(
+                &of(&[backend("a", 1, &format!("r{round}"))]),
+                old.as_ref(),
+                &Policy::RoundRobin,
+                &mut ledger,
+            );
             ledger.set_members(&next);
             old = Some(next);
         }
@@ -532,15 +654,198 @@ mod tests {
     #[test]
     fn in_flight_counts_members_and_departed_by_id() {
         let mut ledger = Ledger::default();
-        let first = Table::build(&[backend("a", 1, "r1")], None, &Policy::RoundRobin, &mut ledger);
+        let first = Table::build(&of(&[backend("a", 1, "r1")]), None, &Policy::RoundRobin, &mut ledger);
         ledger.set_members(&first);
         let held = InFlight::new(first.endpoints[0].clone());
-        let second = Table::build(&[backend("a", 1, "r2")], Some(&first), &Policy::RoundRobin, &mut ledger);
+        let second = Table::build(&of(&[backend("a", 1, "r2")]), Some(&first), &Policy::RoundRobin, &mut ledger);
         ledger.set_members(&second);
         let _also = InFlight::new(second.endpoints[0].clone());
         assert_eq!(ledger.in_flight("a"), 2);
         drop(held);
         assert_eq!(ledger.in_flight("a"), 1);
         assert_eq!(ledger.in_flight("b"), 0);
+    }
+
+    /// Split tests: a router's shared state over one table, with no listener.
+    struct Router {
+        shared: Shared,
+        tables: watch::Sender<Arc<Table>>,
+        ledger: Ledger,
+    }
+
+    impl Router {
+        fn new(policy: Policy, members: &Members) -> Router {
+            let mut ledger = Ledger::default();
+            let table = Table::build(members, None, &policy, &mut ledger);
+            ledger.set_members(&table);
+            let (tables, rx) = watch::channel(Arc::new(table));
+            let (_phase, phases) = watch::channel(Phase::Serving);
+            let config = Config { policy, ..Config::default() };
+            Router { shared: Shared::new(rx, config, Ledger::default(), phases), tables, ledger }
+        }
+
+        fn set(&mut self, members: &Members) {
+            let old = self.tables.borrow().clone();
+            let next = Table::build(members, Some(&old), &self.shared.config.policy, &mut self.ledger);
+            self.ledger.set_members(&next);
+            self.tables.send_replace(Arc::new(next));
+        }
+
+        /// The id of a first pick.
+        fn pick(&self, key: Option<u64>) -> String {
+            self.shared.select(key, &mut Tried::default(), false).unwrap().id().to_string()
+        }
+
+        fn endpoint(&self, id: &str) -> Arc<Endpoint> {
+            self.tables.borrow().endpoints.iter().find(|e| e.id() == id).unwrap().clone()
+        }
+    }
+
+    /// Stable s0..s{stable-1} at r1, canary c0..c{canary-1} at r2, a split of `permille` to r2.
+    fn canary(stable: usize, canary: usize, permille: u16) -> Members {
+        let mut backends: Vec<Backend> = (0..stable).map(|i| backend(&format!("s{i}"), 100 + i as u16, "r1")).collect();
+        backends.extend((0..canary).map(|i| backend(&format!("c{i}"), 200 + i as u16, "r2")));
+        Members { backends, split: Some(Split { revision: "r2".into(), permille }) }
+    }
+
+    fn tenant(k: usize) -> u64 {
+        balance::hash(format!("tenant-{k}").as_bytes())
+    }
+
+    fn tenant_hash() -> Policy {
+        Policy::TenantHash { header: hyper::http::HeaderName::from_static("x-tenant") }
+    }
+
+    #[test]
+    fn a_split_interleaves_requests_exactly_and_each_group_takes_turns() {
+        let router = Router::new(Policy::RoundRobin, &canary(3, 1, 100));
+        let picks: Vec<String> = (0..1000).map(|_| router.pick(None)).collect();
+        let at: Vec<usize> = (0..1000).filter(|&n| picks[n] == "c0").collect();
+        assert_eq!(at, (0..100).map(|k| 10 * k + 9).collect::<Vec<_>>(), "every tenth request, not in runs");
+        for s in ["s0", "s1", "s2"] {
+            assert_eq!(picks.iter().filter(|p| *p == s).count(), 300, "{s}");
+        }
+        // Least request picks within the group as well.
+        let router = Router::new(Policy::LeastRequest, &canary(3, 2, 250));
+        let canary_picks = (0..1000).filter(|_| router.pick(None).starts_with('c')).count();
+        assert_eq!(canary_picks, 250);
+        let least = |_: &i32| router.shared.select(None, &mut Tried::default(), true).unwrap().id().starts_with('c');
+        assert_eq!((0..1000).filter(least).count(), 250, "least connections (TCP)");
+    }
+
+    #[test]
+    fn a_split_with_an_empty_group_changes_nothing() {
+        for members in [
+            Members { split: Some(Split { revision: "r9".into(), permille: 500 }), ..canary(3, 0, 0) },
+            canary(3, 0, 500),
+            canary(0, 3, 0),
+        ] {
+            let router = Router::new(Policy::RoundRobin, &members);
+            assert!(router.tables.borrow().split.is_none());
+            let picks: Vec<String> = (0..6).map(|_| router.pick(None)).collect();
+            assert_eq!(picks[..3], picks[3..]);
+            assert_eq!(picks[..3].iter().collect::<BTreeSet<_>>().len(), 3, "{picks:?}");
+        }
+        // A canary of weight 0 (draining) is no canary.
+        let mut members = canary(2, 1, 1000);
+        members.backends[2].weight = 0;
+        assert!(Router::new(Policy::RoundRobin, &members).tables.borrow().split.is_none());
+        // More than 1000‰ is 1000‰.
+        let router = Router::new(Policy::RoundRobin, &canary(2, 1, 5000));
+        assert!((0..50).all(|_| router.pick(None) == "c0"));
+    }
+
+    #[test]
+    fn tenants_are_canary_by_bucket_nested_as_the_share_rises_and_sticky_in_their_group() {
+        let mut router = Router::new(tenant_hash(), &canary(3, 2, 100));
+        let mut sets: Vec<BTreeSet<usize>> = Vec::new();
+        let mut stable_owner: BTreeMap<usize, String> = BTreeMap::new();
+        for permille in [100, 300, 600] {
+            router.set(&canary(3, 2, permille));
+            let mut set = BTreeSet::new();
+            for k in 0..1000 {
+                let owner = router.pick(Some(tenant(k)));
+                assert!((0..3).all(|_| router.pick(Some(tenant(k))) == owner), "tenant-{k} moved");
+                if owner.starts_with('c') {
+                    set.insert(k);
+                } else {
+                    // A tenant that stays stable stays on the same instance.
+                    assert_eq!(stable_owner.entry(k).or_insert_with(|| owner.clone()), &owner, "tenant-{k}");
+                }
+                assert_eq!(owner.starts_with('c'), balance::split_bucket(tenant(k)) < permille);
+            }
+            assert!(set.len().abs_diff(usize::from(permille)) < 60, "{} at {permille}", set.len());
+            if let Some(before) = sets.last() {
+                assert!(before.is_subset(&set), "a canary tenant went back to stable at {permille}");
+            }
+            sets.push(set);
+        }
+        // Both canary instances serve tenants: each group has its own ring.
+        let owners: BTreeSet<String> = sets[2].iter().map(|&k| router.pick(Some(tenant(k)))).collect();
+        assert_eq!(owners.len(), 2, "{owners:?}");
+        // Which tenants are canary does not depend on the stable instances.
+        router.set(&canary(2, 2, 600));
+        let again: BTreeSet<usize> = (0..1000).filter(|&k| router.pick(Some(tenant(k))).starts_with('c')).collect();
+        assert_eq!(again, sets[2]);
+    }
+
+    #[test]
+    fn retries_stay_in_their_group_then_fall_back_to_the_other() {
+        let router = Router::new(Policy::RoundRobin, &canary(2, 2, 1000));
+        let mut tried = Tried::default();
+        let mut order = Vec::new();
+        while let Some(e) = router.shared.select(None, &mut tried, false) {
+            tried.push(&e);
+            order.push(e.id().to_string());
+        }
+        assert_eq!(order.len(), 4);
+        assert!(order[..2].iter().all(|id| id.starts_with('c')) && order[2..].iter().all(|id| id.starts_with('s')));
+        // A stable request's retry stays stable.
+        let router = Router::new(Policy::RoundRobin, &canary(2, 2, 0));
+        let mut tried = Tried::default();
+        let first = router.shared.select(None, &mut tried, false).unwrap();
+        tried.push(&first);
+        assert!(router.shared.select(None, &mut tried, false).unwrap().id().starts_with('s'));
+        // The group is the request's: a split changed under it does not move it.
+        let mut router = Router::new(Policy::RoundRobin, &canary(2, 2, 0));
+        let mut tried = Tried::default();
+        let first = router.shared.select(None, &mut tried, false).unwrap();
+        tried.push(&first);
+        router.set(&canary(2, 2, 1000));
+        assert!(router.shared.select(None, &mut tried, false).unwrap().id().starts_with('s'));
+    }
+
+    #[test]
+    fn an_ejected_group_falls_back_to_the_other_before_ejected_endpoints_serve() {
+        let router = Router::new(Policy::RoundRobin, &canary(2, 1, 1000));
+        let far = router.shared.now_ms() + 60_000;
+        router.endpoint("c0").ejected_until.store(far, Relaxed);
+        assert!((0..10).all(|_| router.pick(None).starts_with('s')));
+        // Everything ejected: the request's own group first.
+        for s in ["s0", "s1"] {
+            router.endpoint(s).ejected_until.store(far, Relaxed);
+        }
+        assert!((0..10).all(|_| router.pick(None) == "c0"));
+        // 0‰: the canary serves only when stable has nothing usable.
+        let router = Router::new(tenant_hash(), &canary(1, 1, 0));
+        assert!((0..100).all(|k| router.pick(Some(tenant(k))) == "s0"));
+        router.endpoint("s0").ejected_until.store(router.shared.now_ms() + 60_000, Relaxed);
+        assert!((0..100).all(|k| router.pick(Some(tenant(k))) == "c0"));
+    }
+
+    #[test]
+    fn the_ejection_cap_counts_every_endpoint_not_the_group() {
+        // 50% of four is two: both canaries can be out at once, though each is
+        // half of its group.
+        let router = Router::new(Policy::RoundRobin, &canary(2, 2, 100));
+        let now = router.shared.now_ms();
+        for id in ["c0", "c1", "s0"] {
+            let e = router.endpoint(id);
+            for _ in 0..router.shared.config.outlier.consecutive_failures {
+                router.shared.failed(&e);
+            }
+        }
+        let out: Vec<bool> = ["c0", "c1", "s0"].iter().map(|id| router.endpoint(id).ejected_at(now)).collect();
+        assert_eq!(out, [true, true, false]);
     }
 }

@@ -38,7 +38,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
     shared.budget.deposit();
     let mut tried = Tried::default();
-    let Some(mut endpoint) = shared.select(None, &tried, true) else {
+    let Some(mut endpoint) = shared.select(None, &mut tried, true) else {
         Counters::bump(&shared.unrouted);
         return;
     };
@@ -59,7 +59,7 @@ async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
                 Counters::bump(&counters.failures);
                 shared.failed(&guard.0);
                 if tried.len() < shared.config.retry.max_attempts
-                    && let Some(next) = shared.select(None, &tried, true)
+                    && let Some(next) = shared.select(None, &mut tried, true)
                 {
                     if shared.budget.withdraw() {
                         Counters::bump(&counters.retries);

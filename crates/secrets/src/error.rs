@@ -45,6 +45,8 @@ pub enum Error {
     #[error("could not {action} {}: {source}", path.display())]
     Io { path: PathBuf, action: &'static str, source: std::io::Error },
 
+    #[error("a sealed value cannot be opened: {0}")]
+    Sealed(String),
     #[error("the operating system's random number generator failed: {0}")]
     Random(String),
 }

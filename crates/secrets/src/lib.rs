@@ -3,11 +3,13 @@
 //! type that never shows its value in logs or error messages.
 
 mod error;
+mod sealed;
 mod secret;
 mod store;
 mod time;
 
 pub use error::Error;
+pub use sealed::{derive_key, open, seal};
 pub use secret::{Charset, Secret, generate};
 pub use store::{EntryInfo, Origin, Store};
 pub use time::{format_rfc3339, now_unix};

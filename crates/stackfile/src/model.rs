@@ -312,13 +312,24 @@ pub struct Probe {
     pub start_interval: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     Rolling,
     BlueGreen,
     Canary,
     Recreate,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Rolling => "rolling",
+            Strategy::BlueGreen => "blue_green",
+            Strategy::Canary => "canary",
+            Strategy::Recreate => "recreate",
+        }
+    }
 }
 
 /// `max_surge` / `max_unavailable`: a count of instances or a share of the replicas.

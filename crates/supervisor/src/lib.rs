@@ -6,6 +6,9 @@
 //! to the table, which bumps a generation counter that watchers (`up -d`, the
 //! gates of dependent services) wait on. Stopping goes in reverse dependency order.
 
+mod analysis;
+mod autoscale;
+pub mod history;
 pub mod instance;
 pub mod order;
 pub mod persist;
@@ -13,6 +16,7 @@ pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod reaper;
+mod rollout;
 mod routing;
 
 use std::collections::HashSet;
@@ -21,7 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, oneshot, watch};
-use tug_proto::spec::{Kind, ServiceSpec, StackSpec, UpRequest};
+use tug_proto::rollout::{AutoscaleStatus, HistoryEntry, Phase, RolloutStatus};
+use tug_proto::spec::{Kind, RolloutAction, ServiceSpec, StackSpec, Strategy, UpRequest};
 use tug_proto::status::{InstanceStatus, ServiceStatus, StackStatus, State, UpResponse};
 
 pub use instance::Control;
@@ -33,6 +38,8 @@ pub struct Config {
     pub host: String,
     /// Private ports for instances come from this range (inclusive).
     pub port_range: (u16, u16),
+    /// Seals each revision's spec in the rollout history (`undo`, crash recovery).
+    pub seal_key: Option<history::SealKey>,
 }
 
 impl Config {
@@ -61,8 +68,26 @@ pub(crate) struct Instance {
 }
 
 pub(crate) struct Service {
+    /// The revision it runs: a rollout's target while one is under way.
     pub spec: Arc<ServiceSpec>,
     pub active: bool,
+    /// During a rollout, the revision it replaces.
+    pub stable: Option<Arc<ServiceSpec>>,
+    /// The latest rollout (under way, or how the last one ended).
+    pub rollout: Option<RolloutStatus>,
+    /// Steers the rollout under way; `None` when none is.
+    pub steer: Option<mpsc::UnboundedSender<rollout::Steer>>,
+    pub autoscale: Option<AutoscaleStatus>,
+}
+
+impl Service {
+    fn new(spec: Arc<ServiceSpec>) -> Service {
+        Service { spec, active: false, stable: None, rollout: None, steer: None, autoscale: None }
+    }
+
+    fn rolling_out(&self) -> bool {
+        self.steer.is_some()
+    }
 }
 
 pub(crate) struct Table {
@@ -83,6 +108,8 @@ pub(crate) struct Inner {
     pub cgroups: tug_sys::cgroup::Support,
     /// The services' stable addresses (their `port`): routers, and the registry feeding them.
     pub routing: routing::Routing,
+    /// Revisions and rollouts, as `rollouts.json` holds them.
+    pub records: Mutex<history::Records>,
 }
 
 impl Inner {
@@ -101,6 +128,15 @@ impl Inner {
         persist.save(&self.config.state_dir, generation);
         self.changes.send_replace(generation);
         result
+    }
+
+    /// Changes the rollout records and writes them (atomically, before returning).
+    pub fn record(&self, change: impl FnOnce(&mut history::Records, Option<&history::SealKey>)) {
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut records, self.config.seal_key.as_ref());
+        if let Err(e) = records.save(&self.config.state_dir) {
+            eprintln!("tug: {e}");
+        }
     }
 }
 
@@ -124,7 +160,28 @@ impl Supervisor {
             notices: Vec::new(),
         };
         let routing = routing::Routing::new(&config.host);
-        Supervisor { inner: Arc::new(Inner { config, table: Mutex::new(table), changes, cgroups, routing }) }
+        let (records, problem) = match history::Records::load(&config.state_dir) {
+            Ok(records) => (records, None),
+            Err(e) => (history::Records::default(), Some(e)),
+        };
+        let inner = Arc::new(Inner {
+            config,
+            table: Mutex::new(table),
+            changes,
+            cgroups,
+            routing,
+            records: Mutex::new(records),
+        });
+        let supervisor = Supervisor { inner };
+        if let Some(problem) = problem {
+            supervisor.notice(problem);
+        }
+        supervisor
+    }
+
+    /// Starts the daemon's background work (the autoscaler). Must run inside the runtime.
+    pub fn start_background(&self) {
+        tokio::spawn(autoscale::run(self.clone()));
     }
 
     pub fn config(&self) -> &Config {
@@ -152,6 +209,9 @@ impl Supervisor {
                 replicas: s.spec.replicas,
                 port: s.spec.port,
                 active: s.active,
+                revision: s.spec.revision.clone(),
+                rollout: s.rollout.clone(),
+                autoscale: s.autoscale.clone(),
             })
             .collect();
         let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
@@ -255,33 +315,74 @@ impl Supervisor {
         let mut removed = Vec::new();
         let mut kept = Vec::new();
         let mut rescaled = Vec::new();
+        // Changed services that run: each is rolled out by its strategy (with the rollout it
+        // supersedes, if one is under way).
+        let mut deploys: Vec<(rollout::Plan, Option<mpsc::UnboundedSender<rollout::Steer>>)> = Vec::new();
+        let mut first_starts = Vec::new();
+        let mut recorded = Vec::new();
         inner.update(|t| {
             t.project = spec.project.clone();
             for (name, new) in &new_specs {
                 match t.services.get_mut(name) {
                     Some(service) if service.spec.revision == new.revision => {
-                        // How the router fronts it is outside the revision: no restart for that.
-                        if service.spec.route != new.route {
+                        // How the router fronts it, rolls it out or scales it is outside the
+                        // revision: no restart for that.
+                        if service.spec.route != new.route
+                            || service.spec.deploy != new.deploy
+                            || service.spec.autoscale != new.autoscale
+                        {
                             let mut updated = (*service.spec).clone();
                             updated.route = new.route.clone();
+                            updated.deploy = new.deploy.clone();
+                            updated.autoscale = new.autoscale.clone();
                             service.spec = Arc::new(updated);
                         }
                         // `tug scale` changes the count but not the revision. `up` goes back to the
                         // file's count (as Compose does): keeping the scaled one made `up -d` wait
-                        // forever for replicas the file asks for.
-                        if service.spec.replicas != new.replicas && wanted.contains(name) {
-                            rescaled.push((name.clone(), new.replicas));
+                        // forever for replicas the file asks for. An autoscaled service keeps
+                        // its count within its bounds.
+                        let wanted_replicas = replicas_for(new, Some(service.spec.replicas));
+                        if service.spec.replicas != wanted_replicas && wanted.contains(name) && !service.rolling_out() {
+                            rescaled.push((name.clone(), wanted_replicas));
                         }
                     }
                     // `up SERVICE` replaces only what it starts. Without this, a changed service
                     // it does not start lost its instances and was never started again.
                     Some(service) if !wanted.contains(name) => kept.push((name.clone(), service.spec.clone())),
                     Some(service) => {
-                        service.spec = new.clone();
-                        replaced.push(name.clone());
+                        let runs = t.instances.values().any(|i| i.status.service == *name && i.status.pid.is_some());
+                        let under_way = service.steer.clone();
+                        let stable = service.stable.clone().unwrap_or(service.spec.clone());
+                        let replicas = replicas_for(new, Some(stable.replicas));
+                        if new.kind == Kind::Service && service.active && runs && replicas > 0 {
+                            let (strategy, note) = effective_strategy(new);
+                            let mut to = (**new).clone();
+                            to.replicas = replicas;
+                            let plan = rollout::Plan {
+                                service: name.clone(),
+                                from: stable,
+                                to: Arc::new(to),
+                                replicas,
+                                strategy,
+                                first_step: 0,
+                                note,
+                                resume: false,
+                            };
+                            deploys.push((plan, under_way));
+                        } else if under_way.is_none() {
+                            service.spec = new.clone();
+                            replaced.push(name.clone());
+                        }
                     }
                     None => {
-                        t.services.insert(name.clone(), Service { spec: new.clone(), active: false });
+                        let mut service = Service::new(new.clone());
+                        if new.autoscale.is_some() {
+                            let mut scaled = (**new).clone();
+                            scaled.replicas = replicas_for(new, None);
+                            service.spec = Arc::new(scaled);
+                        }
+                        t.services.insert(name.clone(), service);
+                        recorded.push(name.clone());
                     }
                 }
             }
@@ -289,6 +390,11 @@ impl Supervisor {
                 removed = t.services.keys().filter(|n| !new_specs.contains_key(*n)).cloned().collect();
             }
             t.specs = new_specs.clone();
+            for (name, service) in &t.services {
+                if new_specs.contains_key(name) {
+                    t.specs.insert(name.clone(), service.spec.clone());
+                }
+            }
             for (name, old) in &kept {
                 t.specs.insert(name.clone(), old.clone());
             }
@@ -296,6 +402,19 @@ impl Supervisor {
                 t.specs.insert(name.clone(), t.services[name].spec.clone());
             }
         });
+        // Services new to this daemon: a rollout recorded as under way when the last daemon
+        // ended is resumed or rolled back; otherwise this is a first start, recorded.
+        let mut held_back = Vec::new();
+        for name in recorded.iter().filter(|n| wanted.contains(n)) {
+            match self.reconcile_rollout(name) {
+                Reconciled::Resume(plan) => {
+                    held_back.push(name.clone());
+                    deploys.push((plan, None));
+                }
+                Reconciled::RolledBack => held_back.push(name.clone()),
+                Reconciled::Nothing => first_starts.push(name.clone()),
+            }
+        }
         // Replaced services: their old instances go, new ones start gated as usual.
         for name in replaced.iter().chain(&removed) {
             for control in self.instance_controls(name) {
@@ -327,7 +446,13 @@ impl Supervisor {
                 }
             });
         }
+        let rollouts: Vec<String> = deploys.iter().map(|(plan, _)| plan.service.clone()).collect();
+        let mut rollouts_shown = rollouts.clone();
+        rollouts_shown.extend(held_back.iter().filter(|n| !rollouts.contains(n)).cloned());
         for name in &order::dependencies_first(&new_specs, &wanted) {
+            if rollouts.contains(name) {
+                continue;
+            }
             if !replaced.contains(name) {
                 self.activate(name, false);
                 continue;
@@ -344,10 +469,299 @@ impl Supervisor {
                 }
             });
         }
+        for name in first_starts.iter().chain(&replaced) {
+            self.record_start(name);
+        }
+        for (plan, under_way) in deploys {
+            match under_way {
+                None => rollout::begin(self, plan),
+                Some(steer) => {
+                    // The rollout under way winds down first (a canary or blue-green one goes
+                    // back to stable), then this one starts from the stable revision.
+                    let _ = steer.send(rollout::Steer::Supersede(plan.to.revision.clone()));
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let mut rx = this.inner.changes.subscribe();
+                        loop {
+                            let (done, stable) = {
+                                let t = this.inner.lock();
+                                match t.services.get(&plan.service) {
+                                    Some(s) => (s.steer.is_none(), s.spec.clone()),
+                                    None => return,
+                                }
+                            };
+                            if done {
+                                if this.inner.lock().shutting_down {
+                                    return;
+                                }
+                                rollout::begin(&this, rollout::Plan { from: stable, ..plan });
+                                return;
+                            }
+                            if rx.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        }
         if !notices.is_empty() {
             inner.update(|t| t.notices.extend(notices.iter().cloned()));
         }
-        Ok(UpResponse { services: wanted, notices })
+        Ok(UpResponse { services: wanted, notices, rollouts: rollouts_shown })
+    }
+
+    /// A rollout the last daemon recorded as under way, for a service this daemon has not run
+    /// yet. With the file still asking for the rollout's target, it resumes (the stable set
+    /// first, then the strategy from the recorded step); when that daemon was already rolling
+    /// back, the rollback is finished (the last good revision runs); when the file asks for
+    /// another revision, the rollout is recorded as rolled back and the file's revision starts.
+    fn reconcile_rollout(&self, name: &str) -> Reconciled {
+        let inner = &self.inner;
+        let key = inner.config.seal_key.as_ref();
+        let (record, new) = {
+            let records = inner.records.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(record) = records.services.get(name).cloned() else { return Reconciled::Nothing };
+            let Some(new) = inner.lock().services.get(name).map(|s| s.spec.clone()) else { return Reconciled::Nothing };
+            (record, new)
+        };
+        let Some(rollout) = record.rollout.clone().filter(|r| !r.phase.is_final()) else {
+            return Reconciled::Nothing;
+        };
+        let from = rollout.from_revision.as_deref().map(|r| record.spec(r, key));
+        let close = |phase: Phase, why: String, runs: Option<Arc<ServiceSpec>>| {
+            let now = tug_logs::format_time(std::time::SystemTime::now());
+            let mut status = rollout.clone();
+            status.phase = phase;
+            status.reason = Some(why.clone());
+            status.weight = 0;
+            status.finished_at = Some(now.clone());
+            status.updated_at = now.clone();
+            inner.update(|t| {
+                if let Some(s) = t.services.get_mut(name) {
+                    s.rollout = Some(status.clone());
+                    if let Some(runs) = &runs {
+                        s.spec = runs.clone();
+                        t.specs.insert(name.to_string(), runs.clone());
+                    }
+                }
+            });
+            inner.record(|records, _| {
+                let r = records.service(name);
+                r.rollout = Some(status.clone());
+                r.rolling_back = false;
+                if let Some(runs) = &runs {
+                    r.current = Some(runs.revision.clone());
+                }
+                if let Some(entry) = r.latest_mut(&rollout.to_revision) {
+                    entry.entry.outcome = phase;
+                    entry.entry.reason = Some(why.clone());
+                    entry.entry.finished_at = Some(now.clone());
+                }
+            });
+            eprintln!("tug: {name}: {why}");
+        };
+        match from {
+            Some(Ok(from)) if new.revision == rollout.to_revision => {
+                let mut from = from;
+                from.replicas = new.replicas;
+                let from = Arc::new(from);
+                if record.rolling_back {
+                    let why = format!(
+                        "the daemon ended while rolling back from {}; the rollback to {} was finished",
+                        rollout.to_revision, from.revision
+                    );
+                    close(Phase::RolledBack, why, Some(from));
+                    return Reconciled::RolledBack;
+                }
+                Reconciled::Resume(rollout::Plan {
+                    service: name.to_string(),
+                    from,
+                    to: new.clone(),
+                    replicas: new.replicas,
+                    strategy: rollout.strategy,
+                    first_step: rollout.step.unwrap_or(0),
+                    note: Some("resumed after the daemon restarted".into()),
+                    resume: true,
+                })
+            }
+            Some(Err(e)) if new.revision == rollout.to_revision => {
+                // Nothing to go back to: the file's revision starts, and the record says why.
+                close(Phase::Failed, format!("the daemon ended during the rollout, and it cannot resume: {e}"), None);
+                Reconciled::Nothing
+            }
+            _ => {
+                let why = format!(
+                    "the daemon ended during the rollout to {}; `up` then asked for revision {}",
+                    rollout.to_revision, new.revision
+                );
+                close(Phase::RolledBack, why, None);
+                Reconciled::Nothing
+            }
+        }
+    }
+
+    /// A service's first start on this daemon: recorded in its history (unless it runs the
+    /// revision the history already calls current), complete once every instance is up.
+    fn record_start(&self, name: &str) {
+        let Some(spec) = self.inner.lock().services.get(name).map(|s| s.spec.clone()) else { return };
+        if spec.kind != Kind::Service {
+            return;
+        }
+        let known = {
+            let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+            records.services.get(name).and_then(|r| r.current.clone())
+        };
+        if known.as_deref() == Some(&spec.revision) {
+            return;
+        }
+        let now = tug_logs::format_time(std::time::SystemTime::now());
+        self.inner.record(|records, key| {
+            let record = records.service(name);
+            let entry = HistoryEntry {
+                revision: spec.revision.clone(),
+                strategy: spec.deploy.strategy,
+                outcome: Phase::Progressing,
+                reason: Some("started".into()),
+                from_revision: known.clone(),
+                started_at: now,
+                finished_at: None,
+                current: false,
+                spec: serde_json::Value::Null,
+            };
+            record.push(&spec, entry, key);
+            record.current = Some(spec.revision.clone());
+        });
+        let this = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let mut rx = this.inner.changes.subscribe();
+            let outcome = loop {
+                let (up, failed, gone) = {
+                    let t = this.inner.lock();
+                    let rows: Vec<&InstanceStatus> = t
+                        .instances
+                        .values()
+                        .map(|i| &i.status)
+                        .filter(|i| i.service == name && i.revision == spec.revision)
+                        .collect();
+                    let up = rows.iter().filter(|i| i.state.is_up()).count();
+                    let failed = rows.iter().any(|i| i.state == State::Failed);
+                    let gone = t.services.get(&name).is_none_or(|s| s.spec.revision != spec.revision);
+                    (up >= spec.replicas as usize && !rows.is_empty(), failed, gone)
+                };
+                if up {
+                    break Some((Phase::Complete, None));
+                }
+                if failed {
+                    break Some((Phase::Failed, Some("an instance failed to start".to_string())));
+                }
+                if gone || rx.changed().await.is_err() {
+                    break None;
+                }
+            };
+            let Some((phase, reason)) = outcome else { return };
+            let now = tug_logs::format_time(std::time::SystemTime::now());
+            this.inner.record(|records, _| {
+                if let Some(entry) = records.service(&name).latest_mut(&spec.revision) {
+                    entry.entry.outcome = phase;
+                    entry.entry.reason = reason.or(Some("started".into()));
+                    entry.entry.finished_at = Some(now);
+                }
+            });
+        });
+    }
+
+    /// `tug rollout status SERVICE`.
+    pub fn rollout_status(&self, service: &str) -> Result<RolloutStatus, Error> {
+        let table = self.inner.lock();
+        let Some(s) = table.services.get(service) else {
+            return Err(Error::NotFound(format!("no service named `{service}`")));
+        };
+        if let Some(status) = &s.rollout {
+            return Ok(status.clone());
+        }
+        drop(table);
+        let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+        records.services.get(service).and_then(|r| r.rollout.clone()).ok_or_else(|| {
+            Error::NotFound(format!("`{service}` has had no rollout: it runs the revision it started with"))
+        })
+    }
+
+    /// `tug history SERVICE`: newest first.
+    pub fn history(&self, service: &str) -> Result<Vec<HistoryEntry>, Error> {
+        let known = self.inner.lock().services.contains_key(service);
+        let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+        if !known && !records.services.contains_key(service) {
+            return Err(Error::NotFound(format!("no service named `{service}`")));
+        }
+        Ok(records.history(service))
+    }
+
+    /// `tug rollout promote|abort|undo SERVICE`.
+    pub fn rollout_action(&self, service: &str, action: RolloutAction) -> Result<String, Error> {
+        self.refuse_if_shutting_down()?;
+        let (steer, phase, current) = {
+            let table = self.inner.lock();
+            let Some(s) = table.services.get(service) else {
+                return Err(Error::NotFound(format!("no service named `{service}`")));
+            };
+            (s.steer.clone(), s.rollout.as_ref().map(|r| r.phase), s.spec.clone())
+        };
+        match (action, steer) {
+            (RolloutAction::Promote, Some(steer)) => {
+                let _ = steer.send(rollout::Steer::Promote);
+                Ok(format!("promoting `{service}`"))
+            }
+            (RolloutAction::Abort, Some(steer)) => {
+                let _ = steer.send(rollout::Steer::Abort);
+                Ok(format!("aborting the rollout of `{service}`: all traffic goes back to the stable revision"))
+            }
+            (RolloutAction::Undo, Some(steer)) => {
+                let _ = steer.send(rollout::Steer::Undo);
+                let how = if phase == Some(Phase::Promoted) { "switching back to the old set" } else { "rolling back" };
+                Ok(format!("undoing the rollout of `{service}`: {how}"))
+            }
+            (RolloutAction::Promote | RolloutAction::Abort, None) => {
+                Err(Error::Conflict(format!("`{service}` has no rollout under way")))
+            }
+            (RolloutAction::Undo, None) => self.undo(service, current),
+        }
+    }
+
+    /// Back to the last revision that completed before the current one, by the service's
+    /// strategy but without canary steps (a canary undo rolls), and a blue-green one promoted
+    /// at once.
+    fn undo(&self, service: &str, current: Arc<ServiceSpec>) -> Result<String, Error> {
+        let key = self.inner.config.seal_key.as_ref();
+        let target = {
+            let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
+            let record = records.services.get(service).cloned().unwrap_or_default();
+            let revision = record.undo_target().ok_or_else(|| {
+                Error::Conflict(format!("`{service}` has no earlier revision that completed to go back to"))
+            })?;
+            record.spec(&revision, key).map_err(Error::Conflict)?
+        };
+        let mut to = target;
+        to.replicas = current.replicas;
+        let (mut strategy, note) = effective_strategy(&to);
+        if strategy == Strategy::Canary {
+            strategy = Strategy::Rolling;
+        }
+        to.deploy.auto_promote = true;
+        let revision = to.revision.clone();
+        let plan = rollout::Plan {
+            service: service.to_string(),
+            from: current.clone(),
+            replicas: current.replicas,
+            to: Arc::new(to),
+            strategy,
+            first_step: 0,
+            note: Some(format!("undo to {revision}{}", note.map(|n| format!("; {n}")).unwrap_or_default())),
+            resume: false,
+        };
+        rollout::begin(self, plan);
+        Ok(format!("rolling `{service}` back to revision {revision}"))
     }
 
     fn instance_controls(&self, service: &str) -> Vec<mpsc::UnboundedSender<Control>> {
@@ -545,6 +959,11 @@ impl Supervisor {
             let Some(s) = table.services.get(service) else {
                 return Err(Error::NotFound(format!("no service or job named `{service}`")));
             };
+            if s.rolling_out() {
+                return Err(Error::Conflict(format!(
+                    "`{service}` is being rolled out; scale it once `tug rollout status {service}` says it is done"
+                )));
+            }
             let rows: Vec<(u32, String)> = table
                 .instances
                 .values()
@@ -626,6 +1045,37 @@ impl Supervisor {
         self.inner.routing.leave().await;
         persist::Record::default().save(&self.inner.config.state_dir, u64::MAX);
     }
+}
+
+enum Reconciled {
+    Resume(rollout::Plan),
+    /// The last good revision starts; the record says the rollout was rolled back.
+    RolledBack,
+    Nothing,
+}
+
+/// The replicas a service runs: the file's, or, when autoscaled, `current` (or the file's)
+/// kept within its bounds.
+fn replicas_for(spec: &ServiceSpec, current: Option<u32>) -> u32 {
+    match &spec.autoscale {
+        Some(a) => current.unwrap_or(spec.replicas).clamp(a.min, a.max.max(a.min)),
+        None => spec.replicas,
+    }
+}
+
+/// The strategy a service can have: a canary or blue-green deploy needs the router in front
+/// of it, and an instance that binds its fixed port itself cannot run beside its replacement.
+fn effective_strategy(spec: &ServiceSpec) -> (Strategy, Option<String>) {
+    let strategy = spec.deploy.strategy;
+    if spec.port.is_some() && !spec.proxy && strategy != Strategy::Recreate {
+        let why = "its instance binds its fixed port itself (proxy: false), so it is recreated";
+        return (Strategy::Recreate, Some(why.into()));
+    }
+    if matches!(strategy, Strategy::Canary | Strategy::BlueGreen) && !(spec.port.is_some() && spec.proxy) {
+        let why = format!("{} needs the router (a `port`): rolled out as rolling", strategy.as_str());
+        return (Strategy::Rolling, Some(why));
+    }
+    (strategy, None)
 }
 
 /// The stack file checks all of this; the API is reachable without it, so the
@@ -719,6 +1169,8 @@ mod tests {
             cpu: None,
             log_max_size: 1 << 20,
             log_max_files,
+            deploy: Default::default(),
+            autoscale: None,
             revision: String::new(),
         };
         spec.revision = spec.compute_revision();

@@ -19,7 +19,7 @@ use tug_proto::spec::{Balance, Kind, Protocol, RouteSpec, ServiceSpec};
 use tug_proto::stats::{Counters, InstanceStats, Latency, RevisionStats, ServiceStats, StatsResponse, StatusClasses};
 use tug_proto::status::{RegistryStatus, State};
 use tug_registry::{AnyRegistry, Entry, Membership, Registry, Status};
-use tug_router::{Backend, Router};
+use tug_router::{Backend, Members, Router, Split};
 
 use crate::Inner;
 
@@ -49,6 +49,8 @@ struct RoutingState {
     membership: Arc<Membership>,
     /// The last registration's error, if it failed.
     register_error: Option<String>,
+    /// Which of a service's instances its routers send to (by front key); `All` when absent.
+    selections: HashMap<String, Selection>,
     /// The task that keeps this host's entries (and its routers) in step with the table runs.
     following_table: bool,
     data_plane: Option<Arc<DataPlane>>,
@@ -71,7 +73,26 @@ impl Drop for Attached {
     }
 }
 
+/// Which ready instances of a service a router sends requests to: a rollout's lever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Every ready instance, whatever its revision.
+    All,
+    /// Only those of one revision (blue-green: the active set; a preview port: the new one).
+    Only(String),
+    /// A canary: `permille` thousandths of requests to instances of `canary`, the rest to the
+    /// others.
+    Split { canary: String, permille: u16 },
+}
+
+/// The key of a service's preview front (`deploy.preview_port`): `@` is never in a service name.
+fn preview_key(service: &str) -> String {
+    format!("{service}@preview")
+}
+
 struct Front {
+    /// The service it fronts (the map's key is this, or its preview key).
+    service: String,
     port: u16,
     route: RouteSpec,
     /// The socket bound at `up`: each router serves a clone of it, so replacing the router
@@ -79,7 +100,7 @@ struct Front {
     listener: std::net::TcpListener,
     /// One router per data-plane thread, all accepting on clones of `listener`.
     routers: Vec<Router>,
-    members: watch::Sender<Arc<Vec<Backend>>>,
+    members: watch::Sender<Arc<Members>>,
     /// Grace for a retired router's requests in flight (the service's stop grace period).
     grace: Duration,
 }
@@ -228,7 +249,45 @@ impl Routing {
     /// settings on the same port get a new router on the same socket; the old one drains.
     pub fn open(&self, spec: &ServiceSpec) -> Result<(), String> {
         let Some(port) = spec.port else { return Ok(()) };
-        let name = &spec.name;
+        self.open_front(&spec.name, spec, port)
+    }
+
+    /// Serves the instances of `spec`'s revision alone on `port` (blue-green's `preview_port`).
+    pub fn open_preview(&self, spec: &ServiceSpec, port: u16) -> Result<(), String> {
+        let key = preview_key(&spec.name);
+        self.lock().selections.insert(key.clone(), Selection::Only(spec.revision.clone()));
+        let opened = self.open_front(&key, spec, port);
+        if opened.is_err() {
+            self.lock().selections.remove(&key);
+        }
+        opened
+    }
+
+    pub fn close_preview(&self, service: &str) {
+        let key = preview_key(service);
+        let front = {
+            let mut state = self.lock();
+            state.selections.remove(&key);
+            state.fronts.remove(&key)
+        };
+        if let Some(front) = front {
+            front.retire();
+        }
+    }
+
+    /// Sets which instances of `service` its routers send to, at once (one membership change
+    /// per router: the switch of a blue-green deploy is atomic).
+    pub fn select(&self, service: &str, selection: Selection) {
+        let mut state = self.lock();
+        if selection == Selection::All {
+            state.selections.remove(service);
+        } else {
+            state.selections.insert(service.to_string(), selection);
+        }
+        publish(&state, &self.host);
+    }
+
+    fn open_front(&self, name: &String, spec: &ServiceSpec, port: u16) -> Result<(), String> {
         let config = router_config(&spec.route)?;
         let protocol = match spec.route.protocol {
             Protocol::Http => tug_router::Protocol::Http,
@@ -269,7 +328,7 @@ impl Routing {
             }
         };
         // Members are computed and the front inserted under one lock, so no publish is missed.
-        let (members, rx) = watch::channel(Arc::new(backends_of(&state, &self.host, name)));
+        let (members, rx) = watch::channel(Arc::new(members_of(&state, &self.host, name, &spec.name)));
         let mut routers = Vec::with_capacity(data_plane.handles.len());
         for handle in &data_plane.handles {
             // The router's tasks are spawned on that thread's runtime.
@@ -284,7 +343,8 @@ impl Routing {
                 }
             }
         }
-        let front = Front { port, route: spec.route.clone(), listener, routers, members, grace };
+        let front =
+            Front { service: spec.name.clone(), port, route: spec.route.clone(), listener, routers, members, grace };
         state.fronts.insert(name.clone(), front);
         drop(state);
         if let Some(old) = old {
@@ -295,10 +355,15 @@ impl Routing {
 
     /// Stops serving `service`'s port: no new connections; requests in flight finish.
     pub fn close(&self, service: &str) {
-        let front = self.lock().fronts.remove(service);
+        let front = {
+            let mut state = self.lock();
+            state.selections.remove(service);
+            state.fronts.remove(service)
+        };
         if let Some(front) = front {
             front.retire();
         }
+        self.close_preview(service);
     }
 
     /// `down`: every router stops accepting, HTTP/2 clients get GOAWAY, and what is in flight
@@ -357,7 +422,8 @@ impl Routing {
         }
         let deadline = started + grace / 2;
         loop {
-            let busy = self.lock().fronts.get(service).map_or(0, |f| f.in_flight(&id));
+            let busy: usize =
+                self.lock().fronts.values().filter(|f| f.service == service).map(|f| f.in_flight(&id)).sum();
             if busy == 0 || Instant::now() >= deadline {
                 break;
             }
@@ -407,7 +473,12 @@ impl Routing {
     /// Every router's counters, per service, revision and instance.
     pub fn stats(&self, only: Option<&str>) -> StatsResponse {
         let state = self.lock();
-        let mut names: Vec<&String> = state.fronts.keys().filter(|n| only.is_none_or(|o| o == n.as_str())).collect();
+        let mut names: Vec<&String> = state
+            .fronts
+            .iter()
+            .filter(|(key, f)| **key == f.service && only.is_none_or(|o| o == key.as_str()))
+            .map(|(key, _)| key)
+            .collect();
         names.sort();
         let services = names
             .into_iter()
@@ -478,20 +549,32 @@ fn local_entries(inner: &Inner, routing: &Routing) -> Vec<Entry> {
     entries
 }
 
-fn backends_of(state: &RoutingState, host: &str, service: &str) -> Vec<Backend> {
+/// The members of the front `key` (of `service`): its ready instances, this host's and the
+/// registry's, as the front's selection picks them.
+fn members_of(state: &RoutingState, host: &str, key: &str, service: &str) -> Members {
+    let selection = state.selections.get(key).unwrap_or(&Selection::All);
     let local = state.local.iter();
     let remote = state.membership.entries.iter().filter(|e| e.host != host);
-    local
+    let backends = local
         .chain(remote)
         .filter(|e| e.service == service && e.ready && e.weight > 0)
+        .filter(|e| match selection {
+            Selection::Only(revision) => &e.revision == revision,
+            _ => true,
+        })
         .map(|e| Backend { id: e.instance.clone(), addr: e.address, weight: e.weight, revision: e.revision.clone() })
-        .collect()
+        .collect();
+    let split = match selection {
+        Selection::Split { canary, permille } => Some(Split { revision: canary.clone(), permille: *permille }),
+        _ => None,
+    };
+    Members { backends, split }
 }
 
 /// Hands every router its members, waking it only when they changed.
 fn publish(state: &RoutingState, host: &str) {
-    for (name, front) in &state.fronts {
-        let next = backends_of(state, host, name);
+    for (key, front) in &state.fronts {
+        let next = members_of(state, host, key, &front.service);
         front.members.send_if_modified(|current| {
             if **current == next {
                 false

@@ -19,7 +19,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
 use tug_proto::auth::{ApiKey, Verifier};
-use tug_proto::spec::{MAX_REPLICAS, ScaleRequest, TargetsRequest, UpRequest};
+use tug_proto::spec::{MAX_REPLICAS, RolloutRequest, ScaleRequest, TargetsRequest, UpRequest};
 use tug_supervisor::{Config, Error, Supervisor};
 
 /// Largest request body accepted (a stack spec of thousands of services fits).
@@ -251,8 +251,10 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         let pid_file = state_dir.join(tug_proto::PID_FILE);
         tug_supervisor::persist::write_atomic(&pid_file, format!("{}\n", std::process::id()).as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", pid_file.display()))?;
-        let config = Config { state_dir: state_dir.to_path_buf(), host: advertise, port_range };
+        let seal_key = Some(tug_supervisor::history::SealKey::from_api_key(key.bytes()));
+        let config = Config { state_dir: state_dir.to_path_buf(), host: advertise, port_range, seal_key };
         let supervisor = Supervisor::new(config);
+        supervisor.start_background();
         for notice in notices {
             supervisor.notice(notice);
         }
@@ -422,6 +424,27 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
                 Err(e) => supervisor_error(e),
             }
         }
+        (&Method::GET, "/v1/rollout") => match query_text(&target, "service") {
+            Some(service) => match supervisor.rollout_status(service) {
+                Ok(status) => json(StatusCode::OK, &status),
+                Err(e) => supervisor_error(e),
+            },
+            None => error(StatusCode::BAD_REQUEST, "say which service: /v1/rollout?service=NAME"),
+        },
+        (&Method::GET, "/v1/history") => match query_text(&target, "service") {
+            Some(service) => match supervisor.history(service) {
+                Ok(entries) => json(StatusCode::OK, &entries),
+                Err(e) => supervisor_error(e),
+            },
+            None => error(StatusCode::BAD_REQUEST, "say which service: /v1/history?service=NAME"),
+        },
+        (&Method::POST, "/v1/rollout") => match parse::<RolloutRequest>(&body) {
+            Ok(request) => match supervisor.rollout_action(&request.service, request.action) {
+                Ok(message) => json(StatusCode::OK, &serde_json::json!({ "message": message })),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
         (&Method::POST, "/v1/down") => {
             app.shutdown.notify_one();
             json(StatusCode::ACCEPTED, &serde_json::json!({ "daemon_pid": std::process::id() }))
@@ -429,7 +452,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
         (
             _,
             "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart"
-            | "/v1/scale" | "/v1/down",
+            | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };

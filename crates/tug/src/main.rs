@@ -7,6 +7,7 @@ mod client;
 mod daemon;
 mod logs;
 mod output;
+mod rollout;
 mod run;
 mod secrets;
 mod stack;
@@ -16,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tug_proto::spec::RolloutAction;
 
 #[derive(Parser)]
 #[command(
@@ -80,6 +82,29 @@ enum Command {
         #[arg(value_name = "SERVICE")]
         services: Vec<String>,
     },
+    /// Apply the stack file's changes: new services start, removed ones stop, changed ones roll
+    /// out by their `deploy.strategy`; waits until every rollout ends (exit 1 if one was rolled back)
+    Deploy {
+        /// Return once the daemon accepted the change
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long (e.g. 10m); the rollouts go on
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// A service's rollout: status, or promote, abort, undo
+    #[command(subcommand)]
+    Rollout(RolloutCommand),
+    /// A service's revisions, newest first: strategy, outcome, times
+    History {
+        /// Print a JSON array
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "SERVICE")]
+        service: String,
+    },
     /// Stop everything in reverse dependency order; returns when all is gone
     Down,
     /// The routers' counters: requests by status class, latency, retries, ejections, per revision and instance
@@ -139,6 +164,32 @@ enum Command {
         serve: bool,
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Where the service's latest rollout stands
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "SERVICE")]
+        service: String,
+    },
+    /// Blue-green: switch to the new set now; canary: skip the remaining steps
+    Promote {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+    },
+    /// Stop the rollout under way; all traffic goes back to the stable revision
+    Abort {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+    },
+    /// Go back to the last revision that completed before the current one
+    Undo {
+        #[arg(value_name = "SERVICE")]
+        service: String,
     },
 }
 
@@ -204,8 +255,19 @@ fn main() -> ExitCode {
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
         Command::Up { detach, timeout, advertise, services } => {
-            run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout })
+            run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout, deploy: false, no_wait: false })
         }
+        Command::Deploy { detach, timeout, services } => run::up(
+            &cli.stack,
+            run::UpOptions { detach: true, advertise: None, services, timeout, deploy: true, no_wait: detach },
+        ),
+        Command::Rollout(command) => match command {
+            RolloutCommand::Status { json, service } => rollout::status(&cli.stack, &service, json),
+            RolloutCommand::Promote { service } => rollout::act(&cli.stack, &service, RolloutAction::Promote),
+            RolloutCommand::Abort { service } => rollout::act(&cli.stack, &service, RolloutAction::Abort),
+            RolloutCommand::Undo { service } => rollout::act(&cli.stack, &service, RolloutAction::Undo),
+        },
+        Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down => run::down(&cli.stack),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tug_proto::auth::ApiKey;
+use tug_proto::rollout::Phase;
 use tug_proto::spec::{self as proto, CommandSpec, ScaleRequest, StackSpec, TargetsRequest, UpRequest, Value};
 use tug_proto::status::{InstanceStatus, StackStatus, State, UpResponse};
 use tug_stackfile::model::{self, Check, Command, Text};
@@ -46,6 +47,29 @@ fn probe(probe: &model::Probe) -> proto::Probe {
         retries: probe.retries,
         start_period_ms: ms(probe.start_period),
         start_interval_ms: ms(probe.start_interval),
+    }
+}
+
+fn deploy_spec(d: &model::Deploy) -> proto::DeploySpec {
+    let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+    let amount = |a: model::Amount| match a {
+        model::Amount::Count(n) => proto::Amount::Count(n),
+        model::Amount::Percent(p) => proto::Amount::Percent(p.0),
+    };
+    proto::DeploySpec {
+        strategy: d.strategy,
+        max_surge: amount(d.max_surge),
+        max_unavailable: amount(d.max_unavailable),
+        min_ready_ms: ms(d.min_ready),
+        steps: if d.steps.is_empty() { vec![10, 50, 100] } else { d.steps.clone() },
+        step_duration_ms: ms(d.step_duration),
+        max_error_rate: d.analysis.max_error_rate.map(|p| p.0 / 100.0),
+        max_p99_ms: d.analysis.max_p99.map(ms),
+        min_requests: d.analysis.min_requests,
+        preview_port: d.preview_port,
+        auto_promote: d.auto_promote,
+        scale_down_delay_ms: ms(d.scale_down_delay),
+        progress_deadline_ms: ms(d.progress_deadline),
     }
 }
 
@@ -90,6 +114,15 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 cpu: s.resources.cpu,
                 log_max_size: s.logs.max_size.0,
                 log_max_files: s.logs.max_files,
+                deploy: deploy_spec(&s.deploy),
+                autoscale: s.autoscale.as_ref().map(|a| proto::AutoscaleSpec {
+                    min: a.min,
+                    max: a.max,
+                    cpu_percent: a.cpu.map(|p| p.0),
+                    memory_percent: a.memory.map(|p| p.0),
+                    requests_per_second: a.requests_per_second,
+                    scale_down_stabilization_ms: ms(a.scale_down_stabilization),
+                }),
                 revision: String::new(),
             };
             spec.revision = spec.compute_revision();
@@ -251,6 +284,10 @@ pub struct UpOptions {
     pub advertise: Option<String>,
     pub services: Vec<String>,
     pub timeout: Option<Duration>,
+    /// `tug deploy` (always detached from the logs): progress is shown.
+    pub deploy: bool,
+    /// `tug deploy --detach`: return once the daemon accepted the change.
+    pub no_wait: bool,
 }
 
 pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
@@ -293,7 +330,14 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     for notice in &answer.notices {
         eprintln!("{}", output::warning_line(notice));
     }
-    let outcome = wait_up(&client, &answer.services, &request.spec, options.timeout, !options.detach)?;
+    if options.no_wait {
+        for name in &answer.rollouts {
+            eprintln!("{name}: rolling out (`tug rollout status {name}` follows it)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let progress = !options.detach || options.deploy;
+    let outcome = wait_up(&client, &answer.services, &answer.rollouts, &request.spec, options.timeout, progress)?;
     if options.detach {
         return match outcome {
             Waited::Up => Ok(ExitCode::SUCCESS),
@@ -363,10 +407,12 @@ fn report_instances(client: &Client, services: &[String]) -> Vec<InstanceStatus>
 }
 
 /// Waits until every instance of `services` (of the current revision) is up, or
-/// one fails. With `progress`, prints each service's state as it changes.
+/// one fails, and every rollout of `rollouts` has ended (or waits for a person). With
+/// `progress`, prints each service's state as it changes.
 fn wait_up(
     client: &Client,
     services: &[String],
+    rollouts: &[String],
     spec: &StackSpec,
     timeout: Option<Duration>,
     progress: bool,
@@ -383,7 +429,34 @@ fn wait_up(
         generation = status.generation;
         let mut all_up = true;
         let mut lines = Vec::new();
+        let mut rollout_failures = Vec::new();
+        for name in rollouts {
+            let rollout = status.services.iter().find(|s| &s.name == name).and_then(|s| s.rollout.as_ref());
+            let Some(rollout) = rollout else {
+                all_up = false;
+                continue;
+            };
+            let (mark, done) = match rollout.phase {
+                Phase::Complete | Phase::Promoted | Phase::Paused => (Mark::Up, true),
+                Phase::RolledBack | Phase::Failed => (Mark::Failed, true),
+                Phase::Progressing => (Mark::Waiting, false),
+            };
+            all_up &= done && mark == Mark::Up;
+            if mark == Mark::Failed {
+                rollout_failures.push(format!("{name}: {}", crate::rollout::describe_end(rollout)));
+            }
+            lines.push((name.clone(), mark, crate::rollout::summary(rollout)));
+        }
+        if !rollout_failures.is_empty() {
+            if progress {
+                display.show(&lines);
+            }
+            return Ok(Waited::Failed(rollout_failures.join("\n")));
+        }
         for name in services {
+            if rollouts.contains(name) {
+                continue;
+            }
             let Some(service) = spec.services.iter().find(|s| &s.name == name) else { continue };
             let rows: Vec<&InstanceStatus> =
                 status.instances.iter().filter(|i| &i.service == name && i.revision == service.revision).collect();
@@ -403,7 +476,8 @@ fn wait_up(
         if progress {
             display.show(&lines);
         }
-        let failed = failed_instances(&status, services);
+        let steady: Vec<String> = services.iter().filter(|s| !rollouts.contains(s)).cloned().collect();
+        let failed = failed_instances(&status, &steady);
         if !failed.is_empty() {
             return Ok(Waited::Failed(describe_failures(&failed)));
         }
@@ -656,7 +730,7 @@ pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn running_client(args: &StackArgs) -> Result<Client, String> {
+pub(crate) fn running_client(args: &StackArgs) -> Result<Client, String> {
     let (_, client) = connect(args, false)?;
     client.ok_or_else(|| "nothing is running for this stack: start it with `tug up`".to_string())
 }

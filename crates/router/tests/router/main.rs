@@ -7,6 +7,7 @@ mod lifecycle;
 mod outlier;
 mod protocols;
 mod retry;
+mod split;
 mod stats;
 mod support;
 mod tcp;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tug_router::{Backend, Config, EndpointStats, Protocol, Router};
+use tug_router::{Backend, Config, EndpointStats, Members, Protocol, Router};
 
 /// A backend that answers every request with its id. Paths:
 /// - `/slow?ms=N`: waits N ms (600 by default) first;
@@ -278,12 +278,13 @@ impl EchoBackend {
 /// A router on a free loopback port, with the sender of its membership.
 pub struct Fixture {
     pub router: Router,
-    pub members: watch::Sender<Arc<Vec<Backend>>>,
+    pub members: watch::Sender<Arc<Members>>,
 }
 
 impl Fixture {
-    pub fn start(protocol: Protocol, config: Config, backends: Vec<Backend>) -> Fixture {
-        let (members, rx) = watch::channel(Arc::new(backends));
+    /// `members`: a `Vec<Backend>` (no split) or [`Members`].
+    pub fn start(protocol: Protocol, config: Config, members: impl Into<Members>) -> Fixture {
+        let (members, rx) = watch::channel(Arc::new(members.into()));
         let router = Router::bind("127.0.0.1:0".parse().unwrap(), protocol, config, rx).unwrap();
         Fixture { router, members }
     }
@@ -292,8 +293,9 @@ impl Fixture {
         self.router.local_addr()
     }
 
-    pub fn set(&self, backends: Vec<Backend>) {
-        self.members.send_replace(Arc::new(backends));
+    /// Sends new membership: a `Vec<Backend>` (no split) or [`Members`].
+    pub fn set(&self, members: impl Into<Members>) {
+        self.members.send_replace(Arc::new(members.into()));
     }
 
     /// The stats of (id, revision).

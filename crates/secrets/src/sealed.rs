@@ -1,0 +1,72 @@
+//! Small sealed blobs: a value that must be kept at rest but never readable there (the daemon's
+//! record of each deployed revision's spec, whose environment carries secrets), encrypted
+//! with XChaCha20-Poly1305 under a key the caller derives and never stores beside it.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::{Error, fill_random};
+
+const NONCE_LEN: usize = 24;
+
+/// A 32-byte key for [`seal`] and [`open`], derived from `material` (such as the API key) and a
+/// purpose, so one secret yields unrelated keys for unrelated uses.
+pub fn derive_key(purpose: &str, material: &[u8]) -> Zeroizing<[u8; 32]> {
+    let mut hasher = Sha256::new();
+    hasher.update(b"tug sealed key\0");
+    hasher.update(purpose.as_bytes());
+    hasher.update([0]);
+    hasher.update(material);
+    Zeroizing::new(hasher.finalize().into())
+}
+
+/// `plaintext` encrypted under a fresh nonce, as base64 text (nonce, then ciphertext and tag).
+pub fn seal(key: &[u8; 32], plaintext: &[u8]) -> Result<String, Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let mut buf = Zeroizing::new(plaintext.to_vec());
+    XChaCha20Poly1305::new(key.into())
+        .encrypt_in_place(&XNonce::from(nonce), b"tug sealed v1", &mut *buf)
+        .map_err(|_| Error::Sealed("cannot encrypt".into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&buf);
+    Ok(STANDARD.encode(out))
+}
+
+/// The plaintext of [`seal`]'s output, or why it cannot be had (another key, damage).
+pub fn open(key: &[u8; 32], sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
+    let bytes = STANDARD.decode(sealed.trim()).map_err(|_| Error::Sealed("it is not base64".into()))?;
+    if bytes.len() < NONCE_LEN {
+        return Err(Error::Sealed("it is too short".into()));
+    }
+    let (nonce, ciphertext) = bytes.split_at(NONCE_LEN);
+    let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| Error::Sealed("its nonce is damaged".into()))?;
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place(&XNonce::from(nonce), b"tug sealed v1", &mut *buf)
+        .map_err(|_| Error::Sealed("it was sealed with another key, or modified".into()))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_text_opens_only_with_its_key() {
+        let key = derive_key("history", b"api key one");
+        let other = derive_key("history", b"api key two");
+        assert_ne!(*key, *derive_key("other purpose", b"api key one"));
+        let sealed = seal(&key, b"DB_PASSWORD=hunter2").unwrap();
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(&**open(&key, &sealed).unwrap(), b"DB_PASSWORD=hunter2");
+        assert!(open(&other, &sealed).unwrap_err().to_string().contains("another key"));
+        assert!(open(&key, "not base64!").is_err());
+        assert!(open(&key, "AAAA").is_err());
+        assert_ne!(seal(&key, b"x").unwrap(), seal(&key, b"x").unwrap(), "a fresh nonce each time");
+    }
+}
