@@ -16,12 +16,12 @@ pub struct Limits {
     pub min_requests: u64,
 }
 
-/// A canary worse than stable fails even under loose limits: its error rate is more than
-/// [`ERROR_MARGIN`] above stable's, and that difference is significant (a two-proportion z
-/// test above [`Z_FAIL`], one-sided p < 0.001), or its p99 is more than [`P99_FACTOR`] times
-/// stable's and at least [`P99_MARGIN`] more.
+/// A canary worse than stable fails even under loose limits: its errors are too many to come
+/// from an error rate [`ERROR_MARGIN`] above stable's (a one-sided binomial test, p below
+/// [`SIGNIFICANCE`]), or its p99 is more than [`P99_FACTOR`] times stable's and at least
+/// [`P99_MARGIN`] more.
 pub const ERROR_MARGIN: f64 = 0.01;
-pub const Z_FAIL: f64 = 3.09;
+pub const SIGNIFICANCE: f64 = 0.001;
 pub const P99_FACTOR: f64 = 2.0;
 pub const P99_MARGIN: Duration = Duration::from_millis(20);
 /// Fewer requests than this on a side make its p99 too noisy to compare.
@@ -131,8 +131,8 @@ pub fn judge(m: Measured, limits: &Limits) -> Verdict {
     }
     // Against stable, when both sides have enough requests.
     if c.requests >= limits.min_requests.max(1) && s.requests >= limits.min_requests.max(1) {
-        let z = z_score(c.errors, c.requests, s.errors, s.requests);
-        if c.error_rate - s.error_rate > ERROR_MARGIN && z > Z_FAIL {
+        let tolerated = (s.error_rate + ERROR_MARGIN).min(1.0);
+        if c.error_rate > tolerated && binomial_tail(c.requests, c.errors, tolerated) < SIGNIFICANCE {
             let why = format!(
                 "error rate {} ({} of {}) is worse than stable's {} ({} of {})",
                 percent(c.error_rate),
@@ -161,18 +161,34 @@ pub fn judge(m: Measured, limits: &Limits) -> Verdict {
     Verdict::Pass(m)
 }
 
-/// How far the canary's error proportion is above stable's, in standard errors (pooled).
-fn z_score(c_errors: u64, c_n: u64, s_errors: u64, s_n: u64) -> f64 {
-    if c_n == 0 || s_n == 0 {
+/// P(X >= k) for X ~ Binomial(n, p): how likely `k` or more errors in `n` requests are at the
+/// error rate `p`. Summed in log space from `k` up until the terms stop mattering.
+fn binomial_tail(n: u64, k: u64, p: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if k > n || p <= 0.0 {
         return 0.0;
     }
-    let (c_n, s_n) = (c_n as f64, s_n as f64);
-    let pooled = (c_errors + s_errors) as f64 / (c_n + s_n);
-    let se = (pooled * (1.0 - pooled) * (1.0 / c_n + 1.0 / s_n)).sqrt();
-    if se == 0.0 {
-        return 0.0;
+    if p >= 1.0 {
+        return 1.0;
     }
-    (c_errors as f64 / c_n - s_errors as f64 / s_n) / se
+    let (nf, kf) = (n as f64, k as f64);
+    // ln C(n, k) = sum over j of ln((n - k + j) / j).
+    let ln_choose: f64 = (1..=k).map(|j| ((nf - kf + j as f64) / j as f64).ln()).sum();
+    let mut ln_term = ln_choose + kf * p.ln() + (nf - kf) * (1.0 - p).ln();
+    let mut total = 0.0;
+    let ratio = (p / (1.0 - p)).ln();
+    for i in k..=n {
+        let term = ln_term.exp();
+        total += term;
+        if term < total * 1e-12 && (i as f64) > nf * p {
+            break;
+        }
+        let i = i as f64;
+        ln_term += ((nf - i) / (i + 1.0)).ln() + ratio;
+    }
+    total.min(1.0)
 }
 
 pub fn percent(fraction: f64) -> String {
@@ -260,6 +276,15 @@ mod tests {
         // Worse, but not significantly on so few requests.
         let v = window((20, 1), (1800, 0)).judge(&limits(None, 20));
         assert!(matches!(v, Verdict::Pass(_)), "{v:?}");
+    }
+
+    #[test]
+    fn the_binomial_tail_matches_known_values() {
+        assert!((binomial_tail(20, 1, 0.01) - (1.0 - 0.99f64.powi(20))).abs() < 1e-9);
+        assert!((binomial_tail(10, 10, 0.5) - 0.5f64.powi(10)).abs() < 1e-12);
+        assert_eq!(binomial_tail(10, 0, 0.3), 1.0);
+        assert!(binomial_tail(100_000, 3000, 0.01) < 1e-100, "far in the tail, and fast");
+        assert!((binomial_tail(100_000, 1000, 0.01) - 0.5).abs() < 0.02, "about the median");
     }
 
     #[test]
