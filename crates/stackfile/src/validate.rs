@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 
 use crate::diag::{Diagnostic, Diagnostics, Span};
-use crate::model::{Balance, Check, Command, Condition, Probe, Service, ServiceKind, Setting, Text};
+use crate::model::{Balance, Check, Command, Condition, Probe, Service, ServiceKind, Setting, Strategy, Text};
 use crate::read::suggest;
 use crate::service::Spans;
 
@@ -55,6 +55,7 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
                 "a job runs to completion: nothing will be routed to its port",
             ));
         }
+        deploy_needs(diags, service, &path);
         if let Some(autoscale) = &service.autoscale
             && autoscale.min <= autoscale.max
             && (service.replicas < autoscale.min || service.replicas > autoscale.max)
@@ -292,6 +293,38 @@ fn find_cycles(edges: &[Vec<(usize, Span)>]) -> Vec<(Vec<usize>, Span)> {
         }
     }
     found
+}
+
+/// What a strategy needs from the rest of the service: a canary or blue-green deploy steers
+/// tug's router, and an instance that binds its fixed port itself cannot run beside its
+/// replacement. The daemon falls back (to rolling, to recreate) and says so; `check` says it first.
+fn deploy_needs(diags: &mut Diagnostics, service: &Service, path: &str) {
+    if service.kind == ServiceKind::Job {
+        return;
+    }
+    let strategy = service.deploy.strategy;
+    // The default (rolling) on a `proxy: false` port is recreated silently, as documented: a
+    // warning on every such service would be noise. A strategy asked for by name is not.
+    if !matches!(strategy, Strategy::Canary | Strategy::BlueGreen) || (service.port.is_some() && service.proxy) {
+        return;
+    }
+    let problem = if service.port.is_some() {
+        Some(format!(
+            "`{}` steers tug's router, but with `proxy: false` the instance binds its port itself: it will be recreated (stop, then start)",
+            strategy.as_str()
+        ))
+    } else {
+        Some(format!(
+            "`{}` steers tug's router, which fronts only a service with a `port`: it will be rolled out as `rolling`",
+            strategy.as_str()
+        ))
+    };
+    if let Some(message) = problem {
+        diags.push(
+            Diagnostic::warning("strategy-fallback", Some(service.span), format!("{path}.deploy.strategy"), message)
+                .with_hint("give the service a `port` (routed), or choose `strategy: rolling` or `recreate`"),
+        );
+    }
 }
 
 fn ports(diags: &mut Diagnostics, c: &Checked) {

@@ -226,6 +226,9 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("post", "/v1/restart"),
         ("post", "/v1/scale"),
         ("post", "/v1/down"),
+        ("get", "/v1/rollout"),
+        ("post", "/v1/rollout"),
+        ("get", "/v1/history"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
     }

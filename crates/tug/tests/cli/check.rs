@@ -187,3 +187,11 @@ fn secrets_stay_with_the_services_that_list_them() {
     // Typed and configuring fields refuse secrets instead of showing them.
     assert_eq!(out.matches("error[sensitive-value]").count(), 4, "{out}");
 }
+
+#[test]
+fn strategies_that_cannot_work_say_what_happens_instead() {
+    let out = check("deploy_strategies");
+    assert!(out.contains("rolled out as `rolling`"), "{out}");
+    assert!(out.contains("it will be recreated"), "{out}");
+    assert!(out.contains("exit: 0"), "warnings only: {out}");
+}
