@@ -388,6 +388,12 @@ impl Supervisor {
             }
             if targets.is_empty() {
                 removed = t.services.keys().filter(|n| !new_specs.contains_key(*n)).cloned().collect();
+                for name in &removed {
+                    // Closes its rollout's channel: the rollout stops and records why.
+                    if let Some(s) = t.services.get_mut(name) {
+                        s.steer = None;
+                    }
+                }
             }
             t.specs = new_specs.clone();
             for (name, service) in &t.services {

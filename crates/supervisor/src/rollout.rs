@@ -69,6 +69,8 @@ enum Stop {
     Superseded(String),
     /// The daemon is going down: leave the record as it is, a restart resumes.
     Shutdown,
+    /// The service left the stack: its instances are being removed; only the record is closed.
+    Removed,
 }
 
 type Step<T> = Result<T, Stop>;
@@ -194,6 +196,9 @@ impl Run {
         match outcome {
             Ok(()) => self.complete(),
             Err(Stop::Shutdown) => {}
+            Err(Stop::Removed) => {
+                self.finish(Phase::RolledBack, Some("the service was removed from the stack".into()), None, false)
+            }
             Err(Stop::Superseded(next)) => {
                 let why = format!("superseded by revision {next}");
                 if matches!(self.plan.strategy, Strategy::Canary | Strategy::BlueGreen) {
@@ -380,7 +385,11 @@ impl Run {
             return Err(Stop::Shutdown);
         }
         let steer = tokio::select! {
-            steer = self.steer.recv() => Some(steer.unwrap_or(Steer::Supersede(String::new()))),
+            // The sender lives in the service's row: gone means the service left the stack.
+            steer = self.steer.recv() => match steer {
+                Some(steer) => Some(steer),
+                None => return Err(Stop::Removed),
+            },
             _ = self.changes.changed() => None,
             _ = tokio::time::sleep(TICK) => None,
         };
@@ -717,6 +726,7 @@ impl Run {
                 self.finish(Phase::RolledBack, Some(why), measured, false);
             }
             Err(Stop::Shutdown) => {}
+            Err(Stop::Removed) => self.finish(Phase::RolledBack, Some(why), measured, false),
             Err(Stop::Failed(more, _) | Stop::Aborted(more) | Stop::Superseded(more)) => {
                 self.inner.routing.select(self.name(), Selection::All);
                 let why = format!("{why}; then the rollback failed: {more}");
@@ -748,7 +758,7 @@ impl Run {
             }
             // Steers are moot now: the rollback finishes.
             match self.wait().await {
-                Err(Stop::Shutdown) => return Err(Stop::Shutdown),
+                Err(stop @ (Stop::Shutdown | Stop::Removed)) => return Err(stop),
                 _ => continue,
             }
         }
@@ -758,8 +768,8 @@ impl Run {
         }
         while self.removing_any() {
             self.view();
-            if let Err(Stop::Shutdown) = self.wait().await {
-                return Err(Stop::Shutdown);
+            if let Err(stop @ (Stop::Shutdown | Stop::Removed)) = self.wait().await {
+                return Err(stop);
             }
         }
         Ok(())
@@ -790,7 +800,10 @@ impl Run {
                     status = Some(r.clone());
                 }
             }
-            t.specs.insert(service.clone(), runs.clone());
+            // A service removed meanwhile stays removed.
+            if t.services.contains_key(&service) {
+                t.specs.insert(service.clone(), runs.clone());
+            }
         });
         let to = self.plan.to.revision.clone();
         self.inner.record(|records, _| {

@@ -31,7 +31,8 @@ pub fn instance_of(body: &str) -> String {
     body[start..].split('"').next().unwrap_or_default().to_string()
 }
 
-fn field_of(body: &str, field: &str) -> String {
+/// A string field of the demo's JSON answer (`version`, `message`, ...).
+pub fn field_of(body: &str, field: &str) -> String {
     let key = format!("\"{field}\":\"");
     let start = body.find(&key).map(|i| i + key.len()).unwrap_or(0);
     body[start..].split('"').next().unwrap_or_default().to_string()
@@ -44,11 +45,19 @@ pub struct KeepAlive {
     host: String,
     port: u16,
     stream: Option<BufReader<TcpStream>>,
+    /// Extra request headers, each `Name: value` (a tenant header, say).
+    headers: String,
 }
 
 impl KeepAlive {
     pub fn new(host: &str, port: u16) -> KeepAlive {
-        KeepAlive { host: host.to_string(), port, stream: None }
+        KeepAlive { host: host.to_string(), port, stream: None, headers: String::new() }
+    }
+
+    /// Sends `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> KeepAlive {
+        self.headers.push_str(&format!("{name}: {value}\r\n"));
+        self
     }
 
     /// GET `path`: (status, body), or an error for a connection failure. A kept-alive connection
@@ -78,7 +87,7 @@ impl KeepAlive {
 
     fn exchange(&mut self, path: &str) -> Result<(u16, String), String> {
         let reader = self.stream.as_mut().expect("connected");
-        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n")
+        write!(reader.get_mut(), "GET {path} HTTP/1.1\r\nHost: test\r\n{}\r\n", self.headers)
             .map_err(|e| format!("{CLOSED_EARLY} (write: {e})"))?;
         let mut line = String::new();
         if reader.read_line(&mut line).map_err(|e| format!("{CLOSED_EARLY} (read: {e})"))? == 0 {
