@@ -81,6 +81,14 @@ pub(crate) fn begin(sup: &Supervisor, plan: Plan) {
     let (tx, rx) = mpsc::unbounded_channel();
     let now = tug_logs::format_time(std::time::SystemTime::now());
     let canary = plan.strategy == Strategy::Canary;
+    // The instances as they are now, so the status is right from its first moment: it said
+    // "0 old" until the rollout's first tick, while every old instance still ran. (New ones
+    // count as ready only once the task has watched them for `min_ready`.)
+    let (new_now, old_now) = {
+        let t = inner.lock();
+        let rows = t.instances.values().filter(|i| i.status.service == plan.service);
+        rows.fold((0, 0), |(n, o), i| if i.status.revision == plan.to.revision { (n + 1, o) } else { (n, o + 1) })
+    };
     let status = RolloutStatus {
         service: plan.service.clone(),
         strategy: plan.strategy,
@@ -92,9 +100,9 @@ pub(crate) fn begin(sup: &Supervisor, plan: Plan) {
         steps: if canary { plan.to.deploy.steps.clone() } else { Vec::new() },
         reason: plan.note.clone(),
         measured: None,
-        new_instances: 0,
+        new_instances: new_now,
         new_ready: 0,
-        old_instances: 0,
+        old_instances: old_now,
         replicas: plan.replicas,
         started_at: now.clone(),
         updated_at: now.clone(),
@@ -103,6 +111,7 @@ pub(crate) fn begin(sup: &Supervisor, plan: Plan) {
     inner.update(|t| {
         if let Some(service) = t.services.get_mut(&plan.service) {
             service.spec = plan.to.clone();
+            service.stable = Some(plan.from.clone());
             service.active = true;
             service.rollout = Some(status.clone());
             service.steer = Some(tx);
@@ -143,6 +152,16 @@ pub(crate) fn begin(sup: &Supervisor, plan: Plan) {
         plan,
     };
     tokio::spawn(run.run());
+}
+
+/// A progress reason with the rollout's note ("resumed after the daemon restarted", "undo to
+/// …") after it: a canary step or a blue-green pause replaced the note, so a resumed or undone
+/// rollout no longer said so while it ran.
+fn noted(reason: String, note: Option<&str>) -> String {
+    match note {
+        Some(note) => format!("{reason} ({note})"),
+        None => reason,
+    }
 }
 
 fn log(service: &str, line: &str) {
@@ -310,17 +329,26 @@ impl Run {
     }
 
     /// Sets the public status (and, unless only figures changed, the record).
+    /// Figures and counts only (`persist` false) change the table quietly: waking watchers
+    /// would wake this rollout's own `wait` too, which then never waited (a busy loop that
+    /// took a core and grew the analysis window without bound). Watchers see them at their
+    /// next poll.
     fn set(&self, persist: bool, change: impl FnOnce(&mut RolloutStatus)) {
         let now = tug_logs::format_time(std::time::SystemTime::now());
         let mut copy = None;
-        self.inner.update(|t| {
+        let apply = |t: &mut crate::Table| {
             if let Some(status) = t.services.get_mut(&self.plan.service).and_then(|s| s.rollout.as_mut()) {
                 change(status);
                 status.updated_at = now;
                 copy = Some(status.clone());
             }
-        });
-        if persist && let Some(status) = copy {
+        };
+        if !persist {
+            apply(&mut self.inner.lock());
+            return;
+        }
+        self.inner.update(apply);
+        if let Some(status) = copy {
             self.inner.record(|records, _| records.service(&self.plan.service).rollout = Some(status));
         }
     }
@@ -504,7 +532,10 @@ impl Run {
             if view.old.is_empty() && !self.removing_any() && new_ready >= r && view.new.len() as u32 >= r {
                 return Ok(());
             }
-            let total = (view.new.len() + view.old.len()) as u32;
+            // An instance being drained and stopped still runs (and holds its memory): it
+            // counts against `max_surge` until it is gone. Without it, `max_surge: 1` ran five
+            // instances of three replicas, and `max_surge: 0` four.
+            let total = (view.new.len() + view.old.len() + self.removing.len()) as u32;
             let room = (r + surge).saturating_sub(total);
             let wanted = r.saturating_sub(view.new.len() as u32);
             self.create(&to, room.min(wanted));
@@ -537,7 +568,7 @@ impl Run {
     /// the old set stays for `scale_down_delay`, so an undo then is instant.
     async fn blue_green(&mut self) -> Step<()> {
         let routing = &self.inner.routing;
-        routing.select(self.name(), Selection::Only(self.plan.from.revision.clone()));
+        routing.select(&self.inner, self.name(), Selection::Only(self.plan.from.revision.clone()));
         if let Some(port) = self.plan.to.deploy.preview_port {
             routing.open_preview(&self.plan.to, port).map_err(|e| Stop::Failed(format!("preview_port: {e}"), None))?;
         }
@@ -547,9 +578,11 @@ impl Run {
         let replicas = self.plan.replicas;
         let mut promoted = self.wait_until(|v| v.new_ready() >= replicas).await?;
         if !self.plan.to.deploy.auto_promote && !promoted {
+            let reason =
+                noted("the new set is ready; waiting for `tug rollout promote`".into(), self.plan.note.as_deref());
             self.set(true, |s| {
                 s.phase = Phase::Paused;
-                s.reason = Some("the new set is ready; waiting for `tug rollout promote`".into());
+                s.reason = Some(reason);
             });
             while !promoted {
                 let view = self.view();
@@ -562,16 +595,18 @@ impl Run {
                 promoted = matches!(self.wait().await?, Some(Steer::Promote));
             }
         }
-        self.inner.routing.select(self.name(), Selection::Only(self.plan.to.revision.clone()));
+        self.inner.routing.select(&self.inner, self.name(), Selection::Only(self.plan.to.revision.clone()));
         self.inner.routing.close_preview(self.name());
         let delay = Duration::from_millis(self.plan.to.deploy.scale_down_delay_ms);
+        let reason = format!(
+            "the new set serves everything; the old one stays {} for an instant undo",
+            tug_stackfile::units::format_duration(delay)
+        );
+        let reason = noted(reason, self.plan.note.as_deref());
         self.set(true, |s| {
             s.phase = Phase::Promoted;
             s.weight = 100;
-            s.reason = Some(format!(
-                "the new set serves everything; the old one stays {} for an instant undo",
-                tug_stackfile::units::format_duration(delay)
-            ));
+            s.reason = Some(reason);
         });
         let until = Instant::now() + delay;
         while Instant::now() < until {
@@ -593,7 +628,7 @@ impl Run {
             self.last_progress = Instant::now();
             self.wait().await?;
         }
-        self.inner.routing.select(self.name(), Selection::All);
+        self.inner.routing.select(&self.inner, self.name(), Selection::All);
         Ok(())
     }
 
@@ -606,7 +641,7 @@ impl Run {
         let steps = to.deploy.steps.clone();
         let canary_revision = to.revision.clone();
         let split = |permille: u16| Selection::Split { canary: canary_revision.clone(), permille };
-        self.inner.routing.select(self.name(), split(0));
+        self.inner.routing.select(&self.inner, self.name(), split(0));
         let step_duration = Duration::from_millis(to.deploy.step_duration_ms);
         let limits = Limits {
             max_error_rate: to.deploy.max_error_rate,
@@ -622,11 +657,13 @@ impl Run {
             if self.wait_until(|v| v.new_ready() >= wanted).await? {
                 break;
             }
-            self.inner.routing.select(self.name(), split(u16::from(percent) * 10));
+            self.inner.routing.select(&self.inner, self.name(), split(u16::from(percent) * 10));
+            let reason = format!("step {} of {}: {percent}% of requests", index + 1, steps.len());
+            let reason = noted(reason, self.plan.note.as_deref());
             self.set(true, |s| {
                 s.step = Some(index);
                 s.weight = percent;
-                s.reason = Some(format!("step {} of {}: {percent}% of requests", index + 1, steps.len()));
+                s.reason = Some(reason);
             });
             log(self.name(), &format!("canary step {}: {percent}%", index + 1));
             let started = Instant::now();
@@ -642,6 +679,7 @@ impl Run {
                         Some(Verdict::Pass(_)) | None => break,
                         Some(Verdict::Wait(_, why)) => {
                             let reason = format!("step {} of {}: {percent}%, waiting: {why}", index + 1, steps.len());
+                            let reason = noted(reason, self.plan.note.as_deref());
                             self.set(false, |s| s.reason = Some(reason));
                             if started.elapsed() >= step_duration + self.deadline() {
                                 let why = format!(
@@ -668,10 +706,11 @@ impl Run {
         self.create(&to, r.saturating_sub(view.new.len() as u32));
         self.wait_until(|v| v.new_ready() >= r).await?;
         self.window = None;
-        self.inner.routing.select(self.name(), split(1000));
+        self.inner.routing.select(&self.inner, self.name(), split(1000));
+        let reason = noted("promoted: the old revision drains".into(), self.plan.note.as_deref());
         self.set(true, |s| {
             s.weight = 100;
-            s.reason = Some("promoted: the old revision drains".into());
+            s.reason = Some(reason);
         });
         self.retire_old().await
     }
@@ -695,8 +734,11 @@ impl Run {
 
     /// The new revision serves everything: record it.
     fn complete(&mut self) {
-        self.inner.routing.select(self.name(), Selection::All);
-        self.finish(Phase::Complete, None, None, true);
+        self.inner.routing.select(&self.inner, self.name(), Selection::All);
+        // The note stays the reason of a complete rollout: status and history then still say
+        // that it was an undo, or resumed after a daemon restart (it was lost at the end).
+        let note = self.plan.note.clone();
+        self.finish(Phase::Complete, note, None, true);
     }
 
     /// Back to the old revision: traffic first (at once), then instances.
@@ -705,10 +747,14 @@ impl Run {
         let routing = &self.inner.routing;
         // All traffic to the old revision now: no request waits for the cleanup.
         match self.plan.strategy {
-            Strategy::Canary => {
-                routing.select(self.name(), Selection::Split { canary: self.plan.to.revision.clone(), permille: 0 })
+            Strategy::Canary => routing.select(
+                &self.inner,
+                self.name(),
+                Selection::Split { canary: self.plan.to.revision.clone(), permille: 0 },
+            ),
+            Strategy::BlueGreen => {
+                routing.select(&self.inner, self.name(), Selection::Only(self.plan.from.revision.clone()))
             }
-            Strategy::BlueGreen => routing.select(self.name(), Selection::Only(self.plan.from.revision.clone())),
             _ => {}
         }
         routing.close_preview(self.name());
@@ -722,13 +768,13 @@ impl Run {
         let restored = self.restore_old().await;
         match restored {
             Ok(()) => {
-                self.inner.routing.select(self.name(), Selection::All);
+                self.inner.routing.select(&self.inner, self.name(), Selection::All);
                 self.finish(Phase::RolledBack, Some(why), measured, false);
             }
             Err(Stop::Shutdown) => {}
             Err(Stop::Removed) => self.finish(Phase::RolledBack, Some(why), measured, false),
             Err(Stop::Failed(more, _) | Stop::Aborted(more) | Stop::Superseded(more)) => {
-                self.inner.routing.select(self.name(), Selection::All);
+                self.inner.routing.select(&self.inner, self.name(), Selection::All);
                 let why = format!("{why}; then the rollback failed: {more}");
                 self.finish(Phase::Failed, Some(why), measured, false);
             }
@@ -785,6 +831,7 @@ impl Run {
         self.inner.update(|t| {
             if let Some(s) = t.services.get_mut(&service) {
                 s.spec = runs.clone();
+                s.stable = None;
                 s.steer = None;
                 if let Some(r) = s.rollout.as_mut() {
                     r.phase = phase;

@@ -277,7 +277,16 @@ impl Routing {
 
     /// Sets which instances of `service` its routers send to, at once (one membership change
     /// per router: the switch of a blue-green deploy is atomic).
-    pub fn select(&self, service: &str, selection: Selection) {
+    ///
+    /// This host's entries are first brought up to date with the table: a rollout decides on
+    /// the table (the new instances are ready), and the task that follows the table may not
+    /// have run yet. Without this, the selection was published over entries where the instances
+    /// it selects were not ready yet: a canary step got no traffic for a moment, and a
+    /// blue-green switch whose new set had just become ready could leave no member (503).
+    pub fn select(&self, inner: &Inner, service: &str, selection: Selection) {
+        if self.refresh_local(inner) {
+            self.wake.notify_one();
+        }
         let mut state = self.lock();
         if selection == Selection::All {
             state.selections.remove(service);

@@ -696,6 +696,22 @@ pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
             r.location, r.state, r.entries, r.hosts, status.advertise
         ));
     }
+    // What is changing the stack by itself: rollouts under way, the autoscaler's last word.
+    for service in &status.services {
+        if let Some(r) = service.rollout.as_ref().filter(|r| !r.phase.is_final()) {
+            out.push_str(&format!("rollout: {}: {}\n", service.name, crate::rollout::summary(r)));
+        }
+        if let Some(a) = &service.autoscale {
+            let last = match (&a.last_decision, &a.decided_at) {
+                (Some(decision), Some(at)) => format!("; last: {decision} ({at})"),
+                _ => String::new(),
+            };
+            out.push_str(&format!(
+                "autoscale: {}: {} replicas ({}..{}){last}\n",
+                service.name, a.desired, a.min, a.max
+            ));
+        }
+    }
     for notice in &status.notices {
         out.push_str(&format!("note: {notice}\n"));
     }

@@ -200,23 +200,26 @@ services:
     assert_eq!(pids(&stack), before, "nothing changed, so nothing restarted");
     assert_eq!(revisions(&stack), revisions_before);
 
-    // One service's environment changes: only its instances are replaced.
+    // One service's environment changes: only its instances are replaced (rolled out: the new
+    // ones take the next free replica numbers, as documented).
     write(file("bonjour", true));
     stack.up();
     let after = pids(&stack);
     let pid_of = |rows: &[(String, i32)], name: &str| rows.iter().find(|(n, _)| n == name).map(|(_, p)| *p);
     assert_eq!(pid_of(&after, "db-1"), pid_of(&before, "db-1"), "{before:?} {after:?}");
     assert_eq!(pid_of(&after, "worker-1"), pid_of(&before, "worker-1"), "{before:?} {after:?}");
-    for name in ["api-1", "api-2"] {
-        let (old, new) = (pid_of(&before, name).unwrap(), pid_of(&after, name));
-        assert!(new.is_some_and(|p| p != old), "{name} was replaced: {before:?} {after:?}");
-        assert!(!alive(old), "{name}'s old process is gone");
-        let row = stack.instance(name).unwrap();
-        assert_eq!(row["state"], "healthy", "{row:#?}");
-        let environ = std::fs::read(format!("/proc/{}/environ", pid(&row))).unwrap();
-        assert!(environ.split(|b| *b == 0).any(|e| e == b"GREETING=bonjour"), "{name} has the new environment");
+    let api: Vec<Value> = stack.ps().into_iter().filter(|r| r["service"] == "api").collect();
+    assert_eq!(api.len(), 2, "{api:#?}");
+    for (name, old) in before.iter().filter(|(n, _)| n.starts_with("api-")) {
+        assert!(!alive(*old), "{name}'s old process is gone");
+        assert!(api.iter().all(|r| pid(r) != *old), "{name} was replaced: {before:?} {after:?}");
     }
-    assert_eq!(instances(&stack), ["api-1", "api-2", "db-1", "worker-1"]);
+    for row in &api {
+        assert_eq!(row["state"], "healthy", "{row:#?}");
+        let environ = std::fs::read(format!("/proc/{}/environ", pid(row))).unwrap();
+        assert!(environ.split(|b| *b == 0).any(|e| e == b"GREETING=bonjour"), "{row:#?} has the new environment");
+    }
+    assert_eq!(instances(&stack).len(), 4, "{:#?}", stack.ps());
 
     // A service removed from the file is stopped.
     let worker = pid_of(&after, "worker-1").unwrap();
@@ -308,10 +311,12 @@ services:
     assert_eq!(worker["state"], "running", "a service `up` did not name keeps running: {worker:#?}");
     assert_eq!(Some(pid(&worker)), before.iter().find(|(n, _)| n == "worker-1").map(|(_, p)| *p));
 
-    // The next plain `up` replaces it.
+    // The next plain `up` replaces it (rolled out: the new instance is `worker-2`).
     stack.up();
-    let worker = stack.instance("worker-1").unwrap();
-    let environ = std::fs::read(format!("/proc/{}/environ", pid(&worker))).unwrap();
+    let workers: Vec<Value> = stack.ps().into_iter().filter(|r| r["service"] == "worker").collect();
+    assert_eq!(workers.len(), 1, "{workers:#?}");
+    let worker = &workers[0];
+    let environ = std::fs::read(format!("/proc/{}/environ", pid(worker))).unwrap();
     assert!(environ.split(|b| *b == 0).any(|e| e == b"GREETING=bonjour"));
 }
 

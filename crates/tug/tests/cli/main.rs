@@ -8,6 +8,7 @@ mod control;
 mod harness;
 mod lifecycle;
 mod review;
+mod rollout;
 mod routing;
 mod schema;
 mod secrets;
