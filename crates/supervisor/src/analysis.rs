@@ -208,20 +208,10 @@ pub fn split(stats: &tug_proto::stats::StatsResponse, canary: &str) -> (Counters
     for service in &stats.services {
         for r in &service.revisions {
             let side = if r.revision == canary { &mut c } else { &mut s };
-            add(side, &r.counters);
+            side.add(&r.counters);
         }
     }
     (c, s)
-}
-
-fn add(into: &mut Counters, from: &Counters) {
-    into.requests += from.requests;
-    into.status.add(&from.status);
-    into.failures += from.failures;
-    into.retries += from.retries;
-    into.ejections += from.ejections;
-    into.in_flight += from.in_flight;
-    into.latency.add(&from.latency);
 }
 
 #[cfg(test)]

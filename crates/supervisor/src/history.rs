@@ -191,35 +191,11 @@ fn mask(json: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tug_proto::spec::{Kind, Restart, Strategy, Value};
+    use tug_proto::spec::{Strategy, Value};
 
     fn spec(secret: &str) -> ServiceSpec {
-        let mut s = ServiceSpec {
-            name: "web".into(),
-            kind: Kind::Service,
-            command: None,
-            working_dir: "/".into(),
-            replicas: 1,
-            port: None,
-            proxy: false,
-            route: Default::default(),
-            environment: vec![("DB_PASSWORD".into(), Value { value: secret.into(), sensitive: true, template: false })],
-            depends_on: Vec::new(),
-            healthcheck: None,
-            liveness: None,
-            restart: Restart::No,
-            stop_signal: libc::SIGTERM,
-            stop_signal_name: "SIGTERM".into(),
-            stop_grace_ms: 1000,
-            user: None,
-            memory_bytes: None,
-            cpu: None,
-            log_max_size: 1 << 20,
-            log_max_files: 5,
-            deploy: Default::default(),
-            autoscale: None,
-            revision: String::new(),
-        };
+        let mut s = crate::tests::service("web", 1, 5);
+        s.environment = vec![("DB_PASSWORD".into(), Value { value: secret.into(), sensitive: true, template: false })];
         s.revision = s.compute_revision();
         s
     }

@@ -1152,7 +1152,8 @@ mod tests {
     use super::*;
     use tug_proto::spec::{Restart, Value};
 
-    fn service(name: &str, replicas: u32, log_max_files: u32) -> ServiceSpec {
+    /// A minimal valid spec, for the crate's unit tests.
+    pub(crate) fn service(name: &str, replicas: u32, log_max_files: u32) -> ServiceSpec {
         let mut spec = ServiceSpec {
             name: name.into(),
             kind: Kind::Service,
