@@ -212,6 +212,71 @@ pub struct Probe {
     pub start_interval_ms: u64,
 }
 
+/// A service that runs an image: what the container driver needs beyond what every
+/// instance has (command, environment, user, ports, probes, limits).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The image as the stack file names it, for messages.
+    pub image: String,
+    /// The image's id on the engine (`sha256:…`), resolved at `up`/`deploy`. It is part of the
+    /// revision: a rebuilt or re-tagged image is a new revision, and `undo` runs the old id.
+    pub image_id: String,
+    /// Replaces the image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<Value>>,
+    /// Inside the container, where the command starts (else the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+    /// `path` or `path:options`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    #[serde(default)]
+    pub read_only: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(default)]
+    pub init: bool,
+    /// The port the image listens on: the instance's `$PORT` is published to it, and the
+    /// container gets a network of its own. Without it the container shares the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub kind: MountKind,
+    /// The engine's volume name (`<project>_<name>`), or an absolute folder of this host.
+    pub source: String,
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MountKind {
+    Volume,
+    Bind,
+}
+
+/// A process service's `source`: the revision's own immutable copy of it, which its
+/// instances run from, so a rollback, `undo` or `scale` runs that revision's code.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceSpec {
+    /// The folder as the stack file names it (absolute), for messages.
+    pub path: PathBuf,
+    /// The digest of its content: part of the revision.
+    pub digest: String,
+    /// The copy (`.tug/revisions/<service>/<digest>`); `working_dir` points into it.
+    pub copy: PathBuf,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
@@ -239,6 +304,16 @@ pub struct ServiceSpec {
     pub cpu: Option<f64>,
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Runs an image through the container engine instead of a local process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+    /// A process service's code, copied per revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceSpec>,
+    /// The secrets the service lists: also delivered as files (`/run/secrets/<NAME>` in a
+    /// container, `$TUG_SECRETS_DIR/<NAME>` for a process), their values from `environment`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<String>,
     /// How a new revision replaces the running one; outside the revision.
     #[serde(default)]
     pub deploy: DeploySpec,
@@ -283,6 +358,9 @@ pub struct StackSpec {
     /// may carry a password: sensitive when it comes from a secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<Value>,
+    /// The container engine (`unix:///…`), when a service runs an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 /// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when

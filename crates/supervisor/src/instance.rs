@@ -2,21 +2,20 @@
 //! probe it, restart it by its policy with exponential backoff, stop it
 //! gracefully. Every change is written to the supervisor's table.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tug_logs::{LineSplitter, LogWriter, Stream};
 use tug_proto::spec::{Check as CheckSpec, CommandSpec, Kind, Probe, Restart, ServiceSpec, Value};
 use tug_proto::status::{Health, InstanceStatus, State};
 
+use crate::driver;
 use crate::order::{self, Gate};
 use crate::probe::{self, Check};
-use crate::process::{self, Launch, RunAs};
+use crate::process;
 use crate::reaper::Exit;
 use tug_logs::format_time;
 
@@ -431,32 +430,16 @@ impl Task {
         self.refresh_port();
         let vars = self.instance_vars();
         let prepared = self.prepare(&vars);
-        let (program, args, env, run_as, readiness, liveness) = match prepared {
+        let (launch, readiness, liveness) = match prepared {
             Ok(p) => p,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
-        let cgroup = self.cgroup.take();
-        let launch = Launch {
-            program: &program,
-            args: &args,
-            working_dir: &self.spec.working_dir,
-            env: &env,
-            run_as: run_as.as_ref(),
-            cgroup: cgroup.clone(),
-            capture: true,
+        let mut running = match driver::start(launch).await {
+            Ok(running) => running,
+            Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
-        let spawned = process::spawn(&launch);
-        drop(launch);
-        let mut spawned = match spawned {
-            Ok(s) => s,
-            Err(e) => {
-                let why = format!("cannot start `{}`: {e}", shown_program(&self.spec, &program));
-                return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) };
-            }
-        };
-        let pid = spawned.pid;
-
-        let start_ticks = tug_sys::procfs::stat(pid).ok().map(|s| s.start_time);
+        let pid = running.pid;
+        let start_ticks = running.start_ticks;
         let has_healthcheck = readiness.is_some();
         let initial = match (self.spec.kind, has_healthcheck) {
             (Kind::Service, true) => State::Starting,
@@ -492,18 +475,13 @@ impl Task {
             log_probe: log_regex.map(|r| (r, self.log_matched.clone(), self.log_wake.clone())),
             secrets: secrets.clone(),
         });
-        let pumps: Vec<_> = [(spawned.stdout.take(), Stream::Out), (spawned.stderr.take(), Stream::Err)]
+        let pumps: Vec<_> = running
+            .take_output()
             .into_iter()
-            .filter_map(|(pipe, stream)| pipe.map(|p| tokio::spawn(pump(p, stream, sink.clone()))))
+            .map(|(stream, source)| tokio::spawn(pump(source, stream, sink.clone())))
             .collect();
         let (probe_tx, mut probe_rx) = mpsc::channel(16);
-        let target = ProbeTarget {
-            host: self.inner.config.host.clone(),
-            port: self.port,
-            env: env.clone(),
-            working_dir: self.spec.working_dir.clone(),
-            run_as: run_as.clone(),
-        };
+        let target = ProbeTarget { host: self.inner.config.host.clone(), port: self.port, exec: running.exec() };
         let mut probes = Vec::new();
         if let Some((probe, check)) = readiness {
             let wake = matches!(check, Check::Log { .. }).then(|| self.log_wake.clone());
@@ -526,8 +504,7 @@ impl Task {
         let (signal, grace) = (self.spec.stop_signal, Duration::from_millis(self.spec.stop_grace_ms));
         let outcome = loop {
             tokio::select! {
-                exit = &mut spawned.exit => {
-                    let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
+                exit = running.exited() => {
                     break Outcome::Exited { exit, up_for: up_since.map(|t| t.elapsed()), why: None };
                 }
                 Some(result) = probe_rx.recv() => {
@@ -585,7 +562,7 @@ impl Task {
                             if let Err(why) = result.result && live_failures >= retries {
                                 self.set(|s| s.state = State::Stopping);
                                 let drained = self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
-                                let exit = process::stop_group(pid, signal, grace.saturating_sub(drained), &mut spawned.exit).await;
+                                let exit = running.stop(signal, grace.saturating_sub(drained)).await;
                                 let exit = exit.unwrap_or(Exit::Signal(libc::SIGKILL));
                                 let why = redact_text(format!("liveness failed {live_failures} times: {why}; restarted"), &secrets);
                                 break Outcome::Exited { exit, up_for: None, why: Some(why) };
@@ -604,7 +581,7 @@ impl Task {
                     self.set(|s| s.state = State::Stopping);
                     // Out of the routers first; what they have in flight on it finishes.
                     let drained = self.inner.routing.drain(&self.inner, &self.name, &self.spec.name, grace).await;
-                    let exit = process::stop_group(pid, signal, grace.saturating_sub(drained), &mut spawned.exit).await;
+                    let exit = running.stop(signal, grace.saturating_sub(drained)).await;
                     let code = exit.map(Exit::code);
                     self.set(|s| s.exit_code = code);
                     break outcome;
@@ -619,29 +596,7 @@ impl Task {
         for pump in pumps {
             let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
         }
-        // Whatever the leader left behind in its group goes with it, and what
-        // left the group (and was adopted by the daemon) too.
-        if process::group_alive(pid) {
-            let mut none = oneshot::channel().1;
-            process::stop_group(pid, libc::SIGKILL, Duration::ZERO, &mut none).await;
-        }
-        let state_dir = self.inner.config.state_dir.display().to_string();
-        for _ in 0..50 {
-            // A stray's parent may still be dying: it is adopted a moment later.
-            if process::kill_strays(&self.name, &state_dir) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if let Some(group) = cgroup {
-            group.kill_all();
-            // The launch's copy is gone with the child; the folder can go too.
-            if let Ok(group) = Arc::try_unwrap(group)
-                && let Err(e) = group.remove()
-            {
-                eprintln!("tug: {}: {e}", self.name);
-            }
-        }
+        running.finish(&self.name).await;
         let name = self.name.clone();
         self.inner.update(|t| {
             if let Some(row) = t.instances.get_mut(&name) {
@@ -653,14 +608,12 @@ impl Task {
         outcome
     }
 
+    /// The run to start, for the instance's driver, and its probes.
     #[allow(clippy::type_complexity)]
     fn prepare(
-        &self,
+        &mut self,
         vars: &[(String, String)],
-    ) -> Result<
-        (String, Vec<String>, Vec<(String, String)>, Option<RunAs>, Option<(Probe, Check)>, Option<(Probe, Check)>),
-        String,
-    > {
+    ) -> Result<(driver::Launch, Option<(Probe, Check)>, Option<(Probe, Check)>), String> {
         let command = self.spec.command.as_ref().ok_or("the service has no `command`")?;
         let (program, args) = self.command(command, vars)?;
         let mut env = Vec::with_capacity(self.spec.environment.len() + vars.len());
@@ -684,7 +637,18 @@ impl Task {
         let readiness =
             self.spec.healthcheck.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
         let liveness = self.spec.liveness.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
-        Ok((program, args, env, run_as, readiness, liveness))
+        let launch = driver::Launch::Process(driver::ProcessLaunch {
+            shown: shown_program(&self.spec, &program),
+            program,
+            args,
+            env,
+            working_dir: self.spec.working_dir.clone(),
+            run_as,
+            cgroup: self.cgroup.take(),
+            instance: self.name.clone(),
+            state_dir: self.inner.config.state_dir.display().to_string(),
+        });
+        Ok((launch, readiness, liveness))
     }
 
     /// The instance's cgroup, when it has `resources` limits and the machine
@@ -799,9 +763,7 @@ fn shown_command_program(command: &CommandSpec, program: &str) -> String {
 struct ProbeTarget {
     host: String,
     port: Option<u16>,
-    env: Vec<(String, String)>,
-    working_dir: PathBuf,
-    run_as: Option<RunAs>,
+    exec: driver::Exec,
 }
 
 /// Probes on the probe's schedule. Before the first success it probes every
@@ -836,13 +798,7 @@ async fn probe_loop(
             _ = tokio::time::sleep_until(next) => {}
             _ = woken => {}
         }
-        let probe_target = probe::Target {
-            host: &target.host,
-            port: target.port,
-            env: &target.env,
-            working_dir: &target.working_dir,
-            run_as: target.run_as.as_ref(),
-        };
+        let probe_target = probe::Target { host: &target.host, port: target.port, exec: &target.exec };
         let result = probe::attempt(&check, &probe_target, timeout).await;
         let now = Instant::now();
         let counted = result.is_err()
@@ -921,7 +877,8 @@ fn redact_text(text: String, secrets: &[Vec<u8>]) -> String {
 
 /// Reads one stream to its end. Never stops reading, whatever the disk does,
 /// so a chatty instance never blocks on a full pipe.
-async fn pump(mut pipe: pipe::Receiver, stream: Stream, sink: Arc<Sink>) {
+async fn pump(source: driver::Source, stream: Stream, sink: Arc<Sink>) {
+    let driver::Source::Pipe(mut pipe) = source;
     let mut buf = vec![0u8; 64 * 1024];
     let mut splitter = LineSplitter::new(MAX_LINE);
     let write = |time: SystemTime, line: &[u8]| {

@@ -8,12 +8,13 @@
 
 mod analysis;
 mod autoscale;
+mod driver;
 pub mod history;
 pub mod instance;
 pub mod order;
 pub mod persist;
 pub mod ports;
-pub mod probe;
+mod probe;
 pub mod process;
 pub mod reaper;
 mod rollout;
@@ -1176,6 +1177,9 @@ mod tests {
             cpu: None,
             log_max_size: 1 << 20,
             log_max_files,
+            container: None,
+            source: None,
+            secret_files: Vec::new(),
             deploy: Default::default(),
             autoscale: None,
             revision: String::new(),
@@ -1192,6 +1196,7 @@ mod tests {
             services,
             withheld: Vec::new(),
             registry: None,
+            engine: None,
         }
     }
 

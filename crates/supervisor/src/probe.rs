@@ -1,7 +1,6 @@
 //! One probe attempt of each kind. Scheduling (intervals, retries, start period)
 //! is the instance's; this module only answers "did it pass, and what happened".
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::process::{self, Launch};
+use crate::driver::{Exec, ExecError};
 
 /// A probe with its instance's values substituted.
 #[derive(Clone, Debug)]
@@ -38,9 +37,8 @@ pub enum Check {
 pub struct Target<'a> {
     pub host: &'a str,
     pub port: Option<u16>,
-    pub env: &'a [(String, String)],
-    pub working_dir: &'a Path,
-    pub run_as: Option<&'a process::RunAs>,
+    /// Where an exec probe runs: inside the instance, whatever its driver.
+    pub exec: &'a Exec,
 }
 
 /// Runs one attempt within `timeout`. Ok carries a short description of success.
@@ -131,75 +129,19 @@ async fn exec(
     target: &Target<'_>,
     timeout: Duration,
 ) -> Result<String, String> {
-    let launch = Launch {
-        program,
-        args,
-        working_dir: target.working_dir,
-        env: target.env,
-        run_as: target.run_as,
-        cgroup: None,
-        capture: true,
-    };
-    let mut spawned = process::spawn(&launch).map_err(|e| format!("cannot run the probe `{shown}`: {e}"))?;
-    // The instance aborts its probe tasks when it stops: this future is then dropped
-    // mid-wait, and the probe's process group must not outlive it.
-    let mut guard = KillGroupOnDrop(Some(spawned.pid));
-    let output = collect_output(spawned.stdout.take(), spawned.stderr.take());
-    let pid = spawned.pid;
-    let waited = tokio::time::timeout(timeout, &mut spawned.exit).await;
-    let exit = match waited {
-        Ok(Ok(exit)) => exit,
-        Ok(Err(_)) => return Err("the probe's exit status was lost".into()),
-        Err(_) => {
-            // Its whole process group: a shell's children must not outlive the probe.
-            process::signal_group(pid, libc::SIGKILL);
-            guard.0 = None;
-            let _ = spawned.exit.await;
-            return Err(format!("timed out after {}", tug_stackfile::units::format_duration(timeout)));
-        }
-    };
-    // Children that kept the pipes open must not hold the probe up.
-    process::signal_group(pid, libc::SIGKILL);
-    guard.0 = None;
-    let text = tokio::time::timeout(Duration::from_millis(200), output).await.unwrap_or_default();
+    let output = target.exec.run(program, args, timeout).await.map_err(|e| match e {
+        ExecError::Start(why) => format!("cannot run the probe `{shown}`: {why}"),
+        other => other.describe(shown),
+    })?;
+    let text = output.text;
     let last = text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| truncate(l.trim(), 200).to_string());
-    if exit.success() {
+    if output.exit.success() {
         Ok(last.unwrap_or_else(|| "exit 0".into()))
     } else {
-        let what = exit.describe();
+        let what = output.exit.describe();
         Err(match last {
             Some(line) => format!("{what}: {line}"),
             None => what,
         })
     }
-}
-
-/// Kills a probe's process group when dropped while still armed.
-struct KillGroupOnDrop(Option<i32>);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
-            process::signal_group(pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// The first 8 KiB of a probe's output (both streams), for its message.
-async fn collect_output(
-    stdout: Option<tokio::net::unix::pipe::Receiver>,
-    stderr: Option<tokio::net::unix::pipe::Receiver>,
-) -> String {
-    async fn read(pipe: Option<tokio::net::unix::pipe::Receiver>) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(pipe) = pipe {
-            let _ = pipe.take(8192).read_to_end(&mut out).await;
-        }
-        out
-    }
-    let (out, err) = tokio::join!(read(stdout), read(stderr));
-    let mut text = String::from_utf8_lossy(&out).into_owned();
-    text.push('\n');
-    text.push_str(&String::from_utf8_lossy(&err));
-    text
 }

@@ -114,6 +114,9 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 cpu: s.resources.cpu,
                 log_max_size: s.logs.max_size.0,
                 log_max_files: s.logs.max_files,
+                container: None,
+                source: None,
+                secret_files: Vec::new(),
                 deploy: deploy_spec(&s.deploy),
                 autoscale: s.autoscale.as_ref().map(|a| proto::AutoscaleSpec {
                     min: a.min,
@@ -146,6 +149,7 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
         root: stack.root.clone(),
         services,
         withheld,
+        engine: None,
         registry: match &stack.registry {
             model::Registry::Embedded => None,
             model::Registry::Redis(url) => {

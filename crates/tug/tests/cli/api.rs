@@ -402,6 +402,7 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             services: vec![service],
             withheld: Vec::new(),
             registry: None,
+            engine: None,
         },
         targets: vec![name.to_string()],
     };
