@@ -47,6 +47,10 @@ pub struct Output {
     pub pending: bool,
     /// The text keeps instance-variable references for the per-instance pass.
     pub deferred: bool,
+    /// Where in `text` values from secrets landed (byte ranges, in order). An empty range
+    /// marks where an optional secret without a value was referred to: the text around it
+    /// depends on a secret all the same.
+    pub sensitive_ranges: Vec<std::ops::Range<usize>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -76,7 +80,8 @@ impl std::fmt::Display for Error {
 }
 
 enum Segment {
-    Literal(String),
+    /// Text, and whether it came from a secret.
+    Literal(String, bool),
     Deferred(String),
 }
 
@@ -89,9 +94,20 @@ struct Builder {
 
 impl Builder {
     fn literal(&mut self, text: &str) {
+        self.push(text, false);
+    }
+
+    /// Text from a secret: kept apart, so that its place in the output is known.
+    fn secret(&mut self, text: &str) {
+        self.sensitive = true;
+        self.segments.push(Segment::Literal(text.to_string(), true));
+    }
+
+    fn push(&mut self, text: &str, sensitive: bool) {
         match self.segments.last_mut() {
-            Some(Segment::Literal(s)) => s.push_str(text),
-            _ => self.segments.push(Segment::Literal(text.to_string())),
+            Some(Segment::Literal(s, false)) if !sensitive => s.push_str(text),
+            _ if sensitive => self.secret(text),
+            _ => self.segments.push(Segment::Literal(text.to_string(), false)),
         }
     }
 
@@ -100,7 +116,7 @@ impl Builder {
         self.pending |= other.pending;
         for segment in other.segments {
             match segment {
-                Segment::Literal(s) => self.literal(&s),
+                Segment::Literal(s, sensitive) => self.push(&s, sensitive),
                 deferred => self.segments.push(deferred),
             }
         }
@@ -109,18 +125,23 @@ impl Builder {
     fn finish(self) -> Output {
         let deferred = self.segments.iter().any(|s| matches!(s, Segment::Deferred(_)));
         let mut text = String::new();
+        let mut sensitive_ranges = Vec::new();
         for segment in &self.segments {
+            let start = text.len();
             match segment {
-                Segment::Literal(s) if deferred => text.push_str(&s.replace('$', "$$")),
-                Segment::Literal(s) => text.push_str(s),
+                Segment::Literal(s, _) if deferred => text.push_str(&s.replace('$', "$$")),
+                Segment::Literal(s, _) => text.push_str(s),
                 Segment::Deferred(name) => {
                     text.push_str("${");
                     text.push_str(name);
                     text.push('}');
                 }
             }
+            if let Segment::Literal(_, true) = segment {
+                sensitive_ranges.push(start..text.len());
+            }
         }
-        Output { text, sensitive: self.sensitive, pending: self.pending, deferred }
+        Output { text, sensitive: self.sensitive, pending: self.pending, deferred, sensitive_ranges }
     }
 }
 
@@ -157,6 +178,40 @@ pub fn has_references(input: &str) -> bool {
         .iter()
         .enumerate()
         .any(|(i, &b)| b == b'$' && matches!(bytes.get(i + 1), Some(&c) if c == b'$' || c == b'{' || is_name_start(c)))
+}
+
+/// Every name the text refers to, defaults' references included, in order (`$$` skipped).
+pub fn references(input: &str) -> Vec<String> {
+    let bytes = input.as_bytes();
+    let mut names: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'$' {
+            i += 1;
+            continue;
+        }
+        let start = match bytes.get(i + 1) {
+            Some(b'$') => {
+                i += 2;
+                continue;
+            }
+            Some(b'{') => i + 2,
+            Some(&c) if is_name_start(c) => i + 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let mut end = start;
+        while end < bytes.len() && is_name_char(bytes[end]) {
+            end += 1;
+        }
+        if end > start && is_name_start(bytes[start]) && !names.iter().any(|n| n == &input[start..end]) {
+            names.push(input[start..end].to_string());
+        }
+        i = end.max(i + 1);
+    }
+    names
 }
 
 /// How deeply defaults may nest (`${A:-${B:-...}}`): far beyond real use, far below the stack's limit.
@@ -294,16 +349,13 @@ fn reference(
         Lookup::Unknown | Lookup::Unset { .. } | Lookup::NotListed => (false, false),
     };
     if let Lookup::Unset { sensitive: true } = found {
-        out.sensitive = true;
+        // No text, but what surrounds the reference depends on a secret.
+        out.secret("");
     }
     let use_value = |out: &mut Builder| match &found {
-        Lookup::Value { text, sensitive } => {
-            out.literal(text);
-            out.sensitive |= sensitive;
-        }
+        Lookup::Value { text, sensitive } => out.push(text, *sensitive),
         Lookup::Pending => {
-            out.literal("********");
-            out.sensitive = true;
+            out.secret("********");
             out.pending = true;
         }
         Lookup::Deferred => out.segments.push(Segment::Deferred(name.to_string())),
@@ -499,6 +551,32 @@ mod tests {
         assert_eq!(text("${PORT:-8080}"), "${PORT}");
         assert_eq!(text("${PORT:+on}"), "on");
         assert_eq!(text("$PORT"), "${PORT}");
+    }
+
+    #[test]
+    fn where_secrets_land_is_known() {
+        let out = run("u:${SECRET}@h/${HOME}").unwrap();
+        assert_eq!(&out.text[out.sensitive_ranges[0].clone()], "s3cr3t");
+        assert_eq!(out.sensitive_ranges.len(), 1);
+        // In a template, ranges are in the escaped text.
+        let out = run("$$ ${PORT} ${SECRET:-x} ${GENERATED}").unwrap();
+        assert_eq!(out.text, "$$ ${PORT} s3cr3t ********");
+        let shown: Vec<&str> = out.sensitive_ranges.iter().map(|r| &out.text[r.clone()]).collect();
+        assert_eq!(shown, ["s3cr3t", "********"]);
+        // An optional secret with no value leaves an empty mark where it was referred to.
+        let mut resolver = |name: &str| match name {
+            "OPTIONAL_SECRET" => Lookup::Unset { sensitive: true },
+            _ => Lookup::Unknown,
+        };
+        let out = interpolate("--token=${OPTIONAL_SECRET:-} next", &mut resolver).unwrap();
+        assert!(out.sensitive);
+        assert_eq!(out.sensitive_ranges, vec![std::ops::Range { start: 8, end: 8 }]);
+    }
+
+    #[test]
+    fn references_lists_every_name_once() {
+        assert_eq!(references("${A:-${B}} $C $$D ${A} $ x ${1}"), ["A", "B", "C"]);
+        assert!(references("no references $$HOME").is_empty());
     }
 
     #[test]

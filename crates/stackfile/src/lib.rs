@@ -4,6 +4,7 @@
 //! as a [`Diagnostic`] instead of stopping at the first. No async, no I/O beyond
 //! reading the stack's files (and, for warnings, looking up commands on `PATH`).
 
+pub mod container;
 pub mod diag;
 pub mod dotenv;
 pub mod interp;
@@ -14,6 +15,7 @@ pub mod service;
 pub mod settings;
 pub mod units;
 pub mod validate;
+pub mod words;
 pub mod yaml;
 
 use std::collections::HashMap;
@@ -47,7 +49,7 @@ impl<F: Fn(&str) -> Option<Secret>> SecretSource for F {
     }
 }
 
-pub const TOP_FIELDS: &[&str] = &["name", "environments", "settings", "services", "registry"];
+pub const TOP_FIELDS: &[&str] = &["name", "environments", "settings", "services", "registry", "engine", "volumes"];
 pub const DEFAULT_FILE: &str = "tug.yaml";
 
 /// What to compile, and the world it is compiled in (passed in, so that tests and
@@ -419,6 +421,12 @@ fn stack(
         },
     };
 
+    let engine = f.get("engine").and_then(|n| container::engine(ctx, n, &scope));
+    let declared = f.get("volumes").map(|n| container::volumes(ctx, n, &scope)).unwrap_or_default();
+    let volumes: IndexMap<String, Volume> = declared.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
+    // An image built without a name is named after the project (the folder's, when `name` is wrong).
+    let project = name.clone().unwrap_or_else(|| project_name_from(root));
+
     let mut services: IndexMap<String, (Service, service::Spans)> = IndexMap::new();
     match f.get("services").map(|n| &n.kind) {
         Some(Kind::Map(entries)) => {
@@ -440,6 +448,8 @@ fn stack(
                     environments: &environments,
                     shared: &shared,
                     secrets,
+                    project: &project,
+                    volumes: &volumes,
                 };
                 if let Some(decoded) = service::decode(ctx, input) {
                     services.insert(service_name.to_string(), decoded);
@@ -454,6 +464,20 @@ fn stack(
             ctx.diags.push(
                 Diagnostic::warning("no-services", Some(f.span), "services", "the stack has no services")
                     .with_hint("add a `services:` mapping"),
+            );
+        }
+    }
+
+    for (volume, (_, span)) in &declared {
+        if !services.values().any(|(_, spans)| spans.volumes_used.contains(volume)) {
+            ctx.diags.push(
+                Diagnostic::warning(
+                    "unused-volume",
+                    Some(*span),
+                    format!("volumes.{volume}"),
+                    format!("volume `{volume}` is declared, but no service mounts it"),
+                )
+                .with_hint(format!("mount it in a service (`{volume}:/path`), or remove it")),
             );
         }
     }
@@ -487,6 +511,8 @@ fn stack(
         root: root.to_path_buf(),
         files,
         registry,
+        engine,
+        volumes,
         settings: shared,
         services,
         inactive,
@@ -661,6 +687,276 @@ services:
         let web = &stack.services["web"].environment;
         assert!(!web.contains_key("TOKEN") && !web.contains_key("WORKERS"));
         assert_eq!(web["LEVEL"].expose(), "DEBUG", "`environment` wins over a setting");
+    }
+
+    /// A folder for a stack whose paths must exist, removed when dropped.
+    struct Folder(PathBuf);
+
+    impl Folder {
+        fn new(name: &str) -> Folder {
+            let path = std::env::temp_dir().join(format!("tug-stackfile-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).expect("create a folder");
+            Folder(path)
+        }
+
+        fn compile(&self, text: &str, env: &[(&str, &str)]) -> Compiled {
+            let options = Options {
+                cwd: self.0.clone(),
+                process_env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Options::default()
+            };
+            compile_str(&self.0.join("tug.yaml"), text, &options, &NoSecrets)
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn services_that_run_images() {
+        let dir = Folder::new("images");
+        std::fs::create_dir_all(dir.0.join("api")).unwrap();
+        std::fs::write(dir.0.join("api/Dockerfile"), "FROM scratch\n").unwrap();
+        let text = r#"
+name: shop
+engine: unix:///run/podman/podman.sock
+volumes:
+  pgdata: {}
+  shared: { external: true }
+services:
+  db:
+    image: postgres:15
+    command: postgres -c 'shared_buffers=128MB' -p ${PORT}
+    entrypoint: ""
+    port: 5432
+    volumes:
+      - pgdata:/var/lib/postgresql/data
+      - ./initdb:/docker-entrypoint-initdb.d:ro
+      - { type: volume, source: shared, target: /shared, read_only: true }
+    tmpfs: /run/postgresql
+    cap_drop: [ALL]
+    cap_add: [CAP_CHOWN]
+  api:
+    build: { context: ./api, args: { VERSION: "1.0" }, target: prod }
+    port: 8000
+    container_port: 8000
+    pull: never
+    init: true
+    entrypoint: [tini, --]
+    working_dir: /srv
+  worker:
+    command: [python3, worker.py]
+    source: ./api
+    working_dir: ./api
+"#;
+        let c = dir.compile(text, &[]);
+        assert!(!c.diagnostics.has_errors(), "{:#?}", c.diagnostics.items);
+        let stack = c.stack.as_ref().unwrap();
+        assert_eq!(stack.engine.as_deref(), Some("unix:///run/podman/podman.sock"));
+        assert_eq!(stack.volumes["shared"], Volume { external: true });
+        let db = &stack.services["db"];
+        let container = db.container.as_ref().unwrap();
+        assert_eq!((container.image.as_str(), container.pull), ("postgres:15", Pull::Missing));
+        assert_eq!(container.entrypoint, Some(Vec::new()), "an empty entrypoint clears the image's");
+        let Some(Command::Argv(argv)) = &db.command else { panic!("{:?}", db.command) };
+        let words: Vec<(&str, bool)> = argv.iter().map(|w| (w.expose(), w.template)).collect();
+        assert_eq!(
+            words,
+            [("postgres", false), ("-c", false), ("shared_buffers=128MB", false), ("-p", false), ("${PORT}", true)]
+        );
+        assert_eq!(
+            container.volumes,
+            [
+                VolumeMount::Named {
+                    name: "pgdata".into(),
+                    target: "/var/lib/postgresql/data".into(),
+                    read_only: false
+                },
+                VolumeMount::Bind {
+                    source: dir.0.join("initdb"),
+                    target: "/docker-entrypoint-initdb.d".into(),
+                    read_only: true
+                },
+                VolumeMount::Named { name: "shared".into(), target: "/shared".into(), read_only: true },
+            ]
+        );
+        assert_eq!(container.tmpfs, ["/run/postgresql"]);
+        let api = &stack.services["api"];
+        assert!(api.command.is_none(), "the image's CMD runs");
+        let container = api.container.as_ref().unwrap();
+        assert_eq!(container.image, "shop-api", "Compose's name for a built image");
+        let build = container.build.as_ref().unwrap();
+        assert_eq!((build.context.as_path(), build.target.as_deref()), (dir.0.join("api").as_path(), Some("prod")));
+        assert_eq!(build.args["VERSION"].expose(), "1.0");
+        assert_eq!((container.pull, container.init, container.container_port), (Pull::Never, true, Some(8000)));
+        assert_eq!(container.working_dir.as_deref(), Some("/srv"), "a folder inside the container");
+        assert_eq!(stack.services["db"].container.as_ref().unwrap().working_dir, None, "the image's WORKDIR");
+        assert_eq!(stack.services["worker"].source.as_deref(), Some(dir.0.join("api").as_path()));
+        let notes: Vec<&str> = c.diagnostics.items.iter().map(|d| d.message.as_str()).collect();
+        assert!(notes.contains(&"`api` runs the image `shop-api`, built from `./api`"), "{notes:?}");
+        assert!(notes.contains(&"`./initdb` does not exist yet: `up` creates it, as an empty folder"), "{notes:?}");
+        // Masked when serialized, like every value.
+        let json = serde_json::to_value(stack).unwrap();
+        assert_eq!(json["services"]["db"]["container"]["volumes"][0]["type"], "volume");
+        assert_eq!(json["services"]["api"]["container"]["pull"], "never");
+    }
+
+    #[test]
+    fn image_mistakes() {
+        let dir = Folder::new("image-mistakes");
+        let text = r#"
+volumes:
+  pgdata: {}
+  unused: {}
+services:
+  a:
+    image: Postgres
+    command: "migrate && serve"
+    volumes: [pgdat:/data, /anon, ./x:rel, "/outside-tug-nowhere:/y", "pgdata:/y", "./y:/y/"]
+    container_port: 80
+    source: .
+  b:
+    command: [sleep, "1"]
+    read_only: true
+    cap_add: [net_admin]
+  c:
+    build: { dockerfile: Dockerfile }
+    entrypoint: "run 'unclosed"
+"#;
+        let c = dir.compile(text, &[]);
+        let codes: Vec<&str> =
+            c.diagnostics.items.iter().filter(|d| d.severity == Severity::Error).map(|d| d.code).collect();
+        assert_eq!(
+            codes,
+            [
+                "invalid-value",
+                "shell-syntax",
+                "unknown-volume",
+                "anonymous-volume",
+                "invalid-value",
+                "missing-path",
+                "duplicate-mount",
+                "missing-field",
+                "conflicting-fields",
+                "container-only",
+                "container-only",
+                "missing-field",
+                "unbalanced-quote",
+            ],
+            "{:#?}",
+            c.diagnostics.items
+        );
+        let warnings: Vec<&str> =
+            c.diagnostics.items.iter().filter(|d| d.severity == Severity::Warning).map(|d| d.code).collect();
+        assert_eq!(warnings, ["unused-volume"]);
+        let unknown = c.diagnostics.items.iter().find(|d| d.code == "unknown-volume").unwrap();
+        assert_eq!(unknown.hint.as_deref(), Some("did you mean `pgdata`?"));
+    }
+
+    #[test]
+    fn builds() {
+        let dir = Folder::new("builds");
+        std::fs::create_dir_all(dir.0.join("api")).unwrap();
+        let text = r#"
+settings:
+  NPM_TOKEN: { type: secret }
+services:
+  api:
+    build: { context: api, args: [VERSION=1, "NPM_TOKEN=${NPM_TOKEN}"] }
+    secrets: [NPM_TOKEN]
+  web:
+    build: { context: ./api, dockerfile: web.Dockerfile }
+    image: registry.local:5000/web:${TAG:-dev}
+"#;
+        let c = dir.compile(text, &[("NPM_TOKEN", "npm-secret-1234")]);
+        let found: Vec<(&str, &str)> = c
+            .diagnostics
+            .items
+            .iter()
+            .filter(|d| d.severity != Severity::Note)
+            .map(|d| (d.severity.as_str(), d.code))
+            .collect();
+        assert_eq!(
+            found,
+            [("warning", "missing-dockerfile"), ("warning", "secret-in-build-arg"), ("error", "missing-path")],
+            "{:#?}",
+            c.diagnostics.items
+        );
+        let arg = &c.stack.as_ref().unwrap().services["api"].container.as_ref().unwrap().build.as_ref().unwrap().args;
+        assert!(arg["NPM_TOKEN"].sensitive && !arg["VERSION"].sensitive);
+        std::fs::write(dir.0.join("api/web.Dockerfile"), "FROM scratch\n").unwrap();
+        let c = dir.compile(text, &[("NPM_TOKEN", "npm-secret-1234"), ("TAG", "1.4")]);
+        assert!(!c.diagnostics.has_errors(), "{:#?}", c.diagnostics.items);
+        let web = c.stack.as_ref().unwrap().services["web"].container.as_ref().unwrap();
+        assert_eq!(web.image, "registry.local:5000/web:1.4", "`image` names what `build` makes");
+    }
+
+    #[test]
+    fn secrets_on_command_lines_are_errors() {
+        let text = r#"
+settings:
+  TOKEN: { type: secret }
+  URL: { value: "https://x:${TOKEN}@h" }
+  PLAIN: { default: p }
+services:
+  a:
+    command: [run, "--token=${TOKEN}", "$PLAIN"]
+    secrets: [TOKEN, URL]
+    healthcheck: { exec: "check ${URL} ${TOKEN}" }
+  b:
+    command: 'run --token "$$TOKEN"'
+    secrets: [TOKEN]
+  c:
+    image: alpine
+    entrypoint: ["${TOKEN}"]
+    secrets: [TOKEN]
+"#;
+        let c = compile_env(text, None, &[("TOKEN", "t0k3n-value")]);
+        let errors: Vec<(&str, &str)> = c
+            .diagnostics
+            .items
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .map(|d| (d.code, d.message.as_str()))
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                (
+                    "secret-in-command",
+                    "`command` interpolates the secret `TOKEN`: any local user can read a process's arguments (in `ps`)"
+                ),
+                (
+                    "secret-in-command",
+                    "`healthcheck.exec` interpolates the secrets `URL`, `TOKEN`: any local user can read a process's arguments (in `ps`)"
+                ),
+                (
+                    "secret-in-command",
+                    "`entrypoint` interpolates the secret `TOKEN`: any local user can read a process's arguments (in `ps`)"
+                ),
+            ]
+        );
+        assert!(!format!("{:?}", c.diagnostics.items).contains("t0k3n-value"));
+    }
+
+    #[test]
+    fn engine_sockets() {
+        for (engine, ok) in [
+            ("unix:///var/run/docker.sock", true),
+            ("/run/user/1000/podman/podman.sock", true),
+            ("tcp://10.0.0.1:2375", false),
+            ("ssh://me@host", false),
+            ("docker.sock", false),
+        ] {
+            let c = compile_env(&format!("engine: {engine}\nservices:\n  a: {{ command: [sleep, '1'] }}\n"), None, &[]);
+            assert_eq!(!c.diagnostics.has_errors(), ok, "{engine}: {:?}", c.diagnostics.items);
+        }
+        let c = compile_env("engine: tcp://h:2375\nservices:\n  a: { command: [sleep, '1'] }\n", None, &[]);
+        assert!(c.diagnostics.items[0].message.starts_with("tug talks to the engine over a Unix socket"));
     }
 
     #[test]

@@ -96,6 +96,11 @@ pub struct Stack {
     pub root: PathBuf,
     pub files: Vec<PathBuf>,
     pub registry: Registry,
+    /// The container engine's socket (`engine:`), as written (interpolated): `unix:///path`
+    /// or an absolute path. None: `$DOCKER_HOST`, then the usual Docker and Podman sockets.
+    pub engine: Option<String>,
+    /// Named volumes (`volumes:`), kept by `down`, removed by `down --volumes`.
+    pub volumes: IndexMap<String, Volume>,
     pub settings: IndexMap<String, Setting>,
     /// Services and jobs enabled by the active profiles, in file order.
     pub services: IndexMap<String, Service>,
@@ -108,6 +113,13 @@ pub struct Stack {
 pub enum Registry {
     Embedded,
     Redis(Text),
+}
+
+/// A named volume of the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Volume {
+    /// An existing engine volume, used as it is: tug never creates or removes it.
+    pub external: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -421,10 +433,78 @@ pub struct Logs {
     pub max_files: u32,
 }
 
+/// When to pull a service's image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pull {
+    Always,
+    /// Only when the engine does not have the image (the default).
+    #[default]
+    Missing,
+    Never,
+}
+
+/// `build:`: how to build a service's image.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Build {
+    /// The build context: absolute, normalized.
+    pub context: PathBuf,
+    /// As written, relative to the context (None: the engine's default, `Dockerfile`).
+    pub dockerfile: Option<String>,
+    pub args: IndexMap<String, Text>,
+    pub target: Option<String>,
+}
+
+/// One entry of a service's `volumes:`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum VolumeMount {
+    /// A named volume, declared under the stack's `volumes:`.
+    #[serde(rename = "volume")]
+    Named { name: String, target: String, read_only: bool },
+    /// A folder or file of this machine.
+    Bind { source: PathBuf, target: String, read_only: bool },
+}
+
+/// What a service that runs an image (`image` or `build`) adds to a process.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Container {
+    /// The image reference; with `build` and no `image`, `<project>-<service>`.
+    pub image: String,
+    pub pull: Pull,
+    pub build: Option<Build>,
+    /// Replaces the image's ENTRYPOINT; `Some(vec![])` clears it (`entrypoint: []` or `""`).
+    pub entrypoint: Option<Vec<Text>>,
+    /// `working_dir`: a folder inside the container, absolute, as written. None: the image's
+    /// WORKDIR. (`Service::working_dir` is a folder of this machine, meaningless here.)
+    pub working_dir: Option<String>,
+    pub volumes: Vec<VolumeMount>,
+    /// `PATH` or `PATH:OPTIONS`, as written.
+    pub tmpfs: Vec<String>,
+    pub read_only: bool,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub init: bool,
+    /// The port the image listens on, published on the instance's `$PORT`. None: the
+    /// container shares the host's network and listens on `$PORT` itself.
+    pub container_port: Option<u16>,
+}
+
+/// What a `source` folder's content leaves out: tug's state folder, version control and
+/// Python's bytecode caches are not part of a revision.
+pub const SOURCE_EXCLUDED: &[&str] = &[".tug", ".git", "__pycache__"];
+
 #[derive(Clone, Debug, Serialize)]
 pub struct Service {
     pub kind: ServiceKind,
+    /// For a service with an image: None runs the image's CMD, and a string is split into
+    /// words (never `Command::Shell`).
     pub command: Option<Command>,
+    /// Some when the service runs an image (`image` or `build`).
+    pub container: Option<Container>,
+    /// For a process: the folder whose content is part of the revision (absolute, normalized).
+    pub source: Option<PathBuf>,
     pub port: Option<u16>,
     pub protocol: Protocol,
     pub balance: Balance,

@@ -120,7 +120,7 @@ pub fn report_interp_errors(diags: &mut Diagnostics, span: Span, path: &str, err
             interp::Error::Unknown { name } => {
                 d.code = "unknown-variable";
                 d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
-                    format!("`{name}` is an instance variable: it is only substituted in command, healthcheck, liveness and environment")
+                    format!("`{name}` is an instance variable: it is only substituted in command, entrypoint, healthcheck, liveness and environment")
                 } else {
                     format!("define `{name}` under settings, set it in the environment or .env, or give a default: `${{{name}:-value}}`")
                 })
@@ -176,12 +176,12 @@ impl Ctx<'_> {
                     join(path, name),
                     format!("unknown field `{name}`"),
                 );
-                d = match (suggest(name, allowed.iter().copied()), foreign_field_hint(name)) {
-                    (Some(s), _) => {
-                        misspelled.push(s.to_string());
-                        d.with_hint(format!("did you mean `{s}`?"))
-                    }
-                    (None, Some(hint)) => d.with_hint(hint),
+                let suggestion = suggest(name, allowed.iter().copied());
+                misspelled.extend(suggestion.map(str::to_string));
+                // A Compose field with another name here says what to use, better than a near name.
+                d = match (suggestion, foreign_field_hint(name)) {
+                    (_, Some(hint)) => d.with_hint(hint),
+                    (Some(s), None) => d.with_hint(format!("did you mean `{s}`?")),
                     (None, None) => d.with_hint(format!("expected one of: {}", allowed.join(", "))),
                 };
                 self.diags.push(d);
@@ -210,18 +210,42 @@ impl Ctx<'_> {
     }
 
     pub fn interpolate(&mut self, raw: &str, span: Span, path: &str, scope: &Scope) -> Option<Text> {
+        self.interpolate_marked(raw, span, path, scope).map(|(text, _)| text)
+    }
+
+    /// As [`Ctx::interpolate`], with the byte ranges of the result that came from secrets.
+    pub fn interpolate_marked(
+        &mut self,
+        raw: &str,
+        span: Span,
+        path: &str,
+        scope: &Scope,
+    ) -> Option<(Text, Vec<std::ops::Range<usize>>)> {
         if !interp::has_references(raw) {
-            return Some(Text::plain(raw));
+            return Some((Text::plain(raw), Vec::new()));
         }
         let env = self.env;
         let mut resolver = |name: &str| lookup_in(scope, env, name);
         match interp::interpolate(raw, &mut resolver) {
-            Ok(out) => Some(Text::new(out.text, out.sensitive, out.pending, out.deferred)),
+            Ok(out) => Some((Text::new(out.text, out.sensitive, out.pending, out.deferred), out.sensitive_ranges)),
             Err(errors) => {
                 report_interp_errors(self.diags, span, path, errors, scope.defer_instance);
                 None
             }
         }
+    }
+
+    /// The names `raw` refers to that are secrets (or derived from one) in `scope`.
+    pub fn secret_references(&self, raw: &str, scope: &Scope) -> Vec<String> {
+        interp::references(raw)
+            .into_iter()
+            .filter(|name| {
+                matches!(
+                    lookup_in(scope, self.env, name),
+                    Lookup::Value { sensitive: true, .. } | Lookup::Pending | Lookup::Unset { sensitive: true }
+                )
+            })
+            .collect()
     }
 
     /// A non-sensitive interpolated string, for fields that configure rather than carry data.
@@ -400,12 +424,15 @@ pub fn join(path: &str, key: &str) -> String {
 /// Docker Compose fields with no tug equivalent of the same name: what to use instead.
 fn foreign_field_hint(name: &str) -> Option<&'static str> {
     Some(match name {
-        "image" | "build" => "tug runs programs on the host: give the service a `command`",
-        "ports" | "expose" => "a service has one stable `port`; tug's router balances its replicas behind it",
-        "volumes" => "services run with the host's files: use `working_dir` and paths under `${TUG_STATE_DIR}`",
+        "ports" | "expose" => {
+            "a service has one stable `port`; tug's router balances its replicas behind it (an image's own port is `container_port`)"
+        }
+        "pull_policy" => "tug's name is `pull`: always, missing or never",
+        "driver" | "driver_opts" => {
+            "tug creates volumes with the engine's default driver; create another kind yourself and declare it `external: true`"
+        }
         "networks" | "network_mode" | "links" => "services reach each other on the host through their stable ports",
         "container_name" | "hostname" => "instances are named `<service>-<n>` (TUG_INSTANCE)",
-        "entrypoint" => "put the whole argument list in `command`",
         "env" | "environments" | "variables" => "use `environment` (literals) or `settings` (typed)",
         _ => return None,
     })

@@ -9,6 +9,7 @@
 use serde_json::{Value, json};
 use tug_secrets::Charset;
 
+use crate::container::{MOUNT_MODES, MOUNT_TYPES, PULLS, SECURITY_OPTIONS, image_pattern};
 use crate::model::SettingType;
 use crate::service::{BALANCES, CONDITIONS, KINDS, PROBE_CHECKS, PROTOCOLS, RESTARTS, STRATEGIES};
 use crate::units::SIGNALS;
@@ -31,7 +32,7 @@ const FALSE_WORDS: [&str; 4] = ["false", "no", "off", "0"];
 
 /// The JSON Schema (draft 2020-12) of `tug.yaml` and its overlays.
 pub fn schema() -> Value {
-    json!({
+    let mut schema = json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": "https://tug.dev/schema/stackfile.json",
         "title": "tug stack file",
@@ -86,7 +87,8 @@ pub fn schema() -> Value {
             ),
             "service": service(),
             "command": {
-                "description": "A list of arguments (run directly), or a string run by `sh -c`.",
+                "description": "A list of arguments (run directly), or a string run by `sh -c` (with an image: split into words, \
+                    not run by a shell).",
                 "anyOf": [
                     { "type": SCALAR, "pattern": r"\S" },
                     { "type": "array", "minItems": 1, "items": { "type": SCALAR } },
@@ -209,7 +211,26 @@ pub fn schema() -> Value {
                 ],
             },
         },
-    })
+    });
+    // Services that run an image (one `json!` would exceed the macro's recursion limit).
+    let properties = &mut schema["properties"];
+    properties["engine"] = field(
+        "The container engine's Unix socket, for services that run an image: `unix:///path` or an absolute path. \
+            By default: $DOCKER_HOST, then the usual Docker and Podman sockets.",
+        matching("(?:unix://)?/.*"),
+    );
+    properties["volumes"] = field(
+        "Named volumes that services mount (`pgdata:/var/lib/postgresql/data`): created by `up`, kept by `down`, \
+            removed by `down --volumes`.",
+        map(PROFILE_NAME, nullable(def("volume"))),
+    );
+    let defs = &mut schema["$defs"];
+    defs["volume"] = volume();
+    defs["build"] = build();
+    defs["mount"] = mount();
+    defs["capability"] =
+        described("A Linux capability, upper case, with or without CAP_.", matching("(?:CAP_)?[A-Z][A-Z_]*"));
+    schema
 }
 
 fn setting() -> Value {
@@ -262,13 +283,14 @@ fn setting() -> Value {
 }
 
 fn service() -> Value {
-    object(
+    let mut service = object(
         "A service (long-running) or a job (runs to completion).",
         json!({
             "kind": field_or("service: long-running; job: runs to completion.", json!("service"), choice(KINDS)),
             "description": field("What the service is for.", json!({ "type": SCALAR })),
             "command": field(
-                "What to run (required): a list of arguments, run directly, or a string run by `sh -c`. \
+                "What to run (required without `image` or `build`): a list of arguments, run directly, or a string run by `sh -c`. \
+                    With an image it replaces the image's CMD, and a string is split into words as Compose does, not run by a shell. \
                     Instance variables such as ${PORT} are substituted per instance, in both forms.",
                 def("command"),
             ),
@@ -322,7 +344,161 @@ fn service() -> Value {
             "logs": field("Log rotation: max_size, max_files.", def("logs")),
             "router": field("Router timeouts for this service: connect_timeout, request_timeout, max_connection_age.", def("router")),
         }),
+    );
+    for (name, schema) in image_fields() {
+        service["properties"][name] = schema;
+    }
+    service
+}
+
+/// A service's fields for running an image, and `source` (kept apart from [`service`]: one
+/// `json!` would exceed the macro's recursion limit).
+fn image_fields() -> Vec<(&'static str, Value)> {
+    vec![
+        (
+            "image",
+            field(
+                "Run this OCI image through the container engine instead of a local process (interpolated; never a secret).",
+                matching(&image_pattern()),
+            ),
+        ),
+        (
+            "pull",
+            field_or(
+                "When to pull the image: always, missing (only when the engine does not have it) or never.",
+                json!("missing"),
+                choice(PULLS),
+            ),
+        ),
+        (
+            "build",
+            field(
+                "Build the image: a folder (the context, relative to the stack file), or {context, dockerfile, args, target}. \
+                    `image` names the result; without it the image is `<project>-<service>`.",
+                json!({ "anyOf": [{ "type": SCALAR }, def("build")] }),
+            ),
+        ),
+        (
+            "entrypoint",
+            field(
+                "Replaces the image's ENTRYPOINT: a list of arguments, or a string split into words (not run by a shell). \
+                    Empty (`[]` or \"\") clears it.",
+                json!({ "anyOf": [{ "type": SCALAR }, { "type": "array", "items": { "type": SCALAR } }] }),
+            ),
+        ),
+        (
+            "volumes",
+            field(
+                "What the container mounts: `NAME:/path` (a named volume of the stack's `volumes`), `./folder:/path` \
+                    (a bind mount, relative to the stack file; `:ro` for read-only), or {type, source, target, read_only}.",
+                json!({
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            matching(&format!("[^:]+:/[^:]*(?::{mode}(?:,{mode})*)?", mode = format!("(?:{})", MOUNT_MODES.join("|")))),
+                            def("mount"),
+                        ],
+                    },
+                }),
+            ),
+        ),
+        (
+            "tmpfs",
+            field(
+                "In-memory folders of the container: an absolute path, with options after `:` (`/tmp:size=64m`).",
+                list(matching("/[^:]*(?::.*)?")),
+            ),
+        ),
+        ("read_only", field_or("Mount the container's root filesystem read-only.", json!(false), def("boolean"))),
+        (
+            "cap_add",
+            field(
+                "Linux capabilities to add, such as NET_BIND_SERVICE (CAP_ prefix optional).",
+                list(def("capability")),
+            ),
+        ),
+        ("cap_drop", field("Linux capabilities to drop, such as ALL.", list(def("capability")))),
+        (
+            "security_opt",
+            field(
+                &format!(
+                    "Security options for the engine, such as no-new-privileges:true. Known: {}.",
+                    SECURITY_OPTIONS.join(", ")
+                ),
+                list(json!({ "type": "string" })),
+            ),
+        ),
+        (
+            "init",
+            field_or(
+                "Run an init process in the container that forwards signals and reaps zombies.",
+                json!(false),
+                def("boolean"),
+            ),
+        ),
+        (
+            "container_port",
+            field(
+                "The port the image listens on, published on the instance's $PORT (needs `port`). \
+                    Without it, the container shares the host's network and listens on $PORT itself.",
+                def("port"),
+            ),
+        ),
+        (
+            "source",
+            field(
+                "A process's code: a folder (relative to the stack file) whose content is part of the revision; \
+                    every revision runs from its own copy. Not with `image` or `build`.",
+                json!({ "type": SCALAR }),
+            ),
+        ),
+    ]
+}
+
+/// One of the stack's named volumes.
+fn volume() -> Value {
+    object(
+        "A named volume: `{}` (tug creates it), or `{ external: true }`.",
+        json!({
+            "external": field_or(
+                "An existing engine volume, used as it is: tug never creates or removes it.",
+                json!(false),
+                def("boolean"),
+            ),
+        }),
     )
+}
+
+/// `build:` the long way.
+fn build() -> Value {
+    object(
+        "How to build the service's image.",
+        json!({
+            "context": field("The build context (required): a folder, relative to the stack file.", json!({ "type": SCALAR })),
+            "dockerfile": field("The Dockerfile, relative to the context (default: Dockerfile).", json!({ "type": SCALAR })),
+            "args": field(
+                "Build arguments, as a mapping or a list of `KEY=VALUE`. They stay readable in the image's history: no secrets.",
+                def("environment"),
+            ),
+            "target": field("The stage of a multi-stage Dockerfile to build.", json!({ "type": SCALAR })),
+        }),
+    )
+}
+
+/// A service's volume, the long way.
+fn mount() -> Value {
+    let mut mount = object(
+        "A volume: a named volume (`type: volume`, source: its name) or a bind mount (`type: bind`, source: a path). \
+            Without `type`, a source starting with `.`, `/` or `~` is a path.",
+        json!({
+            "type": field("volume or bind.", enumerated(MOUNT_TYPES)),
+            "source": field("The volume's name, or the path of this machine to mount.", json!({ "type": SCALAR })),
+            "target": field("Where it appears in the container (an absolute path).", matching("/.*")),
+            "read_only": field_or("Mount it read-only.", json!(false), def("boolean")),
+        }),
+    );
+    mount["required"] = json!(["target"]);
+    mount
 }
 
 /// A probe: exactly one check (http, tcp, exec or log), and how often to run it.
@@ -488,6 +664,7 @@ fn caseless(word: &str) -> String {
 mod tests {
     use super::*;
     use crate::TOP_FIELDS;
+    use crate::container::{BUILD_FIELDS, MOUNT_FIELDS, VOLUME_FIELDS};
     use crate::service::{
         ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
         RESOURCES_FIELDS, ROUTER_FIELDS, SERVICE_FIELDS,
@@ -544,6 +721,9 @@ mod tests {
             (&defs["logs"], LOGS_FIELDS),
             (&defs["router"], ROUTER_FIELDS),
             (&defs["dependency"], DEPENDS_ON_FIELDS),
+            (&defs["build"], BUILD_FIELDS),
+            (&defs["mount"], MOUNT_FIELDS),
+            (&defs["volume"], VOLUME_FIELDS),
         ] {
             let properties = object["properties"].as_object().expect("an object schema");
             assert_eq!(sorted(properties.keys().map(String::as_str)), sorted(fields.iter().copied()));
@@ -564,6 +744,7 @@ mod tests {
             (&service["protocol"], names(PROTOCOLS)),
             (&service["balance"], names(BALANCES)),
             (&service["restart"], names(RESTARTS)),
+            (&service["pull"], names(PULLS)),
             (&defs["deploy"]["properties"]["strategy"], names(STRATEGIES)),
         ] {
             let listed: Vec<&str> = find(field, "enum")

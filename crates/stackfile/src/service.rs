@@ -6,6 +6,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 
 use crate::SecretSource;
+use crate::container::{self, CONTAINER_FIELDS};
 use crate::diag::{Diagnostic, Span};
 use crate::dotenv;
 use crate::model::*;
@@ -42,6 +43,19 @@ pub const SERVICE_FIELDS: &[&str] = &[
     "user",
     "resources",
     "logs",
+    "image",
+    "build",
+    "pull",
+    "entrypoint",
+    "volumes",
+    "tmpfs",
+    "read_only",
+    "cap_add",
+    "cap_drop",
+    "security_opt",
+    "init",
+    "container_port",
+    "source",
 ];
 pub const PROBE_FIELDS: &[&str] =
     &["http", "tcp", "exec", "log", "interval", "timeout", "retries", "start_period", "start_interval"];
@@ -116,6 +130,12 @@ pub struct Spans {
     pub working_dir: Option<Span>,
     pub tenant_header: Option<Span>,
     pub profiles: Option<Span>,
+    pub entrypoint: Option<Span>,
+    pub source: Option<Span>,
+    /// The named volumes the service mounts (declared or not).
+    pub volumes_used: Vec<String>,
+    /// The service has `image` or `build` (even when they have errors).
+    pub runs_image: bool,
 }
 
 pub struct Input<'a> {
@@ -127,6 +147,10 @@ pub struct Input<'a> {
     pub environments: &'a [String],
     pub shared: &'a IndexMap<String, Setting>,
     pub secrets: &'a dyn SecretSource,
+    /// The project's name: an image built without a name is `<project>-<service>`.
+    pub project: &'a str,
+    /// The stack's named volumes.
+    pub volumes: &'a IndexMap<String, Volume>,
 }
 
 pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
@@ -137,7 +161,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
             "missing-field",
             input.key_span,
             &path,
-            format!("service `{}` is empty: it needs at least a `command`", input.name),
+            format!("service `{}` is empty: it needs at least a `command` or an `image`", input.name),
         );
         return None;
     }
@@ -151,6 +175,10 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         working_dir: None,
         tenant_header: None,
         profiles: None,
+        entrypoint: None,
+        source: None,
+        volumes_used: Vec::new(),
+        runs_image: false,
     };
     // Which secrets the service may use: everything after this is limited to them.
     if let Some(n) = f.get("secrets") {
@@ -191,13 +219,21 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let kind =
         f.get("kind").and_then(|n| ctx.choice(n, &f.path("kind"), &env_scope, KINDS)).unwrap_or(ServiceKind::Service);
     let job = kind == ServiceKind::Job;
+    // A service runs an image or a process; an image's command is optional (its CMD runs).
+    let runs_image = f.get("image").is_some() || f.get("build").is_some();
+    spans.runs_image = runs_image;
 
     let command = match f.get("command") {
         Some(n) => {
             spans.command = Some(n.span);
-            command(ctx, n, &f.path("command"), &instance_scope)
+            let command_path = f.path("command");
+            if runs_image {
+                container::argv(ctx, n, &command_path, &instance_scope, "command", false).map(Command::Argv)
+            } else {
+                command(ctx, n, &command_path, &instance_scope)
+            }
         }
-        None if f.misspelled.iter().any(|m| m == "command") => None,
+        None if runs_image || f.misspelled.iter().any(|m| m == "command" || m == "image") => None,
         None => {
             ctx.diags.push(
                 Diagnostic::error(
@@ -207,7 +243,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
                     format!("`{}` has no `command`", input.name),
                 )
                 .with_hint(
-                    "add `command: [program, arg]` (run directly) or `command: \"a shell line\"` (run by sh -c)",
+                    "add `command: [program, arg]` (run directly) or `command: \"a shell line\"` (run by sh -c), or run an image: `image: name:tag`",
                 ),
             );
             None
@@ -238,12 +274,26 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         Some(header.to_ascii_lowercase())
     });
     let proxy = f.get("proxy").and_then(|n| ctx.bool(n, &f.path("proxy"), &scope)).unwrap_or(port.is_some());
+    let mut working_dir_written = None;
     let working_dir = match f.get("working_dir") {
         Some(n) => {
             spans.working_dir = Some(n.span);
-            ctx.string(n, &f.path("working_dir"), &scope)
-                .map(|d| normalize(&input.root.join(d)))
-                .unwrap_or_else(|| input.root.to_path_buf())
+            let dir = ctx.string(n, &f.path("working_dir"), &scope);
+            if runs_image && let Some(dir) = dir.as_ref().filter(|d| !d.starts_with('/')) {
+                ctx.diags.push(
+                    Diagnostic::error(
+                        "invalid-value",
+                        Some(n.span),
+                        f.path("working_dir"),
+                        format!(
+                            "an image's `working_dir` is a folder inside the container: `{dir}` is not an absolute path"
+                        ),
+                    )
+                    .with_hint("write it absolute, such as `/app`"),
+                );
+            }
+            working_dir_written.clone_from(&dir);
+            dir.map(|d| normalize(&input.root.join(d))).unwrap_or_else(|| input.root.to_path_buf())
         }
         None => input.root.to_path_buf(),
     };
@@ -376,10 +426,71 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     if let Some(n) = f.get("description") {
         ctx.string(n, &f.path("description"), &scope);
     }
+    let env = ctx.env;
+    let container = if runs_image {
+        let container_input = container::Input {
+            service: input.name,
+            project: input.project,
+            root: input.root,
+            volumes: input.volumes,
+            port,
+            home: env.process.get("HOME").map(String::as_str),
+            working_dir: working_dir_written.as_deref().filter(|d| d.starts_with('/')),
+        };
+        container::decode(ctx, &f, &container_input, &scope, &instance_scope, &mut spans)
+    } else {
+        for (key, span, value) in &f.entries {
+            if CONTAINER_FIELDS.contains(key) && !value.is_null() {
+                ctx.diags.push(
+                    Diagnostic::error(
+                        "container-only",
+                        Some(*span),
+                        f.path(key),
+                        format!("`{key}` applies only to a service that runs an image"),
+                    )
+                    .with_hint(format!("add `image:` (or `build:`) to run one, or remove `{key}`")),
+                );
+            }
+        }
+        None
+    };
+    let source = f.get("source").and_then(|n| {
+        spans.source = Some(n.span);
+        source_folder(
+            ctx,
+            n,
+            &f,
+            &scope,
+            input.root,
+            runs_image,
+            &working_dir,
+            working_dir_written.as_deref(),
+            spans.working_dir,
+        )
+    });
+    // A secret on a command line: every local user reads a process's arguments (`ps`),
+    // and the engine shows a container's to whoever may inspect it.
+    let argument_fields = [
+        ("command", f.get("command"), command.as_ref().is_some_and(command_is_sensitive)),
+        (
+            "entrypoint",
+            f.get("entrypoint"),
+            container.as_ref().and_then(|c| c.entrypoint.as_ref()).is_some_and(|e| e.iter().any(|w| w.sensitive)),
+        ),
+        ("healthcheck.exec", f.get("healthcheck").and_then(|n| n.get("exec")), probe_is_sensitive(&healthcheck)),
+        ("liveness.exec", f.get("liveness").and_then(|n| n.get("exec")), probe_is_sensitive(&liveness)),
+    ];
+    for (field, node, sensitive) in argument_fields {
+        if let (Some(node), true) = (node, sensitive) {
+            secret_in_arguments(ctx, node, &f.path(field), field, &instance_scope);
+        }
+    }
 
     let service = Service {
         kind,
         command,
+        container,
+        source,
         port,
         protocol,
         balance,
@@ -455,9 +566,112 @@ pub fn command(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<
     }
 }
 
+fn command_is_sensitive(command: &Command) -> bool {
+    match command {
+        Command::Argv(args) => args.iter().any(|a| a.sensitive),
+        Command::Shell(line) => line.sensitive,
+    }
+}
+
+fn probe_is_sensitive(probe: &Option<Probe>) -> bool {
+    matches!(probe.as_ref().map(|p| &p.check), Some(Check::Exec(command)) if command_is_sensitive(command))
+}
+
+/// Reports a secret interpolated into a program's arguments, naming the secrets it refers to.
+fn secret_in_arguments(ctx: &mut Ctx, node: &Node, path: &str, field: &str, scope: &Scope) {
+    let raw: Vec<&str> = match &node.kind {
+        Kind::Scalar { text, .. } => vec![text],
+        Kind::Seq(items) => items.iter().filter_map(scalar_text).collect(),
+        _ => Vec::new(),
+    };
+    let mut names: Vec<String> = Vec::new();
+    for text in raw {
+        for name in ctx.secret_references(text, scope) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    let (subject, example) = match names.as_slice() {
+        [] => ("a secret".to_string(), "NAME".to_string()),
+        [one] => (format!("the secret `{one}`"), one.clone()),
+        many => {
+            let quoted: Vec<String> = many.iter().map(|n| format!("`{n}`")).collect();
+            (format!("the secrets {}", quoted.join(", ")), many[0].clone())
+        }
+    };
+    ctx.diags.push(
+        Diagnostic::error(
+            "secret-in-command",
+            Some(node.span),
+            path,
+            format!("`{field}` interpolates {subject}: any local user can read a process's arguments (in `ps`)"),
+        )
+        .with_hint(format!(
+            "pass it in the environment instead: in a shell command write `$${example}` so the shell expands it at run time, or read the file `$TUG_SECRETS_DIR/{example}` (`/run/secrets/{example}` in a container)"
+        )),
+    );
+}
+
+/// `source:` of a process: a folder whose content is part of the revision.
+#[allow(clippy::too_many_arguments)]
+fn source_folder(
+    ctx: &mut Ctx,
+    node: &Node,
+    f: &Fields,
+    scope: &Scope,
+    root: &Path,
+    runs_image: bool,
+    working_dir: &Path,
+    working_dir_written: Option<&str>,
+    working_dir_span: Option<Span>,
+) -> Option<std::path::PathBuf> {
+    let path = f.path("source");
+    let written = ctx.string(node, &path, scope)?;
+    if runs_image {
+        ctx.diags.push(
+            Diagnostic::error(
+                "conflicting-fields",
+                Some(node.span),
+                &path,
+                "`source` is for a process: an image's revision is its digest",
+            )
+            .with_hint("remove `source`; a rebuilt or re-tagged image is already a new revision"),
+        );
+        return None;
+    }
+    let folder = normalize(&root.join(&written));
+    if !folder.is_dir() {
+        let problem = if folder.exists() { "is not a folder" } else { "does not exist" };
+        ctx.diags.push(
+            Diagnostic::error("missing-path", Some(node.span), &path, format!("the source `{written}` {problem}"))
+                .with_hint("`source` is a folder, relative to the stack file's folder"),
+        );
+        return None;
+    }
+    if !working_dir.starts_with(&folder) {
+        let dir = match working_dir_written {
+            Some(dir) => format!("`{dir}`"),
+            None => "the stack file's folder".to_string(),
+        };
+        ctx.diags.push(
+            Diagnostic::warning(
+                "source-workdir",
+                working_dir_span.or(Some(node.span)),
+                f.path(if working_dir_span.is_some() { "working_dir" } else { "source" }),
+                format!(
+                    "the process runs in {dir}, outside `source` (`{written}`): it would run the files on disk, not the revision's copy"
+                ),
+            )
+            .with_hint(format!("set `working_dir` inside `source` (`working_dir: {written}`)")),
+        );
+    }
+    Some(folder)
+}
+
 /// `environment:` as a mapping or as a list of `KEY=VALUE` (Docker Compose's two forms).
 /// A key with no value passes the variable through from tug's own environment.
-fn environment_entries(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Vec<(String, Text)> {
+pub(crate) fn environment_entries(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Vec<(String, Text)> {
     let mut out = Vec::new();
     let mut add = |ctx: &mut Ctx, name: &str, value: Option<&Node>, raw: Option<&str>, span: Span| {
         let entry_path = format!("{path}.{name}");

@@ -70,7 +70,8 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
                 ),
             ));
         }
-        if spans.working_dir.is_some() && !service.working_dir.is_dir() {
+        // An image's working_dir is a folder inside the container.
+        if spans.working_dir.is_some() && !spans.runs_image && !service.working_dir.is_dir() {
             diags.push(Diagnostic::warning(
                 "missing-directory",
                 spans.working_dir,
@@ -78,8 +79,10 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
                 format!("`{}` is not a folder on this machine", service.working_dir.display()),
             ));
         }
+        // An image's programs are in the image, not on this machine.
         if let Some(path_var) = path_var
             && (c.active)(service)
+            && !spans.runs_image
         {
             commands(diags, service, spans, &path, path_var, &mut on_path);
         }
@@ -164,7 +167,7 @@ fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Serv
     }
 }
 
-/// Whether one of the service's per-instance values (command, environment, probes) refers to
+/// Whether one of the service's per-instance values (command, entrypoint, environment, probes) refers to
 /// the instance variable `name`.
 fn uses_instance_variable(service: &Service, name: &str) -> bool {
     // Deferred references are kept written as `${NAME}` (see `interp`), whatever the form used.
@@ -179,7 +182,10 @@ fn uses_instance_variable(service: &Service, name: &str) -> bool {
         Some(Check::Exec(command)) => in_command(command),
         _ => false,
     };
+    let in_entrypoint =
+        service.container.as_ref().and_then(|c| c.entrypoint.as_ref()).is_some_and(|e| e.iter().any(refers));
     service.command.as_ref().is_some_and(in_command)
+        || in_entrypoint
         || service.environment.values().any(refers)
         || in_probe(&service.healthcheck)
         || in_probe(&service.liveness)

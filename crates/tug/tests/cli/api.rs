@@ -292,7 +292,7 @@ services:
     environment: { AUTH: "Bearer ${TOKEN}" }
     healthcheck: { exec: 'test -n "$$TOKEN"', start_interval: 50ms }
   broken:
-    command: ["/nonexistent/${TOKEN}/bin"]
+    command: ["/nonexistent/tug-broken/bin"]
     secrets: [TOKEN]
     restart: "no"
 "#,

@@ -134,6 +134,44 @@ fn a_valid_stack_exits_zero() {
 }
 
 #[test]
+fn services_that_run_images() {
+    let out = check("containers_valid");
+    assert!(out.ends_with("exit: 0\n"), "{out}");
+    assert!(out.contains("note[image]: `api` runs the image `shop-api`, built from `./containers/api`"), "{out}");
+    assert!(out.contains("note[bind-created]: `./containers/config` does not exist yet"), "{out}");
+}
+
+#[test]
+fn image_mistakes_are_all_reported() {
+    let out = check("containers");
+    for code in [
+        "error[shell-syntax]",
+        "error[unknown-volume]",
+        "error[anonymous-volume]",
+        "error[missing-path]",
+        "error[duplicate-mount]",
+        "error[container-only]",
+        "error[unbalanced-quote]",
+        "warning[unused-volume]",
+        "warning[source-workdir]",
+        "warning[unknown-capability]",
+    ] {
+        assert!(out.contains(code), "{code} is missing:\n{out}");
+    }
+    assert!(out.contains("tug talks to the engine over a Unix socket"), "{out}");
+    assert!(out.contains("did you mean `pgdata`?"), "{out}");
+}
+
+#[test]
+fn a_secret_on_a_command_line_is_an_error() {
+    let out = check("secret_in_command");
+    assert!(!out.contains("hunter2-db-secret-value"), "the secret was printed:\n{out}");
+    // The shell command, the argv, the probe and the image's command; not `$$DB_PASSWORD`.
+    assert_eq!(out.matches("error[secret-in-command]").count(), 4, "{out}");
+    assert!(out.contains("`command` interpolates the secret `DATABASE_URL`"), "{out}");
+}
+
+#[test]
 fn json_format_has_every_diagnostic_with_its_position() {
     let dir = data_dir().join("check");
     let run = tug(&dir, &["check", "-f", "ten_errors.yaml", "--format", "json"], &[], None);

@@ -111,6 +111,35 @@ fn instance_variables_stay_for_each_instance() {
 }
 
 #[test]
+fn services_that_run_images_show_what_runs_and_mask_secrets() {
+    let dir = TempDir::new("images");
+    std::fs::create_dir_all(dir.path().join("api")).expect("mkdir");
+    dir.write("api/Dockerfile", "FROM scratch\n");
+    dir.write(
+        "tug.yaml",
+        "name: shop\nvolumes:\n  pgdata: {}\nsettings:\n  NPM_TOKEN: { type: secret }\nservices:\n  db:\n    image: postgres:15\n    command: postgres -c 'max_connections=50' -p ${PORT}\n    port: 5432\n    volumes: [pgdata:/var/lib/postgresql/data, './init:/docker-entrypoint-initdb.d:ro']\n  api:\n    build: { context: ./api, args: { NPM_TOKEN: '${NPM_TOKEN}' } }\n    secrets: [NPM_TOKEN]\n    entrypoint: [tini, --]\n  worker:\n    command: [sleep, '1']\n    source: ./api\n    working_dir: ./api\n",
+    );
+    let c = config(dir.path(), &[], &[("NPM_TOKEN", "npm-token-Zq81")]);
+    let db = &c["services"]["db"];
+    assert_eq!(db["command"], serde_json::json!(["postgres", "-c", "max_connections=50", "-p", "${PORT}"]));
+    assert_eq!(db["container"]["image"], "postgres:15");
+    assert_eq!(db["container"]["pull"], "missing");
+    assert_eq!(
+        db["container"]["volumes"][0],
+        serde_json::json!({ "type": "volume", "name": "pgdata", "target": "/var/lib/postgresql/data", "read_only": false })
+    );
+    assert_eq!(db["container"]["volumes"][1]["type"], "bind");
+    assert!(db["container"]["volumes"][1]["source"].as_str().unwrap().ends_with("/init"));
+    let api = &c["services"]["api"]["container"];
+    assert_eq!(api["image"], "shop-api", "a built image is named after the project and service");
+    assert_eq!(api["build"]["args"]["NPM_TOKEN"], "********");
+    assert_eq!(api["entrypoint"], serde_json::json!(["tini", "--"]));
+    assert!(c["services"]["worker"]["source"].as_str().unwrap().ends_with("/api"));
+    assert_eq!(c["volumes"]["pgdata"]["external"], false);
+    assert!(!serde_json::to_string(&c).unwrap().contains("npm-token-Zq81"));
+}
+
+#[test]
 fn config_of_an_invalid_stack_fails_with_the_diagnostics() {
     let dir = data_dir().join("check");
     let run = tug(&dir, &["config", "-f", "ten_errors.yaml"], &[], None);

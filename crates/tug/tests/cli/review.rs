@@ -79,7 +79,7 @@ settings:
   TOKEN: { type: secret }
 services:
   web:
-    command: [sh, -c, 'setsid sh -c "sleep 1000; : $$0" "$$1" & sleep 1000', sh, "${TOKEN}"]
+    command: [sh, -c, 'setsid sh -c "sleep 1000; : $$0" "$$TOKEN" & sleep 1000']
     secrets: [TOKEN]
 "#,
     );

@@ -71,6 +71,7 @@ fn every_example_validates_against_the_schema() {
     stack_files(&repo_dir().join("examples"), &mut files);
     stack_files(&data_dir().join("check/overlay"), &mut files);
     files.push(data_dir().join("check/valid.yaml"));
+    files.push(data_dir().join("check/containers_valid.yaml"));
     assert!(files.len() >= 4, "examples found: {files:?}");
     let report = validate(&files);
     assert!(!report.contains(": invalid"), "{report}");
@@ -79,7 +80,7 @@ fn every_example_validates_against_the_schema() {
 
 #[test]
 fn the_schema_rejects_what_check_rejects() {
-    let files: Vec<PathBuf> = ["unknown_fields", "wrong_types", "bad_units"]
+    let files: Vec<PathBuf> = ["unknown_fields", "wrong_types", "bad_units", "containers"]
         .iter()
         .map(|case| data_dir().join(format!("check/{case}.yaml")))
         .collect();

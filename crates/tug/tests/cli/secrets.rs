@@ -19,7 +19,7 @@ services:
     command: [sleep, '100']
     secrets: [SESSION_KEY, API_TOKEN]
     environment: { AUTH: 'Bearer ${API_TOKEN}' }
-    healthcheck: { exec: 'check --token ${API_TOKEN}' }
+    healthcheck: { http: '/ready?token=${API_TOKEN}' }
 ";
 
 fn stack() -> TempDir {
@@ -160,7 +160,7 @@ fn no_verb_ever_shows_a_secret() {
     let c: serde_json::Value = serde_json::from_str(&config).expect("JSON");
     assert_eq!(c["settings"]["DATABASE_URL"]["value"], "********");
     assert_eq!(c["services"]["api"]["environment"]["AUTH"], "********");
-    assert_eq!(c["services"]["api"]["healthcheck"]["exec"], "********");
+    assert_eq!(c["services"]["api"]["healthcheck"]["http"], "********");
     assert_eq!(c["services"]["api"]["environment"]["LOG_LEVEL"], "INFO");
 
     for entry in std::fs::read_dir(d.join(".tug")).expect("state folder") {
