@@ -1,11 +1,13 @@
 //! How an instance runs: one small interface, one driver per way of running.
 //!
-//! A driver starts one run of an instance from a [`Launch`] and hands back a [`Running`]:
-//! the host pid of its main process (for `ps`, usage and the autoscaler, which measure its
-//! process group), its output, its exit, a graceful stop, an [`Exec`] that runs a command
-//! inside it (exec probes), and the clean-up once it has ended. Probes, restarts, gates,
-//! routing, draining, rollouts, autoscaling and status sit above this seam and never ask
-//! which driver an instance has: `process` runs a process group on this host.
+//! [`prepare`] turns an instance (its spec, port, dependencies) into a [`Launch`] for its
+//! driver and the variables the instance sees; [`start`] starts one run and hands back a
+//! [`Running`]: the host pid of its main process (for `ps`, usage and the autoscaler, which
+//! measure its process group), its output, its exit, a graceful stop, an [`Exec`] that runs a
+//! command inside it (exec probes), and the clean-up once it has ended. Probes, restarts,
+//! gates, routing, draining, rollouts, autoscaling and status sit above this seam and never
+//! ask which driver an instance has. Two drivers: a process group on this host, and a
+//! container on the engine (Docker, or Podman's compatible service).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,33 +16,80 @@ use std::time::Duration;
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 use tug_logs::Stream;
+use tug_proto::spec::{CommandSpec, ContainerSpec, MountKind, ServiceSpec, Value};
 
+use crate::Inner;
+use crate::container;
 use crate::process::{self, Launch as Spawn, RunAs};
 use crate::reaper::Exit;
+use crate::secret_files::SecretDir;
+
+/// An instance as its driver needs to know it.
+pub(crate) struct Instance<'a> {
+    pub inner: &'a Arc<Inner>,
+    pub spec: &'a ServiceSpec,
+    pub name: &'a str,
+    pub replica: u32,
+    /// Its port on this host: private behind the router, or the service's own.
+    pub port: Option<u16>,
+    /// Each dependency that has a port, with it.
+    pub dependencies: Vec<(String, u16)>,
+    /// Made while the instance waited for its dependencies (processes with `resources`).
+    pub cgroup: Option<Arc<tug_sys::cgroup::Group>>,
+}
+
+/// What [`prepare`] gives: the run to start, and the instance variables as the instance sees
+/// them (its exec probes are resolved with these).
+pub(crate) struct Prepared {
+    pub launch: Launch,
+    pub vars: Vec<(String, String)>,
+    /// Every value of its environment, resolved: the sensitive ones are masked in its output.
+    pub env: Vec<(String, String)>,
+}
 
 /// One run of an instance, resolved for its driver.
+// One lives for the moment between deciding and starting: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Launch {
     Process(ProcessLaunch),
+    Container(ContainerLaunch),
 }
 
 pub(crate) struct ProcessLaunch {
-    pub program: String,
+    program: String,
     /// The program as it may be shown in a message (`********` when sensitive).
-    pub shown: String,
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-    pub working_dir: PathBuf,
-    pub run_as: Option<RunAs>,
-    pub cgroup: Option<Arc<tug_sys::cgroup::Group>>,
+    shown: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    working_dir: PathBuf,
+    run_as: Option<RunAs>,
+    cgroup: Option<Arc<tug_sys::cgroup::Group>>,
     /// `TUG_INSTANCE` and `TUG_STATE_DIR`: what finds a process that left the group.
-    pub instance: String,
-    pub state_dir: String,
+    instance: String,
+    state_dir: String,
+    secrets: Option<SecretDir>,
+}
+
+pub(crate) struct ContainerLaunch {
+    engine: tug_engine::Engine,
+    name: String,
+    /// The image as the stack file names it, for messages.
+    image: String,
+    config: tug_engine::ContainerConfig,
+    /// In the container: the user exec probes run as.
+    user: Option<String>,
+    secrets: Option<SecretDir>,
 }
 
 /// Where a stream of an instance's output comes from.
 pub(crate) enum Source {
     Pipe(pipe::Receiver),
+    /// Both streams of a container, multiplexed by the engine.
+    Engine(tug_engine::Output),
 }
+
+/// Where a container's secret files are mounted.
+const CONTAINER_SECRETS: &str = "/run/secrets";
 
 /// A started run.
 pub(crate) struct Running {
@@ -62,6 +111,14 @@ enum Run {
         cgroup: Option<Arc<tug_sys::cgroup::Group>>,
         instance: String,
         state_dir: String,
+        _secrets: Option<SecretDir>,
+    },
+    Container {
+        engine: tug_engine::Engine,
+        id: String,
+        exit: oneshot::Receiver<Exit>,
+        ended: Option<Exit>,
+        _secrets: Option<SecretDir>,
     },
 }
 
@@ -69,6 +126,7 @@ enum Run {
 #[derive(Clone)]
 pub(crate) enum Exec {
     Local { env: Vec<(String, String)>, working_dir: PathBuf, run_as: Option<RunAs> },
+    Container { engine: tug_engine::Engine, id: String, user: Option<String> },
 }
 
 /// What an exec printed (both streams, the first 8 KiB each) and how it ended.
@@ -97,10 +155,282 @@ impl ExecError {
     }
 }
 
+/// A value with the instance's variables substituted.
+pub(crate) fn resolve(value: &Value, vars: &[(String, String)]) -> Result<String, String> {
+    if !value.template {
+        return Ok(value.value.clone());
+    }
+    let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    tug_stackfile::interp::substitute_instance(&value.value, &pairs).map_err(|errors| {
+        let what = errors.first().map(|e| e.to_string()).unwrap_or_default();
+        if value.sensitive {
+            "a sensitive value cannot be interpolated".to_string()
+        } else {
+            format!("cannot interpolate `{}`: {what}", value.value)
+        }
+    })
+}
+
+/// A command's program and arguments; a string is run by `sh -c`.
+pub(crate) fn command(command: &CommandSpec, vars: &[(String, String)]) -> Result<(String, Vec<String>), String> {
+    match command {
+        CommandSpec::Argv(args) => {
+            let mut args = args.iter().map(|a| resolve(a, vars)).collect::<Result<Vec<_>, _>>()?;
+            if args.is_empty() {
+                return Err("the command is empty".into());
+            }
+            let program = args.remove(0);
+            Ok((program, args))
+        }
+        CommandSpec::Shell(text) => Ok(("sh".into(), vec!["-c".into(), resolve(text, vars)?])),
+    }
+}
+
+/// The program as it may be shown in a message.
+pub(crate) fn shown_program(command: &CommandSpec, program: &str) -> String {
+    match command {
+        CommandSpec::Argv(args) if args.first().is_some_and(|a| a.sensitive) => "********".into(),
+        _ => program.to_string(),
+    }
+}
+
+/// `host:port`, with an IPv6 host in brackets.
+pub(crate) fn format_address(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// The instance variables of the contract, as seen from `host` (where the instance binds and
+/// where its dependencies answer).
+fn instance_vars(instance: &Instance, host: &str, port: Option<u16>, dependency_host: &str) -> Vec<(String, String)> {
+    let inner = instance.inner;
+    let mut vars = vec![
+        ("HOST".into(), host.to_string()),
+        ("PORT".into(), port.map(|p| p.to_string()).unwrap_or_default()),
+        ("TUG_SERVICE".into(), instance.spec.name.clone()),
+        ("TUG_INSTANCE".into(), instance.name.to_string()),
+        ("TUG_REPLICA".into(), instance.replica.to_string()),
+        ("TUG_REVISION".into(), instance.spec.revision.clone()),
+        ("TUG_STATE_DIR".into(), inner.config.state_dir.display().to_string()),
+    ];
+    // Discovery: where each dependency with a port answers (its router, or the instance
+    // itself with `proxy: false`).
+    for (dependency, port) in &instance.dependencies {
+        vars.push((tug_stackfile::read::address_variable(dependency), format_address(dependency_host, *port)));
+    }
+    vars
+}
+
+/// The instance's environment: its settings, secrets and `environment`, then the instance
+/// variables, which are tug's contract with it and win.
+fn environment(spec: &ServiceSpec, vars: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+    let mut env = Vec::with_capacity(spec.environment.len() + vars.len());
+    for (name, value) in &spec.environment {
+        env.push((name.clone(), resolve(value, vars)?));
+    }
+    env.extend(vars.iter().cloned());
+    Ok(env)
+}
+
+/// The files of the secrets the service lists, from its environment.
+fn secret_files(spec: &ServiceSpec, env: &[(String, String)]) -> Vec<(String, String)> {
+    spec.secret_files
+        .iter()
+        .filter_map(|name| env.iter().rev().find(|(k, _)| k == name).map(|(k, v)| (k.clone(), v.clone())))
+        .collect()
+}
+
+/// Decides how the instance runs this time, for its driver.
+pub(crate) async fn prepare(instance: Instance<'_>) -> Result<Prepared, String> {
+    match &instance.spec.container {
+        None => prepare_process(instance),
+        Some(container) => prepare_container(instance, container).await,
+    }
+}
+
+fn prepare_process(instance: Instance<'_>) -> Result<Prepared, String> {
+    let spec = instance.spec;
+    let host = instance.inner.config.host.clone();
+    let mut vars = instance_vars(&instance, &host, instance.port, &host);
+    let secrets_dir = instance.inner.config.state_dir.display().to_string();
+    let run_as = match &spec.user {
+        Some(user) => {
+            let run_as = process::lookup_user(user)?;
+            // SAFETY: geteuid has no preconditions.
+            let euid = unsafe { libc::geteuid() };
+            if euid != 0 && euid != run_as.uid {
+                return Err(format!("`user: {user}` needs tug to run as root (it runs as uid {euid})"));
+            }
+            Some(run_as)
+        }
+        None => None,
+    };
+    // The secrets folder is the run's own: its path is known before the environment is.
+    let mut secrets = None;
+    if !spec.secret_files.is_empty() {
+        let env = environment(spec, &vars)?;
+        let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
+        let dir = SecretDir::create(&instance.inner.config.state_dir, instance.name, &secret_files(spec, &env), owner)?;
+        vars.push(("TUG_SECRETS_DIR".into(), dir.path().display().to_string()));
+        secrets = Some(dir);
+    }
+    let command = spec.command.as_ref().ok_or("the service has no `command`")?;
+    let (program, args) = self::command(command, &vars)?;
+    let env = environment(spec, &vars)?;
+    let launch = Launch::Process(ProcessLaunch {
+        shown: shown_program(command, &program),
+        program,
+        args,
+        env: env.clone(),
+        working_dir: spec.working_dir.clone(),
+        run_as,
+        cgroup: instance.cgroup,
+        instance: instance.name.to_string(),
+        state_dir: secrets_dir,
+        secrets,
+    });
+    Ok(Prepared { launch, vars, env })
+}
+
+async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) -> Result<Prepared, String> {
+    let spec = instance.spec;
+    let inner = instance.inner;
+    let state_dir = inner.config.state_dir.display().to_string();
+    let url = inner.lock().engine.clone().ok_or("no container engine is configured for this stack")?;
+    let engine = inner.engines.get(&url, &state_dir).await.map_err(|e| format!("the container engine: {e}"))?;
+    let host = inner.config.host.clone();
+    // Without `container_port` the container shares the host's network: it sees what a
+    // process sees. With it, the container has a network of its own: it binds every one of
+    // its interfaces on `container_port`, which the engine publishes on the instance's port,
+    // and reaches its dependencies through relays on the bridge's gateway.
+    let (mut vars, network) = match container.container_port {
+        None => (instance_vars(&instance, &host, instance.port, &host), tug_engine::Network::Host),
+        Some(inside) => {
+            let gateway = bridge_gateway(&engine).await?;
+            for (_, port) in &instance.dependencies {
+                inner.engines.relay(gateway, *port, &host).await?;
+            }
+            let publish = instance
+                .port
+                .map(|port| tug_engine::Publish { host_ip: host.clone(), host_port: port, container_port: inside })
+                .into_iter()
+                .collect();
+            let vars = instance_vars(&instance, "0.0.0.0", Some(inside), &gateway.to_string());
+            (vars, tug_engine::Network::Bridge { publish })
+        }
+    };
+    let mut mounts: Vec<tug_engine::Mount> = container
+        .mounts
+        .iter()
+        .map(|m| tug_engine::Mount {
+            kind: match m.kind {
+                MountKind::Volume => tug_engine::MountKind::Volume,
+                MountKind::Bind => tug_engine::MountKind::Bind,
+            },
+            source: m.source.clone(),
+            target: m.target.clone(),
+            read_only: m.read_only,
+        })
+        .collect();
+    let mut secrets = None;
+    if !spec.secret_files.is_empty() {
+        vars.push(("TUG_SECRETS_DIR".into(), CONTAINER_SECRETS.into()));
+        let env = environment(spec, &vars)?;
+        let dir = SecretDir::create(
+            &inner.config.state_dir,
+            instance.name,
+            &secret_files(spec, &env),
+            numeric_owner(spec.user.as_deref()),
+        )?;
+        mounts.push(tug_engine::Mount {
+            kind: tug_engine::MountKind::Bind,
+            source: dir.path().display().to_string(),
+            target: CONTAINER_SECRETS.into(),
+            read_only: true,
+        });
+        secrets = Some(dir);
+    }
+    let cmd = match &spec.command {
+        Some(CommandSpec::Argv(args)) => Some(args.iter().map(|a| resolve(a, &vars)).collect::<Result<Vec<_>, _>>()?),
+        Some(CommandSpec::Shell(text)) => Some(vec!["sh".into(), "-c".into(), resolve(text, &vars)?]),
+        None => None,
+    };
+    let entrypoint = match &container.entrypoint {
+        Some(words) => Some(words.iter().map(|w| resolve(w, &vars)).collect::<Result<Vec<_>, _>>()?),
+        None => None,
+    };
+    let env = environment(spec, &vars)?;
+    let project = inner.lock().project.clone();
+    let labels = vec![
+        ("tug.project".to_string(), project.clone()),
+        ("tug.service".to_string(), spec.name.clone()),
+        ("tug.instance".to_string(), instance.name.to_string()),
+        ("tug.revision".to_string(), spec.revision.clone()),
+        (container::STATE_DIR_LABEL.to_string(), state_dir.clone()),
+    ];
+    let config = tug_engine::ContainerConfig {
+        image: container.image_id.clone(),
+        cmd,
+        entrypoint,
+        env: env.clone(),
+        user: spec.user.clone(),
+        working_dir: container.working_dir.clone(),
+        labels,
+        network,
+        extra_hosts: Vec::new(),
+        mounts,
+        tmpfs: container.tmpfs.iter().map(|t| container::tmpfs_entry(t)).collect(),
+        read_only: container.read_only,
+        cap_add: container.cap_add.clone(),
+        cap_drop: container.cap_drop.clone(),
+        security_opt: container.security_opt.clone(),
+        init: container.init,
+        memory_bytes: spec.memory_bytes,
+        nano_cpus: spec.cpu.map(|c| (c * 1e9) as i64),
+        stop_signal: Some(spec.stop_signal_name.clone()),
+        engine_logs_off: true,
+    };
+    let launch = Launch::Container(ContainerLaunch {
+        engine,
+        name: container::container_name(&project, instance.name, &state_dir),
+        image: container.image.clone(),
+        config,
+        user: spec.user.clone(),
+        secrets,
+    });
+    Ok(Prepared { launch, vars, env })
+}
+
+/// `user: "999"` or `"999:999"`: who the secret files belong to. A user name is the image's
+/// to resolve, which tug cannot see: then the files stay root's.
+fn numeric_owner(user: Option<&str>) -> Option<(u32, u32)> {
+    let user = user?;
+    let (uid, gid) = match user.split_once(':') {
+        Some((uid, gid)) => (uid.parse().ok()?, gid.parse().ok()?),
+        None => {
+            let uid = user.parse().ok()?;
+            (uid, uid)
+        }
+    };
+    Some((uid, gid))
+}
+
+/// Where containers on the engine's default bridge reach this host.
+async fn bridge_gateway(engine: &tug_engine::Engine) -> Result<std::net::Ipv4Addr, String> {
+    for network in ["bridge", "podman"] {
+        if let Some(gateway) = engine.network_gateway(network).await.map_err(|e| e.to_string())? {
+            return Ok(gateway);
+        }
+    }
+    Err("the container engine has no `bridge` (or `podman`) network with an IPv4 gateway, which a container with \
+         `container_port` needs to reach its dependencies"
+        .into())
+}
+
 /// Starts one run. The error says why, for the instance's message.
 pub(crate) async fn start(launch: Launch) -> Result<Running, String> {
     match launch {
         Launch::Process(launch) => start_process(launch),
+        Launch::Container(launch) => start_container(launch).await,
     }
 }
 
@@ -132,8 +462,72 @@ fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
             cgroup: launch.cgroup,
             instance: launch.instance,
             state_dir: launch.state_dir,
+            _secrets: launch.secrets,
         },
     })
+}
+
+async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
+    let ContainerLaunch { engine, name, image, config, user, secrets } = launch;
+    let id = match engine.create_container(&name, &config).await {
+        Ok(id) => id,
+        // One of this instance's, left by a run whose removal failed: it goes, and once more.
+        Err(tug_engine::Error::Conflict { .. }) => {
+            engine.remove_container(&name, true).await.map_err(|e| e.to_string())?;
+            engine.create_container(&name, &config).await.map_err(|e| create_error(&image, e))?
+        }
+        Err(e) => return Err(create_error(&image, e)),
+    };
+    // From here on the container exists: whatever fails removes it.
+    let started = async {
+        // Attached before it starts, so no line of its output is lost.
+        let output = engine.attach(&id).await.map_err(|e| e.to_string())?;
+        engine.start(&id).await.map_err(|e| format!("the engine cannot start a container of `{image}`: {e}"))?;
+        let info = engine.inspect_container(&id).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((output, info))
+    };
+    let (output, info) = match started.await {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = engine.remove_container(&id, true).await;
+            return Err(e);
+        }
+    };
+    let pid = info.as_ref().and_then(|i| i.pid).unwrap_or(0);
+    let start_ticks = (pid > 0).then(|| tug_sys::procfs::stat(pid).ok().map(|s| s.start_time)).flatten();
+    // The engine says when it exits; a task waits so `exited` stays cancel-safe.
+    let (tx, exit) = oneshot::channel();
+    let waiter = engine.clone();
+    let waited = id.clone();
+    tokio::spawn(async move {
+        let exit = match waiter.wait(&waited).await {
+            Ok(status) => container::exit_from_status(status),
+            Err(e) => {
+                eprintln!("tug: waiting for container {waited}: {e}");
+                Exit::Signal(libc::SIGKILL)
+            }
+        };
+        let _ = tx.send(exit);
+    });
+    Ok(Running {
+        pid,
+        start_ticks,
+        output: vec![(Stream::Out, Source::Engine(output))],
+        exec: Exec::Container { engine: engine.clone(), id: id.clone(), user },
+        run: Run::Container { engine, id, exit, ended: None, _secrets: secrets },
+    })
+}
+
+/// Why a container could not be created, with what to do.
+fn create_error(image: &str, error: tug_engine::Error) -> String {
+    match error {
+        tug_engine::Error::NotFound { .. } => {
+            format!(
+                "the image `{image}` is not on the container engine any more; run `tug up` again to pull or build it"
+            )
+        }
+        other => format!("the engine refused a container of `{image}`: {other}"),
+    }
 }
 
 impl Running {
@@ -148,16 +542,13 @@ impl Running {
 
     /// Resolves when the run ends. Safe to cancel (in a `select!`) and to call again.
     pub async fn exited(&mut self) -> Exit {
-        match &mut self.run {
-            Run::Process { exit, ended, .. } => {
-                if let Some(exit) = ended {
-                    return *exit;
-                }
-                let exit = (&mut *exit).await.unwrap_or(Exit::Signal(libc::SIGKILL));
-                *ended = Some(exit);
-                exit
-            }
+        let (Run::Process { exit, ended, .. } | Run::Container { exit, ended, .. }) = &mut self.run;
+        if let Some(exit) = ended {
+            return *exit;
         }
+        let exit = (&mut *exit).await.unwrap_or(Exit::Signal(libc::SIGKILL));
+        *ended = Some(exit);
+        exit
     }
 
     /// `signal`, then up to `grace` for the run to end, then SIGKILL. Returns how it ended.
@@ -174,12 +565,32 @@ impl Running {
                 *ended = status;
                 status
             }
+            Run::Container { engine, id, exit, ended, .. } => {
+                if let Some(exit) = ended {
+                    return Some(*exit);
+                }
+                let _ = engine.kill(id, &crate::reaper::signal_name(signal)).await;
+                let status = match tokio::time::timeout(grace, &mut *exit).await {
+                    Ok(status) => status.ok(),
+                    Err(_) => {
+                        let _ = engine.kill(id, "SIGKILL").await;
+                        (&mut *exit).await.ok()
+                    }
+                };
+                *ended = status;
+                status
+            }
         }
     }
 
     /// After the run ended: whatever it left behind goes with it.
     pub async fn finish(self, name: &str) {
         match self.run {
+            Run::Container { engine, id, .. } => {
+                if let Err(e) = engine.remove_container(&id, true).await {
+                    eprintln!("tug: {name}: cannot remove its container {id}: {e}");
+                }
+            }
             Run::Process { cgroup, instance, state_dir, .. } => {
                 // What the leader left in its group, and what left the group (adopted by
                 // the daemon, a subreaper) while carrying the instance's variables.
@@ -217,6 +628,41 @@ impl Exec {
                 let spawn =
                     Spawn { program, args, working_dir, env, run_as: run_as.as_ref(), cgroup: None, capture: true };
                 local_exec(&spawn, timeout).await
+            }
+            Exec::Container { engine, id, user } => {
+                let mut cmd = Vec::with_capacity(args.len() + 1);
+                cmd.push(program.to_string());
+                cmd.extend(args.iter().cloned());
+                let config = tug_engine::ExecConfig {
+                    cmd,
+                    env: Vec::new(),
+                    user: user.clone(),
+                    working_dir: None,
+                    stdin: false,
+                };
+                let ran = async {
+                    let mut session = engine.exec(id, &config).await.map_err(|e| ExecError::Start(e.to_string()))?;
+                    let (mut out, mut err) = (Vec::new(), Vec::new());
+                    while let Some((stream, chunk)) =
+                        session.output.next().await.map_err(|e| ExecError::Lost(e.to_string()))?
+                    {
+                        let buffer = match stream {
+                            tug_engine::StreamKind::Stdout => &mut out,
+                            tug_engine::StreamKind::Stderr => &mut err,
+                        };
+                        if buffer.len() < 8192 {
+                            buffer.extend_from_slice(&chunk[..chunk.len().min(8192 - buffer.len())]);
+                        }
+                    }
+                    let code = session.exit_code().await.map_err(|e| ExecError::Lost(e.to_string()))?;
+                    let mut text = String::from_utf8_lossy(&out).into_owned();
+                    text.push('\n');
+                    text.push_str(&String::from_utf8_lossy(&err));
+                    Ok(ExecOutput { exit: container::exit_from_status(code), text })
+                };
+                // A command still running in the container at the timeout is left to end by
+                // itself: the engine has no way to kill an exec.
+                tokio::time::timeout(timeout, ran).await.unwrap_or(Err(ExecError::TimedOut(timeout)))
             }
         }
     }

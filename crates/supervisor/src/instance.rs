@@ -9,13 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tug_logs::{LineSplitter, LogWriter, Stream};
-use tug_proto::spec::{Check as CheckSpec, CommandSpec, Kind, Probe, Restart, ServiceSpec, Value};
+use tug_proto::spec::{Check as CheckSpec, Kind, Probe, Restart, ServiceSpec};
 use tug_proto::status::{Health, InstanceStatus, State};
 
 use crate::driver;
 use crate::order::{self, Gate};
 use crate::probe::{self, Check};
-use crate::process;
 use crate::reaper::Exit;
 use tug_logs::format_time;
 
@@ -323,66 +322,23 @@ impl Task {
         }
     }
 
-    fn instance_vars(&self) -> Vec<(String, String)> {
-        let port = self.port.map(|p| p.to_string()).unwrap_or_default();
-        let host = &self.inner.config.host;
-        let mut vars = vec![
-            ("HOST".into(), host.clone()),
-            ("PORT".into(), port),
-            ("TUG_SERVICE".into(), self.spec.name.clone()),
-            ("TUG_INSTANCE".into(), self.name.clone()),
-            ("TUG_REPLICA".into(), self.replica.to_string()),
-            ("TUG_REVISION".into(), self.spec.revision.clone()),
-            ("TUG_STATE_DIR".into(), self.inner.config.state_dir.display().to_string()),
-        ];
-        // Discovery: where each dependency with a port answers (its router, or the instance
-        // itself with `proxy: false`).
+    /// Each dependency that has a port, with it.
+    fn dependencies(&self) -> Vec<(String, u16)> {
         let table = self.inner.lock();
-        for (dependency, _) in &self.spec.depends_on {
-            if let Some(port) = table.specs.get(dependency).and_then(|d| d.port) {
-                vars.push((tug_stackfile::read::address_variable(dependency), format_address(host, port)));
-            }
-        }
-        vars
-    }
-
-    /// A value with this instance's variables substituted.
-    fn resolve(&self, value: &Value, vars: &[(String, String)]) -> Result<String, String> {
-        if !value.template {
-            return Ok(value.value.clone());
-        }
-        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        tug_stackfile::interp::substitute_instance(&value.value, &pairs).map_err(|errors| {
-            let what = errors.first().map(|e| e.to_string()).unwrap_or_default();
-            if value.sensitive {
-                "a sensitive value cannot be interpolated".to_string()
-            } else {
-                format!("cannot interpolate `{}`: {what}", value.value)
-            }
-        })
-    }
-
-    fn command(&self, command: &CommandSpec, vars: &[(String, String)]) -> Result<(String, Vec<String>), String> {
-        match command {
-            CommandSpec::Argv(args) => {
-                let mut args = args.iter().map(|a| self.resolve(a, vars)).collect::<Result<Vec<_>, _>>()?;
-                if args.is_empty() {
-                    return Err("the command is empty".into());
-                }
-                let program = args.remove(0);
-                Ok((program, args))
-            }
-            CommandSpec::Shell(text) => Ok(("sh".into(), vec!["-c".into(), self.resolve(text, vars)?])),
-        }
+        self.spec
+            .depends_on
+            .iter()
+            .filter_map(|(dependency, _)| Some((dependency.clone(), table.specs.get(dependency)?.port?)))
+            .collect()
     }
 
     fn check(&self, probe: &Probe, vars: &[(String, String)]) -> Result<Check, String> {
         Ok(match &probe.check {
-            CheckSpec::Http { path } => Check::Http { path: self.resolve(path, vars)?, sensitive: path.sensitive },
+            CheckSpec::Http { path } => Check::Http { path: driver::resolve(path, vars)?, sensitive: path.sensitive },
             CheckSpec::Tcp => Check::Tcp,
             CheckSpec::Exec { command } => {
-                let (program, args) = self.command(command, vars)?;
-                let shown = shown_command_program(command, &program);
+                let (program, args) = driver::command(command, vars)?;
+                let shown = driver::shown_program(command, &program);
                 Check::Exec { program, args, shown }
             }
             CheckSpec::Log { regex } => Check::Log { matched: self.log_matched.clone(), regex: regex.clone() },
@@ -428,9 +384,8 @@ impl Task {
 
     async fn run_once(&mut self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
         self.refresh_port();
-        let vars = self.instance_vars();
-        let prepared = self.prepare(&vars);
-        let (launch, readiness, liveness) = match prepared {
+        let prepared = self.prepare().await;
+        let (launch, env, readiness, liveness) = match prepared {
             Ok(p) => p,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
@@ -467,9 +422,9 @@ impl Task {
             Some(CheckSpec::Log { regex }) => regex::Regex::new(regex).ok(),
             _ => None,
         };
-        let secrets: Arc<Vec<Vec<u8>>> = Arc::new(masked_values(
-            self.spec.environment.iter().filter(|(_, v)| v.sensitive).filter_map(|(_, v)| self.resolve(v, &vars).ok()),
-        ));
+        let sensitive = |name: &String| self.spec.environment.iter().any(|(k, v)| k == name && v.sensitive);
+        let secrets: Arc<Vec<Vec<u8>>> =
+            Arc::new(masked_values(env.into_iter().filter(|(k, _)| sensitive(k)).map(|(_, v)| v)));
         let sink = Arc::new(Sink {
             writer,
             log_probe: log_regex.map(|r| (r, self.log_matched.clone(), self.log_wake.clone())),
@@ -608,47 +563,27 @@ impl Task {
         outcome
     }
 
-    /// The run to start, for the instance's driver, and its probes.
+    /// The run to start, for the instance's driver, its resolved environment, and its probes
+    /// (an exec probe runs inside the instance: it is resolved with what the instance sees).
     #[allow(clippy::type_complexity)]
-    fn prepare(
+    async fn prepare(
         &mut self,
-        vars: &[(String, String)],
-    ) -> Result<(driver::Launch, Option<(Probe, Check)>, Option<(Probe, Check)>), String> {
-        let command = self.spec.command.as_ref().ok_or("the service has no `command`")?;
-        let (program, args) = self.command(command, vars)?;
-        let mut env = Vec::with_capacity(self.spec.environment.len() + vars.len());
-        for (name, value) in &self.spec.environment {
-            env.push((name.clone(), self.resolve(value, vars)?));
-        }
-        // Instance variables are tug's contract with the instance: they win.
-        env.extend(vars.iter().cloned());
-        let run_as = match &self.spec.user {
-            Some(user) => {
-                let run_as = process::lookup_user(user)?;
-                // SAFETY: geteuid has no preconditions.
-                let euid = unsafe { libc::geteuid() };
-                if euid != 0 && euid != run_as.uid {
-                    return Err(format!("`user: {user}` needs tug to run as root (it runs as uid {euid})"));
-                }
-                Some(run_as)
-            }
-            None => None,
+    ) -> Result<(driver::Launch, Vec<(String, String)>, Option<(Probe, Check)>, Option<(Probe, Check)>), String> {
+        let instance = driver::Instance {
+            inner: &self.inner,
+            spec: &self.spec,
+            name: &self.name,
+            replica: self.replica,
+            port: self.port,
+            dependencies: self.dependencies(),
+            cgroup: self.cgroup.take(),
         };
+        let prepared = driver::prepare(instance).await?;
+        let vars = &prepared.vars;
         let readiness =
             self.spec.healthcheck.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
         let liveness = self.spec.liveness.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
-        let launch = driver::Launch::Process(driver::ProcessLaunch {
-            shown: shown_program(&self.spec, &program),
-            program,
-            args,
-            env,
-            working_dir: self.spec.working_dir.clone(),
-            run_as,
-            cgroup: self.cgroup.take(),
-            instance: self.name.clone(),
-            state_dir: self.inner.config.state_dir.display().to_string(),
-        });
-        Ok((launch, readiness, liveness))
+        Ok((prepared.launch, prepared.env, readiness, liveness))
     }
 
     /// The instance's cgroup, when it has `resources` limits and the machine
@@ -737,25 +672,6 @@ impl Task {
                 None => Wake::Remove(None),
             },
         }
-    }
-}
-
-/// `host:port`, with an IPv6 host in brackets.
-fn format_address(host: &str, port: u16) -> String {
-    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
-}
-
-fn shown_program(spec: &ServiceSpec, program: &str) -> String {
-    match &spec.command {
-        Some(command) => shown_command_program(command, program),
-        None => program.to_string(),
-    }
-}
-
-fn shown_command_program(command: &CommandSpec, program: &str) -> String {
-    match command {
-        CommandSpec::Argv(args) if args.first().is_some_and(|a| a.sensitive) => "********".into(),
-        _ => program.to_string(),
     }
 }
 
@@ -875,42 +791,70 @@ fn redact_text(text: String, secrets: &[Vec<u8>]) -> String {
     }
 }
 
-/// Reads one stream to its end. Never stops reading, whatever the disk does,
-/// so a chatty instance never blocks on a full pipe.
-async fn pump(source: driver::Source, stream: Stream, sink: Arc<Sink>) {
-    let driver::Source::Pipe(mut pipe) = source;
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut splitter = LineSplitter::new(MAX_LINE);
-    let write = |time: SystemTime, line: &[u8]| {
-        let masked = redact(line, &sink.secrets);
+impl Sink {
+    /// One line of output: masked, offered to the `log` probe, written.
+    fn line(&self, time: SystemTime, stream: Stream, line: &[u8]) {
+        let masked = redact(line, &self.secrets);
         let line = masked.as_deref().unwrap_or(line);
-        if let Some((regex, matched, wake)) = &sink.log_probe
+        if let Some((regex, matched, wake)) = &self.log_probe
             && !matched.load(Ordering::Relaxed)
             && regex.is_match(&String::from_utf8_lossy(line))
         {
             matched.store(true, Ordering::Release);
             wake.notify_one();
         }
-        if let Some(writer) = &sink.writer {
+        if let Some(writer) = &self.writer {
             let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writer.write(time, stream, line);
         }
+    }
+
+    fn flush(&self) {
+        if let Some(writer) = &self.writer {
+            let _ = writer.lock().unwrap_or_else(|p| p.into_inner()).flush();
+        }
+    }
+}
+
+/// Reads one stream to its end. Never stops reading, whatever the disk does,
+/// so a chatty instance never blocks on a full pipe.
+async fn pump(source: driver::Source, stream: Stream, sink: Arc<Sink>) {
+    let mut pipe = match source {
+        driver::Source::Pipe(pipe) => pipe,
+        driver::Source::Engine(output) => return pump_engine(output, sink).await,
     };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut splitter = LineSplitter::new(MAX_LINE);
     loop {
         let n = match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         let now = SystemTime::now();
-        splitter.push(&buf[..n], &mut |line: &[u8]| write(now, line));
-        if let Some(writer) = &sink.writer {
-            let _ = writer.lock().unwrap_or_else(|p| p.into_inner()).flush();
-        }
+        splitter.push(&buf[..n], &mut |line: &[u8]| sink.line(now, stream, line));
+        sink.flush();
     }
-    splitter.finish(&mut |line: &[u8]| write(SystemTime::now(), line));
-    if let Some(writer) = &sink.writer {
-        let _ = writer.lock().unwrap_or_else(|p| p.into_inner()).flush();
+    splitter.finish(&mut |line: &[u8]| sink.line(SystemTime::now(), stream, line));
+    sink.flush();
+}
+
+/// A container's output: both streams arrive multiplexed on one connection, and are kept apart
+/// as a process's pipes are.
+async fn pump_engine(mut output: tug_engine::Output, sink: Arc<Sink>) {
+    let mut out = LineSplitter::new(MAX_LINE);
+    let mut err = LineSplitter::new(MAX_LINE);
+    while let Ok(Some((kind, chunk))) = output.next().await {
+        let now = SystemTime::now();
+        let (splitter, stream) = match kind {
+            tug_engine::StreamKind::Stdout => (&mut out, Stream::Out),
+            tug_engine::StreamKind::Stderr => (&mut err, Stream::Err),
+        };
+        splitter.push(&chunk, &mut |line: &[u8]| sink.line(now, stream, line));
+        sink.flush();
     }
+    out.finish(&mut |line: &[u8]| sink.line(SystemTime::now(), Stream::Out, line));
+    err.finish(&mut |line: &[u8]| sink.line(SystemTime::now(), Stream::Err, line));
+    sink.flush();
 }
 
 #[cfg(test)]
@@ -940,8 +884,8 @@ mod tests {
     #[test]
     fn address_variables_are_named_after_the_service() {
         assert_eq!(tug_stackfile::read::address_variable("auth-db"), "AUTH_DB_ADDR");
-        assert_eq!(format_address("127.0.0.2", 80), "127.0.0.2:80");
-        assert_eq!(format_address("::1", 80), "[::1]:80");
+        assert_eq!(driver::format_address("127.0.0.2", 80), "127.0.0.2:80");
+        assert_eq!(driver::format_address("::1", 80), "[::1]:80");
     }
 
     #[test]

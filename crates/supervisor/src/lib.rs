@@ -8,6 +8,7 @@
 
 mod analysis;
 mod autoscale;
+mod container;
 mod driver;
 pub mod history;
 pub mod instance;
@@ -19,6 +20,7 @@ pub mod process;
 pub mod reaper;
 mod rollout;
 mod routing;
+mod secret_files;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -100,6 +102,8 @@ pub(crate) struct Table {
     pub instances: IndexMap<String, Instance>,
     pub ports: HashSet<u16>,
     pub notices: Vec<String>,
+    /// The container engine's address (`unix:///…`), once a stack with images was applied.
+    pub engine: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -111,6 +115,8 @@ pub(crate) struct Inner {
     pub routing: routing::Routing,
     /// Revisions and rollouts, as `rollouts.json` holds them.
     pub records: Mutex<history::Records>,
+    /// The container engines the stack's images run on (one, in practice).
+    pub engines: container::Engines,
 }
 
 impl Inner {
@@ -159,6 +165,7 @@ impl Supervisor {
             instances: IndexMap::new(),
             ports: HashSet::new(),
             notices: Vec::new(),
+            engine: None,
         };
         let routing = routing::Routing::new(&config.host);
         let (records, problem) = match history::Records::load(&config.state_dir) {
@@ -172,6 +179,7 @@ impl Supervisor {
             cgroups,
             routing,
             records: Mutex::new(records),
+            engines: container::Engines::default(),
         });
         let supervisor = Supervisor { inner };
         if let Some(problem) = problem {
@@ -323,6 +331,9 @@ impl Supervisor {
         let mut recorded = Vec::new();
         inner.update(|t| {
             t.project = spec.project.clone();
+            if spec.engine.is_some() {
+                t.engine = spec.engine.clone();
+            }
             for (name, new) in &new_specs {
                 match t.services.get_mut(name) {
                     Some(service) if service.spec.revision == new.revision => {

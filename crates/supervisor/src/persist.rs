@@ -20,6 +20,10 @@ pub const FILE: &str = "state.json";
 pub struct Record {
     pub daemon_pid: u32,
     pub instances: Vec<Entry>,
+    /// The container engine the stack's containers run on: whoever cleans up after a daemon
+    /// that died (its keeper, the next daemon) removes them there, by the state folder's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,7 +46,7 @@ impl Record {
                 Some(Entry { instance: i.status.instance.clone(), pid: i.status.pid?, start_ticks: i.start_ticks? })
             })
             .collect();
-        Record { daemon_pid: std::process::id(), instances }
+        Record { daemon_pid: std::process::id(), instances, engine: table.engine.clone() }
     }
 
     /// Writes the record atomically, when it is newer than, and differs from, the last one written.
@@ -161,4 +165,31 @@ fn has_variable(pid: i32, name: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|b| *b == 0).any(|entry| entry.starts_with(format!("{name}=").as_bytes())))
         .unwrap_or(false)
+}
+
+/// Removes every container of the stack whose state folder is `state_dir` from `engine` (what a
+/// daemon that died left), and its secret files. For the keeper and a starting daemon, which
+/// have no runtime. Returns one line per thing done.
+pub fn remove_containers(state_dir: &Path, engine: Option<&str>) -> Vec<String> {
+    let mut report = Vec::new();
+    let secrets = crate::secret_files::remove_stale(state_dir);
+    if secrets > 0 {
+        report.push(format!("removed the secret files of {secrets} instance(s) an earlier daemon left"));
+    }
+    let Some(url) = engine else { return report };
+    let label = state_dir.display().to_string();
+    let removed = tug_engine::resolve_endpoint(Some(url), None, None).map_err(|e| e.to_string()).and_then(|endpoint| {
+        tug_engine::remove_labelled_containers_blocking(
+            &endpoint,
+            (crate::container::STATE_DIR_LABEL, &label),
+            Duration::from_secs(30),
+        )
+        .map_err(|e| e.to_string())
+    });
+    match removed {
+        Ok(0) => {}
+        Ok(n) => report.push(format!("removed {n} container(s) an earlier daemon left")),
+        Err(e) => report.push(format!("cannot remove the containers an earlier daemon left: {e}")),
+    }
+    report
 }

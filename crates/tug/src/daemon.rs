@@ -95,6 +95,14 @@ pub fn keep(state_dir: &Path) -> i32 {
         }
     }
     kill_descendants();
+    // Containers are not its descendants: the engine runs them. The daemon's record names the
+    // engine; every container labelled with this stack goes.
+    if let Ok(record) = tug_supervisor::persist::Record::load(state_dir) {
+        let engine = record.as_ref().and_then(|r| r.engine.as_deref());
+        for line in tug_supervisor::persist::remove_containers(state_dir, engine) {
+            eprintln!("tug keeper: {line}");
+        }
+    }
     // A daemon that did not exit cleanly left its socket and pid file behind. But a daemon
     // that failed because another one holds the lock never had them: they are the running
     // daemon's, and removing them would cut that stack off from every client. So only the
@@ -230,7 +238,10 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             None
         }
     };
-    for line in tug_supervisor::persist::reconcile(state_dir, previous.as_ref()) {
+    let engine = previous.as_ref().and_then(|r| r.engine.as_deref());
+    let mut reconciled = tug_supervisor::persist::reconcile(state_dir, previous.as_ref());
+    reconciled.extend(tug_supervisor::persist::remove_containers(state_dir, engine));
+    for line in reconciled {
         eprintln!("tug daemon: {line}");
         notices.push(line);
     }

@@ -3,6 +3,7 @@
 //! This file is the command line: it parses flags, calls the library crates, and
 //! turns their results into output and exit codes (0 ok, 1 failed, 2 usage).
 
+mod artifacts;
 mod client;
 mod daemon;
 mod logs;
@@ -10,6 +11,7 @@ mod output;
 mod rollout;
 mod run;
 mod secrets;
+mod source;
 mod stack;
 mod stats;
 
@@ -106,7 +108,11 @@ enum Command {
         service: String,
     },
     /// Stop everything in reverse dependency order; returns when all is gone
-    Down,
+    Down {
+        /// Also remove the named volumes the stack created (their data is lost)
+        #[arg(short = 'v', long)]
+        volumes: bool,
+    },
     /// The routers' counters: requests by status class, latency, retries, ejections, per revision and instance
     Stats {
         /// Print JSON (the API's `GET /v1/stats`)
@@ -268,7 +274,7 @@ fn main() -> ExitCode {
             RolloutCommand::Undo { service } => rollout::act(&cli.stack, &service, RolloutAction::Undo),
         },
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
-        Command::Down => run::down(&cli.stack),
+        Command::Down { volumes } => run::down(&cli.stack, volumes),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
         Command::Logs { follow, tail, since, json, names } => {

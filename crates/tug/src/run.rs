@@ -14,6 +14,7 @@ use tug_proto::status::{InstanceStatus, StackStatus, State, UpResponse};
 use tug_stackfile::model::{self, Check, Command, Text};
 use tug_stackfile::{ServiceKind, Stack};
 
+use crate::artifacts::Artifacts;
 use crate::client::{Client, RequestError};
 use crate::output;
 use crate::stack::{self, Loaded};
@@ -73,15 +74,68 @@ fn deploy_spec(d: &model::Deploy) -> proto::DeploySpec {
     }
 }
 
-/// The resolved stack as the daemon needs it.
-pub fn to_spec(stack: &Stack) -> StackSpec {
+/// A service's container, as the daemon runs it (its image resolved to an id).
+fn container_spec(stack: &Stack, container: &model::Container, image_id: Option<&String>) -> proto::ContainerSpec {
+    let mounts = container
+        .volumes
+        .iter()
+        .map(|m| match m {
+            model::VolumeMount::Named { name, target, read_only } => proto::MountSpec {
+                kind: proto::MountKind::Volume,
+                // An external volume is the engine's own name; the stack's are the project's.
+                source: if stack.volumes.get(name).is_some_and(|v| v.external) {
+                    name.clone()
+                } else {
+                    crate::artifacts::volume_name(&stack.name, name)
+                },
+                target: target.clone(),
+                read_only: *read_only,
+            },
+            model::VolumeMount::Bind { source, target, read_only } => proto::MountSpec {
+                kind: proto::MountKind::Bind,
+                source: source.display().to_string(),
+                target: target.clone(),
+                read_only: *read_only,
+            },
+        })
+        .collect();
+    proto::ContainerSpec {
+        image: container.image.clone(),
+        image_id: image_id.cloned().unwrap_or_default(),
+        entrypoint: container.entrypoint.as_ref().map(|words| words.iter().map(value).collect()),
+        working_dir: container.working_dir.clone(),
+        mounts,
+        tmpfs: container.tmpfs.clone(),
+        read_only: container.read_only,
+        cap_add: container.cap_add.clone(),
+        cap_drop: container.cap_drop.clone(),
+        security_opt: container.security_opt.clone(),
+        init: container.init,
+        container_port: container.container_port,
+    }
+}
+
+/// The resolved stack as the daemon needs it, with what its revisions are made of.
+pub fn to_spec(stack: &Stack, artifacts: &Artifacts) -> StackSpec {
     let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
     let services = stack
         .services
         .iter()
         .map(|(name, s)| {
-            let working_dir =
+            let mut working_dir =
                 if s.working_dir.is_absolute() { s.working_dir.clone() } else { stack.root.join(&s.working_dir) };
+            let source = match (&s.source, artifacts.sources.get(name)) {
+                (Some(path), Some(snapshot)) => {
+                    // The revision runs from its own copy of the source.
+                    working_dir = crate::source::working_dir_in_copy(&working_dir, path, &snapshot.copy);
+                    Some(proto::SourceSpec {
+                        path: path.clone(),
+                        digest: snapshot.digest.clone(),
+                        copy: snapshot.copy.clone(),
+                    })
+                }
+                _ => None,
+            };
             let mut spec = proto::ServiceSpec {
                 name: name.clone(),
                 kind: match s.kind {
@@ -114,9 +168,9 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
                 cpu: s.resources.cpu,
                 log_max_size: s.logs.max_size.0,
                 log_max_files: s.logs.max_files,
-                container: None,
-                source: None,
-                secret_files: Vec::new(),
+                container: s.container.as_ref().map(|c| container_spec(stack, c, artifacts.images.get(name))),
+                source,
+                secret_files: s.secrets.clone(),
                 deploy: deploy_spec(&s.deploy),
                 autoscale: s.autoscale.as_ref().map(|a| proto::AutoscaleSpec {
                     min: a.min,
@@ -149,7 +203,7 @@ pub fn to_spec(stack: &Stack) -> StackSpec {
         root: stack.root.clone(),
         services,
         withheld,
-        engine: None,
+        engine: artifacts.engine.clone(),
         registry: match &stack.registry {
             model::Registry::Embedded => None,
             model::Registry::Redis(url) => {
@@ -306,7 +360,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         stack::load(args)?.compiled
     };
     let stack = crate::secrets::require_valid(&compiled)?;
-    stack::print_diagnostics(&compiled, palette, true);
+    stack::print_problems(&compiled, palette, true, tug_stackfile::Severity::Warning);
     for name in &options.services {
         if !stack.services.contains_key(name) {
             let known: Vec<&str> = stack.services.keys().map(String::as_str).collect();
@@ -314,7 +368,9 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         }
     }
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
-    let spec = to_spec(stack);
+    let wanted = closure(stack, &options.services);
+    let artifacts = crate::artifacts::resolve(stack, &wanted, &state_dir)?;
+    let spec = to_spec(stack, &artifacts);
     let (state_dir, client) = connect(args, true)?;
     let client = client.ok_or("no API key")?;
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
@@ -368,6 +424,25 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
     down_with(&client, false)
+}
+
+/// The services `targets` name (all when none) and what they depend on, transitively.
+fn closure(stack: &Stack, targets: &[String]) -> Vec<String> {
+    if targets.is_empty() {
+        return stack.services.keys().cloned().collect();
+    }
+    let mut wanted: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = targets.to_vec();
+    while let Some(name) = pending.pop() {
+        if wanted.contains(&name) {
+            continue;
+        }
+        if let Some(service) = stack.services.get(&name) {
+            pending.extend(service.depends_on.keys().cloned());
+        }
+        wanted.push(name);
+    }
+    wanted
 }
 
 enum Waited {
@@ -609,13 +684,29 @@ fn print_failure_logs(state_dir: &Path, failed: &[InstanceStatus]) {
     }
 }
 
-pub fn down(args: &StackArgs) -> Result<ExitCode, String> {
-    let (_, client) = connect(args, false)?;
-    let Some(client) = client else {
-        return output::write_stdout("nothing is running for this stack\n");
+pub fn down(args: &StackArgs, volumes: bool) -> Result<ExitCode, String> {
+    let (state_dir, client) = connect(args, false)?;
+    let code = match client {
+        Some(client) => {
+            catch_interrupts();
+            down_with(&client, false)?
+        }
+        None => {
+            output::write_stdout("nothing is running for this stack\n")?;
+            ExitCode::SUCCESS
+        }
     };
-    catch_interrupts();
-    down_with(&client, false)
+    if volumes {
+        let loaded = stack::load(args)?;
+        let Some(stack) = loaded.compiled.stack.as_ref() else {
+            stack::print_diagnostics(&loaded.compiled, output::stderr_palette(), true);
+            return Err("the stack file cannot be read, so its volumes are not known; fix it and run `tug down --volumes` again".into());
+        };
+        for name in crate::artifacts::remove_volumes(stack, &state_dir)? {
+            output::write_stdout(&format!("removed volume {name}\n"))?;
+        }
+    }
+    Ok(code)
 }
 
 fn down_with(client: &Client, quiet: bool) -> Result<ExitCode, String> {

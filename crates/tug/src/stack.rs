@@ -81,8 +81,19 @@ pub fn load(args: &StackArgs) -> Result<Loaded, String> {
 }
 
 pub fn print_diagnostics(compiled: &Compiled, palette: Palette, to_stderr: bool) {
+    print_problems(compiled, palette, to_stderr, Severity::Note);
+}
+
+/// The diagnostics as severe as `least` or more: commands that act on a stack show its errors
+/// and warnings, and leave the notes to `tug check`.
+pub fn print_problems(compiled: &Compiled, palette: Palette, to_stderr: bool, least: Severity) {
+    let rank = |s: Severity| match s {
+        Severity::Error => 0,
+        Severity::Warning => 1,
+        Severity::Note => 2,
+    };
     let mut text = String::new();
-    for d in &compiled.diagnostics.items {
+    for d in compiled.diagnostics.items.iter().filter(|d| rank(d.severity) <= rank(least)) {
         text.push_str(&diag::render_human(d, &compiled.sources, palette));
     }
     if to_stderr {

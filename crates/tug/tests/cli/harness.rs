@@ -186,5 +186,16 @@ impl Drop for Stack {
             // SAFETY: as above.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // And whatever it left on the container engine.
+        let file = std::fs::read_to_string(self.path().join("tug.yaml")).unwrap_or_default();
+        if file.contains("image:") || file.contains("build:") {
+            let state_dir = self.state_dir();
+            for id in crate::images::stack_containers(&state_dir) {
+                crate::images::docker_quiet(&["rm", "-f", &id]);
+            }
+            for volume in crate::images::stack_volumes(&state_dir) {
+                crate::images::docker_quiet(&["volume", "rm", "-f", &volume]);
+            }
+        }
     }
 }

@@ -4,8 +4,10 @@
 mod api;
 mod check;
 mod config;
+mod containers;
 mod control;
 mod harness;
+mod images;
 mod lifecycle;
 mod review;
 mod rollout;

@@ -150,25 +150,25 @@ fn rewrite(stack: &Stack, yaml: &str) {
 }
 
 /// `tug deploy` with a generous limit.
-fn deploy(stack: &Stack) -> crate::Run {
+pub(crate) fn deploy(stack: &Stack) -> crate::Run {
     stack.tug(&["deploy", "--timeout", "120s"])
 }
 
-fn deploy_ok(stack: &Stack) -> crate::Run {
+pub(crate) fn deploy_ok(stack: &Stack) -> crate::Run {
     let run = deploy(stack);
     assert_eq!(run.code, 0, "tug deploy failed:\n{}", run.all());
     run
 }
 
 /// `tug rollout status web --json`.
-fn status(stack: &Stack) -> Value {
+pub(crate) fn status(stack: &Stack) -> Value {
     let run = stack.tug(&["rollout", "status", "web", "--json"]);
     assert_eq!(run.code, 0, "tug rollout status failed:\n{}", run.all());
     serde_json::from_str(&run.stdout).expect("rollout status --json is JSON")
 }
 
 /// The rollout status, if there is one (and a daemon to ask).
-fn try_status(stack: &Stack) -> Option<Value> {
+pub(crate) fn try_status(stack: &Stack) -> Option<Value> {
     let run = stack.tug(&["rollout", "status", "web", "--json"]);
     if run.code != 0 {
         return None;
@@ -177,7 +177,7 @@ fn try_status(stack: &Stack) -> Option<Value> {
 }
 
 /// Polls the rollout status until `check` holds, or panics after `timeout`.
-fn wait_status(stack: &Stack, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
+pub(crate) fn wait_status(stack: &Stack, what: &str, timeout: Duration, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let s = try_status(stack);
@@ -191,24 +191,24 @@ fn wait_status(stack: &Stack, what: &str, timeout: Duration, check: impl Fn(&Val
     }
 }
 
-fn wait_phase(stack: &Stack, phase: &str) -> Value {
+pub(crate) fn wait_phase(stack: &Stack, phase: &str) -> Value {
     wait_status(stack, &format!("phase {phase}"), Duration::from_secs(60), |s| s["phase"] == phase)
 }
 
-fn act(stack: &Stack, action: &str) {
+pub(crate) fn act(stack: &Stack, action: &str) {
     let run = stack.tug(&["rollout", action, "web"]);
     assert_eq!(run.code, 0, "tug rollout {action} web failed:\n{}", run.all());
 }
 
 /// `tug history web --json`, newest first.
-fn history(stack: &Stack) -> Vec<Value> {
+pub(crate) fn history(stack: &Stack) -> Vec<Value> {
     let run = stack.tug(&["history", "web", "--json"]);
     assert_eq!(run.code, 0, "tug history failed:\n{}", run.all());
     serde_json::from_str::<Value>(&run.stdout).expect("history --json is JSON").as_array().cloned().unwrap()
 }
 
 /// The versions of `n` answers on new connections; every one must be a 200.
-fn versions(port: u16, n: usize) -> BTreeSet<String> {
+pub(crate) fn versions(port: u16, n: usize) -> BTreeSet<String> {
     (0..n)
         .map(|_| {
             let (status, body) = http_once("127.0.0.1", port, "GET", "/").expect("an answer");
@@ -220,7 +220,7 @@ fn versions(port: u16, n: usize) -> BTreeSet<String> {
 
 /// Polls until `n` answers come from exactly the `wanted` versions: the routers take a new
 /// membership a moment after the rollout status shows it.
-fn wait_versions(port: u16, wanted: &[&str]) {
+pub(crate) fn wait_versions(port: u16, wanted: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let seen = versions(port, 20);
@@ -232,21 +232,21 @@ fn wait_versions(port: u16, wanted: &[&str]) {
     }
 }
 
-fn set(items: &[&str]) -> BTreeSet<String> {
+pub(crate) fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
 /// The instances of `service` that `tug ps --json` shows.
-fn rows_of(stack: &Stack, service: &str) -> Vec<Value> {
+pub(crate) fn rows_of(stack: &Stack, service: &str) -> Vec<Value> {
     stack.ps().into_iter().filter(|i| i["service"] == service).collect()
 }
 
-fn web_rows(stack: &Stack) -> Vec<Value> {
+pub(crate) fn web_rows(stack: &Stack) -> Vec<Value> {
     rows_of(stack, "web")
 }
 
 /// The revision `web`'s instances run, when they all run the same one.
-fn web_revision(stack: &Stack) -> String {
+pub(crate) fn web_revision(stack: &Stack) -> String {
     let revisions: BTreeSet<String> =
         web_rows(stack).iter().map(|i| i["revision"].as_str().unwrap_or_default().to_string()).collect();
     assert_eq!(revisions.len(), 1, "{revisions:?}");

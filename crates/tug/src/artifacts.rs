@@ -1,0 +1,245 @@
+//! What a revision is made of, resolved before anything starts: the image id of every service
+//! that runs an image (pulled or built as its `pull` and `build` say), and the copy of every
+//! process service's `source`. Both go into the spec, so they are part of the revision: a
+//! rebuilt `:dev` tag or an edited file is a change that `deploy` rolls out.
+//!
+//! Everything that can fail here (an unreachable engine, a missing image, a failed build, a
+//! volume the engine refuses) fails `up` and `deploy` before the daemon is asked to change
+//! anything, with the service, the image and what to do.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tug_stackfile::Stack;
+use tug_stackfile::model::{Pull, VolumeMount};
+
+use crate::source::{self, Snapshot};
+
+/// Labels on every volume tug creates: which stack it belongs to.
+pub const PROJECT_LABEL: &str = "tug.project";
+pub const STATE_DIR_LABEL: &str = "tug.state_dir";
+
+#[derive(Default)]
+pub struct Artifacts {
+    /// The engine's address, when a service runs an image.
+    pub engine: Option<String>,
+    /// Service → image id (`sha256:…`).
+    pub images: HashMap<String, String>,
+    /// Service → its source's copy for this revision.
+    pub sources: HashMap<String, Snapshot>,
+}
+
+/// The engine's volume name of the stack's volume `name` (Compose's convention).
+pub fn volume_name(project: &str, name: &str) -> String {
+    format!("{project}_{name}")
+}
+
+/// The engine the stack names, else `DOCKER_HOST`, else the usual sockets.
+pub fn endpoint(stack: &Stack) -> Result<tug_engine::Endpoint, String> {
+    let docker_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
+    let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok().filter(|d| !d.is_empty());
+    tug_engine::resolve_endpoint(stack.engine.as_deref(), docker_host.as_deref(), runtime_dir.as_deref())
+        .map_err(|e| e.to_string())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))
+}
+
+/// Resolves the artifacts of `wanted` (pulling and building what they need, creating their
+/// volumes). Other services' images are only looked up: their instances are not started now.
+pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = Artifacts::default();
+    for (name, service) in &stack.services {
+        if let Some(source) = &service.source
+            && wanted.contains(name)
+        {
+            let snapshot = source::snapshot(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
+            artifacts.sources.insert(name.clone(), snapshot);
+        }
+    }
+    if !stack.services.values().any(|s| s.container.is_some()) {
+        return Ok(artifacts);
+    }
+    let endpoint = endpoint(stack).map_err(|e| format!("{} run images, but {e}", images_of(stack)))?;
+    artifacts.engine = Some(endpoint.url());
+    let engine = tug_engine::Engine::new(endpoint);
+    let state = state_dir.display().to_string();
+    runtime()?.block_on(async {
+        engine.version().await.map_err(|e| format!("{} run images, but {e}", images_of(stack)))?;
+        // Builds and pulls run side by side; each reports its own failure.
+        let mut tasks = Vec::new();
+        for (name, service) in &stack.services {
+            let Some(container) = service.container.clone() else { continue };
+            let engine = engine.clone();
+            let name = name.clone();
+            let wanted = wanted.contains(&name);
+            let project = stack.name.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = image_id(&engine, &project, &name, &container, wanted).await;
+                (name, id)
+            }));
+        }
+        let mut problems = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok((name, Ok(Some(id)))) => {
+                    artifacts.images.insert(name, id);
+                }
+                Ok((_, Ok(None))) => {}
+                Ok((_, Err(problem))) => problems.push(problem),
+                Err(e) => problems.push(format!("an image task failed: {e}")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        volumes(&engine, stack, wanted, &state).await
+    })?;
+    Ok(artifacts)
+}
+
+fn images_of(stack: &Stack) -> String {
+    let names: Vec<&str> =
+        stack.services.iter().filter(|(_, s)| s.container.is_some()).map(|(n, _)| n.as_str()).collect();
+    match names.as_slice() {
+        [one] => format!("service `{one}` runs an image"),
+        many => format!("services {} run images", many.join(", ")),
+    }
+}
+
+/// The image id a service runs: built (with `build`), pulled by its `pull` policy, or looked
+/// up only (`wanted` false: it does not start now, and a missing image is no error yet).
+async fn image_id(
+    engine: &tug_engine::Engine,
+    project: &str,
+    service: &str,
+    container: &tug_stackfile::model::Container,
+    wanted: bool,
+) -> Result<Option<String>, String> {
+    let image = &container.image;
+    let looked_up = |e: tug_engine::Error| format!("service `{service}`: cannot look up the image `{image}`: {e}");
+    if !wanted {
+        return Ok(engine.inspect_image(image).await.map_err(looked_up)?.map(|i| i.id));
+    }
+    if let Some(build) = &container.build {
+        eprintln!("{service}: building {image} from {}", build.context.display());
+        let request = tug_engine::BuildRequest {
+            context: build.context.clone(),
+            dockerfile: build.dockerfile.clone(),
+            args: build.args.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect(),
+            target: build.target.clone(),
+            tag: image.clone(),
+            labels: vec![(PROJECT_LABEL.to_string(), project.to_string())],
+        };
+        let mut progress = |line: &str| {
+            if line.starts_with("Step ") {
+                eprintln!("{service}: {line}");
+            }
+        };
+        let id = engine.build(&request, &mut progress).await.map_err(|e| format!("service `{service}`: {e}"))?;
+        return Ok(Some(id));
+    }
+    let present = engine.inspect_image(image).await.map_err(looked_up)?;
+    let pull = match (container.pull, &present) {
+        (Pull::Always, _) | (Pull::Missing, None) => true,
+        (Pull::Missing, Some(_)) | (Pull::Never, _) => false,
+    };
+    if pull {
+        eprintln!("{service}: pulling {image}");
+        if let Err(e) = engine.pull(image).await {
+            return match present {
+                // `always` with the registry out of reach: say so, and do not run a stale image silently.
+                Some(_) => Err(format!(
+                    "service `{service}`: `pull: always`, and {e}; use `pull: missing` to run the image the engine has"
+                )),
+                None => Err(format!(
+                    "service `{service}`: the image `{image}` is not on the container engine, and {e}; build it \
+                     (`build:`), load it (`docker load`), or check its name"
+                )),
+            };
+        }
+        let pulled = engine.inspect_image(image).await.map_err(looked_up)?;
+        return pulled.map(|i| Some(i.id)).ok_or_else(|| {
+            format!("service `{service}`: the engine pulled `{image}` but does not list it afterwards")
+        });
+    }
+    match present {
+        Some(info) => Ok(Some(info.id)),
+        None => Err(format!(
+            "service `{service}`: the image `{image}` is not on the container engine (`pull: never`); build or load \
+             it first (`docker build -t {image} …` or `docker load`)"
+        )),
+    }
+}
+
+/// Creates the named volumes `wanted` services mount (labelled with the stack), checks the
+/// external ones exist, and creates bind-mounted folders inside the stack's folder.
+async fn volumes(engine: &tug_engine::Engine, stack: &Stack, wanted: &[String], state_dir: &str) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let mut done: Vec<&str> = Vec::new();
+    for (name, service) in stack.services.iter().filter(|(n, _)| wanted.contains(n)) {
+        let Some(container) = &service.container else { continue };
+        for mount in &container.volumes {
+            match mount {
+                VolumeMount::Named { name: volume, .. } => {
+                    if done.contains(&volume.as_str()) {
+                        continue;
+                    }
+                    done.push(volume);
+                    let external = stack.volumes.get(volume).is_some_and(|v| v.external);
+                    if external {
+                        let exists = engine.list_volumes(&[]).await.map_err(|e| e.to_string())?;
+                        if !exists.iter().any(|v| v == volume) {
+                            problems.push(format!(
+                                "service `{name}`: the external volume `{volume}` does not exist on the engine; create \
+                                 it (`docker volume create {volume}`)"
+                            ));
+                        }
+                        continue;
+                    }
+                    let labels = vec![
+                        (PROJECT_LABEL.to_string(), stack.name.clone()),
+                        ("tug.volume".to_string(), volume.clone()),
+                        (STATE_DIR_LABEL.to_string(), state_dir.to_string()),
+                    ];
+                    if let Err(e) = engine.create_volume(&volume_name(&stack.name, volume), &labels).await {
+                        problems.push(format!("service `{name}`: cannot create the volume `{volume}`: {e}"));
+                    }
+                }
+                VolumeMount::Bind { source, .. } => {
+                    if !source.exists()
+                        && source.starts_with(&stack.root)
+                        && let Err(e) = std::fs::create_dir_all(source)
+                    {
+                        problems.push(format!("service `{name}`: cannot create {}: {e}", source.display()));
+                    }
+                }
+            }
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// `down --volumes`: removes the named volumes this stack created (never external ones).
+pub fn remove_volumes(stack: &Stack, state_dir: &Path) -> Result<Vec<String>, String> {
+    if stack.volumes.is_empty() && !stack.services.values().any(|s| s.container.is_some()) {
+        return Ok(Vec::new());
+    }
+    let endpoint = endpoint(stack)?;
+    let engine = tug_engine::Engine::new(endpoint);
+    let state = state_dir.display().to_string();
+    runtime()?.block_on(async {
+        let names = engine.list_volumes(&[(STATE_DIR_LABEL, &state)]).await.map_err(|e| e.to_string())?;
+        let mut removed = Vec::new();
+        for name in names {
+            engine.remove_volume(&name).await.map_err(|e| format!("cannot remove the volume `{name}`: {e}"))?;
+            removed.push(name);
+        }
+        Ok(removed)
+    })
+}

@@ -1,0 +1,314 @@
+//! A process service's `source`: the digest of the folder's content (part of the revision)
+//! and the revision's own immutable copy (`.tug/revisions/<service>/<digest>`), which its
+//! instances run from. So a rollback, an `undo` or a `scale` runs the old revision's code,
+//! never the files now on disk.
+//!
+//! What is hashed and copied: every regular file (content and whether it is executable),
+//! folder and symbolic link (its target, as written), by path relative to the source. Left
+//! out: `.git`, `__pycache__` and the stack's state folder. The copy is made in a temporary
+//! folder beside its final place, hashed as it is written (so a file edited meanwhile cannot
+//! give a copy that does not match its name), made read-only, then renamed into place.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The folder under the state folder that holds every revision's copy.
+pub const REVISIONS: &str = "revisions";
+/// At most this many entries, and bytes, in a source: a `source: /` mistake must fail fast.
+const MAX_ENTRIES: usize = 200_000;
+const MAX_BYTES: u64 = 4 << 30;
+
+/// A source copied for one revision.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub digest: String,
+    pub copy: PathBuf,
+}
+
+/// Digests `source` and makes sure its copy exists under `state_dir`.
+pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapshot, String> {
+    let entries = walk(source, state_dir)?;
+    let digest = digest(source, &entries)?;
+    let folder = state_dir.join(REVISIONS).join(service);
+    let copy = folder.join(&digest);
+    if copy.is_dir() {
+        return Ok(Snapshot { digest, copy });
+    }
+    std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    let tmp = folder.join(format!(".tmp-{digest}-{}", std::process::id()));
+    let _ = remove_tree(&tmp);
+    let copied = copy_tree(source, &entries, &tmp);
+    let copied_digest = match copied {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+    };
+    // Edited while it was copied: the copy is what runs, so its own digest names it.
+    let copy = folder.join(&copied_digest);
+    if copy.is_dir() {
+        let _ = remove_tree(&tmp);
+    } else {
+        make_read_only(&tmp, &entries);
+        std::fs::rename(&tmp, &copy).map_err(|e| format!("cannot move the copy into {}: {e}", copy.display()))?;
+    }
+    Ok(Snapshot { digest: copied_digest, copy })
+}
+
+#[derive(Debug, PartialEq)]
+enum Kind {
+    Dir,
+    File { executable: bool },
+    Link(PathBuf),
+}
+
+/// Every entry under `root`, sorted by relative path, without what is left out.
+fn walk(root: &Path, state_dir: &Path) -> Result<Vec<(PathBuf, Kind)>, String> {
+    let meta = std::fs::metadata(root).map_err(|e| format!("source {}: {e}", root.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("source {} is not a folder", root.display()));
+    }
+    let state_dir = std::fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+    let mut out = Vec::new();
+    let mut bytes = 0u64;
+    let mut pending = vec![PathBuf::new()];
+    while let Some(relative) = pending.pop() {
+        let folder = root.join(&relative);
+        let mut children: Vec<_> = std::fs::read_dir(&folder)
+            .map_err(|e| format!("cannot read {}: {e}", folder.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("cannot read {}: {e}", folder.display()))?;
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let name = child.file_name();
+            if tug_stackfile::model::SOURCE_EXCLUDED.iter().any(|x| name == *x) {
+                continue;
+            }
+            let path = child.path();
+            if std::fs::canonicalize(&path).is_ok_and(|p| p == state_dir) {
+                continue;
+            }
+            let rel = relative.join(&name);
+            let meta = std::fs::symlink_metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let kind = if meta.file_type().is_symlink() {
+                Kind::Link(std::fs::read_link(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
+            } else if meta.is_dir() {
+                pending.push(rel.clone());
+                Kind::Dir
+            } else if meta.is_file() {
+                bytes += meta.len();
+                Kind::File { executable: meta.permissions().mode() & 0o111 != 0 }
+            } else {
+                // Sockets, fifos, devices: not code.
+                continue;
+            };
+            out.push((rel, kind));
+            if out.len() > MAX_ENTRIES || bytes > MAX_BYTES {
+                return Err(format!(
+                    "source {} is too large to copy per revision (over {MAX_ENTRIES} entries or {} GiB); point \
+                     `source` at the service's code only",
+                    root.display(),
+                    MAX_BYTES >> 30
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// One entry's contribution to the digest.
+fn hash_entry(hasher: &mut Sha256, relative: &Path, kind: &Kind, content: Option<&[u8; 32]>) {
+    let path = relative.as_os_str().as_encoded_bytes();
+    hasher.update((path.len() as u64).to_le_bytes());
+    hasher.update(path);
+    match kind {
+        Kind::Dir => hasher.update(b"d"),
+        Kind::File { executable } => {
+            hasher.update(if *executable { b"x" } else { b"f" });
+            hasher.update(content.copied().unwrap_or_default());
+        }
+        Kind::Link(target) => {
+            let target = target.as_os_str().as_encoded_bytes();
+            hasher.update(b"l");
+            hasher.update((target.len() as u64).to_le_bytes());
+            hasher.update(target);
+        }
+    }
+}
+
+fn finish(hasher: Sha256) -> String {
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn digest(root: &Path, entries: &[(PathBuf, Kind)]) -> Result<String, String> {
+    let mut hasher = Sha256::new();
+    for (relative, kind) in entries {
+        let content = match kind {
+            Kind::File { .. } => Some(file_digest(&root.join(relative), None)?),
+            _ => None,
+        };
+        hash_entry(&mut hasher, relative, kind, content.as_ref());
+    }
+    Ok(finish(hasher))
+}
+
+/// A file's SHA-256, copying it to `to` on the way when asked.
+fn file_digest(path: &Path, mut to: Option<&mut std::fs::File>) -> Result<[u8; 32], String> {
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(out) = to.as_mut() {
+            out.write_all(&buf[..n]).map_err(|e| format!("cannot copy {}: {e}", path.display()))?;
+        }
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// Copies the entries into `to`, returning the digest of what was copied.
+fn copy_tree(root: &Path, entries: &[(PathBuf, Kind)], to: &Path) -> Result<String, String> {
+    std::fs::create_dir(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    let mut hasher = Sha256::new();
+    for (relative, kind) in entries {
+        let target = to.join(relative);
+        let mut content = None;
+        match kind {
+            Kind::Dir => {
+                std::fs::create_dir(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?
+            }
+            Kind::Link(link) => std::os::unix::fs::symlink(link, &target)
+                .map_err(|e| format!("cannot create {}: {e}", target.display()))?,
+            Kind::File { executable } => {
+                let mut out =
+                    std::fs::File::create(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+                content = Some(file_digest(&root.join(relative), Some(&mut out))?);
+                let mode = if *executable { 0o755 } else { 0o644 };
+                let _ = out.set_permissions(std::fs::Permissions::from_mode(mode));
+            }
+        }
+        hash_entry(&mut hasher, relative, kind, content.as_ref());
+    }
+    Ok(finish(hasher))
+}
+
+/// Files lose their write bits, then folders (deepest first): the copy is the revision's.
+fn make_read_only(root: &Path, entries: &[(PathBuf, Kind)]) {
+    for (relative, kind) in entries.iter().rev() {
+        let path = root.join(relative);
+        let mode = match kind {
+            Kind::File { executable: true } | Kind::Dir => 0o555,
+            Kind::File { executable: false } => 0o444,
+            Kind::Link(_) => continue,
+        };
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
+    }
+    let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o555));
+}
+
+/// Removes a copy (read-only folders are made writable first).
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let mut folders = vec![path.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let _ = std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755));
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
+/// Where `working_dir` points into the copy, when it is inside the source.
+pub fn working_dir_in_copy(working_dir: &Path, source: &Path, copy: &Path) -> PathBuf {
+    match working_dir.strip_prefix(source) {
+        Ok(rest) => copy.join(rest),
+        Err(_) => working_dir.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tug-source-{name}-{}", std::process::id()));
+        let _ = remove_tree(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn an_edit_is_a_new_digest_and_each_revision_keeps_its_copy() {
+        let root = temp("edit");
+        let source = root.join("api");
+        let state = root.join(".tug");
+        std::fs::create_dir_all(source.join("pkg/__pycache__")).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(source.join("app.py"), "print('v1')\n").unwrap();
+        std::fs::write(source.join("pkg/__pycache__/x.pyc"), "junk").unwrap();
+        std::os::unix::fs::symlink("app.py", source.join("main.py")).unwrap();
+        let first = snapshot("api", &source, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(first.copy.join("app.py")).unwrap(), "print('v1')\n");
+        assert!(!first.copy.join("pkg/__pycache__").exists(), "caches are not code");
+        assert_eq!(std::fs::read_link(first.copy.join("main.py")).unwrap(), PathBuf::from("app.py"));
+        assert!(std::fs::metadata(first.copy.join("app.py")).unwrap().permissions().readonly());
+        // The same content: the same digest, the same copy.
+        std::fs::write(source.join("pkg/__pycache__/x.pyc"), "other junk").unwrap();
+        assert_eq!(snapshot("api", &source, &state).unwrap().digest, first.digest);
+        // An edit: a new revision, and the old copy still holds the old code.
+        std::fs::write(source.join("app.py"), "print('v2')\n").unwrap();
+        let second = snapshot("api", &source, &state).unwrap();
+        assert_ne!(second.digest, first.digest);
+        assert_eq!(std::fs::read_to_string(second.copy.join("app.py")).unwrap(), "print('v2')\n");
+        assert_eq!(std::fs::read_to_string(first.copy.join("app.py")).unwrap(), "print('v1')\n");
+        // Making a file executable is a change too.
+        std::fs::set_permissions(source.join("app.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_ne!(snapshot("api", &source, &state).unwrap().digest, second.digest);
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn the_state_folder_inside_the_source_is_left_out() {
+        let root = temp("state");
+        std::fs::write(root.join("app.py"), "x").unwrap();
+        let state = root.join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let snap = snapshot("svc", &root, &state).unwrap();
+        assert!(snap.copy.join("app.py").exists());
+        assert!(!snap.copy.join("state").exists());
+        // Taking a snapshot again (the state folder now holds the copy) changes nothing.
+        assert_eq!(snapshot("svc", &root, &state).unwrap().digest, snap.digest);
+        remove_tree(&root).unwrap();
+    }
+
+    #[test]
+    fn working_dir_follows_into_the_copy() {
+        let copy = Path::new("/s/.tug/revisions/api/abc");
+        assert_eq!(working_dir_in_copy(Path::new("/s/api/sub"), Path::new("/s/api"), copy), copy.join("sub"));
+        assert_eq!(working_dir_in_copy(Path::new("/other"), Path::new("/s/api"), copy), PathBuf::from("/other"));
+    }
+
+    #[test]
+    fn a_file_is_refused_as_a_source() {
+        let root = temp("file");
+        std::fs::write(root.join("f"), "x").unwrap();
+        assert!(snapshot("svc", &root.join("f"), &root).unwrap_err().contains("not a folder"));
+        assert!(snapshot("svc", &root.join("missing"), &root).unwrap_err().contains("missing"));
+        remove_tree(&root).unwrap();
+    }
+}
