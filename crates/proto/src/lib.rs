@@ -10,6 +10,7 @@ pub mod rollout;
 pub mod spec;
 pub mod stats;
 pub mod status;
+pub mod stream;
 
 pub const SOCKET_FILE: &str = "tug.sock";
 pub const PID_FILE: &str = "daemon.pid";

@@ -396,6 +396,26 @@ pub enum RolloutAction {
     Undo,
 }
 
+/// `POST /v1/exec`: runs `command` inside `target` (an instance, or a service's first running
+/// instance). The answer streams [`crate::stream`] frames.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub target: String,
+    pub command: Vec<String>,
+}
+
+/// `POST /v1/run`: a one-off instance of `service` (its command, or `command` when not empty),
+/// removed when it ends. The answer streams [`crate::stream`] frames.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRequest {
+    pub project: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    pub service: ServiceSpec,
+    #[serde(default)]
+    pub command: Vec<String>,
+}
+
 /// `POST /v1/scale`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ScaleRequest {

@@ -135,6 +135,15 @@ pub(crate) struct ExecOutput {
     pub text: String,
 }
 
+/// What a streamed command (`tug exec`, `tug run`) reports, in order: its output, then how it
+/// ended.
+#[derive(Debug, PartialEq)]
+pub enum ExecEvent {
+    Output(Stream, Vec<u8>),
+    Exit(i32),
+    Failed(String),
+}
+
 /// Why an exec gave no exit status.
 pub(crate) enum ExecError {
     /// It could not be started: why.
@@ -666,6 +675,93 @@ impl Exec {
             }
         }
     }
+}
+
+impl Exec {
+    /// Runs `argv` inside the instance, its output and then its exit status sent to `events`.
+    /// When `events` closes (whoever asked went away), a local command's process group is
+    /// killed; the engine cannot kill an exec, so a container's runs on to its end.
+    pub async fn stream(&self, argv: Vec<String>, events: tokio::sync::mpsc::Sender<ExecEvent>) {
+        let Some((program, args)) = argv.split_first() else {
+            let _ = events.send(ExecEvent::Failed("no command to run".into())).await;
+            return;
+        };
+        let ended = match self {
+            Exec::Local { env, working_dir, run_as } => {
+                let spawn =
+                    Spawn { program, args, working_dir, env, run_as: run_as.as_ref(), cgroup: None, capture: true };
+                stream_local(&spawn, &events).await
+            }
+            Exec::Container { engine, id, user } => {
+                let config = tug_engine::ExecConfig {
+                    cmd: argv.clone(),
+                    env: Vec::new(),
+                    user: user.clone(),
+                    working_dir: None,
+                    stdin: false,
+                };
+                stream_container(engine, id, &config, &events).await
+            }
+        };
+        let _ = events
+            .send(match ended {
+                Ok(exit) => ExecEvent::Exit(exit.code()),
+                Err(e) => ExecEvent::Failed(e),
+            })
+            .await;
+    }
+}
+
+/// Forwards a stream of output, chunk by chunk, as `stream`; false once nobody listens.
+pub(crate) async fn forward_pipe(pipe: pipe::Receiver, stream: Stream, events: tokio::sync::mpsc::Sender<ExecEvent>) {
+    use tokio::io::AsyncReadExt;
+    let mut pipe = pipe;
+    let mut buf = vec![0u8; 16 * 1024];
+    while let Ok(n) = pipe.read(&mut buf).await {
+        if n == 0 || events.send(ExecEvent::Output(stream, buf[..n].to_vec())).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn stream_local(spawn: &Spawn<'_>, events: &tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, String> {
+    let mut spawned = process::spawn(spawn).map_err(|e| format!("cannot run `{}`: {e}", spawn.program))?;
+    let mut guard = KillGroupOnDrop(Some(spawned.pid));
+    let pumps: Vec<_> = [(Stream::Out, spawned.stdout.take()), (Stream::Err, spawned.stderr.take())]
+        .into_iter()
+        .filter_map(|(stream, pipe)| pipe.map(|p| tokio::spawn(forward_pipe(p, stream, events.clone()))))
+        .collect();
+    let exit = tokio::select! {
+        exit = &mut spawned.exit => exit.map_err(|_| "its exit status was lost".to_string())?,
+        _ = events.closed() => return Err("nobody is listening any more".into()),
+    };
+    // What it left holding its pipes must not hold the answer up.
+    process::signal_group(spawned.pid, libc::SIGKILL);
+    guard.0 = None;
+    for pump in pumps {
+        let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+    }
+    Ok(exit)
+}
+
+async fn stream_container(
+    engine: &tug_engine::Engine,
+    id: &str,
+    config: &tug_engine::ExecConfig,
+    events: &tokio::sync::mpsc::Sender<ExecEvent>,
+) -> Result<Exit, String> {
+    let mut session = engine.exec(id, config).await.map_err(|e| e.to_string())?;
+    while let Some((kind, chunk)) = session.output.next().await.map_err(|e| e.to_string())? {
+        let stream = match kind {
+            tug_engine::StreamKind::Stdout => Stream::Out,
+            tug_engine::StreamKind::Stderr => Stream::Err,
+        };
+        if events.send(ExecEvent::Output(stream, chunk)).await.is_err() {
+            return Err("nobody is listening any more".into());
+        }
+    }
+    let code = session.exit_code().await.map_err(|e| e.to_string())?;
+    Ok(container::exit_from_status(code))
 }
 
 async fn local_exec(spawn: &Spawn<'_>, timeout: Duration) -> Result<ExecOutput, ExecError> {

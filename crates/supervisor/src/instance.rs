@@ -84,7 +84,7 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
         } else {
             None
         };
-        t.instances.insert(name.clone(), Instance { status, replica, control: tx, start_ticks: None });
+        t.instances.insert(name.clone(), Instance { status, replica, control: tx, start_ticks: None, exec: None });
         Some((name, replica, port, message))
     });
     let Some((name, replica, port, problem)) = created else { return };
@@ -437,6 +437,12 @@ impl Task {
             .collect();
         let (probe_tx, mut probe_rx) = mpsc::channel(16);
         let target = ProbeTarget { host: self.inner.config.host.clone(), port: self.port, exec: running.exec() };
+        {
+            let mut table = self.inner.lock();
+            if let Some(row) = table.instances.get_mut(&self.name) {
+                row.exec = Some((running.exec(), secrets.clone()));
+            }
+        }
         let mut probes = Vec::new();
         if let Some((probe, check)) = readiness {
             let wake = matches!(check, Check::Log { .. }).then(|| self.log_wake.clone());
@@ -556,6 +562,7 @@ impl Task {
         self.inner.update(|t| {
             if let Some(row) = t.instances.get_mut(&name) {
                 row.start_ticks = None;
+                row.exec = None;
                 row.status.pid = None;
                 row.status.finished_at = Some(format_time(SystemTime::now()));
             }
@@ -747,7 +754,7 @@ const MIN_MASKED: usize = 8;
 /// What to mask in an instance's output, from its sensitive values. Output is masked line by
 /// line, so a value of several lines (a PEM key) would never match whole: each of its lines is
 /// masked too.
-fn masked_values(values: impl Iterator<Item = String>) -> Vec<Vec<u8>> {
+pub(crate) fn masked_values(values: impl Iterator<Item = String>) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for value in values {
         if value.contains('\n') {

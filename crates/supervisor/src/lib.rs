@@ -10,6 +10,7 @@ mod analysis;
 mod autoscale;
 mod container;
 mod driver;
+mod exec;
 pub mod history;
 pub mod instance;
 pub mod order;
@@ -32,6 +33,7 @@ use tug_proto::rollout::{AutoscaleStatus, HistoryEntry, Phase, RolloutStatus};
 use tug_proto::spec::{Kind, RolloutAction, ServiceSpec, StackSpec, Strategy, UpRequest};
 use tug_proto::status::{InstanceStatus, ServiceStatus, StackStatus, State, UpResponse};
 
+pub use driver::ExecEvent;
 pub use instance::Control;
 
 #[derive(Clone, Debug)]
@@ -68,6 +70,8 @@ pub(crate) struct Instance {
     pub control: mpsc::UnboundedSender<Control>,
     /// Start time (clock ticks after boot) of the current process, for reconciliation.
     pub start_ticks: Option<u64>,
+    /// While it runs: where `tug exec` runs a command in it, and what to mask in the output.
+    pub exec: Option<(driver::Exec, Arc<Vec<Vec<u8>>>)>,
 }
 
 pub(crate) struct Service {
@@ -1108,6 +1112,17 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
         )));
     }
     for s in &spec.services {
+        validate_service(s)?;
+        if !seen.insert(&s.name) {
+            return Err(Error::BadRequest(format!("service `{}` appears twice", s.name)));
+        }
+    }
+    Ok(())
+}
+
+/// One service's spec, as [`validate_spec`] checks it.
+fn validate_service(s: &ServiceSpec) -> Result<(), Error> {
+    {
         // As the stack file allows: a rotation renames every kept file.
         if !(1..=1000).contains(&s.log_max_files) {
             return Err(Error::BadRequest(format!(
@@ -1119,9 +1134,6 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
             && s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if !valid_name {
             return Err(Error::BadRequest(format!("`{}` is not a valid service name", s.name)));
-        }
-        if !seen.insert(&s.name) {
-            return Err(Error::BadRequest(format!("service `{}` appears twice", s.name)));
         }
         if s.route.tenant_header.as_deref().is_some_and(|h| hyper::http::HeaderName::from_bytes(h.as_bytes()).is_err())
         {

@@ -123,6 +123,94 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Sends a signed request whose answer is a stream: `on_data` gets the body's bytes as they
+    /// arrive. An error status is an error, with the daemon's message. No time limit: a
+    /// command streams for as long as it runs.
+    pub fn stream<B: Serialize>(
+        &self,
+        path: &str,
+        body: &B,
+        on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), RequestError> {
+        use std::io::BufRead;
+        let body =
+            serde_json::to_vec(body).map_err(|e| RequestError::Other(format!("cannot encode the request: {e}")))?;
+        let mut stream = match UnixStream::connect(&self.socket) {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                return Err(RequestError::NoDaemon);
+            }
+            Err(e) => {
+                return Err(RequestError::Other(format!("cannot reach the daemon at {}: {e}", self.socket.display())));
+            }
+        };
+        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
+        let signature = auth::sign(&self.key, "POST", path, &body, tug_proto::unix_now())
+            .map_err(|e| RequestError::Other(e.to_string()))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body)).map_err(io)?;
+        let mut reader = std::io::BufReader::new(stream);
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = reader.read_until(b'\n', &mut head).map_err(io)?;
+            if n == 0 || head.len() > 64 * 1024 {
+                return Err(RequestError::Other("the daemon sent a malformed answer".into()));
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let chunked = text.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        if status != 200 {
+            let mut rest = Vec::new();
+            reader.read_to_end(&mut rest).map_err(io)?;
+            let mut whole = head;
+            whole.extend(rest);
+            let (status, bytes) = parse_response(&whole)
+                .ok_or_else(|| RequestError::Other("the daemon sent a malformed answer".into()))?;
+            let message = serde_json::from_slice::<tug_proto::ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(RequestError::Status(status, message));
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        if !chunked {
+            loop {
+                let n = reader.read(&mut buf).map_err(io)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                on_data(&buf[..n]).map_err(RequestError::Other)?;
+            }
+        }
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(io)? == 0 {
+                return Err(RequestError::Other("the daemon's answer ended early".into()));
+            }
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| RequestError::Other("the daemon sent a malformed answer".into()))?;
+            if size == 0 {
+                return Ok(());
+            }
+            let mut left = size;
+            while left > 0 {
+                let n = reader.read(&mut buf[..left.min(64 * 1024)]).map_err(io)?;
+                if n == 0 {
+                    return Err(RequestError::Other("the daemon's answer ended early".into()));
+                }
+                on_data(&buf[..n]).map_err(RequestError::Other)?;
+                left -= n;
+            }
+            line.clear();
+            reader.read_line(&mut line).map_err(io)?;
+        }
+    }
+}
+
 fn parse_response(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&bytes[..end]).ok()?;

@@ -14,12 +14,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
 use tug_proto::auth::{ApiKey, Verifier};
-use tug_proto::spec::{MAX_REPLICAS, RolloutRequest, ScaleRequest, TargetsRequest, UpRequest};
+use tug_proto::spec::{ExecRequest, MAX_REPLICAS, RolloutRequest, RunRequest, ScaleRequest, TargetsRequest, UpRequest};
+use tug_proto::stream::Frame;
 use tug_supervisor::{Config, Error, Supervisor};
 
 /// Largest request body accepted (a stack spec of thousands of services fits).
@@ -320,9 +322,60 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
     })
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Bytes>> {
+/// Every answer's body: whole (JSON), or streamed (a command's output).
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn whole(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// A body that sends what arrives on `rx`, until it closes.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// A command's events as a streamed answer of frames. When the client goes away, hyper drops
+/// the body, the channel closes, and the command learns it (see `ExecEvent`).
+fn streamed(mut events: tokio::sync::mpsc::Receiver<tug_supervisor::ExecEvent>) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = tx.closed() => return,
+            };
+            let Some(event) = event else { return };
+            let frame = match event {
+                tug_supervisor::ExecEvent::Output(tug_logs::Stream::Out, bytes) => Frame::Stdout(bytes),
+                tug_supervisor::ExecEvent::Output(tug_logs::Stream::Err, bytes) => Frame::Stderr(bytes),
+                tug_supervisor::ExecEvent::Exit(code) => Frame::Exit(code),
+                tug_supervisor::ExecEvent::Failed(why) => Frame::Error(why),
+            };
+            if tx.send(Bytes::from(frame.encode())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = Response::new(ChannelBody(rx).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(tug_proto::stream::CONTENT_TYPE));
+    response
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(whole(bytes));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -330,11 +383,11 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Full<Byte
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Full<Bytes>> {
+fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     json(status, &tug_proto::ErrorBody { error: message.into() })
 }
 
-fn supervisor_error(e: Error) -> Response<Full<Bytes>> {
+fn supervisor_error(e: Error) -> Response<Body> {
     let status = match &e {
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -343,7 +396,7 @@ fn supervisor_error(e: Error) -> Response<Full<Bytes>> {
     error(status, e.to_string())
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Full<Bytes>>>> {
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Body>>> {
     serde_json::from_slice(body)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}"))))
 }
@@ -358,7 +411,7 @@ fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -377,12 +430,13 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
     // behind a change in progress (a `tug stop` waiting out a long stop_grace_period made
     // `tug down` time out). The supervisor refuses to create instances once shutting down.
     let _one_change_at_a_time = match (&method, path) {
-        (&Method::GET, _) | (&Method::POST, "/v1/down") => None,
+        // A command streams for as long as it runs; it changes nothing the lock guards.
+        (&Method::GET, _) | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run") => None,
         _ => Some(app.changes.lock().await),
     };
     let response = match (&method, path) {
         (&Method::GET, "/v1/openapi.json") => {
-            let mut response = Response::new(Full::new(Bytes::from_static(tug_proto::OPENAPI.as_bytes())));
+            let mut response = Response::new(whole(Bytes::from_static(tug_proto::OPENAPI.as_bytes())));
             response
                 .headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
@@ -456,6 +510,20 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
             },
             Err(response) => *response,
         },
+        (&Method::POST, "/v1/exec") => match parse::<ExecRequest>(&body) {
+            Ok(request) => match supervisor.exec(&request.target, request.command) {
+                Ok(events) => streamed(events),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/run") => match parse::<RunRequest>(&body) {
+            Ok(request) => match supervisor.run_one_off(request) {
+                Ok(events) => streamed(events),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
         (&Method::POST, "/v1/down") => {
             app.shutdown.notify_one();
             json(StatusCode::ACCEPTED, &serde_json::json!({ "daemon_pid": std::process::id() }))
@@ -463,7 +531,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Fu
         (
             _,
             "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart"
-            | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history",
+            | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };

@@ -6,6 +6,7 @@
 mod artifacts;
 mod client;
 mod daemon;
+mod exec;
 mod logs;
 mod output;
 mod rollout;
@@ -106,6 +107,25 @@ enum Command {
         json: bool,
         #[arg(value_name = "SERVICE")]
         service: String,
+    },
+    /// Run a command inside a running instance (a service's first running one, or the instance
+    /// named), in its container or with its environment and folder; exits with its exit code
+    Exec {
+        /// A service, or an instance (`web-2`)
+        #[arg(value_name = "SERVICE|INSTANCE")]
+        target: String,
+        /// The command and its arguments (after `--`)
+        #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run a one-off instance of a service (its command, or COMMAND) with its configuration,
+    /// after starting what it depends on; removed when it ends; exits with its exit code
+    Run {
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// A command instead of the service's own (after `--`)
+        #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Stop everything in reverse dependency order; returns when all is gone
     Down {
@@ -275,6 +295,8 @@ fn main() -> ExitCode {
         },
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down { volumes } => run::down(&cli.stack, volumes),
+        Command::Exec { target, command } => exec::exec(&cli.stack, &target, command),
+        Command::Run { service, command } => exec::run(&cli.stack, &service, command),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
         Command::Logs { follow, tail, since, json, names } => {

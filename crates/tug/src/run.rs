@@ -841,6 +841,21 @@ pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A client for the stack's daemon, started when none runs (then true).
+pub(crate) fn daemon_client(args: &StackArgs) -> Result<(Client, bool), String> {
+    let (state_dir, client) = connect(args, true)?;
+    let client = client.ok_or("no API key")?;
+    let started = ensure_daemon(&state_dir, &client, None)?;
+    Ok((client, started))
+}
+
+/// Stops a daemon that runs nothing (one `tug run` started for itself).
+pub(crate) fn down_if_idle(client: &Client) {
+    if status(client).is_ok_and(|s| s.instances.is_empty()) {
+        let _ = down_with(client, true);
+    }
+}
+
 pub(crate) fn running_client(args: &StackArgs) -> Result<Client, String> {
     let (_, client) = connect(args, false)?;
     client.ok_or_else(|| "nothing is running for this stack: start it with `tug up`".to_string())

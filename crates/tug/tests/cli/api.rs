@@ -229,12 +229,18 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("get", "/v1/rollout"),
         ("post", "/v1/rollout"),
         ("get", "/v1/history"),
+        ("post", "/v1/exec"),
+        ("post", "/v1/run"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
     }
 
     // Signed but wrong: the daemon explains and stays up.
-    let bad: [(&str, &str, &[u8], u16); 13] = [
+    let bad: [(&str, &str, &[u8], u16); 17] = [
+        ("POST", "/v1/exec", b"{}", 400),
+        ("POST", "/v1/exec", b"{\"target\":\"web\",\"command\":[]}", 400),
+        ("POST", "/v1/exec", b"{\"target\":\"nope\",\"command\":[\"true\"]}", 404),
+        ("POST", "/v1/run", b"{\"project\":\"x\"}", 400),
         ("POST", "/v1/stop", b"not json", 400),
         ("POST", "/v1/stop", b"", 400),
         ("POST", "/v1/stop", b"{\"targets\":\"web\"}", 400),

@@ -429,3 +429,61 @@ services:
     wait_versions(port, &["8"]);
     assert_ne!(images::image_id("built-web"), first);
 }
+
+#[test]
+fn exec_and_run_work_alike_for_containers_and_processes() {
+    let secret = "exec-secret-value-0123456789";
+    let yaml = format!(
+        r#"
+name: execs
+settings:
+  TOKEN: {{ type: secret }}
+services:
+  box:
+    image: {demo}
+    command: [sleep, "1000"]
+    init: true
+    secrets: [TOKEN]
+    working_dir: /tmp
+  proc:
+    command: [sleep, "1000"]
+    secrets: [TOKEN]
+    environment: {{ GREETING: hello-process }}
+"#,
+        demo = demo_image(),
+    );
+    let stack = Stack::new("containers-exec", &yaml);
+    let env = [("TOKEN", secret)];
+    let up = stack.tug_with(&["up", "-d", "--timeout", "60s"], &env);
+    assert_eq!(up.code, 0, "{}", up.all());
+    // Inside the container: its folder, its variables, its files; the exit code comes back.
+    let run = stack.tug(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "pwd; echo $TUG_INSTANCE; cat /run/secrets/TOKEN; echo; echo oops >&2; exit 7",
+    ]);
+    assert_eq!(run.code, 7, "{}", run.all());
+    assert_eq!(run.stdout, "/tmp\nbox-1\n********\n", "{}", run.all());
+    assert_eq!(run.stderr, "oops\n", "{}", run.all());
+    // A process's environment and folder, by instance name.
+    let run =
+        stack.tug(&["exec", "proc-1", "--", "sh", "-c", "echo $GREETING; echo $TOKEN; cat $TUG_SECRETS_DIR/TOKEN"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout, "hello-process\n********\n********\n", "{}", run.all());
+    let run = stack.tug(&["exec", "nobody", "--", "true"]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("no service or instance named `nobody`"), "{}", run.all());
+    // One-off instances: the service's configuration, their own exit code, nothing left after.
+    let before = stack_containers(&stack.state_dir()).len();
+    let run = stack.tug_with(&["run", "box", "--", "sh", "-c", "echo $TUG_INSTANCE in $PWD; exit 3"], &env);
+    assert_eq!(run.code, 3, "{}", run.all());
+    assert!(run.stdout.starts_with("box-run-") && run.stdout.contains("in /tmp"), "{}", run.all());
+    assert_eq!(stack_containers(&stack.state_dir()).len(), before, "the one-off container is removed");
+    let run = stack.tug_with(&["run", "proc", "--", "sh", "-c", "echo $GREETING"], &env);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "hello-process\n"), "{}", run.all());
+    assert_eq!(stack.ps().len(), 2, "one-off instances are not the service's: {:#?}", stack.ps());
+    assert!(!stack.tug(&["logs"]).all().contains(secret));
+}
