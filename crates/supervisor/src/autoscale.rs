@@ -60,7 +60,7 @@ pub(crate) async fn run(sup: Supervisor) {
                             State::Running => s.spec.healthcheck.is_none(),
                             _ => false,
                         })
-                        .filter_map(|i| Some((i.status.instance.clone(), i.status.pid?)))
+                        .filter_map(|i| Some((i.status.instance.clone(), i.group?)))
                         .collect();
                     Candidate { name: name.clone(), spec: s.spec.clone(), rolling_out: s.rolling_out(), ready }
                 })
@@ -68,7 +68,7 @@ pub(crate) async fn run(sup: Supervisor) {
         };
         scalers.retain(|name, _| services.iter().any(|c| &c.name == name));
         let groups: Vec<i32> = services.iter().flat_map(|c| c.ready.iter().map(|(_, pid)| *pid)).collect();
-        let usage = tug_sys::procfs::groups_usage(&groups);
+        let usage = tug_sys::procfs::groups_usage_except(&groups, Some(crate::shim::NAME));
         let now = Instant::now();
         for Candidate { name, spec, rolling_out, ready } in services {
             let Some(target) = spec.autoscale.clone() else { continue };

@@ -93,9 +93,11 @@ const CONTAINER_SECRETS: &str = "/run/secrets";
 
 /// A started run.
 pub(crate) struct Running {
-    /// The host pid of the main process, which leads the process group that `ps` and the
-    /// autoscaler measure.
+    /// The host pid of the process group's leader (a process's shim, a container's main
+    /// process): what is signalled and measured.
     pub pid: i32,
+    /// The program's own pid, which `tug ps` shows (the container's main process).
+    pub program: i32,
     /// Its start time (clock ticks after boot), so a reused pid is never taken for it.
     pub start_ticks: Option<u64>,
     output: Vec<(Stream, Source)>,
@@ -438,12 +440,29 @@ async fn bridge_gateway(engine: &tug_engine::Engine) -> Result<std::net::Ipv4Add
 /// Starts one run. The error says why, for the instance's message.
 pub(crate) async fn start(launch: Launch) -> Result<Running, String> {
     match launch {
-        Launch::Process(launch) => start_process(launch),
+        Launch::Process(launch) => start_process(launch).await,
         Launch::Container(launch) => start_container(launch).await,
     }
 }
 
-fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
+/// The program a shim started: its first child, which appears within a moment of its start.
+async fn program_of(shim: i32) -> Option<i32> {
+    let children = format!("/proc/{shim}/task/{shim}/children");
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&children).ok()?;
+        if let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok()) {
+            return Some(pid);
+        }
+        // A program that has ended already (a quick job) took the shim with it.
+        if tug_sys::procfs::stat(shim).map_or(true, |s| s.is_zombie()) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    None
+}
+
+async fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
     let spawn = Spawn {
         program: &launch.program,
         args: &launch.args,
@@ -452,6 +471,7 @@ fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
         run_as: launch.run_as.as_ref(),
         cgroup: launch.cgroup.clone(),
         capture: true,
+        contain: true,
     };
     let mut spawned = process::spawn(&spawn).map_err(|e| format!("cannot start `{}`: {e}", launch.shown))?;
     let pid = spawned.pid;
@@ -462,6 +482,7 @@ fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
         .collect();
     Ok(Running {
         pid,
+        program: program_of(pid).await.unwrap_or(pid),
         start_ticks,
         output,
         exec: Exec::Local { env: launch.env, working_dir: launch.working_dir, run_as: launch.run_as },
@@ -520,6 +541,7 @@ async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
     });
     Ok(Running {
         pid,
+        program: pid,
         start_ticks,
         output: vec![(Stream::Out, Source::Engine(output))],
         exec: Exec::Container { engine: engine.clone(), id: id.clone(), user },
@@ -634,8 +656,16 @@ impl Exec {
     pub async fn run(&self, program: &str, args: &[String], timeout: Duration) -> Result<ExecOutput, ExecError> {
         match self {
             Exec::Local { env, working_dir, run_as } => {
-                let spawn =
-                    Spawn { program, args, working_dir, env, run_as: run_as.as_ref(), cgroup: None, capture: true };
+                let spawn = Spawn {
+                    program,
+                    args,
+                    working_dir,
+                    env,
+                    run_as: run_as.as_ref(),
+                    cgroup: None,
+                    capture: true,
+                    contain: false,
+                };
                 local_exec(&spawn, timeout).await
             }
             Exec::Container { engine, id, user } => {
@@ -688,8 +718,16 @@ impl Exec {
         };
         let ended = match self {
             Exec::Local { env, working_dir, run_as } => {
-                let spawn =
-                    Spawn { program, args, working_dir, env, run_as: run_as.as_ref(), cgroup: None, capture: true };
+                let spawn = Spawn {
+                    program,
+                    args,
+                    working_dir,
+                    env,
+                    run_as: run_as.as_ref(),
+                    cgroup: None,
+                    capture: true,
+                    contain: false,
+                };
                 stream_local(&spawn, &events).await
             }
             Exec::Container { engine, id, user } => {

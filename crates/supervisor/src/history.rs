@@ -166,6 +166,65 @@ impl ServiceRecord {
     }
 }
 
+impl Records {
+    /// The source copies (`.tug/revisions/<service>/<digest>`) the history's revisions run from.
+    pub fn source_copies(&self) -> std::collections::HashSet<std::path::PathBuf> {
+        self.services
+            .values()
+            .flat_map(|r| &r.revisions)
+            .filter_map(|r| r.entry.spec.get("source")?.get("copy")?.as_str().map(std::path::PathBuf::from))
+            .collect()
+    }
+}
+
+/// The folder under the state folder that holds every revision's copy of its source.
+pub const REVISIONS: &str = "revisions";
+/// A copy younger than this is never pruned: `up` may have made it for a revision it is about
+/// to send.
+const FRESH: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the source copies no kept revision (and nothing running, `keep`) refers to: they
+/// are pruned with the revisions that ran from them. Returns how many.
+pub fn prune_source_copies(state_dir: &Path, keep: &std::collections::HashSet<std::path::PathBuf>) -> usize {
+    let mut removed = 0;
+    for service in std::fs::read_dir(state_dir.join(REVISIONS)).into_iter().flatten().flatten() {
+        for copy in std::fs::read_dir(service.path()).into_iter().flatten().flatten() {
+            let path = copy.path();
+            let young = copy
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < FRESH);
+            if keep.contains(&path) || young {
+                continue;
+            }
+            if remove_tree(&path).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// Removes a folder tree whose folders may be read-only (a revision's copy is).
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let mut folders = vec![path.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        let _ = std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755));
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                folders.push(entry.path());
+            }
+        }
+    }
+    std::fs::remove_dir_all(path)
+}
+
 /// The spec as JSON with every sensitive value replaced by `********`.
 pub fn masked_spec(spec: &ServiceSpec) -> serde_json::Value {
     let mut json = serde_json::to_value(spec).unwrap_or_default();
@@ -191,6 +250,31 @@ fn mask(json: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_copies_go_with_their_revisions_but_never_fresh_ones() {
+        let state = std::env::temp_dir().join(format!("tug-prune-{}", std::process::id()));
+        let folder = state.join(REVISIONS).join("web");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for name in ["kept", "gone", "fresh"] {
+            std::fs::create_dir_all(folder.join(name).join("sub")).unwrap();
+            std::fs::write(folder.join(name).join("sub/app.py"), "x").unwrap();
+            // Read-only, as copies are.
+            std::fs::set_permissions(
+                folder.join(name).join("sub"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o555),
+            )
+            .unwrap();
+            if name != "fresh" {
+                std::fs::File::open(folder.join(name)).unwrap().set_modified(old).unwrap();
+            }
+        }
+        let keep = std::collections::HashSet::from([folder.join("kept")]);
+        assert_eq!(prune_source_copies(&state, &keep), 1);
+        assert!(folder.join("kept").is_dir() && folder.join("fresh").is_dir() && !folder.join("gone").exists());
+        remove_tree(&state).unwrap();
+        assert!(!state.exists());
+    }
     use tug_proto::spec::{Strategy, Value};
 
     fn spec(secret: &str) -> ServiceSpec {

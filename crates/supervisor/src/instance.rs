@@ -84,7 +84,10 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
         } else {
             None
         };
-        t.instances.insert(name.clone(), Instance { status, replica, control: tx, start_ticks: None, exec: None });
+        t.instances.insert(
+            name.clone(),
+            Instance { status, replica, control: tx, group: None, start_ticks: None, exec: None },
+        );
         Some((name, replica, port, message))
     });
     let Some((name, replica, port, problem)) = created else { return };
@@ -393,7 +396,7 @@ impl Task {
             Ok(running) => running,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
-        let pid = running.pid;
+        let (group, pid) = (running.pid, running.program);
         let start_ticks = running.start_ticks;
         let has_healthcheck = readiness.is_some();
         let initial = match (self.spec.kind, has_healthcheck) {
@@ -405,6 +408,7 @@ impl Task {
         self.inner.update(|t| {
             if let Some(row) = t.instances.get_mut(&name) {
                 row.start_ticks = start_ticks;
+                row.group = Some(group);
                 let s = &mut row.status;
                 s.pid = Some(pid);
                 s.state = initial;
@@ -562,6 +566,7 @@ impl Task {
         self.inner.update(|t| {
             if let Some(row) = t.instances.get_mut(&name) {
                 row.start_ticks = None;
+                row.group = None;
                 row.exec = None;
                 row.status.pid = None;
                 row.status.finished_at = Some(format_time(SystemTime::now()));

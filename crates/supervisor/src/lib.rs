@@ -22,6 +22,7 @@ pub mod reaper;
 mod rollout;
 mod routing;
 mod secret_files;
+pub mod shim;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -68,7 +69,10 @@ pub(crate) struct Instance {
     pub status: InstanceStatus,
     pub replica: u32,
     pub control: mpsc::UnboundedSender<Control>,
-    /// Start time (clock ticks after boot) of the current process, for reconciliation.
+    /// The process group of the current run (its shim's, or its container's main process):
+    /// what is signalled, measured, and recorded for reconciliation.
+    pub group: Option<i32>,
+    /// Start time (clock ticks after boot) of the group's leader, for reconciliation.
     pub start_ticks: Option<u64>,
     /// While it runs: where `tug exec` runs a command in it, and what to mask in the output.
     pub exec: Option<(driver::Exec, Arc<Vec<Vec<u8>>>)>,
@@ -229,11 +233,14 @@ impl Supervisor {
             .collect();
         let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
         if usage {
-            let groups: Vec<i32> = instances.iter().filter_map(|i| i.pid).collect();
-            let measured = tug_sys::procfs::groups_usage(&groups);
+            let groups: Vec<Option<i32>> = table.instances.values().map(|i| i.group).collect();
+            let measured = tug_sys::procfs::groups_usage_except(
+                &groups.iter().flatten().copied().collect::<Vec<_>>(),
+                Some(crate::shim::NAME),
+            );
             let ticks = tug_sys::procfs::clock_ticks_per_second().max(1) as f64;
-            for row in &mut instances {
-                if let Some(u) = row.pid.and_then(|pid| measured.get(&pid)) {
+            for (row, group) in instances.iter_mut().zip(groups) {
+                if let Some(u) = group.and_then(|group| measured.get(&group)) {
                     row.cpu_seconds = Some(u.cpu_ticks as f64 / ticks);
                     row.memory_bytes = Some(u.rss_bytes);
                 }
@@ -530,7 +537,29 @@ impl Supervisor {
         if !notices.is_empty() {
             inner.update(|t| t.notices.extend(notices.iter().cloned()));
         }
+        self.prune_source_copies();
         Ok(UpResponse { services: wanted, notices, rollouts: rollouts_shown })
+    }
+
+    /// Removes the source copies of revisions the history no longer keeps (off the runtime's
+    /// threads: it walks folders).
+    fn prune_source_copies(&self) {
+        let mut keep = self.inner.records.lock().unwrap_or_else(|p| p.into_inner()).source_copies();
+        {
+            let table = self.inner.lock();
+            for service in table.services.values() {
+                for spec in std::iter::once(&service.spec).chain(&service.stable) {
+                    keep.extend(spec.source.as_ref().map(|s| s.copy.clone()));
+                }
+            }
+        }
+        let state_dir = self.inner.config.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = history::prune_source_copies(&state_dir, &keep);
+            if removed > 0 {
+                eprintln!("tug: removed {removed} source copies of revisions no longer kept");
+            }
+        });
     }
 
     /// A rollout the last daemon recorded as under way, for a service this daemon has not run

@@ -29,6 +29,7 @@ pub struct Record {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub instance: String,
+    /// The leader of the instance's process group.
     pub pid: i32,
     pub start_ticks: u64,
 }
@@ -43,7 +44,7 @@ impl Record {
             .instances
             .values()
             .filter_map(|i| {
-                Some(Entry { instance: i.status.instance.clone(), pid: i.status.pid?, start_ticks: i.start_ticks? })
+                Some(Entry { instance: i.status.instance.clone(), pid: i.group?, start_ticks: i.start_ticks? })
             })
             .collect();
         Record { daemon_pid: std::process::id(), instances, engine: table.engine.clone() }

@@ -101,6 +101,9 @@ pub struct Launch<'a> {
     pub cgroup: Option<std::sync::Arc<tug_sys::cgroup::Group>>,
     /// Capture stdout and stderr (else they go to /dev/null).
     pub capture: bool,
+    /// Run under the instance shim ([`crate::shim`]): nothing it starts outlives the daemon,
+    /// even a process that left the group after the daemon and its keeper were SIGKILLed.
+    pub contain: bool,
 }
 
 pub struct Spawned {
@@ -144,7 +147,17 @@ pub fn close_inherited_on_exec() {
 /// Starts a process as the leader of its own process group, killed if the
 /// daemon dies. Must be called inside a tokio runtime (for the pipes).
 pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
-    let mut command = Command::new(launch.program);
+    let mut command = if launch.contain {
+        // The shim starts the program, so a program that cannot be started must be found out
+        // here: the message names it, as a failed exec would.
+        findable(launch)?;
+        let mut command = Command::new("/proc/self/exe");
+        command.arg(crate::shim::ARG).arg(launch.program);
+        command
+    } else {
+        Command::new(launch.program)
+    };
+    let death_signal = if launch.contain { crate::shim::parent_death_signal() } else { libc::SIGKILL };
     command.args(launch.args).current_dir(launch.working_dir).stdin(Stdio::null());
     for name in PRIVATE_VARIABLES {
         command.env_remove(name);
@@ -192,7 +205,7 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
                 return Err(io::Error::last_os_error());
             }
             // After the user change, which would clear it.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The daemon may have died before the prctl took effect.
@@ -215,6 +228,41 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
     let stdout = child.stdout.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
     let stderr = child.stderr.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
     Ok(Spawned { pid, exit, stdout, stderr })
+}
+
+/// Whether `launch.program` can be executed, as `execvp` would look it up (relative to the
+/// working folder when it has a `/`, else on the instance's `PATH`).
+fn findable(launch: &Launch) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable =
+        |path: &Path| std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if !launch.working_dir.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("its working_dir {} is not a folder", launch.working_dir.display()),
+        ));
+    }
+    if launch.program.contains('/') {
+        let path = launch.working_dir.join(launch.program);
+        return match std::fs::metadata(&path) {
+            Err(e) => Err(e),
+            Ok(_) if executable(&path) => Ok(()),
+            Ok(_) => Err(io::Error::from(io::ErrorKind::PermissionDenied)),
+        };
+    }
+    let path = launch
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .or_else(|| std::env::var("PATH").ok())
+        .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let found = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|dir| executable(&launch.working_dir.join(dir).join(launch.program)));
+    if found { Ok(()) } else { Err(io::Error::from(io::ErrorKind::NotFound)) }
 }
 
 /// Sends `signal` to a whole process group. False when the group is gone.

@@ -262,10 +262,16 @@ pub fn group_usage(pgid: i32) -> Usage {
 
 /// [`group_usage`] for many groups at once, with one scan of `/proc`.
 pub fn groups_usage(pgids: &[i32]) -> std::collections::HashMap<i32, Usage> {
+    groups_usage_except(pgids, None)
+}
+
+/// [`groups_usage`], leaving out the processes named `except` (their `comm`): a supervisor's
+/// own helper in each group is not the workload it measures.
+pub fn groups_usage_except(pgids: &[i32], except: Option<&str>) -> std::collections::HashMap<i32, Usage> {
     let page = page_size();
     let mut usage: std::collections::HashMap<i32, Usage> = std::collections::HashMap::new();
     for s in live_processes() {
-        if s.pgid > 0 && pgids.contains(&s.pgid) {
+        if s.pgid > 0 && pgids.contains(&s.pgid) && except != Some(s.comm.as_str()) {
             let u = usage.entry(s.pgid).or_default();
             u.cpu_ticks = u.cpu_ticks.saturating_add(s.utime).saturating_add(s.stime);
             u.rss_bytes = u.rss_bytes.saturating_add(u64::try_from(s.rss_pages).unwrap_or(0).saturating_mul(page));

@@ -550,6 +550,11 @@ pub fn spawn(state_dir: &Path, advertise: Option<&str>) -> Result<u32, String> {
         .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let log_err = log.try_clone().map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     let mut command = std::process::Command::new(exe);
+    // The keeper and the daemon live as long as the stack, and their environment is readable
+    // in /proc for as long: a secret given as `DB_PASSWORD=… tug up` must not stay there. They
+    // get what a program expects of its session and tug's own settings, nothing else;
+    // instances get their values through the spec.
+    command.env_clear().envs(std::env::vars_os().filter(|(name, _)| inherited(&name.to_string_lossy())));
     if let Some(address) = advertise {
         command.env(ADVERTISE_ENV, address);
     }
@@ -557,7 +562,6 @@ pub fn spawn(state_dir: &Path, advertise: Option<&str>) -> Result<u32, String> {
         .arg("daemon")
         .arg("--state-dir")
         .arg(state_dir)
-        .env_remove("TUG_SECRETS_KEY")
         .current_dir("/")
         .stdin(std::process::Stdio::null())
         .stdout(log)
@@ -575,6 +579,27 @@ pub fn spawn(state_dir: &Path, advertise: Option<&str>) -> Result<u32, String> {
     }
     let child = command.spawn().map_err(|e| format!("cannot start the daemon: {e}"))?;
     Ok(child.id())
+}
+
+/// What the daemon (and so every instance) inherits of the environment of the `tug up` that
+/// starts it: the session's basics, the locale, and tug's own settings for the daemon.
+fn inherited(name: &str) -> bool {
+    const SESSION: [&str; 12] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TERM",
+        "TMPDIR",
+        "XDG_RUNTIME_DIR",
+        "NO_COLOR",
+    ];
+    const TUG: [&str; 3] = ["TUG_PORT_RANGE", tug_proto::auth::KEY_ENV, ADVERTISE_ENV];
+    SESSION.contains(&name) || TUG.contains(&name) || name.starts_with("LC_")
 }
 
 pub fn state_dir_arg(dir: Option<PathBuf>) -> Result<PathBuf, String> {

@@ -274,6 +274,11 @@ fn arguments() -> Vec<std::ffi::OsString> {
 }
 
 fn main() -> ExitCode {
+    // An instance's shim: as little as possible runs before it (it is on every start's path).
+    let mut raw = std::env::args_os();
+    if raw.nth(1).is_some_and(|a| a == tug_supervisor::shim::ARG) {
+        std::process::exit(tug_supervisor::shim::run(raw.collect()));
+    }
     let cli = Cli::parse_from(arguments());
     let result = match cli.command {
         Command::Check { format } => stack::check(&cli.stack, format),

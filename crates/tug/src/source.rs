@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// The folder under the state folder that holds every revision's copy.
-pub const REVISIONS: &str = "revisions";
+use tug_supervisor::history::REVISIONS;
 /// At most this many entries, and bytes, in a source: a `source: /` mistake must fail fast.
 const MAX_ENTRIES: usize = 200_000;
 const MAX_BYTES: u64 = 4 << 30;
@@ -35,6 +34,10 @@ pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapsh
     let folder = state_dir.join(REVISIONS).join(service);
     let copy = folder.join(&digest);
     if copy.is_dir() {
+        // Fresh again: the daemon never prunes a copy `up` has just chosen.
+        if let Ok(dir) = std::fs::File::open(&copy) {
+            let _ = dir.set_modified(std::time::SystemTime::now());
+        }
         return Ok(Snapshot { digest, copy });
     }
     std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
@@ -215,22 +218,7 @@ fn make_read_only(root: &Path, entries: &[(PathBuf, Kind)]) {
     let _ = std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o555));
 }
 
-/// Removes a copy (read-only folders are made writable first).
-pub fn remove_tree(path: &Path) -> std::io::Result<()> {
-    if !path.exists() {
-        return Ok(());
-    }
-    let mut folders = vec![path.to_path_buf()];
-    while let Some(folder) = folders.pop() {
-        let _ = std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755));
-        for entry in std::fs::read_dir(&folder)?.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                folders.push(entry.path());
-            }
-        }
-    }
-    std::fs::remove_dir_all(path)
-}
+pub use tug_supervisor::history::remove_tree;
 
 /// Where `working_dir` points into the copy, when it is inside the source.
 pub fn working_dir_in_copy(working_dir: &Path, source: &Path, copy: &Path) -> PathBuf {

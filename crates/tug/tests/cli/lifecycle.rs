@@ -457,12 +457,19 @@ services:
     let survivor = survivor[0];
     let daemon = stack.daemon_pid().unwrap();
     let keeper = keeper_of(daemon);
-    // Both at once: nothing is left to clean up after them.
+    // Every tug process at once (`pkill -9 tug`): the keeper, the daemon and the instance's
+    // shim, so nothing is left to clean up after them.
+    let shims: Vec<i32> = crate::harness::stack_processes(&stack.state_dir())
+        .into_iter()
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tug-instance"))
+        .collect();
+    assert_eq!(shims.len(), 1, "the instance runs under its shim");
     kill(keeper, libc::SIGKILL);
     kill(daemon, libc::SIGKILL);
+    kill(shims[0], libc::SIGKILL);
     assert!(wait_gone(daemon, Duration::from_secs(5)) && wait_gone(keeper, Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(alive(survivor), "the grandchild in its own session should outlive both");
+    assert!(alive(survivor), "the grandchild in its own session should outlive all three");
     stack.up();
     assert!(!alive(survivor), "the new daemon left the old grandchild running");
     wait_until("the new instance's grandchild", Duration::from_secs(10), || {

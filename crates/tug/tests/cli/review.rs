@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::Stack;
+use crate::harness::{Stack, stack_processes};
 
 /// A secret given in the environment of `tug up` was inherited by every instance
 /// (the daemon's environment is that `up`'s), so a service that does not list it
@@ -36,6 +36,17 @@ services:
     assert!(other.contains("pw=unset url=unset"), "{other}");
     let listed = stack.log("listed", "listed-1");
     assert!(listed.contains("pw=********") && !listed.contains(secret), "{listed}");
+    // The daemon and its keeper live as long as the stack: their environment (readable in
+    // /proc) holds nothing `up` was given.
+    let daemon = stack.daemon_pid().expect("daemon.pid");
+    let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).expect("daemon stat");
+    let keeper: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
+    for pid in [daemon, keeper] {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let text = String::from_utf8_lossy(&environ);
+        assert!(!text.contains(secret) && !text.contains("DB_PASSWORD"), "pid {pid}: {text}");
+        assert!(text.contains("PATH="), "pid {pid} keeps its PATH: {text}");
+    }
 }
 
 /// An http probe whose path interpolates a secret quoted the path in its failure
@@ -68,9 +79,11 @@ services:
 }
 
 /// Reconciliation named each process an earlier daemon left by its command line, in
-/// daemon.log, the API's notices and `tug ps`; arguments can carry a secret.
+/// daemon.log, the API's notices and `tug ps`; arguments can carry a secret. And an audit found
+/// that when the keeper and the daemon were SIGKILLed together, a grandchild that had called
+/// `setsid` survived until the next `up`: each instance's shim now takes it down at once.
 #[test]
-fn reconciliation_does_not_quote_a_left_process_arguments() {
+fn nothing_survives_the_keeper_and_daemon_killed_together_and_no_note_quotes_arguments() {
     let stack = Stack::new(
         "review-reconcile",
         r#"
@@ -87,20 +100,33 @@ services:
     let env = [("TOKEN", secret)];
     let run = stack.tug_with(&["up", "-d", "--timeout", "30s"], &env);
     assert_eq!(run.code, 0, "{}", run.all());
+    // The setsid'd grandchild runs, with the secret in its arguments.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack_processes(&stack.state_dir()).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", stack_processes(&stack.state_dir()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let daemon = stack.daemon_pid().expect("daemon.pid");
     let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).expect("daemon stat");
     let keeper: i32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap();
-    // Both at once: nobody is left to clean up, so the setsid'd child survives.
+    // Both at once: neither is left to clean up.
     // SAFETY: kill of processes this test started.
     unsafe {
         libc::kill(keeper, libc::SIGKILL);
         libc::kill(daemon, libc::SIGKILL);
     }
-    assert!(crate::harness::wait_gone(daemon, Duration::from_secs(5)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !stack_processes(&stack.state_dir()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "survived the daemon and its keeper: {:?}",
+            stack_processes(&stack.state_dir())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let run = stack.tug_with(&["up", "-d", "--timeout", "30s"], &env);
     assert_eq!(run.code, 0, "{}", run.all());
     let ps = stack.tug(&["ps"]);
-    assert!(ps.stdout.contains("started by web-1 of an earlier daemon"), "{}", ps.all());
     assert!(!ps.all().contains(secret), "{}", ps.all());
     let log = std::fs::read_to_string(stack.state_dir().join("daemon.log")).unwrap_or_default();
     assert!(!log.contains(secret), "{log}");
