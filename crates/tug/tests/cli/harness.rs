@@ -174,6 +174,7 @@ impl Drop for Stack {
             .current_dir(self.path())
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .envs(crate::engine_host())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();

@@ -6,6 +6,7 @@ mod check;
 mod config;
 mod containers;
 mod control;
+mod example_containers;
 mod harness;
 mod images;
 mod lifecycle;
@@ -50,6 +51,7 @@ pub fn tug(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .envs(engine_host())
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -69,6 +71,13 @@ pub fn tug(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>)
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         code: out.status.code().unwrap_or(-1),
     }
+}
+
+/// `DOCKER_HOST`, when the tests run against another engine than the default socket (Podman's
+/// service: `DOCKER_HOST=unix:///run/podman/podman.sock cargo test`): tug and the `docker` CLI
+/// the tests build images with then both use it.
+pub fn engine_host() -> Option<(&'static str, String)> {
+    std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).map(|h| ("DOCKER_HOST", h))
 }
 
 /// Compares `actual` with the snapshot file; `UPDATE_EXPECT=1` rewrites it instead.
