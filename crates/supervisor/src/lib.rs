@@ -216,6 +216,10 @@ impl Supervisor {
             let mut rx = self.inner.changes.subscribe();
             let _ = tokio::time::timeout(timeout, rx.wait_for(|g| *g > after)).await;
         }
+        // What the status calls ready, this host's routers already send requests to: `up -d`
+        // returns on this answer, and a `curl` right after must not find the router empty (the
+        // task that follows the table may not have run yet).
+        self.inner.routing.refresh_local(&self.inner);
         let table = self.inner.lock();
         let services = table
             .services

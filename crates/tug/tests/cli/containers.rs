@@ -123,14 +123,14 @@ services:
 #[test]
 fn a_rebuilt_image_is_a_canary_under_load_and_a_bad_one_is_rolled_back() {
     let tag = unique_tag("web");
-    let _tags = Tags(vec![tag.clone()]);
+    let mut tags = Tags(vec![tag.clone()]);
     let port = free_port();
-    web_image(&tag, "1", "");
+    tags.0.push(web_image(&tag, "1", ""));
     let stack = Stack::new("containers-canary", &web_stack("canary", &tag, port));
     stack.up();
     let v1 = web_revision(&stack);
     // The same tag, rebuilt: a new image id, so a new revision; the stack file did not change.
-    web_image(&tag, "2", "");
+    tags.0.push(web_image(&tag, "2", ""));
     let load = Load::start(port, 4, 40);
     let run = deploy(&stack);
     std::thread::sleep(Duration::from_millis(300));
@@ -141,7 +141,7 @@ fn a_rebuilt_image_is_a_canary_under_load_and_a_bad_one_is_rolled_back() {
     let v2 = web_revision(&stack);
     assert_ne!(v1, v2);
     // A bad build of the same tag: the canary fails its analysis and goes back, by itself.
-    web_image(&tag, "3", "ENV DEMO_FAIL_RATE=30%\n");
+    tags.0.push(web_image(&tag, "3", "ENV DEMO_FAIL_RATE=30%\n"));
     let load = Load::start(port, 4, 40);
     let run = deploy(&stack);
     let done = Instant::now();
@@ -414,7 +414,7 @@ services:
 "#
     );
     let stack = Stack::new("containers-build", &yaml);
-    let _tags = Tags(vec!["built-web".into()]);
+    let mut tags = Tags(vec!["built-web".into()]);
     std::fs::create_dir_all(stack.path().join("web")).unwrap();
     stack.dir.write("web/Dockerfile", &format!("FROM {}\nENV VERSION=7\n", demo_image()));
     stack.dir.write("web/.dockerignore", "secret.txt\n");
@@ -423,6 +423,7 @@ services:
     assert!(up.stderr.contains("building built-web"), "{}", up.all());
     wait_versions(port, &["7"]);
     let first = images::image_id("built-web");
+    tags.0.push(first.clone());
     stack.dir.write("web/Dockerfile", &format!("FROM {}\nENV VERSION=8\n", demo_image()));
     let run = deploy(&stack);
     assert_eq!(run.code, 0, "{}", run.all());

@@ -106,14 +106,16 @@ fn which(program: &str) -> PathBuf {
 }
 
 /// Builds `tag` from the demo image with `VERSION` and extra `ENV` lines: a new image id each
-/// time its content differs. Removed by [`Tags`] when the test ends.
-pub fn web_image(tag: &str, version: &str, extra_env: &str) {
+/// time its content differs. Returns the id, for [`Tags`] to remove when the test ends (a
+/// rebuilt tag leaves the earlier image untagged, not gone).
+pub fn web_image(tag: &str, version: &str, extra_env: &str) -> String {
     let dir = TempDir::new("image-web");
     dir.write("Dockerfile", &format!("FROM {}\nENV VERSION={version}\n{extra_env}LABEL tug-test=web\n", demo_image()));
     build(tag, dir.path());
+    image_id(tag)
 }
 
-/// Image tags a test made, removed when it ends (failed or not).
+/// Image tags (and ids) a test made, removed when it ends (failed or not).
 pub struct Tags(pub Vec<String>);
 
 impl Drop for Tags {
