@@ -651,9 +651,52 @@ impl Running {
 }
 
 impl Exec {
-    /// Runs `program` with `args` inside the instance and waits, at most `timeout`; its whole
-    /// process tree is killed when the time is up or the future is dropped.
+    /// Runs `program` with `args` inside the instance and waits, at most `timeout`; a local
+    /// command's whole process tree is killed when the time is up or the future is dropped (the
+    /// engine cannot kill an exec: a container's runs on to its end).
     pub async fn run(&self, program: &str, args: &[String], timeout: Duration) -> Result<ExecOutput, ExecError> {
+        let argv: Vec<String> = std::iter::once(program.to_string()).chain(args.iter().cloned()).collect();
+        let (events, mut received) = tokio::sync::mpsc::channel(16);
+        let collect = async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            while let Some(event) = received.recv().await {
+                if let ExecEvent::Output(stream, chunk) = event {
+                    let buffer = if stream == Stream::Out { &mut out } else { &mut err };
+                    let room = 8192usize.saturating_sub(buffer.len());
+                    buffer.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+            }
+            let mut text = String::from_utf8_lossy(&out).into_owned();
+            text.push('\n');
+            text.push_str(&String::from_utf8_lossy(&err));
+            text
+        };
+        let ran = async { tokio::join!(self.execute(&argv, events), collect) };
+        match tokio::time::timeout(timeout, ran).await {
+            Ok((Ok(exit), text)) => Ok(ExecOutput { exit, text }),
+            Ok((Err(e), _)) => Err(e),
+            Err(_) => Err(ExecError::TimedOut(timeout)),
+        }
+    }
+
+    /// Runs `argv` inside the instance, its output and then its exit status sent to `events`.
+    /// When `events` closes (whoever asked went away), a local command's process group is
+    /// killed; the engine cannot kill an exec, so a container's runs on to its end.
+    pub async fn stream(&self, argv: Vec<String>, events: tokio::sync::mpsc::Sender<ExecEvent>) {
+        let ended = self.execute(&argv, events.clone()).await;
+        let _ = events
+            .send(match ended {
+                Ok(exit) => ExecEvent::Exit(exit.code()),
+                Err(e) => ExecEvent::Failed(e.describe(argv.first().map_or("", String::as_str))),
+            })
+            .await;
+    }
+
+    /// Runs `argv`, sending its output to `events` (and nothing else); how it ended.
+    async fn execute(&self, argv: &[String], events: tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, ExecError> {
+        let Some((program, args)) = argv.split_first() else {
+            return Err(ExecError::Start("no command to run".into()));
+        };
         match self {
             Exec::Local { env, working_dir, run_as } => {
                 let spawn = Spawn {
@@ -666,91 +709,23 @@ impl Exec {
                     capture: true,
                     contain: false,
                 };
-                local_exec(&spawn, timeout).await
+                execute_local(&spawn, &events).await
             }
             Exec::Container { engine, id, user } => {
-                let mut cmd = Vec::with_capacity(args.len() + 1);
-                cmd.push(program.to_string());
-                cmd.extend(args.iter().cloned());
                 let config = tug_engine::ExecConfig {
-                    cmd,
+                    cmd: argv.to_vec(),
                     env: Vec::new(),
                     user: user.clone(),
                     working_dir: None,
                     stdin: false,
                 };
-                let ran = async {
-                    let mut session = engine.exec(id, &config).await.map_err(|e| ExecError::Start(e.to_string()))?;
-                    let (mut out, mut err) = (Vec::new(), Vec::new());
-                    while let Some((stream, chunk)) =
-                        session.output.next().await.map_err(|e| ExecError::Lost(e.to_string()))?
-                    {
-                        let buffer = match stream {
-                            tug_engine::StreamKind::Stdout => &mut out,
-                            tug_engine::StreamKind::Stderr => &mut err,
-                        };
-                        if buffer.len() < 8192 {
-                            buffer.extend_from_slice(&chunk[..chunk.len().min(8192 - buffer.len())]);
-                        }
-                    }
-                    let code = session.exit_code().await.map_err(|e| ExecError::Lost(e.to_string()))?;
-                    let mut text = String::from_utf8_lossy(&out).into_owned();
-                    text.push('\n');
-                    text.push_str(&String::from_utf8_lossy(&err));
-                    Ok(ExecOutput { exit: container::exit_from_status(code), text })
-                };
-                // A command still running in the container at the timeout is left to end by
-                // itself: the engine has no way to kill an exec.
-                tokio::time::timeout(timeout, ran).await.unwrap_or(Err(ExecError::TimedOut(timeout)))
+                execute_in_container(engine, id, &config, &events).await
             }
         }
     }
 }
 
-impl Exec {
-    /// Runs `argv` inside the instance, its output and then its exit status sent to `events`.
-    /// When `events` closes (whoever asked went away), a local command's process group is
-    /// killed; the engine cannot kill an exec, so a container's runs on to its end.
-    pub async fn stream(&self, argv: Vec<String>, events: tokio::sync::mpsc::Sender<ExecEvent>) {
-        let Some((program, args)) = argv.split_first() else {
-            let _ = events.send(ExecEvent::Failed("no command to run".into())).await;
-            return;
-        };
-        let ended = match self {
-            Exec::Local { env, working_dir, run_as } => {
-                let spawn = Spawn {
-                    program,
-                    args,
-                    working_dir,
-                    env,
-                    run_as: run_as.as_ref(),
-                    cgroup: None,
-                    capture: true,
-                    contain: false,
-                };
-                stream_local(&spawn, &events).await
-            }
-            Exec::Container { engine, id, user } => {
-                let config = tug_engine::ExecConfig {
-                    cmd: argv.clone(),
-                    env: Vec::new(),
-                    user: user.clone(),
-                    working_dir: None,
-                    stdin: false,
-                };
-                stream_container(engine, id, &config, &events).await
-            }
-        };
-        let _ = events
-            .send(match ended {
-                Ok(exit) => ExecEvent::Exit(exit.code()),
-                Err(e) => ExecEvent::Failed(e),
-            })
-            .await;
-    }
-}
-
-/// Forwards a stream of output, chunk by chunk, as `stream`; false once nobody listens.
+/// Forwards one stream of output, chunk by chunk, as `stream`, until it ends or nobody listens.
 pub(crate) async fn forward_pipe(pipe: pipe::Receiver, stream: Stream, events: tokio::sync::mpsc::Sender<ExecEvent>) {
     use tokio::io::AsyncReadExt;
     let mut pipe = pipe;
@@ -762,69 +737,46 @@ pub(crate) async fn forward_pipe(pipe: pipe::Receiver, stream: Stream, events: t
     }
 }
 
-async fn stream_local(spawn: &Spawn<'_>, events: &tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, String> {
-    let mut spawned = process::spawn(spawn).map_err(|e| format!("cannot run `{}`: {e}", spawn.program))?;
+async fn execute_local(spawn: &Spawn<'_>, events: &tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, ExecError> {
+    let mut spawned = process::spawn(spawn).map_err(|e| ExecError::Start(e.to_string()))?;
+    // Dropped mid-wait (a probe aborted when its instance stops, a timeout), the command's
+    // process group must not outlive it.
     let mut guard = KillGroupOnDrop(Some(spawned.pid));
     let pumps: Vec<_> = [(Stream::Out, spawned.stdout.take()), (Stream::Err, spawned.stderr.take())]
         .into_iter()
         .filter_map(|(stream, pipe)| pipe.map(|p| tokio::spawn(forward_pipe(p, stream, events.clone()))))
         .collect();
     let exit = tokio::select! {
-        exit = &mut spawned.exit => exit.map_err(|_| "its exit status was lost".to_string())?,
-        _ = events.closed() => return Err("nobody is listening any more".into()),
+        exit = &mut spawned.exit => exit.map_err(|_| ExecError::Lost("the reaper did not report it".into()))?,
+        _ = events.closed() => return Err(ExecError::Lost("nobody is listening any more".into())),
     };
-    // What it left holding its pipes must not hold the answer up.
+    // Its whole group: children that kept the pipes open must not hold the answer up.
     process::signal_group(spawned.pid, libc::SIGKILL);
     guard.0 = None;
     for pump in pumps {
-        let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), pump).await;
     }
     Ok(exit)
 }
 
-async fn stream_container(
+async fn execute_in_container(
     engine: &tug_engine::Engine,
     id: &str,
     config: &tug_engine::ExecConfig,
     events: &tokio::sync::mpsc::Sender<ExecEvent>,
-) -> Result<Exit, String> {
-    let mut session = engine.exec(id, config).await.map_err(|e| e.to_string())?;
-    while let Some((kind, chunk)) = session.output.next().await.map_err(|e| e.to_string())? {
+) -> Result<Exit, ExecError> {
+    let mut session = engine.exec(id, config).await.map_err(|e| ExecError::Start(e.to_string()))?;
+    while let Some((kind, chunk)) = session.output.next().await.map_err(|e| ExecError::Lost(e.to_string()))? {
         let stream = match kind {
             tug_engine::StreamKind::Stdout => Stream::Out,
             tug_engine::StreamKind::Stderr => Stream::Err,
         };
         if events.send(ExecEvent::Output(stream, chunk)).await.is_err() {
-            return Err("nobody is listening any more".into());
+            return Err(ExecError::Lost("nobody is listening any more".into()));
         }
     }
-    let code = session.exit_code().await.map_err(|e| e.to_string())?;
+    let code = session.exit_code().await.map_err(|e| ExecError::Lost(e.to_string()))?;
     Ok(container::exit_from_status(code))
-}
-
-async fn local_exec(spawn: &Spawn<'_>, timeout: Duration) -> Result<ExecOutput, ExecError> {
-    let mut spawned = process::spawn(spawn).map_err(|e| ExecError::Start(e.to_string()))?;
-    // The instance aborts its probe tasks when it stops: this future is then dropped
-    // mid-wait, and the command's process group must not outlive it.
-    let mut guard = KillGroupOnDrop(Some(spawned.pid));
-    let output = collect_output(spawned.stdout.take(), spawned.stderr.take());
-    let pid = spawned.pid;
-    let exit = match tokio::time::timeout(timeout, &mut spawned.exit).await {
-        Ok(Ok(exit)) => exit,
-        Ok(Err(_)) => return Err(ExecError::Lost("the reaper did not report it".into())),
-        Err(_) => {
-            // Its whole process group: a shell's children must not outlive it.
-            process::signal_group(pid, libc::SIGKILL);
-            guard.0 = None;
-            let _ = spawned.exit.await;
-            return Err(ExecError::TimedOut(timeout));
-        }
-    };
-    // Children that kept the pipes open must not hold it up.
-    process::signal_group(pid, libc::SIGKILL);
-    guard.0 = None;
-    let text = tokio::time::timeout(Duration::from_millis(200), output).await.unwrap_or_default();
-    Ok(ExecOutput { exit, text })
 }
 
 /// Kills a process group when dropped while still armed.
@@ -836,21 +788,4 @@ impl Drop for KillGroupOnDrop {
             process::signal_group(pgid, libc::SIGKILL);
         }
     }
-}
-
-/// The first 8 KiB of each stream, stdout then stderr.
-async fn collect_output(stdout: Option<pipe::Receiver>, stderr: Option<pipe::Receiver>) -> String {
-    use tokio::io::AsyncReadExt;
-    async fn read(pipe: Option<pipe::Receiver>) -> Vec<u8> {
-        let mut out = Vec::new();
-        if let Some(pipe) = pipe {
-            let _ = pipe.take(8192).read_to_end(&mut out).await;
-        }
-        out
-    }
-    let (out, err) = tokio::join!(read(stdout), read(stderr));
-    let mut text = String::from_utf8_lossy(&out).into_owned();
-    text.push('\n');
-    text.push_str(&String::from_utf8_lossy(&err));
-    text
 }

@@ -339,3 +339,42 @@ pub async fn stop_group(pgid: i32, signal: i32, grace: Duration, exit: &mut ones
     }
     status
 }
+
+/// SIGKILLs every descendant of this process, and the process group of each that is not this
+/// process's own, until none is left: orphans are adopted by a subreaper as their parents die,
+/// so it repeats until `quiet` rounds in a row (5 ms apart) find nothing. Reaps as it goes.
+/// For a subreaper that is ending (the keeper, an instance's shim).
+pub fn kill_descendants(quiet: u32) {
+    let me = std::process::id() as i32;
+    // SAFETY: getpgrp has no preconditions.
+    let own_group = unsafe { libc::getpgrp() };
+    let mut quiet_rounds = 0;
+    for _ in 0..500 {
+        let all = tug_sys::procfs::descendants(me);
+        for pid in &all {
+            if let Ok(stat) = tug_sys::procfs::stat(*pid)
+                && stat.pgid != own_group
+            {
+                signal_group(stat.pgid, libc::SIGKILL);
+            }
+            // SAFETY: plain kill of a descendant.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        loop {
+            let mut status = 0;
+            // SAFETY: non-blocking reap of any child.
+            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
+                break;
+            }
+        }
+        if all.is_empty() {
+            quiet_rounds += 1;
+            if quiet_rounds >= quiet {
+                return;
+            }
+        } else {
+            quiet_rounds = 0;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

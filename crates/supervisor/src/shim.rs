@@ -82,7 +82,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         let signal = unsafe { libc::sigwaitinfo(&waited, &mut info) };
         if signal == parent_death_signal() {
             // The daemon is gone: everything under the shim goes.
-            kill_descendants();
+            crate::process::kill_descendants(3);
             return 128 + libc::SIGKILL;
         }
         if signal != libc::SIGCHLD {
@@ -106,7 +106,8 @@ pub fn run(args: Vec<OsString>) -> i32 {
             }
             if pid == child {
                 // What the program left behind goes with it, as the daemon would do.
-                kill_descendants();
+                // One quiet round: the program's exit is on every restart's and job's path.
+                crate::process::kill_descendants(1);
                 return mirror(status);
             }
         }
@@ -139,30 +140,6 @@ fn waited_signals() -> libc::sigset_t {
             libc::sigaddset(&mut set, signal);
         }
         set
-    }
-}
-
-/// SIGKILLs everything under the shim until nothing is left (orphans are adopted by the
-/// subreaper as their parents die, so repeat until quiet), reaping as it goes.
-fn kill_descendants() {
-    let me = std::process::id() as i32;
-    for _ in 0..200 {
-        let all = tug_sys::procfs::descendants(me);
-        for pid in &all {
-            // SAFETY: kill of a descendant.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        loop {
-            let mut status = 0;
-            // SAFETY: non-blocking reap of any child.
-            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
-                break;
-            }
-        }
-        if all.is_empty() {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
 

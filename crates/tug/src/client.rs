@@ -84,14 +84,14 @@ impl Client {
             .map_err(|e| RequestError::Other(format!("the daemon's answer to {method} {path} is not understood: {e}")))
     }
 
-    /// Sends a signed request; returns the status and body.
-    pub fn raw(
+    /// Connects, and sends a signed request whose answer is to be read within `read_timeout`.
+    fn send_request(
         &self,
         method: &str,
         path: &str,
         body: &[u8],
-        timeout: Duration,
-    ) -> Result<(u16, Vec<u8>), RequestError> {
+        read_timeout: Option<Duration>,
+    ) -> Result<UnixStream, RequestError> {
         let mut stream = match UnixStream::connect(&self.socket) {
             Ok(s) => s,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
@@ -102,7 +102,7 @@ impl Client {
             }
         };
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
-        stream.set_read_timeout(Some(timeout + Duration::from_secs(5))).map_err(io)?;
+        stream.set_read_timeout(read_timeout).map_err(io)?;
         let signature = auth::sign(&self.key, method, path, body, tug_proto::unix_now())
             .map_err(|e| RequestError::Other(e.to_string()))?;
         let head = format!(
@@ -110,6 +110,19 @@ impl Client {
             body.len()
         );
         stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(io)?;
+        Ok(stream)
+    }
+
+    /// Sends a signed request; returns the status and body.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), RequestError> {
+        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
+        let mut stream = self.send_request(method, path, body, Some(timeout + Duration::from_secs(5)))?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).map_err(|e| match e.kind() {
             // The read timeout: say so, rather than "Resource temporarily unavailable".
@@ -136,23 +149,8 @@ impl Client {
         use std::io::BufRead;
         let body =
             serde_json::to_vec(body).map_err(|e| RequestError::Other(format!("cannot encode the request: {e}")))?;
-        let mut stream = match UnixStream::connect(&self.socket) {
-            Ok(s) => s,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-                return Err(RequestError::NoDaemon);
-            }
-            Err(e) => {
-                return Err(RequestError::Other(format!("cannot reach the daemon at {}: {e}", self.socket.display())));
-            }
-        };
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
-        let signature = auth::sign(&self.key, "POST", path, &body, tug_proto::unix_now())
-            .map_err(|e| RequestError::Other(e.to_string()))?;
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body)).map_err(io)?;
+        let stream = self.send_request("POST", path, &body, None)?;
         let mut reader = std::io::BufReader::new(stream);
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {

@@ -96,7 +96,7 @@ pub fn keep(state_dir: &Path) -> i32 {
             break;
         }
     }
-    kill_descendants();
+    tug_supervisor::process::kill_descendants(3);
     // Containers are not its descendants: the engine runs them. The daemon's record names the
     // engine; every container labelled with this stack goes.
     if let Ok(record) = tug_supervisor::persist::Record::load(state_dir) {
@@ -116,43 +116,6 @@ pub fn keep(state_dir: &Path) -> i32 {
         let _ = std::fs::remove_file(state_dir.join(tug_proto::PID_FILE));
     }
     code
-}
-
-/// SIGKILLs every descendant until none is left: orphans are reparented to the
-/// keeper (a subreaper) as their parents die, so repeat until quiet.
-fn kill_descendants() {
-    let me = std::process::id() as i32;
-    // SAFETY: getpgrp has no preconditions.
-    let own_group = unsafe { libc::getpgrp() };
-    let mut quiet_rounds = 0;
-    for _ in 0..500 {
-        let all = tug_sys::procfs::descendants(me);
-        for pid in &all {
-            if let Ok(stat) = tug_sys::procfs::stat(*pid)
-                && stat.pgid != own_group
-            {
-                tug_supervisor::process::signal_group(stat.pgid, libc::SIGKILL);
-            }
-            // SAFETY: plain kill of a descendant.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
-        }
-        loop {
-            let mut status = 0;
-            // SAFETY: non-blocking reap of any child.
-            if unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) } <= 0 {
-                break;
-            }
-        }
-        if all.is_empty() {
-            quiet_rounds += 1;
-            if quiet_rounds >= 3 {
-                return;
-            }
-        } else {
-            quiet_rounds = 0;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Holds an exclusive lock on `daemon.lock` for the daemon's lifetime.

@@ -259,6 +259,12 @@ services:
     let stack = Stack::new("containers-secrets", &yaml);
     let up = stack.tug_with(&["up", "-d", "--timeout", "60s"], &[("TOKEN", secret)]);
     assert_eq!(up.code, 0, "{}", up.all());
+    // Ready at its first line; the rest of what it prints follows a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !stack.log("vault", "vault-1").contains("token=") {
+        assert!(Instant::now() < deadline, "{}", stack.log("vault", "vault-1"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let log = stack.log("vault", "vault-1");
     assert!(log.contains("file-matches-variable"), "{log}");
     assert!(log.contains("\n400") || log.contains(" 400"), "the file is 0400: {log}");
