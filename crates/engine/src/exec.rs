@@ -135,6 +135,27 @@ impl ExecSession {
 }
 
 impl Engine {
+    /// The host pid of exec `exec_id`'s process while it runs (`GET /exec/{id}/json`): the
+    /// engine has no way to stop an exec, so a caller that gives up on one kills it by pid.
+    pub async fn exec_pid(&self, exec_id: &str) -> Result<Option<i32>, Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Raw {
+            running: bool,
+            #[serde(default)]
+            pid: i64,
+        }
+        let reply = self.fetch(Call::get(format!("/exec/{}/json", segment(exec_id)))).await?;
+        if reply.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !reply.is_success() {
+            return Err(reply.into_error());
+        }
+        let raw: Raw = reply.json()?;
+        Ok((raw.running && raw.pid > 0).then(|| i32::try_from(raw.pid).ok()).flatten())
+    }
+
     /// Runs a command in the running container `id`: `POST /containers/{id}/exec`, then
     /// `POST /exec/{exec id}/start`, upgraded to a raw stream like [`Engine::attach`]. A container
     /// that is not running is [`Error::Conflict`]; one that does not exist, [`Error::NotFound`].

@@ -221,6 +221,9 @@ pub struct ContainerSpec {
     /// The image's id on the engine (`sha256:…`), resolved at `up`/`deploy`. It is part of the
     /// revision: a rebuilt or re-tagged image is a new revision, and `undo` runs the old id.
     pub image_id: String,
+    /// The image's own `USER` (empty: root): whose its secret files are when `user` is not set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_user: String,
     /// Replaces the image's ENTRYPOINT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<Vec<Value>>,

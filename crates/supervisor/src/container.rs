@@ -12,20 +12,34 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use tug_engine::Engine;
 
 /// The label naming the stack's state folder.
 pub const STATE_DIR_LABEL: &str = "tug.state_dir";
 
-/// An engine once connected, or why it could not be.
-type Connected = Arc<OnceCell<Result<Engine, String>>>;
+/// The label naming the daemon that created a container (its pid and start time): a daemon
+/// cleaning up after an earlier one never removes its own.
+pub const DAEMON_LABEL: &str = "tug.daemon";
 
-/// Engines by address, each connected (and cleaned of an earlier daemon's containers) once.
+/// This daemon's identity for [`DAEMON_LABEL`].
+pub(crate) fn daemon_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let pid = std::process::id();
+        let started = tug_sys::procfs::stat(pid as i32).map(|s| s.start_time).unwrap_or(0);
+        format!("{pid}-{started}")
+    })
+    .clone()
+}
+
+/// An engine once connected (and cleaned of an earlier daemon's containers).
+type Connected = Arc<tokio::sync::OnceCell<Engine>>;
+
+/// Engines by socket, each connected once.
 #[derive(Default)]
 pub(crate) struct Engines {
-    engines: Mutex<HashMap<String, Connected>>,
-    relays: Mutex<HashMap<(Ipv4Addr, u16), Relay>>,
+    engines: Mutex<HashMap<std::path::PathBuf, Connected>>,
+    relays: tokio::sync::Mutex<HashMap<(Ipv4Addr, u16), Relay>>,
 }
 
 struct Relay {
@@ -39,41 +53,45 @@ impl Drop for Relay {
 }
 
 impl Engines {
-    /// The engine at `url`, once reachable. The first use removes every container an earlier
-    /// daemon of this stack left (found by the state folder's label), before anything starts.
+    /// The engine at `url`, once reachable. Its first use removes every container an earlier
+    /// daemon of this stack left (the state folder's label, and another daemon's), before this
+    /// one starts any. A failure is not kept: the next start tries again.
     pub async fn get(&self, url: &str, state_dir: &str) -> Result<Engine, String> {
+        let endpoint = tug_engine::resolve_endpoint(Some(url), None, None).map_err(|e| e.to_string())?;
+        // Two spellings of one socket (`/run/docker.sock`, `/var/run/docker.sock`) are one engine.
+        let key = std::fs::canonicalize(&endpoint.socket).unwrap_or_else(|_| endpoint.socket.clone());
         let cell = {
             let mut engines = self.engines.lock().unwrap_or_else(|p| p.into_inner());
-            engines.entry(url.to_string()).or_default().clone()
+            engines.entry(key).or_default().clone()
         };
         let connected = cell
-            .get_or_init(|| async {
-                let endpoint = tug_engine::resolve_endpoint(Some(url), None, None).map_err(|e| e.to_string())?;
+            .get_or_try_init(|| async {
                 let engine = Engine::new(endpoint);
                 engine.version().await.map_err(|e| e.to_string())?;
-                match remove_stack_containers(&engine, state_dir).await {
+                match remove_stack_containers(&engine, state_dir, Some(&daemon_id())).await {
                     Ok(0) => {}
                     Ok(n) => eprintln!("tug: removed {n} container(s) left by an earlier daemon"),
                     Err(e) => eprintln!("tug: cannot list the containers an earlier daemon left: {e}"),
                 }
-                Ok(engine)
+                Ok::<_, String>(engine)
             })
-            .await;
-        connected.clone()
+            .await?;
+        Ok(connected.clone())
     }
 
     /// Makes `gateway:port` (an address containers on the engine's bridge reach the host at)
     /// forward to `host:port`, where the service answers on this host. Kept until the daemon ends.
     pub async fn relay(&self, gateway: Ipv4Addr, port: u16, host: &str) -> Result<(), String> {
-        if self.relays.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(gateway, port)) {
+        // Checked and bound under one lock: replicas starting together share one relay.
+        let mut relays = self.relays.lock().await;
+        if relays.contains_key(&(gateway, port)) {
             return Ok(());
         }
         let listener = tokio::net::TcpListener::bind((gateway, port))
             .await
             .map_err(|e| format!("cannot listen on {gateway}:{port} for containers to reach port {port}: {e}"))?;
-        let target = format!("{host}:{port}");
-        let task = tokio::spawn(relay(listener, target));
-        self.relays.lock().unwrap_or_else(|p| p.into_inner()).entry((gateway, port)).or_insert(Relay { task });
+        let target = crate::driver::format_address(host, port);
+        relays.insert((gateway, port), Relay { task: tokio::spawn(relay(listener, target)) });
         Ok(())
     }
 }
@@ -102,13 +120,23 @@ async fn relay(listener: tokio::net::TcpListener, target: String) {
     }
 }
 
-/// Removes every container labelled with this state folder. Returns how many.
-pub(crate) async fn remove_stack_containers(engine: &Engine, state_dir: &str) -> Result<usize, tug_engine::Error> {
+/// Removes every container labelled with this state folder, but those `except` (a daemon id)
+/// created. Returns how many.
+pub(crate) async fn remove_stack_containers(
+    engine: &Engine,
+    state_dir: &str,
+    except: Option<&str>,
+) -> Result<usize, tug_engine::Error> {
     let found = engine.list_containers(&[(STATE_DIR_LABEL, state_dir)]).await?;
+    let mut removed = 0;
     for container in &found {
+        if except.is_some() && container.labels.get(DAEMON_LABEL).map(String::as_str) == except {
+            continue;
+        }
         engine.remove_container(&container.id, true).await?;
+        removed += 1;
     }
-    Ok(found.len())
+    Ok(removed)
 }
 
 /// The container's name on the engine: the project, the instance, and a digest of the state

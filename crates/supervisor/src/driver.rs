@@ -22,7 +22,7 @@ use crate::Inner;
 use crate::container;
 use crate::process::{self, Launch as Spawn, RunAs};
 use crate::reaper::Exit;
-use crate::secret_files::SecretDir;
+use crate::secret_files::{Owner, SecretDir};
 
 /// An instance as its driver needs to know it.
 pub(crate) struct Instance<'a> {
@@ -87,6 +87,9 @@ pub(crate) enum Source {
     /// Both streams of a container, multiplexed by the engine.
     Engine(tug_engine::Output),
 }
+
+/// How long a SIGKILLed container may take to be reported gone.
+const KILLED_WITHIN: Duration = Duration::from_secs(10);
 
 /// Where a container's secret files are mounted.
 const CONTAINER_SECRETS: &str = "/run/secrets";
@@ -280,7 +283,12 @@ fn prepare_process(instance: Instance<'_>) -> Result<Prepared, String> {
     if !spec.secret_files.is_empty() {
         let env = environment(spec, &vars)?;
         let owner = run_as.as_ref().map(|u| (u.uid, u.gid));
-        let dir = SecretDir::create(&instance.inner.config.state_dir, instance.name, &secret_files(spec, &env), owner)?;
+        let dir = SecretDir::create(
+            &instance.inner.config.state_dir,
+            instance.name,
+            &secret_files(spec, &env),
+            Owner::Process(owner),
+        )?;
         vars.push(("TUG_SECRETS_DIR".into(), dir.path().display().to_string()));
         secrets = Some(dir);
     }
@@ -350,7 +358,7 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
             &inner.config.state_dir,
             instance.name,
             &secret_files(spec, &env),
-            numeric_owner(spec.user.as_deref()),
+            Owner::Container(numeric_owner(spec.user.as_deref().unwrap_or(&container.image_user))),
         )?;
         mounts.push(tug_engine::Mount {
             kind: tug_engine::MountKind::Bind,
@@ -377,6 +385,7 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
         ("tug.instance".to_string(), instance.name.to_string()),
         ("tug.revision".to_string(), spec.revision.clone()),
         (container::STATE_DIR_LABEL.to_string(), state_dir.clone()),
+        (container::DAEMON_LABEL.to_string(), container::daemon_id()),
     ];
     let config = tug_engine::ContainerConfig {
         image: container.image_id.clone(),
@@ -411,10 +420,12 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
     Ok(Prepared { launch, vars, env })
 }
 
-/// `user: "999"` or `"999:999"`: who the secret files belong to. A user name is the image's
-/// to resolve, which tug cannot see: then the files stay root's.
-fn numeric_owner(user: Option<&str>) -> Option<(u32, u32)> {
-    let user = user?;
+/// `user: "999"` or `"999:999"` (or the image's `USER`; empty is root): who the secret files
+/// belong to. A user name is the image's to resolve, which tug cannot see.
+fn numeric_owner(user: &str) -> Option<(u32, u32)> {
+    if user.is_empty() {
+        return Some((0, 0));
+    }
     let (uid, gid) = match user.split_once(':') {
         Some((uid, gid)) => (uid.parse().ok()?, gid.parse().ok()?),
         None => {
@@ -504,9 +515,9 @@ async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
         // One of this instance's, left by a run whose removal failed: it goes, and once more.
         Err(tug_engine::Error::Conflict { .. }) => {
             engine.remove_container(&name, true).await.map_err(|e| e.to_string())?;
-            engine.create_container(&name, &config).await.map_err(|e| create_error(&image, e))?
+            engine.create_container(&name, &config).await.map_err(|e| create_error(&image, &config.image, e))?
         }
-        Err(e) => return Err(create_error(&image, e)),
+        Err(e) => return Err(create_error(&image, &config.image, e)),
     };
     // From here on the container exists: whatever fails removes it.
     let started = async {
@@ -550,13 +561,12 @@ async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
 }
 
 /// Why a container could not be created, with what to do.
-fn create_error(image: &str, error: tug_engine::Error) -> String {
+fn create_error(image: &str, id: &str, error: tug_engine::Error) -> String {
     match error {
-        tug_engine::Error::NotFound { .. } => {
-            format!(
-                "the image `{image}` is not on the container engine any more; run `tug up` again to pull or build it"
-            )
-        }
+        tug_engine::Error::NotFound { .. } => format!(
+            "the image `{image}` this revision runs ({id}) is no longer on the container engine (removed by \
+             `docker image prune`?): load or rebuild that image, or deploy another revision"
+        ),
         other => format!("the engine refused a container of `{image}`: {other}"),
     }
 }
@@ -605,7 +615,15 @@ impl Running {
                     Ok(status) => status.ok(),
                     Err(_) => {
                         let _ = engine.kill(id, "SIGKILL").await;
-                        (&mut *exit).await.ok()
+                        // A stuck engine must not hold `down` forever: the container is then
+                        // removed by force, which ends it too.
+                        match tokio::time::timeout(KILLED_WITHIN, &mut *exit).await {
+                            Ok(status) => status.ok(),
+                            Err(_) => {
+                                let _ = engine.remove_container(id, true).await;
+                                Some(Exit::Signal(libc::SIGKILL))
+                            }
+                        }
                     }
                 };
                 *ended = status;
@@ -754,7 +772,12 @@ async fn execute_local(spawn: &Spawn<'_>, events: &tokio::sync::mpsc::Sender<Exe
     process::signal_group(spawned.pid, libc::SIGKILL);
     guard.0 = None;
     for pump in pumps {
-        let _ = tokio::time::timeout(Duration::from_millis(200), pump).await;
+        // Bounded: a process that left the group may hold the pipe; its pump must not hold the
+        // output up (`run` waits for every pump to let go).
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(200), pump).await.is_err() {
+            abort.abort();
+        }
     }
     Ok(exit)
 }
@@ -766,6 +789,20 @@ async fn execute_in_container(
     events: &tokio::sync::mpsc::Sender<ExecEvent>,
 ) -> Result<Exit, ExecError> {
     let mut session = engine.exec(id, config).await.map_err(|e| ExecError::Start(e.to_string()))?;
+    // Given up on (a probe's timeout, a reader gone), the command is killed by its host pid:
+    // the engine cannot stop an exec, and Docker's own healthcheck kills a probe that timed out.
+    let mut guard = KillExecOnDrop(Some((engine.clone(), session.id().to_string())));
+    let ended = forward_exec(&mut session, events).await;
+    if ended.is_ok() {
+        guard.0 = None;
+    }
+    ended
+}
+
+async fn forward_exec(
+    session: &mut tug_engine::ExecSession,
+    events: &tokio::sync::mpsc::Sender<ExecEvent>,
+) -> Result<Exit, ExecError> {
     while let Some((kind, chunk)) = session.output.next().await.map_err(|e| ExecError::Lost(e.to_string()))? {
         let stream = match kind {
             tug_engine::StreamKind::Stdout => Stream::Out,
@@ -777,6 +814,26 @@ async fn execute_in_container(
     }
     let code = session.exit_code().await.map_err(|e| ExecError::Lost(e.to_string()))?;
     Ok(container::exit_from_status(code))
+}
+
+/// Kills an exec's process (and what it started) when dropped while still armed.
+struct KillExecOnDrop(Option<(tug_engine::Engine, String)>);
+
+impl Drop for KillExecOnDrop {
+    fn drop(&mut self) {
+        let Some((engine, exec)) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if let Ok(Some(pid)) = engine.exec_pid(&exec).await {
+                for child in tug_sys::procfs::descendants(pid) {
+                    // SAFETY: kill of a process the engine says is this exec's, or under it.
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                }
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+    }
 }
 
 /// Kills a process group when dropped while still armed.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tug_logs::{LineSplitter, Stream};
+use tug_logs::Stream;
 use tug_proto::spec::{CommandSpec, Kind, RunRequest, Value};
 
 use crate::driver::{self, ExecEvent, Source};
@@ -63,8 +63,9 @@ impl Supervisor {
         }
         let name = format!("{}-run-{}", spec.name, NEXT.fetch_add(1, Ordering::Relaxed));
         let inner = self.inner.clone();
-        let (port, dependencies) = {
-            let mut table = inner.lock();
+        // Through `update`: the engine is recorded in state.json, where whoever cleans up after
+        // a killed daemon finds it.
+        let (port, dependencies) = inner.update(|table| {
             if table.project.is_empty() {
                 table.project = project;
             }
@@ -83,10 +84,14 @@ impl Supervisor {
                 .filter_map(|(d, _)| Some((d.clone(), table.specs.get(d).and_then(|s| s.port)?)))
                 .collect::<Vec<_>>();
             (port, dependencies)
-        };
+        });
         let (events, out) = mpsc::channel(BUFFERED);
+        // Counted, so `down` waits for it (it stops it) before the daemon ends.
+        inner.one_offs.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(async move {
             let ended = one_off(&inner, &spec, &name, port, dependencies, &events).await;
+            inner.one_offs.fetch_sub(1, Ordering::SeqCst);
+            inner.update(|_| {});
             if let Some(port) = port {
                 inner.lock().ports.remove(&port);
             }
@@ -128,12 +133,25 @@ async fn one_off(
     drop(raw);
     let masking = tokio::spawn(mask(chunks, events.clone(), secrets));
     let grace = Duration::from_millis(spec.stop_grace_ms);
+    // Stopped when whoever asked goes away, and when the stack shuts down.
+    let mut changes = inner.changes.subscribe();
+    let shutdown = async {
+        while !inner.lock().shutting_down {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    };
     let exit = tokio::select! {
         exit = running.exited() => Some(exit),
         _ = events.closed() => running.stop(spec.stop_signal, grace).await,
+        _ = shutdown => running.stop(spec.stop_signal, grace).await,
     };
     for pump in pumps {
-        let _ = tokio::time::timeout(Duration::from_millis(500), pump).await;
+        let abort = pump.abort_handle();
+        if tokio::time::timeout(Duration::from_millis(500), pump).await.is_err() {
+            abort.abort();
+        }
     }
     let _ = masking.await;
     running.finish(name).await;
@@ -158,36 +176,69 @@ async fn forward(source: Source, stream: Stream, events: mpsc::Sender<ExecEvent>
     }
 }
 
-/// Passes events on with the instance's secret values masked, line by line (a line cut across
-/// two chunks is masked whole).
+/// Masks secret values in a stream of bytes, exactly: the output is the input byte for byte
+/// (a dump, an archive, CRLF text) but for the secrets, even one cut across two chunks, which
+/// is why the last `longest - 1` bytes are held back until more arrives or the stream ends.
+struct Masker {
+    secrets: Arc<Vec<Vec<u8>>>,
+    held: Vec<u8>,
+}
+
+impl Masker {
+    fn keep(&self) -> usize {
+        self.secrets.iter().map(Vec::len).max().unwrap_or(0).saturating_sub(1)
+    }
+
+    /// What may go out now.
+    fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if self.secrets.is_empty() {
+            return chunk.to_vec();
+        }
+        self.held.extend_from_slice(chunk);
+        if let Some(masked) = instance::redact(&self.held, &self.secrets) {
+            self.held = masked;
+        }
+        let out = self.held.len().saturating_sub(self.keep());
+        self.held.drain(..out).collect()
+    }
+
+    /// What is left, at the end.
+    fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
+}
+
+/// Passes events on with the instance's secret values masked (see [`Masker`]). Ends when
+/// either side does: a reader that went away makes the command's channel close too, which
+/// stops a local command.
 async fn mask(mut events: mpsc::Receiver<ExecEvent>, out: mpsc::Sender<ExecEvent>, secrets: Arc<Vec<Vec<u8>>>) {
-    let mut splitters = [LineSplitter::new(64 * 1024), LineSplitter::new(64 * 1024)];
+    let mut maskers = [Masker { secrets: secrets.clone(), held: Vec::new() }, Masker { secrets, held: Vec::new() }];
     let index = |stream: Stream| if stream == Stream::Out { 0 } else { 1 };
-    let masked = |line: &[u8]| {
-        let mut text = instance::redact(line, &secrets).unwrap_or_else(|| line.to_vec());
-        text.push(b'\n');
-        text
-    };
-    while let Some(event) = events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            _ = out.closed() => return,
+        };
         let forward = match event {
-            ExecEvent::Output(stream, chunk) => {
-                let mut lines = Vec::new();
-                splitters[index(stream)].push(&chunk, &mut |line: &[u8]| lines.extend(masked(line)));
-                if lines.is_empty() {
+            Some(ExecEvent::Output(stream, chunk)) => {
+                let bytes = maskers[index(stream)].push(&chunk);
+                if bytes.is_empty() {
                     continue;
                 }
-                ExecEvent::Output(stream, lines)
+                ExecEvent::Output(stream, bytes)
             }
+            // The end (an exit, a failure, or the output's end): what was held back goes first.
             ended => {
-                // What is left without a final newline goes first.
-                for (stream, splitter) in [Stream::Out, Stream::Err].into_iter().zip(splitters.iter_mut()) {
-                    let mut rest = Vec::new();
-                    splitter.finish(&mut |line: &[u8]| rest.extend(masked(line)));
+                for (stream, masker) in [Stream::Out, Stream::Err].into_iter().zip(maskers.iter_mut()) {
+                    let rest = masker.finish();
                     if !rest.is_empty() && out.send(ExecEvent::Output(stream, rest)).await.is_err() {
                         return;
                     }
                 }
-                ended
+                match ended {
+                    Some(ended) => ended,
+                    None => return,
+                }
             }
         };
         if out.send(forward).await.is_err() {
@@ -200,13 +251,14 @@ async fn mask(mut events: mpsc::Receiver<ExecEvent>, out: mpsc::Sender<ExecEvent
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn output_is_masked_line_by_line_even_across_chunks() {
+    async fn masked(chunks: &[&[u8]], secrets: &[&[u8]]) -> Vec<ExecEvent> {
         let (tx, rx) = mpsc::channel(8);
         let (out, mut masked) = mpsc::channel(8);
-        let task = tokio::spawn(mask(rx, out, Arc::new(vec![b"hunter2hunter2".to_vec()])));
-        tx.send(ExecEvent::Output(Stream::Out, b"token=hunter2".to_vec())).await.unwrap();
-        tx.send(ExecEvent::Output(Stream::Out, b"hunter2\nok\npartial".to_vec())).await.unwrap();
+        let secrets = Arc::new(secrets.iter().map(|s| s.to_vec()).collect());
+        let task = tokio::spawn(mask(rx, out, secrets));
+        for chunk in chunks {
+            tx.send(ExecEvent::Output(Stream::Out, chunk.to_vec())).await.unwrap();
+        }
         tx.send(ExecEvent::Exit(3)).await.unwrap();
         drop(tx);
         task.await.unwrap();
@@ -214,13 +266,44 @@ mod tests {
         while let Some(event) = masked.recv().await {
             seen.push(event);
         }
+        seen
+    }
+
+    fn bytes(events: &[ExecEvent]) -> Vec<u8> {
+        events.iter().flat_map(|e| if let ExecEvent::Output(_, b) = e { b.clone() } else { Vec::new() }).collect()
+    }
+
+    #[tokio::test]
+    async fn output_is_masked_even_across_chunks_and_otherwise_byte_for_byte() {
+        let seen = masked(&[b"token=hunter2", b"hunter2\r\nok\n", b"\x00\xffpartial"], &[b"hunter2hunter2"]).await;
+        assert_eq!(bytes(&seen), b"token=********\r\nok\n\x00\xffpartial");
+        assert_eq!(seen.last(), Some(&ExecEvent::Exit(3)));
+        // Nothing to mask: the chunks go as they come.
+        let seen = masked(&[b"a\r\n", b"b"], &[]).await;
         assert_eq!(
-            seen,
-            [
-                ExecEvent::Output(Stream::Out, b"token=********\nok\n".to_vec()),
-                ExecEvent::Output(Stream::Out, b"partial\n".to_vec()),
-                ExecEvent::Exit(3),
-            ]
+            seen[..2],
+            [ExecEvent::Output(Stream::Out, b"a\r\n".to_vec()), ExecEvent::Output(Stream::Out, b"b".to_vec())]
         );
+    }
+
+    #[tokio::test]
+    async fn what_is_held_back_goes_out_when_the_output_ends_without_an_exit() {
+        let (tx, rx) = mpsc::channel(8);
+        let (out, mut masked) = mpsc::channel(8);
+        let task = tokio::spawn(mask(rx, out, Arc::new(vec![b"a-long-secret-value".to_vec()])));
+        tx.send(ExecEvent::Output(Stream::Out, b"short\n".to_vec())).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        assert_eq!(masked.recv().await, Some(ExecEvent::Output(Stream::Out, b"short\n".to_vec())));
+    }
+
+    #[tokio::test]
+    async fn a_reader_gone_ends_the_masking_so_the_command_is_stopped() {
+        let (tx, rx) = mpsc::channel::<ExecEvent>(8);
+        let (out, masked) = mpsc::channel(8);
+        let task = tokio::spawn(mask(rx, out, Arc::new(Vec::new())));
+        drop(masked);
+        task.await.unwrap();
+        assert!(tx.is_closed(), "the command's side sees nobody listening");
     }
 }

@@ -125,6 +125,8 @@ pub(crate) struct Inner {
     pub records: Mutex<history::Records>,
     /// The container engines the stack's images run on (one, in practice).
     pub engines: container::Engines,
+    /// One-off instances (`tug run`) under way.
+    pub one_offs: std::sync::atomic::AtomicUsize,
 }
 
 impl Inner {
@@ -188,6 +190,7 @@ impl Supervisor {
             routing,
             records: Mutex::new(records),
             engines: container::Engines::default(),
+            one_offs: std::sync::atomic::AtomicUsize::new(0),
         });
         let supervisor = Supervisor { inner };
         if let Some(problem) = problem {
@@ -1097,8 +1100,17 @@ impl Supervisor {
                 let _ = rx.await;
             }
         }
+        // One-off instances (`tug run`) see the shutdown and stop; wait for them.
+        let mut changes = self.inner.changes.subscribe();
+        while self.inner.one_offs.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
         self.inner.routing.leave().await;
-        persist::Record::default().save(&self.inner.config.state_dir, u64::MAX);
+        // Nothing runs any more; the engine stays named, for whoever cleans up after.
+        let engine = self.inner.lock().engine.clone();
+        persist::Record { engine, ..Default::default() }.save(&self.inner.config.state_dir, u64::MAX);
     }
 }
 

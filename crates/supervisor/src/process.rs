@@ -342,9 +342,9 @@ pub async fn stop_group(pgid: i32, signal: i32, grace: Duration, exit: &mut ones
 
 /// SIGKILLs every descendant of this process, and the process group of each that is not this
 /// process's own, until none is left: orphans are adopted by a subreaper as their parents die,
-/// so it repeats until `quiet` rounds in a row (5 ms apart) find nothing. Reaps as it goes.
+/// so it repeats until three rounds in a row (5 ms apart) find nothing. Reaps as it goes.
 /// For a subreaper that is ending (the keeper, an instance's shim).
-pub fn kill_descendants(quiet: u32) {
+pub fn kill_descendants() {
     let me = std::process::id() as i32;
     // SAFETY: getpgrp has no preconditions.
     let own_group = unsafe { libc::getpgrp() };
@@ -369,7 +369,7 @@ pub fn kill_descendants(quiet: u32) {
         }
         if all.is_empty() {
             quiet_rounds += 1;
-            if quiet_rounds >= quiet {
+            if quiet_rounds >= 3 {
                 return;
             }
         } else {

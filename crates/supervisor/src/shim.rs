@@ -9,8 +9,8 @@
 //! the daemon lives, the shim changes nothing: stop signals reach the program through the
 //! group (the shim waits them out), a signal someone sends the shim's pid (the one `tug ps`
 //! shows) is passed on to the program, and the shim exits as the program did (its code, or its
-//! signal), after removing what the program left under it. Its own few pages are left out of
-//! the instance's CPU and memory figures.
+//! signal), leaving what the program left to the daemon, as before there was a shim. Its own
+//! few pages are left out of the instance's CPU and memory figures.
 //!
 //! Deliberately not a PID namespace: an instance keeps the host's pids, so pid files and
 //! `kill $(cat app.pid)` mean what they always meant.
@@ -82,7 +82,7 @@ pub fn run(args: Vec<OsString>) -> i32 {
         let signal = unsafe { libc::sigwaitinfo(&waited, &mut info) };
         if signal == parent_death_signal() {
             // The daemon is gone: everything under the shim goes.
-            crate::process::kill_descendants(3);
+            crate::process::kill_descendants();
             return 128 + libc::SIGKILL;
         }
         if signal != libc::SIGCHLD {
@@ -105,9 +105,10 @@ pub fn run(args: Vec<OsString>) -> i32 {
                 break;
             }
             if pid == child {
-                // What the program left behind goes with it, as the daemon would do.
-                // One quiet round: the program's exit is on every restart's and job's path.
-                crate::process::kill_descendants(1);
+                // What the program left behind is the daemon's to end: in its group, it gets
+                // the rest of a graceful stop's grace period (a `sh -c` that died on SIGTERM
+                // while its child finishes cleanly), then SIGKILL; an adopted orphan becomes
+                // the daemon's child (a subreaper too), found by its variables.
                 return mirror(status);
             }
         }

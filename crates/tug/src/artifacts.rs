@@ -19,12 +19,20 @@ use crate::source::{self, Snapshot};
 pub const PROJECT_LABEL: &str = "tug.project";
 pub const STATE_DIR_LABEL: &str = "tug.state_dir";
 
+/// An image as the engine has it.
+pub struct Image {
+    /// `sha256:…`: what the revision holds and the instances run.
+    pub id: String,
+    /// Its `USER` (empty: root), for whom its secret files are.
+    pub user: String,
+}
+
 #[derive(Default)]
 pub struct Artifacts {
     /// The engine's address, when a service runs an image.
     pub engine: Option<String>,
-    /// Service → image id (`sha256:…`).
-    pub images: HashMap<String, String>,
+    /// Service → its image, resolved.
+    pub images: HashMap<String, Image>,
     /// Service → its source's copy for this revision.
     pub sources: HashMap<String, Snapshot>,
 }
@@ -65,6 +73,12 @@ pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Art
     if !stack.services.values().any(|s| s.container.is_some()) {
         return Ok(artifacts);
     }
+    // Only what starts now needs the engine: `tug up api` of a process is not refused because
+    // the engine another service would use is down.
+    if !stack.services.iter().any(|(n, s)| s.container.is_some() && wanted.contains(n)) {
+        artifacts.engine = endpoint(stack).ok().map(|e| e.url());
+        return Ok(artifacts);
+    }
     let endpoint = endpoint(stack).map_err(|e| format!("{} run images, but {e}", images_of(stack)))?;
     artifacts.engine = Some(endpoint.url());
     let engine = tug_engine::Engine::new(endpoint);
@@ -80,15 +94,21 @@ pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Art
             let wanted = wanted.contains(&name);
             let project = stack.name.clone();
             tasks.push(tokio::spawn(async move {
-                let id = image_id(&engine, &project, &name, &container, wanted).await;
-                (name, id)
+                let image = match image_id(&engine, &project, &name, &container, wanted).await {
+                    Ok(Some(id)) => match engine.inspect_image(&id).await {
+                        Ok(info) => Ok(Some(Image { user: info.map(|i| i.user).unwrap_or_default(), id })),
+                        Err(e) => Err(format!("service `{name}`: cannot look up the image {id}: {e}")),
+                    },
+                    other => other.map(|_| None),
+                };
+                (name, image)
             }));
         }
         let mut problems = Vec::new();
         for task in tasks {
             match task.await {
-                Ok((name, Ok(Some(id)))) => {
-                    artifacts.images.insert(name, id);
+                Ok((name, Ok(Some(image)))) => {
+                    artifacts.images.insert(name, image);
                 }
                 Ok((_, Ok(None))) => {}
                 Ok((_, Err(problem))) => problems.push(problem),
@@ -137,11 +157,19 @@ async fn image_id(
             labels: vec![(PROJECT_LABEL.to_string(), project.to_string())],
         };
         let mut progress = |line: &str| {
-            if line.starts_with("Step ") {
+            let hides_a_secret =
+                build.args.values().any(|v| v.sensitive && !v.expose().is_empty() && line.contains(v.expose()));
+            if line.starts_with("Step ") && !hides_a_secret {
                 eprintln!("{service}: {line}");
             }
         };
-        let id = engine.build(&request, &mut progress).await.map_err(|e| format!("service `{service}`: {e}"))?;
+        // A build argument from a secret can show in the build's output: never in tug's.
+        let secrets: Vec<&str> =
+            build.args.values().filter(|v| v.sensitive && !v.expose().is_empty()).map(|v| v.expose()).collect();
+        let id = engine.build(&request, &mut progress).await.map_err(|e| {
+            let message = format!("service `{service}`: {e}");
+            secrets.iter().fold(message, |text, secret| text.replace(secret, tug_stackfile::model::MASK))
+        })?;
         return Ok(Some(id));
     }
     let present = engine.inspect_image(image).await.map_err(looked_up)?;
@@ -227,9 +255,6 @@ async fn volumes(engine: &tug_engine::Engine, stack: &Stack, wanted: &[String], 
 
 /// `down --volumes`: removes the named volumes this stack created (never external ones).
 pub fn remove_volumes(stack: &Stack, state_dir: &Path) -> Result<Vec<String>, String> {
-    if stack.volumes.is_empty() && !stack.services.values().any(|s| s.container.is_some()) {
-        return Ok(Vec::new());
-    }
     let endpoint = endpoint(stack)?;
     let engine = tug_engine::Engine::new(endpoint);
     let state = state_dir.display().to_string();

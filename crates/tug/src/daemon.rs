@@ -96,24 +96,24 @@ pub fn keep(state_dir: &Path) -> i32 {
             break;
         }
     }
-    tug_supervisor::process::kill_descendants(3);
-    // Containers are not its descendants: the engine runs them. The daemon's record names the
-    // engine; every container labelled with this stack goes.
-    if let Ok(record) = tug_supervisor::persist::Record::load(state_dir) {
-        let engine = record.as_ref().and_then(|r| r.engine.as_deref());
-        for line in tug_supervisor::persist::remove_containers(state_dir, engine) {
-            eprintln!("tug keeper: {line}");
+    tug_supervisor::process::kill_descendants();
+    // What the daemon leaves outside its descendants (its stack's containers, the instances'
+    // secret files), and a socket and pid file after an unclean end, are cleaned up only by the
+    // holder of the lock (now free). A daemon that failed because another one holds the lock
+    // never had them: they are the running daemon's, and removing them would cut that stack off
+    // from its clients and remove its containers.
+    if let Ok(_lock) = lock(state_dir) {
+        // The daemon's record names the engine; every container labelled with this stack goes.
+        if let Ok(record) = tug_supervisor::persist::Record::load(state_dir) {
+            let engine = record.as_ref().and_then(|r| r.engine.as_deref());
+            for line in tug_supervisor::persist::remove_containers(state_dir, engine) {
+                eprintln!("tug keeper: {line}");
+            }
         }
-    }
-    // A daemon that did not exit cleanly left its socket and pid file behind. But a daemon
-    // that failed because another one holds the lock never had them: they are the running
-    // daemon's, and removing them would cut that stack off from every client. So only the
-    // holder of the lock (now free) may remove them.
-    if code != 0
-        && let Ok(_lock) = lock(state_dir)
-    {
-        let _ = std::fs::remove_file(state_dir.join(tug_proto::SOCKET_FILE));
-        let _ = std::fs::remove_file(state_dir.join(tug_proto::PID_FILE));
+        if code != 0 {
+            let _ = std::fs::remove_file(state_dir.join(tug_proto::SOCKET_FILE));
+            let _ = std::fs::remove_file(state_dir.join(tug_proto::PID_FILE));
+        }
     }
     code
 }

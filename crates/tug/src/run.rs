@@ -75,7 +75,11 @@ fn deploy_spec(d: &model::Deploy) -> proto::DeploySpec {
 }
 
 /// A service's container, as the daemon runs it (its image resolved to an id).
-fn container_spec(stack: &Stack, container: &model::Container, image_id: Option<&String>) -> proto::ContainerSpec {
+fn container_spec(
+    stack: &Stack,
+    container: &model::Container,
+    image: Option<&crate::artifacts::Image>,
+) -> proto::ContainerSpec {
     let mounts = container
         .volumes
         .iter()
@@ -101,7 +105,8 @@ fn container_spec(stack: &Stack, container: &model::Container, image_id: Option<
         .collect();
     proto::ContainerSpec {
         image: container.image.clone(),
-        image_id: image_id.cloned().unwrap_or_default(),
+        image_id: image.map(|i| i.id.clone()).unwrap_or_default(),
+        image_user: image.map(|i| i.user.clone()).unwrap_or_default(),
         entrypoint: container.entrypoint.as_ref().map(|words| words.iter().map(value).collect()),
         working_dir: container.working_dir.clone(),
         mounts,

@@ -10,7 +10,7 @@
 //! give a copy that does not match its name), made read-only, then renamed into place.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -40,7 +40,14 @@ pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapsh
         }
         return Ok(Snapshot { digest, copy });
     }
-    std::fs::create_dir_all(&folder).map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    // Private: a source may hold files only its owner may read (an env file, a key).
+    for dir in [state_dir.to_path_buf(), state_dir.join(REVISIONS), folder.clone()] {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+    }
     let tmp = folder.join(format!(".tmp-{digest}-{}", std::process::id()));
     let _ = remove_tree(&tmp);
     let copied = copy_tree(source, &entries, &tmp);
@@ -65,7 +72,10 @@ pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapsh
 #[derive(Debug, PartialEq)]
 enum Kind {
     Dir,
-    File { executable: bool },
+    /// Read and execute bits (the copy has no write bit).
+    File {
+        mode: u32,
+    },
     Link(PathBuf),
 }
 
@@ -104,7 +114,8 @@ fn walk(root: &Path, state_dir: &Path) -> Result<Vec<(PathBuf, Kind)>, String> {
                 Kind::Dir
             } else if meta.is_file() {
                 bytes += meta.len();
-                Kind::File { executable: meta.permissions().mode() & 0o111 != 0 }
+                // Its read and execute bits: a copy is no more readable than the file was.
+                Kind::File { mode: meta.permissions().mode() & 0o555 }
             } else {
                 // Sockets, fifos, devices: not code.
                 continue;
@@ -131,8 +142,9 @@ fn hash_entry(hasher: &mut Sha256, relative: &Path, kind: &Kind, content: Option
     hasher.update(path);
     match kind {
         Kind::Dir => hasher.update(b"d"),
-        Kind::File { executable } => {
-            hasher.update(if *executable { b"x" } else { b"f" });
+        Kind::File { mode } => {
+            hasher.update(b"f");
+            hasher.update(mode.to_le_bytes());
             hasher.update(content.copied().unwrap_or_default());
         }
         Kind::Link(target) => {
@@ -191,12 +203,14 @@ fn copy_tree(root: &Path, entries: &[(PathBuf, Kind)], to: &Path) -> Result<Stri
             }
             Kind::Link(link) => std::os::unix::fs::symlink(link, &target)
                 .map_err(|e| format!("cannot create {}: {e}", target.display()))?,
-            Kind::File { executable } => {
-                let mut out =
-                    std::fs::File::create(&target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+            Kind::File { mode } => {
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600 | mode)
+                    .open(&target)
+                    .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
                 content = Some(file_digest(&root.join(relative), Some(&mut out))?);
-                let mode = if *executable { 0o755 } else { 0o644 };
-                let _ = out.set_permissions(std::fs::Permissions::from_mode(mode));
             }
         }
         hash_entry(&mut hasher, relative, kind, content.as_ref());
@@ -209,8 +223,8 @@ fn make_read_only(root: &Path, entries: &[(PathBuf, Kind)]) {
     for (relative, kind) in entries.iter().rev() {
         let path = root.join(relative);
         let mode = match kind {
-            Kind::File { executable: true } | Kind::Dir => 0o555,
-            Kind::File { executable: false } => 0o444,
+            Kind::File { mode } => *mode,
+            Kind::Dir => 0o555,
             Kind::Link(_) => continue,
         };
         let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode));
@@ -263,6 +277,13 @@ mod tests {
         assert_ne!(second.digest, first.digest);
         assert_eq!(std::fs::read_to_string(second.copy.join("app.py")).unwrap(), "print('v2')\n");
         assert_eq!(std::fs::read_to_string(first.copy.join("app.py")).unwrap(), "print('v1')\n");
+        // A private file stays private in its copy.
+        std::fs::write(source.join("secret.env"), "TOKEN=x\n").unwrap();
+        std::fs::set_permissions(source.join("secret.env"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        let private = snapshot("api", &source, &state).unwrap();
+        assert_eq!(std::fs::metadata(private.copy.join("secret.env")).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::metadata(state.join(REVISIONS)).unwrap().permissions().mode() & 0o777, 0o700);
+        std::fs::remove_file(source.join("secret.env")).unwrap();
         // Making a file executable is a change too.
         std::fs::set_permissions(source.join("app.py"), std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_ne!(snapshot("api", &source, &state).unwrap().digest, second.digest);

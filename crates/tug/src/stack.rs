@@ -18,9 +18,23 @@ pub fn stack_root(args: &StackArgs, cwd: &Path) -> PathBuf {
 
 /// The stack's state folder: `.tug/` beside the stack file, or `TUG_STATE_DIR`.
 pub fn state_dir(args: &StackArgs, cwd: &Path) -> PathBuf {
-    match std::env::var_os("TUG_STATE_DIR") {
+    let dir = match std::env::var_os("TUG_STATE_DIR") {
         Some(dir) if !dir.is_empty() => cwd.join(dir),
         _ => stack_root(args, cwd).join(".tug"),
+    };
+    canonical(&dir)
+}
+
+/// `path` without `..`, `.` or symbolic links (as far as it exists), as the daemon names it: the
+/// state folder labels containers and volumes and names the revisions' copies, so `-f ../x` and
+/// `cd x` must give the same one.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => canonical(parent).join(name),
+        _ => path.to_path_buf(),
     }
 }
 

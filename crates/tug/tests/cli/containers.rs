@@ -479,7 +479,7 @@ services:
     let run =
         stack.tug(&["exec", "proc-1", "--", "sh", "-c", "echo $GREETING; echo $TOKEN; cat $TUG_SECRETS_DIR/TOKEN"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(run.stdout, "hello-process\n********\n********\n", "{}", run.all());
+    assert_eq!(run.stdout, "hello-process\n********\n********", "{}", run.all());
     let run = stack.tug(&["exec", "nobody", "--", "true"]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(run.stderr.contains("no service or instance named `nobody`"), "{}", run.all());
@@ -493,4 +493,86 @@ services:
     assert_eq!((run.code, run.stdout.as_str()), (0, "hello-process\n"), "{}", run.all());
     assert_eq!(stack.ps().len(), 2, "one-off instances are not the service's: {:#?}", stack.ps());
     assert!(!stack.tug(&["logs"]).all().contains(secret));
+}
+
+/// `tug exec` and `tug run` interrupted, and `down` during a `tug run`: nothing they started is
+/// left; and a process running as another user reads its secret files.
+#[test]
+fn interrupted_exec_and_run_leave_nothing_and_another_user_reads_its_secret_files() {
+    let yaml = format!(
+        r#"
+name: interrupted
+settings:
+  TOKEN: {{ type: secret, generate: {{ length: 24 }} }}
+services:
+  box:
+    image: {demo}
+    command: [sleep, "1000"]
+    init: true
+  proc:
+    command: [sleep, "1000"]
+    user: nobody
+    secrets: [TOKEN]
+"#,
+        demo = demo_image(),
+    );
+    let stack = Stack::new("containers-interrupted", &yaml);
+    stack.up();
+    // The user `nobody` reads its own copy of the secret.
+    let run = stack.tug(&["exec", "proc", "--", "sh", "-c", "id -un; wc -c < $TUG_SECRETS_DIR/TOKEN"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "nobody\n24\n"), "{}", run.all());
+    // A client that goes away stops the command it ran in a process.
+    let marker = "sleep 4242";
+    let mut exec = spawn_tug(&stack, &["exec", "proc", "--", "sh", "-c", marker]);
+    let started = wait_for_process(marker, true);
+    assert!(started, "the exec'd command never ran");
+    let _ = exec.kill();
+    let _ = exec.wait();
+    assert!(wait_for_process(marker, false), "`{marker}` outlived the tug exec that started it");
+    // `down` stops a one-off container too, and the `run` that waits for it ends.
+    let before = stack_containers(&stack.state_dir()).len();
+    let mut run = spawn_tug(&stack, &["run", "box", "--", "sleep", "1000"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stack_containers(&stack.state_dir()).len() == before {
+        assert!(Instant::now() < deadline, "the one-off container never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let down = stack.tug(&["down"]);
+    assert_eq!(down.code, 0, "{}", down.all());
+    assert!(stack_containers(&stack.state_dir()).is_empty(), "{:?}", stack_containers(&stack.state_dir()));
+    let status = run.wait().expect("tug run ends");
+    assert!(!status.success(), "the stopped one-off's run fails: {status:?}");
+}
+
+fn spawn_tug(stack: &Stack, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tug"))
+        .current_dir(stack.path())
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("TUG_PORT_RANGE", format!("{}-{}", stack.range.0, stack.range.1))
+        .envs(crate::engine_host())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tug")
+}
+
+/// Waits (up to 10 s) until a process whose command line is `command` exists, or not.
+fn wait_for_process(command: &str, present: bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim_end().ends_with(command))
+                && crate::harness::alive(entry.file_name().to_string_lossy().parse().unwrap_or(0))
+        });
+        if found == present {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
