@@ -874,6 +874,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_container_field_is_a_service_field() {
+        // The decoder's list (and so the schema's) must know each one it checks for.
+        for field in CONTAINER_FIELDS.iter().chain(&["image", "build"]) {
+            assert!(crate::service::SERVICE_FIELDS.contains(field), "{field} is not in SERVICE_FIELDS");
+        }
+    }
+
+    #[test]
     fn short_volume_syntax() {
         let ok = |text| parse_short_mount(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(
