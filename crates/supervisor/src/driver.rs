@@ -310,6 +310,15 @@ fn prepare_process(instance: Instance<'_>) -> Result<Prepared, String> {
     Ok(Prepared { launch, vars, env })
 }
 
+/// `/etc/hosts` lines that make each dependency's name resolve to where its port answers,
+/// so `redis:6379` works as on a Compose network (the port being the service's `port`).
+fn dependency_hosts(dependencies: &[(String, u16)], address: &str) -> Vec<String> {
+    if address.parse::<std::net::IpAddr>().is_err() {
+        return Vec::new();
+    }
+    dependencies.iter().map(|(name, _)| format!("{name}:{address}")).collect()
+}
+
 async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) -> Result<Prepared, String> {
     let spec = instance.spec;
     let inner = instance.inner;
@@ -321,8 +330,8 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
     // process sees. With it, the container has a network of its own: it binds every one of
     // its interfaces on `container_port`, which the engine publishes on the instance's port,
     // and reaches its dependencies through relays on the bridge's gateway.
-    let (mut vars, network) = match container.container_port {
-        None => (instance_vars(&instance, &host, instance.port, &host), tug_engine::Network::Host),
+    let (mut vars, network, dependency_host) = match container.container_port {
+        None => (instance_vars(&instance, &host, instance.port, &host), tug_engine::Network::Host, host.clone()),
         Some(inside) => {
             let gateway = bridge_gateway(&engine).await?;
             for (_, port) in &instance.dependencies {
@@ -334,7 +343,7 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
                 .into_iter()
                 .collect();
             let vars = instance_vars(&instance, "0.0.0.0", Some(inside), &gateway.to_string());
-            (vars, tug_engine::Network::Bridge { publish })
+            (vars, tug_engine::Network::Bridge { publish }, gateway.to_string())
         }
     };
     let mut mounts: Vec<tug_engine::Mount> = container
@@ -396,7 +405,7 @@ async fn prepare_container(instance: Instance<'_>, container: &ContainerSpec) ->
         working_dir: container.working_dir.clone(),
         labels,
         network,
-        extra_hosts: Vec::new(),
+        extra_hosts: dependency_hosts(&instance.dependencies, &dependency_host),
         mounts,
         tmpfs: container.tmpfs.iter().map(|t| container::tmpfs_entry(t)).collect(),
         read_only: container.read_only,

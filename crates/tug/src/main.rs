@@ -7,6 +7,7 @@ mod artifacts;
 mod client;
 mod daemon;
 mod exec;
+mod import;
 mod logs;
 mod output;
 mod rollout;
@@ -71,6 +72,9 @@ enum Command {
     /// Manage the stack's encrypted secrets
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Write a tug stack file from another tool's files
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Start the stack (or SERVICEs and what they need) in dependency order
     Up {
         /// Return once everything started is healthy (or running) and needed jobs completed
@@ -230,6 +234,25 @@ pub enum CheckFormat {
 }
 
 #[derive(Subcommand)]
+enum ImportCommand {
+    /// Docker Compose files (overlays merged in order, `.env` read as Compose reads it) to
+    /// tug.yaml beside the first; reports every key not carried over, with its line
+    Compose {
+        #[arg(value_name = "FILE", required = true)]
+        files: Vec<PathBuf>,
+        /// Where to write the stack file (`-` for standard output) [default: tug.yaml beside the first FILE]
+        #[arg(short = 'o', long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Replace the stack file if it exists
+        #[arg(long)]
+        force: bool,
+        /// The project's name [default: Compose's `name:`, else the folder's]
+        #[arg(short = 'p', long, value_name = "NAME")]
+        project_name: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum SecretsCommand {
     /// Generate every missing secret that has a `generate` rule
     Generate,
@@ -285,6 +308,9 @@ fn main() -> ExitCode {
         Command::Config { json } => stack::config(&cli.stack, json),
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
+        Command::Import(ImportCommand::Compose { files, output, force, project_name }) => {
+            import::compose(&cli.stack, import::ImportOptions { files, output, force, project_name })
+        }
         Command::Up { detach, timeout, advertise, services } => {
             run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout, deploy: false, no_wait: false })
         }

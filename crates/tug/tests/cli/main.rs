@@ -9,6 +9,7 @@ mod control;
 mod example_containers;
 mod harness;
 mod images;
+mod import;
 mod lifecycle;
 mod review;
 mod rollout;
