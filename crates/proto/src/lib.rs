@@ -6,6 +6,7 @@
 //! carries an environment value. The OpenAPI document describes both.
 
 pub mod auth;
+pub mod plan;
 pub mod rollout;
 pub mod spec;
 pub mod stats;

@@ -153,4 +153,7 @@ pub struct UpResponse {
     /// The services this request rolls out to a new revision (`tug deploy` waits for them).
     #[serde(default)]
     pub rollouts: Vec<String>,
+    /// What the daemon decided for each service, and why (executed as it says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<crate::plan::Plan>,
 }

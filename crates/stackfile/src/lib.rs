@@ -490,6 +490,10 @@ fn stack(
         &validate::Checked { services: &services, shared: &shared, active: &active },
         path_var.as_deref(),
     );
+    // Worth knowing about a stack that can run; noise beside errors.
+    if !ctx.diags.items.iter().any(|d| d.severity == Severity::Error) {
+        default_strategies(ctx.diags, &services, &active);
+    }
 
     let mut inactive = Vec::new();
     let services: IndexMap<String, Service> = services
@@ -517,6 +521,42 @@ fn stack(
         services,
         inactive,
     })
+}
+
+/// Says which strategy each service gets when the file is silent: `recreate` for a stateful
+/// single instance (one note each, with why), `rolling` for the rest (one note for all).
+fn default_strategies(
+    diags: &mut Diagnostics,
+    services: &IndexMap<String, (Service, service::Spans)>,
+    active: &dyn Fn(&Service) -> bool,
+) {
+    let mut rolling = Vec::new();
+    for (name, (service, spans)) in services.iter().filter(|(_, (s, _))| active(s)) {
+        match &spans.default_strategy {
+            Some(Some(why)) => diags.push(
+                Diagnostic::note(
+                    "default-strategy",
+                    Some(service.span),
+                    format!("services.{name}.deploy.strategy"),
+                    format!(
+                        "`{name}` is deployed with `recreate` (its instance stops before the new one starts): \
+                         {why}, and it runs one instance, which must never run twice at once"
+                    ),
+                )
+                .with_hint("set `deploy.strategy` to choose another"),
+            ),
+            Some(None) => rolling.push(name.as_str()),
+            None => {}
+        }
+    }
+    if !rolling.is_empty() {
+        diags.push(Diagnostic::note(
+            "default-strategy",
+            None,
+            "services",
+            format!("deployed with `rolling`, the default strategy: {}", rolling.join(", ")),
+        ));
+    }
 }
 
 /// A path as diagnostics show it: relative to the current folder when inside it.
@@ -970,5 +1010,49 @@ services:
         assert_eq!(project_name_from(Path::new("/home/me/My_Shop")), "my-shop");
         assert_eq!(project_name_from(Path::new("/")), "tug");
         assert!(is_dns_label("api-2") && !is_dns_label("-api") && !is_dns_label("Api") && !is_dns_label(""));
+    }
+
+    #[test]
+    fn a_stateful_single_instance_is_recreated_unless_the_file_says_otherwise() {
+        let compiled = compile_env(
+            "
+volumes: { data: {} }
+services:
+  web: { command: [sleep, '1'], port: 8080 }
+  fixed: { command: [sleep, '1'], port: 5433, proxy: false }
+  cache: { command: [sleep, '1'], port: 6390, protocol: tcp }
+  files: { command: [sh, -c, 'exec db --dir ${TUG_STATE_DIR}/db'] }
+  volume: { image: postgres:16, volumes: ['data:/var/lib/postgresql/data'] }
+  scaled: { command: [sleep, '1'], port: 6391, protocol: tcp, replicas: 2 }
+  chosen: { command: [sleep, '1'], port: 6392, protocol: tcp, deploy: { strategy: rolling } }
+  job: { kind: job, command: [sh, -c, 'touch ${TUG_STATE_DIR}/x'] }
+",
+            None,
+            &[],
+        );
+        let stack = compiled.valid().unwrap_or_else(|| panic!("{:#?}", compiled.diagnostics.items));
+        let strategy = |name: &str| stack.services[name].deploy.strategy;
+        for name in ["fixed", "cache", "files", "volume"] {
+            assert_eq!(strategy(name), Strategy::Recreate, "{name}");
+        }
+        for name in ["web", "scaled", "chosen"] {
+            assert_eq!(strategy(name), Strategy::Rolling, "{name}");
+        }
+        let notes: Vec<(&str, &str)> = compiled
+            .diagnostics
+            .items
+            .iter()
+            .filter(|d| d.code == "default-strategy")
+            .map(|d| (d.path.as_str(), d.message.as_str()))
+            .collect();
+        assert_eq!(notes.len(), 5, "{notes:#?}");
+        assert!(notes.iter().any(|(p, m)| *p == "services.volume.deploy.strategy" && m.contains("the volume `data`")));
+        assert!(notes.iter().any(|(p, m)| *p == "services.files.deploy.strategy" && m.contains("$TUG_STATE_DIR")));
+        assert!(notes.iter().any(|(p, m)| *p == "services.fixed.deploy.strategy" && m.contains("proxy: false")));
+        assert!(notes.iter().any(|(p, m)| *p == "services.cache.deploy.strategy" && m.contains("`tcp` service")));
+        assert!(
+            notes.contains(&("services", "deployed with `rolling`, the default strategy: web, scaled")),
+            "{notes:#?}"
+        );
     }
 }

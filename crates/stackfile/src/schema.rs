@@ -534,7 +534,7 @@ fn deploy() -> Value {
         "How a new revision replaces the old one.",
         json!({
             "strategy": field_or(
-                "rolling, blue_green, canary or recreate.",
+                "rolling, blue_green, canary or recreate. When not set: recreate for a stateful single instance (a fixed port with `proxy: false`, a `tcp` service, a named volume, data under $TUG_STATE_DIR), rolling otherwise.",
                 json!("rolling"),
                 choice(STRATEGIES),
             ),

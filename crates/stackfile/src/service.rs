@@ -136,6 +136,9 @@ pub struct Spans {
     pub volumes_used: Vec<String>,
     /// The service has `image` or `build` (even when they have errors).
     pub runs_image: bool,
+    /// The file does not set `deploy.strategy`: why the default chosen is `recreate` (a
+    /// stateful single instance), or `None` for `rolling`. Unset when the file sets it.
+    pub default_strategy: Option<Option<String>>,
 }
 
 pub struct Input<'a> {
@@ -179,6 +182,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         source: None,
         volumes_used: Vec::new(),
         runs_image: false,
+        default_strategy: None,
     };
     // Which secrets the service may use: everything after this is limited to them.
     if let Some(n) = f.get("secrets") {
@@ -517,7 +521,49 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         logs,
         span: input.key_span,
     };
+    let mut service = service;
+    let silent = f.get("deploy").and_then(|d| d.get("strategy")).is_none();
+    if silent && service.kind == ServiceKind::Service {
+        let stateful = stateful_single_instance(&service);
+        if stateful.is_some() {
+            service.deploy.strategy = Strategy::Recreate;
+        }
+        spans.default_strategy = Some(stateful);
+    }
     Some((service, spans))
+}
+
+/// Why a service must never run twice at once, when it runs one instance: it binds its fixed
+/// port itself, speaks raw TCP (a database, a cache), or keeps data in a named volume or
+/// under the state folder. Such a service's default strategy is `recreate`.
+pub fn stateful_single_instance(service: &Service) -> Option<String> {
+    if service.replicas != 1 || service.autoscale.is_some() {
+        return None;
+    }
+    if service.port.is_some() && !service.proxy {
+        return Some("it binds its fixed port itself (`proxy: false`)".into());
+    }
+    if let Some(container) = &service.container
+        && let Some(volume) = container.volumes.iter().find_map(|v| match v {
+            VolumeMount::Named { name, .. } => Some(name),
+            VolumeMount::Bind { .. } => None,
+        })
+    {
+        return Some(format!("it keeps data in the volume `{volume}`"));
+    }
+    let texts: Vec<&str> = match &service.command {
+        Some(Command::Argv(words)) => words.iter().map(|w| w.expose()).collect(),
+        Some(Command::Shell(text)) => vec![text.expose()],
+        None => Vec::new(),
+    };
+    let env = service.environment.values().map(|v| v.expose());
+    if texts.into_iter().chain(env).any(|t| t.contains("TUG_STATE_DIR")) {
+        return Some("it keeps data under `$TUG_STATE_DIR`".into());
+    }
+    if service.port.is_some() && service.protocol == Protocol::Tcp {
+        return Some("it is a `tcp` service (a database or a cache, most likely)".into());
+    }
+    None
 }
 
 /// Removes `.` and resolves `..` lexically, so paths read as the user expects.

@@ -15,6 +15,7 @@ pub mod history;
 pub mod instance;
 pub mod order;
 pub mod persist;
+pub mod plan;
 pub mod ports;
 mod probe;
 pub mod process;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use indexmap::IndexMap;
 use tokio::sync::{mpsc, oneshot, watch};
+use tug_proto::plan::Action;
 use tug_proto::rollout::{AutoscaleStatus, HistoryEntry, Phase, RolloutStatus};
 use tug_proto::spec::{Kind, RolloutAction, ServiceSpec, StackSpec, Strategy, UpRequest};
 use tug_proto::status::{InstanceStatus, ServiceStatus, StackStatus, State, UpResponse};
@@ -284,7 +286,21 @@ impl Supervisor {
         Ok(stats)
     }
 
-    /// `up`: adopts `spec` and starts the targets and their dependencies.
+    /// What `apply` would do with this request, without doing it (`deploy --plan`).
+    pub fn plan(&self, request: &UpRequest) -> Result<tug_proto::plan::Plan, Error> {
+        validate_spec(&request.spec)?;
+        let new_specs: IndexMap<String, Arc<ServiceSpec>> =
+            request.spec.services.iter().map(|s| (s.name.clone(), Arc::new(s.clone()))).collect();
+        for target in &request.targets {
+            if !new_specs.contains_key(target) {
+                return Err(Error::NotFound(format!("no service or job named `{target}` in the stack")));
+            }
+        }
+        Ok(plan::plan(&current(&self.inner.lock()), &new_specs, &request.targets))
+    }
+
+    /// `up`: adopts `spec` and starts the targets and their dependencies, as [`plan::plan`]
+    /// decides: the plan is computed and executed under one lock, and returned.
     pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
         let UpRequest { spec, targets } = request;
         validate_spec(&spec)?;
@@ -347,14 +363,30 @@ impl Supervisor {
         let mut deploys: Vec<(rollout::Plan, Option<mpsc::UnboundedSender<rollout::Steer>>)> = Vec::new();
         let mut first_starts = Vec::new();
         let mut recorded = Vec::new();
-        inner.update(|t| {
+        let decided = inner.update(|t| {
             t.project = spec.project.clone();
             if spec.engine.is_some() {
                 t.engine = spec.engine.clone();
             }
-            for (name, new) in &new_specs {
-                match t.services.get_mut(name) {
-                    Some(service) if service.spec.revision == new.revision => {
+            // Decided and executed under one lock: the plan is of the table it changes.
+            let decided = plan::plan(&current(t), &new_specs, &targets);
+            for step in &decided.services {
+                let name = &step.name;
+                match step.action {
+                    Action::Start | Action::NotStarted => {
+                        let new = &new_specs[name];
+                        let mut service = Service::new(new.clone());
+                        if new.autoscale.is_some() {
+                            let mut scaled = (**new).clone();
+                            scaled.replicas = plan::replicas_for(new, None);
+                            service.spec = Arc::new(scaled);
+                        }
+                        t.services.insert(name.clone(), service);
+                        recorded.push(name.clone());
+                    }
+                    Action::Unchanged | Action::Reconfigure | Action::Rescale => {
+                        let (new, service) =
+                            (&new_specs[name], t.services.get_mut(name).expect("planned from the table"));
                         // How the router fronts it, rolls it out or scales it is outside the
                         // revision: no restart for that.
                         if service.spec.route != new.route
@@ -367,61 +399,44 @@ impl Supervisor {
                             updated.autoscale = new.autoscale.clone();
                             service.spec = Arc::new(updated);
                         }
-                        // `tug scale` changes the count but not the revision. `up` goes back to the
-                        // file's count (as Compose does): keeping the scaled one made `up -d` wait
-                        // forever for replicas the file asks for. An autoscaled service keeps
-                        // its count within its bounds.
-                        let wanted_replicas = replicas_for(new, Some(service.spec.replicas));
-                        if service.spec.replicas != wanted_replicas && wanted.contains(name) && !service.rolling_out() {
-                            rescaled.push((name.clone(), wanted_replicas));
+                        if step.action == Action::Rescale {
+                            rescaled.push((name.clone(), plan::replicas_for(new, Some(service.spec.replicas))));
                         }
                     }
-                    // `up SERVICE` replaces only what it starts. Without this, a changed service
-                    // it does not start lost its instances and was never started again.
-                    Some(service) if !wanted.contains(name) => kept.push((name.clone(), service.spec.clone())),
-                    Some(service) => {
-                        let runs = t.instances.values().any(|i| i.status.service == *name && i.status.pid.is_some());
-                        let under_way = service.steer.clone();
+                    // `up SERVICE` replaces only what it starts: a changed service it does not
+                    // start keeps running its revision.
+                    Action::Keep => kept.push((name.clone(), t.services[name].spec.clone())),
+                    Action::RollOut => {
+                        let (new, service) = (&new_specs[name], &t.services[name]);
                         let stable = service.stable.clone().unwrap_or(service.spec.clone());
-                        let replicas = replicas_for(new, Some(stable.replicas));
-                        if new.kind == Kind::Service && service.active && runs && replicas > 0 {
-                            let (strategy, note) = effective_strategy(new);
-                            let mut to = (**new).clone();
-                            to.replicas = replicas;
-                            let plan = rollout::Plan {
-                                service: name.clone(),
-                                from: stable,
-                                to: Arc::new(to),
-                                replicas,
-                                strategy,
-                                first_step: 0,
-                                note,
-                                resume: false,
-                            };
-                            deploys.push((plan, under_way));
-                        } else if under_way.is_none() {
-                            service.spec = new.clone();
-                            replaced.push(name.clone());
-                        }
+                        let replicas = plan::replicas_for(new, Some(stable.replicas));
+                        let (strategy, note) = plan::effective_strategy(new);
+                        let mut to = (**new).clone();
+                        to.replicas = replicas;
+                        let rollout = rollout::Plan {
+                            service: name.clone(),
+                            from: stable,
+                            to: Arc::new(to),
+                            replicas,
+                            strategy,
+                            first_step: 0,
+                            note,
+                            resume: false,
+                        };
+                        deploys.push((rollout, service.steer.clone()));
                     }
-                    None => {
-                        let mut service = Service::new(new.clone());
-                        if new.autoscale.is_some() {
-                            let mut scaled = (**new).clone();
-                            scaled.replicas = replicas_for(new, None);
-                            service.spec = Arc::new(scaled);
+                    Action::Replace => {
+                        if let Some(service) = t.services.get_mut(name) {
+                            service.spec = new_specs[name].clone();
                         }
-                        t.services.insert(name.clone(), service);
-                        recorded.push(name.clone());
+                        replaced.push(name.clone());
                     }
-                }
-            }
-            if targets.is_empty() {
-                removed = t.services.keys().filter(|n| !new_specs.contains_key(*n)).cloned().collect();
-                for name in &removed {
-                    // Closes its rollout's channel: the rollout stops and records why.
-                    if let Some(s) = t.services.get_mut(name) {
-                        s.steer = None;
+                    Action::Remove => {
+                        // Closes its rollout's channel: the rollout stops and records why.
+                        if let Some(service) = t.services.get_mut(name) {
+                            service.steer = None;
+                        }
+                        removed.push(name.clone());
                     }
                 }
             }
@@ -437,6 +452,7 @@ impl Supervisor {
             for name in &removed {
                 t.specs.insert(name.clone(), t.services[name].spec.clone());
             }
+            decided
         });
         // Services new to this daemon: a rollout recorded as under way when the last daemon
         // ended is resumed or rolled back; otherwise this is a first start, recorded.
@@ -545,7 +561,7 @@ impl Supervisor {
             inner.update(|t| t.notices.extend(notices.iter().cloned()));
         }
         self.prune_source_copies();
-        Ok(UpResponse { services: wanted, notices, rollouts: rollouts_shown })
+        Ok(UpResponse { services: wanted, notices, rollouts: rollouts_shown, plan: Some(decided) })
     }
 
     /// Removes the source copies of revisions the history no longer keeps (off the runtime's
@@ -802,7 +818,7 @@ impl Supervisor {
         };
         let mut to = target;
         to.replicas = current.replicas;
-        let (mut strategy, note) = effective_strategy(&to);
+        let (mut strategy, note) = plan::effective_strategy(&to);
         if strategy == Strategy::Canary {
             strategy = Strategy::Rolling;
         }
@@ -1123,26 +1139,22 @@ enum Reconciled {
 
 /// The replicas a service runs: the file's, or, when autoscaled, `current` (or the file's)
 /// kept within its bounds.
-fn replicas_for(spec: &ServiceSpec, current: Option<u32>) -> u32 {
-    match &spec.autoscale {
-        Some(a) => current.unwrap_or(spec.replicas).clamp(a.min, a.max.max(a.min)),
-        None => spec.replicas,
-    }
-}
-
-/// The strategy a service can have: a canary or blue-green deploy needs the router in front
-/// of it, and an instance that binds its fixed port itself cannot run beside its replacement.
-fn effective_strategy(spec: &ServiceSpec) -> (Strategy, Option<String>) {
-    let strategy = spec.deploy.strategy;
-    if spec.port.is_some() && !spec.proxy && strategy != Strategy::Recreate {
-        let why = "its instance binds its fixed port itself (proxy: false), so it is recreated";
-        return (Strategy::Recreate, Some(why.into()));
-    }
-    if matches!(strategy, Strategy::Canary | Strategy::BlueGreen) && !(spec.port.is_some() && spec.proxy) {
-        let why = format!("{} needs the router (a `port`): rolled out as rolling", strategy.as_str());
-        return (Strategy::Rolling, Some(why));
-    }
-    (strategy, None)
+/// What the table runs, as the planner sees it.
+fn current(t: &Table) -> plan::Current {
+    t.services
+        .iter()
+        .map(|(name, s)| {
+            let runs = t.instances.values().any(|i| i.status.service == *name && i.status.pid.is_some());
+            let running = plan::Running {
+                spec: s.spec.clone(),
+                stable: s.stable.clone(),
+                active: s.active,
+                runs,
+                rolling_out: s.rolling_out(),
+            };
+            (name.clone(), running)
+        })
+        .collect()
 }
 
 /// The stack file checks all of this; the API is reachable without it, so the

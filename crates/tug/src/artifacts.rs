@@ -123,6 +123,35 @@ pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Art
     Ok(artifacts)
 }
 
+/// What the revisions would be, acting on nothing (`deploy --plan`): sources digested but not
+/// copied, images looked up but neither built nor pulled (one to build or pull is compared as
+/// the engine has it now, or as missing). An unreachable engine leaves the image ids out.
+pub fn resolve_for_plan(stack: &Stack, state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = Artifacts::default();
+    for (name, service) in &stack.services {
+        if let Some(source) = &service.source {
+            let snapshot =
+                source::digest_only(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
+            artifacts.sources.insert(name.clone(), snapshot);
+        }
+    }
+    if !stack.services.values().any(|s| s.container.is_some()) {
+        return Ok(artifacts);
+    }
+    let Ok(endpoint) = endpoint(stack) else { return Ok(artifacts) };
+    artifacts.engine = Some(endpoint.url());
+    let engine = tug_engine::Engine::new(endpoint);
+    runtime()?.block_on(async {
+        for (name, service) in &stack.services {
+            let Some(container) = &service.container else { continue };
+            if let Ok(Some(info)) = engine.inspect_image(&container.image).await {
+                artifacts.images.insert(name.clone(), Image { id: info.id, user: info.user });
+            }
+        }
+    });
+    Ok(artifacts)
+}
+
 fn images_of(stack: &Stack) -> String {
     let names: Vec<&str> =
         stack.services.iter().filter(|(_, s)| s.container.is_some()).map(|(n, _)| n.as_str()).collect();

@@ -417,6 +417,13 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
             },
             Err(response) => *response,
         },
+        (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
+            Ok(request) => match supervisor.plan(&request) {
+                Ok(plan) => json(StatusCode::OK, &plan),
+                Err(e) => supervisor_error(e),
+            },
+            Err(response) => *response,
+        },
         (&Method::POST, "/v1/start" | "/v1/stop" | "/v1/restart") => match parse::<TargetsRequest>(&body) {
             Ok(request) => {
                 let result = match path {
@@ -493,8 +500,8 @@ async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         }
         (
             _,
-            "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/start" | "/v1/stop" | "/v1/restart"
-            | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run",
+            "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/plan" | "/v1/start" | "/v1/stop"
+            | "/v1/restart" | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };

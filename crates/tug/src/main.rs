@@ -10,6 +10,7 @@ mod exec;
 mod import;
 mod logs;
 mod output;
+mod plan;
 mod rollout;
 mod run;
 mod secrets;
@@ -86,6 +87,12 @@ enum Command {
         /// This host's address: routers and instances bind it and register it [default: 127.0.0.1]
         #[arg(long, value_name = "ADDR", env = "TUG_ADVERTISE")]
         advertise: Option<String>,
+        /// Show what would start or change, service by service, and why; do nothing
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: print the plan as JSON
+        #[arg(long, requires = "plan")]
+        json: bool,
         #[arg(value_name = "SERVICE")]
         services: Vec<String>,
     },
@@ -98,6 +105,13 @@ enum Command {
         /// Give up waiting after this long (e.g. 10m); the rollouts go on
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Show what would change, service by service, and why (which field, image or
+        /// source), and the strategy each would use; do nothing
+        #[arg(long)]
+        plan: bool,
+        /// With --plan: print the plan as JSON
+        #[arg(long, requires = "plan")]
+        json: bool,
         #[arg(value_name = "SERVICE")]
         services: Vec<String>,
     },
@@ -311,10 +325,13 @@ fn main() -> ExitCode {
         Command::Import(ImportCommand::Compose { files, output, force, project_name }) => {
             import::compose(&cli.stack, import::ImportOptions { files, output, force, project_name })
         }
-        Command::Up { detach, timeout, advertise, services } => {
+        Command::Up { plan: true, json, services, .. } | Command::Deploy { plan: true, json, services, .. } => {
+            plan::show(&cli.stack, &services, json)
+        }
+        Command::Up { detach, timeout, advertise, services, .. } => {
             run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout, deploy: false, no_wait: false })
         }
-        Command::Deploy { detach, timeout, services } => run::up(
+        Command::Deploy { detach, timeout, services, .. } => run::up(
             &cli.stack,
             run::UpOptions { detach: true, advertise: None, services, timeout, deploy: true, no_wait: detach },
         ),

@@ -366,12 +366,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     };
     let stack = crate::secrets::require_valid(&compiled)?;
     stack::print_problems(&compiled, palette, true, tug_stackfile::Severity::Warning);
-    for name in &options.services {
-        if !stack.services.contains_key(name) {
-            let known: Vec<&str> = stack.services.keys().map(String::as_str).collect();
-            return Err(format!("no service or job named `{name}` (the stack has: {})", known.join(", ")));
-        }
-    }
+    check_targets(stack, &options.services)?;
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let wanted = closure(stack, &options.services);
     let artifacts = crate::artifacts::resolve(stack, &wanted, &state_dir)?;
@@ -395,6 +390,11 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     for notice in &answer.notices {
         eprintln!("{}", output::warning_line(notice));
     }
+    if options.deploy
+        && let Some(plan) = &answer.plan
+    {
+        eprint!("{}", crate::plan::announce(plan, palette));
+    }
     if options.no_wait {
         for name in &answer.rollouts {
             eprintln!("{name}: rolling out (`tug rollout status {name}` follows it)");
@@ -403,17 +403,31 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     }
     let progress = !options.detach || options.deploy;
     let outcome = wait_up(&client, &answer.services, &answer.rollouts, &request.spec, options.timeout, progress)?;
+    // A deploy that did not fully land says what did change and what did not.
+    let what_changed = || {
+        if let (true, Some(plan), Ok(now)) = (options.deploy, &answer.plan, status(&client)) {
+            eprint!("{}", crate::plan::outcome(plan, &now));
+        }
+    };
     if options.detach {
         return match outcome {
             Waited::Up => Ok(ExitCode::SUCCESS),
             Waited::Failed(report) => {
                 eprintln!("{report}");
                 print_failure_logs(&state_dir, &report_instances(&client, &answer.services));
+                what_changed();
+                if !options.deploy {
+                    eprintln!("{}", still_running_hint());
+                }
                 Ok(ExitCode::from(1))
             }
             Waited::Interrupted => Ok(ExitCode::from(130)),
             Waited::TimedOut(report) => {
                 eprintln!("{report}");
+                what_changed();
+                if !options.deploy {
+                    eprintln!("{}", still_running_hint());
+                }
                 Ok(ExitCode::from(1))
             }
         };
@@ -429,6 +443,24 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
     down_with(&client, false)
+}
+
+/// After `up -d` failed: the daemon keeps the stack (what started runs, what failed is
+/// retried by its restart policy), which the user may not expect.
+fn still_running_hint() -> &'static str {
+    "the stack is still running (what started keeps running; failed instances follow their `restart` policy): \
+     see `tug ps` and `tug logs`, fix the stack file and run `tug deploy`, or stop everything with `tug down`"
+}
+
+/// Every target names a service or job of the stack.
+pub(crate) fn check_targets(stack: &Stack, targets: &[String]) -> Result<(), String> {
+    for name in targets {
+        if !stack.services.contains_key(name) {
+            let known: Vec<&str> = stack.services.keys().map(String::as_str).collect();
+            return Err(format!("no service or job named `{name}` (the stack has: {})", known.join(", ")));
+        }
+    }
+    Ok(())
 }
 
 /// The services `targets` name (all when none) and what they depend on, transitively.

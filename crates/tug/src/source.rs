@@ -27,6 +27,14 @@ pub struct Snapshot {
     pub copy: PathBuf,
 }
 
+/// Digests `source` and names the copy it would have, without making it (`deploy --plan`).
+pub fn digest_only(service: &str, source: &Path, state_dir: &Path) -> Result<Snapshot, String> {
+    let entries = walk(source, state_dir)?;
+    let digest = digest(source, &entries)?;
+    let copy = state_dir.join(REVISIONS).join(service).join(&digest);
+    Ok(Snapshot { digest, copy })
+}
+
 /// Digests `source` and makes sure its copy exists under `state_dir`.
 pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapshot, String> {
     let entries = walk(source, state_dir)?;

@@ -221,6 +221,7 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("get", "/v1/openapi.json"),
         ("get", "/v1/status"),
         ("put", "/v1/stack"),
+        ("post", "/v1/plan"),
         ("post", "/v1/start"),
         ("post", "/v1/stop"),
         ("post", "/v1/restart"),

@@ -319,6 +319,8 @@ fn a_canary_failing_30_percent_of_requests_is_rolled_back_automatically() {
     assert_eq!(run.code, 1, "a rolled back deploy fails:\n{}", run.all());
     assert!(run.stderr.contains("rolled back") && run.stderr.contains("error rate"), "{}", run.all());
     assert!(run.stderr.contains("measured"), "deploy prints the measured values:\n{}", run.all());
+    // It ends by saying what changed and what did not.
+    assert!(run.stderr.contains("changed: nothing\nnot changed: web (rolled back, runs "), "{}", run.all());
     // The status says why, with the figures.
     let s = status(&stack);
     assert_eq!(s["phase"], "rolled_back", "{s:#}");
