@@ -364,6 +364,9 @@ pub struct StackSpec {
     /// The container engine (`unix:///…`), when a service runs an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<String>,
+    /// The address the routers bind (`0.0.0.0`: every interface); none: the advertised one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when

@@ -49,7 +49,8 @@ impl<F: Fn(&str) -> Option<Secret>> SecretSource for F {
     }
 }
 
-pub const TOP_FIELDS: &[&str] = &["name", "environments", "settings", "services", "registry", "engine", "volumes"];
+pub const TOP_FIELDS: &[&str] =
+    &["name", "environments", "settings", "services", "registry", "engine", "volumes", "listen"];
 pub const DEFAULT_FILE: &str = "tug.yaml";
 
 /// What to compile, and the world it is compiled in (passed in, so that tests and
@@ -422,6 +423,19 @@ fn stack(
     };
 
     let engine = f.get("engine").and_then(|n| container::engine(ctx, n, &scope));
+    let listen = f.get("listen").and_then(|n| {
+        let text = ctx.string(n, "listen", &scope)?;
+        match text.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                ctx.diags.push(
+                    Diagnostic::error("invalid-value", Some(n.span), "listen", format!("`{text}` is not an IP address"))
+                        .with_hint("`0.0.0.0` (every interface), `127.0.0.1` (this host only, the default), or one address of this host"),
+                );
+                None
+            }
+        }
+    });
     let declared = f.get("volumes").map(|n| container::volumes(ctx, n, &scope)).unwrap_or_default();
     let volumes: IndexMap<String, Volume> = declared.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
     // An image built without a name is named after the project (the folder's, when `name` is wrong).
@@ -516,6 +530,7 @@ fn stack(
         files,
         registry,
         engine,
+        listen,
         volumes,
         settings: shared,
         services,
@@ -1054,5 +1069,40 @@ services:
             notes.contains(&("services", "deployed with `rolling`, the default strategy: web, scaled")),
             "{notes:#?}"
         );
+    }
+
+    #[test]
+    fn compose_habits_get_the_tug_spelling_in_the_hint() {
+        let compiled = compile_env(
+            "
+services:
+  api:
+    image: api:1
+    ports: [\"8000:5000\"]
+    logging: { driver: json-file }
+    healthcheck: { test: [\"CMD\", \"curl\", \"-f\", \"http://localhost\"] }
+    deploy: { replicas: 3, resources: { limits: { memory: 1g } } }
+  db:
+    image: postgres
+    ports: [\"5432\"]
+    healthcheck: { test: [\"CMD-SHELL\", \"pg_isready -U app\"] }
+",
+            None,
+            &[],
+        );
+        let hint = |path: &str| {
+            let d = compiled.diagnostics.items.iter().find(|d| d.path == path);
+            d.and_then(|d| d.hint.clone()).unwrap_or_else(|| panic!("{path}: {:#?}", compiled.diagnostics.items))
+        };
+        assert!(
+            hint("services.api.ports").contains("`port: 8000`")
+                && hint("services.api.ports").contains("`container_port: 5000`")
+        );
+        assert!(hint("services.db.ports").contains("write `port: 5432`"));
+        assert!(hint("services.api.logging").contains("logs: { max_size"));
+        assert!(hint("services.api.healthcheck.test").contains("`exec: [curl, -f, http://localhost]`"));
+        assert!(hint("services.db.healthcheck.test").contains("`exec: \"pg_isready -U app\"`"));
+        assert!(hint("services.api.deploy.replicas").contains("`replicas: 3` is a field of the service itself"));
+        assert!(hint("services.api.deploy.resources").contains("`resources: { memory"));
     }
 }

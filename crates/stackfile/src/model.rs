@@ -99,6 +99,9 @@ pub struct Stack {
     /// The container engine's socket (`engine:`), as written (interpolated): `unix:///path`
     /// or an absolute path. None: `$DOCKER_HOST`, then the usual Docker and Podman sockets.
     pub engine: Option<String>,
+    /// `listen:`: the address the routers bind (`0.0.0.0`: every interface). None: the host's
+    /// advertised address (127.0.0.1 by default).
+    pub listen: Option<std::net::IpAddr>,
     /// Named volumes (`volumes:`), kept by `down`, removed by `down --volumes`.
     pub volumes: IndexMap<String, Volume>,
     pub settings: IndexMap<String, Setting>,

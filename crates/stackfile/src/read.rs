@@ -179,7 +179,7 @@ impl Ctx<'_> {
                 let suggestion = suggest(name, allowed.iter().copied());
                 misspelled.extend(suggestion.map(str::to_string));
                 // A Compose field with another name here says what to use, better than a near name.
-                d = match (suggestion, foreign_field_hint(name)) {
+                d = match (suggestion, foreign_field_hint(name, value)) {
                     (_, Some(hint)) => d.with_hint(hint),
                     (Some(s), None) => d.with_hint(format!("did you mean `{s}`?")),
                     (None, None) => d.with_hint(format!("expected one of: {}", allowed.join(", "))),
@@ -422,18 +422,68 @@ pub fn join(path: &str, key: &str) -> String {
 }
 
 /// Docker Compose fields with no tug equivalent of the same name: what to use instead.
-fn foreign_field_hint(name: &str) -> Option<&'static str> {
+fn foreign_field_hint(name: &str, value: &Node) -> Option<String> {
+    let scalars = |node: &Node| -> Vec<String> {
+        match &node.kind {
+            Kind::Seq(items) => items.iter().filter_map(|i| i.key_text().map(str::to_string)).collect(),
+            Kind::Scalar { text, .. } => vec![text.clone()],
+            _ => Vec::new(),
+        }
+    };
     Some(match name {
         "ports" | "expose" => {
-            "a service has one stable `port`; tug's router balances its replicas behind it (an image's own port is `container_port`)"
+            // Compose's `"8000:80"`: the host side is the service's port, the other the image's.
+            let first = scalars(value).into_iter().next().unwrap_or_default();
+            let parts: Vec<&str> = first.split('/').next().unwrap_or_default().rsplit(':').collect();
+            match parts.as_slice() {
+                [inside, outside, ..] if inside != outside && name == "ports" => format!(
+                    "write `port: {outside}` (tug's router listens there and balances the replicas) and \
+                     `container_port: {inside}` (where the image listens)"
+                ),
+                [port, ..] if port.parse::<u16>().is_ok() => format!(
+                    "write `port: {port}`: a service has one stable port, which tug's router serves (an image's \
+                     own port is `container_port: {port}`)"
+                ),
+                _ => "a service has one stable `port`; tug's router balances its replicas behind it (an image's own \
+                      port is `container_port`)"
+                    .into(),
+            }
         }
-        "pull_policy" => "tug's name is `pull`: always, missing or never",
+        "test" => {
+            let words = scalars(value);
+            match words.split_first() {
+                Some((first, rest)) if first == "CMD" => {
+                    format!("tug's probe is `exec: [{}]` (also `http: /path`, `tcp: true`)", rest.join(", "))
+                }
+                Some((first, rest)) if first == "CMD-SHELL" => {
+                    format!("tug's probe is `exec: \"{}\"` (also `http: /path`, `tcp: true`)", rest.join(" "))
+                }
+                Some((only, [])) => format!("tug's probe is `exec: \"{only}\"` (also `http: /path`, `tcp: true`)"),
+                _ => "tug's probe takes `exec: CMD`, `http: /path`, `tcp: true` or `log: REGEX`".into(),
+            }
+        }
+        "replicas" => {
+            let n = scalars(value).into_iter().next().unwrap_or_else(|| "N".into());
+            format!("`replicas: {n}` is a field of the service itself, beside `deploy`")
+        }
+        "resources" => "`resources: { memory: 512Mi, cpu: 0.5 }` is a field of the service itself".into(),
+        "restart_policy" => "`restart: on-failure` (or `always`, `no`) is a field of the service itself".into(),
+        "logging" => "tug keeps every instance's logs (`tug logs`): rotate them with `logs: { max_size: 10m, max_files: 3 }`".into(),
+        "mem_limit" => "write `resources: { memory: … }`".into(),
+        "cpus" => "write `resources: { cpu: … }`".into(),
+        "scale" => "write `replicas:`".into(),
+        "pull_policy" => "tug's name is `pull`: always, missing or never".into(),
         "driver" | "driver_opts" => {
             "tug creates volumes with the engine's default driver; create another kind yourself and declare it `external: true`"
+                .into()
         }
-        "networks" | "network_mode" | "links" => "services reach each other on the host through their stable ports",
-        "container_name" | "hostname" => "instances are named `<service>-<n>` (TUG_INSTANCE)",
-        "env" | "environments" | "variables" => "use `environment` (literals) or `settings` (typed)",
+        "networks" | "network_mode" | "links" => {
+            "services reach each other through their stable ports (`<SERVICE>_ADDR`), and a container reaches a \
+             dependency by its name"
+                .into()
+        }
+        "container_name" | "hostname" => "instances are named `<service>-<n>` (TUG_INSTANCE)".into(),
+        "env" | "environments" | "variables" => "use `environment` (literals) or `settings` (typed)".into(),
         _ => return None,
     })
 }

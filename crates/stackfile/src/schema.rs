@@ -219,6 +219,11 @@ pub fn schema() -> Value {
             By default: $DOCKER_HOST, then the usual Docker and Podman sockets.",
         matching("(?:unix://)?/.*"),
     );
+    properties["listen"] = field(
+        "The address tug's routers bind: `0.0.0.0` for every interface; by default the host's advertised address \
+            (127.0.0.1 unless `up --advertise`). `up --listen` overrides it.",
+        json!({ "type": "string" }),
+    );
     properties["volumes"] = field(
         "Named volumes that services mount (`pgdata:/var/lib/postgresql/data`): created by `up`, kept by `down`, \
             removed by `down --volumes`.",

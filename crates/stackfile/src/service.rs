@@ -343,9 +343,13 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
                             .with_file(&file_path),
                         );
                     }
-                    // Env files are where secrets usually live: their values are never shown.
+                    // Shown like any other value, unless it looks like a secret: a sensitive name,
+                    // a URL with a password, or the name of a secret setting.
                     for e in entries {
-                        environment.insert(e.key, Text::new(e.value, true, false, false));
+                        let secret_setting =
+                            input.shared.get(&e.key).or_else(|| own.get(&e.key)).is_some_and(|s| s.is_secret());
+                        let sensitive = secret_setting || is_sensitive_name(&e.key) || has_password(&e.value);
+                        environment.insert(e.key, Text::new(e.value, sensitive, false, false));
                     }
                 }
                 Err(e) => ctx.error(
@@ -490,6 +494,34 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         }
     }
 
+    // Behind the router, each instance must listen on its own $PORT: a program that binds the
+    // service's port itself crashes on "address already in use" (the router holds it).
+    if let Some(port) = port
+        && proxy
+        && kind == ServiceKind::Service
+        && container.as_ref().is_none_or(|c| c.container_port.is_none())
+        && !["command", "entrypoint", "environment"].iter().filter_map(|k| f.get(k)).any(mentions_port)
+        && (command.is_some() || container.is_some())
+    {
+        ctx.diags.push(
+            Diagnostic::warning(
+                "port-unused",
+                Some(spans.port.unwrap_or(input.key_span)),
+                f.path("port"),
+                format!(
+                    "`{}` is served on port {port} by tug's router, which gives each instance a private `$PORT`, \
+                     but neither its command nor its environment mentions `$PORT`",
+                    input.name
+                ),
+            )
+            .with_hint(format!(
+                "make it listen on `$PORT` (`--port $PORT`; a program that reads PORT by itself: \
+                 `environment: {{ PORT: \"${{PORT}}\" }}`), give an image `container_port`, or set `proxy: false` \
+                 for one instance that binds {port} itself"
+            )),
+        );
+    }
+
     let service = Service {
         kind,
         command,
@@ -531,6 +563,48 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         spans.default_strategy = Some(stateful);
     }
     Some((service, spans))
+}
+
+/// Whether a command, entrypoint or environment refers to `PORT` (or sets it).
+fn mentions_port(node: &Node) -> bool {
+    match &node.kind {
+        Kind::Scalar { text, .. } => crate::interp::references(text).iter().any(|r| r == "PORT"),
+        Kind::Seq(items) => items.iter().any(mentions_port),
+        Kind::Map(entries) => entries.iter().any(|(k, v)| k.key_text() == Some("PORT") || mentions_port(v)),
+        Kind::Null => false,
+    }
+}
+
+/// Whether a variable's name says it holds a secret: one of its `_`-separated words is
+/// PASSWORD, SECRET, TOKEN, KEY, … (`DB_PASSWORD`, `API_KEY`, `GITHUB_TOKEN`; not `KEYBOARD`).
+pub fn is_sensitive_name(name: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "PWD",
+        "SECRET",
+        "SECRETS",
+        "TOKEN",
+        "KEY",
+        "APIKEY",
+        "PRIVATE",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "AUTH",
+        "SALT",
+        "SIGNATURE",
+        "COOKIE",
+        "SESSION",
+    ];
+    name.to_ascii_uppercase().split(['_', '-', '.']).any(|word| WORDS.contains(&word))
+}
+
+/// `scheme://user:password@host`: a URL that carries a password.
+pub fn has_password(value: &str) -> bool {
+    let Some((_, rest)) = value.split_once("://") else { return false };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.split_once(':').is_some_and(|(_, p)| !p.is_empty()))
 }
 
 /// Why a service must never run twice at once, when it runs one instance: it binds its fixed
@@ -841,6 +915,8 @@ fn probe(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, defaults: ProbeD
     let f = ctx.fields(node, path, PROBE_FIELDS)?;
     let present: Vec<&str> = PROBE_CHECKS.iter().copied().filter(|c| f.get(c).is_some()).collect();
     let check = match present.as_slice() {
+        // Compose's `test:` was reported as such, with tug's spelling.
+        [] if node.get("test").is_some() => None,
         [] => {
             ctx.diags.push(
                 Diagnostic::error("missing-field", Some(f.span), path, "a probe needs one check")

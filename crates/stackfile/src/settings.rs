@@ -261,7 +261,15 @@ pub fn resolve(
     outer: &Scope,
     secrets: &dyn SecretSource,
 ) -> IndexMap<String, Setting> {
-    let mut r = Resolution { defs, outer, secrets, done: IndexMap::new(), in_progress: Vec::new(), too_deep: false };
+    let mut r = Resolution {
+        defs,
+        outer,
+        secrets,
+        done: IndexMap::new(),
+        in_progress: Vec::new(),
+        too_deep: false,
+        in_cycle: Vec::new(),
+    };
     for name in defs.keys() {
         r.resolve(ctx, name);
     }
@@ -280,6 +288,8 @@ struct Resolution<'r> {
     in_progress: Vec<String>,
     /// The depth limit was hit: said once, not once per setting beyond it.
     too_deep: bool,
+    /// Settings in a reported cycle: they have no value, and no other error is about them.
+    in_cycle: Vec<String>,
 }
 
 impl Resolution<'_> {
@@ -316,11 +326,17 @@ impl Resolution<'_> {
                 .with_hint("break the cycle: one of them needs a value that does not refer back"),
             );
             // Reported once here; `Pending` keeps the referring value from also reporting it.
+            self.in_cycle.extend(cycle.iter().map(|n| n.to_string()));
             return Lookup::Pending;
         }
         self.in_progress.push(name.to_string());
-        let setting = self.compute(ctx, name, def);
+        let mut setting = self.compute(ctx, name, def);
         self.in_progress.pop();
+        // A value that is only a placeholder for the cycle: pending (so nothing else reports
+        // it) but not sensitive, or a service using it would hear it "is a secret".
+        if self.in_cycle.iter().any(|n| n == name) && !setting.is_secret() && setting.value.is_some() {
+            setting.value = Some(Text::new(String::new(), false, true, false));
+        }
         let lookup = setting_lookup(&setting);
         self.done.insert(name.to_string(), setting);
         lookup

@@ -315,6 +315,8 @@ impl Supervisor {
         }
         let wanted = order::closure(&new_specs, &targets);
         let mut notices = Vec::new();
+        inner.routing.set_listen(spec.listen.as_deref()).map_err(Error::BadRequest)?;
+        let listen_ip = inner.routing.listen_ip().to_string();
         {
             let table = inner.lock();
             if table.shutting_down {
@@ -328,8 +330,7 @@ impl Supervisor {
                 let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
                     || table.instances.values().any(|i| i.status.port == Some(port))
                     || inner.routing.holds(name, port);
-                if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&inner.config.host, port)
-                {
+                if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&listen_ip, port) {
                     taken.push(ports::describe_taken(name, port));
                 }
             }
@@ -1277,6 +1278,7 @@ mod tests {
             withheld: Vec::new(),
             registry: None,
             engine: None,
+            listen: None,
         }
     }
 

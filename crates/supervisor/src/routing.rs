@@ -41,6 +41,9 @@ pub(crate) struct Routing {
 
 #[derive(Default)]
 struct RoutingState {
+    /// The stack's `listen:` address, when it sets one: the routers bind it instead of the
+    /// advertised address.
+    listen: Option<IpAddr>,
     attached: Option<Attached>,
     fronts: HashMap<String, Front>,
     /// This host's entries, as last computed from the table.
@@ -93,6 +96,7 @@ fn preview_key(service: &str) -> String {
 struct Front {
     /// The service it fronts (the map's key is this, or its preview key).
     service: String,
+    ip: IpAddr,
     port: u16,
     route: RouteSpec,
     /// The socket bound at `up`: each router serves a clone of it, so replacing the router
@@ -247,6 +251,32 @@ impl Routing {
     /// Serves `spec`'s port through a router (binding it now, so a taken port is reported before
     /// any instance starts), or keeps the one that already does with the same settings. New
     /// settings on the same port get a new router on the same socket; the old one drains.
+    /// Where the routers listen from now on (`None`: the advertised address). It must let the
+    /// advertised address reach them: every interface, or that address itself.
+    pub fn set_listen(&self, listen: Option<&str>) -> Result<(), String> {
+        let ip = match listen {
+            None => None,
+            Some(text) => {
+                let ip: IpAddr = text.parse().map_err(|_| format!("listen: `{text}` is not an IP address"))?;
+                if !ip.is_unspecified() && ip != self.ip {
+                    return Err(format!(
+                        "listen: {ip}: instances and other hosts reach the routers at the advertised address {}; \
+                         listen on every interface (0.0.0.0) or on {} itself",
+                        self.ip, self.ip
+                    ));
+                }
+                Some(ip)
+            }
+        };
+        self.lock().listen = ip;
+        Ok(())
+    }
+
+    /// The address the routers bind.
+    pub fn listen_ip(&self) -> IpAddr {
+        self.lock().listen.unwrap_or(self.ip)
+    }
+
     pub fn open(&self, spec: &ServiceSpec) -> Result<(), String> {
         let Some(port) = spec.port else { return Ok(()) };
         self.open_front(&spec.name, spec, port)
@@ -302,15 +332,16 @@ impl Routing {
             Protocol::Http => tug_router::Protocol::Http,
             Protocol::Tcp => tug_router::Protocol::Tcp,
         };
-        let addr = SocketAddr::new(self.ip, port);
         let grace = Duration::from_millis(spec.stop_grace_ms.min(MAX_ROUTER_GRACE_MS));
         let mut state = self.lock();
+        let ip = state.listen.unwrap_or(self.ip);
+        let addr = SocketAddr::new(ip, port);
         let (listener, old) = match state.fronts.remove(name) {
-            Some(front) if front.port == port && front.route == spec.route => {
+            Some(front) if front.ip == ip && front.port == port && front.route == spec.route => {
                 state.fronts.insert(name.clone(), front);
                 return Ok(());
             }
-            Some(front) if front.port == port => {
+            Some(front) if front.ip == ip && front.port == port => {
                 let listener = front.listener.try_clone().map_err(|e| format!("cannot reuse {addr}: {e}"))?;
                 (listener, Some(front))
             }
@@ -352,8 +383,16 @@ impl Routing {
                 }
             }
         }
-        let front =
-            Front { service: spec.name.clone(), port, route: spec.route.clone(), listener, routers, members, grace };
+        let front = Front {
+            service: spec.name.clone(),
+            ip,
+            port,
+            route: spec.route.clone(),
+            listener,
+            routers,
+            members,
+            grace,
+        };
         state.fronts.insert(name.clone(), front);
         drop(state);
         if let Some(old) = old {

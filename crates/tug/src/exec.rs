@@ -65,10 +65,12 @@ pub fn run(args: &StackArgs, service: &str, command: Vec<String>) -> Result<Exit
         let options = UpOptions {
             detach: true,
             advertise: None,
+            listen: None,
             services: dependencies,
             timeout: None,
             deploy: false,
             no_wait: false,
+            quiet: true,
         };
         let code = run::up(args, options)?;
         if code != ExitCode::SUCCESS {

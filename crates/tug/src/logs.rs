@@ -17,6 +17,8 @@ pub struct LogsOptions {
     pub tail: Option<usize>,
     pub since: Option<String>,
     pub json: bool,
+    /// Also services no longer in the stack file.
+    pub all: bool,
     pub names: Vec<String>,
 }
 
@@ -91,12 +93,36 @@ pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, Strin
         Some(text) => Some(tug_logs::parse_since(text, SystemTime::now()).map_err(|e| format!("--since: {e}"))?),
         None => None,
     };
-    let selector = Selector::new(options.names.iter().cloned());
-    let unmatched = selector.unmatched(&dir).unwrap_or_default();
-    if !unmatched.is_empty() && !options.follow {
+    // The stack file's services (profiles included): what `logs` shows by default, and what
+    // `logs -f` may wait for. Unreadable, every log is shown.
+    let services: Option<Vec<String>> = crate::stack::load(args)
+        .ok()
+        .and_then(|loaded| loaded.compiled.stack.map(|s| s.services.keys().chain(&s.inactive).cloned().collect()));
+    let in_stack = |name: &str| {
+        services.as_ref().is_some_and(|services| {
+            services.iter().any(|s| {
+                name == s || name.strip_prefix(s.as_str()).and_then(|r| r.strip_prefix('-')).is_some_and(is_number)
+            })
+        })
+    };
+    let selector = match (&services, options.names.is_empty(), options.all) {
+        (Some(services), true, false) => Selector::new(services.iter().cloned()),
+        _ => Selector::new(options.names.iter().cloned()),
+    };
+    // `logs -f web` may wait for `web` to write its first line; a name the stack does not have
+    // fails at once, as `logs NAME` does.
+    let unmatched: Vec<String> = Selector::new(options.names.iter().cloned())
+        .unmatched(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|name| !(options.follow && in_stack(name)))
+        .collect();
+    if !unmatched.is_empty() {
         let known: Vec<String> = tug_logs::instances(&dir).unwrap_or_default().into_iter().map(|(_, i)| i).collect();
+        let stack_names =
+            services.as_ref().map(|s| format!("; the stack's services: {}", s.join(", "))).unwrap_or_default();
         return Err(format!(
-            "no logs for {}: {}",
+            "no logs for {}: {}{stack_names}",
             unmatched.join(", "),
             if known.is_empty() {
                 "no instance has written any yet".to_string()
@@ -118,6 +144,10 @@ pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, Strin
         return Ok(ExitCode::SUCCESS);
     }
     follow(follower, &mut printer, || false)
+}
+
+fn is_number(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn follow(mut follower: Follower, printer: &mut Printer, stop: impl Fn() -> bool) -> Result<ExitCode, String> {

@@ -87,6 +87,9 @@ enum Command {
         /// This host's address: routers and instances bind it and register it [default: 127.0.0.1]
         #[arg(long, value_name = "ADDR", env = "TUG_ADVERTISE")]
         advertise: Option<String>,
+        /// The address the routers bind (0.0.0.0: every interface), over the stack's `listen:`
+        #[arg(long, value_name = "ADDR", env = "TUG_LISTEN")]
+        listen: Option<String>,
         /// Show what would start or change, service by service, and why; do nothing
         #[arg(long)]
         plan: bool,
@@ -178,6 +181,9 @@ enum Command {
         /// One JSON object per line
         #[arg(long)]
         json: bool,
+        /// Also the logs of services no longer in the stack file
+        #[arg(long)]
+        all: bool,
         #[arg(value_name = "SERVICE|INSTANCE")]
         names: Vec<String>,
     },
@@ -198,6 +204,12 @@ enum Command {
     },
     /// Set the number of instances: tug scale web=5 (removes the newest first)
     Scale {
+        /// Return once the daemon accepted it, without waiting for new instances to be ready
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long (e.g. 2m); the instances go on starting
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[arg(required = true, value_name = "SERVICE=N")]
         assignments: Vec<String>,
     },
@@ -220,18 +232,36 @@ enum RolloutCommand {
         #[arg(value_name = "SERVICE")]
         service: String,
     },
-    /// Blue-green: switch to the new set now; canary: skip the remaining steps
+    /// Blue-green: switch to the new set now; canary: skip the remaining steps (waits until it is done)
     Promote {
+        /// Return once the daemon accepted it
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long (e.g. 5m); the rollout goes on
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[arg(value_name = "SERVICE")]
         service: String,
     },
-    /// Stop the rollout under way; all traffic goes back to the stable revision
+    /// Stop the rollout under way; all traffic goes back to the stable revision (waits until it is done)
     Abort {
+        /// Return once the daemon accepted it
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long (e.g. 5m); the rollout goes on
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[arg(value_name = "SERVICE")]
         service: String,
     },
-    /// Go back to the last revision that completed before the current one
+    /// Go back to the last revision that completed before the current one (waits until it is done)
     Undo {
+        /// Return once the daemon accepted it
+        #[arg(long)]
+        detach: bool,
+        /// Give up waiting after this long (e.g. 5m); the rollout goes on
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
         #[arg(value_name = "SERVICE")]
         service: String,
     },
@@ -316,7 +346,20 @@ fn main() -> ExitCode {
     if raw.nth(1).is_some_and(|a| a == tug_supervisor::shim::ARG) {
         std::process::exit(tug_supervisor::shim::run(raw.collect()));
     }
-    let cli = Cli::parse_from(arguments());
+    let mut cli = Cli::parse_from(arguments());
+    // As Compose does: the stack file is the nearest `tug.yaml`, here or in a parent folder.
+    if cli.stack.files.is_empty()
+        && !matches!(cli.command, Command::Schema | Command::Import(_) | Command::Daemon { .. })
+    {
+        match stack::find_stack_file() {
+            Ok(Some(found)) => cli.stack.files = vec![found],
+            Ok(None) => {}
+            Err(message) => {
+                eprintln!("{}", output::error_line(&message));
+                return ExitCode::from(1);
+            }
+        }
+    }
     let result = match cli.command {
         Command::Check { format } => stack::check(&cli.stack, format),
         Command::Config { json } => stack::config(&cli.stack, json),
@@ -328,18 +371,43 @@ fn main() -> ExitCode {
         Command::Up { plan: true, json, services, .. } | Command::Deploy { plan: true, json, services, .. } => {
             plan::show(&cli.stack, &services, json)
         }
-        Command::Up { detach, timeout, advertise, services, .. } => {
-            run::up(&cli.stack, run::UpOptions { detach, advertise, services, timeout, deploy: false, no_wait: false })
-        }
+        Command::Up { detach, timeout, advertise, listen, services, .. } => run::up(
+            &cli.stack,
+            run::UpOptions {
+                detach,
+                advertise,
+                listen,
+                services,
+                timeout,
+                deploy: false,
+                no_wait: false,
+                quiet: false,
+            },
+        ),
         Command::Deploy { detach, timeout, services, .. } => run::up(
             &cli.stack,
-            run::UpOptions { detach: true, advertise: None, services, timeout, deploy: true, no_wait: detach },
+            run::UpOptions {
+                detach: true,
+                advertise: None,
+                listen: None,
+                services,
+                timeout,
+                deploy: true,
+                no_wait: detach,
+                quiet: false,
+            },
         ),
         Command::Rollout(command) => match command {
             RolloutCommand::Status { json, service } => rollout::status(&cli.stack, &service, json),
-            RolloutCommand::Promote { service } => rollout::act(&cli.stack, &service, RolloutAction::Promote),
-            RolloutCommand::Abort { service } => rollout::act(&cli.stack, &service, RolloutAction::Abort),
-            RolloutCommand::Undo { service } => rollout::act(&cli.stack, &service, RolloutAction::Undo),
+            RolloutCommand::Promote { service, detach, timeout } => {
+                rollout::act(&cli.stack, &service, RolloutAction::Promote, detach, timeout)
+            }
+            RolloutCommand::Abort { service, detach, timeout } => {
+                rollout::act(&cli.stack, &service, RolloutAction::Abort, detach, timeout)
+            }
+            RolloutCommand::Undo { service, detach, timeout } => {
+                rollout::act(&cli.stack, &service, RolloutAction::Undo, detach, timeout)
+            }
         },
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down { volumes } => run::down(&cli.stack, volumes),
@@ -347,13 +415,13 @@ fn main() -> ExitCode {
         Command::Run { service, command } => exec::run(&cli.stack, &service, command),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
-        Command::Logs { follow, tail, since, json, names } => {
-            logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, names })
+        Command::Logs { follow, tail, since, json, all, names } => {
+            logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, all, names })
         }
         Command::Start { targets } => run::control(&cli.stack, "start", targets),
         Command::Stop { targets } => run::control(&cli.stack, "stop", targets),
         Command::Restart { targets } => run::control(&cli.stack, "restart", targets),
-        Command::Scale { assignments } => run::scale(&cli.stack, assignments),
+        Command::Scale { assignments, detach, timeout } => run::scale(&cli.stack, assignments, detach, timeout),
         Command::Daemon { serve, state_dir } => {
             let code = match daemon::state_dir_arg(state_dir) {
                 Ok(dir) if serve => daemon::serve(&dir),

@@ -56,13 +56,63 @@ pub fn status(args: &StackArgs, service: &str, json: bool) -> Result<ExitCode, S
     output::write_stdout(&text)
 }
 
-pub fn act(args: &StackArgs, service: &str, action: RolloutAction) -> Result<ExitCode, String> {
+pub fn act(
+    args: &StackArgs,
+    service: &str,
+    action: RolloutAction,
+    detach: bool,
+    timeout: Option<std::time::Duration>,
+) -> Result<ExitCode, String> {
     check_name(service)?;
     let client = running_client(args)?;
+    let path = format!("/v1/rollout?service={service}");
+    let before: Option<RolloutStatus> = client.get(&path, QUICK).ok();
     let request = RolloutRequest { service: service.to_string(), action };
     let answer: serde_json::Value = client.send("POST", "/v1/rollout", &request, QUICK)?;
     eprintln!("{}", answer["message"].as_str().unwrap_or("done"));
-    Ok(ExitCode::SUCCESS)
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Until it is done: `undo` starts a rollout of its own; `abort` and `promote` end the one
+    // under way.
+    let same = |a: &RolloutStatus, b: &RolloutStatus| a.started_at == b.started_at && a.to_revision == b.to_revision;
+    let started = std::time::Instant::now();
+    let mut shown = String::new();
+    loop {
+        let now: RolloutStatus = client.get(&path, QUICK)?;
+        // An undo of a rollout not yet final (blue-green's promoted set) ends that rollout; of a
+        // finished one, it starts a new one.
+        let ours = match (action, &before) {
+            (RolloutAction::Undo, Some(before)) => !same(before, &now) || !before.phase.is_final(),
+            _ => true,
+        };
+        let done = ours && (now.phase.is_final() || (action == RolloutAction::Promote && now.phase == Phase::Promoted));
+        let line = summary(&now);
+        if line != shown {
+            eprintln!("{service}: {line}");
+            shown = line.clone();
+        }
+        if done {
+            // Abort, and an undo that switches a rollout back, end in `rolled_back` as asked.
+            let switched_back = action == RolloutAction::Undo && before.as_ref().is_some_and(|b| same(b, &now));
+            let failed = matches!(now.phase, Phase::RolledBack | Phase::Failed)
+                && action != RolloutAction::Abort
+                && !switched_back;
+            if failed {
+                eprintln!("{service}: {}", describe_end(&now));
+            }
+            return Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            return Err(format!(
+                "{service}: not done after {}: {line}; `tug rollout status {service}` follows it",
+                tug_stackfile::units::format_duration(limit)
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 pub fn history(args: &StackArgs, service: &str, json: bool) -> Result<ExitCode, String> {

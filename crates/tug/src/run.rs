@@ -209,6 +209,7 @@ pub fn to_spec(stack: &Stack, artifacts: &Artifacts) -> StackSpec {
         services,
         withheld,
         engine: artifacts.engine.clone(),
+        listen: stack.listen.map(|ip| ip.to_string()),
         registry: match &stack.registry {
             model::Registry::Embedded => None,
             model::Registry::Redis(url) => {
@@ -347,6 +348,10 @@ pub struct UpOptions {
     pub advertise: Option<String>,
     pub services: Vec<String>,
     pub timeout: Option<Duration>,
+    /// `--listen`: the routers' address, over the stack's `listen:`.
+    pub listen: Option<String>,
+    /// Neither progress nor addresses (`tug run` starting what its service needs).
+    pub quiet: bool,
     /// `tug deploy` (always detached from the logs): progress is shown.
     pub deploy: bool,
     /// `tug deploy --detach`: return once the daemon accepted the change.
@@ -370,7 +375,11 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let wanted = closure(stack, &options.services);
     let artifacts = crate::artifacts::resolve(stack, &wanted, &state_dir)?;
-    let spec = to_spec(stack, &artifacts);
+    let mut spec = to_spec(stack, &artifacts);
+    if let Some(listen) = &options.listen {
+        listen.parse::<std::net::IpAddr>().map_err(|_| format!("--listen: `{listen}` is not an IP address"))?;
+        spec.listen = Some(listen.clone());
+    }
     let (state_dir, client) = connect(args, true)?;
     let client = client.ok_or("no API key")?;
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
@@ -401,8 +410,11 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let progress = !options.detach || options.deploy;
+    let progress = !options.quiet;
     let outcome = wait_up(&client, &answer.services, &answer.rollouts, &request.spec, options.timeout, progress)?;
+    if matches!(outcome, Waited::Up) && !options.deploy && !options.quiet {
+        print_addresses(&client, &answer.services, &request.spec);
+    }
     // A deploy that did not fully land says what did change and what did not.
     let what_changed = || {
         if let (true, Some(plan), Ok(now)) = (options.deploy, &answer.plan, status(&client)) {
@@ -414,7 +426,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
             Waited::Up => Ok(ExitCode::SUCCESS),
             Waited::Failed(report) => {
                 eprintln!("{report}");
-                print_failure_logs(&state_dir, &report_instances(&client, &answer.services));
+                print_failure_logs(&state_dir, &report_instances(&client, &answer.services), &request.spec);
                 what_changed();
                 if !options.deploy {
                     eprintln!("{}", still_running_hint());
@@ -435,14 +447,72 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     if let Waited::Failed(report) | Waited::TimedOut(report) = &outcome {
         eprintln!("{report}");
     }
+    // The foreground `up` lives as long as the stack: when the daemon dies (killed, crashed)
+    // it exits non-zero, so what runs it at boot (systemd's `Restart=always`) starts it again,
+    // and the new daemon brings the stack back.
+    let daemon_gone = std::cell::Cell::new(false);
+    let last_check = std::cell::Cell::new(Instant::now());
+    let stop = || {
+        if interrupted() {
+            return true;
+        }
+        if last_check.get().elapsed() >= Duration::from_secs(1) {
+            last_check.set(Instant::now());
+            if matches!(status(&client), Err(RequestError::NoDaemon)) {
+                daemon_gone.set(true);
+                return true;
+            }
+        }
+        false
+    };
     if !interrupted()
         && let Some(follower) = follower
     {
-        logs::follow_until(follower, interrupted)?;
+        logs::follow_until(follower, stop)?;
+    }
+    if daemon_gone.get() {
+        return Err(format!(
+            "the stack's daemon is gone (its log: {}); its instances were stopped with it. Run `tug up` again \
+             to bring the stack back",
+            state_dir.join("daemon.log").display()
+        ));
     }
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
     down_with(&client, false)
+}
+
+/// Where each started service answers: `web  http://127.0.0.1:8080  (3 instances)`.
+fn print_addresses(client: &Client, services: &[String], spec: &StackSpec) {
+    let Ok(status) = status(client) else { return };
+    let mut rows = Vec::new();
+    for service in spec.services.iter().filter(|s| services.contains(&s.name)) {
+        let Some(port) = service.port else { continue };
+        // A router on every interface is reached at the advertised address.
+        let host = match spec.listen.as_deref() {
+            Some(listen) if !listen.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) => listen,
+            _ => status.advertise.as_str(),
+        };
+        let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        let address = match service.route.protocol {
+            tug_proto::spec::Protocol::Http => format!("http://{host}:{port}"),
+            tug_proto::spec::Protocol::Tcp => format!("{host}:{port}"),
+        };
+        let everywhere = spec
+            .listen
+            .as_deref()
+            .and_then(|l| l.parse::<std::net::IpAddr>().ok())
+            .is_some_and(|ip| ip.is_unspecified());
+        let up = status.instances.iter().filter(|i| i.service == service.name && counts_as_up(i)).count();
+        let mut note = format!("{up} instance{}", if up == 1 { "" } else { "s" });
+        if everywhere {
+            note.push_str(", on every interface");
+        }
+        rows.push(vec![service.name.clone(), address, format!("({note})")]);
+    }
+    if !rows.is_empty() {
+        print!("{}", render_table(&rows));
+    }
 }
 
 /// After `up -d` failed: the daemon keeps the stack (what started runs, what failed is
@@ -603,12 +673,20 @@ fn wait_up(
         if let Some(limit) = timeout
             && started.elapsed() >= limit
         {
-            let waiting: Vec<String> = status
-                .instances
+            // What it was waiting for: rollouts still under way (their step, what the analysis
+            // still needs), then instances not up yet.
+            let mut waiting: Vec<String> = lines
                 .iter()
-                .filter(|i| services.contains(&i.service) && !i.state.is_up())
-                .map(|i| format!("{} is {}{}", i.instance, i.state.as_str(), detail(i)))
+                .filter(|(name, mark, _)| *mark == Mark::Waiting && rollouts.contains(name))
+                .map(|(name, _, summary)| format!("{name}: {summary}"))
                 .collect();
+            waiting.extend(
+                status
+                    .instances
+                    .iter()
+                    .filter(|i| services.contains(&i.service) && !i.state.is_up())
+                    .map(|i| format!("{} is {}{}", i.instance, i.state.as_str(), detail(i))),
+            );
             return Ok(Waited::TimedOut(format!(
                 "not up after {}: {}",
                 tug_stackfile::units::format_duration(limit),
@@ -707,18 +785,46 @@ fn describe_failures(failed: &[InstanceStatus]) -> String {
     failed.iter().map(|i| format!("{} {}{}", i.instance, i.state.as_str(), detail(i))).collect::<Vec<_>>().join("\n")
 }
 
-fn print_failure_logs(state_dir: &Path, failed: &[InstanceStatus]) {
+fn print_failure_logs(state_dir: &Path, failed: &[InstanceStatus], spec: &StackSpec) {
     for row in failed.iter().take(5) {
         let lines = logs::last_lines(state_dir, &row.instance, 10);
         if lines.is_empty() {
             eprintln!("-- {}: no output", row.instance);
         } else {
             eprintln!("-- last lines of {}:", row.instance);
-            for line in lines {
+            for line in &lines {
                 eprintln!("   {line}");
             }
         }
+        let service = spec.services.iter().find(|s| s.name == row.service);
+        if let Some(why) = service.and_then(|s| port_taken_by_router(s, row, &lines)) {
+            eprintln!("{}", output::warning_line(&why));
+        }
     }
+}
+
+/// An instance that died binding its service's own port: tug's router holds that port (it
+/// balances the replicas), and the instance must listen on its private `$PORT`.
+fn port_taken_by_router(
+    service: &tug_proto::spec::ServiceSpec,
+    row: &InstanceStatus,
+    lines: &[String],
+) -> Option<String> {
+    let port = service.port.filter(|_| service.proxy)?;
+    let in_use = lines.iter().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.contains("address already in use") || l.contains("address in use") || l.contains("eaddrinuse")
+    });
+    if !in_use {
+        return None;
+    }
+    let own = row.port.map(|p| format!(" ({p} for {})", row.instance)).unwrap_or_default();
+    Some(format!(
+        "{} could not bind its address: port {port} is held by tug's router, which balances `{}`'s replicas; \
+         each instance must listen on its own $PORT{own}: pass it (`--port $PORT`), or, for one instance that \
+         must bind {port} itself, set `proxy: false`",
+        row.instance, service.name
+    ))
 }
 
 pub fn down(args: &StackArgs, volumes: bool) -> Result<ExitCode, String> {
@@ -812,7 +918,7 @@ pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
             i.kind.as_str().to_string(),
             i.state.as_str().to_string(),
             i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            i.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            ports_shown(&status, i),
             i.restarts.to_string(),
             i.started_at.as_deref().map(|t| t.get(11..19).unwrap_or(t).to_string()).unwrap_or_else(|| "-".into()),
             i.cpu_seconds.map(|c| format!("{c:.1}s")).unwrap_or_else(|| "-".into()),
@@ -848,6 +954,18 @@ pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
         out.push_str(&format!("note: {notice}\n"));
     }
     output::write_stdout(&out)
+}
+
+/// The service's stable port beside the instance's own: `8080→31004` behind the router,
+/// `8080` for an instance that binds it itself (`proxy: false`), `31004` without a service port.
+fn ports_shown(status: &StackStatus, row: &InstanceStatus) -> String {
+    let stable = status.services.iter().find(|s| s.name == row.service).and_then(|s| s.port);
+    match (stable, row.port) {
+        (Some(stable), Some(own)) if stable != own => format!("{stable}→{own}"),
+        (_, Some(own)) => own.to_string(),
+        (Some(stable), None) => stable.to_string(),
+        (None, None) => "-".into(),
+    }
 }
 
 fn format_bytes(bytes: u64) -> String {
@@ -923,7 +1041,12 @@ pub fn control(args: &StackArgs, action: &str, targets: Vec<String>) -> Result<E
     output::write_stdout(&format!("{verb} {}\n", names.join(", ")))
 }
 
-pub fn scale(args: &StackArgs, assignments: Vec<String>) -> Result<ExitCode, String> {
+pub fn scale(
+    args: &StackArgs,
+    assignments: Vec<String>,
+    detach: bool,
+    timeout: Option<Duration>,
+) -> Result<ExitCode, String> {
     let mut requests = Vec::new();
     for assignment in &assignments {
         let (service, count) =
@@ -941,7 +1064,44 @@ pub fn scale(args: &StackArgs, assignments: Vec<String>) -> Result<ExitCode, Str
             })?;
         println!("scaled {} to {}", request.service, request.replicas);
     }
-    Ok(ExitCode::SUCCESS)
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Done when each service has exactly its replicas, all up (removed ones already are gone).
+    let started = Instant::now();
+    loop {
+        if interrupted() {
+            return Ok(ExitCode::from(130));
+        }
+        let status = status(&client)?;
+        let mut waiting = Vec::new();
+        for request in &requests {
+            let revision = status.services.iter().find(|s| s.name == request.service).map(|s| s.revision.clone());
+            let rows: Vec<&InstanceStatus> = status.instances.iter().filter(|i| i.service == request.service).collect();
+            let failed: Vec<InstanceStatus> = rows.iter().filter(|r| is_failure(r)).map(|r| (*r).clone()).collect();
+            if !failed.is_empty() {
+                eprintln!("{}", describe_failures(&failed));
+                return Ok(ExitCode::from(1));
+            }
+            let up = rows.iter().filter(|r| counts_as_up(r) && Some(&r.revision) == revision.as_ref()).count();
+            if up != request.replicas as usize || rows.len() != request.replicas as usize {
+                waiting.push(format!("{}: {up} of {} up, {} instances", request.service, request.replicas, rows.len()));
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(ExitCode::SUCCESS);
+        }
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit
+        {
+            return Err(format!(
+                "not done after {}: {}",
+                tug_stackfile::units::format_duration(limit),
+                waiting.join("; ")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,29 @@ pub fn stack_root(args: &StackArgs, cwd: &Path) -> PathBuf {
     first.parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.to_path_buf())
 }
 
+/// The nearest `tug.yaml`: in the current folder or the closest parent that has one. `None`
+/// when there is none but `TUG_STATE_DIR` names the stack's state (commands that only talk to
+/// its daemon still work); an error naming where it looked otherwise.
+pub fn find_stack_file() -> Result<Option<PathBuf>, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(tug_stackfile::DEFAULT_FILE);
+        if candidate.is_file() {
+            // In the current folder, relative, so messages say `tug.yaml` as before.
+            return Ok(Some(if dir == cwd { PathBuf::from(tug_stackfile::DEFAULT_FILE) } else { candidate }));
+        }
+    }
+    if std::env::var_os("TUG_STATE_DIR").is_some_and(|d| !d.is_empty()) {
+        return Ok(None);
+    }
+    Err(format!(
+        "no {} in {} or any folder above it: write one (or `tug import compose docker-compose.yml`), \
+         or give it with -f",
+        tug_stackfile::DEFAULT_FILE,
+        cwd.display()
+    ))
+}
+
 /// The stack's state folder: `.tug/` beside the stack file, or `TUG_STATE_DIR`.
 pub fn state_dir(args: &StackArgs, cwd: &Path) -> PathBuf {
     let dir = match std::env::var_os("TUG_STATE_DIR") {

@@ -410,6 +410,7 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             withheld: Vec::new(),
             registry: None,
             engine: None,
+            listen: None,
         },
         targets: vec![name.to_string()],
     };

@@ -123,8 +123,12 @@ fn ten_planted_errors_are_all_reported_with_positions() {
     let out = check("ten_errors");
     let errors: Vec<&str> = out.lines().filter(|l| l.starts_with("error[")).collect();
     assert!(errors.len() >= 10, "{out}");
-    let positions = out.lines().filter(|l| l.trim_start().starts_with("--> ten_errors.yaml:")).count();
-    assert_eq!(positions, errors.len(), "every error has file, line and column:\n{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let positioned = lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("error[") && w[1].trim_start().starts_with("--> ten_errors.yaml:"))
+        .count();
+    assert_eq!(positioned, errors.len(), "every error has file, line and column:\n{out}");
     assert!(out.contains("exit: 1"));
 }
 
@@ -199,7 +203,11 @@ fn a_missing_stack_file_is_a_clear_error() {
     let dir = TempDir::new("no-stack");
     let run = tug(dir.path(), &["check"], &[], None);
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("cannot read the stack file") && run.stdout.contains("tug.yaml"), "{}", run.stdout);
+    assert!(run.stderr.contains("no tug.yaml in ") && run.stderr.contains("or any folder above it"), "{}", run.all());
+    // Named with -f, a missing file is the compiler's error, with its path.
+    let run = tug(dir.path(), &["check", "-f", "nope.yaml"], &[], None);
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.contains("cannot read the stack file") && run.stdout.contains("nope.yaml"), "{}", run.stdout);
 }
 
 #[test]
@@ -232,4 +240,22 @@ fn strategies_that_cannot_work_say_what_happens_instead() {
     assert!(out.contains("rolled out as `rolling`"), "{out}");
     assert!(out.contains("it will be recreated"), "{out}");
     assert!(out.contains("exit: 0"), "warnings only: {out}");
+}
+
+#[test]
+fn compose_habits_get_tugs_spelling() {
+    let out = check("compose_habits");
+    assert!(out.contains("write `port: 8000`") && out.contains("`container_port: 5000`"), "{out}");
+    assert!(out.contains("`exec: [curl, -f, http://localhost:5000/health]`"), "{out}");
+    assert!(out.contains(r#"`exec: "pg_isready -U app"`"#), "{out}");
+    assert!(out.contains("`replicas: 3` is a field of the service itself"), "{out}");
+    assert!(out.contains("logs: { max_size: 10m, max_files: 3 }"), "{out}");
+}
+
+#[test]
+fn check_says_which_strategy_each_service_gets() {
+    let out = check("default_strategies");
+    assert!(out.contains("`postgres` is deployed with `recreate`") && out.contains("the volume `pgdata`"), "{out}");
+    assert!(out.contains("`cache` is deployed with `recreate`") && out.contains("`tcp` service"), "{out}");
+    assert!(out.contains("deployed with `rolling`, the default strategy: web"), "{out}");
 }

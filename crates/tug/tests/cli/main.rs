@@ -11,6 +11,7 @@ mod harness;
 mod images;
 mod import;
 mod lifecycle;
+mod newcomer;
 mod plan;
 mod review;
 mod rollout;

@@ -113,9 +113,16 @@ fn deploy_plan_names_every_change_and_acts_on_nothing() {
     assert_eq!(worker(&fingerprint(&stack)), worker(&before));
     let run = stack.tug(&["deploy", "--plan"]);
     assert!(run.stdout.contains("nothing changes (3 unchanged)"), "{}", run.stdout);
+    // A deploy with nothing changed runs no job again: the job's run is the same one.
+    let job_run = |stack: &Stack| {
+        let row = stack.instance("migrate-1").or_else(|| stack.ps().into_iter().find(|r| r["service"] == "migrate"));
+        row.map(|r| (r["instance"].to_string(), r["started_at"].to_string()))
+    };
+    let before = job_run(&stack);
     let run = stack.tug(&["deploy"]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(run.stderr.contains("nothing changed"), "{}", run.all());
+    assert_eq!(job_run(&stack), before);
 }
 
 #[test]
