@@ -8,9 +8,9 @@ use std::path::{Component, Path, PathBuf};
 use tug_stackfile::yaml::{Kind, Node};
 use tug_stackfile::{Diagnostic, Span};
 
-use crate::emit::{Map, Value};
 use crate::load::{Vars, keepable};
 use crate::ports::{self, PortSpec};
+use tug_stackfile::emit::{Map, Value};
 
 pub struct Context<'a> {
     pub vars: &'a Vars,

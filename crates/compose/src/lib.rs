@@ -2,10 +2,9 @@
 //! `.env`, interpolation, anchors and merge keys, `x-` extensions) and written as one tug
 //! stack file, with a finding for every choice made and every key not carried over.
 //!
-//! [`load`] reads and merges; [`convert`] maps field by field; [`emit`] writes YAML.
+//! [`load`] reads and merges; [`convert`] maps field by field; `tug_stackfile::emit` writes YAML.
 
 pub mod convert;
-pub mod emit;
 pub mod load;
 pub mod ports;
 
@@ -75,7 +74,7 @@ pub fn import(options: &Options) -> Result<Imported, Error> {
         let env = convert::relative_path(env, &options.output_dir);
         header.push(format!("${{VARIABLES}} are read from {env} and the environment, as Compose read them."));
     }
-    let text = emit::document(&header, &converted.root);
+    let text = tug_stackfile::emit::document(&header, &converted.root);
     let findings = fold_repeats(converted.findings);
     Ok(Imported { text, findings, sources: loaded.sources, secret_files: converted.secret_files })
 }

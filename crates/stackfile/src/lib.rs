@@ -7,6 +7,7 @@
 pub mod container;
 pub mod diag;
 pub mod dotenv;
+pub mod emit;
 pub mod interp;
 pub mod model;
 pub mod read;

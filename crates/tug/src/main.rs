@@ -11,6 +11,7 @@ mod import;
 mod logs;
 mod output;
 mod plan;
+mod render;
 mod rollout;
 mod run;
 mod secrets;
@@ -73,6 +74,17 @@ enum Command {
     /// Manage the stack's encrypted secrets
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Write the stack for another engine (stdout, or files in --out)
+    Render {
+        #[arg(value_enum)]
+        target: RenderTarget,
+        /// A folder to write the files into (one per service, and shared ones)
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Write secrets' values (otherwise each Secret lists its keys, empty, to fill)
+        #[arg(long)]
+        include_secrets: bool,
+    },
     /// Write a tug stack file from another tool's files
     #[command(subcommand)]
     Import(ImportCommand),
@@ -272,6 +284,11 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum RenderTarget {
+    Kubernetes,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CheckFormat {
     Human,
     Json,
@@ -365,6 +382,12 @@ fn main() -> ExitCode {
         Command::Config { json } => stack::config(&cli.stack, json),
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
+        Command::Render { target, out, include_secrets } => {
+            let target = match target {
+                RenderTarget::Kubernetes => tug_render::Target::Kubernetes,
+            };
+            render::command(&cli.stack, target, out, tug_render::Options { include_secrets })
+        }
         Command::Import(ImportCommand::Compose { files, output, force, project_name }) => {
             import::compose(&cli.stack, import::ImportOptions { files, output, force, project_name })
         }

@@ -13,6 +13,7 @@ mod import;
 mod lifecycle;
 mod newcomer;
 mod plan;
+mod render;
 mod review;
 mod rollout;
 mod routing;

@@ -1,6 +1,7 @@
-//! A small YAML writer for the stack file `tug import` produces: block style, a comment
-//! above any entry, flow style only for short lists of scalars, and every string that
-//! YAML could read as something else quoted.
+//! A small YAML writer, for the files tug writes (`tug import`'s stack file, `tug render`'s
+//! manifests): block style, a comment above any entry, flow style only for short lists of
+//! scalars, and every string that YAML could read as something else quoted. Deterministic:
+//! the same value gives the same bytes.
 
 /// A value to write.
 #[derive(Clone, Debug, PartialEq)]
@@ -80,6 +81,25 @@ impl Entry {
     pub fn comment(&mut self, text: impl Into<String>) -> &mut Entry {
         self.comments.push(text.into());
         self
+    }
+}
+
+/// A JSON value as YAML: objects in their order, numbers and booleans plain, strings quoted
+/// only where YAML would read them as something else.
+pub fn from_json(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Plain("null".into()),
+        serde_json::Value::Bool(b) => Value::bool(*b),
+        serde_json::Value::Number(n) => Value::Plain(n.to_string()),
+        serde_json::Value::String(s) => Value::Str(s.clone()),
+        serde_json::Value::Array(items) => Value::Seq(items.iter().map(from_json).collect()),
+        serde_json::Value::Object(map) => {
+            let mut out = Map::default();
+            for (k, v) in map {
+                out.insert(k.clone(), from_json(v));
+            }
+            Value::Map(out)
+        }
     }
 }
 
