@@ -2,6 +2,7 @@
 //! each a pure function from the stack to files; the same stack gives the same bytes.
 
 pub mod kubernetes;
+pub mod systemd;
 
 use serde_json::Value;
 use tug_stackfile::Stack;
@@ -10,12 +11,14 @@ use tug_stackfile::emit;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Kubernetes,
+    Systemd,
 }
 
 impl Target {
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Kubernetes => "kubernetes",
+            Target::Systemd => "systemd",
         }
     }
 }
@@ -24,6 +27,8 @@ impl Target {
 pub struct Options {
     /// Write secrets' values into the output (otherwise their keys, to fill).
     pub include_secrets: bool,
+    /// systemd: the `tug` binary the boot unit runs.
+    pub tug_binary: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,20 +56,29 @@ impl Manifest {
     }
 }
 
-/// A file to write: its name (within `--out`) and its documents.
+/// A file to write: its name (within `--out`) and its content.
 #[derive(Clone, Debug, PartialEq)]
 pub struct File {
     pub path: String,
     pub manifests: Vec<Manifest>,
+    /// Text as it is (a systemd unit, an env file), instead of YAML documents.
+    pub raw: Option<String>,
 }
 
 impl File {
     pub fn new(path: String, manifests: Vec<Manifest>) -> File {
-        File { path, manifests }
+        File { path, manifests, raw: None }
     }
 
-    /// The file's text: YAML documents separated by `---`.
+    pub fn raw(path: String, text: String) -> File {
+        File { path, manifests: Vec::new(), raw: Some(text) }
+    }
+
+    /// The file's text: YAML documents separated by `---`, or the raw text.
     pub fn text(&self) -> String {
+        if let Some(raw) = &self.raw {
+            return raw.clone();
+        }
         let mut out = String::new();
         for (i, manifest) in self.manifests.iter().enumerate() {
             if i > 0 {
@@ -83,15 +97,17 @@ impl File {
 pub fn render(stack: &Stack, target: Target, options: &Options) -> Result<Vec<File>, Error> {
     match target {
         Target::Kubernetes => kubernetes::render(stack, options),
+        Target::Systemd => systemd::render(stack, options),
     }
 }
 
-/// Every file as one stream (stdout): each introduced by a comment naming it.
+/// Every file as one stream (stdout): each introduced by a comment naming it (YAML
+/// documents separated by `---`, other files by a blank line).
 pub fn stream(files: &[File]) -> String {
     let mut out = String::new();
     for (i, file) in files.iter().enumerate() {
         if i > 0 {
-            out.push_str("---\n");
+            out.push_str(if file.raw.is_some() { "\n" } else { "---\n" });
         }
         out.push_str(&format!("# {}\n", file.path));
         out.push_str(&file.text());

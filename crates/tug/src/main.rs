@@ -286,6 +286,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum RenderTarget {
     Kubernetes,
+    Systemd,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -385,8 +386,10 @@ fn main() -> ExitCode {
         Command::Render { target, out, include_secrets } => {
             let target = match target {
                 RenderTarget::Kubernetes => tug_render::Target::Kubernetes,
+                RenderTarget::Systemd => tug_render::Target::Systemd,
             };
-            render::command(&cli.stack, target, out, tug_render::Options { include_secrets })
+            let tug_binary = std::env::current_exe().ok().map(|p| p.display().to_string());
+            render::command(&cli.stack, target, out, tug_render::Options { include_secrets, tug_binary })
         }
         Command::Import(ImportCommand::Compose { files, output, force, project_name }) => {
             import::compose(&cli.stack, import::ImportOptions { files, output, force, project_name })

@@ -116,3 +116,85 @@ fn a_service_without_an_image_cannot_be_rendered_for_kubernetes() {
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(run.stderr.contains("kubernetes runs images: api has no `image`"), "{}", run.all());
 }
+
+/// `systemd-analyze verify` on every unit of a folder: exit 0 and nothing said (a warning fails).
+fn verify_units(dir: &Path) {
+    let mut units: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".service") || p.ends_with(".target"))
+        .collect();
+    units.sort();
+    let out = Command::new("systemd-analyze").arg("verify").args(&units).output().expect("systemd-analyze");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+#[test]
+fn systemd_units_verify_and_keep_the_order_and_the_secrets() {
+    let state = TempDir::new("render-sd-state");
+    let out = TempDir::new("render-sd-out");
+    let token = "an-api-token-never-rendered-0123456789";
+    let run = tug(
+        &data_dir().join("render"),
+        &["render", "systemd", "-f", "procs.yaml", "--out", out.path().to_str().unwrap()],
+        &[("TUG_STATE_DIR", state.path().to_str().unwrap()), ("API_TOKEN", token)],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    verify_units(out.path());
+    let target = read(out.path(), "procs.target");
+    assert!(
+        target.contains("Wants=procs-migrate.service procs-db.service procs-api@18080.service procs-api@18081.service procs-worker.service"),
+        "{target}"
+    );
+    let api = read(out.path(), "procs-api@.service");
+    // Order: after the job completed (oneshot) and after db is healthy (its ExecStartPost).
+    assert!(api.contains("After=procs-migrate.service\nRequires=procs-migrate.service"), "{api}");
+    assert!(api.contains("After=procs-db.service\nRequires=procs-db.service"), "{api}");
+    assert!(api.contains("Environment=PORT=%i TUG_INSTANCE=api-%i"), "{api}");
+    assert!(api.contains("LoadCredential=API_TOKEN:/etc/tug/procs/credentials/API_TOKEN"), "{api}");
+    assert!(
+        api.contains("DynamicUser=yes") && api.contains("NoNewPrivileges=yes") && api.contains("ProtectSystem=strict"),
+        "{api}"
+    );
+    let job = read(out.path(), "procs-migrate.service");
+    assert!(job.contains("Type=oneshot\nRemainAfterExit=yes"), "{job}");
+    let db = read(out.path(), "procs-db.service");
+    assert!(db.contains("ExecStartPost=") && db.contains("/dev/tcp/127.0.0.1/$${PORT}"), "{db}");
+    assert!(db.contains("MemoryMax=134217728") && db.contains("CPUQuota=50%"), "{db}");
+    let worker = read(out.path(), "procs-worker.service");
+    assert!(
+        worker.contains("Wants=procs-api@18080.service procs-api@18081.service") && worker.contains("Restart=always"),
+        "{worker}"
+    );
+    let env = read(out.path(), "procs-api.env");
+    assert!(env.contains("GREETING=\"hello \\\"world\\\" 100%\""), "{env}");
+    for file in std::fs::read_dir(out.path()).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        assert!(!text.contains(token), "a secret in the units:\n{text}");
+    }
+    // The unit that runs the stack under tug at boot.
+    assert!(
+        read(out.path(), "tug-procs.service").contains("ExecStart=")
+            && read(out.path(), "tug-procs.service").contains(" up\n")
+    );
+    // Images run through the engine's CLI; they verify too.
+    let images = TempDir::new("render-sd-images");
+    let run = render_to(&state, "systemd", images.path());
+    assert_eq!(run.code, 0, "{}", run.all());
+    verify_units(images.path());
+    assert!(
+        read(images.path(), "shop-postgres.service")
+            .contains("ExecStart=/usr/bin/docker run --rm --name shop-postgres")
+    );
+}
+
+fn render_to(state: &TempDir, target: &str, out: &Path) -> crate::Run {
+    tug(
+        &data_dir().join("render"),
+        &["render", target, "-f", "shop.yaml", "--out", out.to_str().unwrap()],
+        &[("TUG_STATE_DIR", state.path().to_str().unwrap()), ("DB_PASSWORD", PASSWORD)],
+        None,
+    )
+}
