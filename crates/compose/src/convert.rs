@@ -496,7 +496,7 @@ impl Converter<'_> {
                 }
                 "mem_limit" => {
                     if let Some(v) = self.value(value, &p) {
-                        resources(&mut s).insert("memory", Value::Str(v));
+                        resources(&mut s).insert("memory", Value::Str(memory(&v)));
                     }
                 }
                 "cpus" => {
@@ -942,7 +942,7 @@ impl Converter<'_> {
                                 }
                                 "memory" => {
                                     if let Some(v) = self.value(v, &lp) {
-                                        resources(s).insert("memory", Value::Str(v));
+                                        resources(s).insert("memory", Value::Str(memory(&v)));
                                     }
                                 }
                                 other => self.refuse(limit.span, &lp, format!("the `{other}` limit is not carried over")),
@@ -1270,6 +1270,23 @@ pub fn relative_path(path: &Path, base: &Path) -> String {
     relative_to(&normalize(path), &normalize(base)).display().to_string()
 }
 
+/// A Compose memory size in tug's spelling. Docker's units are binary whatever their case
+/// (`256M` is 256 MiB), tug's upper-case ones decimal: `256M` becomes `256Mi`.
+pub fn memory(compose: &str) -> String {
+    let text = compose.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let binary = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => return number.to_string(),
+        "k" | "kb" => "Ki",
+        "m" | "mb" => "Mi",
+        "g" | "gb" => "Gi",
+        "t" | "tb" => "Ti",
+        _ => return text.to_string(),
+    };
+    format!("{number}{binary}")
+}
+
 fn resources(s: &mut Map) -> &mut Map {
     if s.get("resources").is_none() {
         s.insert("resources", Value::Map(Map::default()));
@@ -1404,6 +1421,15 @@ mod tests {
         assert_eq!(image_name("docker.io/library/redis:7-alpine"), "redis");
         assert_eq!(image_name("localhost:5000/team/api@sha256:abc"), "api");
         assert_eq!(image_name("bitnami/redis"), "redis");
+    }
+
+    #[test]
+    fn compose_memory_units_are_binary() {
+        assert_eq!(memory("256M"), "256Mi");
+        assert_eq!(memory("1g"), "1Gi");
+        assert_eq!(memory("512kb"), "512Ki");
+        assert_eq!(memory("1048576"), "1048576");
+        assert_eq!(memory("1.5G"), "1.5Gi");
     }
 
     #[test]

@@ -262,8 +262,8 @@ fn deploy_replicas_resources_and_what_is_refused() {
          update_config: { parallelism: 1 }\n      placement: { constraints: [a] }\n      mode: global\n  \
          b:\n    image: x\n    mem_limit: 1g\n    cpus: 0.5\n    scale: 2\n",
     );
-    contains(&text, "    replicas: 3\n    resources:\n      cpu: 1.5\n      memory: 512M\n    restart: on-failure\n");
-    contains(&text, "    resources:\n      memory: 1g\n      cpu: 0.5\n    replicas: 2\n");
+    contains(&text, "    replicas: 3\n    resources:\n      cpu: 1.5\n      memory: 512Mi\n    restart: on-failure\n");
+    contains(&text, "    resources:\n      memory: 1Gi\n      cpu: 0.5\n    replicas: 2\n");
     for path in ["resources.limits.pids", "resources.reservations", "update_config", "placement", "mode"] {
         assert!(has(&findings, Severity::Warning, &format!("services.a.deploy.{path}"), ""), "{path}");
     }

@@ -1,6 +1,7 @@
 //! `tug render TARGET`: the compiled stack written for another engine. One module per target,
 //! each a pure function from the stack to files; the same stack gives the same bytes.
 
+pub mod compose;
 pub mod kubernetes;
 pub mod systemd;
 
@@ -11,6 +12,7 @@ use tug_stackfile::emit;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
     Kubernetes,
+    Compose,
     Systemd,
 }
 
@@ -18,6 +20,7 @@ impl Target {
     pub fn as_str(self) -> &'static str {
         match self {
             Target::Kubernetes => "kubernetes",
+            Target::Compose => "compose",
             Target::Systemd => "systemd",
         }
     }
@@ -97,6 +100,7 @@ impl File {
 pub fn render(stack: &Stack, target: Target, options: &Options) -> Result<Vec<File>, Error> {
     match target {
         Target::Kubernetes => kubernetes::render(stack, options),
+        Target::Compose => compose::render(stack, options),
         Target::Systemd => systemd::render(stack, options),
     }
 }

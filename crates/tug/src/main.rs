@@ -286,6 +286,7 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum RenderTarget {
     Kubernetes,
+    Compose,
     Systemd,
 }
 
@@ -386,6 +387,7 @@ fn main() -> ExitCode {
         Command::Render { target, out, include_secrets } => {
             let target = match target {
                 RenderTarget::Kubernetes => tug_render::Target::Kubernetes,
+                RenderTarget::Compose => tug_render::Target::Compose,
                 RenderTarget::Systemd => tug_render::Target::Systemd,
             };
             let tug_binary = std::env::current_exe().ok().map(|p| p.display().to_string());

@@ -198,3 +198,269 @@ fn render_to(state: &TempDir, target: &str, out: &Path) -> crate::Run {
         None,
     )
 }
+
+fn compose_valid(file: &Path) {
+    let check = Command::new("check-jsonschema")
+        .args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(file)
+        .output()
+        .expect("check-jsonschema (scripts/test installs it from PyPI)");
+    assert!(
+        check.status.success(),
+        "the Compose specification's schema refuses {}:\n{}{}",
+        file.display(),
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn a_compose_file_that_the_compose_specification_accepts() {
+    let state = TempDir::new("render-co-state");
+    let out = TempDir::new("render-co-out");
+    let run = render_to(&state, "compose", out.path());
+    assert_eq!(run.code, 0, "{}", run.all());
+    let file = out.path().join("compose.yaml");
+    compose_valid(&file);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(!text.contains(PASSWORD), "{text}");
+    assert!(text.contains("DB_PASSWORD: ${DB_PASSWORD:?set DB_PASSWORD"), "{text}");
+    assert!(
+        text.contains("condition: service_completed_successfully") && text.contains("condition: service_healthy"),
+        "{text}"
+    );
+    assert!(text.contains("ports: [127.0.0.1:8000-8002:5000]"), "{text}");
+    assert!(text.contains("test: [CMD-SHELL, wget -q -O /dev/null http://127.0.0.1:5000/health || exit 1]"), "{text}");
+    assert!(text.contains("x-tug-deploy:\n      strategy: canary"), "{text}");
+    assert!(text.contains("x-tug-autoscale:"), "{text}");
+    assert!(text.contains("command: [gunicorn, --bind, \"0.0.0.0:5000\", app:app]"), "{text}");
+}
+
+use tug_stackfile::yaml::{Kind, Node};
+
+fn parse_yaml(text: &str) -> Node {
+    tug_stackfile::yaml::parse(text, 0).expect("YAML").0
+}
+
+fn at<'n>(node: &'n Node, path: &[&str]) -> Option<&'n Node> {
+    path.iter().try_fold(node, |n, key| n.get(key))
+}
+
+fn scalar(node: Option<&Node>) -> Option<String> {
+    node.and_then(|n| n.key_text()).map(str::to_string)
+}
+
+fn scalars(node: Option<&Node>) -> Vec<String> {
+    match node.map(|n| &n.kind) {
+        Some(Kind::Seq(items)) => items.iter().filter_map(|i| i.key_text().map(str::to_string)).collect(),
+        Some(Kind::Scalar { text, .. }) => vec![text.clone()],
+        _ => Vec::new(),
+    }
+}
+
+/// Compose durations (`10s`, `1m30s`, `5000ms`) in milliseconds.
+fn millis(text: Option<String>) -> Option<u128> {
+    text.map(|t| tug_stackfile::units::parse_duration(&t).expect("a duration").as_millis())
+}
+
+#[test]
+fn an_imported_compose_file_renders_back_with_every_mapped_meaning() {
+    let dir = TempDir::new("render-roundtrip");
+    copy_tree(&data_dir().join("../fixtures/compose/webapp"), dir.path());
+    std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
+    dir.write("secrets/db_password.txt", "roundtrip-password-0123456789");
+    let run = tug(dir.path(), &["import", "compose", "compose.yaml"], &[], None);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let run = tug(dir.path(), &["render", "compose", "--out", "out"], &[], None);
+    assert_eq!(run.code, 0, "{}", run.all());
+    compose_valid(&dir.path().join("out/compose.yaml"));
+    let original = parse_yaml(&std::fs::read_to_string(dir.path().join("compose.yaml")).unwrap());
+    let rendered = parse_yaml(&std::fs::read_to_string(dir.path().join("out/compose.yaml")).unwrap());
+    for service in ["proxy", "api", "worker", "migrate", "db"] {
+        let (a, b) = (at(&original, &["services", service]).unwrap(), at(&rendered, &["services", service]).unwrap());
+        let image = |n: &Node| scalar(n.get("image")).map(|i| i.replace("${TAG:-dev}", "1.4.2"));
+        assert_eq!(image(a), image(b), "{service}: image");
+        // Commands: a string is split into words, as Compose does.
+        let words = |n: &Node| match n.get("command").map(|c| &c.kind) {
+            Some(Kind::Scalar { text, .. }) => text.split_whitespace().map(str::to_string).collect(),
+            _ => scalars(n.get("command")),
+        };
+        assert_eq!(words(a), words(b), "{service}: command");
+        // depends_on: every dependency, with its condition.
+        if let Some(Kind::Map(deps)) = a.get("depends_on").map(|d| &d.kind) {
+            for (dep, spec) in deps {
+                let dep = dep.key_text().unwrap();
+                let condition = scalar(spec.get("condition")).unwrap_or_else(|| "service_started".into());
+                assert_eq!(
+                    scalar(at(b, &["depends_on", dep, "condition"])),
+                    Some(condition),
+                    "{service}: depends_on {dep}"
+                );
+            }
+        } else if let Some(Kind::Seq(deps)) = a.get("depends_on").map(|d| &d.kind) {
+            for dep in deps {
+                let dep = dep.key_text().unwrap();
+                assert_eq!(scalar(at(b, &["depends_on", dep, "condition"])).as_deref(), Some("service_started"));
+            }
+        }
+        // The healthcheck: the same test and timings.
+        if let Some(check) = a.get("healthcheck") {
+            let test = scalars(check.get("test"));
+            assert_eq!(scalars(at(b, &["healthcheck", "test"])), test, "{service}: healthcheck test");
+            for field in ["interval", "timeout", "start_period"] {
+                if let Some(value) = scalar(check.get(field)) {
+                    assert_eq!(
+                        millis(scalar(at(b, &["healthcheck", field]))),
+                        millis(Some(value)),
+                        "{service}: {field}"
+                    );
+                }
+            }
+            if let Some(retries) = scalar(check.get("retries")) {
+                assert_eq!(scalar(at(b, &["healthcheck", "retries"])), Some(retries), "{service}: retries");
+            }
+        }
+        // Restart: unless-stopped is always; on-failure:N is on-failure; a one-shot never.
+        let restart = scalar(a.get("restart")).map(|r| match r.as_str() {
+            "unless-stopped" => "always".to_string(),
+            r if r.starts_with("on-failure") => "on-failure".to_string(),
+            r => r.to_string(),
+        });
+        if let Some(restart) = restart {
+            assert_eq!(scalar(b.get("restart")), Some(restart), "{service}: restart");
+        }
+        // Volumes: the same targets, read-only where they were.
+        let targets = |list: Vec<String>| -> Vec<String> {
+            list.iter().map(|v| v.split_once(':').map_or(v.as_str(), |(_, t)| t).to_string()).collect()
+        };
+        let mut expected = targets(scalars(a.get("volumes")));
+        if let Some(Kind::Seq(configs)) = a.get("configs").map(|c| &c.kind) {
+            expected.extend(configs.iter().filter_map(|c| scalar(c.get("target"))).map(|t| format!("{t}:ro")));
+        }
+        assert_eq!(targets(scalars(b.get("volumes"))), expected, "{service}: volumes");
+        // Limits and replicas.
+        if let Some(replicas) = scalar(at(a, &["deploy", "replicas"])) {
+            assert_eq!(scalar(at(b, &["deploy", "replicas"])), Some(replicas), "{service}: replicas");
+        }
+        if let Some(cpus) = scalar(at(a, &["deploy", "resources", "limits", "cpus"])) {
+            let cpus: f64 = cpus.parse().unwrap();
+            assert_eq!(
+                scalar(at(b, &["deploy", "resources", "limits", "cpus"])).map(|c| c.parse::<f64>().unwrap()),
+                Some(cpus)
+            );
+        }
+        if let Some(memory) = scalar(at(a, &["deploy", "resources", "limits", "memory"])) {
+            // Docker's units are binary: 256M is 256 MiB.
+            assert_eq!(memory, "256M");
+            assert_eq!(scalar(at(b, &["deploy", "resources", "limits", "memory"])).as_deref(), Some("268435456b"));
+        }
+        // Environment: every variable the Compose file sets, with its value.
+        if let Some(Kind::Map(env)) = a.get("environment").map(|e| &e.kind) {
+            for (key, value) in env {
+                let key = key.key_text().unwrap();
+                let value = scalar(Some(value)).map(|v| v.replace("${LOG_LEVEL:-info}", "info"));
+                assert_eq!(scalar(at(b, &["environment", key])), value, "{service}: environment.{key}");
+            }
+        }
+    }
+    // Logging options come back.
+    assert_eq!(scalar(at(&rendered, &["services", "proxy", "logging", "options", "max-file"])).as_deref(), Some("3"));
+    assert!(!std::fs::read_to_string(dir.path().join("out/compose.yaml")).unwrap().contains("roundtrip-password"));
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `docker compose` where the machine has it, else Compose v1 (`docker-compose`), which knows
+/// no top-level `name:` (the project is given with `-p` instead).
+fn compose_command() -> (Vec<&'static str>, bool) {
+    let v2 = Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    if v2 { (vec!["docker", "compose"], true) } else { (vec!["docker-compose"], false) }
+}
+
+#[test]
+fn the_rendered_compose_file_runs_and_answers_as_the_stack_does_under_tug() {
+    let (web, cache) = (crate::harness::free_port(), crate::harness::free_port());
+    let project = format!("tugrender{}", std::process::id());
+    let yaml = format!(
+        r#"
+name: {project}
+services:
+  cache:
+    image: {redis}
+    command: [redis-server, --port, "${{PORT}}", --protected-mode, "no", --save, "", --appendonly, "no"]
+    port: {cache}
+    protocol: tcp
+    healthcheck: {{ exec: [redis-cli, -p, "${{PORT}}", ping], interval: 1s }}
+  web:
+    image: {demo}
+    port: {web}
+    container_port: 8080
+    environment: {{ DEMO_MESSAGE: from-the-stack }}
+    healthcheck: {{ http: /health, interval: 1s }}
+    depends_on: {{ cache: healthy }}
+"#,
+        redis = crate::images::redis_image(),
+        demo = crate::images::demo_image(),
+    );
+    let stack = crate::harness::Stack::new("render-run", &yaml);
+    stack.up();
+    let under_tug = crate::routing::http_once("127.0.0.1", web, "GET", "/").expect("web answers under tug").1;
+    assert!(stack.tug(&["down"]).code == 0);
+    let out = stack.path().join("out");
+    let run = stack.tug(&["render", "compose", "--out", out.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let file = out.join("compose.yaml");
+    compose_valid(&file);
+    let (compose, v2) = compose_command();
+    if !v2 {
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace(&format!("\nname: {project}\n"), "\n")).unwrap();
+    }
+    let file = file.to_str().unwrap().to_string();
+    let compose_run = |args: &[&str]| {
+        let mut all: Vec<&str> = compose[1..].to_vec();
+        all.extend(["-p", project.as_str(), "-f", file.as_str()]);
+        all.extend_from_slice(args);
+        Command::new(compose[0]).args(&all).output().expect("run compose")
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> std::process::Output);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["down", "-v", "--timeout", "2"]);
+        }
+    }
+    let _down = Down(&compose_run);
+    let up = compose_run(&["up", "-d"]);
+    assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));
+    let container = format!("{project}_web_1");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let health = crate::images::docker_quiet(&["inspect", "-f", "{{.State.Health.Status}}", &container]);
+        let v2_health =
+            crate::images::docker_quiet(&["inspect", "-f", "{{.State.Health.Status}}", &format!("{project}-web-1")]);
+        if health == "healthy" || v2_health == "healthy" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "web never became healthy under Compose: {health}{v2_health}");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let under_compose = crate::routing::http_once("127.0.0.1", web, "GET", "/").expect("web answers under Compose").1;
+    let field = |body: &str, key: &str| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(body).map(|v| v[key].clone()).unwrap_or_default()
+    };
+    for key in ["service", "message", "instance"] {
+        assert_eq!(field(&under_tug, key), field(&under_compose, key), "{key}: {under_tug} vs {under_compose}");
+    }
+    assert_eq!(field(&under_compose, "message"), "from-the-stack");
+}
