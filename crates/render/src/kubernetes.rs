@@ -38,9 +38,25 @@ pub fn render(stack: &Stack, options: &Options) -> Result<Vec<File>, Error> {
         files.push(File::new(format!("volume-{volume}.yaml"), vec![pvc(stack, volume)]));
     }
     for (name, service) in &stack.services {
-        files.push(File::new(format!("{name}.yaml"), service_manifests(stack, name, service, options)));
+        let mut manifests = service_manifests(stack, name, service, options);
+        // An Argo Rollout goes in a file of its own: Kubernetes validators do not know its kind.
+        if let Some(i) = manifests.iter().position(|m| m.value["kind"] == "Rollout") {
+            files.push(File::new(format!("{name}-rollout.yaml"), vec![manifests.remove(i)]));
+        }
+        files.push(File::new(format!("{name}.yaml"), manifests));
+    }
+    if options.network_policies {
+        files.push(File::new(format!("{}-network-policies.yaml", stack.name), network_policies(stack)));
     }
     Ok(files)
+}
+
+/// Whether a service is rolled out by Argo Rollouts (`--rollouts argo`, canary or blue-green).
+fn argo(service: &Service, options: &Options) -> bool {
+    options.argo_rollouts
+        && service.kind == ServiceKind::Service
+        && matches!(service.deploy.strategy, Strategy::Canary | Strategy::BlueGreen)
+        && service.port.is_some()
 }
 
 fn labels(stack: &Stack, name: &str) -> Value {
@@ -123,16 +139,40 @@ fn service_manifests(stack: &Stack, name: &str, service: &Service, options: &Opt
                 notes.push("replicas are the HorizontalPodAutoscaler's (autoscale)".into());
             }
             spec.insert("selector".into(), json!({ "matchLabels": selector(stack, name) }));
-            spec.insert("strategy".into(), strategy(service, &mut notes));
+            let rollout = argo(service, options);
+            if rollout {
+                spec.insert("strategy".into(), argo_strategy(name, service, &mut notes));
+            } else {
+                spec.insert("strategy".into(), strategy(service, &mut notes));
+            }
             spec.insert("template".into(), json!({ "metadata": { "labels": labels(stack, name) }, "spec": pod }));
+            let (api, kind) = if rollout { ("argoproj.io/v1alpha1", "Rollout") } else { ("apps/v1", "Deployment") };
             let mut manifest = Manifest::new(json!({
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
+                "apiVersion": api,
+                "kind": kind,
                 "metadata": metadata(stack, name, name),
                 "spec": Value::Object(spec),
             }));
             manifest.comments = notes;
             out.push(manifest);
+            if rollout && service.deploy.strategy == Strategy::BlueGreen {
+                // The new set alone, before the switch (tug's `preview_port`).
+                let port = service.deploy.preview_port.or(service.port).unwrap_or(80);
+                out.push(Manifest::new(json!({
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": metadata(stack, name, &format!("{name}-preview")),
+                    "spec": {
+                        "selector": selector(stack, name),
+                        "ports": [{
+                            "name": port_name(service),
+                            "port": port,
+                            "targetPort": container_port(service).unwrap_or(port),
+                            "protocol": "TCP",
+                        }],
+                    },
+                })));
+            }
             if let Some(port) = service.port {
                 out.push(Manifest::new(json!({
                     "apiVersion": "v1",
@@ -160,7 +200,7 @@ fn service_manifests(stack: &Stack, name: &str, service: &Service, options: &Opt
                 out.push(manifest);
             }
             if let Some(autoscale) = &service.autoscale {
-                out.push(hpa(stack, name, service, autoscale));
+                out.push(hpa(stack, name, service, autoscale, argo(service, options)));
             }
             if service.replicas >= 2 || service.autoscale.as_ref().is_some_and(|a| a.min >= 2) {
                 out.push(Manifest::new(json!({
@@ -213,6 +253,94 @@ fn strategy(service: &Service, notes: &mut Vec<String>) -> Value {
             rolling()
         }
     }
+}
+
+/// tug's canary or blue-green as Argo Rollouts has it: canary steps as `setWeight` and a pause
+/// of `step_duration`; blue-green with active and preview Services.
+fn argo_strategy(name: &str, service: &Service, notes: &mut Vec<String>) -> Value {
+    let deploy = &service.deploy;
+    match deploy.strategy {
+        Strategy::BlueGreen => json!({ "blueGreen": {
+            "activeService": name,
+            "previewService": format!("{name}-preview"),
+            "autoPromotionEnabled": deploy.auto_promote,
+            "scaleDownDelaySeconds": deploy.scale_down_delay.as_secs(),
+        } }),
+        _ => {
+            let mut steps = Vec::new();
+            for weight in &deploy.steps {
+                steps.push(json!({ "setWeight": weight }));
+                if *weight < 100 {
+                    steps.push(
+                        json!({ "pause": { "duration": format!("{}s", deploy.step_duration.as_secs().max(1)) } }),
+                    );
+                }
+            }
+            let a = &deploy.analysis;
+            let mut limits = Vec::new();
+            if let Some(rate) = a.max_error_rate {
+                limits.push(format!("error rate at most {rate}"));
+            }
+            if let Some(p99) = a.max_p99 {
+                limits.push(format!("p99 at most {}ms", p99.as_millis()));
+            }
+            if !limits.is_empty() {
+                notes.push(format!(
+                    "tug's canary analysis ({}, over at least {} requests) needs an AnalysisTemplate for your metrics \
+                     provider, referenced from these steps",
+                    limits.join(", "),
+                    a.min_requests
+                ));
+            }
+            json!({ "canary": { "steps": steps } })
+        }
+    }
+}
+
+/// `--network-policies`: every pod of the stack refuses connections but those its dependents
+/// make (the services nothing depends on, the stack's entry points, take any).
+fn network_policies(stack: &Stack) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    let mut deny = Manifest::new(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(stack, &stack.name, &format!("{}-default-deny", stack.name)),
+        "spec": {
+            "podSelector": { "matchLabels": { "app.kubernetes.io/part-of": stack.name } },
+            "policyTypes": ["Ingress"],
+        },
+    }));
+    deny.comments.push(
+        "Incoming connections are refused but those `depends_on` allows; outgoing ones are not restricted".into(),
+    );
+    out.push(deny);
+    for (name, service) in &stack.services {
+        let Some(port) = container_port(service) else { continue };
+        let dependents: Vec<&String> =
+            stack.services.iter().filter(|(_, s)| s.depends_on.contains_key(name)).map(|(n, _)| n).collect();
+        let from: Vec<Value> =
+            dependents.iter().map(|d| json!({ "podSelector": { "matchLabels": selector(stack, d) } })).collect();
+        let rule = if dependents.is_empty() {
+            json!({ "ports": [{ "port": port, "protocol": "TCP" }] })
+        } else {
+            json!({ "from": from, "ports": [{ "port": port, "protocol": "TCP" }] })
+        };
+        let mut allow = Manifest::new(json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(stack, name, &format!("{name}-ingress")),
+            "spec": {
+                "podSelector": { "matchLabels": selector(stack, name) },
+                "policyTypes": ["Ingress"],
+                "ingress": [rule],
+            },
+        }));
+        if dependents.is_empty() {
+            allow.comments.push(format!("`{name}` is an entry point (nothing depends on it): any client may connect"));
+        }
+        out.push(allow);
+    }
+    out
 }
 
 /// The service's environment: literal values for the ConfigMap, sensitive ones for the
@@ -598,7 +726,7 @@ fn pvc(stack: &Stack, volume: &str) -> Manifest {
     manifest
 }
 
-fn hpa(stack: &Stack, name: &str, service: &Service, autoscale: &tug_stackfile::Autoscale) -> Manifest {
+fn hpa(stack: &Stack, name: &str, service: &Service, autoscale: &tug_stackfile::Autoscale, rollout: bool) -> Manifest {
     let mut metrics = Vec::new();
     let mut comments = Vec::new();
     if let Some(cpu) = autoscale.cpu {
@@ -630,7 +758,11 @@ fn hpa(stack: &Stack, name: &str, service: &Service, autoscale: &tug_stackfile::
         "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(stack, name, name),
         "spec": {
-            "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": name },
+            "scaleTargetRef": if rollout {
+                json!({ "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": name })
+            } else {
+                json!({ "apiVersion": "apps/v1", "kind": "Deployment", "name": name })
+            },
             "minReplicas": autoscale.min.max(1),
             "maxReplicas": autoscale.max.max(autoscale.min).max(1),
             "metrics": metrics,

@@ -32,6 +32,10 @@ pub struct Options {
     pub include_secrets: bool,
     /// systemd: the `tug` binary the boot unit runs.
     pub tug_binary: Option<String>,
+    /// Kubernetes: canary and blue-green services as Argo Rollouts.
+    pub argo_rollouts: bool,
+    /// Kubernetes: NetworkPolicies from the dependency graph.
+    pub network_policies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -84,6 +84,12 @@ enum Command {
         /// Write secrets' values (otherwise each Secret lists its keys, empty, to fill)
         #[arg(long)]
         include_secrets: bool,
+        /// Kubernetes: canary and blue-green services as Argo Rollouts (`--rollouts argo`)
+        #[arg(long, value_name = "CONTROLLER", value_parser = ["argo"])]
+        rollouts: Option<String>,
+        /// Kubernetes: NetworkPolicies that let in only what `depends_on` allows
+        #[arg(long)]
+        network_policies: bool,
     },
     /// Write a tug stack file from another tool's files
     #[command(subcommand)]
@@ -384,14 +390,20 @@ fn main() -> ExitCode {
         Command::Config { json } => stack::config(&cli.stack, json),
         Command::Schema => output::print_json(&tug_stackfile::schema::schema()),
         Command::Secrets(command) => secrets::run(&cli.stack, command),
-        Command::Render { target, out, include_secrets } => {
+        Command::Render { target, out, include_secrets, rollouts, network_policies } => {
             let target = match target {
                 RenderTarget::Kubernetes => tug_render::Target::Kubernetes,
                 RenderTarget::Compose => tug_render::Target::Compose,
                 RenderTarget::Systemd => tug_render::Target::Systemd,
             };
             let tug_binary = std::env::current_exe().ok().map(|p| p.display().to_string());
-            render::command(&cli.stack, target, out, tug_render::Options { include_secrets, tug_binary })
+            let options = tug_render::Options {
+                include_secrets,
+                tug_binary,
+                argo_rollouts: rollouts.is_some(),
+                network_policies,
+            };
+            render::command(&cli.stack, target, out, options)
         }
         Command::Import(ImportCommand::Compose { files, output, force, project_name }) => {
             import::compose(&cli.stack, import::ImportOptions { files, output, force, project_name })

@@ -23,6 +23,24 @@ fn render(state: &TempDir, extra: &[&str]) -> crate::Run {
     )
 }
 
+/// `kubernetes-validate --strict` on `files` for each of [`VERSIONS`].
+fn kubernetes_valid(dir: &Path, files: &[String]) {
+    for version in VERSIONS {
+        let paths: Vec<String> = files.iter().map(|f| dir.join(f).display().to_string()).collect();
+        let check = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "-k", version])
+            .args(&paths)
+            .output()
+            .expect("kubernetes-validate (scripts/test installs it from PyPI)");
+        assert!(
+            check.status.success(),
+            "Kubernetes {version} refuses the manifests:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
 fn read(dir: &Path, file: &str) -> String {
     std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
@@ -39,22 +57,17 @@ fn kubernetes_manifests_are_valid_and_keep_the_stacks_meaning() {
     files.sort();
     assert_eq!(
         files,
-        ["api.yaml", "migrate.yaml", "postgres.yaml", "shop-job-waiter.yaml", "volume-pgdata.yaml", "worker.yaml"]
+        [
+            "admin.yaml",
+            "api.yaml",
+            "migrate.yaml",
+            "postgres.yaml",
+            "shop-job-waiter.yaml",
+            "volume-pgdata.yaml",
+            "worker.yaml"
+        ]
     );
-    for version in VERSIONS {
-        let paths: Vec<String> = files.iter().map(|f| out.path().join(f).display().to_string()).collect();
-        let check = Command::new("kubernetes-validate")
-            .args(["--strict", "--quiet", "-k", version])
-            .args(&paths)
-            .output()
-            .expect("kubernetes-validate (scripts/test installs it from PyPI)");
-        assert!(
-            check.status.success(),
-            "Kubernetes {version} refuses the manifests:\n{}{}",
-            String::from_utf8_lossy(&check.stdout),
-            String::from_utf8_lossy(&check.stderr)
-        );
-    }
+    kubernetes_valid(out.path(), &files);
     let api = read(out.path(), "api.yaml");
     // Readiness from the healthcheck; `start_period` a startup probe (20s at 500ms, then the
     // retries), not a delay; liveness only from `liveness`.
@@ -463,4 +476,110 @@ services:
         assert_eq!(field(&under_tug, key), field(&under_compose, key), "{key}: {under_tug} vs {under_compose}");
     }
     assert_eq!(field(&under_compose, "message"), "from-the-stack");
+}
+
+/// A YAML tree as JSON, plain scalars typed as YAML 1.2's core schema reads them.
+fn to_json(node: &Node) -> serde_json::Value {
+    match &node.kind {
+        Kind::Null => serde_json::Value::Null,
+        Kind::Scalar { text, plain: true } if text == "true" || text == "false" => {
+            serde_json::Value::Bool(text == "true")
+        }
+        Kind::Scalar { text, plain: true } if text.parse::<i64>().is_ok() => {
+            serde_json::json!(text.parse::<i64>().unwrap())
+        }
+        Kind::Scalar { text, plain: true } if text.parse::<f64>().is_ok() => {
+            serde_json::json!(text.parse::<f64>().unwrap())
+        }
+        Kind::Scalar { text, .. } => serde_json::Value::String(text.clone()),
+        Kind::Seq(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        Kind::Map(entries) => serde_json::Value::Object(
+            entries.iter().map(|(k, v)| (k.key_text().unwrap_or_default().to_string(), to_json(v))).collect(),
+        ),
+    }
+}
+
+#[test]
+fn argo_rollouts_and_network_policies_when_asked() {
+    let state = TempDir::new("render-argo-state");
+    let out = TempDir::new("render-argo-out");
+    let run = tug(
+        &data_dir().join("render"),
+        &[
+            "render",
+            "kubernetes",
+            "-f",
+            "shop.yaml",
+            "--rollouts",
+            "argo",
+            "--network-policies",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        &[("TUG_STATE_DIR", state.path().to_str().unwrap()), ("DB_PASSWORD", PASSWORD)],
+        None,
+    );
+    assert_eq!(run.code, 0, "{}", run.all());
+    let mut files: Vec<String> =
+        std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    files.sort();
+    let (rollouts, kube): (Vec<String>, Vec<String>) = files.into_iter().partition(|f| f.ends_with("-rollout.yaml"));
+    assert_eq!(rollouts, ["admin-rollout.yaml", "api-rollout.yaml"]);
+    kubernetes_valid(out.path(), &kube);
+    // Each Rollout against the Rollout CRD's own schema.
+    let crd = parse_yaml(
+        &std::fs::read_to_string(crate::repo_dir().join("../shared/schemas/argo-rollouts-crd.yaml")).unwrap(),
+    );
+    let schema = to_json(
+        at(&crd, &["spec", "versions"])
+            .and_then(|v| match &v.kind {
+                Kind::Seq(items) => items.first(),
+                _ => None,
+            })
+            .and_then(|v| at(v, &["schema", "openAPIV3Schema"]))
+            .expect("the CRD's schema"),
+    );
+    let schema_file = out.path().join("rollout-schema.json");
+    std::fs::write(&schema_file, serde_json::to_string(&schema).unwrap()).unwrap();
+    for rollout in &rollouts {
+        let check = Command::new("check-jsonschema")
+            .arg("--schemafile")
+            .arg(&schema_file)
+            .arg(out.path().join(rollout))
+            .output()
+            .expect("check-jsonschema");
+        assert!(
+            check.status.success(),
+            "the Rollout CRD refuses {rollout}:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+    let api = read(out.path(), "api-rollout.yaml");
+    assert!(
+        api.contains("- setWeight: 10\n        - pause:\n            duration: 30s\n        - setWeight: 50"),
+        "{api}"
+    );
+    assert!(!api.contains("kind: Deployment"));
+    assert!(read(out.path(), "api.yaml").contains("kind: Rollout\n    name: api"), "the HPA scales the Rollout");
+    let admin = read(out.path(), "admin-rollout.yaml");
+    assert!(
+        admin.contains("activeService: admin\n      previewService: admin-preview\n      autoPromotionEnabled: false"),
+        "{admin}"
+    );
+    assert!(api.contains("error rate at most 1%, over at least 50 requests") && api.contains("AnalysisTemplate"), "{api}");
+    assert!(
+        read(out.path(), "admin.yaml").contains("name: admin-preview")
+            && read(out.path(), "admin.yaml").contains("port: 8101")
+    );
+    let policies = read(out.path(), "shop-network-policies.yaml");
+    assert!(policies.contains("name: shop-default-deny") && policies.contains("policyTypes: [Ingress]"), "{policies}");
+    // postgres lets in only its dependents; api, which nothing depends on, anyone.
+    let postgres = &policies[policies.find("name: postgres-ingress").unwrap()..];
+    let postgres = &postgres[..postgres.find("---").unwrap_or(postgres.len())];
+    for dependent in ["migrate", "api"] {
+        assert!(postgres.contains(&format!("app.kubernetes.io/name: {dependent}")), "{postgres}");
+    }
+    assert!(!postgres.contains("app.kubernetes.io/name: worker"), "{postgres}");
+    assert!(policies.contains("`admin` is an entry point"), "{policies}");
 }
