@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use tug_stackfile::model::{Check, Command, Condition, Restart};
+use tug_stackfile::model::{Check, Command, Condition, Restart, VolumeMount};
 use tug_stackfile::{Service, ServiceKind, Stack};
 
 use crate::{File, Options};
@@ -77,8 +77,10 @@ fn word(text: &str, template: bool) -> String {
     if !template {
         escaped = escaped.replace('$', "$$");
     }
-    if escaped.is_empty() || escaped.contains([' ', '"', '\'', '\\', ';']) {
-        format!("\"{}\"", escaped.replace('\\', "\\\\").replace('"', "\\\""))
+    if escaped.is_empty() || escaped.contains([' ', '"', '\'', '\\', ';', '\n', '\t']) {
+        // One quoted word; systemd reads C escapes in it (a heredoc's newlines stay newlines).
+        let quoted = escaped.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n").replace('\t', "\\t");
+        format!("\"{quoted}\"")
     } else {
         escaped
     }
@@ -113,10 +115,51 @@ fn container_line(stack: &Stack, name: &str, service: &Service, templated: bool)
     if !service.secrets.is_empty() {
         words.extend(["-v".into(), "${CREDENTIALS_DIRECTORY}:/run/secrets:ro".into()]);
     }
-    words.push(container.image.clone());
-    if let Some(Command::Argv(args)) = &service.command {
-        words.extend(args.iter().map(|w| word(w.expose(), w.template)));
+    for mount in &container.volumes {
+        let (source, target, read_only) = match mount {
+            VolumeMount::Named { name, target, read_only } => (format!("{}_{name}", stack.name), target, *read_only),
+            VolumeMount::Bind { source, target, read_only } => (source.display().to_string(), target, *read_only),
+        };
+        let ro = if read_only { ":ro" } else { "" };
+        words.extend(["-v".into(), word(&format!("{source}:{target}{ro}"), false)]);
     }
+    for tmpfs in &container.tmpfs {
+        words.extend(["--tmpfs".into(), word(tmpfs, false)]);
+    }
+    if let Some(user) = &service.user {
+        words.extend(["--user".into(), word(user, false)]);
+    }
+    if let Some(dir) = &container.working_dir {
+        words.extend(["--workdir".into(), word(dir, false)]);
+    }
+    if container.read_only {
+        words.push("--read-only".into());
+    }
+    if container.init {
+        words.push("--init".into());
+    }
+    for cap in &container.cap_add {
+        words.extend(["--cap-add".into(), word(cap, false)]);
+    }
+    for cap in &container.cap_drop {
+        words.extend(["--cap-drop".into(), word(cap, false)]);
+    }
+    for option in &container.security_opt {
+        words.extend(["--security-opt".into(), word(option, false)]);
+    }
+    // `docker run --entrypoint` takes one program: its other words go before the command's.
+    let mut args: Vec<String> = Vec::new();
+    if let Some(entrypoint) = &container.entrypoint
+        && let Some((first, rest)) = entrypoint.split_first()
+    {
+        words.extend(["--entrypoint".into(), word(first.expose(), first.template)]);
+        args.extend(rest.iter().map(|w| word(w.expose(), w.template)));
+    }
+    words.push(container.image.clone());
+    if let Some(Command::Argv(command)) = &service.command {
+        args.extend(command.iter().map(|w| word(w.expose(), w.template)));
+    }
+    words.extend(args);
     Some(words.join(" "))
 }
 

@@ -567,7 +567,10 @@ fn argo_rollouts_and_network_policies_when_asked() {
         admin.contains("activeService: admin\n      previewService: admin-preview\n      autoPromotionEnabled: false"),
         "{admin}"
     );
-    assert!(api.contains("error rate at most 1%, over at least 50 requests") && api.contains("AnalysisTemplate"), "{api}");
+    assert!(
+        api.contains("error rate at most 1%, over at least 50 requests") && api.contains("AnalysisTemplate"),
+        "{api}"
+    );
     assert!(
         read(out.path(), "admin.yaml").contains("name: admin-preview")
             && read(out.path(), "admin.yaml").contains("port: 8101")
@@ -582,4 +585,48 @@ fn argo_rollouts_and_network_policies_when_asked() {
     }
     assert!(!postgres.contains("app.kubernetes.io/name: worker"), "{postgres}");
     assert!(policies.contains("`admin` is an entry point"), "{policies}");
+}
+
+/// The project's examples: the one that runs images renders for every target, and every one
+/// renders to systemd units that systemd accepts.
+#[test]
+fn the_examples_render_for_every_target_they_can_run_on() {
+    let state = TempDir::new("render-examples-state");
+    let env = [
+        ("TUG_STATE_DIR", state.path().to_str().unwrap()),
+        ("TUG_SECRETS_KEY", "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"),
+    ];
+    for example in ["containers", "quickstart", "servers", "genesis"] {
+        let dir = crate::repo_dir().join("examples").join(example);
+        // Secrets the examples generate on `up`: generated here in a throwaway store.
+        let generated = tug(&dir, &["secrets", "generate"], &env, None);
+        assert_eq!(generated.code, 0, "{example}: {}", generated.all());
+        let out = TempDir::new(&format!("render-example-{example}"));
+        let run = tug(&dir, &["render", "systemd", "--out", out.path().to_str().unwrap()], &env, None);
+        assert_eq!(run.code, 0, "{example}: {}", run.all());
+        verify_units(out.path());
+        let k8s = tug(&dir, &["render", "kubernetes", "--out", out.path().join("k8s").to_str().unwrap()], &env, None);
+        let compose =
+            tug(&dir, &["render", "compose", "--out", out.path().join("compose").to_str().unwrap()], &env, None);
+        if example == "containers" {
+            assert_eq!(k8s.code, 0, "{}", k8s.all());
+            let mut files: Vec<String> = std::fs::read_dir(out.path().join("k8s"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            files.sort();
+            kubernetes_valid(&out.path().join("k8s"), &files);
+            assert_eq!(compose.code, 0, "{}", compose.all());
+            compose_valid(&out.path().join("compose/compose.yaml"));
+        } else {
+            // Local processes: not for engines that run images, and the error says which and why.
+            assert_eq!(k8s.code, 1, "{example}: {}", k8s.all());
+            assert!(
+                k8s.stderr.contains("kubernetes runs images:") && k8s.stderr.contains("no `image`"),
+                "{}",
+                k8s.all()
+            );
+            assert_eq!(compose.code, 1, "{example}: {}", compose.all());
+        }
+    }
 }
