@@ -15,6 +15,14 @@ pub fn render(stack: &Stack, options: &Options) -> Result<Vec<File>, Error> {
     }
     let mut root = Map::new();
     root.insert("name".into(), json!(stack.name));
+    // Compose has no per-environment rules: this file is one environment's.
+    root.insert(
+        "x-tug".into(),
+        json!({
+            "environment": stack.environment,
+            "note": "rendered for this environment only: `tug render compose --env NAME` for another",
+        }),
+    );
     let mut services = Map::new();
     let mut secrets = Map::new();
     let mut notes = Vec::new();

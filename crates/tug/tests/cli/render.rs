@@ -246,6 +246,7 @@ fn a_compose_file_that_the_compose_specification_accepts() {
     assert!(text.contains("test: [CMD-SHELL, wget -q -O /dev/null http://127.0.0.1:5000/health || exit 1]"), "{text}");
     assert!(text.contains("x-tug-deploy:\n      strategy: canary"), "{text}");
     assert!(text.contains("x-tug-autoscale:"), "{text}");
+    assert!(text.contains("x-tug:\n  environment: development\n"), "{text}");
     assert!(text.contains("command: [gunicorn, --bind, \"0.0.0.0:5000\", app:app]"), "{text}");
 }
 
@@ -527,9 +528,7 @@ fn argo_rollouts_and_network_policies_when_asked() {
     assert_eq!(rollouts, ["admin-rollout.yaml", "api-rollout.yaml"]);
     kubernetes_valid(out.path(), &kube);
     // Each Rollout against the Rollout CRD's own schema.
-    let crd = parse_yaml(
-        &std::fs::read_to_string(crate::repo_dir().join("../shared/schemas/argo-rollouts-crd.yaml")).unwrap(),
-    );
+    let crd = parse_yaml(&std::fs::read_to_string(data_dir().join("render/argo-rollouts-crd.yaml")).unwrap());
     let schema = to_json(
         at(&crd, &["spec", "versions"])
             .and_then(|v| match &v.kind {
