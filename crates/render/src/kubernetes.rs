@@ -158,36 +158,10 @@ fn service_manifests(stack: &Stack, name: &str, service: &Service, options: &Opt
             if rollout && service.deploy.strategy == Strategy::BlueGreen {
                 // The new set alone, before the switch (tug's `preview_port`).
                 let port = service.deploy.preview_port.or(service.port).unwrap_or(80);
-                out.push(Manifest::new(json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": metadata(stack, name, &format!("{name}-preview")),
-                    "spec": {
-                        "selector": selector(stack, name),
-                        "ports": [{
-                            "name": port_name(service),
-                            "port": port,
-                            "targetPort": container_port(service).unwrap_or(port),
-                            "protocol": "TCP",
-                        }],
-                    },
-                })));
+                out.push(cluster_service(stack, name, &format!("{name}-preview"), service, port));
             }
             if let Some(port) = service.port {
-                out.push(Manifest::new(json!({
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": metadata(stack, name, name),
-                    "spec": {
-                        "selector": selector(stack, name),
-                        "ports": [{
-                            "name": port_name(service),
-                            "port": port,
-                            "targetPort": container_port(service).unwrap_or(port),
-                            "protocol": "TCP",
-                        }],
-                    },
-                })));
+                out.push(cluster_service(stack, name, name, service, port));
             } else if stack.services.values().any(|s| s.depends_on.contains_key(name)) {
                 // Dependents wait for it by name: a headless Service gives it one.
                 let mut manifest = Manifest::new(json!({
@@ -213,6 +187,24 @@ fn service_manifests(stack: &Stack, name: &str, service: &Service, options: &Opt
         }
     }
     out
+}
+
+/// A Service named `resource` that sends `port` to the pods of service `name`.
+fn cluster_service(stack: &Stack, name: &str, resource: &str, service: &Service, port: u16) -> Manifest {
+    Manifest::new(json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(stack, name, resource),
+        "spec": {
+            "selector": selector(stack, name),
+            "ports": [{
+                "name": port_name(service),
+                "port": port,
+                "targetPort": container_port(service).unwrap_or(port),
+                "protocol": "TCP",
+            }],
+        },
+    }))
 }
 
 fn port_name(service: &Service) -> &'static str {
