@@ -201,6 +201,22 @@ impl Verifier {
         Verifier { key, seen: Mutex::new(HashMap::new()) }
     }
 
+    /// What can be checked before the body is read: a well-formed header, a fresh timestamp, a
+    /// nonce not seen yet. A request that fails here is refused without reading its body.
+    pub fn precheck(&self, header: Option<&str>, now: u64) -> Result<(), AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let parsed = parse(header).ok_or(AuthError::Malformed)?;
+        let skew = now.abs_diff(parsed.ts);
+        if skew > MAX_SKEW_SECS {
+            return Err(AuthError::Stale(skew));
+        }
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains_key(&parsed.nonce.to_ascii_lowercase()) {
+            return Err(AuthError::Replayed);
+        }
+        Ok(())
+    }
+
     pub fn verify(
         &self,
         header: Option<&str>,
@@ -235,6 +251,18 @@ mod tests {
 
     fn key() -> ApiKey {
         ApiKey::from_text("0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    #[test]
+    fn precheck_refuses_what_can_be_refused_before_the_body() {
+        let v = Verifier::new(key());
+        let h = sign(&key(), "POST", "/v1/stop", b"{}", 1000).unwrap();
+        assert_eq!(v.precheck(Some(&h), 1010), Ok(()));
+        assert_eq!(v.precheck(None, 1010), Err(AuthError::Missing));
+        assert_eq!(v.precheck(Some("Bearer x"), 1010), Err(AuthError::Malformed));
+        assert!(matches!(v.precheck(Some(&h), 2000), Err(AuthError::Stale(_))));
+        assert_eq!(v.verify(Some(&h), "POST", "/v1/stop", b"{}", 1010), Ok(()));
+        assert_eq!(v.precheck(Some(&h), 1010), Err(AuthError::Replayed));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
@@ -29,6 +29,14 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A body sent slower than this is dropped (before authentication, so it is bounded).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 256;
+/// Request bodies being read at once, all connections together: what unauthenticated bodies
+/// can make the daemon hold (a body is read whole before its signature can be checked).
+const BODY_BUDGET: usize = 32 * 1024 * 1024;
+/// How long a request waits for room in [`BODY_BUDGET`] before it is told the daemon is busy.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
+/// Connections that have not yet made one authenticated request. Past this, the oldest of
+/// them is closed for each new one: idle or slow connections cannot lock the CLI out.
+const MAX_UNPROVEN: usize = 64;
 pub const LOG_FILE: &str = "daemon.log";
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -138,10 +146,50 @@ fn lock(state_dir: &Path) -> Result<std::fs::File, String> {
 struct App {
     supervisor: Supervisor,
     verifier: Verifier,
+    /// Bytes of request bodies being read (see [`BODY_BUDGET`]).
+    bodies: Arc<tokio::sync::Semaphore>,
+    /// Connections not yet proven by an authenticated request, oldest first.
+    unproven: Unproven,
     shutdown: tokio::sync::Notify,
     /// Changes (up, start, stop, restart, scale) happen one at a time: two
     /// concurrent `up`s must not both add the replicas a service lacks.
     changes: tokio::sync::Mutex<()>,
+}
+
+/// Connections that have not made an authenticated request yet, oldest first, each with the
+/// signal that closes it.
+#[derive(Default)]
+struct Unproven {
+    next: std::sync::atomic::AtomicU64,
+    list: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
+}
+
+impl Unproven {
+    /// Registers a new connection; closes the oldest unproven one when there are too many.
+    fn admit(&self) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(tokio::sync::Notify::new());
+        let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
+        if list.len() >= MAX_UNPROVEN
+            && let Some((_, oldest)) = list.pop_front()
+        {
+            oldest.notify_one();
+        }
+        list.push_back((id, close.clone()));
+        (id, close)
+    }
+
+    /// Closes the oldest connection that has not proven itself, if any.
+    fn evict_oldest(&self) {
+        if let Some((_, oldest)) = self.list.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+            oldest.notify_one();
+        }
+    }
+
+    /// The connection made an authenticated request, or ended: it is no longer a candidate.
+    fn forget(&self, id: u64) {
+        self.list.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
+    }
 }
 
 /// The daemon proper.
@@ -237,6 +285,8 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         let app = Arc::new(App {
             supervisor,
             verifier: Verifier::new(key),
+            bodies: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
+            unproven: Unproven::default(),
             shutdown: tokio::sync::Notify::new(),
             changes: tokio::sync::Mutex::new(()),
         });
@@ -260,19 +310,40 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    drop(stream);
-                    continue;
+                // At the cap, the oldest connection that never proved itself makes room.
+                let permit = match connections.clone().try_acquire_owned() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        accepting.unproven.evict_oldest();
+                        let wait = connections.clone().acquire_owned();
+                        match tokio::time::timeout(Duration::from_secs(1), wait).await {
+                            Ok(Ok(permit)) => permit,
+                            _ => {
+                                drop(stream);
+                                continue;
+                            }
+                        }
+                    }
                 };
                 let app = accepting.clone();
+                let (id, close) = app.unproven.admit();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let service = hyper::service::service_fn(move |request| handle(app.clone(), request));
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let serving = app.clone();
+                    let service = hyper::service::service_fn(move |request| handle(serving.clone(), request, id));
+                    let connection = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
+                        // What each connection buffers before its request is handled: small, so
+                        // that many connections hold little.
+                        .max_buf_size(64 * 1024)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    // Closed early when newer connections need its place before it proved itself.
+                    tokio::select! {
+                        _ = connection => {}
+                        _ = close.notified() => {}
+                    }
+                    app.unproven.forget(id);
                 });
             }
         });
@@ -374,19 +445,73 @@ fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-async fn handle(app: Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Once a large body is freed, the allocator gives its memory back to the system: a flood of
+/// large requests must not leave the daemon holding what it read.
+struct TrimAfterLargeBody(usize);
+
+impl Drop for TrimAfterLargeBody {
+    fn drop(&mut self) {
+        if self.0 >= 1 << 20 {
+            // SAFETY: malloc_trim only releases free memory; it has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+        }
+    }
+}
+
+/// The whole body, into one buffer sized from the declared length: its memory is the body's
+/// size once (collecting chunks and joining them held it twice).
+async fn read_body(mut body: Incoming, declared: Option<u64>) -> Result<Bytes, Box<Response<Body>>> {
+    let mut buffer: Vec<u8> = Vec::with_capacity(declared.map_or(0, |n| n as usize).min(MAX_BODY));
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Box::new(error(StatusCode::BAD_REQUEST, "the body could not be read")));
+        };
+        if let Ok(data) = frame.into_data() {
+            if buffer.len() + data.len() > MAX_BODY {
+                return Err(Box::new(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is over {MAX_BODY} bytes"),
+                )));
+            }
+            buffer.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buffer))
+}
+
+async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> Result<Response<Body>, Infallible> {
     let method = request.method().clone();
     let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(request.into_body(), MAX_BODY).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) => return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes"))),
+    // What can be refused before reading the body is: no header, a stale one, a replayed nonce,
+    // a body declared too large. An unsigned client never makes the daemon hold its body.
+    if let Err(e) = app.verifier.precheck(header.as_deref(), tug_proto::unix_now()) {
+        return Ok(error(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    let declared = hyper::body::Body::size_hint(request.body()).exact();
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")));
+    }
+    // Room for the body among all bodies being read; a body of unknown length may be the largest.
+    let reserve = declared.map_or(MAX_BODY, |n| n as usize).max(1) as u32;
+    let Ok(Ok(room)) = tokio::time::timeout(BUDGET_WAIT, app.bodies.clone().acquire_many_owned(reserve)).await else {
+        return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is reading too many request bodies: retry"));
+    };
+    // Declared before the body, so dropped after it.
+    let mut trim = TrimAfterLargeBody(0);
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(request.into_body(), declared)).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(response)) => return Ok(*response),
         Err(_) => return Ok(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),
     };
+    trim.0 = body.len();
     // Authentication before routing: nothing about the API is reachable unsigned.
     if let Err(e) = app.verifier.verify(header.as_deref(), method.as_str(), &target, &body, tug_proto::unix_now()) {
         return Ok(error(StatusCode::UNAUTHORIZED, e.to_string()));
     }
+    drop(room);
+    // A client that signs is the daemon's user: its connection is never closed to make room.
+    app.unproven.forget(connection);
     let path = target.split('?').next().unwrap_or("/");
     let supervisor = &app.supervisor;
     // `down` only signals the shutdown, which itself stops everything: it must not queue

@@ -1,6 +1,7 @@
 //! Integration tests: the real `tug` binary, run as a user runs it.
 //! One test binary (faster to build than many); one module per feature.
 
+mod abuse;
 mod api;
 mod check;
 mod config;
