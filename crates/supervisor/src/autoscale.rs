@@ -141,7 +141,7 @@ pub(crate) async fn run(sup: Supervisor) {
                 continue;
             }
             let decision = format!("{current} → {next} replicas: {why}");
-            eprintln!("tug: {name}: autoscale {decision}");
+            crate::log::info(&format!("autoscale {decision}"), &[("service", &name)]);
             sup.inner.update(|t| {
                 if let Some(s) = t.services.get_mut(&name) {
                     s.autoscale = Some(status(Some(decision.clone())));
@@ -151,7 +151,7 @@ pub(crate) async fn run(sup: Supervisor) {
             let service = name.clone();
             scaler.busy = Some(tokio::spawn(async move {
                 if let Err(e) = this.scale(&service, next).await {
-                    eprintln!("tug: {service}: autoscale could not scale: {e}");
+                    crate::log::warn(&format!("autoscale could not scale: {e}"), &[("service", &service)]);
                 }
             }));
         }

@@ -70,8 +70,8 @@ impl Engines {
                 engine.version().await.map_err(|e| e.to_string())?;
                 match remove_stack_containers(&engine, state_dir, Some(&daemon_id())).await {
                     Ok(0) => {}
-                    Ok(n) => eprintln!("tug: removed {n} container(s) left by an earlier daemon"),
-                    Err(e) => eprintln!("tug: cannot list the containers an earlier daemon left: {e}"),
+                    Ok(n) => crate::log::info(&format!("removed {n} container(s) left by an earlier daemon"), &[]),
+                    Err(e) => crate::log::warn(&format!("cannot list the containers an earlier daemon left: {e}"), &[]),
                 }
                 Ok::<_, String>(engine)
             })

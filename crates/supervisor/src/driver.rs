@@ -553,7 +553,7 @@ async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
         let exit = match waiter.wait(&waited).await {
             Ok(status) => container::exit_from_status(status),
             Err(e) => {
-                eprintln!("tug: waiting for container {waited}: {e}");
+                crate::log::warn(&format!("waiting for container {waited}: {e}"), &[]);
                 Exit::Signal(libc::SIGKILL)
             }
         };
@@ -646,7 +646,7 @@ impl Running {
         match self.run {
             Run::Container { engine, id, .. } => {
                 if let Err(e) = engine.remove_container(&id, true).await {
-                    eprintln!("tug: {name}: cannot remove its container {id}: {e}");
+                    crate::log::warn(&format!("cannot remove its container {id}: {e}"), &[("instance", name)]);
                 }
             }
             Run::Process { cgroup, instance, state_dir, .. } => {
@@ -669,7 +669,7 @@ impl Running {
                     if let Ok(group) = Arc::try_unwrap(group)
                         && let Err(e) = group.remove()
                     {
-                        eprintln!("tug: {name}: {e}");
+                        crate::log::warn(&e.to_string(), &[("instance", name)]);
                     }
                 }
             }

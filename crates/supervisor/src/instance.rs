@@ -353,7 +353,10 @@ impl Task {
             let dir = self.inner.config.logs_dir();
             match LogWriter::open(&dir, &self.spec.name, &self.name, self.spec.log_max_size, self.spec.log_max_files) {
                 Ok(writer) => self.logs = Some(Arc::new(Mutex::new(writer))),
-                Err(e) => eprintln!("tug: cannot open the log of {} in {}: {e}", self.name, dir.display()),
+                Err(e) => crate::log::error(
+                    &format!("cannot open its log in {}: {e}", dir.display()),
+                    &[("instance", &self.name)],
+                ),
             }
         }
         self.logs.clone()
@@ -619,7 +622,7 @@ impl Task {
         match created {
             Ok(Ok(group)) => Some(Arc::new(group)),
             Ok(Err(e)) => {
-                eprintln!("tug: {}: no cgroup: {e}", self.name);
+                crate::log::warn(&format!("no cgroup: {e}"), &[("instance", &self.name)]);
                 None
             }
             Err(_) => None,

@@ -13,6 +13,7 @@ mod driver;
 mod exec;
 pub mod history;
 pub mod instance;
+pub mod log;
 pub mod order;
 pub mod persist;
 pub mod plan;
@@ -154,7 +155,7 @@ impl Inner {
         let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut records, self.config.seal_key.as_ref());
         if let Err(e) = records.save(&self.config.state_dir) {
-            eprintln!("tug: {e}");
+            crate::log::warn(&e.to_string(), &[]);
         }
     }
 }
@@ -581,7 +582,7 @@ impl Supervisor {
         tokio::task::spawn_blocking(move || {
             let removed = history::prune_source_copies(&state_dir, &keep);
             if removed > 0 {
-                eprintln!("tug: removed {removed} source copies of revisions no longer kept");
+                crate::log::info(&format!("removed {removed} source copies of revisions no longer kept"), &[]);
             }
         });
     }
@@ -634,7 +635,7 @@ impl Supervisor {
                     entry.entry.finished_at = Some(now.clone());
                 }
             });
-            eprintln!("tug: {name}: {why}");
+            crate::log::info(&why, &[("service", name)]);
         };
         match from {
             Some(Ok(from)) if new.revision == rollout.to_revision => {

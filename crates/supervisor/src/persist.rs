@@ -61,7 +61,7 @@ impl Record {
         let json = serde_json::to_vec_pretty(self).unwrap_or_default();
         match write_atomic(&state_dir.join(FILE), &json) {
             Ok(()) => *last = Some((generation, self.clone())),
-            Err(e) => eprintln!("tug: cannot save {}: {e}", state_dir.join(FILE).display()),
+            Err(e) => crate::log::error(&format!("cannot save {}: {e}", state_dir.join(FILE).display()), &[]),
         }
     }
 

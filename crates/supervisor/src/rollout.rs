@@ -165,7 +165,7 @@ fn noted(reason: String, note: Option<&str>) -> String {
 }
 
 fn log(service: &str, line: &str) {
-    eprintln!("tug: {service}: {line}");
+    crate::log::info(line, &[("service", service)]);
 }
 
 /// An instance as a rollout sees it.

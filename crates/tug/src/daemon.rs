@@ -57,7 +57,7 @@ pub fn keep(state_dir: &Path) -> i32 {
     let exe = match std::env::current_exe() {
         Ok(exe) => exe,
         Err(e) => {
-            eprintln!("tug keeper: cannot find its own executable: {e}");
+            tug_supervisor::log::error(&format!("keeper: cannot find its own executable: {e}"), &[]);
             return 1;
         }
     };
@@ -76,7 +76,7 @@ pub fn keep(state_dir: &Path) -> i32 {
     let child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("tug keeper: cannot start the daemon: {e}");
+            tug_supervisor::log::error(&format!("keeper: cannot start the daemon: {e}"), &[]);
             return 1;
         }
     };
@@ -94,8 +94,11 @@ pub fn keep(state_dir: &Path) -> i32 {
         if pid == daemon {
             code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
             if code != 0 {
-                eprintln!(
-                    "tug keeper: the daemon (pid {daemon}) ended abnormally (status {code}); stopping what it left"
+                tug_supervisor::log::error(
+                    &format!(
+                        "keeper: the daemon (pid {daemon}) ended abnormally (status {code}); stopping what it left"
+                    ),
+                    &[],
                 );
             }
             break;
@@ -115,7 +118,7 @@ pub fn keep(state_dir: &Path) -> i32 {
         if let Ok(record) = tug_supervisor::persist::Record::load(state_dir) {
             let engine = record.as_ref().and_then(|r| r.engine.as_deref());
             for line in tug_supervisor::persist::remove_containers(state_dir, engine) {
-                eprintln!("tug keeper: {line}");
+                tug_supervisor::log::info(&format!("keeper: {line}"), &[]);
             }
         }
         if code != 0 {
@@ -197,7 +200,7 @@ pub fn serve(state_dir: &Path) -> i32 {
     match serve_inner(state_dir) {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("tug daemon: {error}");
+            tug_supervisor::log::error(&error, &[]);
             1
         }
     }
@@ -255,7 +258,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
     let mut reconciled = tug_supervisor::persist::reconcile(state_dir, previous.as_ref());
     reconciled.extend(tug_supervisor::persist::remove_containers(state_dir, engine));
     for line in reconciled {
-        eprintln!("tug daemon: {line}");
+        tug_supervisor::log::info(&line, &[]);
         notices.push(line);
     }
     // SAFETY: prctl with constant arguments.

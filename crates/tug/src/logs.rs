@@ -12,6 +12,91 @@ use tug_logs::{Follower, Record, Selector, Stream};
 use crate::StackArgs;
 use crate::output;
 
+/// A line of `daemon.log` as a person reads it: `TIME LEVEL [service instance] message k=v`.
+/// A line that is not JSON (a panic, an older daemon's) is shown as it is.
+pub fn daemon_line(raw: &str) -> String {
+    let Ok(serde_json::Value::Object(event)) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return raw.to_string();
+    };
+    let text = |key: &str| event.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    let mut out = format!("{} {:<5}", text("ts"), text("level"));
+    for key in ["service", "instance", "revision"] {
+        if let Some(value) = event.get(key).and_then(|v| v.as_str()) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    out.push(' ');
+    out.push_str(&text("msg"));
+    for (key, value) in &event {
+        if !matches!(key.as_str(), "ts" | "level" | "msg" | "service" | "instance" | "revision") {
+            out.push_str(&format!(
+                " {key}={}",
+                value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())
+            ));
+        }
+    }
+    out
+}
+
+/// `tug logs --daemon`: tug's own log, as JSON lines (`--json`) or read as text.
+pub fn daemon(args: &StackArgs, options: &LogsOptions) -> Result<ExitCode, String> {
+    let path = logs_dir(args)?.parent().map(|d| d.join(crate::daemon::LOG_FILE)).ok_or("no state folder")?;
+    let show = |raw: &str| {
+        if options.json {
+            match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(_) => raw.to_string(),
+                Err(_) => serde_json::json!({ "msg": raw }).to_string(),
+            }
+        } else {
+            daemon_line(raw)
+        }
+    };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = options.tail.map_or(0, |n| lines.len().saturating_sub(n));
+    let mut out = String::new();
+    for raw in &lines[from..] {
+        out.push_str(&show(raw));
+        out.push('\n');
+    }
+    output::write_stdout(&out)?;
+    if !options.follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Follows what is appended (the daemon's log is never rotated).
+    let mut offset = text.len() as u64;
+    let mut partial = String::new();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let Ok(mut file) = std::fs::File::open(&path) else { continue };
+        let length = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if length < offset {
+            offset = 0;
+        }
+        if length == offset {
+            continue;
+        }
+        use std::io::{Read, Seek, SeekFrom};
+        let mut added = String::new();
+        if file.seek(SeekFrom::Start(offset)).is_err() || file.read_to_string(&mut added).is_err() {
+            continue;
+        }
+        offset += added.len() as u64;
+        partial.push_str(&added);
+        let mut out = String::new();
+        while let Some(end) = partial.find('\n') {
+            let raw: String = partial.drain(..=end).collect();
+            out.push_str(&show(raw.trim_end_matches('\n')));
+            out.push('\n');
+        }
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_all(out.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
 pub struct LogsOptions {
     pub follow: bool,
     pub tail: Option<usize>,
@@ -19,6 +104,8 @@ pub struct LogsOptions {
     pub json: bool,
     /// Also services no longer in the stack file.
     pub all: bool,
+    /// tug's own log instead of the instances'.
+    pub daemon: bool,
     pub names: Vec<String>,
 }
 
@@ -88,6 +175,9 @@ fn logs_dir(args: &StackArgs) -> Result<PathBuf, String> {
 }
 
 pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, String> {
+    if options.daemon {
+        return daemon(args, &options);
+    }
     let dir = logs_dir(args)?;
     let since = match &options.since {
         Some(text) => Some(tug_logs::parse_since(text, SystemTime::now()).map_err(|e| format!("--since: {e}"))?),

@@ -202,6 +202,9 @@ enum Command {
         /// Also the logs of services no longer in the stack file
         #[arg(long)]
         all: bool,
+        /// tug's own log (daemon.log: JSON lines, shown as text unless --json)
+        #[arg(long, conflicts_with_all = ["names", "all", "since"])]
+        daemon: bool,
         #[arg(value_name = "SERVICE|INSTANCE")]
         names: Vec<String>,
     },
@@ -455,8 +458,8 @@ fn main() -> ExitCode {
         Command::Run { service, command } => exec::run(&cli.stack, &service, command),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
-        Command::Logs { follow, tail, since, json, all, names } => {
-            logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, all, names })
+        Command::Logs { follow, tail, since, json, all, daemon, names } => {
+            logs::command(&cli.stack, logs::LogsOptions { follow, tail, since, json, all, daemon, names })
         }
         Command::Start { targets } => run::control(&cli.stack, "start", targets),
         Command::Stop { targets } => run::control(&cli.stack, "stop", targets),

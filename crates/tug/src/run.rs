@@ -321,7 +321,8 @@ fn ensure_daemon(state_dir: &Path, client: &Client, advertise: Option<&str>) -> 
 
 fn daemon_failed(state_dir: &Path) -> String {
     let log = std::fs::read_to_string(state_dir.join(daemon::LOG_FILE)).unwrap_or_default();
-    let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: Vec<String> =
+        log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().map(logs::daemon_line).collect();
     format!("the daemon did not start; the end of {}:\n{}", state_dir.join(daemon::LOG_FILE).display(), tail.join("\n"))
 }
 

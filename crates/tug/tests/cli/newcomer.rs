@@ -320,3 +320,33 @@ services:
         .expect("systemd-analyze (scripts/test installs systemd)");
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
 }
+
+#[test]
+fn the_daemons_own_log_is_json_lines_that_tug_logs_daemon_reads() {
+    let port = free_port();
+    let yaml = |message: &str| {
+        format!(
+            "name: daemonlog\nservices:\n  web:\n    command: \"{{demo}} --port $PORT\"\n    port: {port}\n    \
+             environment: {{ DEMO_MESSAGE: {message} }}\n    healthcheck: {{ http: /health, start_interval: 100ms }}\n"
+        )
+    };
+    let stack = Stack::new("newcomer-daemonlog", &yaml("one"));
+    stack.up();
+    stack.dir.write("tug.yaml", &yaml("two").replace("{demo}", &crate::harness::demo_bin().display().to_string()));
+    assert_eq!(stack.tug(&["deploy", "--timeout", "60s"]).code, 0);
+    let raw = std::fs::read_to_string(stack.state_dir().join("daemon.log")).unwrap();
+    let events: Vec<serde_json::Value> =
+        raw.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(!events.is_empty());
+    for event in &events {
+        assert!(event["ts"].is_string() && event["level"].is_string() && event["msg"].is_string(), "{event}");
+    }
+    assert!(events.iter().any(|e| e["service"] == "web"), "no event names the service:\n{raw}");
+    let json = stack.tug(&["logs", "--daemon", "--json"]);
+    assert_eq!(json.code, 0, "{}", json.all());
+    assert_eq!(json.stdout.lines().count(), events.len());
+    let text = stack.tug(&["logs", "--daemon", "--tail", "1"]);
+    assert_eq!(text.stdout.lines().count(), 1, "{}", text.stdout);
+    let all = stack.tug(&["logs", "--daemon"]);
+    assert!(all.stdout.lines().any(|l| l.contains(" info  web ")), "{}", all.stdout);
+}

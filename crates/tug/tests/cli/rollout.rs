@@ -796,11 +796,14 @@ services:
     assert_eq!(versions(port, 10), set(&["1"]));
 }
 
-/// The autoscaler's decisions for `web` in the daemon's log (`tug: web: autoscale 1 → 3
+/// The autoscaler's decisions for `web` in the daemon's log (`autoscale 1 → 3
 /// replicas: …`) that `keep` (from, to): (from, to, the decision).
 fn decisions(log: &str, keep: impl Fn(u32, u32) -> bool) -> Vec<(u32, u32, String)> {
+    // daemon.log is JSON lines: web's autoscale events.
     log.lines()
-        .filter_map(|l| l.split("tug: web: autoscale ").nth(1))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["service"] == "web")
+        .filter_map(|e| e["msg"].as_str().and_then(|m| m.strip_prefix("autoscale ")).map(str::to_string))
         .filter_map(|d| {
             let (from, rest) = d.split_once(" → ")?;
             let to = rest.split(' ').next()?;
