@@ -1,6 +1,7 @@
 //! `tug render TARGET`: the compiled stack written for another engine. One module per target,
 //! each a pure function from the stack to files; the same stack gives the same bytes.
 
+pub mod alerts;
 pub mod compose;
 pub mod kubernetes;
 pub mod systemd;
@@ -14,6 +15,7 @@ pub enum Target {
     Kubernetes,
     Compose,
     Systemd,
+    Alerts,
 }
 
 impl Target {
@@ -22,6 +24,7 @@ impl Target {
             Target::Kubernetes => "kubernetes",
             Target::Compose => "compose",
             Target::Systemd => "systemd",
+            Target::Alerts => "alerts",
         }
     }
 }
@@ -106,6 +109,7 @@ pub fn render(stack: &Stack, target: Target, options: &Options) -> Result<Vec<Fi
         Target::Kubernetes => kubernetes::render(stack, options),
         Target::Compose => compose::render(stack, options),
         Target::Systemd => systemd::render(stack, options),
+        Target::Alerts => alerts::render(stack, options),
     }
 }
 

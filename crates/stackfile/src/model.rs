@@ -436,6 +436,22 @@ pub struct Logs {
     pub max_files: u32,
 }
 
+/// A service's objectives: the share of requests that succeed, and the p99 request duration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Slo {
+    #[serde(serialize_with = "display")]
+    pub availability: Percent,
+    #[serde(serialize_with = "duration")]
+    pub latency: Duration,
+}
+
+impl Default for Slo {
+    /// 99.9% of requests succeed; 99% of them within 100 ms.
+    fn default() -> Self {
+        Slo { availability: Percent(99.9), latency: Duration::from_millis(100) }
+    }
+}
+
 /// When to pull a service's image.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -538,6 +554,8 @@ pub struct Service {
     pub env_file: Vec<PathBuf>,
     pub resources: Resources,
     pub logs: Logs,
+    /// `slo`: objectives for alerting (`tug render alerts`); none: the defaults.
+    pub slo: Option<Slo>,
     #[serde(skip)]
     pub span: Span,
 }

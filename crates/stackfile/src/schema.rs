@@ -353,6 +353,18 @@ fn service() -> Value {
     for (name, schema) in image_fields() {
         service["properties"][name] = schema;
     }
+    service["properties"]["slo"] = field(
+        "Objectives `tug render alerts` writes alerting rules for: `availability` (the share of requests that \
+            succeed, default 99.9%) and `latency` (the p99 request duration, default 100ms).",
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "availability": def("percentage"),
+                "latency": def("duration"),
+            },
+        }),
+    );
     service
 }
 

@@ -56,6 +56,7 @@ pub const SERVICE_FIELDS: &[&str] = &[
     "init",
     "container_port",
     "source",
+    "slo",
 ];
 pub const PROBE_FIELDS: &[&str] =
     &["http", "tcp", "exec", "log", "interval", "timeout", "retries", "start_period", "start_interval"];
@@ -77,6 +78,7 @@ pub const ANALYSIS_FIELDS: &[&str] = &["max_error_rate", "max_p99", "min_request
 pub const AUTOSCALE_FIELDS: &[&str] =
     &["min", "max", "cpu", "memory", "requests_per_second", "scale_down_stabilization"];
 pub const RESOURCES_FIELDS: &[&str] = &["memory", "cpu"];
+pub const SLO_FIELDS: &[&str] = &["availability", "latency"];
 pub const LOGS_FIELDS: &[&str] = &["max_size", "max_files"];
 pub const ROUTER_FIELDS: &[&str] = &["connect_timeout", "request_timeout", "max_connection_age"];
 pub const DEPENDS_ON_FIELDS: &[&str] = &["condition", "required"];
@@ -430,6 +432,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let user = f.get("user").and_then(|n| ctx.string(n, &f.path("user"), &scope));
     let resources = f.get("resources").map(|n| resources(ctx, n, &f.path("resources"), &scope)).unwrap_or_default();
     let logs = logs(ctx, f.get("logs"), &f, &scope);
+    let slo = f.get("slo").and_then(|n| slo(ctx, n, &f.path("slo"), &scope));
     let router = router(ctx, f.get("router"), &f, &scope);
     if let Some(n) = f.get("description") {
         ctx.string(n, &f.path("description"), &scope);
@@ -551,6 +554,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         env_file,
         resources,
         logs,
+        slo,
         span: input.key_span,
     };
     let mut service = service;
@@ -1194,6 +1198,32 @@ fn autoscale(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Au
         .and_then(|n| ctx.duration(n, &f.path("scale_down_stabilization"), scope))
         .unwrap_or(Duration::from_secs(300));
     Some(Autoscale { min, max, cpu, memory, requests_per_second, scale_down_stabilization })
+}
+
+/// `slo`: the service's objectives, for `tug render alerts`.
+fn slo(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Slo> {
+    let f = ctx.fields(node, path, SLO_FIELDS)?;
+    let mut slo = Slo::default();
+    if let Some(n) = f.get("availability")
+        && let Some(p) = ctx.percent(n, &f.path("availability"), scope)
+    {
+        if !(p.0 > 0.0 && p.0 < 100.0) {
+            ctx.error(
+                "invalid-value",
+                n.span,
+                &f.path("availability"),
+                format!("{p} leaves no error budget or no success: give a share between 0% and 100%, such as 99.9%"),
+            );
+            return None;
+        }
+        slo.availability = p;
+    }
+    if let Some(n) = f.get("latency")
+        && let Some(d) = ctx.duration(n, &f.path("latency"), scope)
+    {
+        slo.latency = d;
+    }
+    Some(slo)
 }
 
 fn resources(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Resources {

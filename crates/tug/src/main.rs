@@ -297,6 +297,8 @@ enum RenderTarget {
     Kubernetes,
     Compose,
     Systemd,
+    /// Prometheus alerting and recording rules for the services' objectives (`slo`)
+    Alerts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -398,6 +400,7 @@ fn main() -> ExitCode {
                 RenderTarget::Kubernetes => tug_render::Target::Kubernetes,
                 RenderTarget::Compose => tug_render::Target::Compose,
                 RenderTarget::Systemd => tug_render::Target::Systemd,
+                RenderTarget::Alerts => tug_render::Target::Alerts,
             };
             let tug_binary = std::env::current_exe().ok().map(|p| p.display().to_string());
             let options = tug_render::Options {

@@ -629,3 +629,41 @@ fn the_examples_render_for_every_target_they_can_run_on() {
         }
     }
 }
+
+#[test]
+fn alerting_rules_that_promtool_checks_and_whose_alerts_fire_where_they_should() {
+    let state = TempDir::new("render-alerts-state");
+    let out = TempDir::new("render-alerts-out");
+    let run = render_to(&state, "alerts", out.path());
+    assert_eq!(run.code, 0, "{}", run.all());
+    let rules = out.path().join("shop-alerts.yaml");
+    let check = Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("promtool (scripts/test installs prometheus)");
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The fixtures: every alert fires under its condition and stays silent without it.
+    std::fs::copy(data_dir().join("render/alerts-tests.yaml"), out.path().join("alerts-tests.yaml")).unwrap();
+    let test =
+        Command::new("promtool").current_dir(out.path()).args(["test", "rules", "alerts-tests.yaml"]).output().unwrap();
+    assert!(
+        test.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    // A service's own objectives set its thresholds: admin allows 1% errors and a 250 ms p99.
+    let text = std::fs::read_to_string(&rules).unwrap();
+    assert!(text.contains("ratio_rate1h{service=\\\"admin\\\"} > 0.144"), "{text}");
+    assert!(text.contains("p99_rate5m{service=\\\"admin\\\"} > 0.25\""), "{text}");
+    // Only HTTP services get request alerts; postgres (tcp) gets the others.
+    assert!(!text.contains("ratio_rate1h{service=\\\"postgres\\\"}"), "{text}");
+    assert!(text.contains("service=\\\"postgres\\\"}[15m]) > 3"), "{text}");
+}
