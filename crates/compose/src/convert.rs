@@ -226,6 +226,24 @@ impl Converter<'_> {
         if keepable(raw, self.cx.vars, env_beside) {
             return Some(raw.clone());
         }
+        // A secret's value is never written into the stack file: its reference stays, and tug
+        // needs the variable where it runs.
+        let secrets: Vec<String> = tug_stackfile::interp::references(raw)
+            .into_iter()
+            .filter(|name| tug_stackfile::service::is_sensitive_name(name))
+            .collect();
+        if !secrets.is_empty() {
+            self.refuse(
+                node.span,
+                path,
+                format!(
+                    "{} kept as a reference, never its value: set it in the environment or in a .env beside the \
+                     stack file before `tug up` (or make it a `type: secret` setting)",
+                    secrets.iter().map(|n| format!("`${{{n}}}`")).collect::<Vec<_>>().join(", ")
+                ),
+            );
+            return Some(raw.clone());
+        }
         self.value(node, path).map(|v| v.replace('$', "$$"))
     }
 
@@ -1373,18 +1391,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 
 /// `a/./b/../c` → `a/c`, made absolute against the current folder.
 fn normalize(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            Component::ParentDir => {
-                out.pop();
-            }
-            Component::CurDir => {}
-            other => out.push(other),
-        }
-    }
-    out
+    tug_stackfile::service::normalize(&std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
 }
 
 fn relative_to(path: &Path, base: &Path) -> PathBuf {

@@ -471,3 +471,26 @@ fn files_that_are_not_compose_are_refused_clearly() {
     let err = import(&options(dir.0.join("none.yaml"))).err().unwrap().to_string();
     assert!(err.contains("cannot read") && err.contains("none.yaml"), "{err}");
 }
+
+#[test]
+fn a_secret_from_an_env_file_tug_will_not_read_is_never_written() {
+    let dir = Dir::new();
+    let path = dir.write(
+        "compose/compose.yaml",
+        "services:\n  db:\n    image: x\n    environment:\n      DB_PASSWORD: ${DB_PASSWORD}\n      LEVEL: ${LEVEL}\n",
+    );
+    dir.write("compose/.env", "DB_PASSWORD=hunter2-from-dotenv\nLEVEL=debug\n");
+    // Written elsewhere: the .env beside the Compose file is not beside the stack file.
+    let imported = import(&crate::Options {
+        files: vec![path],
+        env_files: Vec::new(),
+        process_env: Default::default(),
+        project_name: None,
+        output_dir: dir.0.join("elsewhere"),
+    })
+    .unwrap();
+    assert!(!imported.text.contains("hunter2"), "{}", imported.text);
+    contains(&imported.text, "DB_PASSWORD: ${DB_PASSWORD}\n");
+    contains(&imported.text, "LEVEL: debug\n");
+    assert!(has(&imported.findings, Severity::Warning, "services.db.environment.DB_PASSWORD", "never its value"));
+}

@@ -48,34 +48,26 @@ pub fn render(stack: &Stack, _options: &Options) -> Result<Vec<File>, Error> {
             alerts.push(latency_alert(name, &slo));
         }
         if let Some(cpu) = service.resources.cpu {
-            alerts.push(json!({
-                "alert": "TugCpuNearLimit",
-                "expr": format!(
-                    "rate(tug_instance_cpu_seconds_total{{project=\"{p}\",service=\"{name}\"}}[5m]) > {limit}",
-                    p = stack.name,
-                    limit = number(cpu * RESOURCE_SHARE)
-                ),
-                "for": "10m",
-                "labels": { "severity": "ticket", "service": name },
-                "annotations": {
-                    "summary": format!("{{{{ $labels.instance }}}} of {name} uses over 80% of its {cpu} CPU"),
-                },
-            }));
+            let series =
+                format!("rate(tug_instance_cpu_seconds_total{{project=\"{}\",service=\"{name}\"}}[5m])", stack.name);
+            alerts.push(near_limit(
+                "TugCpuNearLimit",
+                name,
+                &series,
+                number(cpu * RESOURCE_SHARE),
+                &format!("{cpu} CPU"),
+            ));
         }
         if let Some(memory) = service.resources.memory {
-            alerts.push(json!({
-                "alert": "TugMemoryNearLimit",
-                "expr": format!(
-                    "tug_instance_memory_bytes{{project=\"{p}\",service=\"{name}\"}} > {limit}",
-                    p = stack.name,
-                    limit = (memory.0 as f64 * RESOURCE_SHARE).round() as u64
-                ),
-                "for": "10m",
-                "labels": { "severity": "ticket", "service": name },
-                "annotations": {
-                    "summary": format!("{{{{ $labels.instance }}}} of {name} uses over 80% of its {} bytes of memory", memory.0),
-                },
-            }));
+            let series = format!("tug_instance_memory_bytes{{project=\"{}\",service=\"{name}\"}}", stack.name);
+            let limit = ((memory.0 as f64 * RESOURCE_SHARE).round() as u64).to_string();
+            alerts.push(near_limit(
+                "TugMemoryNearLimit",
+                name,
+                &series,
+                limit,
+                &format!("{} bytes of memory", memory.0),
+            ));
         }
         if service.kind == ServiceKind::Service {
             alerts.push(json!({
@@ -112,6 +104,19 @@ pub fn render(stack: &Stack, _options: &Options) -> Result<Vec<File>, Error> {
         stack.name
     ));
     Ok(vec![File::new(format!("{}-alerts.yaml", stack.name), vec![manifest])])
+}
+
+/// An instance over [`RESOURCE_SHARE`] of a limit (`series` above `threshold`) for 10 minutes.
+fn near_limit(alert: &str, service: &str, series: &str, threshold: String, limit: &str) -> Value {
+    json!({
+        "alert": alert,
+        "expr": format!("{series} > {threshold}"),
+        "for": "10m",
+        "labels": { "severity": "ticket", "service": service },
+        "annotations": {
+            "summary": format!("{{{{ $labels.instance }}}} of {service} uses over 80% of its {limit}"),
+        },
+    })
 }
 
 /// The error budget's burn, as the SRE workbook's multiwindow alerts: fast burns page within

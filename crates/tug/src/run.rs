@@ -416,10 +416,14 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     if matches!(outcome, Waited::Up) && !options.deploy && !options.quiet {
         print_addresses(&client, &answer.services, &request.spec);
     }
-    // A deploy that did not fully land says what did change and what did not.
-    let what_changed = || {
+    // A deploy that did not fully land says what did change and what did not; a failed `up -d`
+    // that the stack still runs.
+    let after_failure = || {
         if let (true, Some(plan), Ok(now)) = (options.deploy, &answer.plan, status(&client)) {
             eprint!("{}", crate::plan::outcome(plan, &now));
+        }
+        if !options.deploy {
+            eprintln!("{}", still_running_hint());
         }
     };
     if options.detach {
@@ -428,19 +432,13 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
             Waited::Failed(report) => {
                 eprintln!("{report}");
                 print_failure_logs(&state_dir, &report_instances(&client, &answer.services), &request.spec);
-                what_changed();
-                if !options.deploy {
-                    eprintln!("{}", still_running_hint());
-                }
+                after_failure();
                 Ok(ExitCode::from(1))
             }
             Waited::Interrupted => Ok(ExitCode::from(130)),
             Waited::TimedOut(report) => {
                 eprintln!("{report}");
-                what_changed();
-                if !options.deploy {
-                    eprintln!("{}", still_running_hint());
-                }
+                after_failure();
                 Ok(ExitCode::from(1))
             }
         };

@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -16,22 +15,6 @@ use crate::images::{Tags, docker, image_id, stack_containers, stack_volumes};
 use crate::repo_dir;
 use crate::rollout::{Load, deploy, history, set, status, versions, wait_versions, web_rows};
 use crate::routing::{field_of, http_once};
-
-/// The example's folder, but its `tug.yaml` (which [`Stack::new`] writes) and any state.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create folder");
-    for entry in std::fs::read_dir(from).expect("read folder").flatten() {
-        let (path, name) = (entry.path(), entry.file_name());
-        if name == ".tug" || (from.ends_with("examples/containers") && name == "tug.yaml") {
-            continue;
-        }
-        if path.is_dir() {
-            copy_dir(&path, &to.join(&name));
-        } else {
-            std::fs::copy(&path, to.join(&name)).expect("copy file"); // keeps prepare.sh executable
-        }
-    }
-}
 
 /// Replaces `from` with `to` in the stack's file `name`, which must contain it.
 fn edit(stack: &Stack, name: &str, from: &str, to: &str) {
@@ -96,7 +79,8 @@ fn example_containers_builds_serves_keeps_its_volume_and_deploys_a_canary() {
         .replace("tug-example-redis:local", &redis_tag)
         .replace("step_duration: 3s", "step_duration: 1s");
     let mut stack = Stack::new("example-containers", &yaml);
-    copy_dir(&example, stack.path());
+    // The example's folder, but its `tug.yaml` (which `Stack::new` wrote) and any state.
+    crate::copy_dir(&example, stack.path(), &[".tug", "tug.yaml"]);
     edit(&stack, "web/Dockerfile", "FROM tug-example-demo:local", &format!("FROM {demo_tag}"));
     set_version(&stack, "ENV VERSION=1");
     let (web_port, cache_port) = (free_port(), free_port());

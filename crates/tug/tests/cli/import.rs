@@ -18,21 +18,8 @@ fn fixtures() -> PathBuf {
 /// A copy of a fixture folder, so that what the import writes (tug.yaml, .tug/) stays out of the repository.
 fn copy_fixture(name: &str) -> TempDir {
     let dir = TempDir::new(&format!("import-{name}"));
-    copy_dir(&fixtures().join(name), dir.path());
+    crate::copy_dir(&fixtures().join(name), dir.path(), &[]);
     dir
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 fn tug(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {

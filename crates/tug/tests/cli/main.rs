@@ -100,6 +100,23 @@ pub fn expect_file(path: &Path, actual: &str) {
     }
 }
 
+/// Copies a folder's tree (files keep their mode: scripts stay executable), leaving out every
+/// entry named in `skip` (`.tug`, `__pycache__`, …) at any depth.
+pub fn copy_dir(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).expect("create folder");
+    for entry in std::fs::read_dir(from).expect("read folder").flatten() {
+        let (path, name) = (entry.path(), entry.file_name());
+        if skip.iter().any(|s| name == *s) {
+            continue;
+        }
+        if path.is_dir() {
+            copy_dir(&path, &to.join(&name), skip);
+        } else {
+            std::fs::copy(&path, to.join(&name)).expect("copy file");
+        }
+    }
+}
+
 /// A temporary folder, removed when dropped (also when the test fails).
 pub struct TempDir(pub PathBuf);
 

@@ -280,7 +280,7 @@ fn millis(text: Option<String>) -> Option<u128> {
 #[test]
 fn an_imported_compose_file_renders_back_with_every_mapped_meaning() {
     let dir = TempDir::new("render-roundtrip");
-    copy_tree(&data_dir().join("../fixtures/compose/webapp"), dir.path());
+    crate::copy_dir(&data_dir().join("../fixtures/compose/webapp"), dir.path(), &[]);
     std::fs::create_dir_all(dir.path().join("secrets")).unwrap();
     dir.write("secrets/db_password.txt", "roundtrip-password-0123456789");
     let run = tug(dir.path(), &["import", "compose", "compose.yaml"], &[], None);
@@ -380,19 +380,6 @@ fn an_imported_compose_file_renders_back_with_every_mapped_meaning() {
     // Logging options come back.
     assert_eq!(scalar(at(&rendered, &["services", "proxy", "logging", "options", "max-file"])).as_deref(), Some("3"));
     assert!(!std::fs::read_to_string(dir.path().join("out/compose.yaml")).unwrap().contains("roundtrip-password"));
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// `docker compose` where the machine has it, else Compose v1 (`docker-compose`), which knows

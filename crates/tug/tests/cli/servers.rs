@@ -95,21 +95,6 @@ fn prerequisites() -> Result<PathBuf, String> {
     pg_bin().ok_or_else(|| "no PostgreSQL server programs".into())
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create folder");
-    for entry in std::fs::read_dir(from).expect("read folder").flatten() {
-        let (path, name) = (entry.path(), entry.file_name());
-        if name == "__pycache__" || name == ".tug" {
-            continue;
-        }
-        if path.is_dir() {
-            copy_dir(&path, &to.join(&name));
-        } else {
-            std::fs::copy(&path, to.join(&name)).expect("copy file");
-        }
-    }
-}
-
 /// Distinct free ports for PostgreSQL, Redis and the API.
 fn free_ports() -> [u16; 3] {
     loop {
@@ -272,7 +257,7 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
     let example = repo_dir().join("examples/servers");
     let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
     let mut stack = Stack::new("servers", &yaml);
-    copy_dir(&example.join("app"), &stack.path().join("app"));
+    crate::copy_dir(&example.join("app"), &stack.path().join("app"), &["__pycache__", ".tug"]);
     let [pg_port, redis_port, api_port] = free_ports();
     for (name, value) in [
         ("PG_BIN", pg_bin.display().to_string()),
