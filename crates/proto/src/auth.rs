@@ -136,6 +136,28 @@ fn mac(key: &ApiKey) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }
 
+/// A token derived from the API key for one purpose (`metrics`: the bearer token of
+/// `/metrics`; `webhook`: the key webhooks are signed with). It follows the key: a new key
+/// gives new tokens; and knowing a token tells nothing about the key.
+pub fn derived_token(key: &ApiKey, purpose: &str) -> String {
+    let mut mac = mac(key);
+    mac.update(format!("tug/{purpose}").as_bytes());
+    hex(&mac.finalize().into_bytes())
+}
+
+/// HMAC-SHA256 of `body` under `key`'s bytes, hex: webhooks' `X-Tug-Signature: sha256=…`.
+pub fn hmac_hex(key: &[u8], body: &[u8]) -> String {
+    let mut mac =
+        <HmacSha256 as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(body);
+    hex(&mac.finalize().into_bytes())
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The `Authorization` header value for a request.
 pub fn sign(key: &ApiKey, method: &str, path: &str, body: &[u8], ts: u64) -> Result<String, KeyError> {
     let mut nonce = [0u8; 16];

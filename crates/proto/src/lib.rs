@@ -27,3 +27,17 @@ pub fn unix_now() -> u64 {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `POST /v1/dashboard`: a one-time login link for the dashboard.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DashboardRequest {
+    /// The session it opens can look, not act.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DashboardResponse {
+    /// `https://HOST:PORT/ui/login?token=…`: valid once, for a few minutes.
+    pub url: String,
+}

@@ -367,6 +367,43 @@ pub struct StackSpec {
     /// The address the routers bind (`0.0.0.0`: every interface); none: the advertised one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// `api:`: the daemon's network endpoint; none: the Unix socket only. Taken from requests
+    /// on the socket only: a remote client cannot move or drop the endpoint it came through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiSpec>,
+    /// `notify:`: webhooks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifySpec>,
+}
+
+/// The daemon's network endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiSpec {
+    /// `host:port`.
+    pub listen: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsFiles>,
+    /// `up --insecure`: a non-loopback address without TLS is allowed.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// PEM files, absolute paths on the daemon's host.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A webhook.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotifySpec {
+    /// May carry a token: sensitive when it comes from a secret.
+    pub url: Value,
+    /// `deployed`, `rolled_back`, `promoted`, `crash_loop`.
+    pub events: Vec<String>,
 }
 
 /// `PUT /v1/stack`: make the daemon run this stack, starting `targets` (all when

@@ -106,6 +106,11 @@ pub struct ServiceStatus {
     pub rollout: Option<crate::rollout::RolloutStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<crate::rollout::AutoscaleStatus>,
+    /// Each instance's limits (`resources`), when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<f64>,
 }
 
 /// `GET /v1/status`: the daemon and everything it runs.

@@ -43,7 +43,7 @@
 mod embedded;
 mod redis;
 pub mod resp;
-mod tls;
+pub mod tls;
 mod url;
 
 use std::future::Future;

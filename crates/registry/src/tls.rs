@@ -81,6 +81,58 @@ fn certificates(param: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>
     Ok(certs)
 }
 
+/// A client configuration for tug's other TLS clients (the CLI's `--host https://…`, webhooks):
+/// the CAs in `ca` (else the system's), and a client certificate for mTLS.
+pub fn client_config(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Arc<ClientConfig>, String> {
+    let params = TlsParams { ca, cert, key, insecure: false };
+    Tls::load(params, "localhost").map(|tls| tls.config).map_err(describe)
+}
+
+/// A server configuration (the daemon's endpoint): its certificate chain and key, and with
+/// `client_ca`, clients must present a certificate that CA signed (mTLS). ALPN offers h2.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certificates("client_ca", ca).map_err(describe)?);
+            if added == 0 {
+                return Err(format!("client_ca={} holds no usable CA certificate", ca.display()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("client_ca={}: {e}", ca.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let chain = certificates("cert", cert).map_err(describe)?;
+    let pem = read("key", key).map_err(describe)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        format!("key={} holds no PEM private key (expected -----BEGIN PRIVATE KEY-----): {e}", key.display())
+    })?;
+    let mut config = builder
+        .with_single_cert(chain, key_der)
+        .map_err(|e| format!("cert={} and key={} do not make a certificate: {e}", cert.display(), key.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The message without the registry's "invalid registry URL" framing.
+fn describe(error: RegistryError) -> String {
+    match error {
+        RegistryError::Url(message) => message,
+        other => other.to_string(),
+    }
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

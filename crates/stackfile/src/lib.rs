@@ -8,6 +8,7 @@ pub mod container;
 pub mod diag;
 pub mod dotenv;
 pub mod emit;
+pub mod endpoint;
 pub mod interp;
 pub mod model;
 pub mod read;
@@ -51,7 +52,7 @@ impl<F: Fn(&str) -> Option<Secret>> SecretSource for F {
 }
 
 pub const TOP_FIELDS: &[&str] =
-    &["name", "environments", "settings", "services", "registry", "engine", "volumes", "listen"];
+    &["name", "environments", "settings", "services", "registry", "engine", "volumes", "listen", "api", "notify"];
 pub const DEFAULT_FILE: &str = "tug.yaml";
 
 /// What to compile, and the world it is compiled in (passed in, so that tests and
@@ -437,6 +438,8 @@ fn stack(
             }
         }
     });
+    let api = f.get("api").and_then(|n| endpoint::api(ctx, n, &scope, root));
+    let notify = f.get("notify").map(|n| endpoint::notify(ctx, n, &scope)).unwrap_or_default();
     let declared = f.get("volumes").map(|n| container::volumes(ctx, n, &scope)).unwrap_or_default();
     let volumes: IndexMap<String, Volume> = declared.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect();
     // An image built without a name is named after the project (the folder's, when `name` is wrong).
@@ -532,6 +535,8 @@ fn stack(
         registry,
         engine,
         listen,
+        api,
+        notify,
         volumes,
         settings: shared,
         services,

@@ -102,6 +102,10 @@ pub struct Stack {
     /// `listen:`: the address the routers bind (`0.0.0.0`: every interface). None: the host's
     /// advertised address (127.0.0.1 by default).
     pub listen: Option<std::net::IpAddr>,
+    /// `api:`: the daemon's network endpoint; None: the Unix socket only.
+    pub api: Option<Api>,
+    /// `notify:`: webhooks for deploys, rollbacks, promotions and crash loops.
+    pub notify: Vec<Notify>,
     /// Named volumes (`volumes:`), kept by `down`, removed by `down --volumes`.
     pub volumes: IndexMap<String, Volume>,
     pub settings: IndexMap<String, Setting>,
@@ -558,4 +562,52 @@ pub struct Service {
     pub slo: Option<Slo>,
     #[serde(skip)]
     pub span: Span,
+}
+
+/// `api:`: the daemon's network endpoint (control API, `/metrics`, the dashboard).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Api {
+    #[serde(serialize_with = "display")]
+    pub listen: std::net::SocketAddr,
+    pub tls: Option<ApiTls>,
+}
+
+/// `api.tls`: the endpoint's certificate and key (PEM); with `client_ca`, clients must present
+/// a certificate it signed (mTLS).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// What `notify` entries can subscribe to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    Deployed,
+    RolledBack,
+    Promoted,
+    CrashLoop,
+}
+
+impl NotifyEvent {
+    pub const ALL: [(&'static str, NotifyEvent); 4] = [
+        ("deployed", NotifyEvent::Deployed),
+        ("rolled_back", NotifyEvent::RolledBack),
+        ("promoted", NotifyEvent::Promoted),
+        ("crash_loop", NotifyEvent::CrashLoop),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        NotifyEvent::ALL.iter().find(|(_, e)| *e == self).map(|(n, _)| *n).unwrap_or_default()
+    }
+}
+
+/// One `notify` entry: a webhook.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Notify {
+    /// `http://` or `https://`. May carry a secret (a token in the path): shown masked.
+    pub url: Text,
+    pub events: Vec<NotifyEvent>,
 }

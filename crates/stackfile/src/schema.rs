@@ -229,6 +229,25 @@ pub fn schema() -> Value {
             removed by `down --volumes`.",
         map(PROFILE_NAME, nullable(def("volume"))),
     );
+    properties["api"] = field(
+        "The daemon's network endpoint: the control API (signed as on the socket), /metrics (bearer token) and \
+            the dashboard (/ui/). Off unless set. A non-loopback address needs `tls` (or `up --insecure`).",
+        api(),
+    );
+    properties["notify"] = field(
+        "Webhooks: JSON POSTs on deploys, rollbacks, promotions and crash loops, signed with an HMAC-SHA256 header \
+            (`tug token webhook` prints the key).",
+        list(object(
+            "A webhook.",
+            json!({
+                "url": field("An http:// or https:// URL.", json!({ "type": "string" })),
+                "events": field(
+                    "The events to send; all by default.",
+                    list(words(&["deployed", "rolled_back", "promoted", "crash_loop"])),
+                ),
+            }),
+        )),
+    );
     let defs = &mut schema["$defs"];
     defs["volume"] = volume();
     defs["build"] = build();
@@ -481,6 +500,28 @@ fn volume() -> Value {
                 "An existing engine volume, used as it is: tug never creates or removes it.",
                 json!(false),
                 def("boolean"),
+            ),
+        }),
+    )
+}
+
+/// `api:`: the daemon's network endpoint.
+fn api() -> Value {
+    object(
+        "The daemon's network endpoint.",
+        json!({
+            "listen": field("Address and port: 127.0.0.1:7070, 0.0.0.0:7070, [::1]:7070.", json!({ "type": "string" })),
+            "tls": field(
+                "TLS (rustls): the server's certificate chain and key, PEM; with `client_ca`, clients must present a \
+                    certificate it signed (mTLS). Paths are relative to the stack file.",
+                object(
+                    "TLS files.",
+                    json!({
+                        "cert": field("The certificate chain (PEM).", json!({ "type": "string" })),
+                        "key": field("The private key (PEM).", json!({ "type": "string" })),
+                        "client_ca": field("CA certificates (PEM) that sign client certificates.", json!({ "type": "string" })),
+                    }),
+                ),
             ),
         }),
     )
