@@ -142,6 +142,11 @@ pub(crate) async fn run(sup: Supervisor) {
             }
             let decision = format!("{current} → {next} replicas: {why}");
             crate::log::info(&format!("autoscale {decision}"), &[("service", &name)]);
+            sup.inner.events.emit(crate::events::Event::new(
+                crate::events::Kind::Autoscale,
+                &name,
+                format!("autoscale {decision}"),
+            ));
             sup.inner.update(|t| {
                 if let Some(s) = t.services.get_mut(&name) {
                     s.autoscale = Some(status(Some(decision.clone())));

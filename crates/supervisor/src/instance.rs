@@ -25,6 +25,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// An instance up this long before it exits starts its backoff over.
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// Failures in a row (each within [`STABLE_AFTER`] of its start) that make a crash loop.
+const CRASH_LOOP_AFTER: u32 = 3;
 /// Longest line kept whole in the logs; longer ones are cut into pieces.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -152,6 +154,18 @@ struct ProbeResult {
 }
 
 impl Task {
+    /// Tells the event stream (the dashboard, the `crash_loop` webhook) once per streak.
+    fn crash_loop(&self, what: &str, delay: Duration) {
+        let message = format!(
+            "{}: {what}; failed {CRASH_LOOP_AFTER} times in a row, restarting in {}",
+            self.name,
+            tug_stackfile::units::format_duration(delay)
+        );
+        let mut event = crate::events::Event::new(crate::events::Kind::CrashLoop, &self.spec.name, message);
+        event.instance = Some(self.name.clone());
+        self.inner.events.emit(event);
+    }
+
     fn set(&self, change: impl FnOnce(&mut InstanceStatus)) {
         self.inner.update(|t| {
             if let Some(row) = t.instances.get_mut(&self.name) {
@@ -241,6 +255,13 @@ impl Task {
                     self.restarts += 1;
                     let restarts = self.restarts;
                     self.set(|s| s.restarts = restarts);
+                    let mut event = crate::events::Event::new(
+                        crate::events::Kind::Restart,
+                        &self.spec.name,
+                        format!("{} restarted", self.name),
+                    );
+                    event.instance = Some(self.name.clone());
+                    self.inner.events.emit(event);
                 }
                 Outcome::Removed(reply) => return self.remove(reply),
             }
@@ -671,6 +692,9 @@ impl Task {
         self.restarts += 1;
         let delay = backoff(self.failures);
         let restarts = self.restarts;
+        if self.failures == CRASH_LOOP_AFTER {
+            self.crash_loop(&what, delay);
+        }
         self.set(|s| {
             s.state = State::Crashloop;
             s.exit_code = Some(exit.code());

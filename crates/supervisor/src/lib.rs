@@ -10,6 +10,7 @@ mod analysis;
 mod autoscale;
 mod container;
 mod driver;
+pub mod events;
 mod exec;
 pub mod history;
 pub mod instance;
@@ -130,6 +131,8 @@ pub(crate) struct Inner {
     pub engines: container::Engines,
     /// One-off instances (`tug run`) under way.
     pub one_offs: std::sync::atomic::AtomicUsize,
+    /// What happened: the dashboard's timeline, the webhooks.
+    pub events: events::Events,
 }
 
 impl Inner {
@@ -194,6 +197,7 @@ impl Supervisor {
             records: Mutex::new(records),
             engines: container::Engines::default(),
             one_offs: std::sync::atomic::AtomicUsize::new(0),
+            events: events::Events::default(),
         });
         let supervisor = Supervisor { inner };
         if let Some(problem) = problem {
@@ -205,6 +209,16 @@ impl Supervisor {
     /// Starts the daemon's background work (the autoscaler). Must run inside the runtime.
     pub fn start_background(&self) {
         tokio::spawn(autoscale::run(self.clone()));
+    }
+
+    /// Deploys, rollbacks, promotions, restarts, crash loops, autoscaling: as they happen.
+    pub fn events(&self) -> &events::Events {
+        &self.inner.events
+    }
+
+    /// The project's name, once a stack was applied.
+    pub fn project(&self) -> String {
+        self.inner.lock().project.clone()
     }
 
     pub fn config(&self) -> &Config {
@@ -239,6 +253,8 @@ impl Supervisor {
                 revision: s.spec.revision.clone(),
                 rollout: s.rollout.clone(),
                 autoscale: s.autoscale.clone(),
+                memory_limit_bytes: s.spec.memory_bytes,
+                cpu_limit: s.spec.cpu,
             })
             .collect();
         let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
@@ -1280,6 +1296,8 @@ mod tests {
             registry: None,
             engine: None,
             listen: None,
+            api: None,
+            notify: Vec::new(),
         }
     }
 

@@ -233,6 +233,13 @@ impl Run {
     }
 
     async fn drive(&mut self) -> Step<()> {
+        let message = format!(
+            "rolling out {} ({}) over {}",
+            self.plan.to.revision,
+            self.plan.strategy.as_str(),
+            self.plan.from.revision
+        );
+        self.emit(crate::events::Kind::Deploy, message);
         self.wait_for_dependencies().await?;
         if self.plan.resume {
             self.restore_stable().await?;
@@ -606,8 +613,9 @@ impl Run {
         self.set(true, |s| {
             s.phase = Phase::Promoted;
             s.weight = 100;
-            s.reason = Some(reason);
+            s.reason = Some(reason.clone());
         });
+        self.emit(crate::events::Kind::Promoted, reason);
         let until = Instant::now() + delay;
         while Instant::now() < until {
             // A new instance that fails now is a liveness matter; the old set is the way back.
@@ -650,6 +658,7 @@ impl Run {
         };
         self.window = Some((Window::new(step_duration.clamp(MIN_WINDOW, MAX_WINDOW)), limits));
         let r = self.plan.replicas;
+        let mut promoted_by_hand = false;
         for (index, &percent) in steps.iter().enumerate().skip(self.plan.first_step) {
             let wanted = (u32::from(percent) * r).div_ceil(100).clamp(1, r.max(1));
             let view = self.view();
@@ -698,6 +707,7 @@ impl Run {
                 }
             }
             if promote_now {
+                promoted_by_hand = true;
                 break;
             }
         }
@@ -710,8 +720,11 @@ impl Run {
         let reason = noted("promoted: the old revision drains".into(), self.plan.note.as_deref());
         self.set(true, |s| {
             s.weight = 100;
-            s.reason = Some(reason);
+            s.reason = Some(reason.clone());
         });
+        if promoted_by_hand {
+            self.emit(crate::events::Kind::Promoted, reason);
+        }
         self.retire_old().await
     }
 
@@ -730,6 +743,13 @@ impl Run {
             return Err(Stop::Failed(why, Some(m)));
         }
         Ok(())
+    }
+
+    /// Tells the event stream, with where the rollout stands.
+    fn emit(&self, kind: crate::events::Kind, message: String) {
+        let mut event = crate::events::Event::new(kind, self.name(), message);
+        event.rollout = self.inner.lock().services.get(self.name()).and_then(|s| s.rollout.clone());
+        self.inner.events.emit(event);
     }
 
     /// The new revision serves everything: record it.
@@ -853,6 +873,7 @@ impl Run {
             }
         });
         let to = self.plan.to.revision.clone();
+        let status_after = status.clone();
         self.inner.record(|records, _| {
             let record = records.service(&service);
             record.current = Some(runs.revision.clone());
@@ -871,5 +892,15 @@ impl Run {
             None => format!("rollout to {to}: {}", phase.as_str()),
         };
         log(&service, &line);
+        let kind = match phase {
+            Phase::Complete => Some(crate::events::Kind::Deployed),
+            Phase::RolledBack | Phase::Failed => Some(crate::events::Kind::RolledBack),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            let mut event = crate::events::Event::new(kind, &service, line);
+            event.rollout = status_after;
+            self.inner.events.emit(event);
+        }
     }
 }
