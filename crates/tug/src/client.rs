@@ -1,9 +1,12 @@
 //! The CLI's side of the control API: signed HTTP/1.1 requests over the stack's
-//! Unix socket, one request per connection, blocking.
+//! Unix socket, or to a remote daemon's network endpoint (`--host`, over TLS or mTLS), one
+//! request per connection, blocking.
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -11,9 +14,84 @@ use serde::de::DeserializeOwned;
 use tug_proto::auth::{self, ApiKey};
 
 pub struct Client {
-    socket: PathBuf,
+    transport: Transport,
     key: ApiKey,
 }
+
+enum Transport {
+    Socket(PathBuf),
+    Remote(Remote),
+}
+
+/// A daemon's network endpoint, as `--host` names it.
+pub struct Remote {
+    /// As given, for messages.
+    pub url: String,
+    host: String,
+    port: u16,
+    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+}
+
+impl Remote {
+    /// `https://HOST:PORT` (or `http://` for a loopback endpoint without TLS), with the CAs
+    /// to trust (`--tls-ca`, else the system's) and a client certificate for mTLS.
+    pub fn parse(
+        url: &str,
+        ca: Option<PathBuf>,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+    ) -> Result<Remote, String> {
+        let bad = |why: &str| format!("--host {url}: {why} (expected https://HOST:PORT)");
+        let (tls, rest) = match url.split_once("://") {
+            Some(("https", rest)) => (true, rest),
+            Some(("http", rest)) => (false, rest),
+            Some((scheme, _)) => return Err(bad(&format!("`{scheme}://` is not http:// or https://"))),
+            None => return Err(bad("no scheme")),
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') || authority.contains('@') {
+            return Err(bad("only a host and a port"));
+        }
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']').ok_or_else(|| bad("a bad IPv6 address"))?;
+                (host.to_string(), after.strip_prefix(':').unwrap_or(""))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host.to_string(), port),
+                None => (authority.to_string(), ""),
+            },
+        };
+        let port: u16 = port.parse().map_err(|_| bad("no port, or a bad one"))?;
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        if !tls && (ca.is_some() || cert.is_some() || key.is_some()) {
+            return Err(bad("--tls-ca, --tls-cert and --tls-key need https://"));
+        }
+        if cert.is_some() != key.is_some() {
+            return Err("--tls-cert and --tls-key go together (a client certificate and its key)".into());
+        }
+        let tls = if tls {
+            let config = tug_registry::tls::client_config(ca, cert, key).map_err(|e| {
+                format!(
+                    "--host {url}: {}",
+                    e.replace("ca=", "--tls-ca ").replace("cert=", "--tls-cert ").replace("key=", "--tls-key ")
+                )
+            })?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| bad("the host is not a valid TLS server name"))?;
+            Some((config, name))
+        } else {
+            None
+        };
+        Ok(Remote { url: url.to_string(), host, port, tls })
+    }
+}
+
+/// A connection to the daemon, whatever carries it.
+trait Connection: Read + Write + Send {}
+impl<T: Read + Write + Send> Connection for T {}
 
 /// Why a request did not get an answer or got an error answer.
 #[derive(Debug)]
@@ -47,7 +125,67 @@ impl From<RequestError> for String {
 
 impl Client {
     pub fn new(state_dir: &Path, key: ApiKey) -> Client {
-        Client { socket: state_dir.join(tug_proto::SOCKET_FILE), key }
+        Client { transport: Transport::Socket(state_dir.join(tug_proto::SOCKET_FILE)), key }
+    }
+
+    pub fn remote(remote: Remote, key: ApiKey) -> Client {
+        Client { transport: Transport::Remote(remote), key }
+    }
+
+    /// Talks to a daemon on another host (`--host`): its logs and files are not here.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.transport, Transport::Remote(_))
+    }
+
+    fn open(&self, read_timeout: Option<Duration>) -> Result<Box<dyn Connection>, RequestError> {
+        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
+        match &self.transport {
+            Transport::Socket(socket) => {
+                let stream = match UnixStream::connect(socket) {
+                    Ok(s) => s,
+                    Err(e)
+                        if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+                    {
+                        return Err(RequestError::NoDaemon);
+                    }
+                    Err(e) => {
+                        return Err(RequestError::Other(format!(
+                            "cannot reach the daemon at {}: {e}",
+                            socket.display()
+                        )));
+                    }
+                };
+                stream.set_read_timeout(read_timeout).map_err(io)?;
+                Ok(Box::new(stream))
+            }
+            Transport::Remote(remote) => {
+                // A remote daemon that does not answer is an error, never a reason to start one here.
+                let unreachable = |e: std::io::Error| RequestError::Other(format!("cannot reach {}: {e}", remote.url));
+                let address = std::net::ToSocketAddrs::to_socket_addrs(&(remote.host.as_str(), remote.port))
+                    .map_err(unreachable)?
+                    .next()
+                    .ok_or_else(|| RequestError::Other(format!("cannot resolve {}", remote.host)))?;
+                let stream = TcpStream::connect_timeout(&address, Duration::from_secs(10)).map_err(unreachable)?;
+                let _ = stream.set_nodelay(true);
+                stream.set_read_timeout(read_timeout).map_err(io)?;
+                stream.set_write_timeout(Some(Duration::from_secs(30))).map_err(io)?;
+                match &remote.tls {
+                    None => Ok(Box::new(stream)),
+                    Some((config, name)) => {
+                        let connection = rustls::ClientConnection::new(config.clone(), name.clone())
+                            .map_err(|e| RequestError::Other(format!("TLS with {}: {e}", remote.url)))?;
+                        let mut tls = rustls::StreamOwned::new(connection, stream);
+                        // The handshake now, so that a refused certificate is reported as such.
+                        while tls.conn.is_handshaking() {
+                            tls.conn
+                                .complete_io(&mut tls.sock)
+                                .map_err(|e| RequestError::Other(format!("TLS with {} failed: {e}", remote.url)))?;
+                        }
+                        Ok(Box::new(tls))
+                    }
+                }
+            }
+        }
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str, timeout: Duration) -> Result<T, RequestError> {
@@ -91,25 +229,20 @@ impl Client {
         path: &str,
         body: &[u8],
         read_timeout: Option<Duration>,
-    ) -> Result<UnixStream, RequestError> {
-        let mut stream = match UnixStream::connect(&self.socket) {
-            Ok(s) => s,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
-                return Err(RequestError::NoDaemon);
-            }
-            Err(e) => {
-                return Err(RequestError::Other(format!("cannot reach the daemon at {}: {e}", self.socket.display())));
-            }
-        };
+    ) -> Result<Box<dyn Connection>, RequestError> {
+        let mut stream = self.open(read_timeout)?;
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
-        stream.set_read_timeout(read_timeout).map_err(io)?;
         let signature = auth::sign(&self.key, method, path, body, tug_proto::unix_now())
             .map_err(|e| RequestError::Other(e.to_string()))?;
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body)).map_err(io)?;
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|_| stream.write_all(body))
+            .and_then(|_| stream.flush())
+            .map_err(io)?;
         Ok(stream)
     }
 
@@ -124,7 +257,7 @@ impl Client {
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
         let mut stream = self.send_request(method, path, body, Some(timeout + Duration::from_secs(5)))?;
         let mut response = Vec::new();
-        stream.read_to_end(&mut response).map_err(|e| match e.kind() {
+        read_all(&mut stream, &mut response).map_err(|e| match e.kind() {
             // The read timeout: say so, rather than "Resource temporarily unavailable".
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RequestError::Other(format!(
                 "the daemon did not answer {method} {path} within {} s",
@@ -146,11 +279,22 @@ impl Client {
         body: &B,
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), RequestError> {
-        use std::io::BufRead;
         let body =
             serde_json::to_vec(body).map_err(|e| RequestError::Other(format!("cannot encode the request: {e}")))?;
+        self.stream_raw("POST", path, &body, on_data)
+    }
+
+    /// As [`Client::stream`], for any method and a raw body (`GET /v1/logs?follow=1`).
+    pub fn stream_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
+    ) -> Result<(), RequestError> {
+        use std::io::BufRead;
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
-        let stream = self.send_request("POST", path, &body, None)?;
+        let stream = self.send_request(method, path, body, None)?;
         let mut reader = std::io::BufReader::new(stream);
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -164,7 +308,7 @@ impl Client {
         let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status != 200 {
             let mut rest = Vec::new();
-            reader.read_to_end(&mut rest).map_err(io)?;
+            read_all(&mut reader, &mut rest).map_err(io)?;
             let mut whole = head;
             whole.extend(rest);
             let (status, bytes) = parse_response(&whole)
@@ -177,7 +321,11 @@ impl Client {
         let mut buf = vec![0u8; 64 * 1024];
         if !chunked {
             loop {
-                let n = reader.read(&mut buf).map_err(io)?;
+                let n = match reader.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    Err(e) => return Err(io(e)),
+                };
                 if n == 0 {
                     return Ok(());
                 }
@@ -206,6 +354,16 @@ impl Client {
             line.clear();
             reader.read_line(&mut line).map_err(io)?;
         }
+    }
+}
+
+/// Reads to the end of the answer. A TLS peer that closes without close_notify (the daemon
+/// drops the connection after `Connection: close`) has sent everything: not an error.
+fn read_all(reader: &mut impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
+    match reader.read_to_end(out) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -28,7 +28,7 @@ use tug_supervisor::{Config, Error, Supervisor};
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A body sent slower than this is dropped (before authentication, so it is bounded).
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_CONNECTIONS: usize = 256;
+pub(crate) const MAX_CONNECTIONS: usize = 256;
 /// Request bodies being read at once, all connections together: what unauthenticated bodies
 /// can make the daemon hold (a body is read whole before its signature can be checked).
 const BODY_BUDGET: usize = 32 * 1024 * 1024;
@@ -146,30 +146,104 @@ fn lock(state_dir: &Path) -> Result<std::fs::File, String> {
     Ok(file)
 }
 
-struct App {
-    supervisor: Supervisor,
+pub(crate) struct App {
+    pub supervisor: Supervisor,
     verifier: Verifier,
+    /// The API key's derived tokens: `/metrics`'s bearer token, the webhooks' signing key.
+    pub metrics_token: String,
     /// Bytes of request bodies being read (see [`BODY_BUDGET`]).
     bodies: Arc<tokio::sync::Semaphore>,
-    /// Connections not yet proven by an authenticated request, oldest first.
-    unproven: Unproven,
-    shutdown: tokio::sync::Notify,
+    /// The network endpoint (`api.listen`).
+    pub endpoint: crate::endpoint::Endpoint,
+    /// The dashboard's logins and sessions.
+    pub web: crate::web::Web,
+    /// Webhooks (`notify`).
+    pub notifier: crate::notify::Notifier,
+    pub shutdown: tokio::sync::Notify,
     /// Changes (up, start, stop, restart, scale) happen one at a time: two
     /// concurrent `up`s must not both add the replicas a service lacks.
     changes: tokio::sync::Mutex<()>,
 }
 
+/// Where a request came from.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Origin {
+    /// The stack's Unix socket (`tug.sock`, mode 0600).
+    Socket,
+    /// The network endpoint, listening on `address`.
+    Network { tls: bool, address: std::net::SocketAddr },
+}
+
+/// A connection, as its requests are handled.
+#[derive(Clone)]
+pub(crate) struct ConnInfo {
+    pub id: u64,
+    /// The listener's connections that have not proven themselves.
+    pub unproven: Arc<Unproven>,
+    pub origin: Origin,
+}
+
+/// A place for a new connection among `connections`: at the cap, the oldest connection that
+/// never proved itself makes room; None when none comes free within a second.
+pub(crate) async fn admit(
+    connections: &Arc<tokio::sync::Semaphore>,
+    unproven: &Unproven,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    if let Ok(permit) = connections.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    unproven.evict_oldest();
+    match tokio::time::timeout(Duration::from_secs(1), connections.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Some(permit),
+        _ => None,
+    }
+}
+
+/// Serves one connection's requests: HTTP/1.1 on the socket; HTTP/1.1 or HTTP/2 (by ALPN or
+/// preface) on the network endpoint.
+pub(crate) async fn serve_http<IO>(app: Arc<App>, io: IO, info: ConnInfo, http2: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| handle(app.clone(), request, info.clone()));
+    let io = hyper_util::rt::TokioIo::new(io);
+    if !http2 {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            // What each connection buffers before its request is handled: small, so that many
+            // connections hold little.
+            .max_buf_size(64 * 1024)
+            .serve_connection(io, service);
+        let _ = connection.await;
+        return;
+    }
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(32)
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Duration::from_secs(30));
+    let _ = builder.serve_connection(io, service).await;
+}
+
 /// Connections that have not made an authenticated request yet, oldest first, each with the
 /// signal that closes it.
 #[derive(Default)]
-struct Unproven {
+pub(crate) struct Unproven {
     next: std::sync::atomic::AtomicU64,
     list: std::sync::Mutex<std::collections::VecDeque<(u64, Arc<tokio::sync::Notify>)>>,
 }
 
 impl Unproven {
     /// Registers a new connection; closes the oldest unproven one when there are too many.
-    fn admit(&self) -> (u64, Arc<tokio::sync::Notify>) {
+    pub fn admit(&self) -> (u64, Arc<tokio::sync::Notify>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let close = Arc::new(tokio::sync::Notify::new());
         let mut list = self.list.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,7 +264,7 @@ impl Unproven {
     }
 
     /// The connection made an authenticated request, or ended: it is no longer a candidate.
-    fn forget(&self, id: u64) {
+    pub fn forget(&self, id: u64) {
         self.list.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _)| *i != id);
     }
 }
@@ -285,11 +359,17 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         for notice in notices {
             supervisor.notice(notice);
         }
+        let metrics_token = tug_proto::auth::derived_token(&key, "metrics");
+        let webhook_key = tug_proto::auth::derived_token(&key, "webhook");
+        let notifier = crate::notify::Notifier::start(supervisor.clone(), webhook_key);
         let app = Arc::new(App {
             supervisor,
             verifier: Verifier::new(key),
+            metrics_token,
             bodies: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
-            unproven: Unproven::default(),
+            endpoint: crate::endpoint::Endpoint::default(),
+            web: crate::web::Web::default(),
+            notifier,
             shutdown: tokio::sync::Notify::new(),
             changes: tokio::sync::Mutex::new(()),
         });
@@ -306,6 +386,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         // Connections at once: enough for any number of CLIs, few enough that
         // a local program opening sockets in a loop cannot exhaust the daemon.
         let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let unproven = Arc::new(Unproven::default());
         let accept_loop = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -313,44 +394,24 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 };
-                // At the cap, the oldest connection that never proved itself makes room.
-                let permit = match connections.clone().try_acquire_owned() {
-                    Ok(permit) => permit,
-                    Err(_) => {
-                        accepting.unproven.evict_oldest();
-                        let wait = connections.clone().acquire_owned();
-                        match tokio::time::timeout(Duration::from_secs(1), wait).await {
-                            Ok(Ok(permit)) => permit,
-                            _ => {
-                                drop(stream);
-                                continue;
-                            }
-                        }
-                    }
-                };
+                let Some(permit) = admit(&connections, &unproven).await else { continue };
+                let (id, close) = unproven.admit();
+                let info = ConnInfo { id, unproven: unproven.clone(), origin: Origin::Socket };
                 let app = accepting.clone();
-                let (id, close) = app.unproven.admit();
+                let unproven = unproven.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let serving = app.clone();
-                    let service = hyper::service::service_fn(move |request| handle(serving.clone(), request, id));
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        // What each connection buffers before its request is handled: small, so
-                        // that many connections hold little.
-                        .max_buf_size(64 * 1024)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                     // Closed early when newer connections need its place before it proved itself.
                     tokio::select! {
-                        _ = connection => {}
+                        _ = serve_http(app, stream, info, false) => {}
                         _ = close.notified() => {}
                     }
-                    app.unproven.forget(id);
+                    unproven.forget(id);
                 });
             }
         });
         app.shutdown.notified().await;
+        app.endpoint.configure(&app, None).await.ok();
         app.supervisor.shutdown().await;
         accept_loop.abort();
         let _ = std::fs::remove_file(&socket);
@@ -360,14 +421,14 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
 }
 
 /// Every answer's body: whole (JSON), or streamed (a command's output).
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
-fn whole(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn whole(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
 /// A body that sends what arrives on `rx`, until it closes.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+pub(crate) struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
@@ -410,7 +471,7 @@ fn streamed(mut events: tokio::sync::mpsc::Receiver<tug_supervisor::ExecEvent>) 
     response
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut response = Response::new(whole(bytes));
     *response.status_mut() = status;
@@ -420,11 +481,11 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     response
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     json(status, &tug_proto::ErrorBody { error: message.into() })
 }
 
-fn supervisor_error(e: Error) -> Response<Body> {
+pub(crate) fn supervisor_error(e: Error) -> Response<Body> {
     let status = match &e {
         Error::BadRequest(_) => StatusCode::BAD_REQUEST,
         Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -482,7 +543,18 @@ async fn read_body(mut body: Incoming, declared: Option<u64>) -> Result<Bytes, B
     Ok(Bytes::from(buffer))
 }
 
-async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> Result<Response<Body>, Infallible> {
+async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Result<Response<Body>, Infallible> {
+    // On the network endpoint, `/metrics` (bearer token) and the dashboard (its cookie) have
+    // their own authentication; everything else is the control API, signed.
+    if let Origin::Network { tls, address } = conn.origin {
+        let path = request.uri().path();
+        if path == "/metrics" {
+            return Ok(crate::metrics::serve(&app, &request).await);
+        }
+        if path == "/ui" || path.starts_with("/ui/") {
+            return Ok(crate::web::serve(&app, request, tls, address).await);
+        }
+    }
     let method = request.method().clone();
     let target = request.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let header = request.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -514,7 +586,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> R
     }
     drop(room);
     // A client that signs is the daemon's user: its connection is never closed to make room.
-    app.unproven.forget(connection);
+    conn.unproven.forget(conn.id);
     let path = target.split('?').next().unwrap_or("/");
     let supervisor = &app.supervisor;
     // `down` only signals the shutdown, which itself stops everything: it must not queue
@@ -522,7 +594,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> R
     // `tug down` time out). The supervisor refuses to create instances once shutting down.
     let _one_change_at_a_time = match (&method, path) {
         // A command streams for as long as it runs; it changes nothing the lock guards.
-        (&Method::GET, _) | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run") => None,
+        (&Method::GET, _) | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run" | "/v1/dashboard") => None,
         _ => Some(app.changes.lock().await),
     };
     let response = match (&method, path) {
@@ -539,12 +611,47 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> R
             json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait, usage).await)
         }
         (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
-            Ok(request) => match supervisor.apply(request) {
-                Ok(answer) => json(StatusCode::OK, &answer),
-                Err(e) => supervisor_error(e),
+            Ok(request) => {
+                // The endpoint follows the stack file given on this host only: a remote client
+                // cannot move or drop the endpoint it came through.
+                let endpoint = match conn.origin {
+                    Origin::Socket => app.endpoint.configure(&app, request.spec.api.as_ref()).await,
+                    Origin::Network { .. } => Ok(()),
+                };
+                match endpoint {
+                    Err(e) => error(StatusCode::BAD_REQUEST, e),
+                    Ok(()) => {
+                        let notify = request.spec.notify.clone();
+                        match supervisor.apply(request) {
+                            Ok(answer) => {
+                                app.notifier.configure(&request_project(supervisor), notify);
+                                json(StatusCode::OK, &answer)
+                            }
+                            Err(e) => supervisor_error(e),
+                        }
+                    }
+                }
+            }
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/dashboard") => match parse::<tug_proto::DashboardRequest>(&body) {
+            Ok(request) => match app.endpoint.url().await {
+                Some(base) => {
+                    let token = app.web.login_token(request.read_only);
+                    json(
+                        StatusCode::OK,
+                        &tug_proto::DashboardResponse { url: format!("{base}/ui/login?token={token}") },
+                    )
+                }
+                None => error(
+                    StatusCode::CONFLICT,
+                    "the dashboard is served on the network endpoint, and this stack has none: set `api.listen` \
+                     (such as 127.0.0.1:7070) in the stack file and run `tug up` again",
+                ),
             },
             Err(response) => *response,
         },
+        (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target),
         (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
             Ok(request) => match supervisor.plan(&request) {
                 Ok(plan) => json(StatusCode::OK, &plan),
@@ -629,11 +736,17 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, connection: u64) -> R
         (
             _,
             "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/plan" | "/v1/start" | "/v1/stop"
-            | "/v1/restart" | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run",
+            | "/v1/restart" | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run"
+            | "/v1/dashboard" | "/v1/logs",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };
     Ok(response)
+}
+
+/// The project the daemon runs (for webhooks' payloads).
+fn request_project(supervisor: &Supervisor) -> String {
+    supervisor.project()
 }
 
 /// Starts the keeper (and so the daemon) for `state_dir`, detached from the terminal; with

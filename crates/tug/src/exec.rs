@@ -66,6 +66,7 @@ pub fn run(args: &StackArgs, service: &str, command: Vec<String>) -> Result<Exit
             detach: true,
             advertise: None,
             listen: None,
+            insecure: false,
             services: dependencies,
             timeout: None,
             deploy: false,

@@ -175,6 +175,9 @@ fn logs_dir(args: &StackArgs) -> Result<PathBuf, String> {
 }
 
 pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, String> {
+    if args.host.is_some() {
+        return remote(args, &options);
+    }
     if options.daemon {
         return daemon(args, &options);
     }
@@ -234,6 +237,56 @@ pub fn command(args: &StackArgs, options: LogsOptions) -> Result<ExitCode, Strin
         return Ok(ExitCode::SUCCESS);
     }
     follow(follower, &mut printer, || false)
+}
+
+/// `tug --host URL logs`: the remote daemon streams the lines (`GET /v1/logs`).
+fn remote(args: &StackArgs, options: &LogsOptions) -> Result<ExitCode, String> {
+    if options.daemon || options.since.is_some() || options.all {
+        return Err("with --host, `tug logs` takes names, --tail, -f and --json (--daemon, --since and --all read files on the daemon's host)".into());
+    }
+    if let Some(bad) =
+        options.names.iter().find(|n| !n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+    {
+        return Err(format!("no service or instance is named `{bad}`"));
+    }
+    let (_, client) = crate::run::connect(args, false)?;
+    let client = client.ok_or("no API key")?;
+    let mut path = format!("/v1/logs?names={}", options.names.join(","));
+    if let Some(tail) = options.tail {
+        path.push_str(&format!("&tail={tail}"));
+    }
+    if options.follow {
+        path.push_str("&follow=1");
+    }
+    let mut printer = Printer {
+        json: options.json,
+        colour: !output::stdout_palette().reset.is_empty(),
+        width: 0,
+        instances: Vec::new(),
+    };
+    let mut pending: Vec<u8> = Vec::new();
+    let result = client.stream_raw("GET", &path, &[], &mut |bytes| {
+        pending.extend_from_slice(bytes);
+        let mut records = Vec::new();
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&line) else { continue };
+            let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            records.push(Record {
+                time: tug_logs::parse_time(&text("time")).unwrap_or_else(SystemTime::now),
+                service: text("service"),
+                instance: text("instance"),
+                stream: if text("stream") == "err" { Stream::Err } else { Stream::Out },
+                text: text("line"),
+            });
+        }
+        if printer.print(&records) { Ok(()) } else { Err("stdout closed".into()) }
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(crate::client::RequestError::Other(e)) if e == "stdout closed" => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn is_number(text: &str) -> bool {

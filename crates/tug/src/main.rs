@@ -6,9 +6,12 @@
 mod artifacts;
 mod client;
 mod daemon;
+mod endpoint;
 mod exec;
 mod import;
 mod logs;
+mod metrics;
+mod notify;
 mod output;
 mod plan;
 mod render;
@@ -18,6 +21,7 @@ mod secrets;
 mod source;
 mod stack;
 mod stats;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -54,6 +58,18 @@ pub struct StackArgs {
     /// Activate a profile (repeatable, or comma-separated in TUG_PROFILES)
     #[arg(long = "profile", value_name = "NAME", env = "TUG_PROFILES", value_delimiter = ',', global = true)]
     pub profiles: Vec<String>,
+    /// Drive a remote daemon through its network endpoint (`api.listen`): https://HOST:PORT
+    #[arg(long = "host", value_name = "URL", env = "TUG_HOST", global = true)]
+    pub host: Option<String>,
+    /// With --host: CA certificates (PEM) to trust instead of the system's
+    #[arg(long = "tls-ca", value_name = "FILE", env = "TUG_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// With --host: a client certificate (PEM), for an endpoint that requires one (mTLS)
+    #[arg(long = "tls-cert", value_name = "FILE", env = "TUG_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// With --host: the client certificate's private key (PEM)
+    #[arg(long = "tls-key", value_name = "FILE", env = "TUG_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +124,9 @@ enum Command {
         /// The address the routers bind (0.0.0.0: every interface), over the stack's `listen:`
         #[arg(long, value_name = "ADDR", env = "TUG_LISTEN")]
         listen: Option<String>,
+        /// Let the network endpoint (`api.listen`) serve a non-loopback address without TLS
+        #[arg(long)]
+        insecure: bool,
         /// Show what would start or change, service by service, and why; do nothing
         #[arg(long)]
         plan: bool,
@@ -126,6 +145,9 @@ enum Command {
         /// Give up waiting after this long (e.g. 10m); the rollouts go on
         #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
+        /// Let the network endpoint (`api.listen`) serve a non-loopback address without TLS
+        #[arg(long)]
+        insecure: bool,
         /// Show what would change, service by service, and why (which field, image or
         /// source), and the strategy each would use; do nothing
         #[arg(long)]
@@ -139,6 +161,17 @@ enum Command {
     /// A service's rollout: status, or promote, abort, undo
     #[command(subcommand)]
     Rollout(RolloutCommand),
+    /// Print a login link to the web dashboard (one use, valid 5 minutes; needs `api.listen`)
+    Dashboard {
+        /// The session can look but not promote, abort or undo
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Print a token derived from the stack's API key
+    Token {
+        #[arg(value_enum)]
+        kind: TokenKind,
+    },
     /// A service's revisions, newest first: strategy, outcome, times
     History {
         /// Print a JSON array
@@ -293,6 +326,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TokenKind {
+    /// The bearer token of /metrics (for Prometheus's `authorization: { credentials: … }`)
+    Metrics,
+    /// The key webhooks are signed with (X-Tug-Signature: sha256=HMAC(key, "TIMESTAMP.BODY"))
+    Webhook,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum RenderTarget {
     Kubernetes,
     Compose,
@@ -350,7 +391,9 @@ fn arguments() -> Vec<std::ffi::OsString> {
     let mut i = 1;
     while i < args.len() {
         let arg = args[i].to_string_lossy();
-        if ["-f", "--file", "--env", "--env-file", "--profile"].contains(&arg.as_ref()) {
+        if ["-f", "--file", "--env", "--env-file", "--profile", "--host", "--tls-ca", "--tls-cert", "--tls-key"]
+            .contains(&arg.as_ref())
+        {
             i += 2;
             continue;
         }
@@ -384,6 +427,8 @@ fn main() -> ExitCode {
         match stack::find_stack_file() {
             Ok(Some(found)) => cli.stack.files = vec![found],
             Ok(None) => {}
+            // A remote daemon needs no local file for commands that only talk to it.
+            Err(_) if cli.stack.host.is_some() => {}
             Err(message) => {
                 eprintln!("{}", output::error_line(&message));
                 return ExitCode::from(1);
@@ -417,12 +462,13 @@ fn main() -> ExitCode {
         Command::Up { plan: true, json, services, .. } | Command::Deploy { plan: true, json, services, .. } => {
             plan::show(&cli.stack, &services, json)
         }
-        Command::Up { detach, timeout, advertise, listen, services, .. } => run::up(
+        Command::Up { detach, timeout, advertise, listen, insecure, services, .. } => run::up(
             &cli.stack,
             run::UpOptions {
                 detach,
                 advertise,
                 listen,
+                insecure,
                 services,
                 timeout,
                 deploy: false,
@@ -430,12 +476,13 @@ fn main() -> ExitCode {
                 quiet: false,
             },
         ),
-        Command::Deploy { detach, timeout, services, .. } => run::up(
+        Command::Deploy { detach, timeout, insecure, services, .. } => run::up(
             &cli.stack,
             run::UpOptions {
                 detach: true,
                 advertise: None,
                 listen: None,
+                insecure,
                 services,
                 timeout,
                 deploy: true,
@@ -455,6 +502,14 @@ fn main() -> ExitCode {
                 rollout::act(&cli.stack, &service, RolloutAction::Undo, detach, timeout)
             }
         },
+        Command::Dashboard { read_only } => run::dashboard(&cli.stack, read_only),
+        Command::Token { kind } => run::token(
+            &cli.stack,
+            match kind {
+                TokenKind::Metrics => "metrics",
+                TokenKind::Webhook => "webhook",
+            },
+        ),
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down { volumes } => run::down(&cli.stack, volumes),
         Command::Exec { target, command } => exec::exec(&cli.stack, &target, command),

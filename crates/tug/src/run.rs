@@ -210,6 +210,23 @@ pub fn to_spec(stack: &Stack, artifacts: &Artifacts) -> StackSpec {
         withheld,
         engine: artifacts.engine.clone(),
         listen: stack.listen.map(|ip| ip.to_string()),
+        api: stack.api.as_ref().map(|api| proto::ApiSpec {
+            listen: api.listen.to_string(),
+            tls: api.tls.as_ref().map(|tls| proto::TlsFiles {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+                client_ca: tls.client_ca.clone(),
+            }),
+            insecure: false,
+        }),
+        notify: stack
+            .notify
+            .iter()
+            .map(|n| proto::NotifySpec {
+                url: value(&n.url),
+                events: n.events.iter().map(|e| e.as_str().to_string()).collect(),
+            })
+            .collect(),
         registry: match &stack.registry {
             model::Registry::Embedded => None,
             model::Registry::Redis(url) => {
@@ -255,6 +272,15 @@ pub(crate) fn connect(args: &StackArgs, create_key: bool) -> Result<(PathBuf, Op
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
     let state_dir = stack::state_dir(args, &cwd);
     let env_key = std::env::var(tug_proto::auth::KEY_ENV).ok();
+    if let Some(url) = &args.host {
+        let remote =
+            crate::client::Remote::parse(url, args.tls_ca.clone(), args.tls_cert.clone(), args.tls_key.clone())?;
+        // The remote daemon's key: TUG_API_KEY, or this folder's key when it is the same project's.
+        let key = ApiKey::load(&state_dir, env_key.as_deref(), false)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("--host {url}: set {} to the remote stack's API key", tug_proto::auth::KEY_ENV))?;
+        return Ok((state_dir, Some(Client::remote(remote, key))));
+    }
     let key = ApiKey::load(&state_dir, env_key.as_deref(), create_key).map_err(|e| e.to_string())?;
     if key.is_none() && std::os::unix::net::UnixStream::connect(state_dir.join(tug_proto::SOCKET_FILE)).is_ok() {
         return Err(format!(
@@ -351,6 +377,8 @@ pub struct UpOptions {
     pub timeout: Option<Duration>,
     /// `--listen`: the routers' address, over the stack's `listen:`.
     pub listen: Option<String>,
+    /// `--insecure`: the network endpoint may serve a non-loopback address without TLS.
+    pub insecure: bool,
     /// Neither progress nor addresses (`tug run` starting what its service needs).
     pub quiet: bool,
     /// `tug deploy` (always detached from the logs): progress is shown.
@@ -381,8 +409,19 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         listen.parse::<std::net::IpAddr>().map_err(|_| format!("--listen: `{listen}` is not an IP address"))?;
         spec.listen = Some(listen.clone());
     }
+    if let Some(api) = spec.api.as_mut() {
+        api.insecure = options.insecure;
+        let address: std::net::SocketAddr =
+            api.listen.parse().map_err(|_| format!("api.listen: `{}` is not an address", api.listen))?;
+        crate::endpoint::check_plain(&address, api.tls.is_some(), api.insecure)?;
+    }
     let (state_dir, client) = connect(args, true)?;
     let client = client.ok_or("no API key")?;
+    if client.is_remote() && !options.detach {
+        return Err("with --host, the logs are on the remote host: run `tug up -d` or `tug deploy`, and \
+                    `tug logs -f` to follow them"
+            .into());
+    }
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
@@ -993,6 +1032,32 @@ pub(crate) fn render_table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `tug dashboard`: a one-time login link from the daemon.
+pub fn dashboard(args: &StackArgs, read_only: bool) -> Result<ExitCode, String> {
+    let client = running_client(args)?;
+    let answer: tug_proto::DashboardResponse =
+        client.send("POST", "/v1/dashboard", &tug_proto::DashboardRequest { read_only }, QUICK)?;
+    println!("{}", answer.url);
+    eprintln!("(one use, valid 5 minutes{})", if read_only { "; read-only" } else { "" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tug token metrics|webhook`: derived from the API key, so it needs no daemon.
+pub fn token(args: &StackArgs, purpose: &str) -> Result<ExitCode, String> {
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
+    let state_dir = stack::state_dir(args, &cwd);
+    let env_key = std::env::var(tug_proto::auth::KEY_ENV).ok();
+    let key = ApiKey::load(&state_dir, env_key.as_deref(), false).map_err(|e| e.to_string())?.ok_or_else(|| {
+        format!(
+            "no API key: run `tug up` once (it creates {}), or set {}",
+            state_dir.join(tug_proto::auth::KEY_FILE).display(),
+            tug_proto::auth::KEY_ENV
+        )
+    })?;
+    println!("{}", tug_proto::auth::derived_token(&key, purpose));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A client for the stack's daemon, started when none runs (then true).

@@ -232,6 +232,8 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("get", "/v1/history"),
         ("post", "/v1/exec"),
         ("post", "/v1/run"),
+        ("post", "/v1/dashboard"),
+        ("get", "/v1/logs"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
     }
@@ -411,6 +413,8 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             registry: None,
             engine: None,
             listen: None,
+            api: None,
+            notify: Vec::new(),
         },
         targets: vec![name.to_string()],
     };

@@ -7,6 +7,8 @@ mod check;
 mod config;
 mod containers;
 mod control;
+mod dashboard;
+mod endpoint;
 mod example_containers;
 mod harness;
 mod images;

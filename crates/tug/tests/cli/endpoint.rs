@@ -1,0 +1,491 @@
+//! The daemon's network endpoint (`api.listen`): the control API over TLS and mTLS from a
+//! remote `tug --host`, refusals (no certificate, an untrusted one, a bad signature, plain
+//! HTTP on a TLS listener, a non-loopback address without TLS), `/metrics` scraped by a real
+//! Prometheus, and webhooks delivered (and retried) to a receiver in the test.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::TempDir;
+use crate::harness::{Stack, free_port};
+
+/// A throwaway PKI made with the `openssl` CLI in `dir` (EC P-256: fast): `ca`, a `server`
+/// certificate for 127.0.0.1 and localhost, a `client` certificate signed by `ca`, and `rogue`,
+/// a client certificate from an unrelated CA.
+pub fn make_pki(dir: &Path) {
+    let script = r#"
+set -e
+ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+for ca in ca rogue-ca; do
+  openssl req -x509 $ec -days 2 -subj "/CN=tug test $ca" -keyout $ca.key -out $ca.pem 2>/dev/null
+done
+leaf() { # name ca extensions
+  openssl req $ec -subj "/CN=tug test $1" -keyout $1.key -out $1.csr 2>/dev/null
+  printf '%s\nbasicConstraints=critical,CA:FALSE\n' "$3" > $1.ext
+  openssl x509 -req -in $1.csr -CA $2.pem -CAkey $2.key -CAcreateserial -days 2 -extfile $1.ext -out $1.pem 2>/dev/null
+}
+leaf server ca "subjectAltName=DNS:localhost,IP:127.0.0.1"
+leaf client ca "subjectAltName=DNS:tug-client"
+leaf rogue rogue-ca "subjectAltName=DNS:tug-client"
+"#;
+    let out = Command::new("sh").arg("-c").arg(script).current_dir(dir).output().expect("sh and openssl");
+    assert!(out.status.success(), "making the PKI: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn web_stack(name: &str, port: u16, api: &str, version: &str, extra: &str) -> String {
+    format!(
+        r#"
+name: {name}
+api: {api}
+{extra}
+services:
+  web:
+    command: "{{demo}}"
+    replicas: 2
+    port: {port}
+    environment: {{ VERSION: "{version}", DEMO_ACCESS_LOG: "1" }}
+    healthcheck: {{ http: /health, interval: 1s, start_interval: 100ms }}
+"#
+    )
+}
+
+fn api_key(stack: &Stack) -> String {
+    std::fs::read_to_string(stack.state_dir().join("api.key")).expect("the API key").trim().to_string()
+}
+
+/// `tug --host URL ARGS…` run from an empty folder elsewhere: nothing local is used but the key.
+fn remote(url: &str, key: &str, tls: &[(&str, PathBuf)], args: &[&str]) -> crate::Run {
+    let elsewhere = TempDir::new("remote-cli");
+    let mut all: Vec<String> = vec!["--host".into(), url.into()];
+    for (flag, path) in tls {
+        all.push(flag.to_string());
+        all.push(path.display().to_string());
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    crate::tug(elsewhere.path(), &refs, &[("TUG_API_KEY", key)], None)
+}
+
+#[test]
+fn remote_commands_over_tls_and_mtls_and_what_is_refused() {
+    let pki = TempDir::new("endpoint-pki");
+    make_pki(pki.path());
+    let p = |name: &str| pki.path().join(name);
+    let (port, api_port) = (free_port(), free_port());
+    let tls = format!(
+        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {} }} }}",
+        p("server.pem").display(),
+        p("server.key").display()
+    );
+    let stack = Stack::new("endpoint-tls", &web_stack("tlsdemo", port, &tls, "1", ""));
+    stack.up();
+    let key = api_key(&stack);
+    let url = format!("https://127.0.0.1:{api_port}");
+    let ca = [("--tls-ca", p("ca.pem"))];
+
+    // ps over TLS, from a folder with nothing of the stack's.
+    let ps = remote(&url, &key, &ca, &["ps"]);
+    assert_eq!(ps.code, 0, "{}", ps.all());
+    assert!(ps.stdout.contains("web-1") && ps.stdout.contains("web-2"), "{}", ps.stdout);
+    // Without the CA, the server's certificate is not trusted.
+    let untrusted = remote(&url, &key, &[], &["ps"]);
+    assert_ne!(untrusted.code, 0, "{}", untrusted.all());
+    assert!(untrusted.stderr.contains("certificate"), "{}", untrusted.stderr);
+    // A wrong key: every request refused, and said so.
+    let wrong = remote(&url, &"ab".repeat(32), &ca, &["ps"]);
+    assert_ne!(wrong.code, 0, "{}", wrong.all());
+    assert!(wrong.stderr.contains("bad signature"), "{}", wrong.stderr);
+    // Plain HTTP on the TLS listener gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", api_port)).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "plain HTTP answered: {}", String::from_utf8_lossy(&answer));
+
+    // logs -f over TLS: follows lines as they are written.
+    let logs_dir = TempDir::new("remote-logs");
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_tug"))
+        .current_dir(logs_dir.path())
+        .args(["--host", &url, "--tls-ca"])
+        .arg(p("ca.pem"))
+        .args(["logs", "-f", "--tail", "0", "web"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TUG_API_KEY", &key)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("/followed-{}", std::process::id());
+    let mut seen = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen && Instant::now() < deadline {
+        let _ = crate::routing::http_once("127.0.0.1", port, "GET", &marker);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            seen |= line.contains(&marker);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen, "remote `logs -f` did not show the request's log line");
+
+    // deploy over TLS: the remote daemon rolls web out to version 2.
+    stack.dir.write(
+        "tug.yaml",
+        &web_stack("tlsdemo", port, &tls, "2", "").replace("{demo}", &crate::harness::demo_bin().display().to_string()),
+    );
+    let args: Vec<String> =
+        ["--host", &url, "--tls-ca", &p("ca.pem").display().to_string(), "deploy", "--timeout", "60s"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let deploy = stack.tug_with(&refs, &[("TUG_API_KEY", &key)]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    let answer = crate::routing::http_once("127.0.0.1", port, "GET", "/").expect("web answers");
+    assert!(answer.1.contains(r#""version":"2""#), "{answer:?}");
+    // A remote deploy cannot move the endpoint it came through: `api` from a remote is ignored.
+    assert!(remote(&url, &key, &ca, &["ps"]).code == 0);
+
+    // mTLS: the same endpoint, now requiring client certificates signed by `ca`.
+    let mtls = format!(
+        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {}, client_ca: {} }} }}",
+        p("server.pem").display(),
+        p("server.key").display(),
+        p("ca.pem").display()
+    );
+    stack.dir.write(
+        "tug.yaml",
+        &web_stack("tlsdemo", port, &mtls, "2", "")
+            .replace("{demo}", &crate::harness::demo_bin().display().to_string()),
+    );
+    stack.up();
+    let with_cert = [("--tls-ca", p("ca.pem")), ("--tls-cert", p("client.pem")), ("--tls-key", p("client.key"))];
+    let ps = remote(&url, &key, &with_cert, &["ps"]);
+    assert_eq!(ps.code, 0, "mTLS with a good certificate: {}", ps.all());
+    let no_cert = remote(&url, &key, &ca, &["ps"]);
+    assert_ne!(no_cert.code, 0, "mTLS without a certificate: {}", no_cert.all());
+    let rogue = [("--tls-ca", p("ca.pem")), ("--tls-cert", p("rogue.pem")), ("--tls-key", p("rogue.key"))];
+    let refused = remote(&url, &key, &rogue, &["ps"]);
+    assert_ne!(refused.code, 0, "mTLS with an untrusted certificate: {}", refused.all());
+    let bad_hmac = remote(&url, &"cd".repeat(32), &with_cert, &["ps"]);
+    assert!(bad_hmac.code != 0 && bad_hmac.stderr.contains("bad signature"), "{}", bad_hmac.all());
+    let deploy = remote(&url, &key, &with_cert, &["rollout", "status", "web", "--json"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    let logs = remote(&url, &key, &with_cert, &["logs", "--tail", "1", "web"]);
+    assert_eq!(logs.code, 0, "{}", logs.all());
+    assert!(logs.stdout.contains("web-"), "{}", logs.stdout);
+}
+
+#[test]
+fn a_non_loopback_endpoint_without_tls_needs_insecure() {
+    let (port, api_port) = (free_port(), free_port());
+    let api = format!("{{ listen: 0.0.0.0:{api_port} }}");
+    let stack = Stack::new("endpoint-plain", &web_stack("plain", port, &api, "1", ""));
+    let refused = stack.tug(&["up", "-d", "--timeout", "60s"]);
+    assert_eq!(refused.code, 1, "{}", refused.all());
+    assert!(refused.stderr.contains("api.tls") && refused.stderr.contains("--insecure"), "{}", refused.stderr);
+    assert!(stack.daemon_pid().is_none(), "a refused up starts nothing");
+    let up = stack.tug(&["up", "-d", "--insecure", "--timeout", "60s"]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    let ps = remote(&format!("http://127.0.0.1:{api_port}"), &api_key(&stack), &[], &["ps"]);
+    assert_eq!(ps.code, 0, "{}", ps.all());
+}
+
+/// A GET with a bearer token on the endpoint; (status, body).
+fn bearer_get(port: u16, path: &str, token: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Runs Debian's Prometheus scraping `target` every second with `token`; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn start(target: u16, token: &str) -> Prometheus {
+        let dir = TempDir::new("prometheus");
+        dir.write("token", token);
+        let config = format!(
+            "global: {{ scrape_interval: 1s, scrape_timeout: 1s }}\nscrape_configs:\n  - job_name: tug\n    \
+             authorization: {{ credentials_file: {} }}\n    static_configs: [{{ targets: ['127.0.0.1:{target}'] }}]\n",
+            dir.path().join("token").display()
+        );
+        dir.write("prometheus.yml", &config);
+        let port = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Debian's prometheus (scripts/test installs it)");
+        Prometheus { child, port, _dir: dir }
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, promql: &str) -> Vec<Value> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let Some((200, body)) =
+            crate::routing::http_once("127.0.0.1", self.port, "GET", &format!("/api/v1/query?query={encoded}"))
+        else {
+            return Vec::new();
+        };
+        let body = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or(body);
+        serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_every_family_with_the_bearer_token() {
+    let (port, api_port) = (free_port(), free_port());
+    let api = format!("{{ listen: 127.0.0.1:{api_port} }}");
+    let yaml = web_stack("metrics", port, &api, "1", "")
+        .replace("replicas: 2", "replicas: 3\n    resources: { memory: 64Mi, cpu: 0.5 }");
+    let stack = Stack::new("endpoint-metrics", &yaml);
+    stack.up();
+    // A rolling deploy, so the rollout families have a rollout to describe.
+    std::fs::write(
+        stack.path().join("tug.yaml"),
+        yaml.replace("VERSION: \"1\"", "VERSION: \"2\"")
+            .replace("{demo}", &crate::harness::demo_bin().display().to_string()),
+    )
+    .unwrap();
+    let deploy = stack.tug(&["deploy", "--timeout", "60s"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    let token = stack.tug(&["token", "metrics"]).stdout.trim().to_string();
+    assert_eq!(token.len(), 64, "a token: {token}");
+    // Without the token, or with another: refused.
+    assert_eq!(bearer_get(api_port, "/metrics", "nope").0, 401);
+    // A scrape taken under load passes `promtool check metrics`.
+    let load = crate::rollout::Load::start(port, 2, 50);
+    std::thread::sleep(Duration::from_secs(1));
+    let (status, scrape) = bearer_get(api_port, "/metrics", &token);
+    assert_eq!(status, 200, "{scrape}");
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    check.stdin.take().unwrap().write_all(scrape.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}\n{scrape}");
+    // Prometheus scrapes it and finds each family with its labels.
+    let prometheus = Prometheus::start(api_port, &token);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let families = [
+        ("tug_build_info", vec!["project", "version"]),
+        ("tug_requests_total{class=\"2xx\"}", vec!["project", "service", "revision", "instance", "class"]),
+        ("tug_request_duration_seconds_bucket{le=\"0.1\"}", vec!["project", "service", "revision", "instance", "le"]),
+        ("tug_request_duration_seconds_count", vec!["service", "instance"]),
+        ("tug_request_retries_total", vec!["service", "instance"]),
+        ("tug_requests_in_flight", vec!["service", "instance"]),
+        ("tug_instance_ejections_total", vec!["service", "instance"]),
+        ("tug_instance_up", vec!["project", "service", "revision", "instance"]),
+        ("tug_instance_ready", vec!["service", "instance"]),
+        ("tug_instance_restarts_total", vec!["service", "instance"]),
+        ("tug_instance_cpu_seconds_total", vec!["service", "instance"]),
+        ("tug_instance_memory_bytes", vec!["service", "instance"]),
+        ("tug_instance_memory_limit_bytes", vec!["service", "instance"]),
+        ("tug_rollout_phase", vec!["service", "phase"]),
+        ("tug_rollout_weight_ratio", vec!["service"]),
+        ("tug_rollouts_rolled_back_total", vec!["service"]),
+        ("tug_autoscale_decisions_total", vec!["service"]),
+        ("tug_registry_up", vec!["location"]),
+    ];
+    for (query, labels) in &families {
+        let result = loop {
+            let result = prometheus.query(query);
+            if !result.is_empty() || Instant::now() > deadline {
+                break result;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert!(!result.is_empty(), "Prometheus has no {query}");
+        for label in labels {
+            assert!(result[0]["metric"][label].is_string(), "{query} lacks `{label}`: {}", result[0]);
+        }
+    }
+    let requests = prometheus.query("sum(tug_requests_total{class=\"2xx\",service=\"web\"})");
+    let served: f64 = requests[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(served > 10.0, "the 2xx counter counts the load: {served}");
+    let limit = prometheus.query("tug_instance_memory_limit_bytes{service=\"web\"}");
+    assert_eq!(limit[0]["value"][1], "67108864");
+    let report = load.stop();
+    assert!(report.ok() > 0);
+    // A removed instance's series go with it.
+    let instances_in = |scrape: &str| -> std::collections::BTreeSet<String> {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with("tug_instance_up{"))
+            .filter_map(|l| l.split("instance=\"").nth(1)?.split('"').next().map(String::from))
+            .collect()
+    };
+    let before = instances_in(&bearer_get(api_port, "/metrics", &token).1);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let scale = stack.tug(&["scale", "web=2"]);
+    assert_eq!(scale.code, 0, "{}", scale.all());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, scrape) = bearer_get(api_port, "/metrics", &token);
+        let after = instances_in(&scrape);
+        if after.len() == 2 && after.is_subset(&before) {
+            let gone = before.difference(&after).next().unwrap().clone();
+            assert!(!scrape.contains(&format!("instance=\"{gone}\"")), "{gone}'s series stayed: {scrape}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the removed instance's series stayed: {after:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// One request the receiver got: its headers (names lowercased), its body, and the status it
+/// was answered with.
+type Delivery = (Vec<(String, String)>, String, u16);
+
+/// A webhook receiver: answers 500 to the first delivery and 200 to the rest; keeps every
+/// request's headers and body.
+struct Receiver {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut reader = BufReader::new(stream);
+                let mut headers = Vec::new();
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim().split_once(':') {
+                        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+                    }
+                }
+                let length: usize =
+                    headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let mut all = keep.lock().unwrap();
+                let status = if all.is_empty() { 500 } else { 200 };
+                all.push((headers, String::from_utf8_lossy(&body).into_owned(), status));
+                drop(all);
+                let mut stream = reader.into_inner();
+                let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            }
+        });
+        Receiver { port, got }
+    }
+}
+
+#[test]
+fn a_rolled_back_canary_is_posted_signed_and_retried_after_a_500() {
+    let receiver = Receiver::start();
+    let (port, api_port) = (free_port(), free_port());
+    let notify = format!("notify:\n  - url: http://127.0.0.1:{}/hooks/tug\n    events: [rolled_back]", receiver.port);
+    let canary = "\n    deploy: { strategy: canary, steps: [50, 100], step_duration: 1s, analysis: { max_error_rate: 5%, min_requests: 20 } }";
+    let api = format!("{{ listen: 127.0.0.1:{api_port} }}");
+    let yaml = |version: &str, env: &str| {
+        let text = web_stack("hooks", port, &api, version, &notify)
+            .replace("healthcheck:", &format!("{canary}\n    healthcheck:"));
+        text.replace("DEMO_ACCESS_LOG: \"1\"", &format!("DEMO_ACCESS_LOG: \"1\"{env}"))
+    };
+    let stack = Stack::new("endpoint-hooks", &yaml("1", ""));
+    stack.up();
+    stack.dir.write(
+        "tug.yaml",
+        &yaml("2", ", DEMO_FAIL_RATE: \"50%\"").replace("{demo}", &crate::harness::demo_bin().display().to_string()),
+    );
+    let load = crate::rollout::Load::start(port, 2, 40);
+    let deploy = stack.tug(&["deploy", "--timeout", "60s"]);
+    load.stop();
+    assert_eq!(deploy.code, 1, "the canary is rolled back: {}", deploy.all());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.got.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no retry arrived: {:?}", receiver.got.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got = receiver.got.lock().unwrap().clone();
+    let (headers, body, _) = &got[1];
+    assert_eq!(got[0].1, got[1].1, "the retry carries the same event");
+    let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    assert_eq!(header("x-tug-event"), "rolled_back");
+    // The signature: HMAC-SHA256 under `tug token webhook` of "TIMESTAMP.BODY".
+    let key = stack.tug(&["token", "webhook"]).stdout.trim().to_string();
+    let signed = format!("{}.{body}", header("x-tug-timestamp"));
+    let expected = format!("sha256={}", tug_proto::auth::hmac_hex(key.as_bytes(), signed.as_bytes()));
+    assert_eq!(header("x-tug-signature"), expected);
+    let event: Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(event["event"], "rolled_back");
+    assert_eq!(event["service"], "web");
+    assert!(event["reason"].as_str().unwrap_or_default().contains("error rate"), "{event:#}");
+    assert!(event["figures"]["canary"]["error_rate"].as_f64().unwrap() > 0.05, "{event:#}");
+    assert!(event["figures"]["stable"]["requests"].as_u64().is_some(), "{event:#}");
+    // No environment value travels: the failure knob's value is nowhere in it.
+    assert!(!body.contains("50%"), "{body}");
+    let log = std::fs::read_to_string(stack.state_dir().join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("attempt 1 failed (HTTP 500)"), "{log}");
+}
