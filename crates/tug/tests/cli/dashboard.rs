@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::harness::{Stack, demo_bin, free_port};
 use crate::rollout::{wait_phase, wait_status};
 
+const SECRET: &str = "dash-secret-6d1f0c2e9a";
+
 const CANARY: &str = "{ strategy: canary, steps: [50, 100], step_duration: 10m }";
 
 fn stack_yaml(port: u16, api_port: u16, version: &str) -> String {
@@ -21,10 +23,13 @@ fn stack_yaml(port: u16, api_port: u16, version: &str) -> String {
         r#"
 name: dash
 api: {{ listen: 127.0.0.1:{api_port} }}
+settings:
+  API_TOKEN: {{ type: secret }}
 services:
   web:
     command: "{demo}"
     replicas: 2
+    secrets: [API_TOKEN]
     port: {port}
     environment: {{ VERSION: "{version}" }}
     healthcheck: {{ http: /health, interval: 1s, start_interval: 100ms }}
@@ -102,9 +107,11 @@ fn promote_request(api_port: u16, cookie: Option<&str>, csrf: &str, origin: &str
 fn the_dashboard_in_chromium_shows_the_stack_and_promotes_a_canary() {
     let (port, api_port) = (free_port(), free_port());
     let stack = Stack::new("dashboard", &stack_yaml(port, api_port, "1"));
-    stack.up();
+    let secret = [("API_TOKEN", SECRET)];
+    let up = stack.tug_with(&["up", "-d", "--timeout", "60s"], &secret);
+    assert_eq!(up.code, 0, "{}", up.all());
     stack.dir.write("tug.yaml", &stack_yaml(port, api_port, "2"));
-    let deploy = stack.tug(&["deploy", "--detach"]);
+    let deploy = stack.tug_with(&["deploy", "--detach"], &secret);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
     wait_status(&stack, "the canary's first step", Duration::from_secs(60), |s| s["weight"] == 50);
     let base = format!("http://127.0.0.1:{api_port}");
@@ -123,6 +130,33 @@ fn the_dashboard_in_chromium_shows_the_stack_and_promotes_a_canary() {
     assert_eq!(status, 403, "a read-only session: {body}");
     let s = wait_phase(&stack, "progressing");
     assert_eq!((s["weight"].as_u64(), s["step"].as_u64()), (Some(50), Some(0)), "nothing moved: {s:#}");
+    // What the page is fed, and the metrics, never carry the secret.
+    let mut events = TcpStream::connect(("127.0.0.1", api_port)).unwrap();
+    events.set_read_timeout(Some(Duration::from_millis(2500))).unwrap();
+    write!(events, "GET /ui/events HTTP/1.1\r\nHost: 127.0.0.1:{api_port}\r\nCookie: {cookie}\r\n\r\n").unwrap();
+    // The stream never ends: read what two seconds bring.
+    let (mut fed, mut chunk, until) =
+        (Vec::new(), [0u8; 16 * 1024], std::time::Instant::now() + Duration::from_secs(2));
+    while std::time::Instant::now() < until {
+        match events.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => fed.extend_from_slice(&chunk[..n]),
+        }
+    }
+    drop(events);
+    let fed = String::from_utf8_lossy(&fed);
+    assert!(fed.contains("data:") && fed.contains("\"web\""), "the event stream: {fed}");
+    let token = stack.tug(&["token", "metrics"]).stdout.trim().to_string();
+    let (status, _, metrics) = exchange(
+        api_port,
+        &format!(
+            "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status, 200);
+    for (what, text) in [("the event stream", fed.as_ref()), ("/metrics", metrics.as_str())] {
+        assert!(!text.contains(SECRET), "{what} carries the secret");
+    }
 
     // In the browser, with requests flowing so the charts have something to draw.
     let load = crate::rollout::Load::start(port, 2, 20);

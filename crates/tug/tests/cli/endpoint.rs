@@ -108,59 +108,9 @@ fn remote_commands_over_tls_and_mtls_and_what_is_refused() {
     let _ = plain.read_to_end(&mut answer);
     assert!(!answer.starts_with(b"HTTP/"), "plain HTTP answered: {}", String::from_utf8_lossy(&answer));
 
-    // logs -f over TLS: follows lines as they are written.
-    let logs_dir = TempDir::new("remote-logs");
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_tug"))
-        .current_dir(logs_dir.path())
-        .args(["--host", &url, "--tls-ca"])
-        .arg(p("ca.pem"))
-        .args(["logs", "-f", "--tail", "0", "web"])
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .env("TUG_API_KEY", &key)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = follower.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let marker = format!("/followed-{}", std::process::id());
-    let mut seen = false;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !seen && Instant::now() < deadline {
-        let _ = crate::routing::http_once("127.0.0.1", port, "GET", &marker);
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
-            seen |= line.contains(&marker);
-        }
-    }
-    let _ = follower.kill();
-    let _ = follower.wait();
-    assert!(seen, "remote `logs -f` did not show the request's log line");
-
-    // deploy over TLS: the remote daemon rolls web out to version 2.
-    stack.dir.write(
-        "tug.yaml",
-        &web_stack("tlsdemo", port, &tls, "2", "").replace("{demo}", &crate::harness::demo_bin().display().to_string()),
-    );
-    let args: Vec<String> =
-        ["--host", &url, "--tls-ca", &p("ca.pem").display().to_string(), "deploy", "--timeout", "60s"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let deploy = stack.tug_with(&refs, &[("TUG_API_KEY", &key)]);
-    assert_eq!(deploy.code, 0, "{}", deploy.all());
-    let answer = crate::routing::http_once("127.0.0.1", port, "GET", "/").expect("web answers");
-    assert!(answer.1.contains(r#""version":"2""#), "{answer:?}");
+    // logs -f and deploy over TLS.
+    assert_follows_logs(&url, &key, &ca, port);
+    remote_deploy(&stack, &url, &key, &ca, &web_stack("tlsdemo", port, &tls, "2", ""), port, "2");
     // A remote deploy cannot move the endpoint it came through: `api` from a remote is ignored.
     assert!(remote(&url, &key, &ca, &["ps"]).code == 0);
 
@@ -187,11 +137,68 @@ fn remote_commands_over_tls_and_mtls_and_what_is_refused() {
     assert_ne!(refused.code, 0, "mTLS with an untrusted certificate: {}", refused.all());
     let bad_hmac = remote(&url, &"cd".repeat(32), &with_cert, &["ps"]);
     assert!(bad_hmac.code != 0 && bad_hmac.stderr.contains("bad signature"), "{}", bad_hmac.all());
-    let deploy = remote(&url, &key, &with_cert, &["rollout", "status", "web", "--json"]);
+    assert_follows_logs(&url, &key, &with_cert, port);
+    remote_deploy(&stack, &url, &key, &with_cert, &web_stack("tlsdemo", port, &mtls, "3", ""), port, "3");
+    let status = remote(&url, &key, &with_cert, &["rollout", "status", "web", "--json"]);
+    assert_eq!(status.code, 0, "{}", status.all());
+}
+
+/// `tug --host URL logs -f web` shows a line the service logs after it started following.
+fn assert_follows_logs(url: &str, key: &str, tls: &[(&str, PathBuf)], port: u16) {
+    let logs_dir = TempDir::new("remote-logs");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tug"));
+    command.current_dir(logs_dir.path()).args(["--host", url]);
+    for (flag, path) in tls {
+        command.arg(flag).arg(path);
+    }
+    let mut follower = command
+        .args(["logs", "-f", "--tail", "0", "web"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("TUG_API_KEY", key)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let marker = format!("/followed-{}-{port}-{}", std::process::id(), tls.len());
+    let mut seen = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !seen && Instant::now() < deadline {
+        let _ = crate::routing::http_once("127.0.0.1", port, "GET", &marker);
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(300)) {
+            seen |= line.contains(&marker);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(seen, "remote `logs -f` did not show the request's log line");
+}
+
+/// `tug --host URL deploy` of `yaml` from the stack's folder: web then answers `version`.
+fn remote_deploy(stack: &Stack, url: &str, key: &str, tls: &[(&str, PathBuf)], yaml: &str, port: u16, version: &str) {
+    stack.dir.write("tug.yaml", &yaml.replace("{demo}", &crate::harness::demo_bin().display().to_string()));
+    let mut args: Vec<String> = vec!["--host".into(), url.into()];
+    for (flag, path) in tls {
+        args.push(flag.to_string());
+        args.push(path.display().to_string());
+    }
+    args.extend(["deploy", "--timeout", "60s"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let deploy = stack.tug_with(&refs, &[("TUG_API_KEY", key)]);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
-    let logs = remote(&url, &key, &with_cert, &["logs", "--tail", "1", "web"]);
-    assert_eq!(logs.code, 0, "{}", logs.all());
-    assert!(logs.stdout.contains("web-"), "{}", logs.stdout);
+    let answer = crate::routing::http_once("127.0.0.1", port, "GET", "/").expect("web answers");
+    assert!(answer.1.contains(&format!(r#""version":"{version}""#)), "{answer:?}");
 }
 
 #[test]
