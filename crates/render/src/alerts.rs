@@ -43,7 +43,7 @@ pub fn render(stack: &Stack, _options: &Options) -> Result<Vec<File>, Error> {
     for (name, service) in &stack.services {
         let slo = service.slo.clone().unwrap_or_default();
         let serves_requests = service.kind == ServiceKind::Service && service.port.is_some();
-        if serves_requests && service.protocol == Protocol::Http {
+        if serves_requests && service.protocol != Protocol::Tcp {
             alerts.extend(budget_alerts(name, &slo));
             alerts.push(latency_alert(name, &slo));
         }

@@ -211,6 +211,12 @@ fn port_name(service: &Service) -> &'static str {
     match service.protocol {
         tug_stackfile::model::Protocol::Http => "http",
         tug_stackfile::model::Protocol::Tcp => "tcp",
+        // Detected per connection under tug; an HTTP probe says the service speaks HTTP.
+        tug_stackfile::model::Protocol::Auto => {
+            let http_probe =
+                service.healthcheck.as_ref().is_some_and(|p| matches!(p.check, tug_stackfile::model::Check::Http(_)));
+            if http_probe { "http" } else { "tcp" }
+        }
     }
 }
 

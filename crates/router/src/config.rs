@@ -1,6 +1,8 @@
 //! What a [`Router`](crate::Router) is configured with. Defaults follow Envoy
 //! and linkerd where they have one.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::http::HeaderName;
@@ -131,9 +133,78 @@ pub struct Config {
     /// HTTP/2: streams the router may reset because of a client's protocol
     /// errors before it closes the connection.
     pub max_local_error_reset_streams: usize,
-    /// Client connections open at once on this listener (upgraded ones
-    /// included); a connection beyond it is accepted and closed at once.
-    pub max_connections: usize,
+    /// Client connections open at once on this listener, all its routers (one a thread)
+    /// together, within whatever budget the limit is part of; a connection beyond it is
+    /// accepted and closed at once. Clones of a `Config` share the limit.
+    pub connections: Arc<ConnectionLimit>,
+}
+
+/// A count of open connections with a ceiling, optionally inside a larger one shared with
+/// other listeners (the process's budget of descriptors): a connection takes a place in both
+/// or in neither.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    max: usize,
+    open: AtomicUsize,
+    within: Option<Arc<ConnectionLimit>>,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: None })
+    }
+
+    /// At most `max`, and only while `budget` has room.
+    pub fn within(max: usize, budget: &Arc<ConnectionLimit>) -> Arc<ConnectionLimit> {
+        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: Some(budget.clone()) })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn take(&self) -> bool {
+        self.open.fetch_add(1, Ordering::AcqRel) < self.max || {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+
+    /// A place for one more connection, held until the returned guard drops.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Option<Place> {
+        if !self.take() {
+            return None;
+        }
+        if let Some(budget) = &self.within
+            && !budget.take()
+        {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Place(self.clone()))
+    }
+}
+
+impl PartialEq for ConnectionLimit {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+/// One connection's place in a [`ConnectionLimit`].
+pub(crate) struct Place(Arc<ConnectionLimit>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(budget) = &self.0.within {
+            budget.open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl Default for Config {
@@ -153,7 +224,7 @@ impl Default for Config {
             max_header_list_size: 64 << 10,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
-            max_connections: 16_384,
+            connections: ConnectionLimit::new(16_384),
         }
     }
 }

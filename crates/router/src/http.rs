@@ -50,49 +50,40 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Bytes buffered for sending per HTTP/2 stream to a client.
 const H2_SEND_BUFFER: usize = 64 << 10;
 
-struct Servers {
+pub(crate) struct Servers {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
 }
 
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    let config = &shared.config;
-    let mut h1 = http1::Builder::new();
-    // writev(false): responses go out as one buffer rather than head and body as separate
-    // iovecs: 5-15% less router CPU per small proxied request (bench/router.sh, c=64), for one
-    // copy of each body chunk into hyper's write buffer.
-    h1.timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_header_size(config.max_header_bytes)
-        .writev(false);
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(config.max_header_list_size)
-        .max_pending_accept_reset_streams(config.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(config.max_local_error_reset_streams)
-        // hyper's 400 KiB default let one client pin ~100 MiB across its streams; 64 KiB a
-        // stream keeps a connection under 8 MiB at the default stream limit.
-        .max_send_buf_size(H2_SEND_BUFFER);
-    let servers = Arc::new(Servers { h1, h2 });
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            // Out of descriptors, for example: wait instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        // Over the cap: closed at once, so the client fails fast instead of
-        // waiting in the backlog.
-        if shared.tracker.count() >= shared.config.max_connections {
-            continue;
-        }
-        let live = shared.tracker.enter();
-        let work = connection(stream, peer.ip(), shared.clone(), servers.clone(), live);
-        tokio::spawn(until_stopped(shared.phase.clone(), work));
+impl Servers {
+    pub(crate) fn new(config: &crate::Config) -> Arc<Servers> {
+        let mut h1 = http1::Builder::new();
+        // writev(false): responses go out as one buffer rather than head and body as separate
+        // iovecs: 5-15% less router CPU per small proxied request (bench/router.sh, c=64), for one
+        // copy of each body chunk into hyper's write buffer.
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_header_size(config.max_header_bytes)
+            .writev(false);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(config.max_header_list_size)
+            .max_pending_accept_reset_streams(config.max_pending_accept_reset_streams)
+            .max_local_error_reset_streams(config.max_local_error_reset_streams)
+            // hyper's 400 KiB default let one client pin ~100 MiB across its streams; 64 KiB a
+            // stream keeps a connection under 8 MiB at the default stream limit.
+            .max_send_buf_size(H2_SEND_BUFFER);
+        Arc::new(Servers { h1, h2 })
     }
+}
+
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let servers = Servers::new(&shared.config);
+    crate::lifecycle::accept(listener, &shared, |stream, peer, live| {
+        connection(stream, peer.ip(), shared.clone(), servers.clone(), live)
+    })
+    .await;
 }
 
 /// What the router knows of one client connection; every request on it holds
@@ -103,7 +94,7 @@ pub(crate) struct Client {
     forwarded_for: HeaderValue,
 }
 
-async fn connection(stream: TcpStream, ip: IpAddr, shared: Arc<Shared>, servers: Arc<Servers>, _live: Live) {
+pub(crate) async fn connection(stream: TcpStream, ip: IpAddr, shared: Arc<Shared>, servers: Arc<Servers>, _live: Live) {
     let _ = stream.set_nodelay(true);
     let Ok(http2) = speaks_http2(&stream, shared.config.header_read_timeout).await else { return };
     let (phase, max_age) = (shared.phase.clone(), shared.config.max_connection_age);
@@ -188,6 +179,11 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
     if req.method() == Method::CONNECT {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
     }
+    if req.version() < Version::HTTP_2
+        && let Err(problem) = origin_form(&mut req)
+    {
+        return Ok(text(StatusCode::BAD_REQUEST, problem));
+    }
     shared.budget.deposit();
     let upgrade = is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -217,8 +213,12 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
         Err(answer) => return Ok(answer),
     };
     let max_attempts = shared.config.retry.max_attempts;
+    // Only an idempotent request is ever sent twice: one that may have reached an instance
+    // (its connection failed after it left) could have been processed there, and a POST
+    // charged twice is worse than a 502. A request that provably never left (refused
+    // connection) is retried whatever its method, without a copy.
     let spare = match replay {
-        Some(body) if max_attempts > 1 && members > 1 => Some(Spare {
+        Some(body) if max_attempts > 1 && members > 1 && idempotent(&parts.method) => Some(Spare {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -227,7 +227,7 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
         }),
         _ => None,
     };
-    let retry_answers = spare.is_some() && idempotent(&parts.method);
+    let retry_answers = spare.is_some();
     let mut req = Request::from_parts(parts, body);
 
     loop {
@@ -452,6 +452,41 @@ async fn read_replay(mut body: Incoming, limit: usize) -> Option<Replay> {
 }
 
 /// Methods a retry cannot make take effect twice (RFC 9110 §9.2.2).
+/// An HTTP/1 request as the instance gets it, or why it is refused (RFC 9112 §3.2, as nginx and
+/// HAProxy do): exactly one valid `Host` (none only in HTTP/1.0); an absolute-form target
+/// (`GET http://a.example/x`) goes on in origin form (`/x`) with its authority as the `Host`,
+/// so the instance never sees a target naming another host.
+fn origin_form<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one Host header\n");
+    }
+    if let Some(host) = host
+        && host.to_str().ok().and_then(|h| h.parse::<hyper::http::uri::Authority>().ok()).is_none_or(|a| {
+            // userinfo (`user@host`) has no place in a Host header.
+            a.as_str().contains('@')
+        })
+    {
+        return Err("the Host header is not a host[:port]\n");
+    }
+    if let Some(authority) = req.uri().authority() {
+        let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
+            return Err("the request target's host is not valid\n");
+        };
+        if authority.as_str().contains('@') {
+            return Err("the request target's host is not valid\n");
+        }
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let Ok(uri) = target.parse() else { return Err("the request target is not valid\n") };
+        *req.uri_mut() = uri;
+        req.headers_mut().insert(header::HOST, host);
+    } else if host.is_none() && req.version() == Version::HTTP_11 {
+        return Err("an HTTP/1.1 request needs a Host header\n");
+    }
+    Ok(())
+}
+
 fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
@@ -504,7 +539,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool, upgrade: bool) {
         let named: Vec<HeaderName> =
             connection_options(headers).filter_map(|o| HeaderName::from_bytes(o).ok()).collect();
         for name in named {
-            if !(upgrade && name == header::UPGRADE) {
+            // A client cannot have the Host taken off by naming it a connection option.
+            if !(upgrade && name == header::UPGRADE) && name != header::HOST {
                 headers.remove(name);
             }
         }

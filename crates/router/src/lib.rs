@@ -57,6 +57,7 @@
 pub mod balance;
 mod budget;
 mod config;
+mod detect;
 mod http;
 mod lifecycle;
 mod stats;
@@ -74,7 +75,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use crate::config::{Config, MAX_CONNECT_ATTEMPTS, OutlierPolicy, Policy, RetryPolicy};
+pub use crate::config::{Config, ConnectionLimit, MAX_CONNECT_ATTEMPTS, OutlierPolicy, Policy, RetryPolicy};
 use crate::lifecycle::Phase;
 pub use crate::stats::{EndpointStats, Histogram, LATENCY_BOUNDS, MAX_DEPARTED, Stats};
 use crate::table::{Ledger, Shared, Table, lock};
@@ -153,6 +154,9 @@ pub enum Protocol {
     Http,
     /// Bytes copied both ways between the client and one backend.
     Tcp,
+    /// Decided per connection: HTTP when it opens with an HTTP/1 request line or the HTTP/2
+    /// preface, TCP otherwise, and when the client waits for the server to speak first.
+    Auto,
 }
 
 /// A listening router. Dropping it (or [`Router::close`]) stops accepting and
@@ -207,6 +211,7 @@ impl Router {
         let accept = match protocol {
             Protocol::Http => tokio::spawn(http::serve(listener, shared.clone())),
             Protocol::Tcp => tokio::spawn(tcp::serve(listener, shared.clone())),
+            Protocol::Auto => tokio::spawn(detect::serve(listener, shared.clone())),
         };
         Ok(Router { local_addr, shared, phase, accept, follow })
     }

@@ -40,6 +40,33 @@ pub(crate) async fn until_stopped(phase: watch::Receiver<Phase>, work: impl Futu
     }
 }
 
+/// Accepts connections until the router is dropped, each served by `serve(stream, peer, live)`
+/// in a task of its own that ends when the router stops. Over its connection limit a
+/// connection is closed at once, so its client fails fast instead of waiting in the backlog.
+pub(crate) async fn accept<F, W>(listener: tokio::net::TcpListener, shared: &Arc<crate::table::Shared>, serve: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Live) -> W,
+    W: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors, for example: wait instead of spinning.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(place) = shared.config.connections.acquire() else { continue };
+        let live = shared.tracker.enter();
+        let work = serve(stream, peer, live);
+        tokio::spawn(until_stopped(shared.phase.clone(), async move {
+            let _place = place;
+            work.await
+        }));
+    }
+}
+
 /// Serves one HTTP connection: at its maximum age or when the router drains,
 /// asks it to end gracefully (`graceful`), and drops it if the router stops.
 pub(crate) async fn drive<C: Future>(

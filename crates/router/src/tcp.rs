@@ -1,11 +1,11 @@
 //! TCP mode: each connection is copied both ways to one backend.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::lifecycle::{Live, until_stopped};
+use crate::lifecycle::Live;
 use crate::stats::Counters;
 use crate::table::{InFlight, Shared, Tried};
 
@@ -14,28 +14,17 @@ use crate::table::{InFlight, Shared, Tried};
 pub(crate) const COPY_BUFFER: usize = 16 << 10;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let client = match listener.accept().await {
-            Ok((client, _)) => client,
-            // Out of descriptors, for example: wait instead of spinning.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        if shared.tracker.count() >= shared.config.max_connections {
-            continue;
-        }
+    crate::lifecycle::accept(listener, &shared, |client, _, live| {
         let _ = client.set_nodelay(true);
-        let live = shared.tracker.enter();
-        tokio::spawn(until_stopped(shared.phase.clone(), forward(shared.clone(), client, live)));
-    }
+        forward(shared.clone(), client, live)
+    })
+    .await;
 }
 
 /// Connects to a backend (another one if connecting fails, within the
 /// attempts and the retry budget) and copies until either side closes. With
 /// no backend the client's connection is closed.
-async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
+pub(crate) async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
     shared.budget.deposit();
     let mut tried = Tried::default();
     let Some(mut endpoint) = shared.select(None, &mut tried, true) else {

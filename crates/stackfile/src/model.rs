@@ -257,6 +257,8 @@ pub enum Command {
 pub enum Protocol {
     Http,
     Tcp,
+    /// Not given: each connection is HTTP when it opens like HTTP, TCP otherwise.
+    Auto,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

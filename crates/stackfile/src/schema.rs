@@ -324,8 +324,9 @@ fn service() -> Value {
                 def("port"),
             ),
             "protocol": field_or(
-                "What the router speaks: http (HTTP/1.1 and HTTP/2, so gRPC too) or tcp.",
-                json!("http"),
+                "What the router speaks: http (HTTP/1.1 and HTTP/2, so gRPC too), tcp, or auto (the default: \
+                    each connection is HTTP when it opens with an HTTP request, TCP otherwise).",
+                json!("auto"),
                 choice(PROTOCOLS),
             ),
             "balance": field_or(

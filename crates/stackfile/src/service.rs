@@ -93,7 +93,8 @@ pub const CONDITIONS: &[(&str, Condition)] = &[
     ("service_completed_successfully", Condition::CompletedSuccessfully),
 ];
 pub const KINDS: &[(&str, ServiceKind)] = &[("service", ServiceKind::Service), ("job", ServiceKind::Job)];
-pub const PROTOCOLS: &[(&str, Protocol)] = &[("http", Protocol::Http), ("tcp", Protocol::Tcp)];
+pub const PROTOCOLS: &[(&str, Protocol)] =
+    &[("http", Protocol::Http), ("tcp", Protocol::Tcp), ("auto", Protocol::Auto)];
 pub const BALANCES: &[(&str, Balance)] = &[
     ("round_robin", Balance::RoundRobin),
     ("least_request", Balance::LeastRequest),
@@ -260,7 +261,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         ctx.port(n, &f.path("port"), &scope)
     });
     let protocol =
-        f.get("protocol").and_then(|n| ctx.choice(n, &f.path("protocol"), &scope, PROTOCOLS)).unwrap_or(Protocol::Http);
+        f.get("protocol").and_then(|n| ctx.choice(n, &f.path("protocol"), &scope, PROTOCOLS)).unwrap_or(Protocol::Auto);
     let balance = f
         .get("balance")
         .and_then(|n| ctx.choice(n, &f.path("balance"), &scope, BALANCES))

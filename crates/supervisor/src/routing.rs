@@ -57,6 +57,29 @@ struct RoutingState {
     /// The task that keeps this host's entries (and its routers) in step with the table runs.
     following_table: bool,
     data_plane: Option<Arc<DataPlane>>,
+    /// Client connections every router of the daemon may hold together (made with the data
+    /// plane, from the open-files limit).
+    connection_budget: Option<Arc<tug_router::ConnectionLimit>>,
+}
+
+/// Descriptors kept out of the routers' reach: the control socket and endpoint (256
+/// connections each), instances' pipes, log files and cgroup files, probes and spawns.
+fn reserved_descriptors(limit: usize) -> usize {
+    1024 + limit / 8
+}
+
+/// How many client connections all routers together may hold: each costs two descriptors
+/// (the client's and, while a request is in flight, the instance's), within what the
+/// open-files limit leaves once the daemon's own needs are reserved.
+fn connection_budget() -> usize {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit with a valid pointer.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX).min(1 << 24)
+    } else {
+        1024
+    };
+    (files.saturating_sub(reserved_descriptors(files)) / 2).max(16)
 }
 
 struct Attached {
@@ -327,10 +350,11 @@ impl Routing {
     }
 
     fn open_front(&self, name: &String, spec: &ServiceSpec, port: u16) -> Result<(), String> {
-        let config = router_config(&spec.route)?;
+        let mut config = router_config(&spec.route)?;
         let protocol = match spec.route.protocol {
             Protocol::Http => tug_router::Protocol::Http,
             Protocol::Tcp => tug_router::Protocol::Tcp,
+            Protocol::Auto => tug_router::Protocol::Auto,
         };
         let grace = Duration::from_millis(spec.stop_grace_ms.min(MAX_ROUTER_GRACE_MS));
         let mut state = self.lock();
@@ -367,6 +391,13 @@ impl Routing {
                 plane
             }
         };
+        // One port may take half of the daemon's budget, so a flood on one leaves the others
+        // room; its routers (one a thread) share its limit.
+        let budget = state
+            .connection_budget
+            .get_or_insert_with(|| tug_router::ConnectionLimit::new(connection_budget()))
+            .clone();
+        config.connections = tug_router::ConnectionLimit::within((budget.max() / 2).max(1), &budget);
         // Members are computed and the front inserted under one lock, so no publish is missed.
         let (members, rx) = watch::channel(Arc::new(members_of(&state, &self.host, name, &spec.name)));
         let mut routers = Vec::with_capacity(data_plane.handles.len());
@@ -461,7 +492,8 @@ impl Routing {
         let (shared, http) = {
             let state = self.lock();
             let shared = state.attached.as_ref().is_some_and(|a| a.setting.is_some());
-            let http = state.fronts.get(service).is_some_and(|f| f.route.protocol == Protocol::Http);
+            // Auto: requests (and connections served as TCP) in flight are waited for alike.
+            let http = state.fronts.get(service).is_some_and(|f| f.route.protocol != Protocol::Tcp);
             (shared, http)
         };
         self.wake.notify_one();
@@ -748,6 +780,7 @@ fn service_stats(name: &str, front: &Front) -> ServiceStats {
         protocol: match front.route.protocol {
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
+            Protocol::Auto => "auto",
         }
         .to_string(),
         address: front.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),

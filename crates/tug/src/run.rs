@@ -532,9 +532,13 @@ fn print_addresses(client: &Client, services: &[String], spec: &StackSpec) {
             _ => status.advertise.as_str(),
         };
         let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+        // Detected per connection: an HTTP probe says the service speaks HTTP.
+        let http_probe =
+            service.healthcheck.as_ref().is_some_and(|p| matches!(p.check, tug_proto::spec::Check::Http { .. }));
         let address = match service.route.protocol {
             tug_proto::spec::Protocol::Http => format!("http://{host}:{port}"),
-            tug_proto::spec::Protocol::Tcp => format!("{host}:{port}"),
+            tug_proto::spec::Protocol::Auto if http_probe => format!("http://{host}:{port}"),
+            tug_proto::spec::Protocol::Tcp | tug_proto::spec::Protocol::Auto => format!("{host}:{port}"),
         };
         let everywhere = spec
             .listen

@@ -160,7 +160,7 @@ async fn rapid_resets_close_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_are_closed_at_once() {
     let web = backends(1).await;
-    let config = Config { max_connections: 4, ..Config::default() };
+    let config = Config { connections: tug_router::ConnectionLimit::new(4), ..Config::default() };
     let fx = Fixture::start(Protocol::Http, config, members(&web));
     let mut held = Vec::new();
     for _ in 0..4 {

@@ -72,11 +72,16 @@ impl Stack {
     }
 
     pub fn tug_with(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        self.tug_under(&[], args, env)
+    }
+
+    /// `tug ARGS` run by `wrapper` (such as `prlimit --nofile=2048:2048`).
+    pub fn tug_under(&self, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Run {
         let range = format!("{}-{}", self.range.0, self.range.1);
         let mut all: Vec<(&str, &str)> = vec![("TUG_PORT_RANGE", range.as_str())];
         all.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         all.extend(env.iter().copied());
-        crate::tug(self.path(), args, &all, None)
+        crate::tug_under(wrapper, self.path(), args, &all, None)
     }
 
     /// `tug up -d` with a time limit; panics with the output when it fails.

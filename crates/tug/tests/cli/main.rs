@@ -8,6 +8,7 @@ mod config;
 mod containers;
 mod control;
 mod dashboard;
+mod edge;
 mod endpoint;
 mod example_containers;
 mod harness;
@@ -52,7 +53,19 @@ pub fn repo_dir() -> PathBuf {
 
 /// Runs `tug` in `dir` with a clean environment (PATH and `env` only) and `stdin`.
 pub fn tug(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tug"));
+    tug_under(&[], dir, args, env, stdin)
+}
+
+/// [`tug`] run by a wrapper (`prlimit --nofile=…`): `wrapper` then tug's path then `args`.
+pub fn tug_under(wrapper: &[&str], dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Run {
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(env!("CARGO_BIN_EXE_tug"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_tug")),
+    };
     command
         .current_dir(dir)
         .args(args)

@@ -252,7 +252,7 @@ services:
     let all = stats(&stack, &[]);
     let service = &all["services"][0];
     assert_eq!(service["service"], "auth-api");
-    assert_eq!(service["protocol"], "http");
+    assert_eq!(service["protocol"], "auto");
     assert_eq!(service["address"], format!("127.0.0.1:{port}"));
     assert_eq!(service["total"]["requests"], 21, "{service:#}");
     assert_eq!(service["total"]["status"]["2xx"], 20);

@@ -346,3 +346,77 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
         snapshots.len()
     );
 }
+
+/// The same servers behind tug's router with no `protocol` given: each connection is detected
+/// (PostgreSQL's startup message, Redis's RESP) and served as TCP; real `psql` and `redis-cli`
+/// talk through the routers' ports.
+#[test]
+fn postgres_and_redis_through_the_router_with_no_protocol_given() {
+    let pg_bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            return;
+        }
+    };
+    let example = repo_dir().join("examples/servers");
+    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    // PostgreSQL and Redis behind the router, protocol not given.
+    let mut service = "";
+    let routed: String = yaml
+        .lines()
+        .filter(|l| {
+            if l.starts_with("  ") && !l.starts_with("   ") && l.trim_end().ends_with(':') {
+                service = l.trim().trim_end_matches(':');
+            }
+            let db = service == "postgres" || service == "redis";
+            !(db && (l.trim() == "protocol: tcp" || l.trim().starts_with("proxy: false")))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(routed.matches("proxy: false").count(), 1, "{routed}");
+    assert_eq!(routed.matches("protocol: tcp").count(), 0);
+    let mut stack = Stack::new("servers-routed", &routed);
+    crate::copy_dir(&example.join("app"), &stack.path().join("app"), &["__pycache__", ".tug"]);
+    let [pg_port, redis_port, api_port] = free_ports();
+    for (name, value) in [
+        ("PG_BIN", pg_bin.display().to_string()),
+        ("PG_PORT", pg_port.to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("API_PORT", api_port.to_string()),
+    ] {
+        stack.env.push((name.into(), value));
+    }
+    stack.up();
+    // redis-cli through the router's port.
+    let redis = |args: &[&str]| {
+        let out =
+            Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &redis_port.to_string()]).args(args).output();
+        String::from_utf8_lossy(&out.expect("redis-cli").stdout).trim().to_string()
+    };
+    assert_eq!(redis(&["set", "through", "the-router"]), "OK");
+    assert_eq!(redis(&["get", "through"]), "the-router");
+    // psql through the router's port, from inside the API (which has DATABASE_URL).
+    let psql = pg_bin.join("psql");
+    let run = stack.tug(&[
+        "exec",
+        "api",
+        "--",
+        "sh",
+        "-c",
+        &format!("{} \"$DATABASE_URL\" -tAc 'select 40 + 2'", psql.display()),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(run.stdout.trim(), "42", "{}", run.all());
+    assert!(run.stdout.len() < 10 && !run.all().contains("@127.0.0.1"), "{}", run.all());
+    // The API, which reads PostgreSQL and counts in Redis through the routers, answers.
+    let (status, body) = get(api_port, "/");
+    assert_eq!(status, 200, "{body}");
+    let stats = stack.tug(&["stats", "--json"]);
+    let stats: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+    for service in ["postgres", "redis"] {
+        let s = stats["services"].as_array().unwrap().iter().find(|s| s["service"] == service).expect(service);
+        assert_eq!(s["protocol"], "auto", "{s:#}");
+        assert!(s["total"]["requests"].as_u64().unwrap_or(0) > 0, "nothing went through {service}'s router: {s:#}");
+    }
+}
