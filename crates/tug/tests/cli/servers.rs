@@ -244,6 +244,25 @@ fn down_leaves_nothing(stack: &Stack, processes: &[i32], ports: &[u16]) {
     }
 }
 
+/// The example's stack from `yaml`, with its app folder, PostgreSQL's programs and free
+/// ports: (the stack, [PostgreSQL's, Redis's, the API's port]).
+fn example_stack(label: &str, yaml: &str, pg_bin: &Path) -> (Stack, [u16; 3]) {
+    let example = repo_dir().join("examples/servers");
+    let mut stack = Stack::new(label, yaml);
+    crate::copy_dir(&example.join("app"), &stack.path().join("app"), &["__pycache__", ".tug"]);
+    let ports = free_ports();
+    let [pg_port, redis_port, api_port] = ports;
+    for (name, value) in [
+        ("PG_BIN", pg_bin.display().to_string()),
+        ("PG_PORT", pg_port.to_string()),
+        ("REDIS_PORT", redis_port.to_string()),
+        ("API_PORT", api_port.to_string()),
+    ] {
+        stack.env.push((name.into(), value));
+    }
+    (stack, ports)
+}
+
 #[test]
 fn postgres_redis_and_an_api_start_gated_and_serve() {
     let started = Instant::now();
@@ -256,17 +275,7 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
     };
     let example = repo_dir().join("examples/servers");
     let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
-    let mut stack = Stack::new("servers", &yaml);
-    crate::copy_dir(&example.join("app"), &stack.path().join("app"), &["__pycache__", ".tug"]);
-    let [pg_port, redis_port, api_port] = free_ports();
-    for (name, value) in [
-        ("PG_BIN", pg_bin.display().to_string()),
-        ("PG_PORT", pg_port.to_string()),
-        ("REDIS_PORT", redis_port.to_string()),
-        ("API_PORT", api_port.to_string()),
-    ] {
-        stack.env.push((name.into(), value));
-    }
+    let (stack, [pg_port, redis_port, api_port]) = example_stack("servers", &yaml, &pg_bin);
     let check = stack.tug(&["check"]);
     assert_eq!(check.code, 0, "tug check:\n{}", check.all());
     assert!(!check.all().contains("warning["), "tug check:\n{}", check.all());
@@ -376,17 +385,7 @@ fn postgres_and_redis_through_the_router_with_no_protocol_given() {
         .join("\n");
     assert_eq!(routed.matches("proxy: false").count(), 1, "{routed}");
     assert_eq!(routed.matches("protocol: tcp").count(), 0);
-    let mut stack = Stack::new("servers-routed", &routed);
-    crate::copy_dir(&example.join("app"), &stack.path().join("app"), &["__pycache__", ".tug"]);
-    let [pg_port, redis_port, api_port] = free_ports();
-    for (name, value) in [
-        ("PG_BIN", pg_bin.display().to_string()),
-        ("PG_PORT", pg_port.to_string()),
-        ("REDIS_PORT", redis_port.to_string()),
-        ("API_PORT", api_port.to_string()),
-    ] {
-        stack.env.push((name.into(), value));
-    }
+    let (stack, [_, redis_port, api_port]) = example_stack("servers-routed", &routed, &pg_bin);
     stack.up();
     // redis-cli through the router's port.
     let redis = |args: &[&str]| {
