@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tug_proto::stats::{Counters, StatsResponse};
+use tug_proto::stats::{Counters, InstanceStats, ServiceStats, StatsResponse};
 use tug_proto::status::StackStatus;
 
 use crate::daemon::{App, Body, error, whole};
@@ -202,6 +202,16 @@ fn instances(out: &mut String, status: &StackStatus) {
 /// A family read from one field of each instance's counters: name, type, help, the field.
 type CounterFamily = (&'static str, &'static str, &'static str, fn(&Counters) -> u64);
 
+/// The labels every router series of an instance carries.
+fn instance_labels<'a>(
+    project: &'a str,
+    s: &'a ServiceStats,
+    i: &'a InstanceStats,
+    instance: &'a str,
+) -> [(&'static str, &'a str); 4] {
+    [("project", project), ("service", s.service.as_str()), ("revision", i.revision.as_str()), ("instance", instance)]
+}
+
 /// The routers' counters, per instance still in the router (an instance that left takes its
 /// series with it).
 fn requests(out: &mut String, project: &str, stats: &StatsResponse) {
@@ -231,13 +241,8 @@ fn requests(out: &mut String, project: &str, stats: &StatsResponse) {
             ("failed", c.failures),
         ];
         for (class, n) in classes {
-            let l = [
-                ("project", project),
-                ("service", s.service.as_str()),
-                ("revision", i.revision.as_str()),
-                ("instance", name.as_str()),
-                ("class", class),
-            ];
+            let mut l = instance_labels(project, s, i, &name).to_vec();
+            l.push(("class", class));
             f.sample("tug_requests_total", &l, n as f64);
         }
     }
@@ -259,24 +264,13 @@ fn requests(out: &mut String, project: &str, stats: &StatsResponse) {
     for (name, kind, help, value) in simple {
         let mut f = family(out, name, kind, help);
         for (s, i, instance) in members() {
-            let l = [
-                ("project", project),
-                ("service", s.service.as_str()),
-                ("revision", i.revision.as_str()),
-                ("instance", instance.as_str()),
-            ];
-            f.sample(name, &l, value(&i.counters) as f64);
+            f.sample(name, &instance_labels(project, s, i, &instance), value(&i.counters) as f64);
         }
     }
     let mut f =
         family(out, "tug_instance_ejected", "gauge", "1 while outlier detection keeps the instance out of rotation.");
     for (s, i, instance) in members() {
-        let l = [
-            ("project", project),
-            ("service", s.service.as_str()),
-            ("revision", i.revision.as_str()),
-            ("instance", instance.as_str()),
-        ];
+        let l = instance_labels(project, s, i, &instance);
         f.sample("tug_instance_ejected", &l, if i.ejected { 1.0 } else { 0.0 });
     }
     let mut f = family(
@@ -287,12 +281,7 @@ fn requests(out: &mut String, project: &str, stats: &StatsResponse) {
     );
     for (s, i, instance) in members() {
         let latency = &i.counters.latency;
-        let base = [
-            ("project", project),
-            ("service", s.service.as_str()),
-            ("revision", i.revision.as_str()),
-            ("instance", instance.as_str()),
-        ];
+        let base = instance_labels(project, s, i, &instance);
         let mut cumulative = 0u64;
         for (bound, count) in latency.bounds.iter().zip(&latency.counts) {
             cumulative += count;
