@@ -117,6 +117,8 @@ $(for p in "${backends[@]}"; do echo "    server 127.0.0.1:$p;"; done)
 CONF
 nginx -p "$work/nginx" -e stderr -c "$(realpath "$out/conf/nginx.conf")" 2>>"$out/nginx.log" &
 pids+=($!)
+# The processes whose CPU time each target's runs are charged (per-request CPU, beside the peers).
+declare -A cpu_of=([nginx]=$!)
 
 # --- peer 2: HAProxy ------------------------------------------------------------------------------
 cat > "$out/conf/haproxy.cfg" <<CONF
@@ -146,6 +148,7 @@ $([ "$tcp" = 1 ] && printf 'listen redis\n  mode tcp\n  bind 127.0.0.1:%s\n  ser
 CONF
 haproxy -db -f "$out/conf/haproxy.cfg" 2>>"$out/haproxy.log" &
 pids+=($!)
+cpu_of[haproxy]=$!
 wait_port "$p_nginx"; wait_port "$p_haproxy"
 
 targets=("nginx|$p_nginx" "haproxy|$p_haproxy")
@@ -164,6 +167,7 @@ if [ "${TUG:-1}" = 1 ]; then
   "$tug" up -d -f "$work/tug.yaml" >"$out/tug-up.log" 2>&1 || { cat "$out/tug-up.log"; exit 1; }
   wait_port "$p_tug"
   targets+=("$tug_label|$p_tug")
+  cpu_of[$tug_label]=$(cat "$TUG_STATE_DIR/daemon.pid")
 fi
 # --- a router not yet in the daemon: TUG_ROUTER_CMD -------------------------------------------------
 cmd_label="tug router (TUG_ROUTER_CMD)"
@@ -179,14 +183,29 @@ if [ -n "${TUG_ROUTER_CMD:-}" ]; then
   wait_port "$p_cmd"
   targets+=("$cmd_label|$p_cmd")
   h2_targets+=("$cmd_label|$p_cmd")
+  cpu_of[$cmd_label]=$!
 fi
 
 for t in "${targets[@]}"; do curl -fsS "http://127.0.0.1:${t##*|}/" >/dev/null || { echo "no 200 from ${t%%|*}" >&2; exit 1; }; done
 
-run_wrk() {   # run_wrk CONNECTIONS DURATION PORT FILE
+# cpu_ticks NAME: user + system clock ticks so far of the target's process and its children
+# (nginx's workers), every thread included.
+cpu_ticks() {
+  local root=${cpu_of[$1]:-} total=0 p
+  [ -n "$root" ] || { echo 0; return; }
+  for p in "$root" $(pgrep -P "$root" 2>/dev/null); do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
+run_wrk() {   # run_wrk CONNECTIONS DURATION PORT FILE [TARGET]: with TARGET, FILE.cpu gets its CPU ticks
   local threads=$wrk_threads; [ "$1" -lt "$threads" ] && threads=$1
   local cmd="wrk -t$threads -c$1 -d$2 --latency http://127.0.0.1:$3/"
+  local before; before=$(cpu_ticks "${5:-}")
   { echo "# $cmd"; $cmd; } > "$4"
+  [ -n "${5:-}" ] && echo "$(($(cpu_ticks "$5") - before)) $(getconf CLK_TCK)" > "$4.cpu"
+  return 0
 }
 
 # --- backends direct: each alone, same load as the throughput run -----------------------------------
@@ -202,7 +221,7 @@ for r in $(seq "$rounds"); do
     for k in $(seq 0 $((n - 1))); do
       t=${targets[$(((k + r - 1) % n))]}; name=${t%%|*}; port=${t##*|}
       f="$out/raw/c$c-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_').txt"
-      run_wrk "$c" "$duration" "$port" "$f"
+      run_wrk "$c" "$duration" "$port" "$f" "$name"
       echo "round $r c=$c $name: $(grep Requests/sec "$f" | awk '{print $2}') req/s"
     done
   done
