@@ -188,23 +188,28 @@ fi
 
 for t in "${targets[@]}"; do curl -fsS "http://127.0.0.1:${t##*|}/" >/dev/null || { echo "no 200 from ${t%%|*}" >&2; exit 1; }; done
 
-# cpu_ticks NAME: user + system clock ticks so far of the target's process and its children
+# cpu_ticks NAME: "USER SYSTEM" clock ticks so far of the target's process and its children
 # (nginx's workers), every thread included.
 cpu_ticks() {
-  local root=${cpu_of[$1]:-} total=0 p
-  [ -n "$root" ] || { echo 0; return; }
-  for p in "$root" $(pgrep -P "$root" 2>/dev/null); do
-    total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
-  done
-  echo "$total"
+  local root="" user=0 system=0 p u s
+  [ -n "$1" ] && root=${cpu_of[$1]:-}
+  if [ -n "$root" ]; then
+    for p in "$root" $(pgrep -P "$root" 2>/dev/null); do
+      read -r u s < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo 0 0)
+      user=$((user + u)) system=$((system + s))
+    done
+  fi
+  echo "$user $system"
 }
 
 run_wrk() {   # run_wrk CONNECTIONS DURATION PORT FILE [TARGET]: with TARGET, FILE.cpu gets its CPU ticks
   local threads=$wrk_threads; [ "$1" -lt "$threads" ] && threads=$1
   local cmd="wrk -t$threads -c$1 -d$2 --latency http://127.0.0.1:$3/"
-  local before; before=$(cpu_ticks "${5:-}")
+  local u0 s0 u1 s1
+  read -r u0 s0 < <(cpu_ticks "${5:-}")
   { echo "# $cmd"; $cmd; } > "$4"
-  [ -n "${5:-}" ] && echo "$(($(cpu_ticks "$5") - before)) $(getconf CLK_TCK)" > "$4.cpu"
+  read -r u1 s1 < <(cpu_ticks "${5:-}")
+  [ -n "${5:-}" ] && echo "$((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" > "$4.cpu"
   return 0
 }
 

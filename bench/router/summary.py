@@ -30,12 +30,12 @@ def wrk(path):
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
     errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", t) or [0, 0])[1])
     requests = int(re.search(r"(\d+) requests in", t)[1])
-    cpu_us = None
+    cpu_us = user_us = None
     if os.path.exists(path + ".cpu") and requests:
-        ticks, hz = open(path + ".cpu").read().split()
-        cpu_us = int(ticks) / int(hz) * 1e6 / requests
+        user, system, hz = (int(x) for x in open(path + ".cpu").read().split())
+        cpu_us, user_us = (user + system) / hz * 1e6 / requests, user / hz * 1e6 / requests
     return {"cmd": t.splitlines()[0][2:], "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t)[1]),
-            "p50": ms(pct["50"]), "p99": ms(pct["99"]), "errors": errors, "cpu_us": cpu_us}
+            "p50": ms(pct["50"]), "p99": ms(pct["99"]), "errors": errors, "cpu_us": cpu_us, "user_us": user_us}
 
 
 def h2(base):
@@ -58,17 +58,18 @@ def table(title, runs):
     best = max(peers, key=lambda p: med[p]["rps"])   # throughput reference
     best_p99 = min(med[p]["p99"] for p in peers)     # latency reference: the lower peer p99
     rows = [("target", "req/s median (min-max)", "p50 ms", "p99 ms", f"req/s vs {best}", "p99 vs best peer",
-             "CPU µs/req", "errors", "goal")]
+             "CPU µs/req (user)", "errors", "goal")]
     for k, v in runs.items():
         if not v:
             continue
         r, p99r = med[k]["rps"] / med[best]["rps"], med[k]["p99"] / best_p99
         goal = "" if k in PEERS else ("met" if r >= 1.0 and p99r <= 1.2 else "NOT met") + " (>= 1.00x, p99 <= 1.20x)"
         cpu = [x["cpu_us"] for x in v if x.get("cpu_us") is not None]
+        user = [x["user_us"] for x in v if x.get("user_us") is not None]
         rows.append((k, fmt_range([x["rps"] for x in v], lambda x: f"{x:,.0f}"),
                      fmt_range([x["p50"] for x in v], lambda x: f"{x:.2f}"),
                      fmt_range([x["p99"] for x in v], lambda x: f"{x:.2f}"),
-                     f"{r:.2f}x", f"{p99r:.2f}x", f"{statistics.median(cpu):.1f}" if cpu else "-",
+                     f"{r:.2f}x", f"{p99r:.2f}x", f"{statistics.median(cpu):.1f} ({statistics.median(user):.1f})" if cpu else "-",
                      str(sum(x["errors"] for x in v)), goal))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(title)
