@@ -258,8 +258,13 @@ impl Supervisor {
             })
             .collect();
         let mut instances: Vec<InstanceStatus> = table.instances.values().map(|i| i.status.clone()).collect();
+        let groups: Vec<Option<i32>> = table.instances.values().map(|i| i.group).collect();
+        let (project, generation, shutting_down, notices) =
+            (table.project.clone(), table.generation, table.shutting_down, table.notices.clone());
+        drop(table);
+        // Reading every process in /proc takes milliseconds with many instances: never under
+        // the table's lock, which every instance task and API request needs.
         if usage {
-            let groups: Vec<Option<i32>> = table.instances.values().map(|i| i.group).collect();
             let measured = tug_sys::procfs::groups_usage_except(
                 &groups.iter().flatten().copied().collect::<Vec<_>>(),
                 Some(crate::shim::NAME),
@@ -272,9 +277,6 @@ impl Supervisor {
                 }
             }
         }
-        let (project, generation, shutting_down, notices) =
-            (table.project.clone(), table.generation, table.shutting_down, table.notices.clone());
-        drop(table);
         StackStatus {
             project,
             daemon_pid: std::process::id(),
