@@ -372,3 +372,37 @@ fn a_flood_of_slow_connections_to_one_port_leaves_the_others_and_the_cli_answeri
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// With no `protocol`, HTTP/1.1 and h2c clients are routed as HTTP: each request is counted
+/// (TCP would count one per connection) and gets the router's forwarding headers.
+#[test]
+fn http_and_h2c_through_the_default_protocol_are_routed_per_request() {
+    let port = free_port();
+    let stack = Stack::new(
+        "edge-auto-http",
+        &format!(
+            "name: edge-auto-http\nservices:\n  web:\n    command: \"{{demo}}\"\n    replicas: 2\n    port: {port}\n    healthcheck: {{ http: /health, start_interval: 50ms }}\n"
+        ),
+    );
+    stack.up();
+    let url = format!("http://127.0.0.1:{port}/echo");
+    // HTTP/1.1: three requests on one keep-alive connection.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}\\n", &url, &url, &url])
+        .output()
+        .expect("curl");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(said.lines().filter(|l| *l == "1.1 200").count(), 3, "{said}{}", String::from_utf8_lossy(&out.stderr));
+    // h2c: three streams one after another on one connection (h2load: Debian's curl 7.88 fails
+    // to reuse a prior-knowledge connection, curl issue 10634).
+    let out =
+        std::process::Command::new("h2load").args(["-n", "3", "-c", "1", "-m", "1", &url]).output().expect("h2load");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("3 succeeded, 0 failed"), "{said}");
+    let stats = stack.tug(&["stats", "--json"]);
+    let stats: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+    let total = &stats["services"][0]["total"];
+    assert_eq!(total["requests"], 6, "six requests counted, not two connections: {stats:#}");
+    let (_, echo) = crate::routing::http_once("127.0.0.1", port, "GET", "/echo").unwrap();
+    assert!(echo.contains("\"x-forwarded-for\":\"127.0.0.1\""), "{echo}");
+}
