@@ -451,7 +451,6 @@ async fn read_replay(mut body: Incoming, limit: usize) -> Option<Replay> {
     Some(Replay { data, trailers })
 }
 
-/// Methods a retry cannot make take effect twice (RFC 9110 §9.2.2).
 /// An HTTP/1 request as the instance gets it, or why it is refused (RFC 9112 §3.2, as nginx and
 /// HAProxy do): exactly one valid `Host` (none only in HTTP/1.0); an absolute-form target
 /// (`GET http://a.example/x`) goes on in origin form (`/x`) with its authority as the `Host`,
@@ -487,6 +486,7 @@ fn origin_form<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Methods a retry cannot make take effect twice (RFC 9110 §9.2.2).
 fn idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
