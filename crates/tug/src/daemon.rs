@@ -151,8 +151,10 @@ pub(crate) struct App {
     verifier: Verifier,
     /// The API key's derived tokens: `/metrics`'s bearer token, the webhooks' signing key.
     pub metrics_token: String,
-    /// Bytes of request bodies being read (see [`BODY_BUDGET`]).
+    /// Bytes of request bodies being read (see [`BODY_BUDGET`]): one budget for the local
+    /// socket, another for the network endpoint, so no network client can make the CLI wait.
     bodies: Arc<tokio::sync::Semaphore>,
+    network_bodies: Arc<tokio::sync::Semaphore>,
     /// The network endpoint (`api.listen`).
     pub endpoint: crate::endpoint::Endpoint,
     /// The dashboard's logins and sessions.
@@ -375,6 +377,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             verifier: Verifier::new(key),
             metrics_token,
             bodies: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
+            network_bodies: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET)),
             endpoint: crate::endpoint::Endpoint::default(),
             web: crate::web::Web::default(),
             notifier,
@@ -578,18 +581,26 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
     if let Err(e) = app.verifier.precheck(header.as_deref(), tug_proto::unix_now()) {
         return Ok(error(StatusCode::UNAUTHORIZED, e.to_string()));
     }
-    let declared = hyper::body::Body::size_hint(request.body()).exact();
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    // The CLI always says how long its body is; a body of unknown length (chunked) could only
+    // be budgeted at the largest size, which a few unsigned clients would use up.
+    let Some(declared) = hyper::body::Body::size_hint(request.body()).exact() else {
+        return Ok(error(StatusCode::LENGTH_REQUIRED, "a request body needs a Content-Length"));
+    };
+    if declared > MAX_BODY as u64 {
         return Ok(error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {MAX_BODY} bytes")));
     }
-    // Room for the body among all bodies being read; a body of unknown length may be the largest.
-    let reserve = declared.map_or(MAX_BODY, |n| n as usize).max(1) as u32;
-    let Ok(Ok(room)) = tokio::time::timeout(BUDGET_WAIT, app.bodies.clone().acquire_many_owned(reserve)).await else {
+    // Room for the body among the bodies being read on this side (socket or network).
+    let budget = match conn.origin {
+        Origin::Socket => &app.bodies,
+        Origin::Network { .. } => &app.network_bodies,
+    };
+    let reserve = (declared as u32).max(1);
+    let Ok(Ok(room)) = tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(reserve)).await else {
         return Ok(error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is reading too many request bodies: retry"));
     };
     // Declared before the body, so dropped after it, on every path (a body cut short too).
-    let mut trim = TrimAfterLargeBody(reserve as usize);
-    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(request.into_body(), declared)).await {
+    let mut trim = TrimAfterLargeBody(declared as usize);
+    let body = match tokio::time::timeout(BODY_TIMEOUT, read_body(request.into_body(), Some(declared))).await {
         Ok(Ok(body)) => body,
         Ok(Err(response)) => return Ok(*response),
         Err(_) => return Ok(error(StatusCode::REQUEST_TIMEOUT, "the body did not arrive in time")),

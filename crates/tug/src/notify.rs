@@ -117,7 +117,7 @@ async fn deliver(hook: &NotifySpec, name: &str, body: &Bytes, key: &str, service
             Ok(Ok(status)) if (200..300).contains(&status) => return,
             Ok(Ok(status)) if status != 429 && status < 500 => {
                 tug_supervisor::log::warn(
-                    &format!("webhook {}: {name} refused with HTTP {status}; not retried", hook.url.shown()),
+                    &format!("webhook {}: {name} refused with HTTP {status}; not retried", where_to(&hook.url)),
                     &[("service", service)],
                 );
                 return;
@@ -128,7 +128,7 @@ async fn deliver(hook: &NotifySpec, name: &str, body: &Bytes, key: &str, service
         };
         if attempt == ATTEMPTS {
             tug_supervisor::log::warn(
-                &format!("webhook {}: {name} not delivered after {ATTEMPTS} attempts: {problem}", hook.url.shown()),
+                &format!("webhook {}: {name} not delivered after {ATTEMPTS} attempts: {problem}", where_to(&hook.url)),
                 &[("service", service)],
             );
             return;
@@ -136,13 +136,22 @@ async fn deliver(hook: &NotifySpec, name: &str, body: &Bytes, key: &str, service
         tug_supervisor::log::info(
             &format!(
                 "webhook {}: {name} attempt {attempt} failed ({problem}); retrying in {} s",
-                hook.url.shown(),
+                where_to(&hook.url),
                 wait.as_secs()
             ),
             &[("service", service)],
         );
         tokio::time::sleep(wait).await;
         wait *= 2;
+    }
+}
+
+/// What the daemon's log says of a webhook: its scheme and host only. A hook's path or query
+/// often is its credential (Slack's and Discord's are), secret setting or not.
+fn where_to(url: &tug_proto::spec::Value) -> String {
+    match parse_url(&url.value) {
+        Ok(t) => format!("{}://{}", if t.tls { "https" } else { "http" }, t.host),
+        Err(_) => url.shown().to_string(),
     }
 }
 
@@ -243,6 +252,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_scheme_and_host_are_logged() {
+        let url = tug_proto::spec::Value {
+            value: "https://hooks.example.com/services/T0/B0/s3cr3t".into(),
+            ..Default::default()
+        };
+        assert_eq!(where_to(&url), "https://hooks.example.com");
+    }
 
     #[test]
     fn webhook_urls_parse() {

@@ -1043,9 +1043,20 @@ pub fn dashboard(args: &StackArgs, read_only: bool) -> Result<ExitCode, String> 
     let client = running_client(args)?;
     let answer: tug_proto::DashboardResponse =
         client.send("POST", "/v1/dashboard", &tug_proto::DashboardRequest { read_only }, QUICK)?;
-    println!("{}", answer.url);
+    println!("{}", reachable_link(&answer.url, args.host.as_deref()));
     eprintln!("(one use, valid 5 minutes{})", if read_only { "; read-only" } else { "" });
     Ok(ExitCode::SUCCESS)
+}
+
+/// The login link as this client can open it: through `--host` when given (the daemon knows
+/// only the address it binds), and a loopback address for one bound on every interface.
+fn reachable_link(link: &str, host: Option<&str>) -> String {
+    let Some((base, rest)) = link.find("/ui/").map(|i| link.split_at(i)) else { return link.to_string() };
+    if let Some(host) = host {
+        return format!("{}{rest}", host.trim_end_matches('/'));
+    }
+    let base = base.replacen("://0.0.0.0:", "://127.0.0.1:", 1).replacen("://[::]:", "://[::1]:", 1);
+    format!("{base}{rest}")
 }
 
 /// `tug token metrics|webhook`: derived from the API key, so it needs no daemon.

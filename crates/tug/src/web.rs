@@ -242,28 +242,42 @@ pub async fn serve(app: &Arc<App>, request: Request<Incoming>, tls: bool, listen
             response
         }
         (Method::GET, "/ui/events") => events(app).await,
-        (Method::POST, "/ui/api/rollout") => {
-            let scheme = if tls { "https" } else { "http" };
-            action(app, request, &session, &format!("{scheme}://{host}")).await
-        }
-        (Method::POST, "/ui/logout") => {
-            app.web.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            json_response(StatusCode::OK, &json!({ "message": "logged out" }))
-        }
+        (Method::POST, "/ui/api/rollout") => match foreign_origin(&request, tls, &host) {
+            None => action(app, request, &session).await,
+            Some(refused) => refused,
+        },
+        (Method::POST, "/ui/logout") => match foreign_origin(&request, tls, &host) {
+            None => {
+                app.web.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                json_response(StatusCode::OK, &json!({ "message": "logged out" }))
+            }
+            Some(refused) => refused,
+        },
         _ => error(StatusCode::NOT_FOUND, format!("no such page: {path}")),
     }
 }
 
-/// A dashboard button: promote, abort or undo. Only from the page itself: its Origin, its CSRF
-/// token, a session that may act.
-async fn action(app: &App, request: Request<Incoming>, session: &Session, expected_origin: &str) -> Response<Body> {
+/// The refusal of a POST that does not come from the dashboard's own page, whose `Origin`
+/// names this host: over TLS `https://HOST`; on a plain listener `http://HOST` or, behind a
+/// proxy that terminates TLS, `https://HOST`.
+fn foreign_origin(request: &Request<Incoming>, tls: bool, host: &str) -> Option<Response<Body>> {
     let origin = request.headers().get(hyper::header::ORIGIN).and_then(|v| v.to_str().ok());
-    if origin != Some(expected_origin) {
-        return error(
+    let same = match origin.and_then(|o| o.split_once("://")) {
+        Some(("https", rest)) => rest == host,
+        Some(("http", rest)) => !tls && rest == host,
+        _ => false,
+    };
+    (!same).then(|| {
+        error(
             StatusCode::FORBIDDEN,
             format!("refused: the request comes from {}, not this dashboard", origin.unwrap_or("an unknown origin")),
-        );
-    }
+        )
+    })
+}
+
+/// A dashboard button: promote, abort or undo. Only from the page itself (its Origin, checked
+/// by the caller), with its CSRF token, by a session that may act.
+async fn action(app: &App, request: Request<Incoming>, session: &Session) -> Response<Body> {
     let csrf = request.headers().get("x-tug-csrf").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if !tug_proto::auth::same_secret(csrf.as_bytes(), session.csrf.as_bytes()) {
         return error(StatusCode::FORBIDDEN, "refused: the request lacks this session's CSRF token (reload the page)");

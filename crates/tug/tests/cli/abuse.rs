@@ -96,6 +96,17 @@ fn abuse(stack: &Stack, target: Target, ps: impl Fn() -> crate::Run) {
     let started = Instant::now();
     assert_eq!(ps().code, 0);
     let quiet = started.elapsed();
+    // A body of unknown length (chunked) is refused before anything is read or reserved.
+    let mut chunked = target.connect().expect("a connection");
+    let head = format!(
+        "PUT /v1/stack HTTP/1.1\r\nHost: tug\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        forged_header()
+    );
+    chunked.write_all(head.as_bytes()).unwrap();
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut chunked, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 411", "{}", String::from_utf8_lossy(&answer));
+    drop(chunked);
     // Unsigned: refused before the body is read.
     let peak = flood(&target, daemon, 100, None);
     assert!(peak < 100 * 1024, "100 unsigned 16 MiB bodies took the daemon to {peak} KiB (baseline {baseline})");
