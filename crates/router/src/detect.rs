@@ -1,7 +1,11 @@
 //! Auto mode: each new connection is served as HTTP when it opens with an HTTP/1 request line
 //! or the HTTP/2 preface, and as TCP otherwise: a PostgreSQL or Redis client (binary or RESP
-//! first bytes), or a client that waits for the server to speak first (SMTP, MySQL) and sends
-//! nothing within [`SERVER_FIRST_WAIT`]. Nothing is consumed: the chosen mode reads the
+//! first bytes), or a client that waits for the server to speak first (SMTP, MySQL). A client
+//! silent for [`SERVER_FIRST_WAIT`] is not taken at its word: an instance is connected, and
+//! whoever speaks first decides. The instance (a greeting): TCP. The client: its bytes are
+//! looked at again, so an HTTP client cannot skip the router's HTTP handling (its
+//! `X-Forwarded-For`, its strict edge) just by waiting. Nobody within `header_read_timeout`:
+//! closed, as an idle HTTP connection is. Nothing is consumed: the chosen mode reads the
 //! connection from its first byte.
 
 use std::sync::Arc;
@@ -9,14 +13,14 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::Place;
 use crate::http::{self, Servers};
 use crate::lifecycle::Live;
 use crate::table::Shared;
 use crate::tcp;
 
-/// How long a silent client is waited for before the connection is taken to be one where the
-/// server speaks first. HTTP clients send their request with the connection; a silent one
-/// served as TCP still works, it only misses per-request balancing and figures.
+/// How long a silent client is waited for before an instance is asked whether it speaks
+/// first. HTTP clients send their request with the connection.
 pub const SERVER_FIRST_WAIT: Duration = Duration::from_millis(200);
 
 /// Bytes looked at: a request line longer than this that is still HTTP-shaped is HTTP.
@@ -34,41 +38,76 @@ enum Seen {
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let servers = Servers::new(&shared.config);
-    crate::lifecycle::accept(listener, &shared, |stream, peer, live| {
-        one(stream, peer.ip(), shared.clone(), servers.clone(), live)
+    crate::lifecycle::accept(listener, &shared, |stream, peer, live, place| {
+        one(stream, peer.ip(), shared.clone(), servers.clone(), live, place)
     })
     .await;
 }
 
-async fn one(stream: TcpStream, ip: std::net::IpAddr, shared: Arc<Shared>, servers: Arc<Servers>, live: Live) {
+async fn one(
+    mut stream: TcpStream,
+    ip: std::net::IpAddr,
+    shared: Arc<Shared>,
+    servers: Arc<Servers>,
+    live: Live,
+    place: Place,
+) {
     let _ = stream.set_nodelay(true);
-    match sniff(&stream).await {
-        Some(true) => http::connection(stream, ip, shared, servers, live).await,
-        Some(false) => tcp::forward(shared, stream, live).await,
-        None => {}
+    match sniff(&stream, SERVER_FIRST_WAIT).await {
+        Sniffed::Http => return http::connection(stream, ip, shared, servers, live, place).await,
+        Sniffed::Tcp => return tcp::forward(shared, stream, live, place).await,
+        Sniffed::Gone => return,
+        Sniffed::Silent => {}
     }
+    // Silent: whoever speaks first, the client or an instance, decides.
+    let Some((in_flight, mut upstream)) = tcp::connect(&shared).await else { return };
+    let client_first = tokio::select! {
+        ready = stream.readable() => ready.is_ok(),
+        _ = upstream.readable() => false,
+        () = tokio::time::sleep(shared.config.header_read_timeout) => return,
+    };
+    if client_first {
+        match sniff(&stream, shared.config.header_read_timeout).await {
+            Sniffed::Http => {
+                drop((in_flight, upstream));
+                return http::connection(stream, ip, shared, servers, live, place).await;
+            }
+            Sniffed::Gone | Sniffed::Silent => return,
+            Sniffed::Tcp => {}
+        }
+    }
+    tcp::copy(&mut stream, &mut upstream).await;
+    drop(in_flight);
 }
 
-/// Some(true) for HTTP, Some(false) for TCP, None when the client left before deciding.
-async fn sniff(stream: &TcpStream) -> Option<bool> {
+/// What a connection's first bytes say.
+enum Sniffed {
+    Http,
+    Tcp,
+    /// Nothing, or an HTTP-shaped beginning that never completed, within the wait.
+    Silent,
+    /// The client left.
+    Gone,
+}
+
+async fn sniff(stream: &TcpStream, wait: Duration) -> Sniffed {
     let mut buf = [0u8; LOOK];
     let look = async {
         loop {
-            let n = stream.peek(&mut buf).await.ok()?;
+            let Ok(n) = stream.peek(&mut buf).await else { return Sniffed::Gone };
             if n == 0 {
-                return None;
+                return Sniffed::Gone;
             }
             match classify(&buf[..n]) {
-                Seen::Http => return Some(true),
-                Seen::Tcp => return Some(false),
-                Seen::Unsure if n == LOOK => return Some(true),
+                Seen::Http => return Sniffed::Http,
+                Seen::Tcp => return Sniffed::Tcp,
+                Seen::Unsure if n == LOOK => return Sniffed::Http,
                 // Peeking again at once would return the same bytes: wait for more.
                 Seen::Unsure => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     };
-    // Silent (server speaks first), or a partial line that never completes: TCP.
-    tokio::time::timeout(SERVER_FIRST_WAIT, look).await.unwrap_or(Some(false))
+    tokio::time::timeout(wait, look).await.unwrap_or(Sniffed::Silent)
 }
 
 /// Whether `bytes`, a connection's first, are HTTP: the HTTP/2 preface, or an HTTP/1 request
@@ -78,7 +117,8 @@ fn classify(bytes: &[u8]) -> Seen {
     if bytes[..preface] == H2_PREFACE[..preface] {
         return if bytes.len() >= H2_PREFACE.len() { Seen::Http } else { Seen::Unsure };
     }
-    // METHOD: uppercase letters (every registered method), then one space.
+    // METHOD: uppercase letters (every common method; `M-SEARCH` and the like are served as
+    // TCP, passed through whole), then one space.
     let method = bytes.iter().take_while(|b| b.is_ascii_uppercase()).count();
     let Some(&after) = bytes.get(method) else { return if method <= 20 { Seen::Unsure } else { Seen::Tcp } };
     if method == 0 || method > 20 || after != b' ' {

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::Policy;
 use crate::balance;
+use crate::config::Place;
 use crate::lifecycle::{Live, drive, until_stopped};
 use crate::stats::Counters;
 use crate::table::{Endpoint, InFlight, Shared, Tried, lock};
@@ -80,8 +81,8 @@ impl Servers {
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let servers = Servers::new(&shared.config);
-    crate::lifecycle::accept(listener, &shared, |stream, peer, live| {
-        connection(stream, peer.ip(), shared.clone(), servers.clone(), live)
+    crate::lifecycle::accept(listener, &shared, |stream, peer, live, place| {
+        connection(stream, peer.ip(), shared.clone(), servers.clone(), live, place)
     })
     .await;
 }
@@ -92,14 +93,24 @@ pub(crate) struct Client {
     pub shared: Arc<Shared>,
     /// The client's address as an `X-Forwarded-For` value, made once.
     forwarded_for: HeaderValue,
+    /// The connection's place in its listener's limit: held by its requests, and by an
+    /// upgraded connection's tunnel until it closes.
+    _place: Place,
 }
 
-pub(crate) async fn connection(stream: TcpStream, ip: IpAddr, shared: Arc<Shared>, servers: Arc<Servers>, _live: Live) {
+pub(crate) async fn connection(
+    stream: TcpStream,
+    ip: IpAddr,
+    shared: Arc<Shared>,
+    servers: Arc<Servers>,
+    _live: Live,
+    place: Place,
+) {
     let _ = stream.set_nodelay(true);
     let Ok(http2) = speaks_http2(&stream, shared.config.header_read_timeout).await else { return };
     let (phase, max_age) = (shared.phase.clone(), shared.config.max_connection_age);
     let Ok(forwarded_for) = HeaderValue::try_from(ip.to_string()) else { return };
-    let client = Arc::new(Client { shared, forwarded_for });
+    let client = Arc::new(Client { shared, forwarded_for, _place: place });
     let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
     let io = TokioIo::new(stream);
     if http2 {
@@ -387,7 +398,8 @@ fn forward(
         strip_hop_by_hop(&mut parts.headers, false, true);
         let shared = &client.shared;
         let live = shared.tracker.enter();
-        tokio::spawn(until_stopped(shared.phase.clone(), tunnel(client_upgrade, backend_upgrade, guard, live)));
+        let tunnel = tunnel(client_upgrade, backend_upgrade, guard, live, client.clone());
+        tokio::spawn(until_stopped(shared.phase.clone(), tunnel));
         return Response::from_parts(parts, Body::empty());
     }
     let (mut parts, body) = response.into_parts();
@@ -397,7 +409,7 @@ fn forward(
 
 /// Copies bytes both ways between an upgraded client and backend until either
 /// side closes.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight, _live: Live) {
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight, _live: Live, _held: Arc<Client>) {
     let (Ok(client), Ok(backend)) = tokio::join!(client, backend) else { return };
     let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER).await;

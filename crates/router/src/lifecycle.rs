@@ -40,12 +40,14 @@ pub(crate) async fn until_stopped(phase: watch::Receiver<Phase>, work: impl Futu
     }
 }
 
-/// Accepts connections until the router is dropped, each served by `serve(stream, peer, live)`
+/// Accepts connections until the router is dropped, each served by `serve(stream, peer, live,
+/// place)` (the place in the connection limit, held for as long as the connection lives: an
+/// upgraded one's tunnel included)
 /// in a task of its own that ends when the router stops. Over its connection limit a
 /// connection is closed at once, so its client fails fast instead of waiting in the backlog.
 pub(crate) async fn accept<F, W>(listener: tokio::net::TcpListener, shared: &Arc<crate::table::Shared>, serve: F)
 where
-    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Live) -> W,
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Live, crate::config::Place) -> W,
     W: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -59,11 +61,7 @@ where
         };
         let Some(place) = shared.config.connections.acquire() else { continue };
         let live = shared.tracker.enter();
-        let work = serve(stream, peer, live);
-        tokio::spawn(until_stopped(shared.phase.clone(), async move {
-            let _place = place;
-            work.await
-        }));
+        tokio::spawn(until_stopped(shared.phase.clone(), serve(stream, peer, live, place)));
     }
 }
 
@@ -103,7 +101,7 @@ fn jittered(d: Duration) -> Duration {
 }
 
 /// Counts what is open (client connections, upgraded tunnels, TCP streams)
-/// so the listener can cap it and shutdown can wait for it.
+/// so shutdown can wait for it (the cap is the `ConnectionLimit`).
 #[derive(Default)]
 pub(crate) struct Tracker {
     live: AtomicUsize,

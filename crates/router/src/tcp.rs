@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::Place;
 use crate::lifecycle::Live;
 use crate::stats::Counters;
 use crate::table::{InFlight, Shared, Tried};
@@ -14,9 +15,9 @@ use crate::table::{InFlight, Shared, Tried};
 pub(crate) const COPY_BUFFER: usize = 16 << 10;
 
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
-    crate::lifecycle::accept(listener, &shared, |client, _, live| {
+    crate::lifecycle::accept(listener, &shared, |client, _, live, place| {
         let _ = client.set_nodelay(true);
-        forward(shared.clone(), client, live)
+        forward(shared.clone(), client, live, place)
     })
     .await;
 }
@@ -24,12 +25,25 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 /// Connects to a backend (another one if connecting fails, within the
 /// attempts and the retry budget) and copies until either side closes. With
 /// no backend the client's connection is closed.
-pub(crate) async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live) {
+pub(crate) async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: Live, _place: Place) {
+    let Some((_in_flight, mut upstream)) = connect(&shared).await else { return };
+    copy(&mut client, &mut upstream).await;
+}
+
+/// Bytes both ways until either side closes.
+pub(crate) async fn copy(client: &mut TcpStream, upstream: &mut TcpStream) {
+    let _ = tokio::io::copy_bidirectional_with_sizes(client, upstream, COPY_BUFFER, COPY_BUFFER).await;
+}
+
+/// A connection to a backend, counted in flight on it while the guard lives: another backend
+/// if connecting fails, within the attempts and the retry budget. None when none could be
+/// reached (or there is none).
+pub(crate) async fn connect(shared: &Arc<Shared>) -> Option<(InFlight, TcpStream)> {
     shared.budget.deposit();
     let mut tried = Tried::default();
     let Some(mut endpoint) = shared.select(None, &mut tried, true) else {
         Counters::bump(&shared.unrouted);
-        return;
+        return None;
     };
     loop {
         tried.push(&endpoint);
@@ -37,12 +51,10 @@ pub(crate) async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: L
         let counters = &guard.0.counters;
         let started = Instant::now();
         match guard.0.connect(shared.config.connect_timeout).await {
-            Ok(mut upstream) => {
+            Ok(upstream) => {
                 counters.observe(started.elapsed());
                 shared.succeeded(&guard.0);
-                let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, COPY_BUFFER, COPY_BUFFER)
-                    .await;
-                return;
+                return Some((guard, upstream));
             }
             Err(_) => {
                 Counters::bump(&counters.failures);
@@ -59,7 +71,7 @@ pub(crate) async fn forward(shared: Arc<Shared>, mut client: TcpStream, _live: L
                 }
                 // The connection is counted where it last failed.
                 counters.observe(started.elapsed());
-                return;
+                return None;
             }
         }
     }

@@ -98,7 +98,9 @@ async fn a_grpc_call_gets_its_message_and_status_trailer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_is_tunnelled_both_ways() {
     let web = backends(1).await;
-    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    // One connection allowed: the tunnel keeps its place while it is open.
+    let config = Config { connections: tug_router::ConnectionLimit::new(1), ..Config::default() };
+    let fx = Fixture::start(Protocol::Http, config, members(&web));
     let mut stream = TcpStream::connect(fx.addr()).await.unwrap();
     stream
         .write_all(
@@ -123,9 +125,17 @@ async fn a_websocket_upgrade_is_tunnelled_both_ways() {
         stream.read_exact(&mut echoed).await.unwrap();
         assert_eq!(echoed, message.as_bytes());
     }
+    // A second connection while the tunnel is open is over the limit: closed at once.
+    let mut over = TcpStream::connect(fx.addr()).await.unwrap();
+    let _ = over.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), over.read_to_end(&mut answer)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{:?}", String::from_utf8_lossy(&answer));
     drop(stream);
     eventually(async || fx.router.in_flight(&web[0].id) == 0).await;
     assert_eq!(fx.stats(&web[0].id, "r1").status[0], 1, "one 1xx answer");
+    // Closed, the tunnel gives its place back.
+    eventually(async || H1::connect(fx.addr()).await.get("/", &[]).await.status == StatusCode::OK).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

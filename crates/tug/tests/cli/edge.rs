@@ -405,4 +405,14 @@ fn http_and_h2c_through_the_default_protocol_are_routed_per_request() {
     assert_eq!(total["requests"], 6, "six requests counted, not two connections: {stats:#}");
     let (_, echo) = crate::routing::http_once("127.0.0.1", port, "GET", "/echo").unwrap();
     assert!(echo.contains("\"x-forwarded-for\":\"127.0.0.1\""), "{echo}");
+    // A client that waits before speaking is not passed through as TCP on its word: it still
+    // gets the router's HTTP handling (here, its own X-Forwarded-For is appended to).
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    slow.write_all(b"GET /echo HTTP/1.1\r\nHost: svc\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(answer.contains("\"x-forwarded-for\":\"6.6.6.6, 127.0.0.1\""), "{answer}");
 }
