@@ -677,7 +677,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             },
             Err(response) => *response,
         },
-        (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target),
+        (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
         (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
             Ok(request) => match supervisor.plan(&request) {
                 Ok(plan) => json(StatusCode::OK, &plan),

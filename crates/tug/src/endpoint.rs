@@ -90,13 +90,14 @@ impl Endpoint {
             )),
             None => None,
         };
-        // The same address: the old listener must let go of it first.
+        // The same port (on the same address, or 0.0.0.0 and 127.0.0.1): the old listener
+        // must let go of it first.
         let mut old = running.take();
-        let kept = match old.take_if(|o| o.address == address) {
+        let kept = match old.take_if(|o| o.address.port() == address.port()) {
             Some(same) => {
-                let spec = same.spec.clone();
+                let back = (same.spec.clone(), same.address);
                 same.stop().await;
-                Some(spec)
+                Some(back)
             }
             None => None,
         };
@@ -104,8 +105,8 @@ impl Endpoint {
             Ok(listener) => listener,
             Err(e) => {
                 // Put back what was there.
-                if let Some(spec) = kept
-                    && let Ok(listener) = bind(address)
+                if let Some((spec, old_address)) = kept
+                    && let Ok(listener) = bind(old_address)
                 {
                     let acceptor = spec
                         .tls

@@ -526,7 +526,7 @@ fn revision_figures(revision: &str, now: &Counters, before: Option<&Counters>, e
 /// `GET /v1/logs?names=a,b&tail=N&follow=1`: the instances' log lines as JSON lines (the
 /// format of `tug logs --json`), for `tug --host … logs`. With `follow`, it streams new lines
 /// until the client goes away.
-pub fn logs_stream(app: &Arc<App>, target: &str) -> Response<Body> {
+pub async fn logs_stream(app: &Arc<App>, target: &str) -> Response<Body> {
     let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
     let param = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('='));
     let names: Vec<String> = param("names")
@@ -540,9 +540,12 @@ pub fn logs_stream(app: &Arc<App>, target: &str) -> Response<Body> {
     if !unmatched.is_empty() && !follow {
         return error(StatusCode::NOT_FOUND, format!("no logs for {}", unmatched.join(", ")));
     }
-    let (records, follower) = match tug_logs::Follower::read_then_follow(&dir, selector, tail, None) {
-        Ok(pair) => pair,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the logs: {e}")),
+    // A whole history can be large: read off the runtime's threads.
+    let read = tokio::task::spawn_blocking(move || tug_logs::Follower::read_then_follow(&dir, selector, tail, None));
+    let (records, follower) = match read.await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read the logs: {e}")),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the logs"),
     };
     let Some((response, tx, permit)) = stream_body(app, "application/x-ndjson") else { return too_many_streams() };
     tokio::spawn(async move {
@@ -550,9 +553,10 @@ pub fn logs_stream(app: &Arc<App>, target: &str) -> Response<Body> {
         let mut follower = follower;
         let mut batch = records;
         loop {
-            if !batch.is_empty() {
+            // In chunks, so a long history is never one string in memory.
+            for chunk in batch.chunks(1000) {
                 let mut text = String::new();
-                for record in &batch {
+                for record in chunk {
                     text.push_str(&log_json(record).to_string());
                     text.push('\n');
                 }
