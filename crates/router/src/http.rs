@@ -219,17 +219,18 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
         Counters::bump(&shared.unrouted);
         return Ok(text(StatusCode::SERVICE_UNAVAILABLE, "no ready instance\n"));
     };
-    let (body, replay) = match prepare_body(body, shared).await {
-        Ok(prepared) => prepared,
-        Err(answer) => return Ok(answer),
-    };
     let max_attempts = shared.config.retry.max_attempts;
     // Only an idempotent request is ever sent twice: one that may have reached an instance
     // (its connection failed after it left) could have been processed there, and a POST
     // charged twice is worse than a 502. A request that provably never left (refused
-    // connection) is retried whatever its method, without a copy.
+    // connection) is retried whatever its method, without a copy, its body still unread.
+    let replayable = max_attempts > 1 && members > 1 && idempotent(&parts.method);
+    let (body, replay) = match prepare_body(body, shared, replayable).await {
+        Ok(prepared) => prepared,
+        Err(answer) => return Ok(answer),
+    };
     let spare = match replay {
-        Some(body) if max_attempts > 1 && members > 1 && idempotent(&parts.method) => Some(Spare {
+        Some(body) => Some(Spare {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
@@ -415,12 +416,19 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight, _li
     let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut backend, COPY_BUFFER, COPY_BUFFER).await;
 }
 
-/// The request body as it will be sent, and a copy for retries when it can be
-/// replayed: empty, or of a declared length within `max_replay_body` (read
-/// whole now, within `request_timeout`). Anything else streams.
-async fn prepare_body(body: Incoming, shared: &Shared) -> Result<(Outgoing, Option<Replay>), Response<Body>> {
+/// The request body as it will be sent, and a copy for retries when the request may be sent
+/// again (`replayable`) and its body can be: empty, or of a declared length within
+/// `max_replay_body` (read whole now, within `request_timeout`). Anything else streams.
+async fn prepare_body(
+    body: Incoming,
+    shared: &Shared,
+    replayable: bool,
+) -> Result<(Outgoing, Option<Replay>), Response<Body>> {
     if body.is_end_stream() {
-        return Ok((Outgoing::Empty, Some(Replay::default())));
+        return Ok((Outgoing::Empty, replayable.then(Replay::default)));
+    }
+    if !replayable {
+        return Ok((Outgoing::stream(body), None));
     }
     let limit = shared.config.retry.max_replay_body;
     match body.size_hint().exact() {
