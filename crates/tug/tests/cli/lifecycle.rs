@@ -464,9 +464,14 @@ services:
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "tug-instance"))
         .collect();
     assert_eq!(shims.len(), 1, "the instance runs under its shim");
+    // In this order, so none of them outlives the one it watches long enough to act: the shim
+    // kills its subtree when its parent (the daemon) dies, the keeper every descendant when the
+    // daemon ends. (Daemon first let a loaded machine run the shim's reaction before its own
+    // SIGKILL landed, and the grandchild went with it.)
     kill(keeper, libc::SIGKILL);
-    kill(daemon, libc::SIGKILL);
     kill(shims[0], libc::SIGKILL);
+    assert!(wait_gone(shims[0], Duration::from_secs(5)));
+    kill(daemon, libc::SIGKILL);
     assert!(wait_gone(daemon, Duration::from_secs(5)) && wait_gone(keeper, Duration::from_secs(5)));
     std::thread::sleep(Duration::from_millis(200));
     assert!(alive(survivor), "the grandchild in its own session should outlive all three");
