@@ -639,7 +639,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
         (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
             Ok(request) => {
                 // The endpoint follows the stack file given on this host only: a remote client
-                // cannot move or drop the endpoint it came through.
+                // cannot move or drop the endpoint it came through. It is configured first (a
+                // TLS file that cannot be read fails the command before anything changed) and
+                // put back as it was if the stack is then refused.
+                let before = app.endpoint.spec().await;
                 let endpoint = match conn.origin {
                     Origin::Socket => app.endpoint.configure(&app, request.spec.api.as_ref()).await,
                     Origin::Network { .. } => Ok(()),
@@ -650,10 +653,15 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
                         let notify = request.spec.notify.clone();
                         match supervisor.apply(request) {
                             Ok(answer) => {
-                                app.notifier.configure(&request_project(supervisor), notify);
+                                app.notifier.configure(&supervisor.project(), notify);
                                 json(StatusCode::OK, &answer)
                             }
-                            Err(e) => supervisor_error(e),
+                            Err(e) => {
+                                if matches!(conn.origin, Origin::Socket) {
+                                    let _ = app.endpoint.configure(&app, before.as_ref()).await;
+                                }
+                                supervisor_error(e)
+                            }
                         }
                     }
                 }
@@ -771,10 +779,6 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
 }
 
 /// The project the daemon runs (for webhooks' payloads).
-fn request_project(supervisor: &Supervisor) -> String {
-    supervisor.project()
-}
-
 /// Starts the keeper (and so the daemon) for `state_dir`, detached from the terminal; with
 /// `advertise`, the daemon binds and registers that address.
 pub fn spawn(state_dir: &Path, advertise: Option<&str>) -> Result<u32, String> {

@@ -66,6 +66,11 @@ impl Endpoint {
         running.as_ref().map(|r| format!("{}://{}", if r.tls { "https" } else { "http" }, r.address))
     }
 
+    /// What the endpoint was last configured with (None: not listening).
+    pub async fn spec(&self) -> Option<ApiSpec> {
+        self.running.lock().await.as_ref().map(|r| r.spec.clone())
+    }
+
     /// Makes the endpoint what `wanted` says: started, moved, or stopped. On failure (a TLS file
     /// that cannot be read, an address in use) the endpoint stays as it was.
     pub async fn configure(&self, app: &Arc<App>, wanted: Option<&ApiSpec>) -> Result<(), String> {

@@ -206,11 +206,10 @@ async fn post(url: &str, name: &str, body: &Bytes, key: &str) -> Result<u16, Str
     signed.push(b'.');
     signed.extend_from_slice(body);
     let signature = format!("sha256={}", tug_proto::auth::hmac_hex(key.as_bytes(), &signed));
-    let host_header = if target.host.contains(':') {
-        format!("[{}]:{}", target.host, target.port)
-    } else {
-        format!("{}:{}", target.host, target.port)
-    };
+    // The port only when it is not the scheme's default, as browsers and curl send it.
+    let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
+    let default_port = if target.tls { 443 } else { 80 };
+    let host_header = if target.port == default_port { host } else { format!("{host}:{}", target.port) };
     let request = hyper::Request::post(&target.path)
         .header(hyper::header::HOST, host_header)
         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -221,7 +220,12 @@ async fn post(url: &str, name: &str, body: &Bytes, key: &str) -> Result<u16, Str
         .body(Full::new(body.clone()))
         .map_err(|e| format!("cannot build the request: {e}"))?;
     if target.tls {
-        let config = tug_registry::tls::client_config(None, None, None)?;
+        // The system's roots, read once for every delivery.
+        static CONFIG: std::sync::OnceLock<Result<std::sync::Arc<rustls::ClientConfig>, String>> =
+            std::sync::OnceLock::new();
+        let config = CONFIG
+            .get_or_init(|| tug_registry::tls::client_config(None, None, None).map_err(|e| e.to_string()))
+            .clone()?;
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(|_| format!("{} is not a valid TLS server name", target.host))?;
         let stream = tokio_rustls::TlsConnector::from(config)
