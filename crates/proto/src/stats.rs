@@ -22,6 +22,9 @@ pub struct ServiceStats {
     pub unrouted: u64,
     /// Retries the retry budget refused.
     pub retries_denied: u64,
+    /// Connections closed at once because the port's connection limit was full.
+    #[serde(default)]
+    pub refused_connections: u64,
     /// Every instance together.
     pub total: Counters,
     /// Per revision, the newest first (by first appearance).

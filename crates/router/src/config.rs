@@ -2,7 +2,7 @@
 //! and linkerd where they have one.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::http::HeaderName;
@@ -147,16 +147,23 @@ pub struct ConnectionLimit {
     max: usize,
     open: AtomicUsize,
     within: Option<Arc<ConnectionLimit>>,
+    /// Connections closed at once because this limit (or its budget) was full.
+    refused: AtomicU64,
 }
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<ConnectionLimit> {
-        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: None })
+        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: None, refused: AtomicU64::new(0) })
     }
 
     /// At most `max`, and only while `budget` has room.
     pub fn within(max: usize, budget: &Arc<ConnectionLimit>) -> Arc<ConnectionLimit> {
-        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: Some(budget.clone()) })
+        Arc::new(ConnectionLimit {
+            max,
+            open: AtomicUsize::new(0),
+            within: Some(budget.clone()),
+            refused: AtomicU64::new(0),
+        })
     }
 
     pub fn max(&self) -> usize {
@@ -165,6 +172,11 @@ impl ConnectionLimit {
 
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused so far because the limit was full.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     fn take(&self) -> bool {
@@ -177,12 +189,14 @@ impl ConnectionLimit {
     /// A place for one more connection, held until the returned guard drops.
     pub(crate) fn acquire(self: &Arc<Self>) -> Option<Place> {
         if !self.take() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         if let Some(budget) = &self.within
             && !budget.take()
         {
             self.open.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(Place(self.clone()))

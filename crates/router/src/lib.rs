@@ -229,6 +229,7 @@ impl Router {
             endpoints: lock(&self.shared.ledger).snapshot(now),
             unrouted: self.shared.unrouted.load(Relaxed),
             retries_denied: self.shared.retries_denied.load(Relaxed),
+            refused_connections: self.shared.config.connections.refused(),
         }
     }
 

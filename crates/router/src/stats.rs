@@ -52,6 +52,10 @@ pub struct Stats {
     pub unrouted: u64,
     /// Retries the budget refused.
     pub retries_denied: u64,
+    /// Connections closed at once because the listener's connection limit was full (the
+    /// limit is the listener's, shared by its routers on every thread: the same figure in
+    /// each router's stats).
+    pub refused_connections: u64,
 }
 
 /// Counters of one instance at one revision.

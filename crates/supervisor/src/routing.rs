@@ -771,11 +771,13 @@ fn service_stats(name: &str, front: &Front) -> ServiceStats {
     let mut total = Counters::default();
     let mut revisions: Vec<RevisionStats> = Vec::new();
     let mut instances: Vec<InstanceStats> = Vec::new();
-    let (mut unrouted, mut retries_denied) = (0, 0);
+    let (mut unrouted, mut retries_denied, mut refused_connections) = (0, 0, 0);
     for router in &front.routers {
         let snapshot = router.stats();
         unrouted += snapshot.unrouted;
         retries_denied += snapshot.retries_denied;
+        // The port's limit is shared by its routers: the same count in each.
+        refused_connections = snapshot.refused_connections;
         for e in &snapshot.endpoints {
             let counters = endpoint_counters(e);
             total.add(&counters);
@@ -811,6 +813,7 @@ fn service_stats(name: &str, front: &Front) -> ServiceStats {
         address: front.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         unrouted,
         retries_denied,
+        refused_connections,
         total,
         revisions,
         instances,

@@ -306,6 +306,19 @@ fn requests(out: &mut String, project: &str, stats: &StatsResponse) {
     for s in &stats.services {
         f.sample("tug_router_unrouted_total", &[("project", project), ("service", &s.service)], s.unrouted as f64);
     }
+    let mut f = family(
+        out,
+        "tug_router_refused_connections_total",
+        "counter",
+        "Connections the router closed at once: the port's connection limit was full.",
+    );
+    for s in &stats.services {
+        f.sample(
+            "tug_router_refused_connections_total",
+            &[("project", project), ("service", &s.service)],
+            s.refused_connections as f64,
+        );
+    }
     let mut f = family(out, "tug_router_retries_denied_total", "counter", "Retries the retry budget refused.");
     for s in &stats.services {
         f.sample(

@@ -75,8 +75,9 @@ fn render(stats: &StatsResponse) -> String {
             rows.push(row(&s.service, &name, &i.revision, &i.counters, i.ejected));
         }
         notes.push_str(&format!(
-            "{} ({} on {}): {} answered with no instance ready, {} retries refused by the budget\n",
-            s.service, s.protocol, s.address, s.unrouted, s.retries_denied
+            "{} ({} on {}): {} answered with no instance ready, {} retries refused by the budget, \
+             {} connections refused over the limit\n",
+            s.service, s.protocol, s.address, s.unrouted, s.retries_denied, s.refused_connections
         ));
     }
     let mut out = render_table(&rows);

@@ -355,6 +355,11 @@ fn a_flood_of_slow_connections_to_one_port_leaves_the_others_and_the_cli_answeri
     }
     eprintln!("flood: {} kept, {closed} closed, the daemon at {peak} descriptors", kept.len());
     assert!(!kept.is_empty() && closed > FILES / 2, "{} kept, {closed} closed", kept.len());
+    // Each refusal is counted (`tug stats`, and /metrics' tug_router_refused_connections_total).
+    let stats: Value = serde_json::from_str(&stack.tug(&["stats", "--json"]).stdout).expect("stats JSON");
+    let flooded_stats = stats["services"].as_array().unwrap().iter().find(|s| s["service"] == "flooded").unwrap();
+    let refused = flooded_stats["refused_connections"].as_u64().unwrap_or(0);
+    assert!(refused > (FILES / 2) as u64 && refused <= closed as u64, "{refused} refused, {closed} closed");
     // Those kept are served: each finishes its request and gets its answer.
     for stream in kept.iter_mut().take(5) {
         stream.set_nonblocking(false).unwrap();
