@@ -56,6 +56,7 @@ async fn refusals_are_retried_for_any_method_resets_for_idempotent_ones() {
     let dead_stats = fx.stats("host-a/web-dead", "r1");
     assert!(dead_stats.failures >= 2 && dead_stats.retries == dead_stats.failures, "refused, retried: {dead_stats:?}");
     assert_eq!(dead_stats.requests, 0, "{dead_stats:?}");
+    assert!(reset.connections.load(std::sync::atomic::Ordering::Relaxed) >= 2);
     assert_eq!(fx.router.stats().retries_denied, 0);
 }
 
