@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Place;
-use crate::http::{self, Servers};
+use crate::http::{self, H2_PREFACE, Servers};
 use crate::lifecycle::Live;
 use crate::table::Shared;
 use crate::tcp;
@@ -25,8 +25,6 @@ pub const SERVER_FIRST_WAIT: Duration = Duration::from_millis(200);
 
 /// Bytes looked at: a request line longer than this that is still HTTP-shaped is HTTP.
 const LOOK: usize = 1024;
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 #[derive(Debug, PartialEq, Eq)]
 enum Seen {

@@ -45,7 +45,7 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 ];
 
 /// What a client connection opens with when it speaks HTTP/2 with prior knowledge.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The server side, configured once per listener.
 /// Bytes buffered for sending per HTTP/2 stream to a client.

@@ -137,15 +137,6 @@ fn instances(out: &mut String, status: &StackStatus) {
     let project = status.project.as_str();
     let limits = |service: &str| status.services.iter().find(|s| s.name == service);
     let rows: Vec<_> = status.instances.iter().collect();
-    let labels = |i: &tug_proto::status::InstanceStatus| -> [(&'static str, String); 4] {
-        [
-            ("project", project.to_string()),
-            ("service", i.service.clone()),
-            ("revision", i.revision.clone()),
-            ("instance", i.instance.clone()),
-        ]
-    };
-    let borrowed = |l: &[(&'static str, String); 4]| -> Vec<(&'static str, String)> { l.to_vec() };
     let write_all = |out: &mut String,
                      name: &str,
                      kind: &str,
@@ -154,9 +145,13 @@ fn instances(out: &mut String, status: &StackStatus) {
         let mut f = family(out, name, kind, help);
         for i in &rows {
             if let Some(v) = value(i) {
-                let l = borrowed(&labels(i));
-                let refs: Vec<(&str, &str)> = l.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                f.sample(name, &refs, v);
+                let labels = [
+                    ("project", project),
+                    ("service", i.service.as_str()),
+                    ("revision", i.revision.as_str()),
+                    ("instance", i.instance.as_str()),
+                ];
+                f.sample(name, &labels, v);
             }
         }
     };
