@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: tug's router against nginx and HAProxy fronting the same three backends (single-process
-# nginx answering `return 200 "ok"`, bench/router/backend.sh), same machine, same load generator (wrk,
+# nginx answering `return 200 "ok"`, bench/router/backend.sh: with TUG=1 the very instances tug's
+# daemon runs, so every proxy meets the same processes), same machine, same load generator (wrk,
 # h2load for HTTP/2), same concurrency, interleaved in one run. Goal (issue 4): tug's requests/s at
 # least the better peer's, and its p99 at most 1.2x the better peer's.
 #
@@ -52,7 +53,8 @@ pids=()
 tug=""
 cleanup() {
   [ -n "$tug" ] && "$tug" down -f "$work/tug.yaml" >/dev/null 2>&1 || true
-  [ -n "$tug" ] && [ -f "$work/tug-tcp.yaml" ] && "$tug" down -f "$work/tug-tcp.yaml" >/dev/null 2>&1 || true
+  [ -n "$tug" ] && [ -f "$work/tug-tcp.yaml" ] &&
+    TUG_STATE_DIR="$work/state-tcp" "$tug" down -f "$work/tug-tcp.yaml" >/dev/null 2>&1 || true
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
@@ -67,19 +69,51 @@ wait_port() {   # wait_port PORT: until something accepts on 127.0.0.1:PORT (5 s
 machine() { echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(ls /proc | grep -c '^[0-9]') processes"; }
 echo "machine: $(machine)" | tee "$out/machine.txt"
 
-# --- backends: three single-process nginx, 1 worker each ----------------------------------------
-for i in 0 1 2; do
-  BACKEND_DIR="$work/backends" bench/router/backend.sh "${backends[$i]}" 2>>"$out/backends.log" &
-  pids+=($!)
-done
-for p in "${backends[@]}"; do wait_port "$p"; done
-upstreams=$(printf '127.0.0.1:%s,' "${backends[@]}"); upstreams=${upstreams%,}
-if [ "$tcp" = 1 ]; then
-  redis-server --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-    >"$out/redis.log" 2>&1 &
-  pids+=($!)
-  wait_port "$p_redis"
+# --- backends: the same processes behind every proxy ---------------------------------------------
+# With TUG=1, tug's own three instances (single-process nginx, bench/router/backend.sh) and its
+# redis instance are what nginx and HAProxy front too, so every proxy meets the same backends;
+# with TUG=0, three of the harness's own and a redis-server.
+instance_ports() {   # instance_ports STACK_FILE: the private ports of the stack's instances
+  "$tug" ps -f "$1" --json | python3 -c 'import json, sys; print(*sorted(i["port"] for i in json.load(sys.stdin)))'
+}
+if [ "${TUG:-1}" = 1 ]; then
+  if [ -z "${TUG_BIN:-}" ]; then
+    cargo build --release --quiet -p tug || echo "warning: cargo build failed; measuring the existing target/release/tug" >&2
+  fi
+  mkdir -p "$out/bin"; cp "${TUG_BIN:-target/release/tug}" "$out/bin/tug"   # a rebuild must not swap it mid-run
+  tug=$(realpath "$out/bin/tug")
+  export TUG_STATE_DIR="$work/state" TUG_PORT_RANGE=${TUG_PORT_RANGE:-31900-31949}
+  tcp_port_range=${TUG_TCP_PORT_RANGE:-31950-31999}
+  python3 bench/router/gen_stack.py --port "$p_tug" --backend "$(realpath bench/router/backend.sh)" \
+    --dir "$work/tug-backends" > "$work/tug.yaml"
+  cp "$work/tug.yaml" "$out/conf/tug.yaml"
+  "$tug" up -d -f "$work/tug.yaml" >"$out/tug-up.log" 2>&1 || { cat "$out/tug-up.log"; exit 1; }
+  wait_port "$p_tug"
+  read -r -a backends < <(instance_ports "$work/tug.yaml")
+  if [ "$tcp" = 1 ]; then
+    # The daemon's router serving a one-instance redis stack's `port:` with `protocol: tcp`.
+    python3 bench/router/gen_stack.py --redis --replicas 1 --protocol tcp --port "$p_tug_tcp" > "$work/tug-tcp.yaml"
+    cp "$work/tug-tcp.yaml" "$out/conf/tug-tcp.yaml"
+    # A daemon of its own (one stack a state folder), on ports of its own.
+    TUG_STATE_DIR="$work/state-tcp" TUG_PORT_RANGE=$tcp_port_range "$tug" up -d -f "$work/tug-tcp.yaml" \
+      >"$out/tug-up-tcp.log" 2>&1 || { cat "$out/tug-up-tcp.log"; exit 1; }
+    wait_port "$p_tug_tcp"
+    p_redis=$(TUG_STATE_DIR="$work/state-tcp" instance_ports "$work/tug-tcp.yaml")
+  fi
+else
+  for i in 0 1 2; do
+    BACKEND_DIR="$work/backends" bench/router/backend.sh "${backends[$i]}" 2>>"$out/backends.log" &
+    pids+=($!)
+  done
+  if [ "$tcp" = 1 ]; then
+    redis-server --port "$p_redis" --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
+      >"$out/redis.log" 2>&1 &
+    pids+=($!)
+  fi
 fi
+for p in "${backends[@]}"; do wait_port "$p"; done
+[ "$tcp" = 1 ] && wait_port "$p_redis"
+upstreams=$(printf '127.0.0.1:%s,' "${backends[@]}"); upstreams=${upstreams%,}
 
 # --- peer 1: nginx reverse proxy ------------------------------------------------------------------
 mkdir -p "$work/nginx/tmp"
@@ -153,19 +187,8 @@ wait_port "$p_nginx"; wait_port "$p_haproxy"
 
 targets=("nginx|$p_nginx" "haproxy|$p_haproxy")
 
-# --- tug: `tug up -d` of three instances of the same backend behind `port:` -----------------------
-if [ "${TUG:-1}" = 1 ]; then
-  if [ -z "${TUG_BIN:-}" ]; then
-    cargo build --release --quiet -p tug || echo "warning: cargo build failed; measuring the existing target/release/tug" >&2
-  fi
-  mkdir -p "$out/bin"; cp "${TUG_BIN:-target/release/tug}" "$out/bin/tug"   # a rebuild must not swap it mid-run
-  tug=$(realpath "$out/bin/tug")
-  export TUG_STATE_DIR="$work/state" TUG_PORT_RANGE=${TUG_PORT_RANGE:-31900-31999}
-  python3 bench/router/gen_stack.py --port "$p_tug" --backend "$(realpath bench/router/backend.sh)" \
-    --dir "$work/tug-backends" > "$work/tug.yaml"
-  cp "$work/tug.yaml" "$out/conf/tug.yaml"
-  "$tug" up -d -f "$work/tug.yaml" >"$out/tug-up.log" 2>&1 || { cat "$out/tug-up.log"; exit 1; }
-  wait_port "$p_tug"
+# --- tug: the daemon serving the stack's `port:` in front of its three instances (started above) --
+if [ -n "$tug" ]; then
   targets+=("$tug_label|$p_tug")
   cpu_of[$tug_label]=$(cat "$TUG_STATE_DIR/daemon.pid")
 fi
@@ -252,16 +275,7 @@ if [ "$tcp" = 1 ]; then
     wait_port "$p_cmd_tcp"
     tcp_targets+=("$cmd_label|$p_cmd_tcp")
   fi
-  if [ -n "$tug" ]; then
-    # The daemon's router serving a one-instance redis stack's `port:` with `protocol: tcp`.
-    python3 bench/router/gen_stack.py --redis --replicas 1 --protocol tcp --port "$p_tug_tcp" > "$work/tug-tcp.yaml"
-    cp "$work/tug-tcp.yaml" "$out/conf/tug-tcp.yaml"
-    if "$tug" up -d -f "$work/tug-tcp.yaml" >"$out/tug-up-tcp.log" 2>&1 && wait_port "$p_tug_tcp"; then
-      tcp_targets+=("${TUG_TCP_LABEL:-tug daemon (port:, protocol: tcp)}|$p_tug_tcp")
-    else
-      echo "tug daemon TCP: \`tug up\` of the redis stack failed — skipped (see $out/tug-up-tcp.log)"
-    fi
-  fi
+  [ -n "$tug" ] && tcp_targets+=("${TUG_TCP_LABEL:-tug daemon (port:, protocol: tcp)}|$p_tug_tcp")
   nt=${#tcp_targets[@]}
   for r in $(seq "$rounds"); do
     for k in $(seq 0 $((nt - 1))); do

@@ -92,7 +92,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 pub(crate) struct Client {
     pub shared: Arc<Shared>,
     /// The client's address as an `X-Forwarded-For` value, made once.
-    forwarded_for: HeaderValue,
+    pub forwarded_for: HeaderValue,
     /// The connection's place in its listener's limit: held by its requests, and by an
     /// upgraded connection's tunnel until it closes.
     _place: Place,
@@ -111,14 +111,23 @@ pub(crate) async fn connection(
     let (phase, max_age) = (shared.phase.clone(), shared.config.max_connection_age);
     let Ok(forwarded_for) = HeaderValue::try_from(ip.to_string()) else { return };
     let client = Arc::new(Client { shared, forwarded_for, _place: place });
-    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
-    let io = TokioIo::new(stream);
-    if http2 {
-        drive(servers.h2.serve_connection(io, service), |c| c.graceful_shutdown(), phase, max_age).await;
-    } else {
-        let conn = servers.h1.serve_connection(io, service).with_upgrades();
-        drive(conn, |c| c.graceful_shutdown(), phase, max_age).await;
+    if !http2 {
+        return crate::h1::serve(stream, client, servers).await;
     }
+    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
+    drive(servers.h2.serve_connection(TokioIo::new(stream), service), |c| c.graceful_shutdown(), phase, max_age).await;
+}
+
+/// Serves an HTTP/1 connection with hyper for the rest of its life (the plain path in `h1.rs`
+/// handed it over), closing it gracefully after `max_age`.
+pub(crate) async fn serve_h1<I>(io: I, client: Arc<Client>, servers: &Servers, max_age: Option<Duration>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let phase = client.shared.phase.clone();
+    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
+    let conn = servers.h1.serve_connection(TokioIo::new(io), service).with_upgrades();
+    drive(conn, |c| c.graceful_shutdown(), phase, max_age).await;
 }
 
 /// Whether the client opens with the HTTP/2 preface. Peeks (nothing is
@@ -506,7 +515,7 @@ fn origin_form<B>(req: &mut Request<B>) -> Result<(), &'static str> {
 /// `host[:port]` as RFC 3986 spells it (a reg-name, an IPv4 address or a bracketed IPv6
 /// literal, then an optional port), checked byte by byte: no allocation on the request path.
 /// Userinfo (`user@host`), a path or a space has no place in a `Host` header.
-fn is_host_and_port(value: &[u8]) -> bool {
+pub(crate) fn is_host_and_port(value: &[u8]) -> bool {
     !value.is_empty() && value.iter().all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=[]:".contains(b))
 }
 

@@ -58,6 +58,7 @@ pub mod balance;
 mod budget;
 mod config;
 mod detect;
+mod h1;
 mod http;
 mod lifecycle;
 mod stats;

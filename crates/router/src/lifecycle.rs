@@ -95,7 +95,7 @@ pub(crate) async fn drive<C: Future>(
 }
 
 /// `d` ± 10%, so connections opened together do not all close together.
-fn jittered(d: Duration) -> Duration {
+pub(crate) fn jittered(d: Duration) -> Duration {
     let unit = (balance::random() >> 11) as f64 / (1u64 << 53) as f64;
     d.mul_f64(0.9 + 0.2 * unit)
 }

@@ -167,7 +167,12 @@ impl Counters {
 
     /// A response sent to a client.
     pub fn response(&self, status: StatusCode, latency: Duration) {
-        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.response_code(status.as_u16(), latency);
+    }
+
+    /// A response sent to a client, by its numeric status.
+    pub fn response_code(&self, status: u16, latency: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.status[class].fetch_add(1, Relaxed);
         self.observe(latency);
     }

@@ -27,6 +27,13 @@ pub(crate) struct Idle {
     pub since: u64,
 }
 
+/// An idle pooled connection of the plain HTTP/1 path (`h1.rs`), which speaks to the
+/// instance itself, and the sweep tick at which it went idle.
+pub(crate) struct IdleStream {
+    pub stream: TcpStream,
+    pub since: u64,
+}
+
 /// Pool sweeps per `pool_idle_timeout`: a connection is closed after between
 /// one and 1.25 timeouts idle.
 const SWEEPS_PER_IDLE_TIMEOUT: u64 = 4;
@@ -50,6 +57,8 @@ pub(crate) struct Endpoint {
     ejection_streak: AtomicU32,
     /// Idle HTTP/1 connections, most recently used last.
     pub idle_h1: Mutex<Vec<Idle>>,
+    /// Idle connections of the plain HTTP/1 path, most recently used last.
+    pub idle_plain: Mutex<Vec<IdleStream>>,
     /// The one multiplexed HTTP/2 connection, opened on first use.
     pub h2: Mutex<Option<http2::SendRequest<Outgoing>>>,
     /// Held while opening the HTTP/2 connection, so a burst of streams opens
@@ -70,6 +79,7 @@ impl Endpoint {
             last_ejection_end: AtomicU64::new(0),
             ejection_streak: AtomicU32::new(0),
             idle_h1: Mutex::new(Vec::new()),
+            idle_plain: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
             h2_opening: tokio::sync::Mutex::new(()),
             h2_used: AtomicU64::new(0),
@@ -101,12 +111,14 @@ impl Endpoint {
     fn retire(&self) {
         self.retired.store(true, Relaxed);
         lock(&self.idle_h1).clear();
+        lock(&self.idle_plain).clear();
         lock(&self.h2).take();
     }
 
     /// Closes pooled connections idle since before `oldest` (a sweep tick).
     fn sweep(&self, oldest: u64) {
         lock(&self.idle_h1).retain(|idle| idle.since >= oldest);
+        lock(&self.idle_plain).retain(|idle| idle.since >= oldest);
         if self.h2_used.load(Relaxed) < oldest {
             lock(&self.h2).take();
         }
