@@ -819,3 +819,65 @@ fn status_digits(status: u16) -> [u8; 3] {
 fn reason(status: u16) -> &'static str {
     hyper::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `body` split at `at`: the bytes taken and whether it ended.
+    fn feed(body: &[u8], at: usize) -> Result<(usize, bool), ()> {
+        let mut chunks = Chunks::default();
+        let (first, ended) = chunks.take(&body[..at])?;
+        if ended {
+            return Ok((first, true));
+        }
+        assert_eq!(first, at, "everything before the end is taken");
+        let (rest, ended) = chunks.take(&body[at..])?;
+        Ok((first + rest, ended))
+    }
+
+    #[test]
+    fn chunked_bodies_end_exactly_wherever_they_are_split() {
+        let body: &[u8] = b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        for at in 0..=body.len() {
+            assert_eq!(feed(body, at), Ok((end, true)), "split at {at}");
+        }
+        let bare: &[u8] = b"0\r\n\r\n";
+        assert_eq!(feed(bare, 2), Ok((5, true)));
+        // Not ended yet.
+        assert_eq!(Chunks::default().take(b"5\r\nhel"), Ok((6, false)));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_are_refused() {
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"1111111111111111\r\n",
+            b"5;ext\nhello",
+            b"0\r\nbad\ntrailer\r\n\r\n",
+        ] {
+            assert_eq!(Chunks::default().take(bad).map(|_| ()), Err(()), "{}", String::from_utf8_lossy(bad));
+        }
+        let long = [b"1;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
+        assert_eq!(Chunks::default().take(&long).map(|_| ()), Err(()));
+    }
+
+    #[test]
+    fn lengths_and_targets() {
+        assert_eq!(parse_length(b"0"), Some(0));
+        assert_eq!(parse_length(b"12345"), Some(12345));
+        for bad in [&b""[..], b"-1", b"+1", b"1,1", b" 1", b"0x10", b"99999999999999999999"] {
+            assert_eq!(parse_length(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+        assert!(is_origin_form(b"/a/b?c=d&e=%20"));
+        for other in [&b"http://a/"[..], b"*", b"", b"/a b", b"/\"", b"/\x7f", b"/\xc3\xa9"] {
+            assert!(!is_origin_form(other), "{}", String::from_utf8_lossy(other));
+        }
+        assert_eq!(&status_digits(204), b"204");
+        assert_eq!(&status_digits(999), b"999");
+    }
+}

@@ -5,6 +5,7 @@ mod abuse;
 mod balance;
 mod lifecycle;
 mod outlier;
+mod plain;
 mod protocols;
 mod retry;
 mod split;

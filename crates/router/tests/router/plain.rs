@@ -1,0 +1,220 @@
+//! The plain HTTP/1 path (GET and HEAD without a body, proxied by the router itself): every
+//! way an instance may frame its answer reaches a strict client whole, broken framing is a
+//! 502 and never reused, and whatever the path does not take goes on with hyper, in order.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tug_router::{Backend, Config, Protocol};
+
+use crate::support::{Fixture, H1, backends, eventually, members, raw};
+
+/// An instance that answers each request head with the bytes scripted for its path (and
+/// closes after a path marked so), recording every head it got.
+struct Scripted {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Connections open now.
+    open: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Scripted {
+    /// `script`: path -> (answer bytes, close after it).
+    async fn start(script: &[(&'static str, &'static [u8], bool)]) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script: Arc<HashMap<&str, (&[u8], bool)>> =
+            Arc::new(script.iter().map(|&(path, answer, close)| (path, (answer, close))).collect());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (accepted, now_open, seen) = (connections.clone(), open.clone(), heads.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                accepted.fetch_add(1, Relaxed);
+                now_open.fetch_add(1, Relaxed);
+                let (script, seen, now_open) = (script.clone(), seen.clone(), now_open.clone());
+                tokio::spawn(async move {
+                    serve(stream, script, seen).await;
+                    now_open.fetch_sub(1, Relaxed);
+                });
+            }
+        });
+        Scripted { addr, connections, open, heads, task }
+    }
+
+    fn backend(&self) -> Backend {
+        Backend { id: "host-a/scripted".into(), addr: self.addr, weight: 1, revision: "r1".into() }
+    }
+
+    fn last_head(&self) -> String {
+        self.heads.lock().unwrap().last().cloned().unwrap_or_default()
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    script: Arc<HashMap<&'static str, (&'static [u8], bool)>>,
+    seen: Arc<Mutex<Vec<String>>>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+        seen.lock().unwrap().push(head);
+        let Some(&(answer, close)) = script.get(path.as_str()) else { return };
+        if stream.write_all(answer).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_framing_reaches_a_strict_client_whole_on_one_pooled_connection() {
+    let instance = Scripted::start(&[
+        ("/length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello", false),
+        (
+            "/chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\nX-Hop: no\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+            false,
+        ),
+        (
+            "/early",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            false,
+        ),
+        ("/empty", b"HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n", false),
+        ("/head", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
+    ])
+    .await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
+    let mut client = H1::connect(fx.addr()).await;
+    for _ in 0..2 {
+        let answer = client.get("/length", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello"));
+        assert_eq!(answer.headers["x-kept"], "yes");
+        let answer = client.get("/chunked", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello world"));
+        assert!(!answer.headers.contains_key("x-hop"), "a header the instance's Connection names stays behind");
+        assert!(!answer.headers.contains_key("connection"));
+        let answer = client.get("/early", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "ok"), "a 1xx before the answer is skipped");
+        let answer = client.get("/empty", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::NO_CONTENT, ""));
+    }
+    // HEAD: the length of what a GET would get, no body, and the connection goes on.
+    client.0.ready().await.unwrap();
+    let head = Request::head("/head").header("host", "service.test").body(Full::<Bytes>::default()).unwrap();
+    let answer = crate::support::collect(client.0.send_request(head).await.unwrap()).await;
+    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, ""));
+    assert_eq!(answer.headers["content-length"], "5");
+    assert_eq!(client.get("/length", &[]).await.body, "hello");
+    assert_eq!(instance.connections.load(Relaxed), 1, "one pooled connection served every request");
+    let head = instance.last_head();
+    assert!(head.starts_with("GET /length HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("x-forwarded-for: 127.0.0.1\r\n") && head.contains("x-forwarded-proto: http\r\n"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_until_close_closes_the_client_connection_after_it() {
+    let instance = Scripted::start(&[("/", b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\n\r\nall of it", true)]).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
+    let answer = raw(fx.addr(), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("connection: close\r\n") && answer.ends_with("\r\n\r\nall of it"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_framing_is_a_502_and_the_connection_is_never_reused() {
+    let instance = Scripted::start(&[
+        ("/past-its-end", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", false),
+        ("/bad-chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", false),
+        ("/two-lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk", false),
+        ("/not-http", b"SSH-2.0-OpenSSH_9.2\r\n\r\n", false),
+        ("/gzip-framed", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", false),
+        ("/fine", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+    ])
+    .await;
+    let config = Config {
+        outlier: tug_router::OutlierPolicy { consecutive_failures: 0, ..Default::default() },
+        ..Default::default()
+    };
+    let fx = Fixture::start(Protocol::Http, config, vec![instance.backend()]);
+    for path in ["/past-its-end", "/bad-chunk", "/two-lengths", "/not-http", "/gzip-framed"] {
+        let answer = raw(fx.addr(), format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 502 "), "{path}: {answer}");
+        assert!(!answer.contains("EXTRA") && !answer.contains("hello"), "{path}: {answer}");
+        // The router let go of the broken connection: only a good one stays pooled.
+        eventually(async || instance.open.load(Relaxed) == 0).await;
+        let answer = raw(fx.addr(), b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        assert!(answer.ends_with("\r\n\r\nok"), "{path}: {answer}");
+        assert_eq!(instance.open.load(Relaxed), 1, "{path}: the good one is pooled");
+    }
+    assert_eq!(fx.stats("host-a/scripted", "r1").failures, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_instance_closed_is_not_a_failure() {
+    // The instance closes each connection after its answer, without saying so.
+    let instance = Scripted::start(&[("/", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true)]).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
+    let mut client = H1::connect(fx.addr()).await;
+    for _ in 0..5 {
+        assert_eq!(client.get("/", &[]).await.body, "ok");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = fx.stats("host-a/scripted", "r1");
+    assert_eq!((stats.failures, stats.retries), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_plain_path_does_not_take_go_on_with_hyper_in_order() {
+    let web = backends(1).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    // Pipelined in one write: a plain GET, a POST with a body (hyper's from there on), a GET.
+    let answer = raw(
+        fx.addr(),
+        b"GET /headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.9\r\n\r\n\
+          POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+          GET /headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    let first = answer.find("x-forwarded-for: 10.0.0.9, 127.0.0.1").expect("the earlier proxy kept, the client added");
+    let echoed = answer.find("\r\n\r\nhello").expect("the POST's body came back");
+    assert!(first < echoed, "{answer}");
+    assert_eq!(web[0].requests(), 3);
+    // A request the plain path cannot take at all still gets hyper's strict answer.
+    let answer = raw(fx.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
