@@ -16,8 +16,8 @@
 # `TUG=0 TUG_ROUTER_CMD=target/release/examples/front bench/router.sh`), BASE_PORT (31800).
 # TCP section (TCP=1): redis-server direct vs through HAProxy `mode tcp`, TUG_ROUTER_CMD with
 # PROTOCOL=tcp and (TUG=1) the daemon serving a redis stack's `port:` (gen_stack.py --redis), each
-# `redis-benchmark -q -n $REDIS_N -c $REDIS_C -t $REDIS_TESTS -P 1` (200000, 50, ping_inline,set,get),
-# interleaved for ROUNDS rounds; reported as ratios to direct.
+# `redis-benchmark --csv -n $REDIS_N -c $REDIS_C -t $REDIS_TESTS -P 1` (200000, 50, ping_inline,set,get),
+# interleaved for ROUNDS rounds; reported as ratios to direct and to HAProxy, with p99 and CPU a request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
@@ -259,7 +259,10 @@ for r in $(seq "$rounds"); do
       t=${h2_targets[$(((k + r - 1) % nh))]}
       name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_')"
       cmd="h2load -t$wrk_threads -c$h2_clients -m$h2_streams -D ${h2_duration%s} --log-file=$f.log http://127.0.0.1:$port/"
+      read -r u0 s0 < <(cpu_ticks "$name")
       { echo "# $cmd"; $cmd; } > "$f.txt"
+      read -r u1 s1 < <(cpu_ticks "$name")
+      echo "$((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" > "$f.cpu"
       echo "round $r h2 $name: $(grep -o '[0-9.]* req/s' "$f.txt")"
     done
   fi
@@ -275,15 +278,22 @@ if [ "$tcp" = 1 ]; then
     wait_port "$p_cmd_tcp"
     tcp_targets+=("$cmd_label|$p_cmd_tcp")
   fi
-  [ -n "$tug" ] && tcp_targets+=("${TUG_TCP_LABEL:-tug daemon (port:, protocol: tcp)}|$p_tug_tcp")
+  if [ -n "$tug" ]; then
+    tug_tcp_label=${TUG_TCP_LABEL:-tug daemon (port:, protocol: tcp)}
+    tcp_targets+=("$tug_tcp_label|$p_tug_tcp")
+    cpu_of[$tug_tcp_label]=$(cat "$work/state-tcp/daemon.pid")
+  fi
   nt=${#tcp_targets[@]}
   for r in $(seq "$rounds"); do
     for k in $(seq 0 $((nt - 1))); do
       t=${tcp_targets[$(((k + r - 1) % nt))]}; name=${t%%|*}; port=${t##*|}
       f="$out/raw/tcp-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_').txt"
-      cmd="redis-benchmark -h 127.0.0.1 -p $port -q -n $redis_n -c $redis_c -t $redis_tests -P 1"
-      { echo "# $cmd"; $cmd | tr '\r' '\n' | grep 'requests per second'; } > "$f"
-      echo "round $r tcp $name: $(tr '\n' ' ' < "$f" | grep -o '[A-Z_]*: [0-9.]* requests per second' | sed 's/ requests per second/ rps/g' | tr '\n' ' ')"
+      cmd="redis-benchmark -h 127.0.0.1 -p $port --csv -n $redis_n -c $redis_c -t $redis_tests -P 1"
+      read -r u0 s0 < <(cpu_ticks "$name")
+      { echo "# $cmd"; $cmd; } > "$f"
+      read -r u1 s1 < <(cpu_ticks "$name")
+      echo "$((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" > "$f.cpu"
+      echo "round $r tcp $name: $(tail -n +3 "$f" | cut -d, -f1,2 | tr -d '"' | tr '\n' ' ')"
     done
   done
   printf '%s\n' "${tcp_targets[@]%%|*}" > "$out/tcp-targets.txt"

@@ -4,6 +4,7 @@ median over rounds of requests/s, p50 and p99 (with the range), and the ratios a
 peer (nginx, HAProxy); for TCP (redis-benchmark), requests/s per test and the ratio to direct.
 
 Usage: summary.py OUT ROUNDS "LOADS" TARGET... (target names as bench/router.sh labels them)"""
+import csv
 import glob
 import os
 import re
@@ -30,12 +31,16 @@ def wrk(path):
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", t))
     errors += int((re.search(r"Non-2xx or 3xx responses: (\d+)", t) or [0, 0])[1])
     requests = int(re.search(r"(\d+) requests in", t)[1])
-    cpu_us = user_us = None
-    if os.path.exists(path + ".cpu") and requests:
-        user, system, hz = (int(x) for x in open(path + ".cpu").read().split())
-        cpu_us, user_us = (user + system) / hz * 1e6 / requests, user / hz * 1e6 / requests
     return {"cmd": t.splitlines()[0][2:], "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t)[1]),
-            "p50": ms(pct["50"]), "p99": ms(pct["99"]), "errors": errors, "cpu_us": cpu_us, "user_us": user_us}
+            "p50": ms(pct["50"]), "p99": ms(pct["99"]), "errors": errors, **cpu(path + ".cpu", requests)}
+
+
+def cpu(path, requests):
+    """CPU µs a request (and of it in user space) of the target's processes, from PATH's ticks."""
+    if not (os.path.exists(path) and requests):
+        return {"cpu_us": None, "user_us": None}
+    user, system, hz = (int(x) for x in open(path).read().split())
+    return {"cpu_us": (user + system) / hz * 1e6 / requests, "user_us": user / hz * 1e6 / requests}
 
 
 def h2(base):
@@ -44,7 +49,7 @@ def h2(base):
     m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", t)
     return {"cmd": t.splitlines()[0][2:], "rps": float(re.search(r"([\d.]+) req/s", t)[1]),
             "p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))],
-            "errors": int(m[5]) + int(m[6]) + int(m[7])}
+            "errors": int(m[5]) + int(m[6]) + int(m[7]), **cpu(base + ".cpu", int(m[4]))}
 
 
 def fmt_range(xs, f):
@@ -100,10 +105,14 @@ if all(h2runs[p] for p in PEERS):
 
 
 def redis(path):
-    t = open(path).read()
-    r = {"cmd": t.splitlines()[0][2:]}
-    for test, rps, p50 in re.findall(r"([A-Z_]+): ([\d.]+) requests per second(?:, p50=([\d.]+) msec)?", t):
-        r[test] = (float(rps), float(p50) if p50 else None)
+    """One redis-benchmark --csv run: {TEST: (requests/s, p50 ms, p99 ms)}, and its CPU a request."""
+    lines = open(path).read().splitlines()
+    r = {"cmd": lines[0][2:]}
+    rows = [row for row in csv.reader(lines[1:]) if row and row[0] != "test"]
+    for row in rows:
+        r[row[0]] = (float(row[1]), float(row[4]), float(row[6]))
+    n = re.search(r"-n (\d+)", r["cmd"])
+    r.update(cpu(path + ".cpu", int(n[1]) * len(rows) if n else 0))
     return r
 
 
@@ -112,20 +121,30 @@ if os.path.exists(f"{out}/tcp-targets.txt"):
     runs = {t: [redis(f) for f in sorted(glob.glob(f"{out}/raw/tcp-r*-{slug(t)}.txt"))] for t in tcp_targets}
     if runs.get("direct"):
         cmd = re.sub(r"-p \d+", "-p PORT", runs["direct"][0]["cmd"])
-        tests = [k for k in runs["direct"][0] if k != "cmd"]
-        print(f"TCP (redis-server, one instance), {rounds} interleaved rounds of `{cmd}` "
-              "(requests/s median (min-max), p50 ms median, ratio of medians to direct)")
-        rows = [("target",) + tuple(tests)]
+        tests = [k for k in runs["direct"][0] if k not in ("cmd", "cpu_us", "user_us")]
+        print(f"TCP (redis-server, one instance), {rounds} interleaved rounds of `{cmd}` (per test: requests/s "
+              "median (min-max), p99 ms median, ratios of medians to direct and to HAProxy; CPU µs a request "
+              "over all tests)")
+        med = {t: {test: tuple(statistics.median(r[test][i] for r in v if test in r) for i in range(3))
+                   for test in tests} for t, v in runs.items() if v}
+        rows = [("target",) + tuple(tests) + ("CPU µs/req (user)",)]
         for t, v in runs.items():
             if not v:
                 continue
             cells = []
             for test in tests:
                 xs = [r[test][0] for r in v if test in r]
-                d = statistics.median(r[test][0] for r in runs["direct"] if test in r)
-                p50 = [r[test][1] for r in v if test in r and r[test][1] is not None]
-                cell = fmt_range(xs, lambda x: f"{x:,.0f}") + (f" p50 {statistics.median(p50):.3f}" if p50 else "")
-                cells.append(cell + ("" if t == "direct" else f" = {statistics.median(xs) / d:.2f}x"))
+                rps, _, p99 = med[t][test]
+                cell = fmt_range(xs, lambda x: f"{x:,.0f}") + f" p99 {p99:.3f}"
+                if t != "direct":
+                    cell += f" = {rps / med['direct'][test][0]:.2f}x"
+                if t not in ("direct", "haproxy") and "haproxy" in med:
+                    h = med["haproxy"][test]
+                    cell += f", {rps / h[0]:.2f}x HAProxy (p99 {p99 / h[2]:.2f}x)"
+                cells.append(cell)
+            cpus = [r["cpu_us"] for r in v if r.get("cpu_us") is not None]
+            users = [r["user_us"] for r in v if r.get("user_us") is not None]
+            cells.append(f"{statistics.median(cpus):.1f} ({statistics.median(users):.1f})" if cpus else "-")
             rows.append((t,) + tuple(cells))
         w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for row in rows:

@@ -20,6 +20,7 @@
 //! they fire early.
 
 use std::io;
+use std::ops::Range;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -57,8 +58,7 @@ pub(crate) async fn serve(stream: TcpStream, client: Arc<Client>, servers: Arc<S
         age_limit,
         stream,
         input: Vec::new(),
-        head: Vec::new(),
-        answer: Vec::new(),
+        up: Upstream::default(),
         reply: Vec::new(),
     };
     let mut draining = pin!(reached(shared.phase.clone(), Phase::Draining));
@@ -143,10 +143,7 @@ struct Plain<'a> {
     stream: TcpStream,
     /// From the client: the request being read and whatever followed it.
     input: Vec<u8>,
-    /// The request head as the instance gets it.
-    head: Vec<u8>,
-    /// From the instance.
-    answer: Vec<u8>,
+    up: Upstream,
     /// To the client: the response head, and body bytes read with it.
     reply: Vec<u8>,
 }
@@ -162,17 +159,17 @@ enum Outcome {
     Garbled,
 }
 
-/// A response head as the instance sent it: its length in `Plain::answer` and what the body
+/// A response head as the instance sent it: its length in `Upstream::answer` and what the body
 /// framing and the connection's reuse depend on.
-struct Head {
-    len: usize,
-    status: u16,
-    framing: Framing,
+pub(crate) struct Head {
+    pub len: usize,
+    pub status: u16,
+    pub framing: Framing,
     /// The instance keeps the connection open after this response.
-    reusable: bool,
+    pub reusable: bool,
 }
 
-enum Framing {
+pub(crate) enum Framing {
     Empty,
     Length(u64),
     Chunked(Chunks),
@@ -217,7 +214,7 @@ impl Plain<'_> {
             Policy::TenantHash { header } => Some(header.as_str()),
             _ => None,
         };
-        let head = &mut self.head;
+        let head = &mut self.up.head;
         head.clear();
         head.extend_from_slice(method.as_bytes());
         head.push(b' ');
@@ -270,15 +267,187 @@ impl Plain<'_> {
         Parsed::Plain(Request { head_only, close, key })
     }
 
-    /// Proxies one request, retrying as `http.rs` does (a GET or HEAD without a body is
-    /// always replayable). Whether the client connection can take another request.
-    async fn exchange(&mut self, request: &Request, close: bool, mut timer: Pin<&mut Sleep>) -> bool {
-        let shared = self.shared;
-        shared.budget.deposit();
+    /// Proxies one request. Whether the client connection can take another request.
+    async fn exchange(&mut self, request: &Request, close: bool, timer: Pin<&mut Sleep>) -> bool {
+        self.shared.budget.deposit();
+        match self.up.forward(self.shared, request.key, timer, &mut self.reply).await {
+            Forwarded::Answered { stream, head, guard } => {
+                self.relay(stream, head, request.head_only, close, guard).await
+            }
+            Forwarded::Said(status, message) => self.say(status, message, request.head_only, close).await,
+        }
+    }
+
+    /// Sends the response to the client, its body copied as the instance sends it; the
+    /// instance's connection goes back to the pool if the exchange ended cleanly. Whether the
+    /// client connection can take another request.
+    async fn relay(
+        &mut self,
+        mut upstream: TcpStream,
+        head: Head,
+        head_only: bool,
+        close: bool,
+        guard: InFlight,
+    ) -> bool {
+        let mut framing = if head_only { Framing::Empty } else { head.framing };
+        let close = close || matches!(framing, Framing::UntilClose) || self.closing();
+        self.reply.extend_from_slice(if close { b"connection: close\r\n\r\n" } else { b"\r\n" });
+        // Body bytes that came with the head go out with it.
+        self.up.answer.drain(..head.len);
+        let mut ended = match framing.take(&self.up.answer) {
+            Ok((used, ended)) => {
+                self.reply.extend_from_slice(&self.up.answer[..used]);
+                // Anything past the response: the instance is not speaking HTTP/1 in turn.
+                if used < self.up.answer.len() {
+                    return self.cut(&guard, false).await;
+                }
+                ended
+            }
+            Err(()) => return self.cut(&guard, false).await,
+        };
+        if self.stream.write_all(&self.reply).await.is_err() {
+            return false;
+        }
+        while !ended {
+            self.up.answer.clear();
+            self.up.answer.reserve(READ_CHUNK);
+            match upstream.read_buf(&mut self.up.answer).await {
+                Ok(0) if matches!(framing, Framing::UntilClose) => break,
+                Ok(0) | Err(_) => return self.cut(&guard, true).await,
+                Ok(_) => {}
+            }
+            let used;
+            (used, ended) = match framing.take(&self.up.answer) {
+                Ok(taken) => taken,
+                Err(()) => return self.cut(&guard, true).await,
+            };
+            if used < self.up.answer.len() {
+                return self.cut(&guard, true).await;
+            }
+            if self.stream.write_all(&self.up.answer[..used]).await.is_err() {
+                return false;
+            }
+        }
+        if head.reusable && !matches!(framing, Framing::UntilClose) {
+            pool(self.shared, &guard.0, upstream);
+        }
+        !close
+    }
+
+    /// The instance broke off mid-response (or answered past it): it counts against the
+    /// endpoint, and the client's connection closes, the only way left to say the response
+    /// is incomplete.
+    async fn cut(&mut self, guard: &InFlight, started: bool) -> bool {
+        Counters::bump(&guard.0.counters.failures);
+        self.shared.failed(&guard.0);
+        if !started {
+            // Nothing went to the client yet: it can still get a proper answer.
+            self.say(502, "the instance's answer was not HTTP\n", false, true).await;
+        }
+        false
+    }
+
+    /// The router's own short answer.
+    async fn say(&mut self, status: u16, message: &str, head_only: bool, close: bool) -> bool {
+        let close = close || self.closing();
+        let reply = &mut self.reply;
+        reply.clear();
+        reply.extend_from_slice(b"HTTP/1.1 ");
+        reply.extend_from_slice(&status_digits(status));
+        reply.push(b' ');
+        reply.extend_from_slice(reason(status).as_bytes());
+        reply.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+        reply.extend_from_slice(message.len().to_string().as_bytes());
+        reply.extend_from_slice(if close { b"\r\nconnection: close\r\n\r\n" } else { b"\r\n\r\n" });
+        if !head_only {
+            reply.extend_from_slice(message.as_bytes());
+        }
+        self.stream.write_all(&self.reply).await.is_ok() && !close
+    }
+}
+
+/// The instance side of a plain exchange, usable by either front: the request head to send
+/// and the answer read back.
+#[derive(Default)]
+pub(crate) struct Upstream {
+    /// The request head as the instance gets it.
+    pub head: Vec<u8>,
+    /// From the instance: the response head, then whatever of its body came with it.
+    pub answer: Vec<u8>,
+}
+
+/// What [`Upstream::forward`] ends with.
+pub(crate) enum Forwarded {
+    /// A response head from the instance (in `Upstream::answer`, `head.len` bytes), the
+    /// connection its body comes on, and the request in flight until it has.
+    Answered { stream: TcpStream, head: Head, guard: InFlight },
+    /// No answer to pass on: the router's own (already counted).
+    Said(u16, &'static str),
+}
+
+/// Where the client's form of a response head goes: bytes for an HTTP/1 client, a header
+/// map for hyper's.
+pub(crate) trait HeadSink {
+    /// A new head begins (an earlier one, from a try that was retried, is forgotten).
+    fn status(&mut self, status: u16, reason: &str);
+    fn header(&mut self, name: &[u8], value: &[u8]);
+    /// The body comes in chunks, passed on as they are.
+    fn chunked(&mut self);
+}
+
+/// An HTTP/1.1 response head for the client, without its last line (`Connection`, blank line).
+impl HeadSink for Vec<u8> {
+    fn status(&mut self, status: u16, reason: &str) {
+        self.clear();
+        self.extend_from_slice(b"HTTP/1.1 ");
+        self.extend_from_slice(&status_digits(status));
+        self.push(b' ');
+        self.extend_from_slice(reason.as_bytes());
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        push_header(self, name, value);
+    }
+
+    fn chunked(&mut self) {
+        self.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+}
+
+impl Outcome {
+    /// The status the client gets for a try that brought no answer, and why.
+    fn status(&self) -> u16 {
+        match self {
+            Outcome::TimedOut => 504,
+            _ => 502,
+        }
+    }
+
+    fn message(&self) -> &'static str {
+        match self {
+            Outcome::TimedOut => "the instance did not answer in time\n",
+            Outcome::Garbled => "the instance's answer was not HTTP\n",
+            _ => "the instance could not be reached\n",
+        }
+    }
+}
+
+impl Upstream {
+    /// Sends `head` (a GET or HEAD without a body, so always replayable) to an endpoint picked
+    /// for `key`, retrying as `http.rs` does, and reads the answer's head, written for the
+    /// client into `sink`. The request is counted once a response is chosen.
+    pub async fn forward(
+        &mut self,
+        shared: &Shared,
+        key: Option<u64>,
+        mut timer: Pin<&mut Sleep>,
+        sink: &mut impl HeadSink,
+    ) -> Forwarded {
         let mut tried = Tried::default();
-        let (Some(mut endpoint), members) = shared.select_among(request.key, &mut tried, false) else {
+        let (Some(mut endpoint), members) = shared.select_among(key, &mut tried, false) else {
             Counters::bump(&shared.unrouted);
-            return self.say(503, "no ready instance\n", request.head_only, close).await;
+            return Forwarded::Said(503, "no ready instance\n");
         };
         let max_attempts = shared.config.retry.max_attempts;
         let retry_answers = max_attempts > 1 && members > 1;
@@ -286,37 +455,29 @@ impl Plain<'_> {
             tried.push(&endpoint);
             let guard = InFlight::new(endpoint);
             let started = Instant::now();
-            let outcome = self.attempt(&guard.0, timer.as_mut()).await;
+            let outcome = self.attempt(shared, &guard.0, timer.as_mut(), sink).await;
             let counters = &guard.0.counters;
-            let (retry, fallback) = match outcome {
-                Outcome::Answered(upstream, head) => {
+            let mut message = "";
+            let (retry, status, fallback) = match outcome {
+                Outcome::Answered(stream, head) => {
                     if head.status >= 500 {
                         shared.failed(&guard.0);
                     } else {
                         shared.succeeded(&guard.0);
                     }
                     let retry = retry_answers && matches!(head.status, 502 | 503);
-                    (retry, Fallback::Relay(upstream, head))
+                    (retry, head.status, Some((stream, head)))
                 }
-                Outcome::Unreachable => {
+                failed => {
                     Counters::bump(&counters.failures);
                     shared.failed(&guard.0);
-                    (true, Fallback::Say(502, "the instance could not be reached\n"))
-                }
-                Outcome::TimedOut => {
-                    Counters::bump(&counters.failures);
-                    shared.failed(&guard.0);
-                    (false, Fallback::Say(504, "the instance did not answer in time\n"))
-                }
-                Outcome::Garbled => {
-                    Counters::bump(&counters.failures);
-                    shared.failed(&guard.0);
-                    (false, Fallback::Say(502, "the instance's answer was not HTTP\n"))
+                    message = failed.message();
+                    (matches!(failed, Outcome::Unreachable), failed.status(), None)
                 }
             };
             if retry
                 && tried.len() < max_attempts
-                && let Some(next) = shared.select(request.key, &mut tried, false)
+                && let Some(next) = shared.select(key, &mut tried, false)
             {
                 if shared.budget.withdraw() {
                     Counters::bump(&counters.retries);
@@ -325,15 +486,10 @@ impl Plain<'_> {
                 }
                 Counters::bump(&shared.retries_denied);
             }
+            counters.response_code(status, started.elapsed());
             return match fallback {
-                Fallback::Relay(upstream, head) => {
-                    counters.response_code(head.status, started.elapsed());
-                    self.relay(upstream, head, request.head_only, close, guard).await
-                }
-                Fallback::Say(status, message) => {
-                    counters.response_code(status, started.elapsed());
-                    self.say(status, message, request.head_only, close).await
-                }
+                Some((stream, head)) => Forwarded::Answered { stream, head, guard },
+                None => Forwarded::Said(status, message),
             };
         }
     }
@@ -341,8 +497,13 @@ impl Plain<'_> {
     /// One try on one endpoint. A pooled connection that fails before any response byte is
     /// the pool's staleness, not the endpoint's failure: the request goes again on another
     /// connection to the same endpoint (bounded: each stale one is dropped).
-    async fn attempt(&mut self, e: &Endpoint, mut timer: Pin<&mut Sleep>) -> Outcome {
-        let shared = self.shared;
+    async fn attempt(
+        &mut self,
+        shared: &Shared,
+        e: &Endpoint,
+        mut timer: Pin<&mut Sleep>,
+        sink: &mut impl HeadSink,
+    ) -> Outcome {
         let mut stale_left = shared.config.max_idle_per_backend + 1;
         loop {
             let pooled = lock(&e.idle_plain).pop().map(|idle| idle.stream);
@@ -357,7 +518,7 @@ impl Plain<'_> {
             let sent = upstream.write_all(&self.head).await.is_ok();
             let answered = if sent {
                 let deadline = Instant::now() + shared.config.request_timeout;
-                self.read_head(&mut upstream, deadline, timer.as_mut()).await
+                self.read_head(&mut upstream, deadline, timer.as_mut(), sink).await
             } else {
                 Err(Failure::Nothing)
             };
@@ -372,17 +533,18 @@ impl Plain<'_> {
     }
 
     /// Reads the instance's response head into `answer` (informational 1xx heads skipped) and
-    /// writes the client's into `reply`.
+    /// writes the client's into `sink`.
     async fn read_head(
         &mut self,
         upstream: &mut TcpStream,
         deadline: Instant,
         mut timer: Pin<&mut Sleep>,
+        sink: &mut impl HeadSink,
     ) -> Result<Head, Failure> {
         self.answer.clear();
         loop {
             if !self.answer.is_empty() {
-                match self.parse_response()? {
+                match self.parse_response(sink)? {
                     Some(Some(head)) => return Ok(head),
                     // A 1xx: skipped, parse what follows.
                     Some(None) => continue,
@@ -409,9 +571,9 @@ impl Plain<'_> {
         }
     }
 
-    /// `Some(Some(head))`: a final response head, written for the client into `reply`;
+    /// `Some(Some(head))`: a final response head, written for the client into `sink`;
     /// `Some(None)`: a 1xx head, removed from `answer`; `None`: incomplete.
-    fn parse_response(&mut self) -> Result<Option<Option<Head>>, Failure> {
+    fn parse_response(&mut self, sink: &mut impl HeadSink) -> Result<Option<Option<Head>>, Failure> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut headers);
         let len = match res.parse(&self.answer) {
@@ -469,13 +631,7 @@ impl Plain<'_> {
             (false, Some(n)) => Framing::Length(n),
             (false, None) => Framing::UntilClose,
         };
-        let reply = &mut self.reply;
-        reply.clear();
-        reply.extend_from_slice(b"HTTP/1.1 ");
-        reply.extend_from_slice(&status_digits(status));
-        reply.push(b' ');
-        reply.extend_from_slice(res.reason.unwrap_or("").as_bytes());
-        reply.extend_from_slice(b"\r\n");
+        sink.status(status, res.reason.unwrap_or(""));
         for h in res.headers.iter() {
             let name = h.name.as_bytes();
             let named = connection_named.iter().any(|n| n.eq_ignore_ascii_case(name));
@@ -484,110 +640,24 @@ impl Plain<'_> {
             if named || framing_header || is_response_hop_by_hop(name) {
                 continue;
             }
-            push_header(reply, name, h.value);
+            sink.header(name, h.value);
         }
         if chunked && !bodiless {
-            reply.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            sink.chunked();
         }
         // The rest of the head (a `connection: close` if need be, the blank line) is the caller's.
         Ok(Some(Some(Head { len, status, framing, reusable })))
     }
+}
 
-    /// Sends the response to the client, its body copied as the instance sends it; the
-    /// instance's connection goes back to the pool if the exchange ended cleanly. Whether the
-    /// client connection can take another request.
-    async fn relay(
-        &mut self,
-        mut upstream: TcpStream,
-        head: Head,
-        head_only: bool,
-        close: bool,
-        guard: InFlight,
-    ) -> bool {
-        let mut framing = if head_only { Framing::Empty } else { head.framing };
-        let close = close || matches!(framing, Framing::UntilClose) || self.closing();
-        self.reply.extend_from_slice(if close { b"connection: close\r\n\r\n" } else { b"\r\n" });
-        // Body bytes that came with the head go out with it.
-        self.answer.drain(..head.len);
-        let mut ended = match framing.take(&self.answer) {
-            Ok((used, ended)) => {
-                self.reply.extend_from_slice(&self.answer[..used]);
-                // Anything past the response: the instance is not speaking HTTP/1 in turn.
-                if used < self.answer.len() {
-                    return self.cut(&guard, false).await;
-                }
-                ended
-            }
-            Err(()) => return self.cut(&guard, false).await,
-        };
-        if self.stream.write_all(&self.reply).await.is_err() {
-            return false;
-        }
-        while !ended {
-            self.answer.clear();
-            self.answer.reserve(READ_CHUNK);
-            match upstream.read_buf(&mut self.answer).await {
-                Ok(0) if matches!(framing, Framing::UntilClose) => break,
-                Ok(0) | Err(_) => return self.cut(&guard, true).await,
-                Ok(_) => {}
-            }
-            let used;
-            (used, ended) = match framing.take(&self.answer) {
-                Ok(taken) => taken,
-                Err(()) => return self.cut(&guard, true).await,
-            };
-            if used < self.answer.len() {
-                return self.cut(&guard, true).await;
-            }
-            if self.stream.write_all(&self.answer[..used]).await.is_err() {
-                return false;
-            }
-        }
-        if head.reusable && !matches!(framing, Framing::UntilClose) {
-            self.pool(&guard.0, upstream);
-        }
-        !close
+/// Keeps an instance connection whose exchange ended cleanly for the next request.
+pub(crate) fn pool(shared: &Shared, e: &Endpoint, stream: TcpStream) {
+    if e.is_retired() {
+        return;
     }
-
-    /// The instance broke off mid-response (or answered past it): it counts against the
-    /// endpoint, and the client's connection closes, the only way left to say the response
-    /// is incomplete.
-    async fn cut(&mut self, guard: &InFlight, started: bool) -> bool {
-        Counters::bump(&guard.0.counters.failures);
-        self.shared.failed(&guard.0);
-        if !started {
-            // Nothing went to the client yet: it can still get a proper answer.
-            self.say(502, "the instance's answer was not HTTP\n", false, true).await;
-        }
-        false
-    }
-
-    fn pool(&self, e: &Endpoint, stream: TcpStream) {
-        if e.is_retired() {
-            return;
-        }
-        let mut idle = lock(&e.idle_plain);
-        if idle.len() < self.shared.config.max_idle_per_backend {
-            idle.push(IdleStream { stream, since: self.shared.pool_tick() });
-        }
-    }
-
-    /// The router's own short answer.
-    async fn say(&mut self, status: u16, message: &str, head_only: bool, close: bool) -> bool {
-        let close = close || self.closing();
-        let reply = &mut self.reply;
-        reply.clear();
-        reply.extend_from_slice(b"HTTP/1.1 ");
-        reply.extend_from_slice(&status_digits(status));
-        reply.push(b' ');
-        reply.extend_from_slice(reason(status).as_bytes());
-        reply.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-        reply.extend_from_slice(message.len().to_string().as_bytes());
-        reply.extend_from_slice(if close { b"\r\nconnection: close\r\n\r\n" } else { b"\r\n\r\n" });
-        if !head_only {
-            reply.extend_from_slice(message.as_bytes());
-        }
-        self.stream.write_all(&self.reply).await.is_ok() && !close
+    let mut idle = lock(&e.idle_plain);
+    if idle.len() < shared.config.max_idle_per_backend {
+        idle.push(IdleStream { stream, since: shared.pool_tick() });
     }
 }
 
@@ -601,33 +671,42 @@ enum Failure {
     Garbled,
 }
 
-/// The answer for a try that may be retried, in case it is not.
-enum Fallback {
-    Relay(TcpStream, Head),
-    Say(u16, &'static str),
-}
-
 impl Framing {
     /// How many of `bytes` (the next ones from the instance) belong to the body, and whether
     /// the body has ended with them. `Err` if they break the framing.
     fn take(&mut self, bytes: &[u8]) -> Result<(usize, bool), ()> {
+        self.take_data(bytes, &mut |_| {})
+    }
+
+    /// As [`Framing::take`], also telling `data` where the body's own bytes are among them
+    /// (in order; for chunks, without their framing).
+    pub(crate) fn take_data(&mut self, bytes: &[u8], data: &mut impl FnMut(Range<usize>)) -> Result<(usize, bool), ()> {
         match self {
             Framing::Empty => Ok((0, true)),
             Framing::Length(left) => {
                 let used = (*left).min(bytes.len() as u64);
                 *left -= used;
+                data(0..used as usize);
                 Ok((used as usize, *left == 0))
             }
-            Framing::Chunked(chunks) => chunks.take(bytes),
-            Framing::UntilClose => Ok((bytes.len(), false)),
+            Framing::Chunked(chunks) => chunks.take(bytes, data),
+            Framing::UntilClose => {
+                data(0..bytes.len());
+                Ok((bytes.len(), false))
+            }
         }
+    }
+
+    /// Whether the body ends only when the instance closes.
+    pub(crate) fn until_close(&self) -> bool {
+        matches!(self, Framing::UntilClose)
     }
 }
 
 /// Where a chunked body is: checked byte by byte outside chunk data (sizes, their extensions,
 /// line ends, trailers), so its end is found exactly and a malformed body ends the exchange.
 #[derive(Default)]
-struct Chunks {
+pub(crate) struct Chunks {
     state: ChunkState,
     /// Bytes of the current size or trailer line.
     line: usize,
@@ -650,13 +729,14 @@ enum ChunkState {
 }
 
 impl Chunks {
-    fn take(&mut self, bytes: &[u8]) -> Result<(usize, bool), ()> {
+    fn take(&mut self, bytes: &[u8], data: &mut impl FnMut(Range<usize>)) -> Result<(usize, bool), ()> {
         use ChunkState::*;
         let mut at = 0;
         while at < bytes.len() && self.state != Done {
             if self.state == Data {
                 let used = self.size.min((bytes.len() - at) as u64);
                 self.size -= used;
+                data(at..at + used as usize);
                 at += used as usize;
                 if self.size == 0 {
                     self.state = DataCr;
@@ -827,12 +907,12 @@ mod tests {
     /// Feeds `body` split at `at`: the bytes taken and whether it ended.
     fn feed(body: &[u8], at: usize) -> Result<(usize, bool), ()> {
         let mut chunks = Chunks::default();
-        let (first, ended) = chunks.take(&body[..at])?;
+        let (first, ended) = chunks.take(&body[..at], &mut |_| {})?;
         if ended {
             return Ok((first, true));
         }
         assert_eq!(first, at, "everything before the end is taken");
-        let (rest, ended) = chunks.take(&body[at..])?;
+        let (rest, ended) = chunks.take(&body[at..], &mut |_| {})?;
         Ok((first + rest, ended))
     }
 
@@ -846,7 +926,20 @@ mod tests {
         let bare: &[u8] = b"0\r\n\r\n";
         assert_eq!(feed(bare, 2), Ok((5, true)));
         // Not ended yet.
-        assert_eq!(Chunks::default().take(b"5\r\nhel"), Ok((6, false)));
+        assert_eq!(Chunks::default().take(b"5\r\nhel", &mut |_| {}), Ok((6, false)));
+    }
+
+    #[test]
+    fn chunk_data_is_told_without_its_framing() {
+        let body: &[u8] = b"5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+        for at in 0..=body.len() {
+            let mut framing = Framing::Chunked(Chunks::default());
+            let mut decoded = Vec::new();
+            for part in [&body[..at], &body[at..]] {
+                framing.take_data(part, &mut |r| decoded.extend_from_slice(&part[r])).unwrap();
+            }
+            assert_eq!(decoded, b"hello world", "split at {at}");
+        }
     }
 
     #[test]
@@ -860,10 +953,15 @@ mod tests {
             b"5;ext\nhello",
             b"0\r\nbad\ntrailer\r\n\r\n",
         ] {
-            assert_eq!(Chunks::default().take(bad).map(|_| ()), Err(()), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                Chunks::default().take(bad, &mut |_| {}).map(|_| ()),
+                Err(()),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
         let long = [b"1;".as_slice(), &[b'x'; MAX_CHUNK_LINE]].concat();
-        assert_eq!(Chunks::default().take(&long).map(|_| ()), Err(()));
+        assert_eq!(Chunks::default().take(&long, &mut |_| {}).map(|_| ()), Err(()));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::Policy;
 use crate::balance;
 use crate::config::Place;
+use crate::h1::{Forwarded, Framing, HeadSink, Upstream};
 use crate::lifecycle::{Live, drive, until_stopped};
 use crate::stats::Counters;
 use crate::table::{Endpoint, InFlight, Shared, Tried, lock};
@@ -222,6 +223,11 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
     if parts.version == Version::HTTP_2 && kind == Kind::H1 {
         downgrade_to_http11(&mut parts);
     }
+    // A GET or HEAD without a body goes to its instance the plain way (`h1.rs`): one task,
+    // no hyper client in between.
+    if kind == Kind::H1 && matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream() {
+        return Ok(plain(&client, &parts, key).await);
+    }
 
     let mut tried = Tried::default();
     let (Some(mut endpoint), members) = shared.select_among(key, &mut tried, false) else {
@@ -319,6 +325,60 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
             }
         });
     }
+}
+
+/// A GET or HEAD without a body, already made ready for the instance (hop-by-hop headers off,
+/// forwarded headers on, origin form), sent and answered on a plain connection.
+async fn plain(client: &Arc<Client>, parts: &hyper::http::request::Parts, key: Option<u64>) -> Response<Body> {
+    let shared = &client.shared;
+    let mut up = Upstream::default();
+    let head = &mut up.head;
+    head.extend_from_slice(parts.method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
+            head.extend_from_slice(part);
+        }
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut timer = std::pin::pin!(tokio::time::sleep(shared.config.request_timeout));
+    let mut answer = ResponseHead::default();
+    match up.forward(shared, key, timer.as_mut(), &mut answer).await {
+        Forwarded::Said(status, message) => {
+            text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), message)
+        }
+        Forwarded::Answered { stream, head, guard } => {
+            let framing = if parts.method == Method::HEAD { Framing::Empty } else { head.framing };
+            up.answer.drain(..head.len);
+            let body = Body::plain(stream, up.answer, framing, head.reusable, guard, client.clone());
+            let mut response = Response::new(body);
+            *response.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            *response.headers_mut() = answer.0;
+            response
+        }
+    }
+}
+
+/// A response head for hyper to send: its headers (the status travels in `Head`).
+#[derive(Default)]
+struct ResponseHead(HeaderMap);
+
+impl HeadSink for ResponseHead {
+    fn status(&mut self, _status: u16, _reason: &str) {
+        self.0.clear();
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        // httparse has checked both; hyper's types are stricter only about what no instance sends.
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            self.0.append(name, value);
+        }
+    }
+
+    /// Hyper frames the body for its client itself.
+    fn chunked(&mut self) {}
 }
 
 /// The answer for a try that may be retried, in case it is not.

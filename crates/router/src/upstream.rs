@@ -13,6 +13,9 @@ use hyper::header::HeaderMap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
+use tokio::net::TcpStream;
+
+use crate::h1::Framing;
 use crate::http::Client;
 use crate::stats::Counters;
 use crate::table::{Endpoint, Idle, InFlight, Shared, lock};
@@ -215,7 +218,24 @@ pub(crate) struct Body {
 enum Inner {
     Static(Option<Bytes>),
     Upstream(Upstream),
+    Plain(Plain),
 }
+
+/// A body coming on a plain instance connection (`h1.rs`), unframed as it arrives.
+struct Plain {
+    /// Until the body has ended (then pooled, if it may be) or failed.
+    stream: Option<TcpStream>,
+    /// Bytes read from the instance, passed on from `at`.
+    buf: Vec<u8>,
+    at: usize,
+    framing: Framing,
+    ended: bool,
+    reusable: bool,
+    guard: InFlight,
+    client: Arc<Client>,
+}
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 struct Upstream {
     body: Incoming,
@@ -233,6 +253,22 @@ impl Body {
 
     pub(crate) fn empty() -> Body {
         Body { inner: Inner::Static(None) }
+    }
+
+    /// The body of a plain exchange's answer: `buf` holds what came with the head.
+    pub(crate) fn plain(
+        stream: TcpStream,
+        buf: Vec<u8>,
+        framing: Framing,
+        reusable: bool,
+        guard: InFlight,
+        client: Arc<Client>,
+    ) -> Body {
+        let mut plain = Plain { stream: Some(stream), buf, at: 0, framing, ended: false, reusable, guard, client };
+        if matches!(plain.framing, Framing::Empty) {
+            plain.finish();
+        }
+        Body { inner: Inner::Plain(plain) }
     }
 
     pub(crate) fn upstream(
@@ -259,13 +295,84 @@ impl Upstream {
     }
 }
 
+impl Plain {
+    /// The body ended cleanly: the connection goes back to the pool if it may.
+    fn finish(&mut self) {
+        self.ended = true;
+        if let Some(stream) = self.stream.take()
+            && self.reusable
+            && !self.framing.until_close()
+            && self.at == self.buf.len()
+        {
+            crate::h1::pool(&self.client.shared, &self.guard.0, stream);
+        }
+    }
+
+    /// Broken off or malformed: never reused, and it counts against the endpoint.
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.stream = None;
+        self.ended = true;
+        Counters::bump(&self.guard.0.counters.failures);
+        self.client.shared.failed(&self.guard.0);
+        Poll::Ready(Some(Err(why.into())))
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if self.at < self.buf.len() {
+                let bytes = &self.buf[self.at..];
+                let mut data = Vec::new();
+                let Ok((used, ended)) = self.framing.take_data(bytes, &mut |r| data.extend_from_slice(&bytes[r]))
+                else {
+                    return self.fail("the instance's body is not framed as it said");
+                };
+                self.at += used;
+                if ended {
+                    if self.at < self.buf.len() {
+                        return self.fail("the instance sent more than its response");
+                    }
+                    self.finish();
+                }
+                if !data.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
+                }
+                continue;
+            }
+            let Some(stream) = self.stream.as_mut() else { return Poll::Ready(None) };
+            if std::task::ready!(stream.poll_read_ready(cx)).is_err() {
+                return self.fail("the instance's connection failed");
+            }
+            self.buf.clear();
+            self.at = 0;
+            self.buf.reserve(READ_CHUNK);
+            match stream.try_read_buf(&mut self.buf) {
+                Ok(0) if self.framing.until_close() => {
+                    self.stream = None;
+                    self.ended = true;
+                }
+                Ok(0) => return self.fail("the instance closed before the end of its body"),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return self.fail("the instance's connection failed"),
+            }
+        }
+    }
+}
+
+/// Bytes read from a plain instance connection at a time.
+const READ_CHUNK: usize = 16 << 10;
+
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.get_mut().inner {
             Inner::Static(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Plain(plain) => plain.poll_frame(cx),
             Inner::Upstream(up) => {
                 let polled = Pin::new(&mut up.body).poll_frame(cx);
                 match &polled {
@@ -279,7 +386,7 @@ impl hyper::body::Body for Body {
                     }
                     _ => {}
                 }
-                polled
+                polled.map(|frame| frame.map(|result| result.map_err(BoxError::from)))
             }
         }
     }
@@ -288,6 +395,7 @@ impl hyper::body::Body for Body {
         match &self.inner {
             Inner::Static(bytes) => bytes.is_none(),
             Inner::Upstream(up) => up.body.is_end_stream(),
+            Inner::Plain(plain) => plain.ended,
         }
     }
 
@@ -296,6 +404,12 @@ impl hyper::body::Body for Body {
             Inner::Static(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Static(None) => SizeHint::with_exact(0),
             Inner::Upstream(up) => up.body.size_hint(),
+            Inner::Plain(plain) => match plain.framing {
+                _ if plain.ended => SizeHint::with_exact(0),
+                // Bytes read but not yet passed on are still in `left`.
+                Framing::Length(left) => SizeHint::with_exact(left),
+                _ => SizeHint::default(),
+            },
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tug_router::{Backend, Config, Protocol};
 
-use crate::support::{Fixture, H1, backends, eventually, members, raw};
+use crate::support::{Fixture, H1, H2, backends, eventually, members, raw};
 
 /// An instance that answers each request head with the bytes scripted for its path (and
 /// closes after a path marked so), recording every head it got.
@@ -171,7 +171,8 @@ async fn broken_framing_is_a_502_and_the_connection_is_never_reused() {
     };
     let fx = Fixture::start(Protocol::Http, config, vec![instance.backend()]);
     for path in ["/past-its-end", "/bad-chunk", "/two-lengths", "/not-http", "/gzip-framed"] {
-        let answer = raw(fx.addr(), format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        let answer =
+            raw(fx.addr(), format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 502 "), "{path}: {answer}");
         assert!(!answer.contains("EXTRA") && !answer.contains("hello"), "{path}: {answer}");
         // The router let go of the broken connection: only a good one stays pooled.
@@ -217,4 +218,46 @@ async fn requests_the_plain_path_does_not_take_go_on_with_hyper_in_order() {
     // A request the plain path cannot take at all still gets hyper's strict answer.
     let answer = raw(fx.addr(), b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_gets_go_the_plain_way_and_get_each_framing_whole() {
+    let instance = Scripted::start(&[
+        ("/length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello", false),
+        (
+            "/chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: no\r\n\r\n\
+              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            false,
+        ),
+        ("/empty", b"HTTP/1.1 204 No Content\r\n\r\n", false),
+        ("/bad-chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", false),
+        ("/until-close", b"HTTP/1.1 200 OK\r\n\r\nall of it", true),
+    ])
+    .await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
+    let mut client = H2::connect(fx.addr()).await;
+    for _ in 0..2 {
+        let answer = client.get("/length", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello"));
+        assert_eq!(answer.headers["x-kept"], "yes");
+        let answer = client.get("/chunked", &[]).await;
+        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello world"));
+        assert!(!answer.headers.contains_key("x-hop") && !answer.headers.contains_key("transfer-encoding"));
+        assert_eq!(client.get("/empty", &[]).await.status, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(instance.connections.load(Relaxed), 1, "one pooled connection served every request");
+    let head = instance.last_head();
+    assert!(head.starts_with("GET /empty HTTP/1.1\r\n") && head.contains("x-forwarded-for: 127.0.0.1\r\n"), "{head}");
+    let answer = client.get("/until-close", &[]).await;
+    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "all of it"));
+    // A body broken mid-way resets the stream; the client connection and the router go on.
+    client.0.ready().await.unwrap();
+    let broken = client.0.send_request(client.request("/bad-chunk").body(Full::default()).unwrap()).await;
+    // The reset may overtake the response head.
+    if let Ok(response) = broken {
+        assert!(http_body_util::BodyExt::collect(response.into_body()).await.is_err());
+    }
+    assert_eq!(client.get("/length", &[]).await.body, "hello");
+    assert_eq!(fx.stats("host-a/scripted", "r1").failures, 1);
 }
