@@ -67,6 +67,11 @@ wait_port() {   # wait_port PORT: until something accepts on 127.0.0.1:PORT (5 s
   echo "nothing listens on 127.0.0.1:$1" >&2; return 1
 }
 machine() { echo "$(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(ls /proc | grep -c '^[0-9]') processes"; }
+# CPU time the hypervisor gave to others ("steal") over the run: on a shared machine, rounds that
+# lost much of it are slower for every target alike, which is why the targets are interleaved.
+cpu_line() { awk '/^cpu /{t=0; for (i=2; i<=NF; i++) t+=$i; print t, $9}' /proc/stat; }
+read -r total0 steal0 < <(cpu_line)
+stolen() { local t s; read -r t s < <(cpu_line); echo "$(( (s - steal0) * 100 / (t - total0 + 1) ))% of CPU time stolen by the hypervisor"; }
 echo "machine: $(machine)" | tee "$out/machine.txt"
 
 # --- backends: the same processes behind every proxy ---------------------------------------------
@@ -298,6 +303,6 @@ if [ "$tcp" = 1 ]; then
   done
   printf '%s\n' "${tcp_targets[@]%%|*}" > "$out/tcp-targets.txt"
 fi
-echo "machine after: $(machine)" | tee -a "$out/machine.txt"
+echo "machine after: $(machine), $(stolen)" | tee -a "$out/machine.txt"
 
 python3 bench/router/summary.py "$out" "$rounds" "$loads" "${targets[@]%%|*}" | tee "$out/summary.txt"

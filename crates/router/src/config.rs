@@ -1,11 +1,12 @@
 //! What a [`Router`](crate::Router) is configured with. Defaults follow Envoy
 //! and linkerd where they have one.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use hyper::http::HeaderName;
+use tokio::sync::Notify;
 
 /// The most tries one request or connection makes (the first and its retries);
 /// [`RetryPolicy::max_attempts`] is clamped to it.
@@ -142,6 +143,12 @@ pub struct Config {
 /// A count of open connections with a ceiling, optionally inside a larger one shared with
 /// other listeners (the process's budget of descriptors): a connection takes a place in both
 /// or in neither.
+///
+/// A listener's routers (one a thread, sharing the limit and the listening socket) also take
+/// turns accepting through it: a router accepts only while it holds no more connections than
+/// any other, so connections spread evenly over the threads instead of piling onto whichever
+/// woke first (eight connections all on one thread doubled the p99), as HAProxy hands each
+/// connection to its least loaded thread.
 #[derive(Debug)]
 pub struct ConnectionLimit {
     max: usize,
@@ -149,21 +156,85 @@ pub struct ConnectionLimit {
     within: Option<Arc<ConnectionLimit>>,
     /// Connections closed at once because this limit (or its budget) was full.
     refused: AtomicU64,
+    /// The accepting routers' shares of `open`.
+    seats: Mutex<Vec<Weak<Seat>>>,
+    /// A share changed: a router waiting for its turn looks again.
+    changed: Notify,
+}
+
+/// One router's share of a limit: the connections it accepted that are still open.
+#[derive(Debug, Default)]
+pub(crate) struct Seat {
+    open: AtomicUsize,
+    /// Its router stopped accepting: no longer anyone's rival.
+    closed: AtomicBool,
+}
+
+/// A router's seat for as long as it accepts.
+pub(crate) struct Accepting {
+    limit: Arc<ConnectionLimit>,
+    pub seat: Arc<Seat>,
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.seat.closed.store(true, Ordering::SeqCst);
+        self.limit.changed.notify_waiters();
+    }
 }
 
 impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<ConnectionLimit> {
-        Arc::new(ConnectionLimit { max, open: AtomicUsize::new(0), within: None, refused: AtomicU64::new(0) })
+        ConnectionLimit::with(max, None)
     }
 
     /// At most `max`, and only while `budget` has room.
     pub fn within(max: usize, budget: &Arc<ConnectionLimit>) -> Arc<ConnectionLimit> {
+        ConnectionLimit::with(max, Some(budget.clone()))
+    }
+
+    fn with(max: usize, within: Option<Arc<ConnectionLimit>>) -> Arc<ConnectionLimit> {
         Arc::new(ConnectionLimit {
             max,
             open: AtomicUsize::new(0),
-            within: Some(budget.clone()),
+            within,
             refused: AtomicU64::new(0),
+            seats: Mutex::new(Vec::new()),
+            changed: Notify::new(),
         })
+    }
+
+    /// A seat among the routers accepting through this limit, until dropped.
+    pub(crate) fn seat(self: &Arc<Self>) -> Accepting {
+        let seat = Arc::new(Seat::default());
+        let mut seats = self.seats.lock().unwrap_or_else(|p| p.into_inner());
+        seats.retain(|s| s.upgrade().is_some_and(|s| !s.closed.load(Ordering::SeqCst)));
+        seats.push(Arc::downgrade(&seat));
+        Accepting { limit: self.clone(), seat }
+    }
+
+    /// Whether `seat` holds no more connections than any other accepting router's.
+    fn is_turn(&self, seat: &Seat) -> bool {
+        let mine = seat.open.load(Ordering::SeqCst);
+        let seats = self.seats.lock().unwrap_or_else(|p| p.into_inner());
+        seats
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|other| !other.closed.load(Ordering::SeqCst))
+            .all(|other| mine <= other.open.load(Ordering::SeqCst))
+    }
+
+    /// Returns once `seat`'s router may accept the next connection.
+    pub(crate) async fn wait_turn(&self, seat: &Seat) {
+        loop {
+            let mut changed = std::pin::pin!(self.changed.notified());
+            // Registered before the check, so a change in between still wakes us.
+            changed.as_mut().enable();
+            if self.is_turn(seat) {
+                return;
+            }
+            changed.await;
+        }
     }
 
     pub fn max(&self) -> usize {
@@ -186,8 +257,9 @@ impl ConnectionLimit {
         }
     }
 
-    /// A place for one more connection, held until the returned guard drops.
-    pub(crate) fn acquire(self: &Arc<Self>) -> Option<Place> {
+    /// A place for one more connection, accepted by `seat`'s router, held until the returned
+    /// guard drops.
+    pub(crate) fn acquire(self: &Arc<Self>, seat: &Arc<Seat>) -> Option<Place> {
         if !self.take() {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -199,7 +271,9 @@ impl ConnectionLimit {
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        Some(Place(self.clone()))
+        seat.open.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Some(Place(self.clone(), seat.clone()))
     }
 }
 
@@ -210,7 +284,7 @@ impl PartialEq for ConnectionLimit {
 }
 
 /// One connection's place in a [`ConnectionLimit`].
-pub(crate) struct Place(Arc<ConnectionLimit>);
+pub(crate) struct Place(Arc<ConnectionLimit>, Arc<Seat>);
 
 impl Drop for Place {
     fn drop(&mut self) {
@@ -218,6 +292,8 @@ impl Drop for Place {
         if let Some(budget) = &self.0.within {
             budget.open.fetch_sub(1, Ordering::AcqRel);
         }
+        self.1.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -240,5 +316,40 @@ impl Default for Config {
             max_local_error_reset_streams: 1024,
             connections: ConnectionLimit::new(16_384),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routers_take_turns_by_the_connections_they_hold() {
+        let limit = ConnectionLimit::new(10);
+        let (a, b) = (limit.seat(), limit.seat());
+        assert!(limit.is_turn(&a.seat) && limit.is_turn(&b.seat));
+        let first = limit.acquire(&a.seat).unwrap();
+        assert!(!limit.is_turn(&a.seat) && limit.is_turn(&b.seat), "a is ahead: b's turn");
+        let second = limit.acquire(&b.seat).unwrap();
+        assert!(limit.is_turn(&a.seat) && limit.is_turn(&b.seat));
+        drop(second);
+        assert!(!limit.is_turn(&a.seat));
+        // A router that stops accepting is nobody's rival, whatever it still holds.
+        drop(b);
+        assert!(limit.is_turn(&a.seat));
+        drop(first);
+        assert_eq!(limit.open(), 0);
+    }
+
+    #[test]
+    fn a_place_is_taken_in_the_budget_too_or_not_at_all() {
+        let budget = ConnectionLimit::new(1);
+        let (one, two) = (ConnectionLimit::within(5, &budget), ConnectionLimit::within(5, &budget));
+        let (s1, s2) = (one.seat(), two.seat());
+        let held = one.acquire(&s1.seat).unwrap();
+        assert!(two.acquire(&s2.seat).is_none());
+        assert_eq!((two.open(), two.refused()), (0, 1));
+        drop(held);
+        assert!(two.acquire(&s2.seat).is_some());
     }
 }

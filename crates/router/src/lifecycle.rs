@@ -50,7 +50,9 @@ where
     F: Fn(tokio::net::TcpStream, std::net::SocketAddr, Live, crate::config::Place) -> W,
     W: Future<Output = ()> + Send + 'static,
 {
+    let accepting = shared.config.connections.seat();
     loop {
+        shared.config.connections.wait_turn(&accepting.seat).await;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of descriptors, for example: wait instead of spinning.
@@ -59,7 +61,7 @@ where
                 continue;
             }
         };
-        let Some(place) = shared.config.connections.acquire() else { continue };
+        let Some(place) = shared.config.connections.acquire(&accepting.seat) else { continue };
         let live = shared.tracker.enter();
         tokio::spawn(until_stopped(shared.phase.clone(), serve(stream, peer, live, place)));
     }
