@@ -115,7 +115,8 @@ pub(crate) async fn connection(
     if !http2 {
         return crate::h1::serve(stream, client, servers).await;
     }
-    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
+    // Boxed: hyper moves a stream's future into its own task; a pointer moves cheaper than the future.
+    let service = hyper::service::service_fn(move |req| Box::pin(proxy(client.clone(), req)));
     drive(servers.h2.serve_connection(TokioIo::new(stream), service), |c| c.graceful_shutdown(), phase, max_age).await;
 }
 
