@@ -332,7 +332,7 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
 /// forwarded headers on, origin form), sent and answered on a plain connection.
 async fn plain(client: &Arc<Client>, parts: &hyper::http::request::Parts, key: Option<u64>) -> Response<Body> {
     let shared = &client.shared;
-    let mut up = Upstream::default();
+    let mut up = Upstream { head: Vec::with_capacity(1024), answer: Vec::new() };
     let head = &mut up.head;
     head.extend_from_slice(parts.method.as_str().as_bytes());
     head.push(b' ');

@@ -324,11 +324,22 @@ impl Plain {
             }
             if self.at < self.buf.len() {
                 let bytes = &self.buf[self.at..];
-                let mut data = Vec::new();
-                let Ok((used, ended)) = self.framing.take_data(bytes, &mut |r| data.extend_from_slice(&bytes[r]))
-                else {
+                // Usually one range (a length, or one chunk's data): copied once, at its size.
+                let (mut first, mut joined) = (0..0, Vec::new());
+                let taken = self.framing.take_data(bytes, &mut |r| {
+                    if first.is_empty() {
+                        first = r;
+                    } else {
+                        if joined.is_empty() {
+                            joined.extend_from_slice(&bytes[first.clone()]);
+                        }
+                        joined.extend_from_slice(&bytes[r]);
+                    }
+                });
+                let Ok((used, ended)) = taken else {
                     return self.fail("the instance's body is not framed as it said");
                 };
+                let data = if joined.is_empty() { Bytes::copy_from_slice(&bytes[first]) } else { Bytes::from(joined) };
                 self.at += used;
                 if ended {
                     if self.at < self.buf.len() {
@@ -337,7 +348,7 @@ impl Plain {
                     self.finish();
                 }
                 if !data.is_empty() {
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 continue;
             }
