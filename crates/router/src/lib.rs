@@ -43,12 +43,21 @@
 //! - a graceful [`Router::shutdown`].
 //!
 //! The request path takes no lock across an await and counts with relaxed
-//! atomics. Beyond what hyper allocates, a request costs a copy of its head
-//! when a retry could need one (a replayable body and another endpoint to go
-//! to), a one-shot channel when its body streams (so the request timeout can
-//! start at its end), and a buffer only for a small body that arrives in more
-//! than one frame. Bodies otherwise stream: only those of at most
-//! `max_replay_body` bytes are ever held whole.
+//! atomics. The common request, a GET or HEAD without a body, takes the plain
+//! path (`h1`): over HTTP/1 it is parsed once and its head re-written into
+//! buffers the connection keeps, and sent on a pooled instance connection in
+//! the same task, with no allocation of its own; hyper serves everything else
+//! (HTTP/2, bodies, upgrades, whatever is unusual), its GET and HEAD requests
+//! going to instances the same plain way. Beyond what hyper allocates, a request
+//! with a body costs a copy of its head when a retry could need one (a
+//! replayable body and another endpoint to go to), a one-shot channel when its
+//! body streams (so the request timeout can start at its end), and a buffer
+//! only for a small body that arrives in more than one frame. Bodies otherwise
+//! stream: only those of at most `max_replay_body` bytes are ever held whole.
+//!
+//! A listener's routers (one a thread, on clones of one socket) take turns
+//! accepting through their shared [`ConnectionLimit`]: the one holding fewest
+//! connections takes the next, so the threads carry even shares.
 //!
 //! Not here: HTTP/2 extended CONNECT (WebSocket over HTTP/2) and `CONNECT`
 //! tunnels (answered 405); TLS; active health checks (the supervisor's
