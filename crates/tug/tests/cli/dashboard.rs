@@ -159,7 +159,10 @@ fn the_dashboard_in_chromium_shows_the_stack_and_promotes_a_canary() {
     }
 
     // In the browser, with requests flowing so the charts have something to draw.
-    let load = crate::rollout::Load::start(port, 2, 20);
+    // Slow enough that the canary's analysis (which compares p99s once each side has 100
+    // requests) never judges within the test: one slow request on a busy machine would roll the
+    // canary back, and the page under test would rightly offer no Promote.
+    let load = crate::rollout::Load::start(port, 1, 3);
     let instances: Vec<String> = stack.ps().iter().map(|r| r["instance"].as_str().unwrap().to_string()).collect();
     assert_eq!(instances.len(), 4, "two web, one canary, one worker: {instances:?}");
     let screenshot = artifact("dashboard.png");
