@@ -19,6 +19,7 @@
 //! buffers the connection keeps; its timers are armed once a connection and moved only when
 //! they fire early.
 
+use std::cell::RefCell;
 use std::io;
 use std::ops::Range;
 use std::pin::{Pin, pin};
@@ -86,13 +87,21 @@ pub(crate) async fn serve(stream: TcpStream, client: Arc<Client>, servers: Arc<S
                 }
                 Parsed::Partial => {}
             }
-            conn.input.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                read = conn.stream.read_buf(&mut conn.input) => match read {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                },
+                ready = conn.stream.readable() => {
+                    if ready.is_err() {
+                        return;
+                    }
+                    conn.busy();
+                    conn.input.reserve(READ_CHUNK);
+                    match conn.stream.try_read_buf(&mut conn.input) {
+                        Ok(0) => return,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                }
                 () = &mut draining, if !drain_seen => {
                     drain_seen = true;
                     if conn.input.is_empty() {
@@ -116,7 +125,39 @@ pub(crate) async fn serve(stream: TcpStream, client: Arc<Client>, servers: Arc<S
         if !conn.exchange(&request, request.close, answer_timer.as_mut()).await {
             return;
         }
+        if conn.input.is_empty() {
+            conn.rest();
+        }
     }
+}
+
+thread_local! {
+    /// Buffers of this router thread's connections that went idle, for the next busy one: an
+    /// idle keep-alive connection holds none (it would otherwise keep ~40 KiB).
+    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers kept a thread, at most.
+const MAX_SPARE: usize = 256;
+
+/// An empty buffer, from the thread's spares if it has one.
+fn take_buffer() -> Vec<u8> {
+    SPARE.with(|spare| spare.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(READ_CHUNK))
+}
+
+/// Keeps `buffer` for another connection unless it grew large (a big response head) or there
+/// are enough spares already.
+fn give_buffer(mut buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > 4 * READ_CHUNK {
+        return;
+    }
+    buffer.clear();
+    SPARE.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < MAX_SPARE {
+            spare.push(buffer);
+        }
+    });
 }
 
 /// A plain request, its head already written for the instance in `Plain::head`.
@@ -184,6 +225,22 @@ impl Plain<'_> {
         self.age_limit.is_some_and(|limit| Instant::now() >= limit) || *self.shared.phase.borrow() != Phase::Serving
     }
 
+    /// Gives the connection its buffers back (the client is sending).
+    fn busy(&mut self) {
+        for buffer in [&mut self.input, &mut self.up.head, &mut self.up.answer, &mut self.reply] {
+            if buffer.capacity() == 0 {
+                *buffer = take_buffer();
+            }
+        }
+    }
+
+    /// Lends the buffers to the thread while the connection waits for its next request.
+    fn rest(&mut self) {
+        for buffer in [&mut self.input, &mut self.up.head, &mut self.up.answer, &mut self.reply] {
+            give_buffer(std::mem::take(buffer));
+        }
+    }
+
     /// Looks at the bytes read so far: a complete plain request (its head written for the
     /// instance, its bytes consumed), more to read, or hyper's.
     fn parse(&mut self) -> Parsed {
@@ -193,7 +250,7 @@ impl Plain<'_> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(&self.input) {
-            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Complete(len)) if len <= self.shared.config.max_header_bytes => len,
             // A head longer than one read is rare: hyper reads it (and refuses it past
             // `max_header_bytes`, having read as much as it does).
             Ok(httparse::Status::Partial) if self.input.len() < READ_CHUNK.min(self.shared.config.max_header_bytes) => {
@@ -271,8 +328,8 @@ impl Plain<'_> {
     async fn exchange(&mut self, request: &Request, close: bool, timer: Pin<&mut Sleep>) -> bool {
         self.shared.budget.deposit();
         match self.up.forward(self.shared, request.key, timer, &mut self.reply).await {
-            Forwarded::Answered { stream, head, guard } => {
-                self.relay(stream, head, request.head_only, close, guard).await
+            Forwarded::Answered { stream, head, guard, started } => {
+                self.relay(stream, head, request, close, guard, started).await
             }
             Forwarded::Said(status, message) => self.say(status, message, request.head_only, close).await,
         }
@@ -285,26 +342,27 @@ impl Plain<'_> {
         &mut self,
         mut upstream: TcpStream,
         head: Head,
-        head_only: bool,
+        request: &Request,
         close: bool,
         guard: InFlight,
+        started: Instant,
     ) -> bool {
-        let mut framing = if head_only { Framing::Empty } else { head.framing };
-        let close = close || matches!(framing, Framing::UntilClose) || self.closing();
+        let counters = &guard.0.counters;
+        let mut framing = if request.head_only { Framing::Empty } else { head.framing };
+        let close = close || framing.until_close() || self.closing();
         self.reply.extend_from_slice(if close { b"connection: close\r\n\r\n" } else { b"\r\n" });
-        // Body bytes that came with the head go out with it.
+        // Body bytes that came with the head go out with it; if they are not what the head
+        // framed, nothing has gone out yet and the client gets a proper 502.
         self.up.answer.drain(..head.len);
-        let mut ended = match framing.take(&self.up.answer) {
-            Ok((used, ended)) => {
-                self.reply.extend_from_slice(&self.up.answer[..used]);
-                // Anything past the response: the instance is not speaking HTTP/1 in turn.
-                if used < self.up.answer.len() {
-                    return self.cut(&guard, false).await;
-                }
-                ended
-            }
-            Err(()) => return self.cut(&guard, false).await,
+        let Ok((used, mut ended)) = framing.relay(&self.up.answer, &mut self.reply) else {
+            counters.response_code(502, started.elapsed());
+            Counters::bump(&counters.failures);
+            self.shared.failed(&guard.0);
+            return self.say(502, "the instance's answer was not HTTP\n", request.head_only, true).await;
         };
+        counters.response_code(head.status, started.elapsed());
+        // Bytes past the response: delivered without them, and the connection not reused.
+        let mut reusable = head.reusable && used == self.up.answer.len();
         if self.stream.write_all(&self.reply).await.is_err() {
             return false;
         }
@@ -312,38 +370,32 @@ impl Plain<'_> {
             self.up.answer.clear();
             self.up.answer.reserve(READ_CHUNK);
             match upstream.read_buf(&mut self.up.answer).await {
-                Ok(0) if matches!(framing, Framing::UntilClose) => break,
-                Ok(0) | Err(_) => return self.cut(&guard, true).await,
+                Ok(0) if framing.until_close() => break,
+                Ok(0) | Err(_) => return self.cut(&guard),
                 Ok(_) => {}
             }
+            self.reply.clear();
             let used;
-            (used, ended) = match framing.take(&self.up.answer) {
+            (used, ended) = match framing.relay(&self.up.answer, &mut self.reply) {
                 Ok(taken) => taken,
-                Err(()) => return self.cut(&guard, true).await,
+                Err(()) => return self.cut(&guard),
             };
-            if used < self.up.answer.len() {
-                return self.cut(&guard, true).await;
-            }
-            if self.stream.write_all(&self.up.answer[..used]).await.is_err() {
+            reusable &= used == self.up.answer.len();
+            if self.stream.write_all(&self.reply).await.is_err() {
                 return false;
             }
         }
-        if head.reusable && !matches!(framing, Framing::UntilClose) {
+        if reusable && !framing.until_close() {
             pool(self.shared, &guard.0, upstream);
         }
         !close
     }
 
-    /// The instance broke off mid-response (or answered past it): it counts against the
-    /// endpoint, and the client's connection closes, the only way left to say the response
-    /// is incomplete.
-    async fn cut(&mut self, guard: &InFlight, started: bool) -> bool {
+    /// The instance broke off mid-response: it counts against the endpoint, and the client's
+    /// connection closes, the only way left to say the response is incomplete.
+    fn cut(&mut self, guard: &InFlight) -> bool {
         Counters::bump(&guard.0.counters.failures);
         self.shared.failed(&guard.0);
-        if !started {
-            // Nothing went to the client yet: it can still get a proper answer.
-            self.say(502, "the instance's answer was not HTTP\n", false, true).await;
-        }
         false
     }
 
@@ -380,7 +432,8 @@ pub(crate) struct Upstream {
 pub(crate) enum Forwarded {
     /// A response head from the instance (in `Upstream::answer`, `head.len` bytes), the
     /// connection its body comes on, and the request in flight until it has.
-    Answered { stream: TcpStream, head: Head, guard: InFlight },
+    /// The caller counts the response (`started`: when the try began).
+    Answered { stream: TcpStream, head: Head, guard: InFlight, started: Instant },
     /// No answer to pass on: the router's own (already counted).
     Said(u16, &'static str),
 }
@@ -486,10 +539,13 @@ impl Upstream {
                 }
                 Counters::bump(&shared.retries_denied);
             }
-            counters.response_code(status, started.elapsed());
             return match fallback {
-                Some((stream, head)) => Forwarded::Answered { stream, head, guard },
-                None => Forwarded::Said(status, message),
+                // Counted by the caller, once it knows what the client gets.
+                Some((stream, head)) => Forwarded::Answered { stream, head, guard, started },
+                None => {
+                    counters.response_code(status, started.elapsed());
+                    Forwarded::Said(status, message)
+                }
             };
         }
     }
@@ -506,7 +562,12 @@ impl Upstream {
     ) -> Outcome {
         let mut stale_left = shared.config.max_idle_per_backend + 1;
         loop {
-            let pooled = lock(&e.idle_plain).pop().map(|idle| idle.stream);
+            let pooled = loop {
+                let Some(idle) = lock(&e.idle_plain).pop() else { break None };
+                if is_quiet(&idle.stream) {
+                    break Some(idle.stream);
+                }
+            };
             let reused = pooled.is_some();
             let mut upstream = match pooled {
                 Some(stream) => stream,
@@ -610,11 +671,18 @@ impl Upstream {
                 }
                 length = Some(value);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                // Only chunked, alone, as an instance behind a proxy sends it.
-                if options(h.value).any(|coding| !coding.eq_ignore_ascii_case(b"chunked")) || chunked {
+                // Only chunked, once, alone, as an instance behind a proxy sends it.
+                let mut codings = 0;
+                for coding in options(h.value) {
+                    codings += 1;
+                    if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(Failure::Garbled);
+                    }
+                    chunked = true;
+                }
+                if codings == 0 {
                     return Err(Failure::Garbled);
                 }
-                chunked = true;
             }
         }
         let bodiless = status == 204 || status == 304;
@@ -652,13 +720,22 @@ impl Upstream {
 
 /// Keeps an instance connection whose exchange ended cleanly for the next request.
 pub(crate) fn pool(shared: &Shared, e: &Endpoint, stream: TcpStream) {
-    if e.is_retired() {
+    if e.is_retired() || !is_quiet(&stream) {
         return;
     }
     let mut idle = lock(&e.idle_plain);
     if idle.len() < shared.config.max_idle_per_backend {
         idle.push(IdleStream { stream, since: shared.pool_tick() });
     }
+}
+
+/// Whether an instance connection has nothing to say: one that sent anything after its last
+/// answer (a body a HEAD answer should not have, a 408 before closing) or closed must not carry
+/// another request, whose answer those bytes would become. No system call unless the socket
+/// was reported readable since its last read.
+fn is_quiet(stream: &TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 /// Why no response head came.
@@ -697,6 +774,30 @@ impl Framing {
         }
     }
 
+    /// As [`Framing::take`], appending to `out` what the client gets of those bytes: the body
+    /// bytes as they are, or for chunks, each chunk's data framed again (`SIZE CRLF data CRLF`,
+    /// then `0 CRLF CRLF`), so no extension, trailer or spacing of the instance's reaches the
+    /// client.
+    fn relay(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> Result<(usize, bool), ()> {
+        if !matches!(self, Framing::Chunked(_)) {
+            let (used, ended) = self.take(bytes)?;
+            out.extend_from_slice(&bytes[..used]);
+            return Ok((used, ended));
+        }
+        let already_ended = matches!(self, Framing::Chunked(chunks) if chunks.state == ChunkState::Done);
+        let (used, ended) = self.take_data(bytes, &mut |range| {
+            if !range.is_empty() {
+                out.extend_from_slice(format!("{:x}\r\n", range.len()).as_bytes());
+                out.extend_from_slice(&bytes[range]);
+                out.extend_from_slice(b"\r\n");
+            }
+        })?;
+        if ended && !already_ended {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        Ok((used, ended))
+    }
+
     /// Whether the body ends only when the instance closes.
     pub(crate) fn until_close(&self) -> bool {
         matches!(self, Framing::UntilClose)
@@ -717,6 +818,8 @@ pub(crate) struct Chunks {
 enum ChunkState {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, an extension or the line's end may follow.
+    SizeBws,
     Extension,
     SizeLf,
     Data,
@@ -751,7 +854,11 @@ impl Chunks {
             }
             self.state = match (self.state, b) {
                 (Size, b'\r') if self.line > 1 => SizeLf,
-                (Size, b';' | b' ' | b'\t') if self.line > 1 => Extension,
+                (Size, b';') if self.line > 1 => Extension,
+                (Size, b' ' | b'\t') if self.line > 1 => SizeBws,
+                (SizeBws, b' ' | b'\t') => SizeBws,
+                (SizeBws, b';') => Extension,
+                (SizeBws, b'\r') => SizeLf,
                 (Size, _) => {
                     let digit = (b as char).to_digit(16).ok_or(())?;
                     // 15 hex digits: a size far past anything real, and no overflow.
@@ -762,8 +869,7 @@ impl Chunks {
                     Size
                 }
                 (Extension, b'\r') => SizeLf,
-                (Extension, b'\n') => return Err(()),
-                (Extension, _) => Extension,
+                (Extension, b) if is_field_byte(b) => Extension,
                 (SizeLf, b'\n') => {
                     self.line = 0;
                     if self.size == 0 { Trailer } else { Data }
@@ -774,8 +880,7 @@ impl Chunks {
                     Size
                 }
                 (Trailer, b'\r') => TrailerLf,
-                (Trailer, b'\n') => return Err(()),
-                (Trailer, _) => Trailer,
+                (Trailer, b) if is_field_byte(b) => Trailer,
                 (TrailerLf, b'\n') if self.line == 2 => Done,
                 (TrailerLf, b'\n') => {
                     self.line = 0;
@@ -786,6 +891,11 @@ impl Chunks {
         }
         Ok((at, self.state == Done))
     }
+}
+
+/// A byte a header field value (or a chunk extension) may hold: no control byte but HTAB.
+fn is_field_byte(b: u8) -> bool {
+    b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80
 }
 
 /// An HTTP/1 client connection handed to hyper: the bytes already read come first.
@@ -918,7 +1028,7 @@ mod tests {
 
     #[test]
     fn chunked_bodies_end_exactly_wherever_they_are_split() {
-        let body: &[u8] = b"5;name=value\r\nhello\r\nA\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+        let body: &[u8] = b"5 ;name=value\r\nhello\r\nA\t\r\n0123456789\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
         let end = body.len() - 4;
         for at in 0..=body.len() {
             assert_eq!(feed(body, at), Ok((end, true)), "split at {at}");
@@ -943,6 +1053,23 @@ mod tests {
     }
 
     #[test]
+    fn chunks_reach_the_client_framed_again() {
+        let body: &[u8] = b"5;ext=\"x\"\r\nhello\r\n6  \r\n world\r\n0\r\nx-trailer: t\r\n\r\n";
+        for at in 0..=body.len() {
+            let mut framing = Framing::Chunked(Chunks::default());
+            let mut out = Vec::new();
+            for part in [&body[..at], &body[at..]] {
+                framing.relay(part, &mut out).unwrap();
+            }
+            let (mut again, mut data) = (Framing::Chunked(Chunks::default()), Vec::new());
+            assert_eq!(again.take_data(&out, &mut |r| data.extend_from_slice(&out[r])), Ok((out.len(), true)));
+            assert_eq!(data, b"hello world", "split at {at}");
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("ext") && !text.contains("trailer") && text.ends_with("\r\n0\r\n\r\n"), "{text:?}");
+        }
+    }
+
+    #[test]
     fn malformed_chunked_bodies_are_refused() {
         for bad in [
             &b"zz\r\nhello\r\n0\r\n\r\n"[..],
@@ -952,6 +1079,9 @@ mod tests {
             b"1111111111111111\r\n",
             b"5;ext\nhello",
             b"0\r\nbad\ntrailer\r\n\r\n",
+            b"5 6\r\nhello\r\n0\r\n\r\n",
+            b"5;a=\x00\r\nhello\r\n0\r\n\r\n",
+            b"0\r\nx: \x01\r\n\r\n",
         ] {
             assert_eq!(
                 Chunks::default().take(bad, &mut |_| {}).map(|_| ()),

@@ -226,7 +226,11 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
     }
     // A GET or HEAD without a body goes to its instance the plain way (`h1.rs`): one task,
     // no hyper client in between.
-    if kind == Kind::H1 && matches!(parts.method, Method::GET | Method::HEAD) && body.is_end_stream() {
+    if kind == Kind::H1
+        && parts.version == Version::HTTP_11
+        && matches!(parts.method, Method::GET | Method::HEAD)
+        && body.is_end_stream()
+    {
         return Ok(plain(&client, &parts, key).await);
     }
 
@@ -350,7 +354,8 @@ async fn plain(client: &Arc<Client>, parts: &hyper::http::request::Parts, key: O
         Forwarded::Said(status, message) => {
             text(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), message)
         }
-        Forwarded::Answered { stream, head, guard } => {
+        Forwarded::Answered { stream, head, guard, started } => {
+            guard.0.counters.response_code(head.status, started.elapsed());
             let framing = if parts.method == Method::HEAD { Framing::Empty } else { head.framing };
             up.answer.drain(..head.len);
             let body = Body::plain(stream, up.answer, framing, head.reusable, guard, client.clone());

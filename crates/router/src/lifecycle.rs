@@ -52,6 +52,9 @@ where
 {
     let accepting = shared.config.connections.seat();
     loop {
+        // Strict turns are safe: the router holding fewest connections always may accept, and
+        // router threads never block, so a new connection waits at most for that thread's
+        // current batch of work.
         shared.config.connections.wait_turn(&accepting.seat).await;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -70,6 +70,8 @@ impl Scripted {
     }
 }
 
+const LATER: &[u8] = b"\0LATER\0";
+
 async fn serve(
     mut stream: TcpStream,
     script: Arc<HashMap<&'static str, (&'static [u8], bool)>>,
@@ -92,7 +94,21 @@ async fn serve(
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         seen.lock().unwrap().push(head);
         let Some(&(answer, close)) = script.get(path.as_str()) else { return };
-        if stream.write_all(answer).await.is_err() || close {
+        // `\0LATER\0` splits an answer: what follows goes 100 ms after the rest.
+        let (now, later) = match answer.windows(LATER.len()).position(|w| w == LATER) {
+            Some(at) => (&answer[..at], &answer[at + LATER.len()..]),
+            None => (answer, &b""[..]),
+        };
+        if stream.write_all(now).await.is_err() {
+            return;
+        }
+        if !later.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if stream.write_all(later).await.is_err() {
+                return;
+            }
+        }
+        if close {
             return;
         }
     }
@@ -157,11 +173,18 @@ async fn an_answer_until_close_closes_the_client_connection_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_framing_is_a_502_and_the_connection_is_never_reused() {
     let instance = Scripted::start(&[
-        ("/past-its-end", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", false),
         ("/bad-chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", false),
+        ("/spaced-chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 6\r\nhello\r\n0\r\n\r\n", false),
         ("/two-lengths", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nokk", false),
         ("/not-http", b"SSH-2.0-OpenSSH_9.2\r\n\r\n", false),
         ("/gzip-framed", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nxx", false),
+        ("/no-coding", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: ,\r\n\r\nxx", false),
+        ("/past-its-end", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", false),
+        (
+            "/head-leak",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n\0LATER\0HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL",
+            false,
+        ),
         ("/fine", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
     ])
     .await;
@@ -170,18 +193,31 @@ async fn broken_framing_is_a_502_and_the_connection_is_never_reused() {
         ..Default::default()
     };
     let fx = Fixture::start(Protocol::Http, config, vec![instance.backend()]);
-    for path in ["/past-its-end", "/bad-chunk", "/two-lengths", "/not-http", "/gzip-framed"] {
-        let answer =
-            raw(fx.addr(), format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    let get = |path: &str, method: &str| format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    for path in ["/bad-chunk", "/spaced-chunk", "/two-lengths", "/not-http", "/gzip-framed", "/no-coding"] {
+        let answer = raw(fx.addr(), get(path, "GET").as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 502 "), "{path}: {answer}");
-        assert!(!answer.contains("EXTRA") && !answer.contains("hello"), "{path}: {answer}");
+        assert!(!answer.contains("hello") && !answer.contains("xx"), "{path}: {answer}");
         // The router let go of the broken connection: only a good one stays pooled.
         eventually(async || instance.open.load(Relaxed) == 0).await;
-        let answer = raw(fx.addr(), b"GET /fine HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        let answer = raw(fx.addr(), get("/fine", "GET").as_bytes()).await;
         assert!(answer.ends_with("\r\n\r\nok"), "{path}: {answer}");
         assert_eq!(instance.open.load(Relaxed), 1, "{path}: the good one is pooled");
     }
-    assert_eq!(fx.stats("host-a/scripted", "r1").failures, 5);
+    assert_eq!(fx.stats("host-a/scripted", "r1").failures, 6);
+    // An answer followed by more than it framed: delivered whole, and its connection let go.
+    let answer = raw(fx.addr(), get("/past-its-end", "GET").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\nok"), "{answer}");
+    eventually(async || instance.open.load(Relaxed) == 0).await;
+    // A HEAD answer whose instance sends a body after all (here, a whole forged response)
+    // must not become the next request's answer.
+    let answer = raw(fx.addr(), get("/head-leak", "HEAD").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with("\r\n\r\n"), "{answer}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        let answer = raw(fx.addr(), get("/fine", "GET").as_bytes()).await;
+        assert!(answer.ends_with("\r\n\r\nok") && !answer.contains("EVIL"), "{answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
