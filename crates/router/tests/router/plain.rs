@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tug_router::{Backend, Config, Protocol};
 
-use crate::support::{Fixture, H1, H2, backends, eventually, members, raw};
+use crate::support::{Answer, Fixture, H1, H2, backends, eventually, members, raw};
 
 /// An instance that answers each request head with the bytes scripted for its path (and
 /// closes after a path marked so), recording every head it got.
@@ -114,39 +114,53 @@ async fn serve(
     }
 }
 
+/// Answers framed each way an instance may frame them: (path, answer, close after it).
+const FRAMED: [(&str, &[u8], bool); 3] = [
+    ("/length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello", false),
+    (
+        "/chunked",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\nX-Hop: no\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+        false,
+    ),
+    ("/empty", b"HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n", false),
+];
+
+/// What a client gets for each of [`FRAMED`], over either protocol.
+fn assert_framed(path: &str, answer: &Answer) {
+    let expected = match path {
+        "/length" => (StatusCode::OK, "hello"),
+        "/chunked" => (StatusCode::OK, "hello world"),
+        _ => (StatusCode::NO_CONTENT, ""),
+    };
+    assert_eq!((answer.status, answer.body.as_str()), expected, "{path}");
+    assert!(!answer.headers.contains_key("x-hop"), "{path}: a header the instance's Connection names stays behind");
+    assert!(!answer.headers.contains_key("connection"), "{path}");
+    if path != "/chunked" {
+        assert_eq!(answer.headers["x-kept"], "yes", "{path}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_framing_reaches_a_strict_client_whole_on_one_pooled_connection() {
-    let instance = Scripted::start(&[
-        ("/length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello", false),
-        (
-            "/chunked",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-hop\r\nX-Hop: no\r\n\r\n\
-              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
-            false,
-        ),
+    let mut script = FRAMED.to_vec();
+    script.extend([
         (
             "/early",
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            &b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"[..],
             false,
         ),
-        ("/empty", b"HTTP/1.1 204 No Content\r\nX-Kept: yes\r\n\r\n", false),
         ("/head", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false),
-    ])
-    .await;
+    ]);
+    let instance = Scripted::start(&script).await;
     let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
     let mut client = H1::connect(fx.addr()).await;
     for _ in 0..2 {
-        let answer = client.get("/length", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello"));
-        assert_eq!(answer.headers["x-kept"], "yes");
-        let answer = client.get("/chunked", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello world"));
-        assert!(!answer.headers.contains_key("x-hop"), "a header the instance's Connection names stays behind");
-        assert!(!answer.headers.contains_key("connection"));
+        for (path, _, _) in FRAMED {
+            assert_framed(path, &client.get(path, &[]).await);
+        }
         let answer = client.get("/early", &[]).await;
         assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "ok"), "a 1xx before the answer is skipped");
-        let answer = client.get("/empty", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::NO_CONTENT, ""));
     }
     // HEAD: the length of what a GET would get, no body, and the connection goes on.
     client.0.ready().await.unwrap();
@@ -258,29 +272,18 @@ async fn requests_the_plain_path_does_not_take_go_on_with_hyper_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_gets_go_the_plain_way_and_get_each_framing_whole() {
-    let instance = Scripted::start(&[
-        ("/length", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Kept: yes\r\n\r\nhello", false),
-        (
-            "/chunked",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-hop\r\nX-Hop: no\r\n\r\n\
-              5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
-            false,
-        ),
-        ("/empty", b"HTTP/1.1 204 No Content\r\n\r\n", false),
-        ("/bad-chunk", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX", false),
+    let mut script = FRAMED.to_vec();
+    script.extend([
+        ("/bad-chunk", &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX"[..], false),
         ("/until-close", b"HTTP/1.1 200 OK\r\n\r\nall of it", true),
-    ])
-    .await;
+    ]);
+    let instance = Scripted::start(&script).await;
     let fx = Fixture::start(Protocol::Http, Config::default(), vec![instance.backend()]);
     let mut client = H2::connect(fx.addr()).await;
     for _ in 0..2 {
-        let answer = client.get("/length", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello"));
-        assert_eq!(answer.headers["x-kept"], "yes");
-        let answer = client.get("/chunked", &[]).await;
-        assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "hello world"));
-        assert!(!answer.headers.contains_key("x-hop") && !answer.headers.contains_key("transfer-encoding"));
-        assert_eq!(client.get("/empty", &[]).await.status, StatusCode::NO_CONTENT);
+        for (path, _, _) in FRAMED {
+            assert_framed(path, &client.get(path, &[]).await);
+        }
     }
     assert_eq!(instance.connections.load(Relaxed), 1, "one pooled connection served every request");
     let head = instance.last_head();
