@@ -489,7 +489,8 @@ impl Outcome {
 impl Upstream {
     /// Sends `head` (a GET or HEAD without a body, so always replayable) to an endpoint picked
     /// for `key`, retrying as `http.rs` does, and reads the answer's head, written for the
-    /// client into `sink`. The request is counted once a response is chosen.
+    /// client into `sink`. A response of the router's own (`Said`) is counted here; an
+    /// instance's, by the caller once it knows what the client gets of it.
     pub async fn forward(
         &mut self,
         shared: &Shared,
