@@ -845,6 +845,28 @@ fn inherited(name: &str) -> bool {
 
 pub fn state_dir_arg(dir: Option<PathBuf>) -> Result<PathBuf, String> {
     let dir = dir.ok_or("tug daemon needs --state-dir")?;
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    std::fs::canonicalize(&dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
+    private_state_dir(&dir)
+}
+
+/// The stack's state folder, private to its owner, resolved: created 0700, and a `.tug` that
+/// other users could read tightened to 0700 (logs, state and the API key live there; one made
+/// beforehand as 0755 had kept them readable to every local user). A folder named by
+/// `TUG_STATE_DIR` that exists already is the user's choice and is left as it is: it could be
+/// anything (`/var/lib`), and changing it could break what else lives there.
+pub fn private_state_dir(dir: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let default_folder = dir.file_name().is_some_and(|name| name == crate::stack::STATE_FOLDER);
+    if meta.mode() & 0o077 != 0 && meta.uid() == uid && default_folder {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("cannot make {} private (chmod 700): {e}", dir.display()))?;
+    }
+    std::fs::canonicalize(dir).map_err(|e| format!("cannot resolve {}: {e}", dir.display()))
 }

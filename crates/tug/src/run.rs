@@ -315,9 +315,7 @@ fn ensure_daemon(state_dir: &Path, client: &Client, advertise: Option<&str>) -> 
         Err(RequestError::NoDaemon) => {}
         Err(e) => return Err(e.to_string()),
     }
-    std::fs::create_dir_all(state_dir).map_err(|e| format!("cannot create {}: {e}", state_dir.display()))?;
-    let state_dir =
-        std::fs::canonicalize(state_dir).map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
+    let state_dir = daemon::private_state_dir(state_dir)?;
     let keeper = daemon::spawn(&state_dir, advertise)?;
     let deadline = Instant::now() + QUICK;
     loop {

@@ -39,11 +39,14 @@ pub fn find_stack_file() -> Result<Option<PathBuf>, String> {
     ))
 }
 
+/// The default state folder's name, beside the stack file.
+pub const STATE_FOLDER: &str = ".tug";
+
 /// The stack's state folder: `.tug/` beside the stack file, or `TUG_STATE_DIR`.
 pub fn state_dir(args: &StackArgs, cwd: &Path) -> PathBuf {
     let dir = match std::env::var_os("TUG_STATE_DIR") {
         Some(dir) if !dir.is_empty() => cwd.join(dir),
-        _ => stack_root(args, cwd).join(".tug"),
+        _ => stack_root(args, cwd).join(STATE_FOLDER),
     };
     canonical(&dir)
 }

@@ -49,6 +49,35 @@ services:
     assert!(!stack.state_dir().join("tug.sock").exists());
 }
 
+#[test]
+fn the_state_folder_is_private_even_if_it_was_made_beforehand() {
+    use std::os::unix::fs::PermissionsExt;
+    let yaml = "name: private\nservices:\n  web:\n    command: \"{demo}\"\n    healthcheck: { http: /health, start_interval: 50ms }\n";
+    let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    // Made fresh by tug, and made beforehand by someone else as 0755 (logs, state and the API key
+    // inside would be readable by every local user).
+    for beforehand in [false, true] {
+        let stack = Stack::new("up-private", yaml);
+        if beforehand {
+            std::fs::create_dir(stack.state_dir()).unwrap();
+            std::fs::set_permissions(stack.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        stack.up();
+        assert_eq!(mode(&stack.state_dir()), 0o700, "made beforehand: {beforehand}");
+        assert_eq!(stack.tug(&["down"]).code, 0);
+    }
+    // A folder that exists already and is named by TUG_STATE_DIR is the user's: left as it is.
+    let stack = Stack::new("up-shared", yaml);
+    let shared = stack.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = shared.display().to_string();
+    let up = stack.tug_with(&["up", "-d", "--timeout", "60s"], &[("TUG_STATE_DIR", &state)]);
+    assert_eq!(up.code, 0, "{}", up.all());
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(stack.tug_with(&["down"], &[("TUG_STATE_DIR", &state)]).code, 0);
+}
+
 /// A row's text field (timestamps are RFC 3339 with a fixed width, so they compare as strings).
 fn text(row: &Value, key: &str) -> String {
     row[key].as_str().unwrap_or_else(|| panic!("`{key}` is not a string: {row:#?}")).to_string()
