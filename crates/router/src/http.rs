@@ -201,9 +201,8 @@ async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Respon
     if req.method() == Method::CONNECT {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not supported\n"));
     }
-    if req.version() < Version::HTTP_2
-        && let Err(problem) = origin_form(&mut req)
-    {
+    let checked = if req.version() < Version::HTTP_2 { origin_form(&mut req) } else { one_host(&req) };
+    if let Err(problem) = checked {
         return Ok(text(StatusCode::BAD_REQUEST, problem));
     }
     shared.budget.deposit();
@@ -576,6 +575,25 @@ fn origin_form<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         return Err("an HTTP/1.1 request needs a Host header\n");
     }
     Ok(())
+}
+
+/// An HTTP/2 request names one host (RFC 9113 §8.3.1): at most one valid `Host`, and the same as
+/// `:authority` when both are there, so the instance (which gets `Host`) and the router agree.
+fn one_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else { return Ok(()) };
+    if hosts.next().is_some() {
+        return Err("more than one Host header\n");
+    }
+    if !is_host_and_port(host.as_bytes()) {
+        return Err("the Host header is not a host[:port]\n");
+    }
+    match req.uri().authority() {
+        Some(authority) if !authority.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
+            Err("the Host header names another host than :authority\n")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `host[:port]` as RFC 3986 spells it (a reg-name, an IPv4 address or a bracketed IPv6

@@ -300,3 +300,27 @@ async fn http2_gets_go_the_plain_way_and_get_each_framing_whole() {
     assert_eq!(client.get("/length", &[]).await.body, "hello");
     assert_eq!(fx.stats("host-a/scripted", "r1").failures, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_request_names_one_host() {
+    let web = backends(1).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    let mut client = H2::connect(fx.addr()).await;
+    let authority = fx.addr().to_string();
+    let ask = |hosts: &[&str]| {
+        let mut req = client.request("/headers");
+        for host in hosts {
+            req = req.header("host", *host);
+        }
+        req.body(Full::default()).unwrap()
+    };
+    let (other, two, bad, same) =
+        (ask(&["evil.example"]), ask(&[&authority, &authority]), ask(&["a b"]), ask(&[&authority]));
+    for (req, what) in [(other, "another host"), (two, "two Hosts"), (bad, "not a host")] {
+        assert_eq!(client.send(req).await.status, StatusCode::BAD_REQUEST, "{what}");
+    }
+    let answer = client.send(same).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(answer.body.contains(&format!("host: {authority}")), "{}", answer.body);
+    assert_eq!(web[0].requests(), 1, "only the request naming one host reached the instance");
+}
