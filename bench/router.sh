@@ -8,7 +8,7 @@
 # Knobs (environment): ROUNDS (3), DURATION (10s) per wrk run, LOADS ("64 8": wrk connections, the
 # first the throughput run, the second latency-focused), WRK_THREADS (2), PROXY_WORKERS (2: nginx
 # worker_processes, HAProxy nbthread; tug's daemon runs one router thread per core), H2 (1), H2_DURATION (5s),
-# H2_CLIENTS/H2_STREAMS (8/8: 64 streams in flight), TUG (1: also `tug up -d` the generated stack),
+# H2_LOADS ("8x8 8x1": h2load clients x streams each, 64 and 8 streams in flight), TUG (1: also `tug up -d` the generated stack),
 # TUG_LABEL (what the daemon serves the port with today), TUG_BIN (default: a fresh release build),
 # TUG_ROUTER_CMD (a command starting a router on 127.0.0.1:$LISTEN_PORT in front of $BACKENDS, for a
 # router that is not yet in the daemon; PROTOCOL=tcp is added for the TCP section, e.g.
@@ -32,8 +32,8 @@ wrk_threads=${WRK_THREADS:-2}
 workers=${PROXY_WORKERS:-2}
 h2=${H2:-1}
 h2_duration=${H2_DURATION:-5s}
-h2_clients=${H2_CLIENTS:-8}
-h2_streams=${H2_STREAMS:-8}
+# HTTP/2 loads, CLIENTSxSTREAMS each: 64 streams in flight (as wrk's 64 connections), and 8.
+h2_loads=${H2_LOADS:-8x8 8x1}
 base=${BASE_PORT:-31800}
 tug_label=${TUG_LABEL:-tug router}
 # Ports: backends base+1..3 (the harness's; tug starts its own three on private ports from
@@ -260,15 +260,18 @@ for r in $(seq "$rounds"); do
   done
   if [ "$h2" = 1 ]; then
     nh=${#h2_targets[@]}
-    for k in $(seq 0 $((nh - 1))); do
-      t=${h2_targets[$(((k + r - 1) % nh))]}
-      name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_')"
-      cmd="h2load -t$wrk_threads -c$h2_clients -m$h2_streams -D ${h2_duration%s} --log-file=$f.log http://127.0.0.1:$port/"
-      read -r u0 s0 < <(cpu_ticks "$name")
-      { echo "# $cmd"; $cmd; } > "$f.txt"
-      read -r u1 s1 < <(cpu_ticks "$name")
-      echo "$((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" > "$f.cpu"
-      echo "round $r h2 $name: $(grep -o '[0-9.]* req/s' "$f.txt")"
+    for load in $h2_loads; do
+      clients=${load%x*} streams=${load#*x}
+      for k in $(seq 0 $((nh - 1))); do
+        t=${h2_targets[$(((k + r - 1) % nh))]}
+        name=${t%%|*}; port=${t##*|}; f="$out/raw/h2-$load-r$r-$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_')"
+        cmd="h2load -t$wrk_threads -c$clients -m$streams -D ${h2_duration%s} --log-file=$f.log http://127.0.0.1:$port/"
+        read -r u0 s0 < <(cpu_ticks "$name")
+        { echo "# $cmd"; $cmd; } > "$f.txt"
+        read -r u1 s1 < <(cpu_ticks "$name")
+        echo "$((u1 - u0)) $((s1 - s0)) $(getconf CLK_TCK)" > "$f.cpu"
+        echo "round $r h2 $load $name: $(grep -o '[0-9.]* req/s' "$f.txt")"
+      done
     done
   fi
 done

@@ -97,11 +97,14 @@ for c in loads:
     cmd = next(iter(runs.values()))[0]["cmd"]
     cmd = re.sub(r":(\d+)/", ":PORT/", cmd)
     table(f"HTTP/1.1, {rounds} interleaved rounds of `{cmd}` (medians; range over rounds)", runs)
-h2runs = {t: [h2(f[:-4]) for f in sorted(glob.glob(f"{out}/raw/h2-r*-{slug(t)}.txt"))] for t in targets}
-if all(h2runs[p] for p in PEERS):
-    cmd = h2runs["nginx"][0]["cmd"]
-    cmd = re.sub(r"--log-file=\S+ ", "", re.sub(r":(\d+)/", ":PORT/", cmd))
-    table(f"HTTP/2 (h2c, prior knowledge), {rounds} interleaved rounds of `{cmd}`", h2runs)
+h2_loads = sorted({re.match(r"h2-(\d+x\d+)-r", os.path.basename(f))[1]
+                   for f in glob.glob(f"{out}/raw/h2-*x*-r*.txt")}, key=lambda l: -int(l.split("x")[0]) * int(l.split("x")[1]))
+for load in h2_loads:
+    h2runs = {t: [h2(f[:-4]) for f in sorted(glob.glob(f"{out}/raw/h2-{load}-r*-{slug(t)}.txt"))] for t in targets}
+    if all(h2runs[p] for p in PEERS):
+        cmd = h2runs["nginx"][0]["cmd"]
+        cmd = re.sub(r"--log-file=\S+ ", "", re.sub(r":(\d+)/", ":PORT/", cmd))
+        table(f"HTTP/2 (h2c, prior knowledge), {rounds} interleaved rounds of `{cmd}`", h2runs)
 
 
 def redis(path):
