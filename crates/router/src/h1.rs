@@ -122,7 +122,7 @@ pub(crate) async fn serve(stream: TcpStream, client: Arc<Client>, servers: Arc<S
                 }
             }
         };
-        if !conn.exchange(&request, request.close, answer_timer.as_mut()).await {
+        if !conn.exchange(&request, answer_timer.as_mut()).await {
             return;
         }
         if conn.input.is_empty() {
@@ -325,13 +325,13 @@ impl Plain<'_> {
     }
 
     /// Proxies one request. Whether the client connection can take another request.
-    async fn exchange(&mut self, request: &Request, close: bool, timer: Pin<&mut Sleep>) -> bool {
+    async fn exchange(&mut self, request: &Request, timer: Pin<&mut Sleep>) -> bool {
         self.shared.budget.deposit();
         match self.up.forward(self.shared, request.key, timer, &mut self.reply).await {
             Forwarded::Answered { stream, head, guard, started } => {
-                self.relay(stream, head, request, close, guard, started).await
+                self.relay(stream, head, request, guard, started).await
             }
-            Forwarded::Said(status, message) => self.say(status, message, request.head_only, close).await,
+            Forwarded::Said(status, message) => self.say(status, message, request.head_only, request.close).await,
         }
     }
 
@@ -343,13 +343,12 @@ impl Plain<'_> {
         mut upstream: TcpStream,
         head: Head,
         request: &Request,
-        close: bool,
         guard: InFlight,
         started: Instant,
     ) -> bool {
         let counters = &guard.0.counters;
         let mut framing = if request.head_only { Framing::Empty } else { head.framing };
-        let close = close || framing.until_close() || self.closing();
+        let close = request.close || framing.until_close() || self.closing();
         self.reply.extend_from_slice(if close { b"connection: close\r\n\r\n" } else { b"\r\n" });
         // Body bytes that came with the head go out with it; if they are not what the head
         // framed, nothing has gone out yet and the client gets a proper 502.
@@ -403,14 +402,10 @@ impl Plain<'_> {
     async fn say(&mut self, status: u16, message: &str, head_only: bool, close: bool) -> bool {
         let close = close || self.closing();
         let reply = &mut self.reply;
-        reply.clear();
-        reply.extend_from_slice(b"HTTP/1.1 ");
-        reply.extend_from_slice(&status_digits(status));
-        reply.push(b' ');
-        reply.extend_from_slice(reason(status).as_bytes());
-        reply.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
-        reply.extend_from_slice(message.len().to_string().as_bytes());
-        reply.extend_from_slice(if close { b"\r\nconnection: close\r\n\r\n" } else { b"\r\n\r\n" });
+        reply.status(status, reason(status));
+        reply.header(b"content-type", b"text/plain; charset=utf-8");
+        reply.header(b"content-length", message.len().to_string().as_bytes());
+        reply.extend_from_slice(if close { b"connection: close\r\n\r\n" } else { b"\r\n" });
         if !head_only {
             reply.extend_from_slice(message.as_bytes());
         }
@@ -949,7 +944,7 @@ impl AsyncWrite for Rewind {
     }
 }
 
-fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

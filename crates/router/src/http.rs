@@ -342,9 +342,7 @@ async fn plain(client: &Arc<Client>, parts: &hyper::http::request::Parts, key: O
     head.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        for part in [name.as_str().as_bytes(), b": ", value.as_bytes(), b"\r\n"] {
-            head.extend_from_slice(part);
-        }
+        crate::h1::push_header(head, name.as_str().as_bytes(), value.as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     let mut timer = std::pin::pin!(tokio::time::sleep(shared.config.request_timeout));
