@@ -131,6 +131,19 @@ pub struct DeploySpec {
     pub auto_promote: bool,
     pub scale_down_delay_ms: u64,
     pub progress_deadline_ms: u64,
+    /// Jobs run to completion with the new revision's configuration before the rollout starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<String>,
+    /// Checked against the new revision before it takes traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smoke: Option<Smoke>,
+}
+
+/// `deploy.smoke`: one check of a new revision's instance (never `log`), within `timeout_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Smoke {
+    pub check: Check,
+    pub timeout_ms: u64,
 }
 
 impl Default for DeploySpec {
@@ -149,6 +162,8 @@ impl Default for DeploySpec {
             auto_promote: false,
             scale_down_delay_ms: 30_000,
             progress_deadline_ms: 600_000,
+            before: Vec::new(),
+            smoke: None,
         }
     }
 }
@@ -402,7 +417,7 @@ pub struct TlsFiles {
 pub struct NotifySpec {
     /// May carry a token: sensitive when it comes from a secret.
     pub url: Value,
-    /// `deployed`, `rolled_back`, `promoted`, `crash_loop`.
+    /// `deployed`, `rolled_back`, `deploy_failed`, `promoted`, `crash_loop`.
     pub events: Vec<String>,
 }
 

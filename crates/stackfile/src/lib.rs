@@ -665,6 +665,41 @@ services:
     }
 
     #[test]
+    fn deploy_hooks_name_jobs_and_smoke_checks_reach_the_service() {
+        let text = "services:\n  migrate: { kind: job, command: [true] }\n  api:\n    command: [sleep, '1']\n    port: 8000\n    deploy: { before: [migrate], smoke: { http: /smoke } }\n";
+        let c = compile_env(text, None, &[]);
+        assert!(codes(&c).is_empty(), "{:?}", c.diagnostics.items);
+        let deploy = &c.stack.as_ref().unwrap().services["api"].deploy;
+        assert_eq!(deploy.before, ["migrate"]);
+        let smoke = deploy.smoke.as_ref().expect("a smoke check");
+        assert_eq!(smoke.timeout, std::time::Duration::from_secs(10), "the default timeout");
+        assert!(matches!(&smoke.check, model::Check::Http(p) if p.expose() == "/smoke"));
+        let bad = [
+            ("deploy: { before: [migrat] }", "unknown-job", "did you mean `migrate`?"),
+            ("deploy: { before: [db] }", "not-a-job", "`db` is a long-running service"),
+            ("deploy: { before: [migrate, migrate] }", "duplicate-value", "listed twice"),
+            ("deploy: { smoke: { log: ready } }", "unknown-field", "log"),
+            ("deploy: { smoke: { timeout: 2s } }", "missing-field", "http: /smoke"),
+            ("deploy: { smoke: { http: /a, tcp: true } }", "conflicting-fields", "one check"),
+            ("deploy: { smoke: { http: /a, timeout: 0s } }", "invalid-value", "more than zero"),
+        ];
+        for (deploy, code, says) in bad {
+            let text = format!(
+                "services:\n  migrate: {{ kind: job, command: [true] }}\n  db: {{ command: [sleep, '1'] }}\n  api: {{ command: [sleep, '1'], port: 8000, {deploy} }}\n"
+            );
+            let c = compile_env(&text, None, &[]);
+            assert_eq!(codes(&c), [code], "{deploy}: {:?}", c.diagnostics.items);
+            let shown = format!("{:?}", c.diagnostics.items);
+            assert!(shown.contains(says), "{deploy}: {shown}");
+        }
+        // An http or tcp smoke check needs a port; exec does not.
+        let portless = "services:\n  worker: { command: [sleep, '1'], deploy: { smoke: { tcp: true } } }\n";
+        assert_eq!(codes(&compile_env(portless, None, &[])), ["smoke-without-port"]);
+        let exec = "services:\n  worker: { command: [sleep, '1'], deploy: { smoke: { exec: [true] } } }\n";
+        assert!(codes(&compile_env(exec, None, &[])).is_empty());
+    }
+
+    #[test]
     fn the_first_environment_is_the_default() {
         let c = compile_env(PER_ENV, None, &[]);
         assert_eq!(c.stack.as_ref().map(|s| s.environment.as_str()), Some("development"));

@@ -388,6 +388,19 @@ pub struct Deploy {
     pub scale_down_delay: Duration,
     #[serde(serialize_with = "duration")]
     pub progress_deadline: Duration,
+    /// Jobs run to completion, with the new revision's configuration, before a rollout starts.
+    pub before: Vec<String>,
+    /// Checked against the new revision before it takes traffic.
+    pub smoke: Option<Smoke>,
+}
+
+/// `deploy.smoke`: one check of a new revision (http, tcp or exec) and how long it may take.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Smoke {
+    #[serde(flatten)]
+    pub check: Check,
+    #[serde(serialize_with = "duration")]
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -589,14 +602,17 @@ pub struct ApiTls {
 pub enum NotifyEvent {
     Deployed,
     RolledBack,
+    /// A deploy stopped before anything changed (a `deploy.before` job failed).
+    DeployFailed,
     Promoted,
     CrashLoop,
 }
 
 impl NotifyEvent {
-    pub const ALL: [(&'static str, NotifyEvent); 4] = [
+    pub const ALL: [(&'static str, NotifyEvent); 5] = [
         ("deployed", NotifyEvent::Deployed),
         ("rolled_back", NotifyEvent::RolledBack),
+        ("deploy_failed", NotifyEvent::DeployFailed),
         ("promoted", NotifyEvent::Promoted),
         ("crash_loop", NotifyEvent::CrashLoop),
     ];

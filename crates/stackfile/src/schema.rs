@@ -11,7 +11,7 @@ use tug_secrets::Charset;
 
 use crate::container::{MOUNT_MODES, MOUNT_TYPES, PULLS, SECURITY_OPTIONS, image_pattern};
 use crate::model::SettingType;
-use crate::service::{BALANCES, CONDITIONS, KINDS, PROBE_CHECKS, PROTOCOLS, RESTARTS, STRATEGIES};
+use crate::service::{BALANCES, CONDITIONS, KINDS, PROBE_CHECKS, PROTOCOLS, RESTARTS, SMOKE_CHECKS, STRATEGIES};
 use crate::units::SIGNALS;
 
 /// A string that refers to a variable or setting (`$VAR`, `${VAR}`, `${VAR:-default}`, ...):
@@ -243,7 +243,7 @@ pub fn schema() -> Value {
                 "url": field("An http:// or https:// URL.", json!({ "type": "string" })),
                 "events": field(
                     "The events to send; all by default.",
-                    list(words(&["deployed", "rolled_back", "promoted", "crash_loop"])),
+                    list(words(&["deployed", "rolled_back", "deploy_failed", "promoted", "crash_loop"])),
                 ),
             }),
         )),
@@ -252,6 +252,7 @@ pub fn schema() -> Value {
     defs["volume"] = volume();
     defs["build"] = build();
     defs["mount"] = mount();
+    defs["smoke"] = smoke();
     defs["capability"] =
         described("A Linux capability, upper case, with or without CAP_.", matching("(?:CAP_)?[A-Z][A-Z_]*"));
     schema
@@ -610,8 +611,33 @@ fn deploy() -> Value {
             "auto_promote": field_or("Blue-green: promote the new revision once it is ready.", json!(false), def("boolean")),
             "scale_down_delay": field_or("Blue-green: how long the old revision keeps running after promotion.", json!("30s"), duration.clone()),
             "progress_deadline": field_or("A deploy that makes no progress for this long fails.", json!("10m"), duration),
+            "before": field(
+                "Jobs of this stack run to completion, with the new revision's configuration, before the rollout starts (once per deploy); a failure stops the deploy before anything changed.",
+                list(name_matching(DNS_LABEL)),
+            ),
+            "smoke": field("Checked against the new revision before it takes traffic; a failure rolls back.", def("smoke")),
         }),
     )
+}
+
+/// `deploy.smoke`: exactly one http, tcp or exec check, and its timeout.
+fn smoke() -> Value {
+    let mut smoke = object(
+        "A check of the new revision before it takes traffic: on the preview (blue-green), before the first step (canary), on the first new instance (rolling).",
+        json!({
+            "http": field("Check: an HTTP GET of this path (starting with /) answers 2xx or 3xx.", matching("/.*")),
+            "tcp": field("Check: a TCP connection to the instance's PORT (write `tcp: true`).", json!({
+                "anyOf": [{ "const": true }, { "const": 1 }, words(&TRUE_WORDS)],
+            })),
+            "exec": field("Check: this command, run in the new instance, exits with status 0.", def("command")),
+            "timeout": field_or("How long the check may take.", json!("10s"), def("duration")),
+        }),
+    );
+    smoke["oneOf"] = SMOKE_CHECKS
+        .iter()
+        .map(|check| json!({ "required": [check], "properties": { *check: { "not": { "type": "null" } } } }))
+        .collect();
+    smoke
 }
 
 fn def(name: &str) -> Value {
@@ -726,7 +752,7 @@ mod tests {
     use crate::container::{BUILD_FIELDS, MOUNT_FIELDS, VOLUME_FIELDS};
     use crate::service::{
         ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
-        RESOURCES_FIELDS, ROUTER_FIELDS, SERVICE_FIELDS,
+        RESOURCES_FIELDS, ROUTER_FIELDS, SERVICE_FIELDS, SMOKE_FIELDS,
     };
     use crate::settings::SETTING_FIELDS;
     use crate::units::{parse_duration, parse_percent, parse_signal, parse_size};
@@ -774,6 +800,7 @@ mod tests {
             (&defs["probe"], PROBE_FIELDS),
             (&defs["liveness_probe"], PROBE_FIELDS),
             (&defs["deploy"], DEPLOY_FIELDS),
+            (&defs["smoke"], SMOKE_FIELDS),
             (&defs["analysis"], ANALYSIS_FIELDS),
             (&defs["autoscale"], AUTOSCALE_FIELDS),
             (&defs["resources"], RESOURCES_FIELDS),

@@ -73,7 +73,14 @@ pub const DEPLOY_FIELDS: &[&str] = &[
     "auto_promote",
     "scale_down_delay",
     "progress_deadline",
+    "before",
+    "smoke",
 ];
+/// `deploy.smoke`: one check, as a probe's (a log line says nothing of a request), and its timeout.
+pub const SMOKE_FIELDS: &[&str] = &["http", "tcp", "exec", "timeout"];
+pub const SMOKE_CHECKS: &[&str] = &["http", "tcp", "exec"];
+/// How long a smoke check may take when `timeout` is not given.
+pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const ANALYSIS_FIELDS: &[&str] = &["max_error_rate", "max_p99", "min_requests"];
 pub const AUTOSCALE_FIELDS: &[&str] =
     &["min", "max", "cpu", "memory", "requests_per_second", "scale_down_stabilization"];
@@ -127,6 +134,8 @@ pub struct Dependency {
 pub struct Spans {
     pub port: Option<Span>,
     pub preview_port: Option<Span>,
+    /// Each job `deploy.before` names, with where.
+    pub before: Vec<(String, Span)>,
     pub dependencies: Vec<Dependency>,
     pub secrets: Vec<(String, Span)>,
     pub command: Option<Span>,
@@ -175,6 +184,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let mut spans = Spans {
         port: None,
         preview_port: None,
+        before: Vec::new(),
         dependencies: Vec::new(),
         secrets: Vec::new(),
         command: None,
@@ -918,14 +928,64 @@ impl ProbeDefaults {
 
 fn probe(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, defaults: ProbeDefaults) -> Option<Probe> {
     let f = ctx.fields(node, path, PROBE_FIELDS)?;
-    let present: Vec<&str> = PROBE_CHECKS.iter().copied().filter(|c| f.get(c).is_some()).collect();
-    let check = match present.as_slice() {
+    let check = one_check(ctx, node, &f, path, scope, PROBE_CHECKS);
+    let interval =
+        f.get("interval").and_then(|n| ctx.duration(n, &f.path("interval"), scope)).unwrap_or(defaults.interval);
+    let timeout = f.get("timeout").and_then(|n| ctx.duration(n, &f.path("timeout"), scope)).unwrap_or(defaults.timeout);
+    let retries =
+        f.get("retries").and_then(|n| ctx.uint(n, &f.path("retries"), scope, 1, 1000)).unwrap_or(defaults.retries)
+            as u32;
+    let start_period =
+        f.get("start_period").and_then(|n| ctx.duration(n, &f.path("start_period"), scope)).unwrap_or_default();
+    let start_interval = f
+        .get("start_interval")
+        .and_then(|n| ctx.duration(n, &f.path("start_interval"), scope))
+        .unwrap_or(defaults.start_interval);
+    for (name, value) in [("interval", interval), ("timeout", timeout), ("start_interval", start_interval)] {
+        if value.is_zero()
+            && let Some(n) = f.get(name)
+        {
+            ctx.error("invalid-value", n.span, &f.path(name), format!("`{name}` must be more than zero"));
+        }
+    }
+    Some(Probe { check: check?, interval, timeout, retries, start_period, start_interval })
+}
+
+/// `deploy.smoke`: one http, tcp or exec check of a new revision's instance, and its timeout.
+fn smoke(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Smoke> {
+    let f = ctx.fields(node, path, SMOKE_FIELDS)?;
+    // `log` was reported as an unknown field: a log line says nothing of a request.
+    if node.get("log").is_some() {
+        return None;
+    }
+    let check = one_check(ctx, node, &f, path, scope, SMOKE_CHECKS);
+    let timeout = match f.get("timeout") {
+        Some(n) => {
+            let timeout = ctx.duration(n, &f.path("timeout"), scope)?;
+            if timeout.is_zero() {
+                ctx.error("invalid-value", n.span, &f.path("timeout"), "`timeout` must be more than zero");
+            }
+            timeout
+        }
+        None => SMOKE_TIMEOUT,
+    };
+    Some(Smoke { check: check?, timeout })
+}
+
+/// The one check among `allowed` that a probe (or smoke check) names.
+fn one_check(ctx: &mut Ctx, node: &Node, f: &Fields, path: &str, scope: &Scope, allowed: &[&str]) -> Option<Check> {
+    let present: Vec<&str> = allowed.iter().copied().filter(|c| f.get(c).is_some()).collect();
+    match present.as_slice() {
         // Compose's `test:` was reported as such, with tug's spelling.
         [] if node.get("test").is_some() => None,
         [] => {
+            let hint = if allowed.contains(&"log") {
+                "add one of `http: /health`, `tcp: true`, `exec: CMD` or `log: REGEX`"
+            } else {
+                "add one of `http: /smoke`, `tcp: true` or `exec: CMD`"
+            };
             ctx.diags.push(
-                Diagnostic::error("missing-field", Some(f.span), path, "a probe needs one check")
-                    .with_hint("add one of `http: /health`, `tcp: true`, `exec: CMD` or `log: REGEX`"),
+                Diagnostic::error("missing-field", Some(f.span), path, "a probe needs one check").with_hint(hint),
             );
             None
         }
@@ -992,27 +1052,7 @@ fn probe(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, defaults: ProbeD
             );
             None
         }
-    };
-    let interval =
-        f.get("interval").and_then(|n| ctx.duration(n, &f.path("interval"), scope)).unwrap_or(defaults.interval);
-    let timeout = f.get("timeout").and_then(|n| ctx.duration(n, &f.path("timeout"), scope)).unwrap_or(defaults.timeout);
-    let retries =
-        f.get("retries").and_then(|n| ctx.uint(n, &f.path("retries"), scope, 1, 1000)).unwrap_or(defaults.retries)
-            as u32;
-    let start_period =
-        f.get("start_period").and_then(|n| ctx.duration(n, &f.path("start_period"), scope)).unwrap_or_default();
-    let start_interval = f
-        .get("start_interval")
-        .and_then(|n| ctx.duration(n, &f.path("start_interval"), scope))
-        .unwrap_or(defaults.start_interval);
-    for (name, value) in [("interval", interval), ("timeout", timeout), ("start_interval", start_interval)] {
-        if value.is_zero()
-            && let Some(n) = f.get(name)
-        {
-            ctx.error("invalid-value", n.span, &f.path(name), format!("`{name}` must be more than zero"));
-        }
     }
-    Some(Probe { check: check?, interval, timeout, retries, start_period, start_interval })
 }
 
 fn amount(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Amount> {
@@ -1037,6 +1077,8 @@ fn deploy(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope, s
         auto_promote: false,
         scale_down_delay: Duration::from_secs(30),
         progress_deadline: Duration::from_secs(600),
+        before: Vec::new(),
+        smoke: None,
     };
     let path = service.path("deploy");
     let Some(f) = node.and_then(|n| ctx.fields(n, &path, DEPLOY_FIELDS)) else {
@@ -1138,6 +1180,20 @@ fn deploy(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope, s
         && let Some(v) = ctx.bool(n, &f.path("auto_promote"), scope)
     {
         deploy.auto_promote = v;
+    }
+    if let Some(n) = f.get("before") {
+        let path = f.path("before");
+        for (job, span) in ctx.string_list(n, &path, scope) {
+            if deploy.before.contains(&job) {
+                ctx.error("duplicate-value", span, &path, format!("`{job}` is listed twice"));
+                continue;
+            }
+            deploy.before.push(job.clone());
+            spans.before.push((job, span));
+        }
+    }
+    if let Some(n) = f.get("smoke") {
+        deploy.smoke = smoke(ctx, n, &f.path("smoke"), scope);
     }
     // Fields another strategy reads are a likely mistake: say so without failing.
     let only = |strategy: Strategy, fields: &[&str], name: &str, ctx: &mut Ctx| {

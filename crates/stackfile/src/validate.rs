@@ -56,6 +56,7 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
             ));
         }
         deploy_needs(diags, service, &path);
+        deploy_hooks(diags, c, name, service, spans, &path);
         if let Some(autoscale) = &service.autoscale
             && autoscale.min <= autoscale.max
             && (service.replicas < autoscale.min || service.replicas > autoscale.max)
@@ -89,6 +90,62 @@ pub fn check(diags: &mut Diagnostics, c: &Checked, path_var: Option<&str>) {
     }
     cycles(diags, c);
     ports(diags, c);
+}
+
+/// `deploy.before` names jobs of this stack (not the service itself), and `deploy.smoke`'s
+/// http or tcp check has a port to check.
+fn deploy_hooks(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Service, spans: &Spans, path: &str) {
+    let before_path = format!("{path}.deploy.before");
+    for (job, span) in &spans.before {
+        let Some((target, _)) = c.services.get(job) else {
+            let mut d = Diagnostic::error(
+                "unknown-job",
+                Some(*span),
+                &before_path,
+                format!("`{name}` runs `{job}` before each deploy, but there is no job named `{job}`"),
+            );
+            if let Some(s) = suggest(job, c.services.keys().map(String::as_str)) {
+                d = d.with_hint(format!("did you mean `{s}`?"));
+            }
+            diags.push(d);
+            continue;
+        };
+        if target.kind != ServiceKind::Job || job == name {
+            diags.push(
+                Diagnostic::error(
+                    "not-a-job",
+                    Some(*span),
+                    &before_path,
+                    format!("`{job}` is a long-running service: only a job runs to completion before a deploy"),
+                )
+                .with_hint(format!("declare `{job}` with `kind: job`")),
+            );
+        } else if (c.active)(service) && !(c.active)(target) {
+            diags.push(
+                Diagnostic::error(
+                    "inactive-job",
+                    Some(*span),
+                    &before_path,
+                    format!("`{job}` runs before each deploy of `{name}`, but its profile is not active"),
+                )
+                .with_hint(format!("activate a profile of `{job}`, or remove it from `deploy.before`")),
+            );
+        }
+    }
+    if let Some(smoke) = &service.deploy.smoke
+        && service.port.is_none()
+        && matches!(smoke.check, Check::Http(_) | Check::Tcp)
+    {
+        diags.push(
+            Diagnostic::error(
+                "smoke-without-port",
+                Some(service.span),
+                format!("{path}.deploy.smoke"),
+                format!("`{name}` has no port for its smoke check to reach"),
+            )
+            .with_hint("give the service a `port`, or check it with `exec`"),
+        );
+    }
 }
 
 fn dependencies(diags: &mut Diagnostics, c: &Checked, name: &str, service: &Service, spans: &Spans, path: &str) {

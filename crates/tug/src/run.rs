@@ -21,6 +21,8 @@ use crate::stack::{self, Loaded};
 use crate::{StackArgs, daemon, logs};
 
 pub(crate) const QUICK: Duration = Duration::from_secs(10);
+/// How long `up`/`deploy` waits for the daemon when `deploy.before` jobs may run first.
+const DEPLOY_HOOKS: Duration = Duration::from_secs(24 * 3600);
 
 fn value(text: &Text) -> Value {
     Value { value: text.expose().to_string(), sensitive: text.sensitive, template: text.template }
@@ -33,13 +35,17 @@ fn command(command: &Command) -> CommandSpec {
     }
 }
 
-fn probe(probe: &model::Probe) -> proto::Probe {
-    let check = match &probe.check {
+fn check_spec(check: &Check) -> proto::Check {
+    match check {
         Check::Http(path) => proto::Check::Http { path: value(path) },
         Check::Tcp => proto::Check::Tcp,
         Check::Exec(c) => proto::Check::Exec { command: command(c) },
         Check::Log(regex) => proto::Check::Log { regex: regex.clone() },
-    };
+    }
+}
+
+fn probe(probe: &model::Probe) -> proto::Probe {
+    let check = check_spec(&probe.check);
     let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
     proto::Probe {
         check,
@@ -71,6 +77,8 @@ fn deploy_spec(d: &model::Deploy) -> proto::DeploySpec {
         auto_promote: d.auto_promote,
         scale_down_delay_ms: ms(d.scale_down_delay),
         progress_deadline_ms: ms(d.progress_deadline),
+        before: d.before.clone(),
+        smoke: d.smoke.as_ref().map(|s| proto::Smoke { check: check_spec(&s.check), timeout_ms: ms(s.timeout) }),
     }
 }
 
@@ -424,7 +432,9 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
     let request = UpRequest { spec, targets: options.services.clone() };
-    let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, QUICK) {
+    // `deploy.before` jobs run before the daemon answers: a migration takes what it takes.
+    let timeout = if request.spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
+    let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, timeout) {
         Ok(answer) => answer,
         Err(error) => {
             // A daemon this command started for nothing is not left behind.
