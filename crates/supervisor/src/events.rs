@@ -20,6 +20,8 @@ pub enum Kind {
     /// A rollout completed: the new revision serves everything.
     Deployed,
     RolledBack,
+    /// A deploy stopped before anything changed (a `deploy.before` job failed).
+    DeployFailed,
     /// Blue-green switched to the new set, or a canary was promoted by a person.
     Promoted,
     Restart,
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Deploy => "deploy",
             Kind::Deployed => "deployed",
             Kind::RolledBack => "rolled_back",
+            Kind::DeployFailed => "deploy_failed",
             Kind::Promoted => "promoted",
             Kind::Restart => "restart",
             Kind::CrashLoop => "crash_loop",

@@ -28,7 +28,7 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Failures in a row (each within [`STABLE_AFTER`] of its start) that make a crash loop.
 const CRASH_LOOP_AFTER: u32 = 3;
 /// Longest line kept whole in the logs; longer ones are cut into pieces.
-const MAX_LINE: usize = 16 * 1024;
+pub(crate) const MAX_LINE: usize = 16 * 1024;
 
 pub enum Control {
     Start,
@@ -88,7 +88,7 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
         };
         t.instances.insert(
             name.clone(),
-            Instance { status, replica, control: tx, group: None, start_ticks: None, exec: None },
+            Instance { status, replica, control: tx, group: None, start_ticks: None, exec: None, smoke: None },
         );
         Some((name, replica, port, message))
     });
@@ -356,8 +356,8 @@ impl Task {
             .collect()
     }
 
-    fn check(&self, probe: &Probe, vars: &[(String, String)]) -> Result<Check, String> {
-        Ok(match &probe.check {
+    fn check(&self, check: &CheckSpec, vars: &[(String, String)]) -> Result<Check, String> {
+        Ok(match check {
             CheckSpec::Http { path } => Check::Http { path: driver::resolve(path, vars)?, sensitive: path.sensitive },
             CheckSpec::Tcp => Check::Tcp,
             CheckSpec::Exec { command } => {
@@ -412,7 +412,7 @@ impl Task {
     async fn run_once(&mut self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
         self.refresh_port();
         let prepared = self.prepare().await;
-        let (launch, env, readiness, liveness) = match prepared {
+        let (launch, env, readiness, liveness, smoke) = match prepared {
             Ok(p) => p,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
@@ -469,6 +469,7 @@ impl Task {
             let mut table = self.inner.lock();
             if let Some(row) = table.instances.get_mut(&self.name) {
                 row.exec = Some((running.exec(), secrets.clone()));
+                row.smoke = smoke;
             }
         }
         let mut probes = Vec::new();
@@ -592,6 +593,7 @@ impl Task {
                 row.start_ticks = None;
                 row.group = None;
                 row.exec = None;
+                row.smoke = None;
                 row.status.pid = None;
                 row.status.finished_at = Some(format_time(SystemTime::now()));
             }
@@ -604,7 +606,10 @@ impl Task {
     #[allow(clippy::type_complexity)]
     async fn prepare(
         &mut self,
-    ) -> Result<(driver::Launch, Vec<(String, String)>, Option<(Probe, Check)>, Option<(Probe, Check)>), String> {
+    ) -> Result<
+        (driver::Launch, Vec<(String, String)>, Option<(Probe, Check)>, Option<(Probe, Check)>, Option<Check>),
+        String,
+    > {
         let instance = driver::Instance {
             inner: &self.inner,
             spec: &self.spec,
@@ -617,9 +622,11 @@ impl Task {
         let prepared = driver::prepare(instance).await?;
         let vars = &prepared.vars;
         let readiness =
-            self.spec.healthcheck.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
-        let liveness = self.spec.liveness.as_ref().map(|p| self.check(p, vars).map(|c| (p.clone(), c))).transpose()?;
-        Ok((prepared.launch, prepared.env, readiness, liveness))
+            self.spec.healthcheck.as_ref().map(|p| self.check(&p.check, vars).map(|c| (p.clone(), c))).transpose()?;
+        let liveness =
+            self.spec.liveness.as_ref().map(|p| self.check(&p.check, vars).map(|c| (p.clone(), c))).transpose()?;
+        let smoke = self.spec.deploy.smoke.as_ref().map(|s| self.check(&s.check, vars)).transpose()?;
+        Ok((prepared.launch, prepared.env, readiness, liveness, smoke))
     }
 
     /// The instance's cgroup, when it has `resources` limits and the machine

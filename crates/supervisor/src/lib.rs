@@ -13,6 +13,7 @@ mod driver;
 pub mod events;
 mod exec;
 pub mod history;
+mod hooks;
 pub mod instance;
 pub mod log;
 pub mod order;
@@ -80,6 +81,8 @@ pub(crate) struct Instance {
     pub start_ticks: Option<u64>,
     /// While it runs: where `tug exec` runs a command in it, and what to mask in the output.
     pub exec: Option<(driver::Exec, Arc<Vec<Vec<u8>>>)>,
+    /// While it runs: its `deploy.smoke` check, resolved with what the instance sees.
+    pub smoke: Option<probe::Check>,
 }
 
 pub(crate) struct Service {
@@ -131,6 +134,8 @@ pub(crate) struct Inner {
     pub engines: container::Engines,
     /// One-off instances (`tug run`) under way.
     pub one_offs: std::sync::atomic::AtomicUsize,
+    /// Held by a deploy from its `deploy.before` jobs to its `apply`.
+    pub deploying: tokio::sync::Mutex<()>,
     /// What happened: the dashboard's timeline, the webhooks.
     pub events: events::Events,
 }
@@ -197,6 +202,7 @@ impl Supervisor {
             records: Mutex::new(records),
             engines: container::Engines::default(),
             one_offs: std::sync::atomic::AtomicUsize::new(0),
+            deploying: tokio::sync::Mutex::new(()),
             events: events::Events::default(),
         });
         let supervisor = Supervisor { inner };

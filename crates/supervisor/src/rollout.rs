@@ -20,6 +20,7 @@ use tug_proto::status::State;
 
 use crate::analysis::{self, Limits, Verdict, Window};
 use crate::instance::{self, Control};
+use crate::probe::{self, Check};
 use crate::routing::Selection;
 use crate::{Inner, Supervisor};
 
@@ -516,7 +517,8 @@ impl Run {
         self.create(&to, self.plan.replicas.saturating_sub(view.new.len() as u32));
         let replicas = self.plan.replicas;
         self.wait_until(|v| v.new_ready() >= replicas).await?;
-        Ok(())
+        // Nothing old is left to keep traffic from it: a failure brings the old set back.
+        self.smoke(None).await
     }
 
     /// `rolling`: new instances start up to `max_surge` above the replicas; an old one is
@@ -529,6 +531,9 @@ impl Run {
         let unavailable = deploy.max_unavailable.resolve(r, false).min(r);
         if surge == 0 && unavailable == 0 {
             surge = 1;
+        }
+        if self.plan.to.deploy.smoke.is_some() {
+            self.smoke_first_instance(surge).await?;
         }
         let to = self.plan.to.clone();
         loop {
@@ -565,6 +570,64 @@ impl Run {
         }
     }
 
+    /// Rolling with `deploy.smoke`: the old revision alone takes traffic until one new instance
+    /// is ready and passes the check; then the rollout goes on as usual.
+    async fn smoke_first_instance(&mut self, surge: u32) -> Step<()> {
+        let routing = &self.inner.routing;
+        routing.select(&self.inner, self.name(), Selection::Only(self.plan.from.revision.clone()));
+        let view = self.view();
+        if view.new.is_empty() {
+            // No room above the replicas: an old instance makes room (`max_unavailable` is at
+            // least one when `max_surge` is zero).
+            if surge == 0
+                && let Some(row) = view.old.iter().rev().find(|r| !r.ready).or(view.old.last())
+            {
+                self.remove(&row.name);
+            }
+            let to = self.plan.to.clone();
+            self.create(&to, 1);
+        }
+        self.wait_until(|v| v.new_ready() >= 1).await?;
+        self.smoke(None).await?;
+        self.inner.routing.select(&self.inner, self.name(), Selection::All);
+        Ok(())
+    }
+
+    /// `deploy.smoke` against the new revision before it takes traffic: through the preview
+    /// port when one is given (blue-green), else on a ready new instance. A failure is the
+    /// rollout's, so it rolls back.
+    async fn smoke(&mut self, preview: Option<u16>) -> Step<()> {
+        let Some(smoke) = self.plan.to.deploy.smoke.clone() else { return Ok(()) };
+        let view = self.view();
+        let found = {
+            let t = self.inner.lock();
+            view.new.iter().filter(|r| r.ready).find_map(|r| {
+                let row = t.instances.get(&r.name)?;
+                Some((r.name.clone(), row.status.port, row.exec.as_ref()?.0.clone(), row.smoke.clone()?))
+            })
+        };
+        let Some((instance, port, exec, check)) = found else {
+            return Err(Stop::Failed("smoke check: no ready instance of the new revision to check".into(), None));
+        };
+        let (host, port, on) = match preview {
+            Some(preview) if !matches!(check, Check::Exec { .. }) => {
+                (self.inner.routing.listen_ip().to_string(), Some(preview), format!("the preview port {preview}"))
+            }
+            _ => (self.inner.config.host.clone(), port, instance),
+        };
+        let reason = noted(format!("smoke check on {on}"), self.plan.note.as_deref());
+        self.set(false, |s| s.reason = Some(reason));
+        let target = probe::Target { host: &host, port, exec: &exec };
+        match probe::attempt(&check, &target, Duration::from_millis(smoke.timeout_ms)).await {
+            Ok(passed) => {
+                log(self.name(), &format!("smoke check passed on {on}: {passed}"));
+                self.last_progress = Instant::now();
+                Ok(())
+            }
+            Err(why) => Err(Stop::Failed(format!("smoke check failed on {on}: {why}"), None)),
+        }
+    }
+
     fn status_weight(&self) -> u8 {
         let t = self.inner.lock();
         t.services.get(&self.plan.service).and_then(|s| s.rollout.as_ref()).map_or(0, |s| s.weight)
@@ -584,6 +647,7 @@ impl Run {
         self.create(&to, self.plan.replicas.saturating_sub(view.new.len() as u32));
         let replicas = self.plan.replicas;
         let mut promoted = self.wait_until(|v| v.new_ready() >= replicas).await?;
+        self.smoke(self.plan.to.deploy.preview_port).await?;
         if !self.plan.to.deploy.auto_promote && !promoted {
             let reason =
                 noted("the new set is ready; waiting for `tug rollout promote`".into(), self.plan.note.as_deref());
@@ -663,7 +727,11 @@ impl Run {
             let wanted = (u32::from(percent) * r).div_ceil(100).clamp(1, r.max(1));
             let view = self.view();
             self.create(&to, wanted.saturating_sub(view.new.len() as u32));
-            if self.wait_until(|v| v.new_ready() >= wanted).await? {
+            let promoted = self.wait_until(|v| v.new_ready() >= wanted).await?;
+            if index == 0 {
+                self.smoke(None).await?;
+            }
+            if promoted {
                 break;
             }
             self.inner.routing.select(&self.inner, self.name(), split(u16::from(percent) * 10));

@@ -651,7 +651,16 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
                     Err(e) => error(StatusCode::BAD_REQUEST, e),
                     Ok(()) => {
                         let notify = request.spec.notify.clone();
-                        match supervisor.apply(request) {
+                        // Its own task: a client that goes away (Ctrl-C) must not cut a
+                        // `deploy.before` migration short, nor the apply after it.
+                        let deploying = tokio::spawn({
+                            let supervisor = supervisor.clone();
+                            async move { supervisor.deploy(request).await }
+                        });
+                        let deployed = deploying.await.unwrap_or_else(|e| {
+                            Err(tug_supervisor::Error::Conflict(format!("the deploy stopped: {e}")))
+                        });
+                        match deployed {
                             Ok(answer) => {
                                 app.notifier.configure(&supervisor.project(), notify);
                                 json(StatusCode::OK, &answer)

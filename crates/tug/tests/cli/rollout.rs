@@ -899,3 +899,142 @@ fn a_rollout_under_way_when_the_daemon_is_killed_is_rolled_back_by_the_previous_
     assert!(v2_entry["reason"].as_str().unwrap_or_default().contains("daemon ended"), "{h:#?}");
     assert_eq!((h[0]["revision"].as_str(), h[0]["current"].as_bool()), (Some(v1.as_str()), Some(true)), "{h:#?}");
 }
+
+/// `deploy.smoke` fails on the new revision (it answers `?fail=1` with a 500, traffic without it
+/// with a 200): each strategy rolls back before the new revision takes a single request, under
+/// load, and no request fails. Then a passing smoke check lets a deploy through.
+#[test]
+fn a_failing_smoke_check_rolls_back_each_strategy_under_load_with_no_failed_request() {
+    let port = free_port();
+    let preview = free_port();
+    let yaml = |version: &str, deploy: &str| web_yaml("smoke", port, 3, version, "", deploy);
+    let stack = Stack::new("rollout-smoke", &yaml("1", "{ strategy: rolling }"));
+    stack.up();
+    let stable = web_revision(&stack);
+    let failing = r#"smoke: { http: "/?fail=1", timeout: 2s }"#;
+    let deploys = [
+        ("2", "rolling", format!("{{ strategy: rolling, {failing} }}")),
+        (
+            "3",
+            "blue_green",
+            format!("{{ strategy: blue_green, auto_promote: true, preview_port: {preview}, {failing} }}"),
+        ),
+        ("4", "canary", format!("{{ strategy: canary, steps: [34, 100], step_duration: 1s, {failing} }}")),
+    ];
+    for (version, strategy, settings) in deploys {
+        rewrite(&stack, &yaml(version, &settings));
+        let load = Load::start(port, 4, 40);
+        std::thread::sleep(Duration::from_millis(300));
+        let run = deploy(&stack);
+        std::thread::sleep(Duration::from_millis(300));
+        let report = load.stop();
+        assert_eq!(run.code, 1, "{strategy}: a failed smoke check fails the deploy:\n{}", run.all());
+        assert!(run.stderr.contains("smoke check failed on"), "{strategy}:\n{}", run.all());
+        assert!(run.stderr.contains("HTTP 500"), "{strategy}: the answer is quoted:\n{}", run.all());
+        report.assert_clean(&format!("{strategy} deploy with a failing smoke check"), 40);
+        // The new revision never took traffic: every answer came from v1.
+        let seen = report.versions_since(report.samples[0].at);
+        assert_eq!(seen.keys().collect::<Vec<_>>(), ["1"], "{strategy}: {}", report.summary());
+        let s = status(&stack);
+        assert_eq!((s["phase"].as_str(), s["strategy"].as_str()), (Some("rolled_back"), Some(strategy)), "{s:#}");
+        assert!(s["reason"].as_str().unwrap_or_default().contains("smoke check failed"), "{s:#}");
+        let h = history(&stack);
+        assert_eq!(h[0]["outcome"], "rolled_back", "{h:#?}");
+        assert!(h[0]["reason"].as_str().unwrap_or_default().contains("smoke check failed"), "{h:#?}");
+        assert_eq!(versions(port, 50), set(&["1"]));
+        let rows = web_rows(&stack);
+        assert_eq!(rows.len(), 3, "{strategy}: the old set at full strength: {rows:#?}");
+        assert!(rows.iter().all(|r| r["revision"] == stable.as_str() && r["state"] == "healthy"), "{rows:#?}");
+    }
+    // A smoke check that passes: the rollout goes on, and says it checked.
+    rewrite(&stack, &yaml("5", "{ strategy: rolling, smoke: { http: /health } }"));
+    let load = Load::start(port, 4, 40);
+    let run = deploy_ok(&stack);
+    let report = load.stop();
+    report.assert_clean("rolling deploy with a passing smoke check", 20);
+    assert_eq!(wait_phase(&stack, "complete")["strategy"], "rolling");
+    assert_eq!(versions(port, 50), set(&["5"]), "{}", run.all());
+    assert!(daemon_log(&stack).contains("smoke check passed on web-"), "{}", daemon_log(&stack));
+}
+
+/// `deploy.before`: the job runs once per deploy that rolls the service out (not once per
+/// replica, not when nothing rolls out), with the new revision's configuration; a failing one
+/// stops the deploy before anything changed, says why with its last lines, and is in the
+/// history and the rollout status.
+#[test]
+fn deploy_before_jobs_run_once_per_deploy_and_a_failing_one_changes_nothing() {
+    let port = free_port();
+    let yaml = |version: &str, job_exit: u8| {
+        format!(
+            r#"
+name: hooks
+services:
+  record:
+    kind: job
+    command: ["sh", "-c", "echo \"run of v$$VERSION\" >> runs.txt; echo migrating v$$VERSION; echo step two failed >&2; exit $$JOB_EXIT"]
+    environment: {{ VERSION: "{version}", JOB_EXIT: "{job_exit}" }}
+  web:
+    command: "{{demo}}"
+    replicas: 3
+    port: {port}
+    stop_grace_period: 2s
+    environment: {{ VERSION: "{version}" }}
+    healthcheck: {{ http: /health, interval: 1s, start_interval: 100ms }}
+    depends_on: {{ record: completed_successfully }}
+    deploy: {{ strategy: rolling, before: [record] }}
+"#
+        )
+    };
+    let stack = Stack::new("rollout-hooks", &yaml("1", 0));
+    let check = stack.tug(&["check"]);
+    assert_eq!(check.code, 0, "{}", check.all());
+    stack.up();
+    let runs = || std::fs::read_to_string(stack.path().join("runs.txt")).unwrap_or_default();
+    assert_eq!(runs(), "run of v1\n", "the job ran once at the first `up`");
+    // A deploy: the job runs once, with the new configuration, before any new instance.
+    rewrite(&stack, &yaml("2", 0));
+    let load = Load::start(port, 4, 40);
+    deploy_ok(&stack);
+    let report = load.stop();
+    report.assert_clean("a deploy after its before job", 20);
+    assert_eq!(runs(), "run of v1\nrun of v2\n", "once per deploy, not per replica");
+    assert_eq!(versions(port, 30), set(&["2"]));
+    let started_web: Vec<String> =
+        web_rows(&stack).iter().map(|r| r["started_at"].as_str().unwrap_or_default().to_string()).collect();
+    let record = &rows_of(&stack, "record")[0];
+    assert_eq!(record["state"], "completed", "{record:#}");
+    let finished = record["finished_at"].as_str().unwrap_or_default();
+    assert!(
+        started_web.iter().all(|s| s.as_str() > finished),
+        "web started {started_web:?} before the job ended at {finished}"
+    );
+    // Nothing to roll out: the job does not run.
+    let again = deploy_ok(&stack);
+    assert_eq!(runs(), "run of v1\nrun of v2\n", "{}", again.all());
+    // A failing job: nothing changes, and everything says why.
+    let before = web_revision(&stack);
+    rewrite(&stack, &yaml("3", 3));
+    let load = Load::start(port, 4, 40);
+    let run = deploy(&stack);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("deploy.before: the job `record` failed (exit code 3)"), "{}", run.all());
+    assert!(run.stderr.contains("nothing was deployed"), "{}", run.all());
+    assert!(run.stderr.contains("step two failed"), "the job's last lines are quoted:\n{}", run.all());
+    report.assert_clean("a deploy stopped by its before job", 20);
+    assert_eq!(report.versions_since(report.samples[0].at).keys().collect::<Vec<_>>(), ["2"], "{}", report.summary());
+    assert_eq!(web_revision(&stack), before, "the old revision still runs");
+    assert_eq!(runs(), "run of v1\nrun of v2\nrun of v3\n");
+    let s = status(&stack);
+    assert_eq!(s["phase"], "failed", "{s:#}");
+    assert!(s["reason"].as_str().unwrap_or_default().contains("deploy.before"), "{s:#}");
+    let h = history(&stack);
+    assert_eq!(h[0]["outcome"], "failed", "{h:#?}");
+    assert!(h[0]["reason"].as_str().unwrap_or_default().contains("exit code 3"), "{h:#?}");
+    assert!(h.iter().any(|e| e["revision"] == before.as_str() && e["current"] == true), "{h:#?}");
+    // The job fixed, the same deploy goes through.
+    rewrite(&stack, &yaml("3", 0));
+    deploy_ok(&stack);
+    assert_eq!(versions(port, 30), set(&["3"]));
+}

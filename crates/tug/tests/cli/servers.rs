@@ -311,7 +311,7 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
     assert!(api_log.contains("(1 greetings), redis "), "{api_log}");
 
     // Each server runs as its own user.
-    let (postgres, redis, api) = (pid(&rows, "postgres-1"), pid(&rows, "redis-1"), pid(&rows, "api-1"));
+    let (postgres, redis) = (pid(&rows, "postgres-1"), pid(&rows, "redis-1"));
     assert_eq!(uid(postgres), uid_of("postgres").unwrap(), "postgres runs as `postgres`");
     assert_eq!(uid(redis), uid_of("redis").unwrap(), "redis runs as `redis`");
     let cmdline = std::fs::read(format!("/proc/{postgres}/cmdline")).unwrap_or_default();
@@ -333,6 +333,60 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
     answer(1);
     answer(2);
 
+    // Deploys run the migrations first, once each (`deploy.before`), with the new configuration.
+    let psql = pg_bin.join("psql");
+    let query = |sql: &str| {
+        let run = stack.tug(&[
+            "exec",
+            "api",
+            "--",
+            "sh",
+            "-c",
+            &format!("{} \"$DATABASE_URL\" -tAc '{sql}'", psql.display()),
+        ]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        run.stdout.trim().to_string()
+    };
+    assert_eq!(query("select count(*) from migration_runs"), "1", "the first `up` ran the migrations once");
+    let revision =
+        |stack: &Stack| row(&stack.ps(), "api-1").and_then(|r| r["revision"].as_str()).unwrap_or_default().to_string();
+    let first = revision(&stack);
+    let deployed = yaml.replace(
+        r#"PYTHONDONTWRITEBYTECODE: "1" }
+    depends_on:"#,
+        r#"PYTHONDONTWRITEBYTECODE: "1", RELEASE: "2" }
+    depends_on:"#,
+    );
+    assert_ne!(deployed, yaml, "the API's environment changes");
+    stack.dir.write("tug.yaml", &deployed);
+    let run = stack.tug(&["deploy", "--timeout", "60s"]);
+    assert_eq!(run.code, 0, "tug deploy:\n{}", run.all());
+    assert_eq!(query("select count(*) from migration_runs"), "2", "once per deploy");
+    let second = revision(&stack);
+    assert_ne!(second, first, "the new API runs");
+    assert_eq!(get(api_port, "/health").0, 200);
+    let migrate = stack.log("migrate", "migrate-before");
+    assert!(migrate.contains("applied 002_runs.sql") && migrate.contains("migrations done"), "{migrate}");
+    // A migration that fails stops the deploy: the running API keeps serving, and the deploy,
+    // the history and the rollout status say why.
+    stack.dir.write("app/migrations/003_broken.sql", "SELEC 'not sql';\n");
+    stack.dir.write("tug.yaml", &deployed.replace(r#"RELEASE: "2""#, r#"RELEASE: "3""#));
+    let run = stack.tug(&["deploy", "--timeout", "60s"]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("deploy.before: the job `migrate` failed (exit code 1)"), "{}", run.all());
+    assert!(run.stderr.contains("syntax error"), "PostgreSQL's own words are quoted:\n{}", run.all());
+    assert!(!run.all().contains("postgresql://app:"), "no connection string, no password:\n{}", run.all());
+    assert_eq!(revision(&stack), second, "the API was not replaced");
+    answer(3);
+    let history = stack.tug(&["history", "api", "--json"]);
+    let history: Value = serde_json::from_str(&history.stdout).expect("history JSON");
+    assert_eq!(history[0]["outcome"], "failed", "{history:#}");
+    assert!(history[0]["reason"].as_str().is_some_and(|r| r.contains("migrate")), "{history:#}");
+    std::fs::remove_file(stack.path().join("app/migrations/003_broken.sql")).expect("remove the broken migration");
+    stack.dir.write("tug.yaml", &yaml);
+
+    let rows = stack.ps();
+    let (postgres, redis, api) = (pid(&rows, "postgres-1"), pid(&rows, "redis-1"), pid(&rows, "api-1"));
     let processes = family(&[postgres, redis, api]);
     assert!(processes.len() > 3, "PostgreSQL's own processes are found too: {processes:?}");
     down_leaves_nothing(&stack, &processes, &[pg_port, redis_port, api_port]);
