@@ -9,7 +9,7 @@ mod store;
 mod time;
 
 pub use error::Error;
-pub use sealed::{derive_key, open, seal};
+pub use sealed::{derive_key, open, open_bytes, seal, seal_bytes};
 pub use secret::{Charset, Secret, generate};
 pub use store::{EntryInfo, Origin, Store};
 pub use time::{format_rfc3339, now_unix};

@@ -52,9 +52,54 @@ pub fn open(key: &[u8; 32], sealed: &str) -> Result<Zeroizing<Vec<u8>>, Error> {
     Ok(buf)
 }
 
+/// `plaintext` encrypted under a fresh nonce and bound to `associated` (which is not stored:
+/// the opener must give the same bytes), as binary: nonce, then ciphertext and tag. For
+/// streams cut into frames, where `associated` names the frame's place.
+pub fn seal_bytes(key: &[u8; 32], associated: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce)?;
+    let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let mut body = out.split_off(NONCE_LEN);
+    XChaCha20Poly1305::new(key.into())
+        .encrypt_in_place(&XNonce::from(nonce), associated, &mut body)
+        .map_err(|_| Error::Sealed("cannot encrypt".into()))?;
+    out.append(&mut body);
+    Ok(out)
+}
+
+/// The plaintext of [`seal_bytes`]'s output sealed with `associated`, or why not.
+pub fn open_bytes(key: &[u8; 32], associated: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return Err(Error::Sealed("it is too short".into()));
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| Error::Sealed("its nonce is damaged".into()))?;
+    let mut buf = Zeroizing::new(ciphertext.to_vec());
+    XChaCha20Poly1305::new(key.into())
+        .decrypt_in_place(&XNonce::from(nonce), associated, &mut *buf)
+        .map_err(|_| Error::Sealed("it was sealed with another key, or modified".into()))?;
+    Ok(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_bytes_open_only_with_their_key_and_place() {
+        let key = derive_key("archive", b"key one");
+        let sealed = seal_bytes(&key, b"frame 1", b"a dump").unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"a dump"));
+        assert_eq!(&**open_bytes(&key, b"frame 1", &sealed).unwrap(), b"a dump");
+        assert!(open_bytes(&key, b"frame 2", &sealed).is_err(), "another place");
+        assert!(open_bytes(&derive_key("archive", b"key two"), b"frame 1", &sealed).is_err());
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(open_bytes(&key, b"frame 1", &flipped).is_err());
+        assert!(open_bytes(&key, b"frame 1", &sealed[..20]).is_err());
+    }
 
     #[test]
     fn sealed_text_opens_only_with_its_key() {

@@ -240,6 +240,12 @@ impl Store {
         &self.path
     }
 
+    /// A key for `purpose` derived from the store's key (a backup archive's), so whoever holds
+    /// the store's key can open what was sealed with it, and nothing else can.
+    pub fn derived_key(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        crate::derive_key(purpose, &self.key[..])
+    }
+
     /// Where the key came from, for messages: "TUG_SECRETS_KEY" or the key file path.
     pub fn key_description(&self) -> String {
         match &self.key_source {

@@ -5,6 +5,7 @@
 //! reading the stack's files (and, for warnings, looking up commands on `PATH`).
 
 pub mod container;
+pub mod cron;
 pub mod diag;
 pub mod dotenv;
 pub mod emit;

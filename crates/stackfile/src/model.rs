@@ -575,8 +575,29 @@ pub struct Service {
     pub logs: Logs,
     /// `slo`: objectives for alerting (`tug render alerts`); none: the defaults.
     pub slo: Option<Slo>,
+    /// `backup`: how `tug backup` dumps the service's data, and `tug restore` loads it back.
+    pub backup: Option<Backup>,
     #[serde(skip)]
     pub span: Span,
+}
+
+/// `backup`: commands run inside a running instance (with its variables, such as `$PORT`):
+/// `command` writes the dump on its standard output, `restore` reads it on its standard input.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backup {
+    pub command: Command,
+    pub restore: Option<Command>,
+    #[serde(serialize_with = "opt_schedule")]
+    pub schedule: Option<crate::cron::Schedule>,
+    /// Scheduled archives kept for the service (the oldest go first).
+    pub keep: u32,
+}
+
+fn opt_schedule<S: serde::Serializer>(s: &Option<crate::cron::Schedule>, ser: S) -> Result<S::Ok, S::Error> {
+    match s {
+        Some(s) => ser.serialize_some(s.as_str()),
+        None => ser.serialize_none(),
+    }
 }
 
 /// `api:`: the daemon's network endpoint (control API, `/metrics`, the dashboard).
@@ -606,15 +627,18 @@ pub enum NotifyEvent {
     DeployFailed,
     Promoted,
     CrashLoop,
+    /// A scheduled backup failed.
+    BackupFailed,
 }
 
 impl NotifyEvent {
-    pub const ALL: [(&'static str, NotifyEvent); 5] = [
+    pub const ALL: [(&'static str, NotifyEvent); 6] = [
         ("deployed", NotifyEvent::Deployed),
         ("rolled_back", NotifyEvent::RolledBack),
         ("deploy_failed", NotifyEvent::DeployFailed),
         ("promoted", NotifyEvent::Promoted),
         ("crash_loop", NotifyEvent::CrashLoop),
+        ("backup_failed", NotifyEvent::BackupFailed),
     ];
 
     pub fn as_str(self) -> &'static str {

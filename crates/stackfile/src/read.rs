@@ -120,7 +120,7 @@ pub fn report_interp_errors(diags: &mut Diagnostics, span: Span, path: &str, err
             interp::Error::Unknown { name } => {
                 d.code = "unknown-variable";
                 d.with_hint(if INSTANCE_VARIABLES.contains(&name.as_str()) && !defer {
-                    format!("`{name}` is an instance variable: it is only substituted in command, entrypoint, healthcheck, liveness and environment")
+                    format!("`{name}` is an instance variable: it is only substituted in command, entrypoint, healthcheck, liveness, environment, deploy.smoke and backup")
                 } else {
                     format!("define `{name}` under settings, set it in the environment or .env, or give a default: `${{{name}:-value}}`")
                 })

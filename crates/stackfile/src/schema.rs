@@ -243,7 +243,7 @@ pub fn schema() -> Value {
                 "url": field("An http:// or https:// URL.", json!({ "type": "string" })),
                 "events": field(
                     "The events to send; all by default.",
-                    list(words(&["deployed", "rolled_back", "deploy_failed", "promoted", "crash_loop"])),
+                    list(words(&["deployed", "rolled_back", "deploy_failed", "promoted", "crash_loop", "backup_failed"])),
                 ),
             }),
         )),
@@ -253,6 +253,11 @@ pub fn schema() -> Value {
     defs["build"] = build();
     defs["mount"] = mount();
     defs["smoke"] = smoke();
+    defs["backup"] = backup();
+    defs["service"]["properties"]["backup"] = field(
+        "How `tug backup` dumps this service's data and `tug restore` loads it back, and a schedule.",
+        def("backup"),
+    );
     defs["capability"] =
         described("A Linux capability, upper case, with or without CAP_.", matching("(?:CAP_)?[A-Z][A-Z_]*"));
     schema
@@ -620,6 +625,24 @@ fn deploy() -> Value {
     )
 }
 
+/// `backup`: the dump and restore commands, run inside a running instance, and a schedule.
+fn backup() -> Value {
+    let mut backup = object(
+        "Backups of a service's data: `command` writes the dump on its standard output, `restore` reads it on its standard input; both run inside a running instance, with its variables ($PORT, $HOST).",
+        json!({
+            "command": field("The command whose standard output is the dump (`pg_dump …`, `redis-cli --rdb -`).", def("command")),
+            "restore": field("The command that reads a dump on its standard input and loads it (`psql …`).", def("command")),
+            "schedule": field(
+                "When the daemon backs the service up: five cron fields (UTC), or @hourly, @daily, @weekly, @monthly.",
+                json!({ "type": "string" }),
+            ),
+            "keep": field_or("How many scheduled archives of the service to keep.", json!(7), count(1, 10_000)),
+        }),
+    );
+    backup["required"] = json!(["command"]);
+    backup
+}
+
 /// `deploy.smoke`: exactly one http, tcp or exec check, and its timeout.
 fn smoke() -> Value {
     let mut smoke = object(
@@ -751,7 +774,7 @@ mod tests {
     use crate::TOP_FIELDS;
     use crate::container::{BUILD_FIELDS, MOUNT_FIELDS, VOLUME_FIELDS};
     use crate::service::{
-        ANALYSIS_FIELDS, AUTOSCALE_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
+        ANALYSIS_FIELDS, AUTOSCALE_FIELDS, BACKUP_FIELDS, DEPENDS_ON_FIELDS, DEPLOY_FIELDS, LOGS_FIELDS, PROBE_FIELDS,
         RESOURCES_FIELDS, ROUTER_FIELDS, SERVICE_FIELDS, SMOKE_FIELDS,
     };
     use crate::settings::SETTING_FIELDS;
@@ -801,6 +824,7 @@ mod tests {
             (&defs["liveness_probe"], PROBE_FIELDS),
             (&defs["deploy"], DEPLOY_FIELDS),
             (&defs["smoke"], SMOKE_FIELDS),
+            (&defs["backup"], BACKUP_FIELDS),
             (&defs["analysis"], ANALYSIS_FIELDS),
             (&defs["autoscale"], AUTOSCALE_FIELDS),
             (&defs["resources"], RESOURCES_FIELDS),

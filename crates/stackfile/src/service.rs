@@ -57,6 +57,7 @@ pub const SERVICE_FIELDS: &[&str] = &[
     "container_port",
     "source",
     "slo",
+    "backup",
 ];
 pub const PROBE_FIELDS: &[&str] =
     &["http", "tcp", "exec", "log", "interval", "timeout", "retries", "start_period", "start_interval"];
@@ -81,6 +82,9 @@ pub const SMOKE_FIELDS: &[&str] = &["http", "tcp", "exec", "timeout"];
 pub const SMOKE_CHECKS: &[&str] = &["http", "tcp", "exec"];
 /// How long a smoke check may take when `timeout` is not given.
 pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const BACKUP_FIELDS: &[&str] = &["command", "restore", "schedule", "keep"];
+/// Scheduled archives kept per service when `keep` is not given.
+pub const BACKUP_KEEP: u32 = 7;
 pub const ANALYSIS_FIELDS: &[&str] = &["max_error_rate", "max_p99", "min_requests"];
 pub const AUTOSCALE_FIELDS: &[&str] =
     &["min", "max", "cpu", "memory", "requests_per_second", "scale_down_stabilization"];
@@ -432,7 +436,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         }
         None => Vec::new(),
     };
-    let deploy = deploy(ctx, f.get("deploy"), &f, &scope, &mut spans);
+    let deploy = deploy(ctx, f.get("deploy"), &f, &scope, &instance_scope, &mut spans);
     let autoscale = f.get("autoscale").and_then(|n| {
         if job {
             ctx.error("invalid-value", n.span, &f.path("autoscale"), "a job cannot be autoscaled");
@@ -444,6 +448,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
     let resources = f.get("resources").map(|n| resources(ctx, n, &f.path("resources"), &scope)).unwrap_or_default();
     let logs = logs(ctx, f.get("logs"), &f, &scope);
     let slo = f.get("slo").and_then(|n| slo(ctx, n, &f.path("slo"), &scope));
+    let backup = f.get("backup").and_then(|n| backup(ctx, n, &f.path("backup"), &instance_scope, job));
     let router = router(ctx, f.get("router"), &f, &scope);
     if let Some(n) = f.get("description") {
         ctx.string(n, &f.path("description"), &scope);
@@ -566,6 +571,7 @@ pub fn decode(ctx: &mut Ctx, input: Input) -> Option<(Service, Spans)> {
         resources,
         logs,
         slo,
+        backup,
         span: input.key_span,
     };
     let mut service = service;
@@ -951,6 +957,60 @@ fn probe(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, defaults: ProbeD
     Some(Probe { check: check?, interval, timeout, retries, start_period, start_interval })
 }
 
+/// `backup`: the dump command (stdout), the restore command (stdin), a schedule and how many
+/// scheduled archives to keep.
+fn backup(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope, job: bool) -> Option<Backup> {
+    let f = ctx.fields(node, path, BACKUP_FIELDS)?;
+    if job {
+        ctx.error("invalid-value", f.span, path, "a job has no running instance to back up");
+        return None;
+    }
+    let restore = f.get("restore").and_then(|n| command(ctx, n, &f.path("restore"), scope));
+    let dump = match f.get("command") {
+        Some(n) => command(ctx, n, &f.path("command"), scope),
+        None => {
+            ctx.diags.push(
+                Diagnostic::error(
+                    "missing-field",
+                    Some(f.span),
+                    path,
+                    "a backup needs the `command` that dumps the data",
+                )
+                .with_hint(
+                    "for example `command: pg_dump -h $HOST -p $PORT -U app app` (its standard output is the dump)",
+                ),
+            );
+            None
+        }
+    };
+    let schedule = f.get("schedule").and_then(|n| {
+        let text = ctx.string(n, &f.path("schedule"), scope)?;
+        match crate::cron::Schedule::parse(&text) {
+            Ok(schedule) => Some(schedule),
+            Err(why) => {
+                ctx.diags.push(
+                    Diagnostic::error("invalid-value", Some(n.span), f.path("schedule"), format!("`{text}`: {why}"))
+                        .with_hint("five fields, minute hour day-of-month month day-of-week, UTC: \"0 3 * * *\" is 03:00 every day"),
+                );
+                None
+            }
+        }
+    });
+    let keep = match f.get("keep") {
+        Some(n) => ctx.uint(n, &f.path("keep"), scope, 1, 10_000)? as u32,
+        None => BACKUP_KEEP,
+    };
+    if f.get("keep").is_some() && schedule.is_none() && f.get("schedule").is_none() {
+        ctx.diags.push(Diagnostic::warning(
+            "unused-field",
+            f.get("keep").map(|n| n.span),
+            f.path("keep"),
+            "`keep` counts scheduled archives, and there is no `schedule`",
+        ));
+    }
+    Some(Backup { command: dump?, restore, schedule, keep })
+}
+
 /// `deploy.smoke`: one http, tcp or exec check of a new revision's instance, and its timeout.
 fn smoke(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Smoke> {
     let f = ctx.fields(node, path, SMOKE_FIELDS)?;
@@ -1064,7 +1124,14 @@ fn amount(ctx: &mut Ctx, node: &Node, path: &str, scope: &Scope) -> Option<Amoun
     }
 }
 
-fn deploy(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope, spans: &mut Spans) -> Deploy {
+fn deploy(
+    ctx: &mut Ctx,
+    node: Option<&Node>,
+    service: &Fields,
+    scope: &Scope,
+    instance_scope: &Scope,
+    spans: &mut Spans,
+) -> Deploy {
     let mut deploy = Deploy {
         strategy: Strategy::Rolling,
         max_surge: Amount::Count(1),
@@ -1193,7 +1260,7 @@ fn deploy(ctx: &mut Ctx, node: Option<&Node>, service: &Fields, scope: &Scope, s
         }
     }
     if let Some(n) = f.get("smoke") {
-        deploy.smoke = smoke(ctx, n, &f.path("smoke"), scope);
+        deploy.smoke = smoke(ctx, n, &f.path("smoke"), instance_scope);
     }
     // Fields another strategy reads are a likely mistake: say so without failing.
     let only = |strategy: Strategy, fields: &[&str], name: &str, ctx: &mut Ctx| {
