@@ -28,6 +28,55 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// The key a backup archive is sealed with (derived from the stack's secrets key), as hex.
+/// Never shown: `Debug` masks it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveKey(pub String);
+
+impl std::fmt::Debug for ArchiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArchiveKey(********)")
+    }
+}
+
+/// `POST /v1/backup`: the daemon writes one archive of the state and the services' dumps.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackupRequest {
+    /// Where, on the daemon's host (absolute).
+    pub out: std::path::PathBuf,
+    /// The services to dump; empty: every service with a `backup`.
+    #[serde(default)]
+    pub services: Vec<String>,
+    pub key: ArchiveKey,
+}
+
+/// What an archive holds (or what a restore loaded): each entry's size.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackupEntry {
+    /// `file:NAME` or `dump:SERVICE`.
+    pub entry: String,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackupResponse {
+    pub file: std::path::PathBuf,
+    pub bytes: u64,
+    pub entries: Vec<BackupEntry>,
+}
+
+/// `POST /v1/restore`: each dump of the archive, fed to its service's `backup.restore`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RestoreRequest {
+    pub file: std::path::PathBuf,
+    pub key: ArchiveKey,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RestoreResponse {
+    pub loaded: Vec<BackupEntry>,
+}
+
 /// `POST /v1/dashboard`: a one-time login link for the dashboard.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct DashboardRequest {

@@ -139,6 +139,19 @@ pub struct DeploySpec {
     pub smoke: Option<Smoke>,
 }
 
+/// `backup`: commands run inside a running instance: `command` writes the dump on its stdout,
+/// `restore` reads one on its stdin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    pub command: CommandSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<CommandSpec>,
+    /// Five cron fields (UTC) or a shorthand, checked by the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    pub keep: u32,
+}
+
 /// `deploy.smoke`: one check of a new revision's instance (never `log`), within `timeout_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Smoke {
@@ -338,6 +351,9 @@ pub struct ServiceSpec {
     /// Replicas follow load within bounds; outside the revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSpec>,
+    /// How the service's data is dumped and loaded back; outside the revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
     /// Digest of everything above but `replicas`, `route`, `deploy` and `autoscale`: instances
     /// started from another revision are replaced.
     pub revision: String,
@@ -353,6 +369,7 @@ impl ServiceSpec {
         copy.route = RouteSpec::default();
         copy.deploy = DeploySpec::default();
         copy.autoscale = None;
+        copy.backup = None;
         let json = serde_json::to_vec(&copy).unwrap_or_default();
         crate::auth::hex(&Sha256::digest(&json)[..6])
     }
@@ -417,7 +434,7 @@ pub struct TlsFiles {
 pub struct NotifySpec {
     /// May carry a token: sensitive when it comes from a secret.
     pub url: Value,
-    /// `deployed`, `rolled_back`, `deploy_failed`, `promoted`, `crash_loop`.
+    /// `deployed`, `rolled_back`, `deploy_failed`, `promoted`, `crash_loop`, `backup_failed`.
     pub events: Vec<String>,
 }
 

@@ -491,6 +491,7 @@ async fn start_process(launch: ProcessLaunch) -> Result<Running, String> {
         run_as: launch.run_as.as_ref(),
         cgroup: launch.cgroup.clone(),
         capture: true,
+        input: false,
         contain: true,
     };
     let mut spawned = process::spawn(&spawn).map_err(|e| format!("cannot start `{}`: {e}", launch.shown))?;
@@ -698,7 +699,7 @@ impl Exec {
             text.push_str(&String::from_utf8_lossy(&err));
             text
         };
-        let ran = async { tokio::join!(self.execute(&argv, events), collect) };
+        let ran = async { tokio::join!(self.execute(&argv, None, events), collect) };
         match tokio::time::timeout(timeout, ran).await {
             Ok((Ok(exit), text)) => Ok(ExecOutput { exit, text }),
             Ok((Err(e), _)) => Err(e),
@@ -710,7 +711,18 @@ impl Exec {
     /// When `events` closes (whoever asked went away), a local command's process group is
     /// killed; the engine cannot kill an exec, so a container's runs on to its end.
     pub async fn stream(&self, argv: Vec<String>, events: tokio::sync::mpsc::Sender<ExecEvent>) {
-        let ended = self.execute(&argv, events.clone()).await;
+        self.stream_fed(argv, None, events).await
+    }
+
+    /// [`stream`](Self::stream), with `input`'s chunks as the command's standard input (closed
+    /// when `input` ends).
+    pub async fn stream_fed(
+        &self,
+        argv: Vec<String>,
+        input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        events: tokio::sync::mpsc::Sender<ExecEvent>,
+    ) {
+        let ended = self.execute(&argv, input, events.clone()).await;
         let _ = events
             .send(match ended {
                 Ok(exit) => ExecEvent::Exit(exit.code()),
@@ -720,7 +732,12 @@ impl Exec {
     }
 
     /// Runs `argv`, sending its output to `events` (and nothing else); how it ended.
-    async fn execute(&self, argv: &[String], events: tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, ExecError> {
+    async fn execute(
+        &self,
+        argv: &[String],
+        input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+        events: tokio::sync::mpsc::Sender<ExecEvent>,
+    ) -> Result<Exit, ExecError> {
         let Some((program, args)) = argv.split_first() else {
             return Err(ExecError::Start("no command to run".into()));
         };
@@ -734,9 +751,10 @@ impl Exec {
                     run_as: run_as.as_ref(),
                     cgroup: None,
                     capture: true,
+                    input: input.is_some(),
                     contain: false,
                 };
-                execute_local(&spawn, &events).await
+                execute_local(&spawn, input, &events).await
             }
             Exec::Container { engine, id, user } => {
                 let config = tug_engine::ExecConfig {
@@ -744,9 +762,9 @@ impl Exec {
                     env: Vec::new(),
                     user: user.clone(),
                     working_dir: None,
-                    stdin: false,
+                    stdin: input.is_some(),
                 };
-                execute_in_container(engine, id, &config, &events).await
+                execute_in_container(engine, id, &config, input, &events).await
             }
         }
     }
@@ -764,11 +782,32 @@ pub(crate) async fn forward_pipe(pipe: pipe::Receiver, stream: Stream, events: t
     }
 }
 
-async fn execute_local(spawn: &Spawn<'_>, events: &tokio::sync::mpsc::Sender<ExecEvent>) -> Result<Exit, ExecError> {
+/// Writes `input`'s chunks to `to`, then closes it (the command reads its end). A command
+/// that stops reading ends the feeding (a broken pipe), not the command.
+async fn feed<W: tokio::io::AsyncWrite + Unpin>(mut input: tokio::sync::mpsc::Receiver<Vec<u8>>, mut to: W) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = input.recv().await {
+        if to.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+async fn execute_local(
+    spawn: &Spawn<'_>,
+    input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
+    events: &tokio::sync::mpsc::Sender<ExecEvent>,
+) -> Result<Exit, ExecError> {
     let mut spawned = process::spawn(spawn).map_err(|e| ExecError::Start(e.to_string()))?;
     // Dropped mid-wait (a probe aborted when its instance stops, a timeout), the command's
     // process group must not outlive it.
     let mut guard = KillGroupOnDrop(Some(spawned.pid));
+    let feeding = match (input, spawned.stdin.take()) {
+        (Some(input), Some(stdin)) => Some(tokio::spawn(feed(input, stdin))),
+        _ => None,
+    };
+    let _stop_feeding = feeding.map(|f| AbortOnDrop(f.abort_handle()));
     let pumps: Vec<_> = [(Stream::Out, spawned.stdout.take()), (Stream::Err, spawned.stderr.take())]
         .into_iter()
         .filter_map(|(stream, pipe)| pipe.map(|p| tokio::spawn(forward_pipe(p, stream, events.clone()))))
@@ -795,9 +834,15 @@ async fn execute_in_container(
     engine: &tug_engine::Engine,
     id: &str,
     config: &tug_engine::ExecConfig,
+    input: Option<tokio::sync::mpsc::Receiver<Vec<u8>>>,
     events: &tokio::sync::mpsc::Sender<ExecEvent>,
 ) -> Result<Exit, ExecError> {
     let mut session = engine.exec(id, config).await.map_err(|e| ExecError::Start(e.to_string()))?;
+    let feeding = match (input, session.stdin.take()) {
+        (Some(input), Some(stdin)) => Some(tokio::spawn(feed(input, stdin))),
+        _ => None,
+    };
+    let _stop_feeding = feeding.map(|f| AbortOnDrop(f.abort_handle()));
     // Given up on (a probe's timeout, a reader gone), the command is killed by its host pid:
     // the engine cannot stop an exec, and Docker's own healthcheck kills a probe that timed out.
     let mut guard = KillExecOnDrop(Some((engine.clone(), session.id().to_string())));
@@ -842,6 +887,15 @@ impl Drop for KillExecOnDrop {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         });
+    }
+}
+
+/// Aborts a task when dropped: what feeds a command's stdin ends with the command.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

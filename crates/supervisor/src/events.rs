@@ -28,6 +28,10 @@ pub enum Kind {
     /// An instance failed three times in a row and waits out a growing backoff.
     CrashLoop,
     Autoscale,
+    /// A scheduled backup was written.
+    Backup,
+    /// A scheduled backup failed.
+    BackupFailed,
 }
 
 impl Kind {
@@ -41,6 +45,8 @@ impl Kind {
             Kind::Restart => "restart",
             Kind::CrashLoop => "crash_loop",
             Kind::Autoscale => "autoscale",
+            Kind::Backup => "backup",
+            Kind::BackupFailed => "backup_failed",
         }
     }
 }

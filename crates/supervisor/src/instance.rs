@@ -18,7 +18,7 @@ use crate::probe::{self, Check};
 use crate::reaper::Exit;
 use tug_logs::format_time;
 
-use crate::{Inner, Instance, ports};
+use crate::{Inner, Instance, Resolved, ports};
 
 /// Backoff starts here and doubles up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -88,7 +88,7 @@ pub(crate) fn create(inner: &Arc<Inner>, spec: Arc<ServiceSpec>) {
         };
         t.instances.insert(
             name.clone(),
-            Instance { status, replica, control: tx, group: None, start_ticks: None, exec: None, smoke: None },
+            Instance { status, replica, control: tx, group: None, start_ticks: None, exec: None, resolved: None },
         );
         Some((name, replica, port, message))
     });
@@ -412,7 +412,7 @@ impl Task {
     async fn run_once(&mut self, rx: &mut mpsc::UnboundedReceiver<Control>) -> Outcome {
         self.refresh_port();
         let prepared = self.prepare().await;
-        let (launch, env, readiness, liveness, smoke) = match prepared {
+        let (launch, env, readiness, liveness, resolved) = match prepared {
             Ok(p) => p,
             Err(why) => return Outcome::Exited { exit: Exit::Code(127), up_for: None, why: Some(why) },
         };
@@ -469,7 +469,7 @@ impl Task {
             let mut table = self.inner.lock();
             if let Some(row) = table.instances.get_mut(&self.name) {
                 row.exec = Some((running.exec(), secrets.clone()));
-                row.smoke = smoke;
+                row.resolved = Some(resolved);
             }
         }
         let mut probes = Vec::new();
@@ -593,7 +593,7 @@ impl Task {
                 row.start_ticks = None;
                 row.group = None;
                 row.exec = None;
-                row.smoke = None;
+                row.resolved = None;
                 row.status.pid = None;
                 row.status.finished_at = Some(format_time(SystemTime::now()));
             }
@@ -607,7 +607,7 @@ impl Task {
     async fn prepare(
         &mut self,
     ) -> Result<
-        (driver::Launch, Vec<(String, String)>, Option<(Probe, Check)>, Option<(Probe, Check)>, Option<Check>),
+        (driver::Launch, Vec<(String, String)>, Option<(Probe, Check)>, Option<(Probe, Check)>, Arc<Resolved>),
         String,
     > {
         let instance = driver::Instance {
@@ -625,8 +625,17 @@ impl Task {
             self.spec.healthcheck.as_ref().map(|p| self.check(&p.check, vars).map(|c| (p.clone(), c))).transpose()?;
         let liveness =
             self.spec.liveness.as_ref().map(|p| self.check(&p.check, vars).map(|c| (p.clone(), c))).transpose()?;
-        let smoke = self.spec.deploy.smoke.as_ref().map(|s| self.check(&s.check, vars)).transpose()?;
-        Ok((prepared.launch, prepared.env, readiness, liveness, smoke))
+        let argv = |command: &tug_proto::spec::CommandSpec| -> Result<Vec<String>, String> {
+            let (program, args) = driver::command(command, vars)?;
+            Ok(std::iter::once(program).chain(args).collect())
+        };
+        let backup = self.spec.backup.as_ref();
+        let resolved = Resolved {
+            smoke: self.spec.deploy.smoke.as_ref().map(|s| self.check(&s.check, vars)).transpose()?,
+            dump: backup.map(|b| argv(&b.command)).transpose()?,
+            restore: backup.and_then(|b| b.restore.as_ref()).map(argv).transpose()?,
+        };
+        Ok((prepared.launch, prepared.env, readiness, liveness, Arc::new(resolved)))
     }
 
     /// The instance's cgroup, when it has `resources` limits and the machine

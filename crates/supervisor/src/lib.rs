@@ -8,6 +8,7 @@
 
 mod analysis;
 mod autoscale;
+pub mod backup;
 mod container;
 mod driver;
 pub mod events;
@@ -81,8 +82,19 @@ pub(crate) struct Instance {
     pub start_ticks: Option<u64>,
     /// While it runs: where `tug exec` runs a command in it, and what to mask in the output.
     pub exec: Option<(driver::Exec, Arc<Vec<Vec<u8>>>)>,
-    /// While it runs: its `deploy.smoke` check, resolved with what the instance sees.
+    /// While it runs: the commands and checks others run against it, resolved with what the
+    /// instance sees.
+    pub resolved: Option<Arc<Resolved>>,
+}
+
+/// What a rollout and a backup run against a running instance, its variables substituted.
+#[derive(Default)]
+pub(crate) struct Resolved {
+    /// `deploy.smoke`.
     pub smoke: Option<probe::Check>,
+    /// `backup.command` and `backup.restore`, as argv.
+    pub dump: Option<Vec<String>>,
+    pub restore: Option<Vec<String>>,
 }
 
 pub(crate) struct Service {
@@ -119,6 +131,8 @@ pub(crate) struct Table {
     pub notices: Vec<String>,
     /// The container engine's address (`unix:///…`), once a stack with images was applied.
     pub engine: Option<String>,
+    /// The folder of the stack file, once a stack was applied: scheduled backups go below it.
+    pub root: Option<std::path::PathBuf>,
 }
 
 pub(crate) struct Inner {
@@ -187,6 +201,7 @@ impl Supervisor {
             ports: HashSet::new(),
             notices: Vec::new(),
             engine: None,
+            root: None,
         };
         let routing = routing::Routing::new(&config.host);
         let (records, problem) = match history::Records::load(&config.state_dir) {
@@ -223,6 +238,11 @@ impl Supervisor {
     }
 
     /// The project's name, once a stack was applied.
+    /// The folder of the stack file the daemon last applied.
+    pub fn root(&self) -> Option<std::path::PathBuf> {
+        self.inner.lock().root.clone()
+    }
+
     pub fn project(&self) -> String {
         self.inner.lock().project.clone()
     }
@@ -391,6 +411,7 @@ impl Supervisor {
         let mut recorded = Vec::new();
         let decided = inner.update(|t| {
             t.project = spec.project.clone();
+            t.root = Some(spec.root.clone());
             if spec.engine.is_some() {
                 t.engine = spec.engine.clone();
             }
@@ -1288,6 +1309,7 @@ mod tests {
             secret_files: Vec::new(),
             deploy: Default::default(),
             autoscale: None,
+            backup: None,
             revision: String::new(),
         };
         spec.revision = spec.compute_revision();

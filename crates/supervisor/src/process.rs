@@ -101,6 +101,8 @@ pub struct Launch<'a> {
     pub cgroup: Option<std::sync::Arc<tug_sys::cgroup::Group>>,
     /// Capture stdout and stderr (else they go to /dev/null).
     pub capture: bool,
+    /// Give it a pipe as stdin (else /dev/null).
+    pub input: bool,
     /// Run under the instance shim ([`crate::shim`]): nothing it starts outlives the daemon,
     /// even a process that left the group after the daemon and its keeper were SIGKILLed.
     pub contain: bool,
@@ -111,6 +113,7 @@ pub struct Spawned {
     pub exit: oneshot::Receiver<Exit>,
     pub stdout: Option<pipe::Receiver>,
     pub stderr: Option<pipe::Receiver>,
+    pub stdin: Option<pipe::Sender>,
 }
 
 fn nonblocking_receiver(fd: OwnedFd) -> io::Result<pipe::Receiver> {
@@ -158,7 +161,8 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
         Command::new(launch.program)
     };
     let death_signal = if launch.contain { crate::shim::parent_death_signal() } else { libc::SIGKILL };
-    command.args(launch.args).current_dir(launch.working_dir).stdin(Stdio::null());
+    command.args(launch.args).current_dir(launch.working_dir);
+    command.stdin(if launch.input { Stdio::piped() } else { Stdio::null() });
     for name in PRIVATE_VARIABLES {
         command.env_remove(name);
     }
@@ -227,7 +231,8 @@ pub fn spawn(launch: &Launch) -> io::Result<Spawned> {
     let pid = child.id() as i32;
     let stdout = child.stdout.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
     let stderr = child.stderr.take().map(|s| nonblocking_receiver(OwnedFd::from(s))).transpose()?;
-    Ok(Spawned { pid, exit, stdout, stderr })
+    let stdin = child.stdin.take().map(|s| pipe::Sender::from_owned_fd(OwnedFd::from(s))).transpose()?;
+    Ok(Spawned { pid, exit, stdout, stderr, stdin })
 }
 
 /// Whether `launch.program` can be executed, as `execvp` would look it up (relative to the

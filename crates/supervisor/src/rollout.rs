@@ -603,7 +603,12 @@ impl Run {
             let t = self.inner.lock();
             view.new.iter().filter(|r| r.ready).find_map(|r| {
                 let row = t.instances.get(&r.name)?;
-                Some((r.name.clone(), row.status.port, row.exec.as_ref()?.0.clone(), row.smoke.clone()?))
+                Some((
+                    r.name.clone(),
+                    row.status.port,
+                    row.exec.as_ref()?.0.clone(),
+                    row.resolved.as_ref()?.smoke.clone()?,
+                ))
             })
         };
         let Some((instance, port, exec, check)) = found else {

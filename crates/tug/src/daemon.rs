@@ -372,6 +372,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
         let metrics_token = tug_proto::auth::derived_token(&key, "metrics");
         let webhook_key = tug_proto::auth::derived_token(&key, "webhook");
         let notifier = crate::notify::Notifier::start(supervisor.clone(), webhook_key);
+        tokio::spawn(crate::backup::run_schedules(supervisor.clone()));
         let app = Arc::new(App {
             supervisor,
             verifier: Verifier::new(key),
@@ -620,7 +621,9 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
     // `tug down` time out). The supervisor refuses to create instances once shutting down.
     let _one_change_at_a_time = match (&method, path) {
         // A command streams for as long as it runs; it changes nothing the lock guards.
-        (&Method::GET, _) | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run" | "/v1/dashboard") => None,
+        // A backup takes what its dumps take; a restore loads into a stack already started.
+        (&Method::GET, _)
+        | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run" | "/v1/dashboard" | "/v1/backup" | "/v1/restore") => None,
         _ => Some(app.changes.lock().await),
     };
     let response = match (&method, path) {
@@ -763,6 +766,32 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
                 Ok(events) => streamed(events),
                 Err(e) => supervisor_error(e),
             },
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/backup") => match parse::<tug_proto::BackupRequest>(&body) {
+            // Its own task: an archive half written because the client went away is not left.
+            Ok(request) => {
+                let supervisor = supervisor.clone();
+                let written = tokio::spawn(async move {
+                    let state_dir = supervisor.config().state_dir.clone();
+                    crate::backup::write_archive(&supervisor, &state_dir, request).await
+                });
+                match written.await.unwrap_or_else(|e| Err(format!("the backup stopped: {e}"))) {
+                    Ok(answer) => json(StatusCode::OK, &answer),
+                    Err(why) => error(StatusCode::CONFLICT, why),
+                }
+            }
+            Err(response) => *response,
+        },
+        (&Method::POST, "/v1/restore") => match parse::<tug_proto::RestoreRequest>(&body) {
+            Ok(request) => {
+                let supervisor = supervisor.clone();
+                let loaded = tokio::spawn(async move { crate::backup::load_archive(&supervisor, request).await });
+                match loaded.await.unwrap_or_else(|e| Err(format!("the restore stopped: {e}"))) {
+                    Ok(answer) => json(StatusCode::OK, &answer),
+                    Err(why) => error(StatusCode::CONFLICT, why),
+                }
+            }
             Err(response) => *response,
         },
         (&Method::POST, "/v1/run") => match parse::<RunRequest>(&body) {

@@ -3,7 +3,9 @@
 //! This file is the command line: it parses flags, calls the library crates, and
 //! turns their results into output and exit codes (0 ok, 1 failed, 2 usage).
 
+mod archive;
 mod artifacts;
+mod backup;
 mod client;
 mod daemon;
 mod endpoint;
@@ -198,6 +200,27 @@ enum Command {
         /// A command instead of the service's own (after `--`)
         #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Write one encrypted archive of the stack's state and of its services' data (each
+    /// service's `backup.command`, run in a ready instance); prints the archive's path
+    Backup {
+        /// Where to write it [default: backups/<project>-<UTC time>.tug-backup beside the stack file]
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Only these services' data (the state is always in it)
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// Bring a stack that is down back to an archive's state and data: checks the whole archive,
+    /// puts the state back, starts the services it holds dumps of, loads each with
+    /// `backup.restore`, then starts the rest
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The secrets key of the stack the archive came from (a copy of its .tug/secrets.key),
+        /// when this folder has none (TUG_SECRETS_KEY also works)
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Stop everything in reverse dependency order; returns when all is gone
     Down {
@@ -512,6 +535,8 @@ fn main() -> ExitCode {
         ),
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down { volumes } => run::down(&cli.stack, volumes),
+        Command::Backup { out, services } => backup::backup(&cli.stack, out, services),
+        Command::Restore { file, key_file } => backup::restore(&cli.stack, &file, key_file.as_deref()),
         Command::Exec { target, command } => exec::exec(&cli.stack, &target, command),
         Command::Run { service, command } => exec::run(&cli.stack, &service, command),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),

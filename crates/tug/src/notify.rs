@@ -83,10 +83,13 @@ impl Notifier {
 /// The `notify` event name of a supervisor event, for those that can be subscribed to.
 fn subscribed_name(kind: Kind) -> Option<&'static str> {
     match kind {
-        Kind::Deployed | Kind::RolledBack | Kind::DeployFailed | Kind::Promoted | Kind::CrashLoop => {
-            Some(kind.as_str())
-        }
-        Kind::Deploy | Kind::Restart | Kind::Autoscale => None,
+        Kind::Deployed
+        | Kind::RolledBack
+        | Kind::DeployFailed
+        | Kind::Promoted
+        | Kind::CrashLoop
+        | Kind::BackupFailed => Some(kind.as_str()),
+        Kind::Deploy | Kind::Restart | Kind::Autoscale | Kind::Backup => None,
     }
 }
 

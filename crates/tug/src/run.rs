@@ -193,6 +193,12 @@ pub fn to_spec(stack: &Stack, artifacts: &Artifacts) -> StackSpec {
                     requests_per_second: a.requests_per_second,
                     scale_down_stabilization_ms: ms(a.scale_down_stabilization),
                 }),
+                backup: s.backup.as_ref().map(|b| proto::BackupSpec {
+                    command: command(&b.command),
+                    restore: b.restore.as_ref().map(command),
+                    schedule: b.schedule.as_ref().map(|s| s.as_str().to_string()),
+                    keep: b.keep,
+                }),
                 revision: String::new(),
             };
             spec.revision = spec.compute_revision();

@@ -234,12 +234,14 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("post", "/v1/run"),
         ("post", "/v1/dashboard"),
         ("get", "/v1/logs"),
+        ("post", "/v1/backup"),
+        ("post", "/v1/restore"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
     }
 
     // Signed but wrong: the daemon explains and stays up.
-    let bad: [(&str, &str, &[u8], u16); 17] = [
+    let bad: [(&str, &str, &[u8], u16); 21] = [
         ("POST", "/v1/exec", b"{}", 400),
         ("POST", "/v1/exec", b"{\"target\":\"web\",\"command\":[]}", 400),
         ("POST", "/v1/exec", b"{\"target\":\"nope\",\"command\":[\"true\"]}", 404),
@@ -257,6 +259,10 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("PUT", "/v1/stack", b"\xff\xfe\x00garbage", 400),
         ("POST", "/v1/stop", b"{\"targets\":[\"nope\"]}", 404),
         ("DELETE", "/v1/status", b"", 405),
+        ("POST", "/v1/backup", b"{}", 400),
+        ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"key\":\"zz\"}", 409),
+        ("POST", "/v1/restore", b"{\"file\":\"/nonexistent\",\"key\":\"00\"}", 409),
+        ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"services\":[\"web\"],\"key\":\"0000000000000000000000000000000000000000000000000000000000000000\"}", 409),
     ];
     for (method, path, body, expected) in bad {
         let (code, answer) = signed(&stack, method, path, body);

@@ -401,17 +401,17 @@ fn prometheus_scrapes_every_family_with_the_bearer_token() {
 
 /// One request the receiver got: its headers (names lowercased), its body, and the status it
 /// was answered with.
-type Delivery = (Vec<(String, String)>, String, u16);
+pub(crate) type Delivery = (Vec<(String, String)>, String, u16);
 
 /// A webhook receiver: answers 500 to the first delivery and 200 to the rest; keeps every
 /// request's headers and body.
-struct Receiver {
-    port: u16,
-    got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
+pub(crate) struct Receiver {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>>,
 }
 
 impl Receiver {
-    fn start() -> Receiver {
+    pub(crate) fn start() -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

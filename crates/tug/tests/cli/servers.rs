@@ -473,3 +473,131 @@ fn postgres_and_redis_through_the_router_with_no_protocol_given() {
         assert!(s["total"]["requests"].as_u64().unwrap_or(0) > 0, "nothing went through {service}'s router: {s:#}");
     }
 }
+
+/// `tug backup` of the example's real PostgreSQL and Redis; the folder destroyed; `tug restore`
+/// into a new folder finds every row and key. The archive shows no secret and no data without
+/// the key; a changed archive and another project's archive are refused, changing nothing.
+#[test]
+fn a_backup_of_postgres_and_redis_restores_into_a_new_folder() {
+    let pg_bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            return;
+        }
+    };
+    let example = repo_dir().join("examples/servers");
+    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    let (stack, [_, redis_port, api_port]) = example_stack("servers-backup", &yaml, &pg_bin);
+    stack.up();
+    let psql = pg_bin.join("psql");
+    let query = |stack: &Stack, sql: &str| {
+        let run = stack.tug(&[
+            "exec",
+            "api",
+            "--",
+            "sh",
+            "-c",
+            &format!("{} \"$DATABASE_URL\" -tAc \"{sql}\"", psql.display()),
+        ]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        run.stdout.trim().to_string()
+    };
+    let redis = |port: u16, args: &[&str]| {
+        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output();
+        String::from_utf8_lossy(&out.expect("redis-cli").stdout).trim().to_string()
+    };
+    // Data only the backup can bring back: a row, Redis keys of several types, with a TTL.
+    query(&stack, "INSERT INTO greetings (id, text) VALUES (2, 'kept-by-the-backup-row')");
+    assert_eq!(redis(redis_port, &["set", "kept-key", "kept-by-the-backup-key"]), "OK");
+    assert_eq!(redis(redis_port, &["rpush", "kept-list", "a", "b", "c"]), "3");
+    assert_eq!(redis(redis_port, &["set", "kept-ttl", "v", "EX", "3600"]), "OK");
+    assert_eq!(get(api_port, "/").0, 200); // `hits` is 1 in Redis now.
+    // The secret, as PostgreSQL's instance sees it (tug masks it in `exec`'s output).
+    let secret_file = stack.state_dir().join("pg-run/pg-password");
+    let run = stack.tug(&[
+        "exec",
+        "postgres",
+        "--",
+        "sh",
+        "-c",
+        &format!("printf %s \"$POSTGRES_PASSWORD\" > {}", secret_file.display()),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let password = std::fs::read_to_string(&secret_file).expect("the password");
+    std::fs::remove_file(&secret_file).expect("remove the password's copy");
+    assert_eq!(password.len(), 40, "the generated password");
+
+    let archive = stack.path().join("saved.tug-backup");
+    let backup = stack.tug(&["backup", "--out", archive.to_str().unwrap()]);
+    assert_eq!(backup.code, 0, "tug backup:\n{}", backup.all());
+    assert!(backup.stderr.contains("dump:postgres") && backup.stderr.contains("dump:redis"), "{}", backup.all());
+    assert!(!backup.all().contains(&password), "{}", backup.all());
+    let bytes = std::fs::read(&archive).expect("the archive");
+    let mode = std::fs::metadata(&archive).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "the archive is the user's only");
+    for plain in [password.as_str(), "kept-by-the-backup-row", "kept-by-the-backup-key", "kept-list", "CREATE TABLE"] {
+        assert!(!bytes.windows(plain.len()).any(|w| w == plain.as_bytes()), "`{plain}` is readable in the archive");
+    }
+    // The key kept away from the host; then the host's folder is lost.
+    let key = std::fs::read(stack.state_dir().join("secrets.key")).expect("the secrets key");
+    let down = stack.tug(&["down"]);
+    assert_eq!(down.code, 0, "{}", down.all());
+    let saved = crate::TempDir::new("backup-saved");
+    let kept_archive = saved.write("saved.tug-backup", "");
+    std::fs::copy(&archive, &kept_archive).expect("copy the archive");
+    let kept_key = saved.path().join("secrets.key");
+    std::fs::write(&kept_key, &key).expect("keep the key");
+    let old_state = stack.state_dir();
+    drop(stack);
+    assert!(!old_state.exists(), "the old folder is gone");
+
+    // A new folder (new ports), the same project.
+    let (restored, [_, redis_port, api_port]) = example_stack("servers-restored", &yaml, &pg_bin);
+    let kept = kept_archive.to_str().unwrap();
+    // Without the key, and with a changed archive: refused, nothing written.
+    let run = restored.tug(&["restore", kept]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("--key-file"), "{}", run.all());
+    let mut tampered = std::fs::read(&kept_archive).unwrap();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    let tampered_path = saved.write("tampered.tug-backup", "");
+    std::fs::write(&tampered_path, &tampered).unwrap();
+    let run = restored.tug(&["restore", tampered_path.to_str().unwrap(), "--key-file", kept_key.to_str().unwrap()]);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stderr.contains("fails its integrity check") && run.stderr.contains("nothing was restored"),
+        "{}",
+        run.all()
+    );
+    assert!(!restored.state_dir().join("secrets.enc").exists(), "a refused archive wrote nothing");
+    // Another project's archive.
+    let other = crate::TempDir::new("backup-other");
+    other.write("tug.yaml", "name: other\nservices:\n  a: { command: [sleep, '100'] }\n");
+    let run = crate::tug(other.path(), &["restore", kept, "--key-file", kept_key.to_str().unwrap()], &[], None);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("is a backup of the project `servers`, and this stack is `other`"), "{}", run.all());
+
+    // The restore: state, then data, then the whole stack.
+    let run = restored.tug(&["restore", kept, "--key-file", kept_key.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "tug restore:\n{}", run.all());
+    assert!(run.stderr.contains("loaded dump:postgres") && run.stderr.contains("loaded dump:redis"), "{}", run.all());
+    assert!(!run.all().contains(&password), "{}", run.all());
+    assert_eq!(query(&restored, "SELECT text FROM greetings WHERE id = 2"), "kept-by-the-backup-row");
+    assert_eq!(redis(redis_port, &["get", "kept-key"]), "kept-by-the-backup-key");
+    assert_eq!(redis(redis_port, &["lrange", "kept-list", "0", "-1"]), "a\nb\nc");
+    let ttl: i64 = redis(redis_port, &["ttl", "kept-ttl"]).parse().unwrap_or(-9);
+    assert!((3000..=3600).contains(&ttl), "the TTL came back: {ttl}");
+    // The API counts on from the restored `hits`, with the restored password.
+    let (status, body) = get(api_port, "/");
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(json["hits"], 2, "{json}");
+    // The secret store and the history came back too.
+    assert_eq!(std::fs::read(restored.state_dir().join("secrets.key")).unwrap(), key);
+    let history = restored.tug(&["history", "api", "--json"]);
+    assert_eq!(history.code, 0, "{}", history.all());
+    let down = restored.tug(&["down"]);
+    assert_eq!(down.code, 0, "{}", down.all());
+}
