@@ -135,6 +135,30 @@ impl RedisRegistry {
         self.call(&[b"PING".as_slice()]).await.map(drop)
     }
 
+    /// The server's clock (`TIME`), which entries' expiry is judged by.
+    pub async fn server_time(&self) -> Result<std::time::SystemTime, RegistryError> {
+        let reply = self.call(&[b"TIME".as_slice()]).await?;
+        let number = |v: &Value| match v {
+            Value::Bulk(b) => std::str::from_utf8(b).ok().and_then(|t| t.parse::<u64>().ok()),
+            _ => None,
+        };
+        match &reply {
+            Value::Array(parts) if parts.len() == 2 => match (number(&parts[0]), number(&parts[1])) {
+                (Some(secs), Some(micros)) => Ok(std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(secs)
+                    + std::time::Duration::from_micros(micros)),
+                _ => Err(RegistryError::Protocol {
+                    address: self.ctx.url.address(),
+                    message: format!("TIME answered {reply:?}"),
+                }),
+            },
+            _ => Err(RegistryError::Protocol {
+                address: self.ctx.url.address(),
+                message: format!("TIME answered {reply:?}"),
+            }),
+        }
+    }
+
     /// One request on the shared command connection; a failed connection is dropped so the next
     /// request reconnects.
     async fn call(&self, args: &[&[u8]]) -> Result<Value, RegistryError> {

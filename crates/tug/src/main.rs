@@ -8,6 +8,7 @@ mod artifacts;
 mod backup;
 mod client;
 mod daemon;
+mod doctor;
 mod endpoint;
 mod exec;
 mod import;
@@ -221,6 +222,15 @@ enum Command {
         /// when this folder has none (TUG_SECRETS_KEY also works)
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+    },
+    /// Check this host and this stack before a deploy: the stack file and its secrets, the state
+    /// folder's permissions, disk space, fixed ports, cgroups for `resources`, the container
+    /// engine and images, a Redis registry (TLS in production, its clock). Exit 0 when all
+    /// passed, 1 when one failed, 3 when some only warned
+    Doctor {
+        /// Print a JSON array of findings
+        #[arg(long)]
+        json: bool,
     },
     /// Stop everything in reverse dependency order; returns when all is gone
     Down {
@@ -535,6 +545,7 @@ fn main() -> ExitCode {
         ),
         Command::History { json, service } => rollout::history(&cli.stack, &service, json),
         Command::Down { volumes } => run::down(&cli.stack, volumes),
+        Command::Doctor { json } => doctor::command(&cli.stack, json),
         Command::Backup { out, services } => backup::backup(&cli.stack, out, services),
         Command::Restore { file, key_file } => backup::restore(&cli.stack, &file, key_file.as_deref()),
         Command::Exec { target, command } => exec::exec(&cli.stack, &target, command),

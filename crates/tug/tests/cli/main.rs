@@ -9,6 +9,7 @@ mod config;
 mod containers;
 mod control;
 mod dashboard;
+mod doctor;
 mod edge;
 mod endpoint;
 mod example_containers;
