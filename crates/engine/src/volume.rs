@@ -133,3 +133,50 @@ mod tests {
         assert_eq!(gateway(None, None), None);
     }
 }
+
+impl Engine {
+    /// `GET /containers/{id}/archive?path=PATH`: the folder at `path` in container `id` (which
+    /// need not be running) as a tar stream, chunk by chunk to `out`; the tar's entries are
+    /// named from the folder's own name. Ends early, without error, when `out` is closed.
+    pub async fn download_folder(
+        &self,
+        id: &str,
+        path: &str,
+        out: tokio::sync::mpsc::Sender<hyper::body::Bytes>,
+    ) -> Result<(), Error> {
+        use http_body_util::BodyExt;
+        let call = Call::get(format!("/containers/{}/archive", segment(id))).query("path", path);
+        let (request, mut response) = self.send(call).await?;
+        if !response.status().is_success() {
+            return Err(self.error_reply(request, response).await.into_error());
+        }
+        while let Some(frame) = response.body_mut().frame().await {
+            let frame = frame.map_err(|e| Error::Protocol { request: request.clone(), message: e.to_string() })?;
+            if let Ok(data) = frame.into_data()
+                && out.send(data).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /containers/{id}/archive?path=PATH`: the tar stream `input` unpacked into the folder
+    /// `path` of container `id` (which need not be running).
+    pub async fn upload_folder(
+        &self,
+        id: &str,
+        path: &str,
+        input: tokio::sync::mpsc::Receiver<std::io::Result<hyper::body::Bytes>>,
+    ) -> Result<(), Error> {
+        let mut call =
+            Call::new(hyper::Method::PUT, format!("/containers/{}/archive", segment(id))).query("path", path);
+        call.body = crate::transport::ReqBody::Channel(input);
+        call.content_type = Some("application/x-tar");
+        let (request, response) = self.send(call).await?;
+        if !response.status().is_success() {
+            return Err(self.error_reply(request, response).await.into_error());
+        }
+        Ok(())
+    }
+}

@@ -21,6 +21,23 @@ pub struct BackedUp {
 }
 
 impl Supervisor {
+    /// The engine (its address) and each named volume the stack's containers mount, with an
+    /// image (id) of a service that mounts it: what a backup copies the volume's files through.
+    pub fn volumes(&self) -> (Option<String>, Vec<(String, String)>) {
+        let table = self.inner.lock();
+        let mut volumes: Vec<(String, String)> = Vec::new();
+        for service in table.services.values() {
+            let Some(container) = service.spec.container.as_ref() else { continue };
+            for mount in &container.mounts {
+                if mount.kind == tug_proto::spec::MountKind::Volume && !volumes.iter().any(|(v, _)| *v == mount.source)
+                {
+                    volumes.push((mount.source.clone(), container.image_id.clone()));
+                }
+            }
+        }
+        (table.engine.clone(), volumes)
+    }
+
     /// The services with a `backup`, in the stack's order.
     pub fn backed_up(&self) -> Vec<BackedUp> {
         let table = self.inner.lock();

@@ -9,7 +9,7 @@
 //!
 //! The header line is plain (names only: no value, no secret) so a wrong archive or key is
 //! named before anything is decrypted. Each frame's plaintext is a kind byte and a payload:
-//! `1` begins an entry (`file:NAME` or `dump:SERVICE`), `2` is up to 64 KiB of its bytes, `3`
+//! `1` begins an entry (`file:NAME`, `dump:SERVICE` or `volume:NAME`), `2` is up to 64 KiB of its bytes, `3`
 //! ends it, `4` ends the archive. A frame is sealed under the archive key with, as associated
 //! data, the digest of the magic and header lines and the frame's index: a changed header,
 //! a frame moved, dropped, or taken from another archive fails to open, and an archive cut
@@ -58,6 +58,8 @@ pub enum Entry {
     File(String),
     /// A service's dump.
     Dump(String),
+    /// A named volume's files, as the engine's tar of its folder.
+    Volume(String),
 }
 
 impl Entry {
@@ -65,6 +67,7 @@ impl Entry {
         match self {
             Entry::File(name) => format!("file:{name}"),
             Entry::Dump(service) => format!("dump:{service}"),
+            Entry::Volume(name) => format!("volume:{name}"),
         }
     }
 
@@ -77,6 +80,7 @@ impl Entry {
         match kind {
             "file" if valid => Some(Entry::File(name.to_string())),
             "dump" if valid => Some(Entry::Dump(name.to_string())),
+            "volume" if valid => Some(Entry::Volume(name.to_string())),
             _ => None,
         }
     }

@@ -123,6 +123,16 @@ async fn write_to(
         writer.end().map_err(io)?;
         entries.push(BackupEntry { entry: format!("file:{name}"), bytes: bytes.len() as u64 });
     }
+    let (engine, volumes) = supervisor.volumes();
+    if !volumes.is_empty() {
+        let engine = engine_at(engine.as_deref())?;
+        for (volume, image) in &volumes {
+            writer.begin(&Entry::Volume(volume.clone())).map_err(io)?;
+            let size = copy_volume_out(&engine, state_dir, volume, image, &mut writer).await?;
+            writer.end().map_err(io)?;
+            entries.push(BackupEntry { entry: format!("volume:{volume}"), bytes: size });
+        }
+    }
     for service in &header.services {
         let mut events = supervisor.dump(service).map_err(|e| e.to_string())?;
         writer.begin(&Entry::Dump(service.clone())).map_err(io)?;
@@ -159,6 +169,70 @@ async fn write_to(
     Ok((bytes, entries))
 }
 
+/// Where a volume is mounted in the helper container its files are copied through.
+const VOLUME_MOUNT: &str = "/tug-volume";
+
+fn engine_at(url: Option<&str>) -> Result<tug_engine::Engine, String> {
+    let endpoint = tug_engine::resolve_endpoint(url, None, None).map_err(|e| format!("the container engine: {e}"))?;
+    Ok(tug_engine::Engine::new(endpoint))
+}
+
+/// A container of `image` with `volume` mounted, created and never started: the engine copies
+/// files in and out of a stopped container. Labelled with the state folder, so one a crash
+/// left is removed with the stack's containers.
+async fn helper(
+    engine: &tug_engine::Engine,
+    state_dir: &Path,
+    volume: &str,
+    image: &str,
+    read_only: bool,
+) -> Result<String, String> {
+    let mut config = tug_engine::ContainerConfig::new(image);
+    config.cmd = Some(vec!["true".into()]);
+    config.mounts.push(tug_engine::Mount {
+        kind: tug_engine::MountKind::Volume,
+        source: volume.to_string(),
+        target: VOLUME_MOUNT.to_string(),
+        read_only,
+    });
+    config.labels.push((crate::artifacts::STATE_DIR_LABEL.to_string(), state_dir.display().to_string()));
+    let name = format!("tug-backup-{}", &archive::random_id()[..12]);
+    engine.create_container(&name, &config).await.map_err(|e| format!("volume `{volume}`: {e}"))
+}
+
+/// The volume's files as the engine's tar, into the archive; its size.
+async fn copy_volume_out<W: Write>(
+    engine: &tug_engine::Engine,
+    state_dir: &Path,
+    volume: &str,
+    image: &str,
+    writer: &mut Writer<W>,
+) -> Result<u64, String> {
+    let id = helper(engine, state_dir, volume, image, true).await?;
+    let (tx, mut rx) = mpsc::channel(8);
+    let download = {
+        let (engine, id) = (engine.clone(), id.clone());
+        tokio::spawn(async move { engine.download_folder(&id, VOLUME_MOUNT, tx).await })
+    };
+    let mut size = 0u64;
+    let mut failed = None;
+    while let Some(chunk) = rx.recv().await {
+        size += chunk.len() as u64;
+        if let Err(e) = writer.data(&chunk) {
+            failed = Some(format!("writing the archive: {e}"));
+            break;
+        }
+    }
+    drop(rx);
+    let downloaded = download.await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+    let _ = engine.remove_container(&id, true).await;
+    if let Some(why) = failed {
+        return Err(why);
+    }
+    downloaded.map_err(|e| format!("volume `{volume}`: {e}"))?;
+    Ok(size)
+}
+
 /// `POST /v1/restore`: each dump of the archive, fed to its service's `backup.restore`. The
 /// files were put back by the CLI before the daemon started.
 pub async fn load_archive(supervisor: &Supervisor, request: RestoreRequest) -> Result<RestoreResponse, String> {
@@ -182,7 +256,7 @@ pub async fn load_archive(supervisor: &Supervisor, request: RestoreRequest) -> R
                 let ended = tokio::spawn(restore_ended(service.clone(), events));
                 feeding = Some(Feeding { input: tx, service, size: 0, ended });
             }
-            Item::Begin(Entry::File(_)) | Item::End if feeding.is_none() => {}
+            Item::Begin(Entry::File(_) | Entry::Volume(_)) | Item::End if feeding.is_none() => {}
             Item::Data(bytes) => {
                 if let Some(f) = feeding.as_mut() {
                     f.size += bytes.len() as u64;
@@ -198,7 +272,7 @@ pub async fn load_archive(supervisor: &Supervisor, request: RestoreRequest) -> R
                     loaded.push(BackupEntry { entry: format!("dump:{service}"), bytes: size });
                 }
             }
-            Item::Begin(Entry::File(_)) => {}
+            Item::Begin(Entry::File(_) | Entry::Volume(_)) => {}
         }
     }
     Ok(RestoreResponse { loaded })
@@ -339,6 +413,13 @@ pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>) -> Result
         state_dir.display(),
         files.iter().map(|e| e.entry.trim_start_matches("file:")).collect::<Vec<_>>().join(", ")
     );
+    if entries.iter().any(|e| e.entry.starts_with("volume:")) {
+        let stack = crate::secrets::require_valid(&loaded.compiled)?;
+        put_back_volumes(stack, file, &key, &state_dir)?;
+        for entry in entries.iter().filter(|e| e.entry.starts_with("volume:")) {
+            eprintln!("restored {} ({} bytes)", entry.entry, entry.bytes);
+        }
+    }
     let quiet_up = |services: Vec<String>| {
         let options = UpOptions {
             detach: true,
@@ -408,6 +489,7 @@ fn entry_name(entry: &Entry) -> String {
     match entry {
         Entry::File(name) => format!("file:{name}"),
         Entry::Dump(service) => format!("dump:{service}"),
+        Entry::Volume(name) => format!("volume:{name}"),
     }
 }
 
@@ -438,6 +520,90 @@ fn put_back_files(file: &Path, key: &[u8; 32], state_dir: &Path) -> Result<(), S
         }
     }
     Ok(())
+}
+
+/// The archive's volumes, each unpacked into the stack's volume of that name (created, with the
+/// images, as `up` would) through a container that is never started, before anything runs.
+fn put_back_volumes(
+    stack: &tug_stackfile::model::Stack,
+    file: &Path,
+    key: &[u8; 32],
+    state_dir: &Path,
+) -> Result<(), String> {
+    let names: Vec<String> = stack.services.keys().cloned().collect();
+    let artifacts = crate::artifacts::resolve(stack, &names, state_dir)?;
+    let engine = engine_at(artifacts.engine.as_deref())?;
+    // Each volume's name on the engine, with the image of a service that mounts it.
+    let mut images: Vec<(String, String)> = Vec::new();
+    for (service, definition) in &stack.services {
+        let (Some(container), Some(image)) = (definition.container.as_ref(), artifacts.images.get(service)) else {
+            continue;
+        };
+        for mount in &container.volumes {
+            if let tug_stackfile::model::VolumeMount::Named { name, .. } = mount {
+                let engine_name = if stack.volumes.get(name).is_some_and(|v| v.external) {
+                    name.clone()
+                } else {
+                    crate::artifacts::volume_name(&stack.name, name)
+                };
+                images.push((engine_name, image.id.clone()));
+            }
+        }
+    }
+    let shown = file.display().to_string();
+    let opened = std::fs::File::open(file).map_err(|e| format!("{shown}: {e}"))?;
+    let mut input = BufReader::new(opened);
+    let (header, line) = archive::read_header(&mut input).map_err(|e| format!("{shown}: {e}"))?;
+    let mut reader = Reader::new(input, key, &header, &line).map_err(|e| format!("{shown}: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    runtime.block_on(async {
+        let mut current: Option<Unpacking> = None;
+        while let Some(item) = reader.next_item().map_err(|e| format!("{shown}: {e}"))? {
+            match item {
+                Item::Begin(Entry::Volume(volume)) => {
+                    let Some((_, image)) = images.iter().find(|(v, _)| *v == volume) else {
+                        return Err(format!(
+                            "{shown} holds the volume `{volume}`, which no service of this stack mounts"
+                        ));
+                    };
+                    let id = helper(&engine, state_dir, &volume, image, false).await?;
+                    let (tx, rx) = mpsc::channel(8);
+                    let upload = {
+                        let (engine, id, volume) = (engine.clone(), id.clone(), volume.clone());
+                        tokio::spawn(async move {
+                            engine.upload_folder(&id, "/", rx).await.map_err(|e| format!("volume `{volume}`: {e}"))
+                        })
+                    };
+                    current = Some(Unpacking { helper: id, tar: tx, upload });
+                }
+                Item::Data(bytes) => {
+                    if let Some(unpacking) = current.as_ref() {
+                        let _ = unpacking.tar.send(Ok(hyper::body::Bytes::from(bytes.to_vec()))).await;
+                    }
+                }
+                Item::End => {
+                    if let Some(Unpacking { helper, tar, upload }) = current.take() {
+                        drop(tar);
+                        let uploaded = upload.await.map_err(|e| e.to_string()).and_then(|r| r);
+                        let _ = engine.remove_container(&helper, true).await;
+                        uploaded?;
+                    }
+                }
+                Item::Begin(_) => {}
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A volume being unpacked: the helper container, the tar going to it, the upload's end.
+struct Unpacking {
+    helper: String,
+    tar: mpsc::Sender<std::io::Result<hyper::body::Bytes>>,
+    upload: tokio::task::JoinHandle<Result<(), String>>,
 }
 
 /// `bytes` as `path`, mode 0600, whole or not at all.

@@ -231,6 +231,25 @@ services:
     // The second run found what the first wrote.
     let log = stack.log("keeper", "keeper-1");
     assert!(log.matches("run-").count() >= 1, "{log}");
+    // A backup holds the volume's files; after `down --volumes` a restore brings them back
+    // before the keeper starts again (its third run finds the first two).
+    let runs = |stack: &Stack| {
+        let run = stack.tug(&["exec", "keeper", "--", "cat", "/data/runs"]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        run.stdout.lines().count()
+    };
+    assert_eq!(runs(&stack), 2);
+    let archive = stack.path().join("volumes.tug-backup");
+    let backup = stack.tug(&["backup", "--out", archive.to_str().unwrap()]);
+    assert_eq!(backup.code, 0, "{}", backup.all());
+    assert!(backup.stderr.contains("volume:volumes_data"), "{}", backup.all());
+    assert_eq!(stack.tug(&["down", "--volumes"]).code, 0);
+    assert!(stack_volumes(&stack.state_dir()).is_empty());
+    let restore = stack.tug(&["restore", archive.to_str().unwrap()]);
+    assert_eq!(restore.code, 0, "{}", restore.all());
+    assert!(restore.stderr.contains("restored volume:volumes_data"), "{}", restore.all());
+    assert_eq!(runs(&stack), 3, "the restored volume held both earlier runs");
+    assert_eq!(stack_containers(&stack.state_dir()).len(), 1, "only the keeper: no helper container was left");
     let down = stack.tug(&["down", "--volumes"]);
     assert_eq!(down.code, 0, "{}", down.all());
     assert!(down.stdout.contains("removed volume volumes_data"), "{}", down.all());
