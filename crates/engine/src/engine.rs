@@ -108,6 +108,21 @@ impl Engine {
         &self.endpoint
     }
 
+    /// `GET /info`'s `DockerRootDir`: where the engine keeps images, containers and volumes
+    /// (Podman's answer has it under `store.graphRoot`, which is not read: `None`).
+    pub async fn data_root(&self) -> Result<Option<String>, Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[serde(default, rename = "DockerRootDir")]
+            root: Option<String>,
+        }
+        let reply = self.fetch(Call::get("/info")).await?;
+        if !reply.is_success() {
+            return Err(reply.into_error());
+        }
+        Ok(reply.json::<Raw>()?.root.filter(|r| !r.is_empty()))
+    }
+
     /// `GET /version` (unversioned, so an engine too old for 1.41 still answers): the product
     /// ("Docker Engine" or "Podman Engine", from the components), its version and API version.
     /// An engine that cannot be reached is [`Error::Unreachable`], naming the socket.

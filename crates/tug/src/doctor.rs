@@ -186,16 +186,20 @@ fn disk(state_dir: &Path) -> Finding {
             None => return Finding::skipped("disk", "no existing folder to measure"),
         }
     }
-    let Some((free, total)) = free_space(&at) else {
-        return Finding::skipped("disk", format!("cannot measure the file system of {}", at.display()));
+    disk_at("disk", &at)
+}
+
+fn disk_at(check: &'static str, at: &Path) -> Finding {
+    let Some((free, total)) = free_space(at) else {
+        return Finding::skipped(check, format!("cannot measure the file system of {}", at.display()));
     };
     let shown = format!("{} free of {} on {}", size(free), size(total), at.display());
     if free < DISK_FAIL {
-        Finding::failed("disk", shown, "free space there: logs, state and backups need it")
+        Finding::failed(check, shown, "free space there: logs, state, images, volumes and backups need it")
     } else if free < DISK_WARN || free.saturating_mul(20) < total {
-        Finding::warning("disk", shown, "free space there soon, or lower `logs.max_size`/`max_files`")
+        Finding::warning(check, shown, "free space there soon, or lower `logs.max_size`/`max_files`")
     } else {
-        Finding::ok("disk", shown)
+        Finding::ok(check, shown)
     }
 }
 
@@ -325,6 +329,14 @@ async fn engine(stack: &Stack) -> Vec<Finding> {
         }
     };
     let mut findings = vec![Finding::ok("engine", format!("{url} answers ({} {})", version.product, version.version))];
+    // Images, containers and volumes take room where the engine keeps them.
+    if let Ok(Some(root)) = engine.data_root().await
+        && Path::new(&root).is_dir()
+    {
+        let mut found = disk_at("engine disk", Path::new(&root));
+        found.message = format!("{} (the engine's images and volumes)", found.message);
+        findings.push(found);
+    }
     for (name, container) in images {
         if container.build.is_some() {
             continue;

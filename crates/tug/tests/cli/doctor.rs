@@ -146,6 +146,10 @@ fn no_engine_and_a_missing_image_fail() {
     stack.dir.write("tug.yaml", "name: images\nservices:\n  app: { image: busybox:doctor-missing, pull: never }\n");
     let (code, findings) = doctor(&stack, &[], &[]);
     assert_eq!(of(&findings, "engine")[0].0, "ok", "{findings:#?}");
+    assert!(
+        of(&findings, "engine disk").iter().all(|f| f.1.contains("the engine's images and volumes")),
+        "{findings:#?}"
+    );
     assert_eq!(code, 1, "{findings:#?}");
     failed_with(&findings, "images", "busybox:doctor-missing is not on the engine, and `pull: never`");
     // With the default pull policy it is a warning: exit 3.
