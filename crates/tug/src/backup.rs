@@ -137,29 +137,15 @@ async fn write_to(
         let mut events = supervisor.dump(service).map_err(|e| e.to_string())?;
         writer.begin(&Entry::Dump(service.clone())).map_err(io)?;
         let mut size = 0u64;
-        let mut stderr: Vec<u8> = Vec::new();
-        let ended = loop {
-            match events.recv().await {
-                Some(ExecEvent::Output(tug_logs::Stream::Out, chunk)) => {
-                    size += chunk.len() as u64;
-                    writer.data(&chunk).map_err(io)?;
-                }
-                Some(ExecEvent::Output(_, chunk)) => {
-                    stderr.extend_from_slice(&chunk);
-                    let extra = stderr.len().saturating_sub(STDERR_TAIL);
-                    stderr.drain(..extra);
-                }
-                Some(ExecEvent::Exit(code)) => break Ok(code),
-                Some(ExecEvent::Failed(why)) => break Err(why),
-                None => break Err("it ended without an exit status".into()),
+        let mut written = Ok(());
+        let mut keep = |chunk: &[u8]| {
+            if written.is_ok() {
+                size += chunk.len() as u64;
+                written = writer.data(chunk).map_err(io);
             }
         };
-        let said = String::from_utf8_lossy(&stderr).trim().to_string();
-        match ended {
-            Ok(0) => {}
-            Ok(code) => return Err(format!("`{service}`: its backup command exited with {code}: {said}")),
-            Err(why) => return Err(format!("`{service}`: its backup command {why}")),
-        }
+        command_ended(service, "backup", &mut events, Some(&mut keep)).await?;
+        written?;
         writer.end().map_err(io)?;
         entries.push(BackupEntry { entry: format!("dump:{service}"), bytes: size });
     }
@@ -289,9 +275,29 @@ struct Feeding {
 
 /// How a restore command ended: Ok on exit status 0, else what it said.
 async fn restore_ended(service: String, mut events: mpsc::Receiver<ExecEvent>) -> Result<(), String> {
+    command_ended(&service, "restore", &mut events, None).await
+}
+
+/// Where a backup command's standard output (the dump) goes.
+type StdoutSink<'a> = dyn FnMut(&[u8]) + Send + 'a;
+
+/// Follows a `which` (backup or restore) command to its end: its standard output to `stdout`
+/// when given, the last of the rest kept for the message when it fails (an exit status not 0,
+/// or none).
+async fn command_ended(
+    service: &str,
+    which: &str,
+    events: &mut mpsc::Receiver<ExecEvent>,
+    mut stdout: Option<&mut StdoutSink<'_>>,
+) -> Result<(), String> {
     let mut said: Vec<u8> = Vec::new();
     let ended = loop {
         match events.recv().await {
+            Some(ExecEvent::Output(tug_logs::Stream::Out, chunk)) if stdout.is_some() => {
+                if let Some(keep) = stdout.as_mut() {
+                    keep(&chunk);
+                }
+            }
             Some(ExecEvent::Output(_, chunk)) => {
                 said.extend_from_slice(&chunk);
                 let extra = said.len().saturating_sub(STDERR_TAIL);
@@ -305,8 +311,8 @@ async fn restore_ended(service: String, mut events: mpsc::Receiver<ExecEvent>) -
     let said = String::from_utf8_lossy(&said).trim().to_string();
     match ended {
         Ok(0) => Ok(()),
-        Ok(code) => Err(format!("`{service}`: its restore command exited with {code}: {said}")),
-        Err(why) => Err(format!("`{service}`: its restore command {why}")),
+        Ok(code) => Err(format!("`{service}`: its {which} command exited with {code}: {said}")),
+        Err(why) => Err(format!("`{service}`: its {which} command {why}")),
     }
 }
 

@@ -117,6 +117,22 @@ fn get(port: u16, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// `sql` run with `psql` inside the API's instance (which has DATABASE_URL): its answer, trimmed.
+fn query(stack: &Stack, pg_bin: &Path, sql: &str) -> String {
+    let psql = pg_bin.join("psql");
+    let script = format!("{} \"$DATABASE_URL\" -tAc \"{sql}\"", psql.display());
+    let run = stack.tug(&["exec", "api", "--", "sh", "-c", &script]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(!run.all().contains("@127.0.0.1"), "the connection string was shown: {}", run.all());
+    run.stdout.trim().to_string()
+}
+
+/// `redis-cli` against 127.0.0.1:`port`: its answer, trimmed.
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output();
+    String::from_utf8_lossy(&out.expect("redis-cli").stdout).trim().to_string()
+}
+
 fn row<'a>(rows: &'a [Value], instance: &str) -> Option<&'a Value> {
     rows.iter().find(|r| r["instance"] == instance)
 }
@@ -334,19 +350,7 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
     answer(2);
 
     // Deploys run the migrations first, once each (`deploy.before`), with the new configuration.
-    let psql = pg_bin.join("psql");
-    let query = |sql: &str| {
-        let run = stack.tug(&[
-            "exec",
-            "api",
-            "--",
-            "sh",
-            "-c",
-            &format!("{} \"$DATABASE_URL\" -tAc '{sql}'", psql.display()),
-        ]);
-        assert_eq!(run.code, 0, "{}", run.all());
-        run.stdout.trim().to_string()
-    };
+    let query = |sql: &str| query(&stack, &pg_bin, sql);
     assert_eq!(query("select count(*) from migration_runs"), "1", "the first `up` ran the migrations once");
     let revision =
         |stack: &Stack| row(&stack.ps(), "api-1").and_then(|r| r["revision"].as_str()).unwrap_or_default().to_string();
@@ -442,26 +446,11 @@ fn postgres_and_redis_through_the_router_with_no_protocol_given() {
     let (stack, [_, redis_port, api_port]) = example_stack("servers-routed", &routed, &pg_bin);
     stack.up();
     // redis-cli through the router's port.
-    let redis = |args: &[&str]| {
-        let out =
-            Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &redis_port.to_string()]).args(args).output();
-        String::from_utf8_lossy(&out.expect("redis-cli").stdout).trim().to_string()
-    };
+    let redis = |args: &[&str]| redis_cli(redis_port, args);
     assert_eq!(redis(&["set", "through", "the-router"]), "OK");
     assert_eq!(redis(&["get", "through"]), "the-router");
     // psql through the router's port, from inside the API (which has DATABASE_URL).
-    let psql = pg_bin.join("psql");
-    let run = stack.tug(&[
-        "exec",
-        "api",
-        "--",
-        "sh",
-        "-c",
-        &format!("{} \"$DATABASE_URL\" -tAc 'select 40 + 2'", psql.display()),
-    ]);
-    assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(run.stdout.trim(), "42", "{}", run.all());
-    assert!(run.stdout.len() < 10 && !run.all().contains("@127.0.0.1"), "{}", run.all());
+    assert_eq!(query(&stack, &pg_bin, "select 40 + 2"), "42");
     // The API, which reads PostgreSQL and counts in Redis through the routers, answers.
     let (status, body) = get(api_port, "/");
     assert_eq!(status, 200, "{body}");
@@ -490,23 +479,8 @@ fn a_backup_of_postgres_and_redis_restores_into_a_new_folder() {
     let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
     let (stack, [_, redis_port, api_port]) = example_stack("servers-backup", &yaml, &pg_bin);
     stack.up();
-    let psql = pg_bin.join("psql");
-    let query = |stack: &Stack, sql: &str| {
-        let run = stack.tug(&[
-            "exec",
-            "api",
-            "--",
-            "sh",
-            "-c",
-            &format!("{} \"$DATABASE_URL\" -tAc \"{sql}\"", psql.display()),
-        ]);
-        assert_eq!(run.code, 0, "{}", run.all());
-        run.stdout.trim().to_string()
-    };
-    let redis = |port: u16, args: &[&str]| {
-        let out = Command::new("redis-cli").args(["-h", "127.0.0.1", "-p", &port.to_string()]).args(args).output();
-        String::from_utf8_lossy(&out.expect("redis-cli").stdout).trim().to_string()
-    };
+    let query = |stack: &Stack, sql: &str| query(stack, &pg_bin, sql);
+    let redis = redis_cli;
     // Data only the backup can bring back: a row, Redis keys of several types, with a TTL.
     query(&stack, "INSERT INTO greetings (id, text) VALUES (2, 'kept-by-the-backup-row')");
     assert_eq!(redis(redis_port, &["set", "kept-key", "kept-by-the-backup-key"]), "OK");
