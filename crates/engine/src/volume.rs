@@ -115,25 +115,6 @@ fn gateway(gateway: Option<&str>, subnet: Option<&str>) -> Option<Ipv4Addr> {
     Some(Ipv4Addr::from((u32::from(network) & mask) + 1))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateways_come_from_the_config_or_the_subnet() {
-        let ip = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
-        assert_eq!(gateway(Some("10.88.0.1"), Some("10.88.0.0/16")), ip("10.88.0.1"));
-        assert_eq!(gateway(Some("10.88.0.1/16"), None), ip("10.88.0.1"));
-        assert_eq!(gateway(None, Some("172.17.0.0/16")), ip("172.17.0.1"));
-        assert_eq!(gateway(Some(""), Some("192.168.5.7/24")), ip("192.168.5.1"));
-        assert_eq!(gateway(None, Some("fd00::/64")), None);
-        assert_eq!(gateway(Some("fd00::1"), None), None);
-        assert_eq!(gateway(None, Some("10.0.0.0/32")), None);
-        assert_eq!(gateway(None, Some("10.0.0.0/0")), ip("0.0.0.1"));
-        assert_eq!(gateway(None, None), None);
-    }
-}
-
 impl Engine {
     /// `GET /containers/{id}/archive?path=PATH`: the folder at `path` in container `id` (which
     /// need not be running) as a tar stream, chunk by chunk to `out`; the tar's entries are
@@ -178,5 +159,24 @@ impl Engine {
             return Err(self.error_reply(request, response).await.into_error());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateways_come_from_the_config_or_the_subnet() {
+        let ip = |s: &str| Some(s.parse::<Ipv4Addr>().unwrap());
+        assert_eq!(gateway(Some("10.88.0.1"), Some("10.88.0.0/16")), ip("10.88.0.1"));
+        assert_eq!(gateway(Some("10.88.0.1/16"), None), ip("10.88.0.1"));
+        assert_eq!(gateway(None, Some("172.17.0.0/16")), ip("172.17.0.1"));
+        assert_eq!(gateway(Some(""), Some("192.168.5.7/24")), ip("192.168.5.1"));
+        assert_eq!(gateway(None, Some("fd00::/64")), None);
+        assert_eq!(gateway(Some("fd00::1"), None), None);
+        assert_eq!(gateway(None, Some("10.0.0.0/32")), None);
+        assert_eq!(gateway(None, Some("10.0.0.0/0")), ip("0.0.0.1"));
+        assert_eq!(gateway(None, None), None);
     }
 }
