@@ -109,6 +109,14 @@ fn service(running: Option<&Running>, new: &Arc<ServiceSpec>, wanted: &[String])
                 None => "the rollout under way winds down first".into(),
             });
         }
+        if !new.deploy.before.is_empty() {
+            let jobs: Vec<String> = new.deploy.before.iter().map(|j| format!("`{j}`")).collect();
+            let first = format!("runs {} first (deploy.before)", jobs.join(", "));
+            plan.note = Some(match plan.note {
+                Some(note) => format!("{note}; {first}"),
+                None => first,
+            });
+        }
     } else if running.rolling_out {
         plan.action = Action::Keep;
         plan.note = Some("a rollout of it is under way and nothing of it runs: wait for it to end".into());
@@ -389,6 +397,19 @@ mod tests {
         );
         let text = serde_json::to_string(&rollout).unwrap();
         assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn a_rollout_with_before_jobs_says_they_run_first() {
+        let web = with(spec("web"), |s| s.deploy.before = vec!["migrate".into(), "seed".into()]);
+        let new = with(web.clone(), |s| s.command = Some(CommandSpec::Argv(vec![Value::plain("v2")])));
+        let current: Current = [("web".into(), running(&web))].into_iter().collect();
+        let web_plan = plan(&current, &stack(&[&new]), &[]).services.remove(0);
+        assert_eq!(web_plan.action, Action::RollOut);
+        assert_eq!(web_plan.note.as_deref(), Some("runs `migrate`, `seed` first (deploy.before)"));
+        // Nothing rolls out: nothing runs first.
+        let same = plan(&current, &stack(&[&web]), &[]).services.remove(0);
+        assert_eq!((same.action, same.note), (Action::Unchanged, None));
     }
 
     #[test]

@@ -991,8 +991,13 @@ services:
     stack.up();
     let runs = || std::fs::read_to_string(stack.path().join("runs.txt")).unwrap_or_default();
     assert_eq!(runs(), "run of v1\n", "the job ran once at the first `up`");
-    // A deploy: the job runs once, with the new configuration, before any new instance.
+    // A deploy: the job runs once, with the new configuration, before any new instance. The
+    // plan says so, and runs nothing.
     rewrite(&stack, &yaml("2", 0));
+    let plan = stack.tug(&["deploy", "--plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.all().contains("runs `record` first (deploy.before)"), "{}", plan.all());
+    assert_eq!(runs(), "run of v1\n", "--plan ran nothing");
     let load = Load::start(port, 4, 40);
     deploy_ok(&stack);
     let report = load.stop();
