@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use indexmap::IndexMap;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tug_logs::{LineSplitter, LogWriter, Stream};
 use tug_proto::plan::Action;
 use tug_proto::rollout::{HistoryEntry, Phase, RolloutStatus};
@@ -110,38 +110,15 @@ impl Supervisor {
         };
         let mut events = self.run_one_off(run).map_err(|e| Failure::refused(&e.to_string()))?;
         // Its output goes to the job's log, as `<job>-before`, and its last lines to the user.
-        let instance = format!("{job}-before");
-        let dir = self.inner.config.logs_dir();
-        let mut writer = LogWriter::open(&dir, job, &instance, spec.log_max_size, spec.log_max_files).ok();
-        let mut tail: VecDeque<String> = VecDeque::new();
-        let mut splitters = [LineSplitter::new(MAX_LINE), LineSplitter::new(MAX_LINE)];
-        let mut line = |stream: Stream, line: &[u8]| {
-            if let Some(writer) = writer.as_mut() {
-                let _ = writer.write(SystemTime::now(), stream, line);
-            }
-            if tail.len() == TAIL_LINES {
-                tail.pop_front();
-            }
-            tail.push_back(String::from_utf8_lossy(line).into_owned());
-        };
-        let ended = loop {
-            match events.recv().await {
-                Some(ExecEvent::Output(stream, bytes)) => {
-                    let index = usize::from(stream == Stream::Err);
-                    splitters[index].push(&bytes, &mut |l| line(stream, l));
-                }
-                Some(ExecEvent::Exit(code)) => break Ok(code),
-                Some(ExecEvent::Failed(why)) => break Err(format!("could not run: {why}")),
-                None => break Err("ended without an exit status".to_string()),
-            }
-        };
-        for (index, stream) in [Stream::Out, Stream::Err].into_iter().enumerate() {
-            splitters[index].finish(&mut |l| line(stream, l));
-        }
-        if let Some(writer) = writer.as_mut() {
-            let _ = writer.flush();
-        }
-        let tail: Vec<String> = tail.into();
+        let logs = LogWriter::open(
+            &self.inner.config.logs_dir(),
+            job,
+            &format!("{job}-before"),
+            spec.log_max_size,
+            spec.log_max_files,
+        )
+        .ok();
+        let (ended, tail) = logged(&mut events, logs).await;
         match ended {
             Ok(0) => {
                 self.adopt(job, &spec, started);
@@ -281,6 +258,43 @@ impl Supervisor {
         event.rollout = Some(status);
         self.inner.events.emit(event);
     }
+}
+
+/// Follows a one-off to its end, its lines into `logs` (when it could be opened): how it
+/// ended, and its last lines.
+async fn logged(
+    events: &mut mpsc::Receiver<ExecEvent>,
+    mut logs: Option<LogWriter>,
+) -> (Result<i32, String>, Vec<String>) {
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut splitters = [LineSplitter::new(MAX_LINE), LineSplitter::new(MAX_LINE)];
+    let mut line = |stream: Stream, line: &[u8]| {
+        if let Some(writer) = logs.as_mut() {
+            let _ = writer.write(SystemTime::now(), stream, line);
+        }
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(String::from_utf8_lossy(line).into_owned());
+    };
+    let ended = loop {
+        match events.recv().await {
+            Some(ExecEvent::Output(stream, bytes)) => {
+                let index = usize::from(stream == Stream::Err);
+                splitters[index].push(&bytes, &mut |l| line(stream, l));
+            }
+            Some(ExecEvent::Exit(code)) => break Ok(code),
+            Some(ExecEvent::Failed(why)) => break Err(format!("could not run: {why}")),
+            None => break Err("ended without an exit status".to_string()),
+        }
+    };
+    for (index, stream) in [Stream::Out, Stream::Err].into_iter().enumerate() {
+        splitters[index].finish(&mut |l| line(stream, l));
+    }
+    if let Some(writer) = logs.as_mut() {
+        let _ = writer.flush();
+    }
+    (ended, tail.into())
 }
 
 fn progress_deadline(spec: &ServiceSpec) -> Duration {

@@ -108,7 +108,7 @@ pub enum ArchiveError {
 /// Names the key without showing it.
 pub fn key_id(key: &[u8; 32]) -> String {
     let digest = Sha256::new().chain_update(b"tug backup key id\0").chain_update(key).finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    tug_proto::auth::hex(&digest[..8])
 }
 
 fn bound(header_line: &[u8]) -> [u8; 32] {
@@ -308,7 +308,7 @@ fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<bool> {
 pub fn random_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).unwrap_or_default();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    tug_proto::auth::hex(&bytes)
 }
 
 #[cfg(test)]

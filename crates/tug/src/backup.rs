@@ -31,21 +31,15 @@ const LONG: Duration = Duration::from_secs(24 * 3600);
 /// The last bytes of a dump command's standard error quoted when it fails.
 const STDERR_TAIL: usize = 2048;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The archive key as a request carries it.
+fn archive_key(key: &[u8; 32]) -> ArchiveKey {
+    ArchiveKey(tug_proto::auth::hex(key))
 }
 
 fn key_from_hex(key: &ArchiveKey) -> Result<Zeroizing<[u8; 32]>, String> {
-    let text = key.0.as_bytes();
-    if text.len() != 64 {
-        return Err("the archive key is not 64 hex digits".into());
-    }
-    let mut out = Zeroizing::new([0u8; 32]);
-    for (i, pair) in text.chunks(2).enumerate() {
-        let pair = std::str::from_utf8(pair).map_err(|_| "the archive key is not hex")?;
-        out[i] = u8::from_str_radix(pair, 16).map_err(|_| "the archive key is not hex")?;
-    }
-    Ok(out)
+    let bytes = Zeroizing::new(tug_proto::auth::unhex(&key.0).unwrap_or_default());
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| "the archive key is not 64 hex digits")?;
+    Ok(Zeroizing::new(key))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,7 +350,7 @@ pub fn backup(args: &StackArgs, out: Option<PathBuf>, services: Vec<String>) -> 
             dir.join(default_name(&stack.name, None))
         }
     };
-    let request = BackupRequest { out, services, key: ArchiveKey(hex(&key[..])) };
+    let request = BackupRequest { out, services, key: archive_key(&key) };
     let answer: BackupResponse = client.send("POST", "/v1/backup", &request, LONG)?;
     let parts: Vec<String> = answer.entries.iter().map(|e| format!("{} ({} bytes)", e.entry, e.bytes)).collect();
     println!("{}", answer.file.display());
@@ -446,10 +440,8 @@ pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>) -> Result
             return Err("the services to restore did not start: nothing was loaded (see `tug ps`)".into());
         }
         let client = run::running_client(args)?;
-        let request = RestoreRequest {
-            file: std::env::current_dir().unwrap_or_default().join(file),
-            key: ArchiveKey(hex(&key[..])),
-        };
+        let request =
+            RestoreRequest { file: std::env::current_dir().unwrap_or_default().join(file), key: archive_key(&key) };
         let answer: RestoreResponse = client.send("POST", "/v1/restore", &request, LONG)?;
         for entry in &answer.loaded {
             eprintln!("loaded {} ({} bytes)", entry.entry, entry.bytes);
@@ -700,7 +692,7 @@ async fn scheduled_backup(supervisor: &Supervisor, service: &str, keep: u32) -> 
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let project = supervisor.project();
     let out = dir.join(default_name(&project, Some(service)));
-    let request = BackupRequest { out, services: vec![service.to_string()], key: ArchiveKey(hex(&key[..])) };
+    let request = BackupRequest { out, services: vec![service.to_string()], key: archive_key(&key) };
     let written = write_archive(supervisor, &state_dir, request).await?;
     let prefix = format!("{project}-{service}-");
     let names: Vec<String> = std::fs::read_dir(&dir)

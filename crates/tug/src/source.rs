@@ -165,7 +165,7 @@ fn hash_entry(hasher: &mut Sha256, relative: &Path, kind: &Kind, content: Option
 }
 
 fn finish(hasher: Sha256) -> String {
-    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    tug_proto::auth::hex(&hasher.finalize()[..8])
 }
 
 fn digest(root: &Path, entries: &[(PathBuf, Kind)]) -> Result<String, String> {

@@ -95,6 +95,21 @@ fn prerequisites() -> Result<PathBuf, String> {
     pg_bin().ok_or_else(|| "no PostgreSQL server programs".into())
 }
 
+/// PostgreSQL's programs and the example's stack file, or `None` (said) when the example cannot
+/// run here.
+fn example_or_skip() -> Option<(PathBuf, String)> {
+    let pg_bin = match prerequisites() {
+        Ok(bin) => bin,
+        Err(reason) => {
+            eprintln!("skipping: {reason}");
+            return None;
+        }
+    };
+    let example = repo_dir().join("examples/servers");
+    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    Some((pg_bin, yaml))
+}
+
 /// Distinct free ports for PostgreSQL, Redis and the API.
 fn free_ports() -> [u16; 3] {
     loop {
@@ -282,15 +297,7 @@ fn example_stack(label: &str, yaml: &str, pg_bin: &Path) -> (Stack, [u16; 3]) {
 #[test]
 fn postgres_redis_and_an_api_start_gated_and_serve() {
     let started = Instant::now();
-    let pg_bin = match prerequisites() {
-        Ok(bin) => bin,
-        Err(reason) => {
-            eprintln!("skipping servers test: {reason}");
-            return;
-        }
-    };
-    let example = repo_dir().join("examples/servers");
-    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    let Some((pg_bin, yaml)) = example_or_skip() else { return };
     let (stack, [pg_port, redis_port, api_port]) = example_stack("servers", &yaml, &pg_bin);
     let check = stack.tug(&["check"]);
     assert_eq!(check.code, 0, "tug check:\n{}", check.all());
@@ -419,15 +426,7 @@ fn postgres_redis_and_an_api_start_gated_and_serve() {
 /// talk through the routers' ports.
 #[test]
 fn postgres_and_redis_through_the_router_with_no_protocol_given() {
-    let pg_bin = match prerequisites() {
-        Ok(bin) => bin,
-        Err(reason) => {
-            eprintln!("skipping: {reason}");
-            return;
-        }
-    };
-    let example = repo_dir().join("examples/servers");
-    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    let Some((pg_bin, yaml)) = example_or_skip() else { return };
     // PostgreSQL and Redis behind the router, protocol not given.
     let mut service = "";
     let routed: String = yaml
@@ -468,15 +467,7 @@ fn postgres_and_redis_through_the_router_with_no_protocol_given() {
 /// the key; a changed archive and another project's archive are refused, changing nothing.
 #[test]
 fn a_backup_of_postgres_and_redis_restores_into_a_new_folder() {
-    let pg_bin = match prerequisites() {
-        Ok(bin) => bin,
-        Err(reason) => {
-            eprintln!("skipping: {reason}");
-            return;
-        }
-    };
-    let example = repo_dir().join("examples/servers");
-    let yaml = std::fs::read_to_string(example.join("tug.yaml")).expect("read the example");
+    let Some((pg_bin, yaml)) = example_or_skip() else { return };
     let (stack, [_, redis_port, api_port]) = example_stack("servers-backup", &yaml, &pg_bin);
     stack.up();
     let query = |stack: &Stack, sql: &str| query(stack, &pg_bin, sql);
