@@ -67,6 +67,11 @@ pub(crate) async fn run(sup: Supervisor) {
                 .collect()
         };
         scalers.retain(|name, _| services.iter().any(|c| &c.name == name));
+        // Measuring reads every process in /proc: not once a second for a stack that
+        // autoscales nothing.
+        if services.is_empty() {
+            continue;
+        }
         let groups: Vec<i32> = services.iter().flat_map(|c| c.ready.iter().map(|(_, pid)| *pid)).collect();
         let usage = tug_sys::procfs::groups_usage_except(&groups, Some(crate::shim::NAME));
         let now = Instant::now();
