@@ -52,8 +52,28 @@ def h2(base):
             "errors": int(m[5]) + int(m[6]) + int(m[7]), **cpu(base + ".cpu", int(m[4]))}
 
 
+def round_of(path):
+    """The round a raw file belongs to (its `-rN-` part)."""
+    return int(re.search(r"-r(\d+)-", os.path.basename(path))[1])
+
+
 def fmt_range(xs, f):
     return f"{f(statistics.median(xs))} ({f(min(xs))}-{f(max(xs))})"
+
+
+def paired(v, runs, peers):
+    """Per round, the target's req/s over the better peer's in that same round: the targets of a
+    round run back to back, so this ratio cancels what drifts between rounds (another tenant, the
+    CPU's clock). Median (min-max) and how many rounds it won."""
+    ratios = []
+    for x in v:
+        same = [r for p in peers for r in runs[p] if r["round"] == x["round"]]
+        if len(same) == len(peers):
+            ratios.append(x["rps"] / max(r["rps"] for r in same))
+    if not ratios:
+        return "-"
+    won = sum(r >= 1.0 for r in ratios)
+    return f"{fmt_range(ratios, lambda x: f'{x:.2f}x')}, {won}/{len(ratios)}"
 
 
 def table(title, runs):
@@ -63,7 +83,7 @@ def table(title, runs):
     best = max(peers, key=lambda p: med[p]["rps"])   # throughput reference
     best_p99 = min(med[p]["p99"] for p in peers)     # latency reference: the lower peer p99
     rows = [("target", "req/s median (min-max)", "p50 ms", "p99 ms", f"req/s vs {best}", "p99 vs best peer",
-             "CPU µs/req (user)", "errors", "goal")]
+             "per round vs better peer (won)", "CPU µs/req (user)", "errors", "goal")]
     for k, v in runs.items():
         if not v:
             continue
@@ -74,7 +94,8 @@ def table(title, runs):
         rows.append((k, fmt_range([x["rps"] for x in v], lambda x: f"{x:,.0f}"),
                      fmt_range([x["p50"] for x in v], lambda x: f"{x:.2f}"),
                      fmt_range([x["p99"] for x in v], lambda x: f"{x:.2f}"),
-                     f"{r:.2f}x", f"{p99r:.2f}x", f"{statistics.median(cpu):.1f} ({statistics.median(user):.1f})" if cpu else "-",
+                     f"{r:.2f}x", f"{p99r:.2f}x", "" if k in PEERS else paired(v, runs, peers),
+                     f"{statistics.median(cpu):.1f} ({statistics.median(user):.1f})" if cpu else "-",
                      str(sum(x["errors"] for x in v)), goal))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(title)
@@ -93,14 +114,16 @@ if direct:
           + ", ".join(f"{os.path.basename(p)[8:-4]}: {r['rps']:,.0f} req/s p99 {r['p99']:.2f} ms" for p, r in zip(direct, rs)))
     print()
 for c in loads:
-    runs = {t: [wrk(f) for f in sorted(glob.glob(f"{out}/raw/c{c}-r*-{slug(t)}.txt"))] for t in targets}
+    runs = {t: [dict(wrk(f), round=round_of(f)) for f in sorted(glob.glob(f"{out}/raw/c{c}-r*-{slug(t)}.txt"))]
+            for t in targets}
     cmd = next(iter(runs.values()))[0]["cmd"]
     cmd = re.sub(r":(\d+)/", ":PORT/", cmd)
     table(f"HTTP/1.1, {rounds} interleaved rounds of `{cmd}` (medians; range over rounds)", runs)
 h2_loads = sorted({re.match(r"h2-(\d+x\d+)-r", os.path.basename(f))[1]
                    for f in glob.glob(f"{out}/raw/h2-*x*-r*.txt")}, key=lambda l: -int(l.split("x")[0]) * int(l.split("x")[1]))
 for load in h2_loads:
-    h2runs = {t: [h2(f[:-4]) for f in sorted(glob.glob(f"{out}/raw/h2-{load}-r*-{slug(t)}.txt"))] for t in targets}
+    h2runs = {t: [dict(h2(f[:-4]), round=round_of(f)) for f in sorted(glob.glob(f"{out}/raw/h2-{load}-r*-{slug(t)}.txt"))]
+              for t in targets}
     if all(h2runs[p] for p in PEERS):
         cmd = h2runs["nginx"][0]["cmd"]
         cmd = re.sub(r"--log-file=\S+ ", "", re.sub(r":(\d+)/", ":PORT/", cmd))
