@@ -88,7 +88,7 @@ use tokio::task::JoinHandle;
 pub use crate::config::{Config, ConnectionLimit, MAX_CONNECT_ATTEMPTS, OutlierPolicy, Policy, RetryPolicy};
 use crate::lifecycle::Phase;
 pub use crate::stats::{EndpointStats, Histogram, LATENCY_BOUNDS, MAX_DEPARTED, Stats};
-use crate::table::{Ledger, Shared, Table, lock};
+use crate::table::{Shared, lock};
 
 /// One ready instance of a service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +178,8 @@ pub struct Router {
     phase: watch::Sender<Phase>,
     accept: JoinHandle<()>,
     follow: JoinHandle<()>,
+    /// The membership it follows, for [`Router::catch_up`].
+    members: watch::Receiver<Arc<Members>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -211,19 +213,25 @@ impl Router {
         let listener = TcpListener::from_std(std_listener)?;
         let local_addr = listener.local_addr()?;
 
-        let mut ledger = Ledger::default();
-        let first = Table::build(&members.borrow_and_update(), None, &config.policy, &mut ledger);
-        ledger.set_members(&first);
-        let (tables, table) = watch::channel(Arc::new(first));
         let (phase, phases) = watch::channel(Phase::Serving);
-        let shared = Arc::new(Shared::new(table, config, ledger, phases));
-        let follow = tokio::spawn(follow(members, tables, shared.clone()));
+        let first = members.borrow_and_update().clone();
+        let shared = Arc::new(Shared::new(&first, config, phases));
+        let follow = tokio::spawn(follow(members.clone(), shared.clone()));
         let accept = match protocol {
             Protocol::Http => tokio::spawn(http::serve(listener, shared.clone())),
             Protocol::Tcp => tokio::spawn(tcp::serve(listener, shared.clone())),
             Protocol::Auto => tokio::spawn(detect::serve(listener, shared.clone())),
         };
-        Ok(Router { local_addr, shared, phase, accept, follow })
+        Ok(Router { local_addr, shared, phase, accept, follow, members })
+    }
+
+    /// Routes by the latest membership from now on: builds the table here, in the caller's
+    /// thread, if the router's own thread has not yet. Whoever publishes a membership and then
+    /// tells a client an instance is ready calls this in between, so the client's next request
+    /// cannot find the router without it.
+    pub fn catch_up(&self) {
+        let latest = self.members.borrow().clone();
+        self.shared.follow_members(&latest);
     }
 
     /// The address actually bound (useful with port 0).
@@ -282,7 +290,7 @@ impl Drop for Router {
 /// Rebuilds the table on every membership change, and sweeps idle pooled
 /// connections. If the membership sender is dropped, the last table stays (a
 /// failed registry keeps serving).
-async fn follow(mut members: watch::Receiver<Arc<Members>>, tables: watch::Sender<Arc<Table>>, shared: Arc<Shared>) {
+async fn follow(mut members: watch::Receiver<Arc<Members>>, shared: Arc<Shared>) {
     let mut sweep = tokio::time::interval(shared.sweep_interval());
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sweep.tick().await;
@@ -294,15 +302,8 @@ async fn follow(mut members: watch::Receiver<Arc<Members>>, tables: watch::Sende
                     following = false;
                     continue;
                 }
-                let old = tables.borrow().clone();
-                let next = {
-                    let mut ledger = lock(&shared.ledger);
-                    let next = Table::build(&members.borrow_and_update(), Some(&old), &shared.config.policy, &mut ledger);
-                    ledger.set_members(&next);
-                    next
-                };
-                old.retire_missing(&next);
-                tables.send_replace(Arc::new(next));
+                let latest = members.borrow_and_update().clone();
+                shared.follow_members(&latest);
             }
             _ = sweep.tick() => shared.sweep(),
         }

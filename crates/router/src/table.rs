@@ -163,6 +163,9 @@ pub(crate) struct Table {
     /// The two groups of a canary split in force: `None` without a split, and
     /// when either group would be empty (then the split changes nothing).
     split: Option<Groups>,
+    /// The membership it was built from: a router whose table holds the latest one has
+    /// nothing to catch up on.
+    from: Arc<Members>,
 }
 
 /// Some of a table's endpoints, and what the policies need to pick among them
@@ -221,7 +224,7 @@ impl Table {
     /// reusing `old`'s endpoint for every backend whose id, address and
     /// revision are unchanged, and the ledger's counters for every (id,
     /// revision) it knows; and, for a split, each group's order and ring.
-    pub fn build(members: &Members, old: Option<&Table>, policy: &Policy, ledger: &mut Ledger) -> Table {
+    pub fn build(members: &Arc<Members>, old: Option<&Table>, policy: &Policy, ledger: &mut Ledger) -> Table {
         let backends = &members.backends;
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::with_capacity(backends.len());
         let mut weights = Vec::with_capacity(backends.len());
@@ -248,7 +251,7 @@ impl Table {
             };
             (!groups.stable.is_empty() && !groups.canary.is_empty()).then_some(groups)
         });
-        Table { endpoints, weights, all, split }
+        Table { endpoints, weights, all, split, from: members.clone() }
     }
 
     /// Retires every endpoint of `self` that `next` does not carry on.
@@ -347,6 +350,8 @@ impl Tried {
 /// What every connection of one listener shares.
 pub(crate) struct Shared {
     table: watch::Receiver<Arc<Table>>,
+    /// Where new tables go, by [`Shared::follow_members`] only.
+    tables: watch::Sender<Arc<Table>>,
     pub config: Config,
     /// Turns of round robin: over the whole table, and over each group of a split.
     rr: [RoundRobin; 3],
@@ -367,15 +372,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        table: watch::Receiver<Arc<Table>>,
-        mut config: Config,
-        ledger: Ledger,
-        phase: watch::Receiver<Phase>,
-    ) -> Shared {
+    /// A router's state, its first table built from `members`.
+    pub fn new(members: &Arc<Members>, mut config: Config, phase: watch::Receiver<Phase>) -> Shared {
         config.retry.max_attempts = config.retry.max_attempts.clamp(1, MAX_CONNECT_ATTEMPTS);
+        let mut ledger = Ledger::default();
+        let first = Table::build(members, None, &config.policy, &mut ledger);
+        ledger.set_members(&first);
+        let (tables, table) = watch::channel(Arc::new(first));
         Shared {
             table,
+            tables,
             budget: RetryBudget::new(&config.retry),
             config,
             rr: Default::default(),
@@ -389,6 +395,21 @@ impl Shared {
             tracker: Arc::default(),
             phase,
         }
+    }
+
+    /// Rebuilds the table from `members` unless it already holds them. Under the ledger's lock
+    /// from the check to the new table, so the follow task and [`crate::Router::catch_up`] can
+    /// both call it and the last table standing is always the newest membership's.
+    pub fn follow_members(&self, members: &Arc<Members>) {
+        let mut ledger = lock(&self.ledger);
+        let old = self.table.borrow().clone();
+        if Arc::ptr_eq(&old.from, members) {
+            return;
+        }
+        let next = Table::build(members, Some(&old), &self.config.policy, &mut ledger);
+        ledger.set_members(&next);
+        old.retire_missing(&next);
+        self.tables.send_replace(Arc::new(next));
     }
 
     /// Milliseconds since the epoch, from 1 (0 means "not ejected").
@@ -613,8 +634,8 @@ mod tests {
         Backend { id: id.into(), addr: SocketAddr::from(([127, 0, 0, 1], port)), weight: 1, revision: revision.into() }
     }
 
-    fn of(backends: &[Backend]) -> Members {
-        Members::from(backends.to_vec())
+    fn of(backends: &[Backend]) -> Arc<Members> {
+        Arc::new(Members::from(backends.to_vec()))
     }
 
     #[test]
@@ -681,26 +702,21 @@ mod tests {
     /// Split tests: a router's shared state over one table, with no listener.
     struct Router {
         shared: Shared,
-        tables: watch::Sender<Arc<Table>>,
-        ledger: Ledger,
     }
 
     impl Router {
         fn new(policy: Policy, members: &Members) -> Router {
-            let mut ledger = Ledger::default();
-            let table = Table::build(members, None, &policy, &mut ledger);
-            ledger.set_members(&table);
-            let (tables, rx) = watch::channel(Arc::new(table));
             let (_phase, phases) = watch::channel(Phase::Serving);
             let config = Config { policy, ..Config::default() };
-            Router { shared: Shared::new(rx, config, Ledger::default(), phases), tables, ledger }
+            Router { shared: Shared::new(&Arc::new(members.clone()), config, phases) }
         }
 
         fn set(&mut self, members: &Members) {
-            let old = self.tables.borrow().clone();
-            let next = Table::build(members, Some(&old), &self.shared.config.policy, &mut self.ledger);
-            self.ledger.set_members(&next);
-            self.tables.send_replace(Arc::new(next));
+            self.shared.follow_members(&Arc::new(members.clone()));
+        }
+
+        fn tables(&self) -> Arc<Table> {
+            self.shared.table.borrow().clone()
         }
 
         /// The id of a first pick.
@@ -709,7 +725,7 @@ mod tests {
         }
 
         fn endpoint(&self, id: &str) -> Arc<Endpoint> {
-            self.tables.borrow().endpoints.iter().find(|e| e.id() == id).unwrap().clone()
+            self.tables().endpoints.iter().find(|e| e.id() == id).unwrap().clone()
         }
     }
 
@@ -753,7 +769,7 @@ mod tests {
             canary(0, 3, 0),
         ] {
             let router = Router::new(Policy::RoundRobin, &members);
-            assert!(router.tables.borrow().split.is_none());
+            assert!(router.tables().split.is_none());
             let picks: Vec<String> = (0..6).map(|_| router.pick(None)).collect();
             assert_eq!(picks[..3], picks[3..]);
             assert_eq!(picks[..3].iter().collect::<BTreeSet<_>>().len(), 3, "{picks:?}");
@@ -761,7 +777,7 @@ mod tests {
         // A canary of weight 0 (draining) is no canary.
         let mut members = canary(2, 1, 1000);
         members.backends[2].weight = 0;
-        assert!(Router::new(Policy::RoundRobin, &members).tables.borrow().split.is_none());
+        assert!(Router::new(Policy::RoundRobin, &members).tables().split.is_none());
         // More than 1000‰ is 1000‰.
         let router = Router::new(Policy::RoundRobin, &canary(2, 1, 5000));
         assert!((0..50).all(|_| router.pick(None) == "c0"));

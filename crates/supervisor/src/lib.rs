@@ -262,10 +262,6 @@ impl Supervisor {
             let mut rx = self.inner.changes.subscribe();
             let _ = tokio::time::timeout(timeout, rx.wait_for(|g| *g > after)).await;
         }
-        // What the status calls ready, this host's routers already send requests to: `up -d`
-        // returns on this answer, and a `curl` right after must not find the router empty (the
-        // task that follows the table may not have run yet).
-        self.inner.routing.refresh_local(&self.inner);
         let table = self.inner.lock();
         let services = table
             .services
@@ -288,6 +284,11 @@ impl Supervisor {
         let (project, generation, shutting_down, notices) =
             (table.project.clone(), table.generation, table.shutting_down, table.notices.clone());
         drop(table);
+        // What this status calls ready, this host's routers already send requests to: `up -d`
+        // returns on this answer, and a `curl` right after must not find the router empty (the
+        // task that follows the table may not have run yet). After the snapshot, so the routers
+        // hold at least what it says.
+        self.inner.routing.refresh_local(&self.inner);
         // Reading every process in /proc takes milliseconds with many instances: never under
         // the table's lock, which every instance task and API request needs.
         if usage {

@@ -676,11 +676,12 @@ fn members_of(state: &RoutingState, host: &str, key: &str, service: &str) -> Mem
     Members { backends, split }
 }
 
-/// Hands every router its members, waking it only when they changed.
+/// Hands every router its members, waking it only when they changed, and has each route by
+/// them before returning: what the status calls ready right after, the routers already hold.
 fn publish(state: &RoutingState, host: &str) {
     for (key, front) in &state.fronts {
         let next = members_of(state, host, key, &front.service);
-        front.members.send_if_modified(|current| {
+        let changed = front.members.send_if_modified(|current| {
             if **current == next {
                 false
             } else {
@@ -688,6 +689,9 @@ fn publish(state: &RoutingState, host: &str) {
                 true
             }
         });
+        if changed {
+            front.routers.iter().for_each(Router::catch_up);
+        }
     }
 }
 

@@ -155,3 +155,26 @@ async fn dropping_the_router_stops_accepting_and_lets_requests_finish() {
     eventually(async || TcpStream::connect(addr).await.is_err()).await;
     assert_eq!(slow.await.unwrap().status, StatusCode::OK);
 }
+
+/// A router follows membership in a task of its own; `catch_up` applies it at once, so whoever
+/// reports an instance ready (the daemon's status, which `up -d` waits on) can first make sure
+/// the router already routes to it.
+#[tokio::test]
+async fn catch_up_applies_new_membership_before_the_router_task_runs() {
+    let web = backends(2).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), vec![web[0].backend()]);
+    let member = |id: &str| fx.router.stats().endpoints.iter().any(|e| e.id == id && e.member);
+    fx.set(vec![web[1].backend()]);
+    // No await since: on this one-thread runtime the router's own task has not run.
+    assert!(member(&web[0].id) && !member(&web[1].id));
+    fx.router.catch_up();
+    assert!(member(&web[1].id) && !member(&web[0].id));
+    fx.router.catch_up();
+    let mut client = H1::connect(fx.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(client.get("/", &[]).await.body, web[1].id);
+    }
+    // The router's task, running now, finds nothing left to do and keeps following.
+    fx.set(vec![web[0].backend()]);
+    eventually(async || client.get("/", &[]).await.body == web[0].id).await;
+}
