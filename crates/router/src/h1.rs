@@ -95,7 +95,7 @@ pub(crate) async fn serve(stream: TcpStream, client: Arc<Client>, servers: Arc<S
                     }
                     conn.busy();
                     conn.input.reserve(READ_CHUNK);
-                    match conn.stream.try_read_buf(&mut conn.input) {
+                    match read_available(&conn.stream, &mut conn.input) {
                         Ok(0) => return,
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -732,6 +732,29 @@ pub(crate) fn pool(shared: &Shared, e: &Endpoint, stream: TcpStream) {
 fn is_quiet(stream: &TcpStream) -> bool {
     let mut probe = [0u8; 1];
     matches!(stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+}
+
+/// Reads what `stream` holds into `buf`'s spare capacity, without waiting. A read that returns
+/// less than it had room for emptied the socket's receive queue (Linux's TCP read stops short
+/// only then), so it also clears the socket's readiness: the next read waits for the next epoll
+/// event instead of spending a system call to learn there is nothing yet (a third of a `recvfrom`
+/// a request at `wrk -c64`). Safe against data arriving meanwhile: tokio clears readiness only
+/// if no event came after the one read here, and new data is always a new event.
+fn read_available(stream: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut drained = None;
+    let read = stream.try_io(tokio::io::Interest::READABLE, || {
+        let n = stream.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            drained = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (read, drained) {
+        (Err(_), Some(n)) => Ok(n),
+        (read, _) => read,
+    }
 }
 
 /// Why no response head came.

@@ -324,3 +324,45 @@ async fn an_http2_request_names_one_host() {
     assert!(answer.body.contains(&format!("host: {authority}")), "{}", answer.body);
     assert_eq!(web[0].requests(), 1, "only the request naming one host reached the instance");
 }
+
+/// A read that emptied the socket clears its readiness (`h1::read_available`): what arrives
+/// after is a new event, so a request in pieces, a pause between requests and a request that
+/// lands together with the previous answer's departure are all read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_pieces_and_after_pauses_are_all_read() {
+    let web = backends(1).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    let mut stream = TcpStream::connect(fx.addr()).await.unwrap();
+    let mut answers = 0;
+    let mut got = Vec::new();
+    let read_answers = async |stream: &mut TcpStream, got: &mut Vec<u8>, want: usize| {
+        let mut chunk = [0u8; 4096];
+        while String::from_utf8_lossy(got).matches("HTTP/1.1 200 OK\r\n").count() < want {
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "closed after {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    for round in 0..3 {
+        // One request in three pieces, each after a pause.
+        for piece in [&b"GET /headers HT"[..], b"TP/1.1\r\nHost: x\r\nX-Round: ", b"r\r\n\r\n"] {
+            stream.write_all(piece).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        answers += 1;
+        read_answers(&mut stream, &mut got, answers).await;
+        // Then one at once, while nothing is in flight.
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        answers += 1;
+        read_answers(&mut stream, &mut got, answers).await;
+        // And two back to back, the second sent as soon as the first's answer begins.
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.unwrap();
+        got.push(first[0]);
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        answers += 2;
+        read_answers(&mut stream, &mut got, answers).await;
+        assert_eq!(web[0].requests(), answers, "round {round}");
+    }
+}
