@@ -385,13 +385,14 @@ impl Task {
 
     /// Starts the process once and supervises it until it ends or is told to.
     /// A private port can be taken by another program between two starts (or
-    /// between allocation and the first): then the instance moves to a free one,
-    /// rather than crash-looping on a port it can never bind.
+    /// between allocation and the first), or held by the last process's connections in
+    /// TIME_WAIT: then the instance moves to a free one, rather than crash-looping on a
+    /// port it cannot bind.
     fn refresh_port(&mut self) {
         let private = self.spec.kind == Kind::Service && (self.spec.proxy || self.spec.port.is_none());
         let Some(port) = self.port.filter(|_| private) else { return };
         let host = self.inner.config.host.clone();
-        if ports::is_free(&host, port) {
+        if ports::is_free_for_any_program(&host, port) {
             return;
         }
         let range = self.inner.config.port_range;

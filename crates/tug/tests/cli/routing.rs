@@ -327,6 +327,64 @@ fn a_replica_killed_under_load_fails_no_request_and_rejoins() {
     assert!(seen.contains(&"web-2".to_string()), "{seen:?}");
 }
 
+/// The stack's YAML for `a_deploy_onto_a_port_left_in_time_wait_moves_the_new_program_off_it`.
+fn time_wait_yaml(script: &std::path::Path, port: u16, reuse: u8) -> String {
+    format!(
+        r#"
+name: timewait
+services:
+  web:
+    command: exec /usr/bin/python3 {script}
+    port: {port}
+    environment: {{ PORT: "${{PORT}}", REUSE: "{reuse}" }}
+    healthcheck: {{ http: /, interval: 200ms, start_interval: 50ms }}
+    deploy: {{ strategy: recreate }}
+"#,
+        script = script.display()
+    )
+}
+
+/// A stopped instance's port goes back to the pool, while the connections its program closed
+/// still hold it in TIME_WAIT for up to a minute. A program that binds with SO_REUSEADDR can
+/// bind it; one without cannot. The next program given the port must be able to bind it
+/// whatever it does: here a deploy replaces a program that set the option with one that does
+/// not, and the new instance goes to another port instead of failing the deploy.
+#[test]
+fn a_deploy_onto_a_port_left_in_time_wait_moves_the_new_program_off_it() {
+    let port = free_port();
+    let dir = crate::TempDir::new("routing-time-wait");
+    let script = dir.path().join("server.py");
+    std::fs::write(
+        &script,
+        r#"import os, socket
+s = socket.socket()
+if os.environ["REUSE"] == "1":
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"#,
+    )
+    .unwrap();
+    let stack = Stack::new("routing-time-wait", &time_wait_yaml(&script, port, 1));
+    stack.up();
+    for _ in 0..5 {
+        assert_eq!(http_once("127.0.0.1", port, "GET", "/").map(|(status, _)| status), Some(200));
+    }
+    let old_port = stack.instance("web-1").expect("web-1")["port"].as_u64().unwrap();
+    stack.dir.write("tug.yaml", &time_wait_yaml(&script, port, 0));
+    let deploy = stack.tug(&["deploy"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    let row = stack.wait_for("web-1", Duration::from_secs(10), |row| row["state"] == "healthy");
+    assert_ne!(row["port"].as_u64().unwrap(), old_port, "{row}");
+    assert_eq!(row["restarts"], 0, "{row}");
+    assert_eq!(http_once("127.0.0.1", port, "GET", "/").map(|(status, _)| status), Some(200));
+}
+
 #[test]
 fn scaling_down_drains_requests_in_flight() {
     let port = free_port();
