@@ -46,7 +46,12 @@ impl Supervisor {
     /// [`apply`](Self::apply). One deploy at a time, so a plan is not changed under the jobs.
     pub async fn deploy(&self, request: UpRequest) -> Result<UpResponse, Error> {
         let _one_at_a_time = self.inner.deploying.lock().await;
-        for (job, services) in self.before_jobs(&request)? {
+        let jobs = self.before_jobs(&request)?;
+        if !jobs.is_empty() {
+            // What would refuse the deploy itself refuses it before a job changes anything.
+            self.refusal(&request.spec, &request.targets)?;
+        }
+        for (job, services) in jobs {
             let spec = request.spec.services.iter().find(|s| s.name == job).cloned().map(Arc::new);
             let Some(spec) = spec.filter(|s| s.kind == Kind::Job) else {
                 return Err(Error::BadRequest(format!(

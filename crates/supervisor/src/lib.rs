@@ -345,47 +345,59 @@ impl Supervisor {
         Ok(plan::plan(&current(&self.inner.lock()), &new_specs, &request.targets))
     }
 
-    /// `up`: adopts `spec` and starts the targets and their dependencies, as [`plan::plan`]
-    /// decides: the plan is computed and executed under one lock, and returned.
-    pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
-        let UpRequest { spec, targets } = request;
-        validate_spec(&spec)?;
-        process::withhold(&spec.withheld);
+    /// Refuses, before anything changes, a request `apply` could not carry out: a spec that
+    /// does not validate, an unknown target, a bad `listen`, a stack shutting down, or a fixed
+    /// port another program holds. `deploy` asks this before it runs `deploy.before` jobs, so a
+    /// migration never runs for a deploy refused right after. The request's services by name.
+    pub(crate) fn refusal(
+        &self,
+        spec: &StackSpec,
+        targets: &[String],
+    ) -> Result<IndexMap<String, Arc<ServiceSpec>>, Error> {
+        validate_spec(spec)?;
         let inner = &self.inner;
         let new_specs: IndexMap<String, Arc<ServiceSpec>> =
             spec.services.iter().map(|s| (s.name.clone(), Arc::new(s.clone()))).collect();
-        for target in &targets {
+        for target in targets {
             if !new_specs.contains_key(target) {
                 return Err(Error::NotFound(format!("no service or job named `{target}` in the stack")));
             }
         }
+        let listen_ip = inner.routing.listen_ip_for(spec.listen.as_deref()).map_err(Error::BadRequest)?.to_string();
+        let table = inner.lock();
+        if table.shutting_down {
+            return Err(Error::Conflict("the stack is shutting down; run `tug up` again once it is down".into()));
+        }
+        // A fixed port taken by another program fails `up` before anything starts.
+        let mut taken = Vec::new();
+        for name in &order::closure(&new_specs, targets) {
+            let spec = &new_specs[name];
+            let Some(port) = spec.port else { continue };
+            let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
+                || table.instances.values().any(|i| i.status.port == Some(port))
+                || inner.routing.holds(name, port);
+            if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&listen_ip, port) {
+                taken.push(ports::describe_taken(name, port));
+            }
+        }
+        if !taken.is_empty() {
+            return Err(Error::Conflict(taken.join("\n")));
+        }
+        Ok(new_specs)
+    }
+
+    /// `up`: adopts `spec` and starts the targets and their dependencies, as [`plan::plan`]
+    /// decides: the plan is computed and executed under one lock, and returned.
+    pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
+        let UpRequest { spec, targets } = request;
+        let new_specs = self.refusal(&spec, &targets)?;
+        process::withhold(&spec.withheld);
+        let inner = &self.inner;
         let wanted = order::closure(&new_specs, &targets);
         let mut notices = Vec::new();
         inner.routing.set_listen(spec.listen.as_deref()).map_err(Error::BadRequest)?;
-        let listen_ip = inner.routing.listen_ip().to_string();
-        {
-            let table = inner.lock();
-            if table.shutting_down {
-                return Err(Error::Conflict("the stack is shutting down; run `tug up` again once it is down".into()));
-            }
-            // A fixed port taken by another program fails `up` before anything starts.
-            let mut taken = Vec::new();
-            for name in &wanted {
-                let spec = &new_specs[name];
-                let Some(port) = spec.port else { continue };
-                let ours = table.services.get(name).is_some_and(|s| s.spec.port == Some(port) && s.active)
-                    || table.instances.values().any(|i| i.status.port == Some(port))
-                    || inner.routing.holds(name, port);
-                if !ours && spec.kind == Kind::Service && spec.replicas > 0 && !ports::is_free(&listen_ip, port) {
-                    taken.push(ports::describe_taken(name, port));
-                }
-            }
-            if !taken.is_empty() {
-                return Err(Error::Conflict(taken.join("\n")));
-            }
-            if let Some(problem) = cgroup_problem(&inner.cgroups, &wanted, &new_specs) {
-                notices.push(problem);
-            }
+        if let Some(problem) = cgroup_problem(&inner.cgroups, &wanted, &new_specs) {
+            notices.push(problem);
         }
         let registry = spec.registry.as_ref().map(|v| v.value.as_str());
         if let Some(warning) = inner.routing.attach(inner, registry, &spec.project).map_err(Error::BadRequest)? {

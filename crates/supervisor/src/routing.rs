@@ -296,27 +296,33 @@ impl Routing {
     /// Where the routers listen from now on (`None`: the advertised address). It must let the
     /// advertised address reach them: every interface, or that address itself.
     pub fn set_listen(&self, listen: Option<&str>) -> Result<(), String> {
-        let ip = match listen {
-            None => None,
-            Some(text) => {
-                let ip: IpAddr = text.parse().map_err(|_| format!("listen: `{text}` is not an IP address"))?;
-                if !ip.is_unspecified() && ip != self.ip {
-                    return Err(format!(
-                        "listen: {ip}: instances and other hosts reach the routers at the advertised address {}; \
-                         listen on every interface (0.0.0.0) or on {} itself",
-                        self.ip, self.ip
-                    ));
-                }
-                Some(ip)
-            }
-        };
+        let ip = self.parse_listen(listen)?;
         self.lock().listen = ip;
         Ok(())
+    }
+
+    /// The stack's `listen`, checked as [`Routing::set_listen`] takes it.
+    fn parse_listen(&self, listen: Option<&str>) -> Result<Option<IpAddr>, String> {
+        let Some(text) = listen else { return Ok(None) };
+        let ip: IpAddr = text.parse().map_err(|_| format!("listen: `{text}` is not an IP address"))?;
+        if !ip.is_unspecified() && ip != self.ip {
+            return Err(format!(
+                "listen: {ip}: instances and other hosts reach the routers at the advertised address {}; \
+                 listen on every interface (0.0.0.0) or on {} itself",
+                self.ip, self.ip
+            ));
+        }
+        Ok(Some(ip))
     }
 
     /// The address the routers bind.
     pub fn listen_ip(&self) -> IpAddr {
         self.lock().listen.unwrap_or(self.ip)
+    }
+
+    /// The address the routers would bind with the stack's `listen` set to `listen`.
+    pub fn listen_ip_for(&self, listen: Option<&str>) -> Result<IpAddr, String> {
+        Ok(self.parse_listen(listen)?.unwrap_or(self.ip))
     }
 
     pub fn open(&self, spec: &ServiceSpec) -> Result<(), String> {

@@ -1042,4 +1042,15 @@ services:
     rewrite(&stack, &yaml("3", 0));
     deploy_ok(&stack);
     assert_eq!(versions(port, 30), set(&["3"]));
+    // A deploy the daemon would refuse anyway (a new service's port is another program's) is
+    // refused before its job runs: no migration for a deploy that does not happen.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let admin = format!("  admin:\n    command: \"{{demo}}\"\n    port: {taken}\n");
+    rewrite(&stack, &format!("{}{admin}", yaml("4", 0)));
+    let run = deploy(&stack);
+    assert_ne!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains(&format!("port {taken} of `admin` is already in use")), "{}", run.all());
+    assert_eq!(runs(), "run of v1\nrun of v2\nrun of v3\nrun of v3\n", "the job did not run for it");
+    assert_eq!(versions(port, 30), set(&["3"]));
 }
