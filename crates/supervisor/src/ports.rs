@@ -34,6 +34,12 @@ pub fn describe_taken(service: &str, port: u16) -> String {
         Some((pid, program)) => {
             format!("port {port} of `{service}` is already in use by another program: pid {pid} ({program})")
         }
+        None if tug_sys::procfs::time_wait_on(port) > 0 => format!(
+            "port {port} of `{service}` is held by closed connections in TIME_WAIT that used it as their \
+             local end (ports from 32768 up are also handed to outgoing connections); nothing listens on it \
+             and the kernel frees it within a minute: run the command again then, or give `{service}` a \
+             port below 32768"
+        ),
         None => format!("port {port} of `{service}` is already in use by another program"),
     }
 }

@@ -197,26 +197,46 @@ pub fn page_size() -> u64 {
     u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
+/// The TCP sockets whose local port is `port`, as (state, inode), from the content of
+/// `/proc/net/tcp` or `/proc/net/tcp6`. The state is the kernel's number: 0x0A listening,
+/// 0x06 TIME_WAIT, and so on.
+fn sockets_on(table: &str, port: u16) -> impl Iterator<Item = (u8, u64)> + '_ {
+    table.lines().skip(1).filter_map(move |line| {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+        let (_, local_port) = local.rsplit_once(':')?;
+        (u16::from_str_radix(local_port, 16).ok()? == port)
+            .then(|| Some((u8::from_str_radix(state, 16).ok()?, inode.parse::<u64>().ok()?)))
+            .flatten()
+    })
+}
+
+/// The kernel's number for a listening TCP socket, in `/proc/net/tcp`.
+const LISTEN: u8 = 0x0A;
+/// And for a closed connection waiting out TIME_WAIT (no process holds it).
+const TIME_WAIT: u8 = 0x06;
+
 /// Socket inodes of the TCP sockets listening on `port`, from the content of `/proc/net/tcp` or
 /// `/proc/net/tcp6`.
 pub fn parse_listening_inodes(table: &str, port: u16) -> Vec<u64> {
-    let mut inodes = Vec::new();
-    for line in table.lines().skip(1) {
-        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
-        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
-        let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else { continue };
-        if !state.eq_ignore_ascii_case("0A") {
-            continue;
-        }
-        let Some((_, local_port)) = local.rsplit_once(':') else { continue };
-        if u16::from_str_radix(local_port, 16).ok() != Some(port) {
-            continue;
-        }
-        if let Some(inode) = inode.parse::<u64>().ok().filter(|&i| i != 0) {
-            inodes.push(inode);
-        }
-    }
-    inodes
+    sockets_on(table, port).filter(|&(state, inode)| state == LISTEN && inode != 0).map(|(_, inode)| inode).collect()
+}
+
+/// How many closed connections in TIME_WAIT have `port` as their local port, from the content of
+/// `/proc/net/tcp` or `/proc/net/tcp6`.
+pub fn parse_time_wait(table: &str, port: u16) -> usize {
+    sockets_on(table, port).filter(|&(state, _)| state == TIME_WAIT).count()
+}
+
+/// Closed connections in TIME_WAIT whose local end is `port` (IPv4 and IPv6): such a port cannot
+/// be bound by a socket that conflicts with them for up to a minute, though nothing listens.
+pub fn time_wait_on(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| fs::read(Path::new(table)).ok())
+        .map(|content| parse_time_wait(&String::from_utf8_lossy(&content), port))
+        .sum()
 }
 
 /// Whether one of `pid`'s open file descriptors is one of the sockets `targets` (as `socket:[inode]`).
@@ -487,6 +507,13 @@ mod tests {
            0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 99 1 0\n";
         assert_eq!(parse_listening_inodes(v6, 8080), vec![99]);
         assert!(parse_listening_inodes("", 8080).is_empty());
+        let waiting = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:9C40 0100007F:1F90 06 00000000:00000000 03:00000B40 00000000     0        0 0 3 0\n\
+           1: 0100007F:9C40 0100007F:1F91 06 00000000:00000000 03:00000B40 00000000     0        0 0 3 0\n\
+           2: 0100007F:9C41 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0\n";
+        assert_eq!(parse_time_wait(waiting, 40000), 2);
+        assert_eq!(parse_time_wait(waiting, 40001), 0, "established, not waiting");
+        assert!(parse_listening_inodes(waiting, 40000).is_empty());
     }
 
     #[test]

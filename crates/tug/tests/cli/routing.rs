@@ -327,6 +327,42 @@ fn a_replica_killed_under_load_fails_no_request_and_rejoins() {
     assert!(seen.contains(&"web-2".to_string()), "{seen:?}");
 }
 
+/// `up` refuses a fixed port it cannot bind, and says who holds it: a program (its pid and
+/// command line), or connections in TIME_WAIT that used it as their local end, which nothing
+/// listens on and which the kernel frees within a minute.
+#[test]
+fn a_taken_port_names_the_program_or_the_time_wait_that_holds_it() {
+    let one_port = |port: u16| {
+        Stack::new(
+            "routing-taken",
+            &format!("name: taken\nservices:\n  web:\n    command: \"{{demo}}\"\n    port: {port}\n"),
+        )
+    };
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let up = one_port(port).tug(&["up", "-d"]);
+    assert_ne!(up.code, 0, "{}", up.all());
+    let expected = format!("port {port} of `web` is already in use by another program: pid {}", std::process::id());
+    assert!(up.stderr.contains(&expected), "{}", up.all());
+    // An outgoing connection's local port, closed from this side first: TIME_WAIT, no listener.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+    let local = client.local_addr().unwrap().port();
+    let (accepted, _) = server.accept().unwrap();
+    drop(client);
+    std::thread::sleep(Duration::from_millis(50));
+    drop(accepted);
+    std::thread::sleep(Duration::from_millis(50));
+    let up = one_port(local).tug(&["up", "-d"]);
+    assert_ne!(up.code, 0, "{}", up.all());
+    assert!(
+        up.stderr.contains(&format!("port {local} of `web` is held by closed connections in TIME_WAIT")),
+        "{}",
+        up.all()
+    );
+    assert!(up.stderr.contains("frees it within a minute"), "{}", up.all());
+}
+
 /// The stack's YAML for `a_deploy_onto_a_port_left_in_time_wait_moves_the_new_program_off_it`.
 fn time_wait_yaml(script: &std::path::Path, port: u16, reuse: u8) -> String {
     format!(
