@@ -375,7 +375,7 @@ pub fn default_name(project: &str, service: Option<&str>) -> String {
 }
 
 /// `tug restore FILE [--key-file KEY]`.
-pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>) -> Result<ExitCode, String> {
+pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>, insecure: bool) -> Result<ExitCode, String> {
     let loaded = crate::stack::load(args)?;
     let project = match &loaded.compiled.stack {
         Some(stack) => stack.name.clone(),
@@ -425,7 +425,7 @@ pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>) -> Result
             detach: true,
             advertise: None,
             listen: None,
-            insecure: false,
+            insecure,
             services,
             timeout: None,
             deploy: false,

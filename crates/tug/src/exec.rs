@@ -53,7 +53,7 @@ pub fn exec(args: &StackArgs, target: &str, command: Vec<String>) -> Result<Exit
 }
 
 /// `tug run SERVICE [-- CMD...]`: what the service depends on starts first (as `up` starts it).
-pub fn run(args: &StackArgs, service: &str, command: Vec<String>) -> Result<ExitCode, String> {
+pub fn run(args: &StackArgs, service: &str, command: Vec<String>, insecure: bool) -> Result<ExitCode, String> {
     let loaded = crate::stack::load(args)?;
     let stack = crate::secrets::require_valid(&loaded.compiled)?;
     let Some(definition) = stack.services.get(service) else {
@@ -66,7 +66,7 @@ pub fn run(args: &StackArgs, service: &str, command: Vec<String>) -> Result<Exit
             detach: true,
             advertise: None,
             listen: None,
-            insecure: false,
+            insecure,
             services: dependencies,
             timeout: None,
             deploy: false,

@@ -198,6 +198,10 @@ enum Command {
     Run {
         #[arg(value_name = "SERVICE")]
         service: String,
+        /// Let the network endpoint (`api.listen`) serve a non-loopback address without TLS, when
+        /// starting the dependencies starts the stack
+        #[arg(long)]
+        insecure: bool,
         /// A command instead of the service's own (after `--`)
         #[arg(value_name = "COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -222,6 +226,9 @@ enum Command {
         /// when this folder has none (TUG_SECRETS_KEY also works)
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// Let the network endpoint (`api.listen`) serve a non-loopback address without TLS
+        #[arg(long)]
+        insecure: bool,
     },
     /// Check this host and this stack before a deploy: the stack file and its secrets, the state
     /// folder's permissions, disk space, fixed ports, cgroups for `resources`, the container
@@ -547,9 +554,11 @@ fn main() -> ExitCode {
         Command::Down { volumes } => run::down(&cli.stack, volumes),
         Command::Doctor { json } => doctor::command(&cli.stack, json),
         Command::Backup { out, services } => backup::backup(&cli.stack, out, services),
-        Command::Restore { file, key_file } => backup::restore(&cli.stack, &file, key_file.as_deref()),
+        Command::Restore { file, key_file, insecure } => {
+            backup::restore(&cli.stack, &file, key_file.as_deref(), insecure)
+        }
         Command::Exec { target, command } => exec::exec(&cli.stack, &target, command),
-        Command::Run { service, command } => exec::run(&cli.stack, &service, command),
+        Command::Run { service, insecure, command } => exec::run(&cli.stack, &service, command, insecure),
         Command::Stats { json, service } => stats::command(&cli.stack, service, json),
         Command::Ps { json } => run::ps(&cli.stack, json),
         Command::Logs { follow, tail, since, json, all, daemon, names } => {

@@ -216,6 +216,27 @@ fn a_non_loopback_endpoint_without_tls_needs_insecure() {
     assert_eq!(ps.code, 0, "{}", ps.all());
 }
 
+/// `tug run` starts what its service depends on, which on a stack that is down starts the
+/// endpoint too: a plain non-loopback one needs `--insecure` there as for `up`.
+#[test]
+fn run_takes_insecure_for_the_endpoint_its_dependencies_start() {
+    let (port, api_port) = (free_port(), free_port());
+    let api = format!("{{ listen: 0.0.0.0:{api_port} }}");
+    let yaml = web_stack("plainrun", port, &api, "1", "")
+        + "  tool:\n    kind: job\n    command: [\"sh\", \"-c\", \"echo tool ran\"]\n    depends_on: { web: healthy }\n";
+    let stack = Stack::new("endpoint-plain-run", &yaml);
+    let refused = stack.tug(&["run", "tool"]);
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    assert!(refused.stderr.contains("--insecure"), "{}", refused.stderr);
+    let run = stack.tug(&["run", "--insecure", "tool"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("tool ran"), "{}", run.all());
+    let ps = remote(&format!("http://127.0.0.1:{api_port}"), &api_key(&stack), &[], &["ps"]);
+    assert_eq!(ps.code, 0, "the endpoint serves: {}", ps.all());
+    let again = stack.tug(&["run", "--insecure", "tool"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+}
+
 /// A GET with a bearer token on the endpoint; (status, body).
 fn bearer_get(port: u16, path: &str, token: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("the endpoint");
