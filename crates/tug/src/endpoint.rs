@@ -15,6 +15,9 @@ use crate::daemon::{App, ConnInfo, Origin, Unproven};
 /// Time for a client to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the TLS files are looked at for a renewal (certbot, cert-manager): three `stat`s.
+const TLS_CHECK: Duration = Duration::from_secs(2);
+
 /// The endpoint as configured by the last stack applied over the socket.
 #[derive(Default)]
 pub struct Endpoint {
@@ -89,10 +92,10 @@ impl Endpoint {
             wanted.listen.parse().map_err(|_| format!("api.listen: `{}` is not an address and port", wanted.listen))?;
         check_plain(&address, wanted.tls.is_some(), wanted.insecure)?;
         let acceptor = match &wanted.tls {
-            Some(files) => Some(tokio_rustls::TlsAcceptor::from(
+            Some(files) => Some(
                 tug_registry::tls::server_config(&files.cert, &files.key, files.client_ca.as_deref())
                     .map_err(|e| format!("api.tls: {e}"))?,
-            )),
+            ),
             None => None,
         };
         // The same port (on the same address, or 0.0.0.0 and 127.0.0.1): the old listener
@@ -117,7 +120,8 @@ impl Endpoint {
                         .tls
                         .as_ref()
                         .and_then(|f| tug_registry::tls::server_config(&f.cert, &f.key, f.client_ca.as_deref()).ok());
-                    *running = Some(start(app, listener, acceptor.map(tokio_rustls::TlsAcceptor::from), spec));
+                    let tls = acceptor.zip(spec.tls.clone()).map(|(config, files)| Tls::new(config, files));
+                    *running = Some(start(app, listener, tls, spec));
                 } else {
                     *running = old;
                 }
@@ -129,7 +133,8 @@ impl Endpoint {
         }
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tug_supervisor::log::info(&format!("api: listening on {scheme}://{address}"), &[]);
-        *running = Some(start(app, listener, acceptor, wanted.clone()));
+        let tls = acceptor.zip(wanted.tls.clone()).map(|(config, files)| Tls::new(config, files));
+        *running = Some(start(app, listener, tls, wanted.clone()));
         Ok(())
     }
 }
@@ -141,15 +146,85 @@ fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
-fn start(app: &Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::TlsAcceptor>, spec: ApiSpec) -> Running {
+/// The endpoint's TLS: the configuration it serves, and what its files looked like when it was
+/// loaded, so a renewal on disk is served from the next handshake on without a restart.
+struct Tls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    files: tug_proto::spec::TlsFiles,
+    loaded: Vec<Option<FileStamp>>,
+}
+
+/// What tells a rewritten or replaced file from the one read: its inode, size and time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: std::time::SystemTime,
+}
+
+impl Tls {
+    fn new(config: Arc<rustls::ServerConfig>, files: tug_proto::spec::TlsFiles) -> Tls {
+        let loaded = stamps(&files);
+        Tls { acceptor: tokio_rustls::TlsAcceptor::from(config), files, loaded }
+    }
+
+    /// Loads the files again if they changed since they were last read. A renewal that does not
+    /// load (a half-written pair, a key that is not the certificate's) keeps the configuration
+    /// in use and says why; the next change is tried again.
+    fn reload_if_renewed(&mut self) {
+        let now = stamps(&self.files);
+        if now == self.loaded {
+            return;
+        }
+        self.loaded = now;
+        let files = &self.files;
+        match tug_registry::tls::server_config(&files.cert, &files.key, files.client_ca.as_deref()) {
+            Ok(config) => {
+                self.acceptor = tokio_rustls::TlsAcceptor::from(config);
+                tug_supervisor::log::info("api: the TLS files changed; new connections get the new certificate", &[]);
+            }
+            Err(e) => tug_supervisor::log::warn(
+                &format!("api: the TLS files changed but do not load ({e}); still serving the previous certificate"),
+                &[],
+            ),
+        }
+    }
+}
+
+/// The stamps of the certificate, the key and the client CA (following symbolic links, as a
+/// Kubernetes secret's `..data` swap does).
+fn stamps(files: &tug_proto::spec::TlsFiles) -> Vec<Option<FileStamp>> {
+    use std::os::unix::fs::MetadataExt;
+    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some(FileStamp { inode: meta.ino(), len: meta.len(), modified: meta.modified().ok()? })
+        })
+        .collect()
+}
+
+fn start(app: &Arc<App>, listener: TcpListener, mut tls: Option<Tls>, spec: ApiSpec) -> Running {
     let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let tls = acceptor.is_some();
+    let is_tls = tls.is_some();
     let app = app.clone();
     let accept = tokio::spawn(async move {
         let connections = Arc::new(tokio::sync::Semaphore::new(crate::daemon::MAX_CONNECTIONS));
         let unproven = Arc::new(Unproven::default());
+        let mut renewal_check = tokio::time::interval(TLS_CHECK);
+        renewal_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = renewal_check.tick(), if tls.is_some() => {
+                    if let Some(tls) = tls.as_mut() {
+                        tls.reload_if_renewed();
+                    }
+                    continue;
+                }
+            };
+            let Ok((stream, _)) = accepted else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
@@ -157,9 +232,9 @@ fn start(app: &Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::T
             let Some(permit) = crate::daemon::admit(&connections, &unproven).await else { continue };
             let (id, close) = unproven.admit();
             let unproven = unproven.clone();
-            let info = ConnInfo { id, unproven: unproven.clone(), origin: Origin::Network { tls, address } };
+            let info = ConnInfo { id, unproven: unproven.clone(), origin: Origin::Network { tls: is_tls, address } };
             let app = app.clone();
-            let acceptor = acceptor.clone();
+            let acceptor = tls.as_ref().map(|tls| tls.acceptor.clone());
             tokio::spawn(async move {
                 let _permit = permit;
                 let work = async {
@@ -182,5 +257,5 @@ fn start(app: &Arc<App>, listener: TcpListener, acceptor: Option<tokio_rustls::T
             });
         }
     });
-    Running { spec, address, tls, accept: Some(accept) }
+    Running { spec, address, tls: is_tls, accept: Some(accept) }
 }

@@ -143,6 +143,49 @@ fn remote_commands_over_tls_and_mtls_and_what_is_refused() {
     assert_eq!(status.code, 0, "{}", status.all());
 }
 
+/// A renewed certificate (files rewritten in place, as certbot and cert-manager do) is served
+/// from the next connection on, without a restart or a change of `api`; a renewal that does
+/// not load keeps the certificate in use.
+#[test]
+fn renewed_certificate_files_are_served_without_a_restart() {
+    let pki = TempDir::new("endpoint-renew");
+    make_pki(pki.path());
+    let p = |name: &str| pki.path().join(name);
+    // The renewal: another server certificate for 127.0.0.1, from the other CA.
+    let renew = "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj '/CN=tug test renewed' \
+                 -keyout renewed.key -out renewed.csr 2>/dev/null && \
+                 printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n' > renewed.ext && \
+                 openssl x509 -req -in renewed.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial -days 2 \
+                 -extfile renewed.ext -out renewed.pem 2>/dev/null";
+    let made = Command::new("sh").arg("-c").arg(renew).current_dir(pki.path()).output().expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (port, api_port) = (free_port(), free_port());
+    let tls = format!(
+        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {} }} }}",
+        p("server.pem").display(),
+        p("server.key").display()
+    );
+    let stack = Stack::new("endpoint-renew", &web_stack("renew", port, &tls, "1", ""));
+    stack.up();
+    let (key, url) = (api_key(&stack), format!("https://127.0.0.1:{api_port}"));
+    let trusting = |ca: &str| remote(&url, &key, &[("--tls-ca", p(ca))], &["ps"]).code == 0;
+    assert!(trusting("ca.pem") && !trusting("rogue-ca.pem"));
+    // Renewed in place: the key first, then the certificate (a moment where the pair does not
+    // match, which must not take the endpoint down).
+    std::fs::write(p("server.key"), std::fs::read(p("renewed.key")).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(trusting("ca.pem"), "a half-renewed pair keeps the certificate in use");
+    std::fs::write(p("server.pem"), std::fs::read(p("renewed.pem")).unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !trusting("rogue-ca.pem") {
+        assert!(Instant::now() < deadline, "the renewed certificate was never served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!trusting("ca.pem"), "the old certificate is gone");
+    let log = stack.tug(&["logs", "--daemon"]);
+    assert!(log.stdout.contains("do not load") && log.stdout.contains("new certificate"), "{}", log.all());
+}
+
 /// `tug --host URL logs -f web` shows a line the service logs after it started following.
 fn assert_follows_logs(url: &str, key: &str, tls: &[(&str, PathBuf)], port: u16) {
     let logs_dir = TempDir::new("remote-logs");
