@@ -41,31 +41,21 @@ impl Remote {
         cert: Option<PathBuf>,
         key: Option<PathBuf>,
     ) -> Result<Remote, String> {
+        use crate::url::Problem;
         let bad = |why: &str| format!("--host {url}: {why} (expected https://HOST:PORT)");
-        let (tls, rest) = match url.split_once("://") {
-            Some(("https", rest)) => (true, rest),
-            Some(("http", rest)) => (false, rest),
-            Some((scheme, _)) => return Err(bad(&format!("`{scheme}://` is not http:// or https://"))),
-            None => return Err(bad("no scheme")),
-        };
-        let authority = rest.trim_end_matches('/');
-        if authority.contains('/') || authority.contains('@') {
+        let u = crate::url::split(url).map_err(|problem| match problem {
+            Problem::Scheme(scheme) => bad(&format!("`{scheme}://` is not http:// or https://")),
+            Problem::NoScheme => bad("no scheme"),
+            Problem::Credentials => bad("only a host and a port"),
+            Problem::BadIpv6 => bad("a bad IPv6 address"),
+            Problem::BadPort => bad("no port, or a bad one"),
+            Problem::NoHost => bad("no host"),
+        })?;
+        if !matches!(u.rest, "" | "/") {
             return Err(bad("only a host and a port"));
         }
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(v6) => {
-                let (host, after) = v6.split_once(']').ok_or_else(|| bad("a bad IPv6 address"))?;
-                (host.to_string(), after.strip_prefix(':').unwrap_or(""))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host.to_string(), port),
-                None => (authority.to_string(), ""),
-            },
-        };
-        let port: u16 = port.parse().map_err(|_| bad("no port, or a bad one"))?;
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
+        let (tls, host) = (u.tls, u.host);
+        let port = u.port.ok_or_else(|| bad("no port, or a bad one"))?;
         if !tls && (ca.is_some() || cert.is_some() || key.is_some()) {
             return Err(bad("--tls-ca, --tls-cert and --tls-key need https://"));
         }

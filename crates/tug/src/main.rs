@@ -24,6 +24,7 @@ mod secrets;
 mod source;
 mod stack;
 mod stats;
+mod url;
 mod web;
 
 use std::path::PathBuf;

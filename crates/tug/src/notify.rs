@@ -169,34 +169,20 @@ struct Target {
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
-    let (tls, rest) = match url.split_once("://") {
-        Some(("https", rest)) => (true, rest),
-        Some(("http", rest)) => (false, rest),
-        _ => return Err("not an http:// or https:// URL".into()),
+    use crate::url::Problem;
+    let u = crate::url::split(url).map_err(|problem| match problem {
+        Problem::Scheme(_) | Problem::NoScheme => "not an http:// or https:// URL".to_string(),
+        Problem::Credentials => "credentials in a webhook URL are not supported: put a token in the path".into(),
+        Problem::BadIpv6 => "a bad IPv6 address".into(),
+        Problem::BadPort => "a bad port".into(),
+        Problem::NoHost => "no host".into(),
+    })?;
+    let path = match u.rest {
+        "" => "/".to_string(),
+        query if query.starts_with('?') => format!("/{query}"),
+        path => path.to_string(),
     };
-    let (authority, path) = match rest.find(['/', '?']) {
-        Some(i) => (&rest[..i], rest[i..].to_string()),
-        None => (rest, "/".to_string()),
-    };
-    let path = if path.starts_with('?') { format!("/{path}") } else { path };
-    if authority.contains('@') {
-        return Err("credentials in a webhook URL are not supported: put a token in the path".into());
-    }
-    let default = if tls { 443 } else { 80 };
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']').ok_or("a bad IPv6 address")?;
-        let port = after.strip_prefix(':').map(|p| p.parse().map_err(|_| "a bad port")).transpose()?;
-        (host.to_string(), port.unwrap_or(default))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host.to_string(), port.parse().map_err(|_| "a bad port")?),
-            None => (authority.to_string(), default),
-        }
-    };
-    if host.is_empty() {
-        return Err("no host".into());
-    }
-    Ok(Target { tls, host, port, path })
+    Ok(Target { tls: u.tls, port: u.port.unwrap_or(if u.tls { 443 } else { 80 }), host: u.host, path })
 }
 
 /// One POST; the answer's status.
