@@ -9,6 +9,7 @@
 //! connection from its first byte.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +23,12 @@ use crate::tcp;
 /// How long a silent client is waited for before an instance is asked whether it speaks
 /// first. HTTP clients send their request with the connection.
 pub const SERVER_FIRST_WAIT: Duration = Duration::from_millis(200);
+
+/// Connections in a row whose instance spoke first, after which a silent client is not waited
+/// for: an instance is connected at once and whoever speaks first still decides, so nothing
+/// changes but the wait (a port of MySQL or SMTP clients stops paying it on every connection;
+/// on an HTTP port clients speak first and the wait stays, sparing instance connections).
+const LEARNED: u32 = 3;
 
 /// Bytes looked at: a request line longer than this that is still HTTP-shaped is HTTP.
 const LOOK: usize = 1024;
@@ -51,9 +58,17 @@ async fn one(
     place: Place,
 ) {
     let _ = stream.set_nodelay(true);
-    match sniff(&stream, SERVER_FIRST_WAIT).await {
-        Sniffed::Http => return http::connection(stream, ip, shared, servers, live, place).await,
-        Sniffed::Tcp => return tcp::forward(shared, stream, live, place).await,
+    let streak = &shared.server_first_streak;
+    let wait = if streak.load(Relaxed) >= LEARNED { Duration::ZERO } else { SERVER_FIRST_WAIT };
+    match sniff(&stream, wait).await {
+        Sniffed::Http => {
+            streak.store(0, Relaxed);
+            return http::connection(stream, ip, shared, servers, live, place).await;
+        }
+        Sniffed::Tcp => {
+            streak.store(0, Relaxed);
+            return tcp::forward(shared, stream, live, place).await;
+        }
         Sniffed::Gone => return,
         Sniffed::Silent => {}
     }
@@ -64,7 +79,10 @@ async fn one(
         _ = upstream.readable() => false,
         () = tokio::time::sleep(shared.config.header_read_timeout) => return,
     };
-    if client_first {
+    if !client_first {
+        let _ = streak.fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
+    } else {
+        streak.store(0, Relaxed);
         match sniff(&stream, shared.config.header_read_timeout).await {
             Sniffed::Http => {
                 drop((in_flight, upstream));

@@ -86,6 +86,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use crate::config::{Config, ConnectionLimit, MAX_CONNECT_ATTEMPTS, OutlierPolicy, Policy, RetryPolicy};
+pub use crate::detect::SERVER_FIRST_WAIT;
 use crate::lifecycle::Phase;
 pub use crate::stats::{EndpointStats, Histogram, LATENCY_BOUNDS, MAX_DEPARTED, Stats};
 use crate::table::{Shared, lock};

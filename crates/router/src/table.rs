@@ -369,6 +369,8 @@ pub(crate) struct Shared {
     pool_tick: AtomicU64,
     pub tracker: Arc<Tracker>,
     pub phase: watch::Receiver<Phase>,
+    /// Auto mode: connections in a row whose instance spoke first (`detect`).
+    pub server_first_streak: AtomicU32,
 }
 
 impl Shared {
@@ -394,6 +396,7 @@ impl Shared {
             pool_tick: AtomicU64::new(0),
             tracker: Arc::default(),
             phase,
+            server_first_streak: AtomicU32::new(0),
         }
     }
 

@@ -122,3 +122,67 @@ async fn a_real_redis_server_answers_through_tcp_mode() {
     assert_eq!(fx.stats("host-a/redis-0", "r1").requests, 3);
     eventually(async || fx.router.in_flight("host-a/redis-0") == 0).await;
 }
+
+/// A backend that speaks first, as SMTP and MySQL servers do: a greeting, then an echo.
+async fn greeter() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                stream.write_all(b"220 ready\r\n").await?;
+                let mut buf = [0u8; 256];
+                loop {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    stream.write_all(&buf[..n]).await?;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// How long a new connection through `addr` waits for the greeting; and that the session works.
+async fn greeted(addr: SocketAddr) -> Duration {
+    let started = std::time::Instant::now();
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut greeting)).await.unwrap().unwrap();
+    let waited = started.elapsed();
+    assert_eq!(&greeting, b"220 ready\r\n");
+    stream.write_all(b"HELO\r\n").await.unwrap();
+    let mut echo = [0u8; 6];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"HELO\r\n");
+    waited
+}
+
+/// Auto mode waits for a silent client before asking the instance; once a router has seen a
+/// few connections in a row whose instance spoke first, it asks at once. A client that speaks
+/// first (HTTP here, against the same port) still decides, and brings the wait back.
+#[tokio::test]
+async fn auto_mode_learns_that_a_port_s_servers_speak_first() {
+    let (addr, _task) = greeter().await;
+    let backend = Backend { id: "mail-1".into(), addr, weight: 1, revision: "r1".into() };
+    // One router thread: this runtime's, so every connection meets the same router.
+    let fx = Fixture::start(Protocol::Auto, Config::default(), vec![backend]);
+    let wait = tug_router::SERVER_FIRST_WAIT;
+    for _ in 0..3 {
+        assert!(greeted(fx.addr()).await >= wait, "the first connections wait for the client");
+    }
+    for _ in 0..3 {
+        let waited = greeted(fx.addr()).await;
+        assert!(waited < wait, "learned: greeted after {waited:?}");
+    }
+    // A client speaking first (a request line) resets what was learned.
+    let mut http = TcpStream::connect(fx.addr()).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http.read_to_end(&mut answer)).await;
+    // Served as HTTP on the learned port: the greeter's bytes are no HTTP answer, so a 502.
+    assert!(answer.starts_with(b"HTTP/1.1 502"), "{}", String::from_utf8_lossy(&answer));
+    assert!(greeted(fx.addr()).await >= wait, "back to waiting after a client spoke first");
+}
