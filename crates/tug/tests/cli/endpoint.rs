@@ -383,6 +383,16 @@ fn prometheus_scrapes_every_family_with_the_bearer_token() {
     std::thread::sleep(Duration::from_secs(1));
     let (status, scrape) = bearer_get(api_port, "/metrics", &token);
     assert_eq!(status, 200, "{scrape}");
+    // Asked for gzip, as Prometheus asks: compressed, and the same text once unpacked.
+    let gzipped = Command::new("curl")
+        .args(["-sS", "-D", "-", "--compressed", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://127.0.0.1:{api_port}/metrics"))
+        .output()
+        .expect("curl");
+    let gzipped = String::from_utf8_lossy(&gzipped.stdout).to_string();
+    let (head, body) = gzipped.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.to_ascii_lowercase().contains("content-encoding: gzip"), "{head}");
+    assert!(body.contains("# TYPE tug_build_info gauge") && body.contains("tug_instance_up{"), "{body}");
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
