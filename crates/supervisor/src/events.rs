@@ -104,9 +104,17 @@ impl Events {
             recent.pop_front();
         }
         recent.push_back(event.clone());
-        drop(recent);
+        // Sent under the same lock: `recent_then_subscribe` sees each event once, in the list
+        // or from the receiver.
         // No reader is fine: nobody is watching.
         let _ = self.sender.send(event);
+    }
+
+    /// The last events, oldest first, and a reader of every event after them: none missing, none
+    /// twice (what a dashboard shows first, then follows).
+    pub fn recent_then_subscribe(&self) -> (Vec<Event>, broadcast::Receiver<Event>) {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (recent.iter().cloned().collect(), self.sender.subscribe())
     }
 
     /// A reader of what happens from now on (a slow one misses the oldest, and is told).
@@ -119,9 +127,41 @@ impl Events {
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.iter().map(|((service, kind), n)| (service.clone(), *kind, *n)).collect()
     }
+}
 
-    /// The last events, oldest first.
-    pub fn recent(&self) -> Vec<Event> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// While events are emitted from another thread, what `recent_then_subscribe` lists and what
+    /// its receiver gets after are one unbroken run: nothing twice, nothing missing between.
+    #[test]
+    fn the_recent_list_and_the_receiver_after_it_neither_overlap_nor_leave_a_gap() {
+        let events = Arc::new(Events::default());
+        let emitter = {
+            let events = events.clone();
+            std::thread::spawn(move || {
+                for n in 0..3000 {
+                    events.emit(Event::new(Kind::Deployed, "web", n.to_string()));
+                }
+            })
+        };
+        let mut checked = 0;
+        while !emitter.is_finished() || checked == 0 {
+            let (list, mut rx) = events.recent_then_subscribe();
+            let mut seen: Vec<u32> = list.iter().map(|e| e.message.parse().unwrap()).collect();
+            // A few of what follows (the channel keeps 256; the emitter may outrun a slow read).
+            for _ in 0..50 {
+                match rx.try_recv() {
+                    Ok(e) => seen.push(e.message.parse().unwrap()),
+                    Err(_) => break,
+                }
+            }
+            assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+            checked += 1;
+        }
+        emitter.join().unwrap();
+        assert!(checked > 0);
     }
 }

@@ -373,8 +373,7 @@ impl StreamState {
                 Ok((records, follower)) => (records, Some(follower)),
                 Err(_) => (Vec::new(), None),
             };
-        let events = app.supervisor.events().subscribe();
-        let first_events = app.supervisor.events().recent();
+        let (first_events, events) = app.supervisor.events().recent_then_subscribe();
         StreamState { last: None, logs, first_logs, events, first_events }
     }
 
