@@ -37,6 +37,15 @@ leaf rogue rogue-ca "subjectAltName=DNS:tug-client"
     assert!(out.status.success(), "making the PKI: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// An `api` on 127.0.0.1:`api_port` with the PKI's server certificate.
+fn tls_api(api_port: u16, pki: &Path) -> String {
+    format!(
+        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {} }} }}",
+        pki.join("server.pem").display(),
+        pki.join("server.key").display()
+    )
+}
+
 fn web_stack(name: &str, port: u16, api: &str, version: &str, extra: &str) -> String {
     format!(
         r#"
@@ -77,11 +86,7 @@ fn remote_commands_over_tls_and_mtls_and_what_is_refused() {
     make_pki(pki.path());
     let p = |name: &str| pki.path().join(name);
     let (port, api_port) = (free_port(), free_port());
-    let tls = format!(
-        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {} }} }}",
-        p("server.pem").display(),
-        p("server.key").display()
-    );
+    let tls = tls_api(api_port, pki.path());
     let stack = Stack::new("endpoint-tls", &web_stack("tlsdemo", port, &tls, "1", ""));
     stack.up();
     let key = api_key(&stack);
@@ -160,11 +165,7 @@ fn renewed_certificate_files_are_served_without_a_restart() {
     let made = Command::new("sh").arg("-c").arg(renew).current_dir(pki.path()).output().expect("openssl");
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let (port, api_port) = (free_port(), free_port());
-    let tls = format!(
-        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {} }} }}",
-        p("server.pem").display(),
-        p("server.key").display()
-    );
+    let tls = tls_api(api_port, pki.path());
     let stack = Stack::new("endpoint-renew", &web_stack("renew", port, &tls, "1", ""));
     stack.up();
     let (key, url) = (api_key(&stack), format!("https://127.0.0.1:{api_port}"));
