@@ -395,7 +395,15 @@ impl Supervisor {
         let inner = &self.inner;
         let wanted = order::closure(&new_specs, &targets);
         let mut notices = Vec::new();
+        let listened = inner.routing.listen_ip();
         inner.routing.set_listen(spec.listen.as_deref()).map_err(Error::BadRequest)?;
+        let listen = inner.routing.listen_ip();
+        if listen != listened && inner.routing.fronts() > 0 {
+            notices.push(format!(
+                "the stack's ports move from {listened} to {listen}: connections open stay, \
+                 new ones go to {listen}"
+            ));
+        }
         if let Some(problem) = cgroup_problem(&inner.cgroups, &wanted, &new_specs) {
             notices.push(problem);
         }

@@ -315,6 +315,11 @@ impl Routing {
         Ok(Some(ip))
     }
 
+    /// How many ports the routers serve.
+    pub fn fronts(&self) -> usize {
+        self.lock().fronts.len()
+    }
+
     /// The address the routers bind.
     pub fn listen_ip(&self) -> IpAddr {
         self.lock().listen.unwrap_or(self.ip)
@@ -394,6 +399,13 @@ impl Routing {
                 let listener = front.listener.try_clone().map_err(|e| format!("cannot reuse {addr}: {e}"))?;
                 (listener, Some(front))
             }
+            Some(front) if front.port == port => match rebind(&front.listener, addr) {
+                Ok(listener) => (listener, Some(front)),
+                Err(e) => {
+                    state.fronts.insert(name.clone(), front);
+                    return Err(format!("cannot listen on {addr} for `{name}`: {e}"));
+                }
+            },
             other => {
                 let listener =
                     std::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} for `{name}`: {e}"));
@@ -623,6 +635,18 @@ fn router_config(route: &RouteSpec) -> Result<tug_router::Config, String> {
         request_timeout: Duration::from_millis(route.request_timeout_ms.max(1)),
         max_connection_age: route.max_connection_age_ms.map(Duration::from_millis),
         ..tug_router::Config::default()
+    })
+}
+
+/// The same port on another address (`listen` changed): 0.0.0.0 and 127.0.0.1 overlap, so the
+/// old listener lets go first. `shutdown` stops it listening in every router's copy at once (the
+/// connections it accepted go on, and drain with its retired front), then the new address is
+/// bound; if that fails, the old one listens again. A connection attempt in between is refused.
+fn rebind(old: &std::net::TcpListener, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let old = socket2::SockRef::from(old);
+    old.shutdown(std::net::Shutdown::Both)?;
+    std::net::TcpListener::bind(addr).inspect_err(|_| {
+        let _ = old.listen(1024);
     })
 }
 

@@ -490,6 +490,42 @@ services:
     drop(idle);
 }
 
+/// A changed `listen` moves the stack's ports to the new address on `deploy`, and back, under
+/// load: 0.0.0.0 and 127.0.0.1 overlap, so the old listener lets go of the port just before the
+/// new one takes it.
+#[test]
+fn a_changed_listen_moves_the_ports_on_deploy() {
+    let port = free_port();
+    let yaml = |listen: &str| {
+        format!(
+            "name: moving\n{listen}services:\n  web:\n    command: \"{{demo}}\"\n    replicas: 2\n    port: {port}\n    \
+             healthcheck: {{ http: /health, interval: 1s, start_interval: 50ms }}\n"
+        )
+    };
+    let stack = Stack::new("routing-listen", &yaml(""));
+    stack.up();
+    // 127.0.0.2 is loopback too, reached only by a listener on every address.
+    let on = |host: &str| http_once(host, port, "GET", "/").map(|(status, _)| status);
+    assert_eq!((on("127.0.0.1"), on("127.0.0.2")), (Some(200), None));
+    let load = crate::rollout::Load::start(port, 2, 40);
+    std::thread::sleep(Duration::from_millis(300));
+    stack.dir.write(
+        "tug.yaml",
+        &yaml("listen: 0.0.0.0\n").replace("{demo}", &crate::harness::demo_bin().display().to_string()),
+    );
+    let moved = stack.tug(&["deploy"]);
+    assert_eq!(moved.code, 0, "{}", moved.all());
+    assert!(moved.stderr.contains("move from 127.0.0.1 to 0.0.0.0"), "{}", moved.all());
+    assert_eq!((on("127.0.0.1"), on("127.0.0.2")), (Some(200), Some(200)));
+    std::thread::sleep(Duration::from_millis(300));
+    stack.dir.write("tug.yaml", &yaml("").replace("{demo}", &crate::harness::demo_bin().display().to_string()));
+    let back = stack.tug(&["deploy"]);
+    assert_eq!(back.code, 0, "{}", back.all());
+    assert_eq!((on("127.0.0.1"), on("127.0.0.2")), (Some(200), None));
+    std::thread::sleep(Duration::from_millis(300));
+    load.stop().assert_clean("the ports moving twice", 20);
+}
+
 #[test]
 fn changing_how_a_port_is_balanced_refuses_nothing_and_mixes_no_services() {
     let (web_port, api_port) = (free_port(), free_port());
