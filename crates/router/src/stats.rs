@@ -8,14 +8,15 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 /// Upper bounds of the latency buckets, in seconds: roughly log-spaced from
-/// 0.5 ms to 30 s, finer where web latencies usually fall.
-pub static LATENCY_BOUNDS: [f64; 20] = [
-    0.0005, 0.001, 0.002, 0.004, 0.006, 0.01, 0.015, 0.025, 0.04, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 2.5, 5.0, 10.0,
-    30.0,
+/// 0.5 ms to 30 s, finer where web latencies usually fall, with the objectives
+/// people set (50, 100, 200, 250, 300, 500 ms, 1 s) among them.
+pub static LATENCY_BOUNDS: [f64; 24] = [
+    0.0005, 0.001, 0.002, 0.004, 0.006, 0.01, 0.015, 0.025, 0.04, 0.05, 0.06, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6,
+    1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// The same bounds in nanoseconds, so the request path compares integers.
-const BOUND_NANOS: [u64; 20] = [
+const BOUND_NANOS: [u64; 24] = [
     500_000,
     1_000_000,
     2_000_000,
@@ -25,11 +26,15 @@ const BOUND_NANOS: [u64; 20] = [
     15_000_000,
     25_000_000,
     40_000_000,
+    50_000_000,
     60_000_000,
     100_000_000,
     150_000_000,
+    200_000_000,
     250_000_000,
+    300_000_000,
     400_000_000,
+    500_000_000,
     600_000_000,
     1_000_000_000,
     2_500_000_000,
@@ -214,6 +219,10 @@ mod tests {
             assert_eq!((seconds * 1e9).round() as u64, nanos);
         }
         assert!(LATENCY_BOUNDS.windows(2).all(|w| w[0] < w[1]));
+        // Latency objectives people write are bounds, so their quantile is no interpolation.
+        for objective in [0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0] {
+            assert!(LATENCY_BOUNDS.contains(&objective), "{objective}");
+        }
     }
 
     #[test]
@@ -228,7 +237,7 @@ mod tests {
         assert_eq!(s.status, [1, 2, 0, 0, 1]);
         assert_eq!(s.latency.counts[0], 2);
         assert_eq!(s.latency.counts[3], 1);
-        assert_eq!(s.latency.counts[20], 1);
+        assert_eq!(s.latency.counts[BUCKETS - 1], 1, "past the last bound: +Inf");
         assert_eq!(s.latency.count(), 4);
         assert!((s.latency.sum_seconds - 60.0036).abs() < 1e-9, "{}", s.latency.sum_seconds);
     }
@@ -243,7 +252,7 @@ mod tests {
         let empty = Histogram { bounds: &LATENCY_BOUNDS, counts: vec![0; BUCKETS], sum_seconds: 0.0 };
         assert_eq!(empty.quantile(0.9), None);
         let mut counts = vec![0; BUCKETS];
-        counts[20] = 1;
+        counts[BUCKETS - 1] = 1;
         let slow = Histogram { bounds: &LATENCY_BOUNDS, counts, sum_seconds: 99.0 };
         assert_eq!(slow.quantile(0.99), Some(30.0));
     }
