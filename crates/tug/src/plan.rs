@@ -114,7 +114,7 @@ pub fn announce(plan: &Plan, palette: Palette) -> String {
             .collect(),
     };
     if changing.services.is_empty() {
-        return "nothing changed: every service runs the revision the stack file asks for\n".into();
+        return "no service changed: every service runs the revision the stack file asks for\n".into();
     }
     render(&changing, palette)
 }

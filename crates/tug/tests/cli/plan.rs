@@ -121,7 +121,7 @@ fn deploy_plan_names_every_change_and_acts_on_nothing() {
     let before = job_run(&stack);
     let run = stack.tug(&["deploy"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert!(run.stderr.contains("nothing changed"), "{}", run.all());
+    assert!(run.stderr.contains("no service changed"), "{}", run.all());
     assert_eq!(job_run(&stack), before);
 }
 
