@@ -79,9 +79,7 @@ async fn one(
         _ = upstream.readable() => false,
         () = tokio::time::sleep(shared.config.header_read_timeout) => return,
     };
-    if !client_first {
-        let _ = streak.fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
-    } else {
+    if client_first {
         streak.store(0, Relaxed);
         match sniff(&stream, shared.config.header_read_timeout).await {
             Sniffed::Http => {
@@ -91,6 +89,8 @@ async fn one(
             Sniffed::Gone | Sniffed::Silent => return,
             Sniffed::Tcp => {}
         }
+    } else {
+        let _ = streak.fetch_update(Relaxed, Relaxed, |n| n.checked_add(1));
     }
     tcp::copy(&mut stream, &mut upstream).await;
     drop(in_flight);

@@ -206,9 +206,10 @@ fn sockets_on(table: &str, port: u16) -> impl Iterator<Item = (u8, u64)> + '_ {
         // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
         let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
         let (_, local_port) = local.rsplit_once(':')?;
-        (u16::from_str_radix(local_port, 16).ok()? == port)
-            .then(|| Some((u8::from_str_radix(state, 16).ok()?, inode.parse::<u64>().ok()?)))
-            .flatten()
+        if u16::from_str_radix(local_port, 16).ok()? != port {
+            return None;
+        }
+        Some((u8::from_str_radix(state, 16).ok()?, inode.parse::<u64>().ok()?))
     })
 }
 

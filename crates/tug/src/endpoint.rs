@@ -120,8 +120,7 @@ impl Endpoint {
                         .tls
                         .as_ref()
                         .and_then(|f| tug_registry::tls::server_config(&f.cert, &f.key, f.client_ca.as_deref()).ok());
-                    let tls = acceptor.zip(spec.tls.clone()).map(|(config, files)| Tls::new(config, files));
-                    *running = Some(start(app, listener, tls, spec));
+                    *running = Some(start(app, listener, Tls::serving(acceptor, &spec), spec));
                 } else {
                     *running = old;
                 }
@@ -133,8 +132,7 @@ impl Endpoint {
         }
         let scheme = if acceptor.is_some() { "https" } else { "http" };
         tug_supervisor::log::info(&format!("api: listening on {scheme}://{address}"), &[]);
-        let tls = acceptor.zip(wanted.tls.clone()).map(|(config, files)| Tls::new(config, files));
-        *running = Some(start(app, listener, tls, wanted.clone()));
+        *running = Some(start(app, listener, Tls::serving(acceptor, wanted), wanted.clone()));
         Ok(())
     }
 }
@@ -163,9 +161,11 @@ struct FileStamp {
 }
 
 impl Tls {
-    fn new(config: Arc<rustls::ServerConfig>, files: tug_proto::spec::TlsFiles) -> Tls {
+    /// The TLS of an endpoint configured by `spec`, serving `config` (loaded from its files).
+    fn serving(config: Option<Arc<rustls::ServerConfig>>, spec: &ApiSpec) -> Option<Tls> {
+        let (config, files) = config.zip(spec.tls.clone())?;
         let loaded = stamps(&files);
-        Tls { acceptor: tokio_rustls::TlsAcceptor::from(config), files, loaded }
+        Some(Tls { acceptor: tokio_rustls::TlsAcceptor::from(config), files, loaded })
     }
 
     /// Loads the files again if they changed since they were last read. A renewal that does not
