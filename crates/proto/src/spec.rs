@@ -445,6 +445,48 @@ pub struct UpRequest {
     pub spec: StackSpec,
     #[serde(default)]
     pub targets: Vec<String>,
+    /// What the daemon resolves on its own host before it acts. A remote `tug --host` sends
+    /// this instead of image ids: the client's container engine is not the daemon's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_host: Option<HostArtifacts>,
+}
+
+/// The images and volumes a remote client leaves to the daemon's engine.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostArtifacts {
+    /// Service → how to get its image (`ContainerSpec::image` names it).
+    #[serde(default)]
+    pub images: std::collections::BTreeMap<String, HostImage>,
+    /// The named volumes the services that start now mount.
+    #[serde(default)]
+    pub volumes: Vec<HostVolume>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostImage {
+    /// The stack's `pull` for it.
+    #[serde(default)]
+    pub pull: tug_stackfile::model::Pull,
+    /// The stack builds it (`build:`) from a folder on the client's machine: the daemon can
+    /// only run the tag as its engine already has it.
+    #[serde(default)]
+    pub built: bool,
+    /// The service starts now: its image is pulled as `pull` says. Otherwise it is only looked up.
+    #[serde(default)]
+    pub start: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostVolume {
+    /// The first service that mounts it, for messages.
+    pub service: String,
+    /// The stack's name for it.
+    pub name: String,
+    /// The engine's name for it (`<project>_<name>`, or the name itself when external).
+    pub engine_name: String,
+    /// It must already exist (`external: true`); otherwise it is created with the stack's labels.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// `POST /v1/start|stop|restart`: services or instances by name.
@@ -489,6 +531,9 @@ pub struct RunRequest {
     pub service: ServiceSpec,
     #[serde(default)]
     pub command: Vec<String>,
+    /// As [`UpRequest::on_host`]: what a remote client leaves to the daemon's engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_host: Option<HostArtifacts>,
 }
 
 /// `POST /v1/scale`.

@@ -55,7 +55,7 @@ impl Supervisor {
     pub fn run_one_off(&self, request: RunRequest) -> Result<mpsc::Receiver<ExecEvent>, Error> {
         static NEXT: AtomicU32 = AtomicU32::new(1);
         self.refuse_if_shutting_down()?;
-        let RunRequest { project, engine, service, command } = request;
+        let RunRequest { project, engine, service, command, .. } = request;
         crate::validate_service(&service)?;
         let mut spec = service;
         if !command.is_empty() {

@@ -112,6 +112,7 @@ impl Supervisor {
             engine: request.spec.engine.clone(),
             service: (*spec).clone(),
             command: Vec::new(),
+            on_host: None,
         };
         let mut events = self.run_one_off(run).map_err(|e| Failure::refused(&e.to_string()))?;
         // Its output goes to the job's log, as `<job>-before`, and its last lines to the user.

@@ -389,7 +389,7 @@ impl Supervisor {
     /// `up`: adopts `spec` and starts the targets and their dependencies, as [`plan::plan`]
     /// decides: the plan is computed and executed under one lock, and returned.
     pub fn apply(&self, request: UpRequest) -> Result<UpResponse, Error> {
-        let UpRequest { spec, targets } = request;
+        let UpRequest { spec, targets, .. } = request;
         let new_specs = self.refusal(&spec, &targets)?;
         process::withhold(&spec.withheld);
         let inner = &self.inner;

@@ -44,10 +44,14 @@ pub fn volume_name(project: &str, name: &str) -> String {
 
 /// The engine the stack names, else `DOCKER_HOST`, else the usual sockets.
 pub fn endpoint(stack: &Stack) -> Result<tug_engine::Endpoint, String> {
+    endpoint_named(stack.engine.as_deref())
+}
+
+/// `named` (the stack's `engine`), else this process's `DOCKER_HOST`, else the usual sockets.
+fn endpoint_named(named: Option<&str>) -> Result<tug_engine::Endpoint, String> {
     let docker_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
     let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok().filter(|d| !d.is_empty());
-    tug_engine::resolve_endpoint(stack.engine.as_deref(), docker_host.as_deref(), runtime_dir.as_deref())
-        .map_err(|e| e.to_string())
+    tug_engine::resolve_endpoint(named, docker_host.as_deref(), runtime_dir.as_deref()).map_err(|e| e.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -61,15 +65,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// Resolves the artifacts of `wanted` (pulling and building what they need, creating their
 /// volumes). Other services' images are only looked up: their instances are not started now.
 pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Artifacts, String> {
-    let mut artifacts = Artifacts::default();
-    for (name, service) in &stack.services {
-        if let Some(source) = &service.source
-            && wanted.contains(name)
-        {
-            let snapshot = source::snapshot(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
-            artifacts.sources.insert(name.clone(), snapshot);
-        }
-    }
+    let mut artifacts = sources(stack, wanted, state_dir)?;
     if !stack.services.values().any(|s| s.container.is_some()) {
         return Ok(artifacts);
     }
@@ -123,18 +119,173 @@ pub fn resolve(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Art
     Ok(artifacts)
 }
 
+/// The copies of `wanted` services' sources, made now.
+fn sources(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = Artifacts::default();
+    for (name, service) in &stack.services {
+        if let Some(source) = &service.source
+            && wanted.contains(name)
+        {
+            let snapshot = source::snapshot(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
+            artifacts.sources.insert(name.clone(), snapshot);
+        }
+    }
+    Ok(artifacts)
+}
+
+/// [`resolve`], or for a `remote` daemon [`resolve_for_remote`] with what the daemon must
+/// resolve on its host ([`for_host`]).
+pub fn resolve_here_or_there(
+    stack: &Stack,
+    wanted: &[String],
+    state_dir: &Path,
+    remote: bool,
+) -> Result<(Artifacts, Option<tug_proto::spec::HostArtifacts>), String> {
+    if remote {
+        Ok((resolve_for_remote(stack, wanted, state_dir)?, Some(for_host(stack, wanted))))
+    } else {
+        Ok((resolve(stack, wanted, state_dir)?, None))
+    }
+}
+
+/// For a remote daemon (`tug --host`): the sources only. The images and volumes are its
+/// engine's, not this machine's: [`for_host`] says what the daemon resolves there, and the
+/// engine is the one the stack names, else the daemon's own.
+fn resolve_for_remote(stack: &Stack, wanted: &[String], state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = sources(stack, wanted, state_dir)?;
+    artifacts.engine = named_engine(stack)?;
+    Ok(artifacts)
+}
+
+/// The engine the stack's `engine` names, as a URL (`None`: the daemon's own).
+fn named_engine(stack: &Stack) -> Result<Option<String>, String> {
+    let Some(named) = &stack.engine else { return Ok(None) };
+    let endpoint = tug_engine::resolve_endpoint(Some(named), None, None).map_err(|e| format!("engine: {e}"))?;
+    Ok(Some(endpoint.url()))
+}
+
+/// What a remote daemon must resolve on its host for `wanted` to start: every image (pulled
+/// for the services that start, looked up for the others) and the named volumes they mount.
+pub fn for_host(stack: &Stack, wanted: &[String]) -> tug_proto::spec::HostArtifacts {
+    let images = stack
+        .services
+        .iter()
+        .filter_map(|(name, service)| {
+            let container = service.container.as_ref()?;
+            let image = tug_proto::spec::HostImage {
+                pull: container.pull,
+                built: container.build.is_some(),
+                start: wanted.contains(name),
+            };
+            Some((name.clone(), image))
+        })
+        .collect();
+    tug_proto::spec::HostArtifacts { images, volumes: named_volumes(stack, wanted) }
+}
+
+/// On the daemon, for a remote client's request (`on_host`): resolves its images on this
+/// host's engine (pulled as their `pull` says, or only looked up with `lookup_only`, for a
+/// plan), creates its volumes, and checks that every source copy the spec names is on this
+/// host. Fills in the services' image ids (and so their revisions) and, when the stack names
+/// none, this host's engine.
+pub async fn resolve_on_host(
+    project: &str,
+    engine: &mut Option<String>,
+    services: &mut [tug_proto::spec::ServiceSpec],
+    on_host: &tug_proto::spec::HostArtifacts,
+    state_dir: &Path,
+    lookup_only: bool,
+) -> Result<(), String> {
+    if !lookup_only {
+        sources_on_this_host(services)?;
+    }
+    if on_host.images.is_empty() {
+        return Ok(());
+    }
+    let endpoint = match endpoint_named(engine.as_deref()) {
+        Ok(endpoint) => endpoint,
+        Err(_) if lookup_only => return Ok(()),
+        Err(e) => return Err(format!("the stack runs images, but on this host {e}")),
+    };
+    *engine = Some(endpoint.url());
+    let engine = tug_engine::Engine::new(endpoint);
+    if let Err(e) = engine.version().await {
+        return if lookup_only { Ok(()) } else { Err(format!("the stack runs images, but on this host {e}")) };
+    }
+    let mut problems = Vec::new();
+    for service in services.iter_mut() {
+        let (Some(container), Some(wanted)) = (service.container.as_mut(), on_host.images.get(&service.name)) else {
+            continue;
+        };
+        match image_on_this_host(&engine, &service.name, &container.image, wanted, lookup_only).await {
+            Ok(Some(info)) => {
+                container.image_id = info.id;
+                container.image_user = info.user;
+                // The image id is part of the revision: the client could not know it.
+                service.revision = service.compute_revision();
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(problem),
+        }
+    }
+    if !lookup_only {
+        let state = state_dir.display().to_string();
+        problems.extend(create_volumes(&engine, project, &on_host.volumes, &state).await);
+    }
+    if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// Every source copy the services run from is readable here: a remote client copies sources
+/// on its own machine.
+fn sources_on_this_host(services: &[tug_proto::spec::ServiceSpec]) -> Result<(), String> {
+    let missing: Vec<String> = services
+        .iter()
+        .filter_map(|service| {
+            let source = service.source.as_ref().filter(|s| !s.copy.is_dir())?;
+            Some(format!(
+                "service `{}`: its source {} was copied on the machine that ran `tug`, and this host does not have \
+                 it: `tug --host` does not send sources; run `tug deploy` on this host, or ship the code in an image",
+                service.name,
+                source.path.display()
+            ))
+        })
+        .collect();
+    if missing.is_empty() { Ok(()) } else { Err(missing.join("\n")) }
+}
+
+/// A remote client's image as this host's engine has it: pulled as `pull` says when the
+/// service starts; a built one (its context is on the client) only as present.
+async fn image_on_this_host(
+    engine: &tug_engine::Engine,
+    service: &str,
+    image: &str,
+    wanted: &tug_proto::spec::HostImage,
+    lookup_only: bool,
+) -> Result<Option<tug_engine::ImageInfo>, String> {
+    let looked_up = |e: tug_engine::Error| format!("service `{service}`: cannot look up the image `{image}`: {e}");
+    let present = engine.inspect_image(image).await.map_err(looked_up)?;
+    if lookup_only || !wanted.start {
+        return Ok(present);
+    }
+    if wanted.built {
+        return match present {
+            Some(info) => Ok(Some(info)),
+            None => Err(format!(
+                "service `{service}` builds `{image}` from a folder on the machine that ran `tug`, and this host's \
+                 engine has no `{image}`: `tug --host` does not send build contexts; build it on this host \
+                 (`docker build -t {image} …`), or push it to a registry this host pulls from"
+            )),
+        };
+    }
+    let id = pulled_or_present(engine, service, image, wanted.pull, present).await?;
+    engine.inspect_image(&id).await.map_err(looked_up)
+}
+
 /// What the revisions would be, acting on nothing (`deploy --plan`): sources digested but not
 /// copied, images looked up but neither built nor pulled (one to build or pull is compared as
 /// the engine has it now, or as missing). An unreachable engine leaves the image ids out.
 pub fn resolve_for_plan(stack: &Stack, state_dir: &Path) -> Result<Artifacts, String> {
-    let mut artifacts = Artifacts::default();
-    for (name, service) in &stack.services {
-        if let Some(source) = &service.source {
-            let snapshot =
-                source::digest_only(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
-            artifacts.sources.insert(name.clone(), snapshot);
-        }
-    }
+    let mut artifacts = digests(stack, state_dir)?;
     if !stack.services.values().any(|s| s.container.is_some()) {
         return Ok(artifacts);
     }
@@ -149,6 +300,27 @@ pub fn resolve_for_plan(stack: &Stack, state_dir: &Path) -> Result<Artifacts, St
             }
         }
     });
+    Ok(artifacts)
+}
+
+/// [`resolve_for_plan`] for a remote daemon: the sources digested; the daemon looks the
+/// images up on its own engine ([`resolve_on_host`]).
+pub fn resolve_for_remote_plan(stack: &Stack, state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = digests(stack, state_dir)?;
+    artifacts.engine = named_engine(stack)?;
+    Ok(artifacts)
+}
+
+/// Every source's digest and the copy it would have, none made.
+fn digests(stack: &Stack, state_dir: &Path) -> Result<Artifacts, String> {
+    let mut artifacts = Artifacts::default();
+    for (name, service) in &stack.services {
+        if let Some(source) = &service.source {
+            let snapshot =
+                source::digest_only(name, source, state_dir).map_err(|e| format!("service `{name}`: {e}"))?;
+            artifacts.sources.insert(name.clone(), snapshot);
+        }
+    }
     Ok(artifacts)
 }
 
@@ -202,7 +374,20 @@ async fn image_id(
         return Ok(Some(id));
     }
     let present = engine.inspect_image(image).await.map_err(looked_up)?;
-    let pull = match (container.pull, &present) {
+    pulled_or_present(engine, service, image, container.pull, present).await.map(Some)
+}
+
+/// The id of `image` as `pull` wants it, given what the engine has (`present`): pulled
+/// (`always`, or `missing` when absent) or the one present.
+async fn pulled_or_present(
+    engine: &tug_engine::Engine,
+    service: &str,
+    image: &str,
+    pull: Pull,
+    present: Option<tug_engine::ImageInfo>,
+) -> Result<String, String> {
+    let looked_up = |e: tug_engine::Error| format!("service `{service}`: cannot look up the image `{image}`: {e}");
+    let pull = match (pull, &present) {
         (Pull::Always, _) | (Pull::Missing, None) => true,
         (Pull::Missing, Some(_)) | (Pull::Never, _) => false,
     };
@@ -221,12 +406,12 @@ async fn image_id(
             };
         }
         let pulled = engine.inspect_image(image).await.map_err(looked_up)?;
-        return pulled.map(|i| Some(i.id)).ok_or_else(|| {
+        return pulled.map(|i| i.id).ok_or_else(|| {
             format!("service `{service}`: the engine pulled `{image}` but does not list it afterwards")
         });
     }
     match present {
-        Some(info) => Ok(Some(info.id)),
+        Some(info) => Ok(info.id),
         None => Err(format!(
             "service `{service}`: the image `{image}` is not on the container engine (`pull: never`); build or load \
              it first (`docker build -t {image} …` or `docker load`)"
@@ -237,49 +422,76 @@ async fn image_id(
 /// Creates the named volumes `wanted` services mount (labelled with the stack), checks the
 /// external ones exist, and creates bind-mounted folders inside the stack's folder.
 async fn volumes(engine: &tug_engine::Engine, stack: &Stack, wanted: &[String], state_dir: &str) -> Result<(), String> {
-    let mut problems = Vec::new();
-    let mut done: Vec<&str> = Vec::new();
+    let mut problems = create_volumes(engine, &stack.name, &named_volumes(stack, wanted), state_dir).await;
     for (name, service) in stack.services.iter().filter(|(n, _)| wanted.contains(n)) {
         let Some(container) = &service.container else { continue };
         for mount in &container.volumes {
-            match mount {
-                VolumeMount::Named { name: volume, .. } => {
-                    if done.contains(&volume.as_str()) {
-                        continue;
-                    }
-                    done.push(volume);
-                    let external = stack.volumes.get(volume).is_some_and(|v| v.external);
-                    if external {
-                        let exists = engine.list_volumes(&[]).await.map_err(|e| e.to_string())?;
-                        if !exists.iter().any(|v| v == volume) {
-                            problems.push(format!(
-                                "service `{name}`: the external volume `{volume}` does not exist on the engine; create \
-                                 it (`docker volume create {volume}`)"
-                            ));
-                        }
-                        continue;
-                    }
-                    let labels = vec![
-                        (PROJECT_LABEL.to_string(), stack.name.clone()),
-                        ("tug.volume".to_string(), volume.clone()),
-                        (STATE_DIR_LABEL.to_string(), state_dir.to_string()),
-                    ];
-                    if let Err(e) = engine.create_volume(&volume_name(&stack.name, volume), &labels).await {
-                        problems.push(format!("service `{name}`: cannot create the volume `{volume}`: {e}"));
-                    }
-                }
-                VolumeMount::Bind { source, .. } => {
-                    if !source.exists()
-                        && source.starts_with(&stack.root)
-                        && let Err(e) = std::fs::create_dir_all(source)
-                    {
-                        problems.push(format!("service `{name}`: cannot create {}: {e}", source.display()));
-                    }
-                }
+            if let VolumeMount::Bind { source, .. } = mount
+                && !source.exists()
+                && source.starts_with(&stack.root)
+                && let Err(e) = std::fs::create_dir_all(source)
+            {
+                problems.push(format!("service `{name}`: cannot create {}: {e}", source.display()));
             }
         }
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
+}
+
+/// The named volumes `wanted` services mount, each once.
+fn named_volumes(stack: &Stack, wanted: &[String]) -> Vec<tug_proto::spec::HostVolume> {
+    let mut out: Vec<tug_proto::spec::HostVolume> = Vec::new();
+    for (service, definition) in stack.services.iter().filter(|(n, _)| wanted.contains(n)) {
+        let Some(container) = &definition.container else { continue };
+        for mount in &container.volumes {
+            let VolumeMount::Named { name, .. } = mount else { continue };
+            if out.iter().any(|v| &v.name == name) {
+                continue;
+            }
+            let external = stack.volumes.get(name).is_some_and(|v| v.external);
+            out.push(tug_proto::spec::HostVolume {
+                service: service.clone(),
+                name: name.clone(),
+                engine_name: if external { name.clone() } else { volume_name(&stack.name, name) },
+                external,
+            });
+        }
+    }
+    out
+}
+
+/// Creates `volumes` on the engine (labelled with the stack) and checks the external ones
+/// exist; answers what went wrong, one line each.
+async fn create_volumes(
+    engine: &tug_engine::Engine,
+    project: &str,
+    volumes: &[tug_proto::spec::HostVolume],
+    state_dir: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for volume in volumes {
+        let (service, name) = (&volume.service, &volume.name);
+        if volume.external {
+            match engine.list_volumes(&[]).await {
+                Ok(exists) if exists.contains(&volume.engine_name) => {}
+                Ok(_) => problems.push(format!(
+                    "service `{service}`: the external volume `{name}` does not exist on the engine; create it \
+                     (`docker volume create {name}`)"
+                )),
+                Err(e) => problems.push(format!("service `{service}`: cannot list the engine's volumes: {e}")),
+            }
+            continue;
+        }
+        let labels = vec![
+            (PROJECT_LABEL.to_string(), project.to_string()),
+            ("tug.volume".to_string(), name.clone()),
+            (STATE_DIR_LABEL.to_string(), state_dir.to_string()),
+        ];
+        if let Err(e) = engine.create_volume(&volume.engine_name, &labels).await {
+            problems.push(format!("service `{service}`: cannot create the volume `{name}`: {e}"));
+        }
+    }
+    problems
 }
 
 /// `down --volumes`: removes the named volumes this stack created (never external ones).

@@ -376,6 +376,14 @@ pub fn default_name(project: &str, service: Option<&str>) -> String {
 
 /// `tug restore FILE [--key-file KEY]`.
 pub fn restore(args: &StackArgs, file: &Path, key_file: Option<&Path>, insecure: bool) -> Result<ExitCode, String> {
+    if let Some(host) = &args.host {
+        // The state folder and the volumes it puts back are that host's, not this machine's.
+        return Err(format!(
+            "restore puts the stack's state folder and volumes back where the stack runs: copy {} to {host} \
+             and run `tug restore` there",
+            file.display()
+        ));
+    }
     let loaded = crate::stack::load(args)?;
     let project = match &loaded.compiled.stack {
         Some(stack) => stack.name.clone(),

@@ -521,6 +521,77 @@ fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// `PUT /v1/stack`: the stack made whole on this host, then deployed.
+async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
+    let supervisor = &app.supervisor;
+    let request = match resolve_on_host(supervisor, request, false).await {
+        Ok(request) => request,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    // The endpoint follows the stack file given on this host only: a remote client cannot move
+    // or drop the endpoint it came through. It is configured first (a TLS file that cannot be
+    // read fails the command before anything changed) and put back as it was if the stack is
+    // then refused.
+    let before = app.endpoint.spec().await;
+    if let Origin::Socket = origin
+        && let Err(e) = app.endpoint.configure(app, request.spec.api.as_ref()).await
+    {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    let notify = request.spec.notify.clone();
+    // Its own task: a client that goes away (Ctrl-C) must not cut a `deploy.before` migration
+    // short, nor the apply after it.
+    let deploying = tokio::spawn({
+        let supervisor = supervisor.clone();
+        async move { supervisor.deploy(request).await }
+    });
+    let deployed =
+        deploying.await.unwrap_or_else(|e| Err(tug_supervisor::Error::Conflict(format!("the deploy stopped: {e}"))));
+    match deployed {
+        Ok(answer) => {
+            app.notifier.configure(&supervisor.project(), notify);
+            json(StatusCode::OK, &answer)
+        }
+        Err(e) => {
+            if let Origin::Socket = origin {
+                let _ = app.endpoint.configure(app, before.as_ref()).await;
+            }
+            supervisor_error(e)
+        }
+    }
+}
+
+/// A remote client's request made whole on this host: its images resolved on this host's
+/// engine (only looked up for a plan), its volumes created, its sources checked. A request
+/// without `on_host` (the local CLI resolved everything) passes unchanged.
+async fn resolve_on_host(supervisor: &Supervisor, mut request: UpRequest, plan: bool) -> Result<UpRequest, String> {
+    if let Some(on_host) = request.on_host.take() {
+        let state_dir = supervisor.config().state_dir.clone();
+        let spec = &mut request.spec;
+        crate::artifacts::resolve_on_host(
+            &spec.project,
+            &mut spec.engine,
+            &mut spec.services,
+            &on_host,
+            &state_dir,
+            plan,
+        )
+        .await?;
+    }
+    Ok(request)
+}
+
+/// [`resolve_on_host`] for a one-off run (`tug run`).
+async fn resolve_run_on_host(supervisor: &Supervisor, mut request: RunRequest) -> Result<RunRequest, String> {
+    if let Some(on_host) = request.on_host.take() {
+        let state_dir = supervisor.config().state_dir.clone();
+        let services = std::slice::from_mut(&mut request.service);
+        crate::artifacts::resolve_on_host(&request.project, &mut request.engine, services, &on_host, &state_dir, false)
+            .await?;
+    }
+    Ok(request)
+}
+
 /// Once a large body is freed, the allocator gives its memory back to the system: a flood of
 /// large requests must not leave the daemon holding what it read.
 struct TrimAfterLargeBody(usize);
@@ -640,44 +711,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait, usage).await)
         }
         (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
-            Ok(request) => {
-                // The endpoint follows the stack file given on this host only: a remote client
-                // cannot move or drop the endpoint it came through. It is configured first (a
-                // TLS file that cannot be read fails the command before anything changed) and
-                // put back as it was if the stack is then refused.
-                let before = app.endpoint.spec().await;
-                let endpoint = match conn.origin {
-                    Origin::Socket => app.endpoint.configure(&app, request.spec.api.as_ref()).await,
-                    Origin::Network { .. } => Ok(()),
-                };
-                match endpoint {
-                    Err(e) => error(StatusCode::BAD_REQUEST, e),
-                    Ok(()) => {
-                        let notify = request.spec.notify.clone();
-                        // Its own task: a client that goes away (Ctrl-C) must not cut a
-                        // `deploy.before` migration short, nor the apply after it.
-                        let deploying = tokio::spawn({
-                            let supervisor = supervisor.clone();
-                            async move { supervisor.deploy(request).await }
-                        });
-                        let deployed = deploying.await.unwrap_or_else(|e| {
-                            Err(tug_supervisor::Error::Conflict(format!("the deploy stopped: {e}")))
-                        });
-                        match deployed {
-                            Ok(answer) => {
-                                app.notifier.configure(&supervisor.project(), notify);
-                                json(StatusCode::OK, &answer)
-                            }
-                            Err(e) => {
-                                if matches!(conn.origin, Origin::Socket) {
-                                    let _ = app.endpoint.configure(&app, before.as_ref()).await;
-                                }
-                                supervisor_error(e)
-                            }
-                        }
-                    }
-                }
-            }
+            Ok(request) => put_stack(&app, conn.origin, request).await,
             Err(response) => *response,
         },
         (&Method::POST, "/v1/dashboard") => match parse::<tug_proto::DashboardRequest>(&body) {
@@ -698,10 +732,11 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
-        (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
-            Ok(request) => match supervisor.plan(&request) {
-                Ok(plan) => json(StatusCode::OK, &plan),
-                Err(e) => supervisor_error(e),
+        (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body).map(|r| resolve_on_host(supervisor, r, true)) {
+            Ok(resolving) => match resolving.await.map(|request| supervisor.plan(&request)) {
+                Ok(Ok(plan)) => json(StatusCode::OK, &plan),
+                Ok(Err(e)) => supervisor_error(e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
             },
             Err(response) => *response,
         },
@@ -795,9 +830,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::POST, "/v1/run") => match parse::<RunRequest>(&body) {
-            Ok(request) => match supervisor.run_one_off(request) {
-                Ok(events) => streamed(events),
-                Err(e) => supervisor_error(e),
+            Ok(request) => match resolve_run_on_host(supervisor, request).await.map(|r| supervisor.run_one_off(r)) {
+                Ok(Ok(events)) => streamed(events),
+                Ok(Err(e)) => supervisor_error(e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
             },
             Err(response) => *response,
         },

@@ -17,8 +17,17 @@ pub fn show(args: &StackArgs, targets: &[String], json: bool) -> Result<ExitCode
     let stack = crate::secrets::require_valid(&compiled)?;
     stack::print_problems(&compiled, output::stderr_palette(), true, tug_stackfile::Severity::Warning);
     crate::run::check_targets(stack, targets)?;
-    let artifacts = crate::artifacts::resolve_for_plan(stack, &state_dir)?;
-    let request = UpRequest { spec: crate::run::to_spec(stack, &artifacts), targets: targets.to_vec() };
+    // A remote daemon looks the images up on its own engine.
+    let (artifacts, on_host) = if args.host.is_some() {
+        let everything: Vec<String> = stack.services.keys().cloned().collect();
+        (
+            crate::artifacts::resolve_for_remote_plan(stack, &state_dir)?,
+            Some(crate::artifacts::for_host(stack, &everything)),
+        )
+    } else {
+        (crate::artifacts::resolve_for_plan(stack, &state_dir)?, None)
+    };
+    let request = UpRequest { spec: crate::run::to_spec(stack, &artifacts), targets: targets.to_vec(), on_host };
     let (_, client) = crate::run::connect(args, false)?;
     let running = client.as_ref().filter(|c| c.get::<serde_json::Value>("/v1/status", crate::run::QUICK).is_ok());
     let plan: Plan = match running {

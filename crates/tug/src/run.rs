@@ -415,7 +415,9 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     check_targets(stack, &options.services)?;
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let wanted = closure(stack, &options.services);
-    let artifacts = crate::artifacts::resolve(stack, &wanted, &state_dir)?;
+    // A remote daemon's images and volumes are on its engine: it resolves them there.
+    let (artifacts, on_host) =
+        crate::artifacts::resolve_here_or_there(stack, &wanted, &state_dir, args.host.is_some())?;
     let mut spec = to_spec(stack, &artifacts);
     if let Some(listen) = &options.listen {
         listen.parse::<std::net::IpAddr>().map_err(|_| format!("--listen: `{listen}` is not an IP address"))?;
@@ -437,9 +439,11 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
-    let request = UpRequest { spec, targets: options.services.clone() };
-    // `deploy.before` jobs run before the daemon answers: a migration takes what it takes.
-    let timeout = if request.spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
+    // `deploy.before` jobs run before the daemon answers: a migration takes what it takes, and
+    // so does a pull on the remote host.
+    let pulls = on_host.as_ref().is_some_and(|h| h.images.values().any(|i| i.start));
+    let timeout = if pulls || spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
+    let request = UpRequest { spec, targets: options.services.clone(), on_host };
     let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, timeout) {
         Ok(answer) => answer,
         Err(error) => {
@@ -884,6 +888,12 @@ fn port_taken_by_router(
 }
 
 pub fn down(args: &StackArgs, volumes: bool) -> Result<ExitCode, String> {
+    if volumes && let Some(host) = &args.host {
+        // Checked before the stack stops: the volumes are on that host's engine, not this one's.
+        return Err(format!(
+            "--volumes: the volumes are on {host}'s container engine; run `tug down --volumes` on that host"
+        ));
+    }
     let (state_dir, client) = connect(args, false)?;
     let code = match client {
         Some(client) => {

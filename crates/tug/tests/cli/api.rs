@@ -423,6 +423,7 @@ fn up_request(stack: &Stack, name: &str) -> Vec<u8> {
             notify: Vec::new(),
         },
         targets: vec![name.to_string()],
+        on_host: None,
     };
     serde_json::to_vec(&request).unwrap()
 }

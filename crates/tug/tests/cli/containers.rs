@@ -4,7 +4,9 @@
 //! load and the automatic rollback of a bad one, no container left after the daemon's SIGKILL,
 //! volumes kept by `down` and removed by `down --volumes`, secrets as variables and as files
 //! that no output shows, a process's `source` copied per revision, and the errors a user meets
-//! (a missing image, an unreachable engine, a failed build) before anything starts.
+//! (a missing image, an unreachable engine, a failed build) before anything starts; and a
+//! remote `tug --host` from a machine with no engine, whose images and volumes the daemon
+//! resolves on its own.
 
 use std::time::{Duration, Instant};
 
@@ -594,4 +596,112 @@ fn wait_for_process(command: &str, present: bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn a_remote_deploy_resolves_images_and_volumes_on_the_daemons_engine() {
+    let tag = unique_tag("remote");
+    let mut tags = Tags(vec![tag.clone()]);
+    tags.0.push(web_image(&tag, "1", ""));
+    let (port, api_port) = (free_port(), free_port());
+    let yaml = |image: &str, extra: &str| {
+        format!(
+            r#"
+name: remote
+api: {{ listen: 127.0.0.1:{api_port} }}
+volumes:
+  data: {{}}
+services:
+  web:
+    image: {image}
+    pull: never
+    port: {port}
+    healthcheck: {{ http: /health, interval: 1s, start_interval: 100ms }}
+{extra}"#
+        )
+    };
+    let stack = Stack::new("containers-remote", &yaml(&tag, ""));
+    stack.up();
+    let key = std::fs::read_to_string(stack.state_dir().join("api.key")).unwrap().trim().to_string();
+    let url = format!("http://127.0.0.1:{api_port}");
+    // The client: its own folder and a copy of the stack file, and no container engine at all.
+    let client = crate::TempDir::new("remote-client");
+    let no_engine = format!("unix://{}/no-engine.sock", client.path().display());
+    let env = [("TUG_API_KEY", key.as_str()), ("DOCKER_HOST", no_engine.as_str())];
+    let remote = |yaml: &str, args: &[&str]| {
+        client.write("tug.yaml", yaml);
+        let mut all = vec!["--host", url.as_str()];
+        all.extend(args);
+        crate::tug(client.path(), &all, &env, None)
+    };
+
+    // A rebuilt tag and a new volume: the daemon finds the new id and makes the volume on its
+    // engine; the client's own engine is never asked.
+    tags.0.push(web_image(&tag, "2", ""));
+    let mounted = "    volumes: [data:/data]\n";
+    let plan = remote(&yaml(&tag, mounted), &["deploy", "--plan"]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+    assert!(plan.stdout.contains("image"), "the daemon looked the new id up: {}", plan.stdout);
+    let deploy = remote(&yaml(&tag, mounted), &["deploy", "--timeout", "60s"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    wait_versions(port, &["2"]);
+    assert_eq!(stack_volumes(&stack.state_dir()), ["remote_data"], "made with the daemon's labels");
+    let unchanged = remote(&yaml(&tag, mounted), &["deploy", "--plan"]);
+    assert!(unchanged.code == 0 && unchanged.stdout.contains("unchanged"), "{}", unchanged.all());
+
+    // An image the stack builds on the client cannot be built there: refused, nothing changed.
+    let absent = unique_tag("remote-absent");
+    std::fs::create_dir_all(client.path().join("ctx")).unwrap();
+    client.write("ctx/Dockerfile", &format!("FROM {}\n", demo_image()));
+    let built = yaml(&absent, mounted).replace("    pull: never\n", "    build: ./ctx\n");
+    let refused = remote(&built, &["deploy", "--timeout", "60s"]);
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    let text = refused.all();
+    assert!(text.contains("service `web`") && text.contains(&absent), "{text}");
+    assert!(text.contains("does not send build contexts") && text.contains("docker build -t"), "{text}");
+    assert!(docker(&["images", "-q", &absent]).is_empty(), "nothing was built");
+    // The same stack once that host has the tag: its image runs.
+    tags.0.push(absent.clone());
+    tags.0.push(web_image(&absent, "3", ""));
+    let deploy = remote(&built, &["deploy", "--timeout", "60s"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    wait_versions(port, &["3"]);
+    // A one-off run from the client runs that host's image too.
+    let run = remote(&built, &["run", "web", "--", "sh", "-c", "echo one-off-$VERSION"]);
+    assert!(run.code == 0 && run.stdout.contains("one-off-3"), "{}", run.all());
+
+    // A source the client copied where this host cannot see it (the client's state folder is
+    // a tmpfs of its own mount namespace): refused before anything changes.
+    std::fs::create_dir_all(client.path().join("app")).unwrap();
+    client.write("app/run.sh", "exec sleep 1000\n");
+    let state = client.path().join(".tug");
+    std::fs::create_dir_all(&state).unwrap();
+    let state = state.display().to_string();
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs tmpfs "$0" && exec "$@""#,
+        &state,
+    ];
+    let sourced = format!("{built}  worker:\n    command: [sh, run.sh]\n    working_dir: ./app\n    source: ./app\n");
+    client.write("tug.yaml", &sourced);
+    let refused =
+        crate::tug_under(&wrapper, client.path(), &["--host", &url, "deploy", "--timeout", "60s"], &env, None);
+    assert_ne!(refused.code, 0, "{}", refused.all());
+    let text = refused.all();
+    assert!(text.contains("service `worker`") && text.contains("does not send sources"), "{text}");
+    assert!(stack.ps().iter().all(|r| r["service"] == "web"), "nothing started: {:#?}", stack.ps());
+    wait_versions(port, &["3"]);
+
+    // `down --volumes` would act on this machine's engine: refused before anything stops.
+    let down = remote(&built, &["down", "--volumes"]);
+    assert!(down.code != 0 && down.stderr.contains("on that host"), "{}", down.all());
+    let restore = remote(&built, &["restore", "some.tug-backup"]);
+    assert!(restore.code != 0 && restore.stderr.contains("run `tug restore` there"), "{}", restore.all());
+    assert_eq!(stack_volumes(&stack.state_dir()), ["remote_data"]);
+    wait_versions(port, &["3"]);
 }
