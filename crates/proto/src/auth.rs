@@ -161,14 +161,23 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
 
 /// The `Authorization` header value for a request.
 pub fn sign(key: &ApiKey, method: &str, path: &str, body: &[u8], ts: u64) -> Result<String, KeyError> {
+    sign_digest(key, method, path, &body_digest(body), ts)
+}
+
+/// [`sign`] for a body known by its digest ([`body_digest`]): a file streamed as it is sent.
+pub fn sign_digest(key: &ApiKey, method: &str, path: &str, digest: &str, ts: u64) -> Result<String, KeyError> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).map_err(|e| KeyError::Random(e.to_string()))?;
-    Ok(sign_with_nonce(key, method, path, body, ts, &hex(&nonce)))
+    Ok(signed(key, method, path, digest, ts, &hex(&nonce)))
 }
 
 pub fn sign_with_nonce(key: &ApiKey, method: &str, path: &str, body: &[u8], ts: u64, nonce: &str) -> String {
+    signed(key, method, path, &body_digest(body), ts, nonce)
+}
+
+fn signed(key: &ApiKey, method: &str, path: &str, digest: &str, ts: u64, nonce: &str) -> String {
     let mut mac = mac(key);
-    mac.update(canonical(method, path, &body_digest(body), ts, nonce).as_bytes());
+    mac.update(canonical(method, path, digest, ts, nonce).as_bytes());
     let sig = hex(&mac.finalize().into_bytes());
     format!("{SCHEME} ts={ts}, nonce={nonce}, sig={sig}")
 }
@@ -248,6 +257,20 @@ impl Verifier {
         body: &[u8],
         now: u64,
     ) -> Result<(), AuthError> {
+        self.verify_digest(header, method, path, &body_digest(body), now)
+    }
+
+    /// [`Verifier::verify`] against the digest the body must have: an upload names its digest
+    /// in its path, so it is authenticated before its body is read, and the body is checked
+    /// against that digest as it arrives.
+    pub fn verify_digest(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        path: &str,
+        digest: &str,
+        now: u64,
+    ) -> Result<(), AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let parsed = parse(header).ok_or(AuthError::Malformed)?;
         let skew = now.abs_diff(parsed.ts);
@@ -255,7 +278,7 @@ impl Verifier {
             return Err(AuthError::Stale(skew));
         }
         let mut mac = mac(&self.key);
-        mac.update(canonical(method, path, &body_digest(body), parsed.ts, parsed.nonce).as_bytes());
+        mac.update(canonical(method, path, digest, parsed.ts, parsed.nonce).as_bytes());
         // `verify_slice` compares in constant time.
         mac.verify_slice(&parsed.sig).map_err(|_| AuthError::BadSignature)?;
         // Only signed requests reach the nonce table, so only key holders can grow it.

@@ -460,6 +460,23 @@ pub struct HostArtifacts {
     /// The named volumes the services that start now mount.
     #[serde(default)]
     pub volumes: Vec<HostVolume>,
+    /// Service → its source: the copy this host makes from an upload, or already has.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, HostSource>,
+    /// The client's stack folder: a path inside it (a `working_dir`, a bind mount) names the
+    /// same path inside the folder of the stack the daemon runs.
+    #[serde(default)]
+    pub root: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSource {
+    /// The digest of the source's content (`SourceSpec::digest`).
+    pub digest: String,
+    /// The SHA-256 of the bundle sent as `PUT /v1/uploads/<sha256>`; none when the daemon
+    /// already has the copy (or for a plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

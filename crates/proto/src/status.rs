@@ -161,4 +161,8 @@ pub struct UpResponse {
     /// What the daemon decided for each service, and why (executed as it says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<crate::plan::Plan>,
+    /// Service → the revision it runs, when the daemon computed it (a remote client's request:
+    /// image ids and copies are this host's).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub revisions: std::collections::BTreeMap<String, String>,
 }

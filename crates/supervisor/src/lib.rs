@@ -237,12 +237,12 @@ impl Supervisor {
         &self.inner.events
     }
 
-    /// The project's name, once a stack was applied.
     /// The folder of the stack file the daemon last applied.
     pub fn root(&self) -> Option<std::path::PathBuf> {
         self.inner.lock().root.clone()
     }
 
+    /// The project's name, once a stack was applied.
     pub fn project(&self) -> String {
         self.inner.lock().project.clone()
     }
@@ -629,7 +629,13 @@ impl Supervisor {
             inner.update(|t| t.notices.extend(notices.iter().cloned()));
         }
         self.prune_source_copies();
-        Ok(UpResponse { services: wanted, notices, rollouts: rollouts_shown, plan: Some(decided) })
+        Ok(UpResponse {
+            services: wanted,
+            notices,
+            rollouts: rollouts_shown,
+            plan: Some(decided),
+            revisions: Default::default(),
+        })
     }
 
     /// Removes the source copies of revisions the history no longer keeps (off the runtime's

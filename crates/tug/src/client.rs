@@ -203,10 +203,7 @@ impl Client {
     ) -> Result<T, RequestError> {
         let (status, bytes) = self.raw(method, path, body, timeout)?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_slice::<tug_proto::ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(RequestError::Status(status, message));
+            return Err(RequestError::Status(status, error_message(&bytes)));
         }
         serde_json::from_slice(&bytes)
             .map_err(|e| RequestError::Other(format!("the daemon's answer to {method} {path} is not understood: {e}")))
@@ -220,20 +217,50 @@ impl Client {
         body: &[u8],
         read_timeout: Option<Duration>,
     ) -> Result<Box<dyn Connection>, RequestError> {
+        let digest = auth::body_digest(body);
+        self.send_body(method, path, ("application/json", &digest, body.len() as u64), &mut &*body, read_timeout)
+    }
+
+    /// Connects and sends a signed request whose body (`kind`, `digest` as
+    /// [`auth::body_digest`], length) is read from `body` as it is sent.
+    fn send_body(
+        &self,
+        method: &str,
+        path: &str,
+        (kind, digest, length): (&str, &str, u64),
+        body: &mut dyn Read,
+        read_timeout: Option<Duration>,
+    ) -> Result<Box<dyn Connection>, RequestError> {
         let mut stream = self.open(read_timeout)?;
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
-        let signature = auth::sign(&self.key, method, path, body, tug_proto::unix_now())
+        let signature = auth::sign_digest(&self.key, method, path, digest, tug_proto::unix_now())
             .map_err(|e| RequestError::Other(e.to_string()))?;
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
+            "{method} {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         );
-        stream
-            .write_all(head.as_bytes())
-            .and_then(|_| stream.write_all(body))
-            .and_then(|_| stream.flush())
-            .map_err(io)?;
+        stream.write_all(head.as_bytes()).map_err(io)?;
+        let sent = std::io::copy(&mut body.take(length), &mut stream).map_err(io)?;
+        if sent != length {
+            return Err(RequestError::Other(format!("the body ended after {sent} of {length} bytes")));
+        }
+        stream.flush().map_err(io)?;
         Ok(stream)
+    }
+
+    /// Sends the file at `file` (its SHA-256 is `digest`) as `PUT /v1/uploads/<digest>`,
+    /// streamed from disk; `timeout` is for the daemon's answer once it is sent.
+    pub fn upload(&self, file: &Path, digest: &str, timeout: Duration) -> Result<(), RequestError> {
+        let failed = |e: std::io::Error| RequestError::Other(format!("cannot read {}: {e}", file.display()));
+        let mut body = std::fs::File::open(file).map_err(failed)?;
+        let length = body.metadata().map_err(failed)?.len();
+        let path = format!("/v1/uploads/{digest}");
+        let kind = ("application/octet-stream", digest, length);
+        let mut stream = self.send_body("PUT", &path, kind, &mut body, Some(timeout))?;
+        let (status, bytes) = self.answer(&mut stream, "PUT", &path, timeout)?;
+        if !(200..300).contains(&status) {
+            return Err(RequestError::Status(status, error_message(&bytes)));
+        }
+        Ok(())
     }
 
     /// Sends a signed request; returns the status and body.
@@ -244,10 +271,21 @@ impl Client {
         body: &[u8],
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>), RequestError> {
-        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
         let mut stream = self.send_request(method, path, body, Some(timeout + Duration::from_secs(5)))?;
+        self.answer(&mut stream, method, path, timeout)
+    }
+
+    /// The status and body of the answer to a request sent on `stream`.
+    fn answer(
+        &self,
+        stream: &mut Box<dyn Connection>,
+        method: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>), RequestError> {
+        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
         let mut response = Vec::new();
-        read_all(&mut stream, &mut response).map_err(|e| match e.kind() {
+        read_all(stream, &mut response).map_err(|e| match e.kind() {
             // The read timeout: say so, rather than "Resource temporarily unavailable".
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => RequestError::Other(format!(
                 "the daemon did not answer {method} {path} within {} s",
@@ -349,6 +387,13 @@ impl Client {
 
 /// Reads to the end of the answer. A TLS peer that closes without close_notify (the daemon
 /// drops the connection after `Connection: close`) has sent everything: not an error.
+/// The daemon's message in an error answer.
+fn error_message(bytes: &[u8]) -> String {
+    serde_json::from_slice::<tug_proto::ErrorBody>(bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
+}
+
 fn read_all(reader: &mut impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
     match reader.read_to_end(out) {
         Ok(_) => Ok(()),

@@ -165,6 +165,21 @@ pub(crate) struct App {
     /// Changes (up, start, stop, restart, scale) happen one at a time: two
     /// concurrent `up`s must not both add the replicas a service lacks.
     changes: tokio::sync::Mutex<()>,
+    /// Uploads are received one at a time (`upload::receive`).
+    pub uploads: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// [`Verifier::verify_digest`], now.
+    pub fn verify_digest(
+        &self,
+        header: Option<&str>,
+        method: &str,
+        target: &str,
+        digest: &str,
+    ) -> Result<(), tug_proto::auth::AuthError> {
+        self.verifier.verify_digest(header, method, target, digest, tug_proto::unix_now())
+    }
 }
 
 /// Where a request came from.
@@ -384,6 +399,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             notifier,
             shutdown: tokio::sync::Notify::new(),
             changes: tokio::sync::Mutex::new(()),
+            uploads: tokio::sync::Mutex::new(()),
         });
         let signals = app.clone();
         tokio::spawn(async move {
@@ -524,6 +540,7 @@ fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
 /// `PUT /v1/stack`: the stack made whole on this host, then deployed.
 async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
     let supervisor = &app.supervisor;
+    let remote = request.on_host.is_some();
     let request = match resolve_on_host(supervisor, request, false).await {
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
@@ -539,6 +556,12 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
         return error(StatusCode::BAD_REQUEST, e);
     }
     let notify = request.spec.notify.clone();
+    // A remote client computed revisions without this host's image ids and copies.
+    let revisions: std::collections::BTreeMap<String, String> = if remote {
+        request.spec.services.iter().map(|s| (s.name.clone(), s.revision.clone())).collect()
+    } else {
+        Default::default()
+    };
     // Its own task: a client that goes away (Ctrl-C) must not cut a `deploy.before` migration
     // short, nor the apply after it.
     let deploying = tokio::spawn({
@@ -548,8 +571,9 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
     let deployed =
         deploying.await.unwrap_or_else(|e| Err(tug_supervisor::Error::Conflict(format!("the deploy stopped: {e}"))));
     match deployed {
-        Ok(answer) => {
+        Ok(mut answer) => {
             app.notifier.configure(&supervisor.project(), notify);
+            answer.revisions = revisions;
             json(StatusCode::OK, &answer)
         }
         Err(e) => {
@@ -561,19 +585,22 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
     }
 }
 
-/// A remote client's request made whole on this host: its images resolved on this host's
-/// engine (only looked up for a plan), its volumes created, its sources checked. A request
-/// without `on_host` (the local CLI resolved everything) passes unchanged.
+/// A remote client's request made whole on this host: its sources' copies made from what it
+/// sent, its paths moved into this host's stack folder, its images resolved on this host's
+/// engine (only looked up for a plan) and its volumes created. A request without `on_host`
+/// (the local CLI resolved everything) passes unchanged.
 async fn resolve_on_host(supervisor: &Supervisor, mut request: UpRequest, plan: bool) -> Result<UpRequest, String> {
     if let Some(on_host) = request.on_host.take() {
         let state_dir = supervisor.config().state_dir.clone();
+        let root = this_hosts_root(supervisor);
         let spec = &mut request.spec;
+        spec.root = root.clone();
         crate::artifacts::resolve_on_host(
             &spec.project,
             &mut spec.engine,
             &mut spec.services,
             &on_host,
-            &state_dir,
+            (&state_dir, &root),
             plan,
         )
         .await?;
@@ -581,13 +608,28 @@ async fn resolve_on_host(supervisor: &Supervisor, mut request: UpRequest, plan: 
     Ok(request)
 }
 
+/// The folder of the stack this daemon runs: the one last applied from this host, else the
+/// one its state folder sits in.
+fn this_hosts_root(supervisor: &Supervisor) -> PathBuf {
+    let state_dir = &supervisor.config().state_dir;
+    supervisor.root().unwrap_or_else(|| state_dir.parent().unwrap_or(state_dir).to_path_buf())
+}
+
 /// [`resolve_on_host`] for a one-off run (`tug run`).
 async fn resolve_run_on_host(supervisor: &Supervisor, mut request: RunRequest) -> Result<RunRequest, String> {
     if let Some(on_host) = request.on_host.take() {
         let state_dir = supervisor.config().state_dir.clone();
+        let root = this_hosts_root(supervisor);
         let services = std::slice::from_mut(&mut request.service);
-        crate::artifacts::resolve_on_host(&request.project, &mut request.engine, services, &on_host, &state_dir, false)
-            .await?;
+        crate::artifacts::resolve_on_host(
+            &request.project,
+            &mut request.engine,
+            services,
+            &on_host,
+            (&state_dir, &root),
+            false,
+        )
+        .await?;
     }
     Ok(request)
 }
@@ -652,6 +694,17 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
     // a body declared too large. An unsigned client never makes the daemon hold its body.
     if let Err(e) = app.verifier.precheck(header.as_deref(), tug_proto::unix_now()) {
         return Ok(error(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    // An upload is authenticated by the digest its path names, and streamed to disk.
+    if method == Method::PUT
+        && let Some(digest) = request.uri().path().strip_prefix("/v1/uploads/")
+    {
+        let digest = digest.to_string();
+        let response = crate::upload::receive(&app, request, header.as_deref(), &target, &digest).await;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            conn.unproven.forget(conn.id);
+        }
+        return Ok(response);
     }
     // The CLI always says how long its body is; a body of unknown length (chunked) could only
     // be budgeted at the largest size, which a few unsigned clients would use up.
@@ -732,6 +785,18 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
+        (&Method::GET, "/v1/sources") => {
+            // Whether this host has a source's copy, so a remote client sends it only once.
+            let service = query_text(&target, "service").unwrap_or_default();
+            let digest = query_text(&target, "digest").unwrap_or_default();
+            let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+            if plain(service) && plain(digest) {
+                let present = crate::source::existing(service, digest, &supervisor.config().state_dir).is_some();
+                json(StatusCode::OK, &serde_json::json!({ "present": present }))
+            } else {
+                error(StatusCode::BAD_REQUEST, "GET /v1/sources?service=NAME&digest=HEX")
+            }
+        }
         (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body).map(|r| resolve_on_host(supervisor, r, true)) {
             Ok(resolving) => match resolving.await.map(|request| supervisor.plan(&request)) {
                 Ok(Ok(plan)) => json(StatusCode::OK, &plan),

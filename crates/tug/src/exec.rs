@@ -82,14 +82,14 @@ pub fn run(args: &StackArgs, service: &str, command: Vec<String>, insecure: bool
     let loaded = crate::stack::load(args)?;
     let stack = crate::secrets::require_valid(&loaded.compiled)?;
     let wanted = [service.to_string()];
-    // A remote daemon resolves the image on its own engine, as for `up`.
-    let (artifacts, on_host) =
-        crate::artifacts::resolve_here_or_there(stack, &wanted, &loaded.state_dir, args.host.is_some())?;
+    let (client, started) = run::daemon_client(args)?;
+    // A remote daemon gets the source it lacks and resolves the image on its engine, as for `up`.
+    let remote = client.is_remote().then_some(&client);
+    let (artifacts, on_host) = crate::artifacts::resolve_here_or_there(stack, &wanted, &loaded.state_dir, remote)?;
     let spec = run::to_spec(stack, &artifacts);
     let Some(service_spec) = spec.services.into_iter().find(|s| s.name == service) else {
         return Err(format!("no service or job named `{service}`"));
     };
-    let (client, started) = run::daemon_client(args)?;
     let request = RunRequest { project: spec.project, engine: spec.engine, service: service_spec, command, on_host };
     let outcome = follow(&client, "/v1/run", &request);
     if started {

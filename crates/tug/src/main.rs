@@ -24,6 +24,7 @@ mod secrets;
 mod source;
 mod stack;
 mod stats;
+mod upload;
 mod url;
 mod web;
 

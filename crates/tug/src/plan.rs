@@ -17,13 +17,12 @@ pub fn show(args: &StackArgs, targets: &[String], json: bool) -> Result<ExitCode
     let stack = crate::secrets::require_valid(&compiled)?;
     stack::print_problems(&compiled, output::stderr_palette(), true, tug_stackfile::Severity::Warning);
     crate::run::check_targets(stack, targets)?;
-    // A remote daemon looks the images up on its own engine.
+    // A remote daemon looks the images up on its own engine, and its copies' paths are its own.
     let (artifacts, on_host) = if args.host.is_some() {
         let everything: Vec<String> = stack.services.keys().cloned().collect();
-        (
-            crate::artifacts::resolve_for_remote_plan(stack, &state_dir)?,
-            Some(crate::artifacts::for_host(stack, &everything)),
-        )
+        let artifacts = crate::artifacts::resolve_for_remote_plan(stack, &state_dir)?;
+        let on_host = crate::artifacts::for_host(stack, &everything, &artifacts);
+        (artifacts, Some(on_host))
     } else {
         (crate::artifacts::resolve_for_plan(stack, &state_dir)?, None)
     };

@@ -415,9 +415,16 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     check_targets(stack, &options.services)?;
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let wanted = closure(stack, &options.services);
-    // A remote daemon's images and volumes are on its engine: it resolves them there.
-    let (artifacts, on_host) =
-        crate::artifacts::resolve_here_or_there(stack, &wanted, &state_dir, args.host.is_some())?;
+    let (state_dir, client) = connect(args, true)?;
+    let client = client.ok_or("no API key")?;
+    if client.is_remote() && !options.detach {
+        return Err("with --host, the logs are on the remote host: run `tug up -d` or `tug deploy`, and \
+                    `tug logs -f` to follow them"
+            .into());
+    }
+    // A remote daemon gets the sources it lacks, and resolves images and volumes on its engine.
+    let remote = client.is_remote().then_some(&client);
+    let (artifacts, on_host) = crate::artifacts::resolve_here_or_there(stack, &wanted, &state_dir, remote)?;
     let mut spec = to_spec(stack, &artifacts);
     if let Some(listen) = &options.listen {
         listen.parse::<std::net::IpAddr>().map_err(|_| format!("--listen: `{listen}` is not an IP address"))?;
@@ -428,13 +435,6 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         let address: std::net::SocketAddr =
             api.listen.parse().map_err(|_| format!("api.listen: `{}` is not an address", api.listen))?;
         crate::endpoint::check_plain(&address, api.tls.is_some(), api.insecure)?;
-    }
-    let (state_dir, client) = connect(args, true)?;
-    let client = client.ok_or("no API key")?;
-    if client.is_remote() && !options.detach {
-        return Err("with --host, the logs are on the remote host: run `tug up -d` or `tug deploy`, and \
-                    `tug logs -f` to follow them"
-            .into());
     }
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
     catch_interrupts();
@@ -456,6 +456,13 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     };
     for notice in &answer.notices {
         eprintln!("{}", output::warning_line(notice));
+    }
+    // A remote daemon's revisions hold its image ids and copies: what to wait for.
+    let mut request = request;
+    for service in &mut request.spec.services {
+        if let Some(revision) = answer.revisions.get(&service.name) {
+            service.revision = revision.clone();
+        }
     }
     if options.deploy
         && let Some(plan) = &answer.plan
@@ -1034,7 +1041,7 @@ fn ports_shown(status: &StackStatus, row: &InstanceStatus) -> String {
     }
 }
 
-fn format_bytes(bytes: u64) -> String {
+pub(crate) fn format_bytes(bytes: u64) -> String {
     if bytes >= 1 << 30 {
         format!("{:.1}G", bytes as f64 / (1u64 << 30) as f64)
     } else {

@@ -10,6 +10,7 @@
 //! give a copy that does not match its name), made read-only, then renamed into place.
 
 use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -39,23 +40,10 @@ pub fn digest_only(service: &str, source: &Path, state_dir: &Path) -> Result<Sna
 pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapshot, String> {
     let entries = walk(source, state_dir)?;
     let digest = digest(source, &entries)?;
-    let folder = state_dir.join(REVISIONS).join(service);
-    let copy = folder.join(&digest);
-    if copy.is_dir() {
-        // Fresh again: the daemon never prunes a copy `up` has just chosen.
-        if let Ok(dir) = std::fs::File::open(&copy) {
-            let _ = dir.set_modified(std::time::SystemTime::now());
-        }
-        return Ok(Snapshot { digest, copy });
+    if let Some(snapshot) = existing(service, &digest, state_dir) {
+        return Ok(snapshot);
     }
-    // Private: a source may hold files only its owner may read (an env file, a key).
-    for dir in [state_dir.to_path_buf(), state_dir.join(REVISIONS), folder.clone()] {
-        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
-        }
-    }
+    let folder = revisions_folder(service, state_dir)?;
     let tmp = folder.join(format!(".tmp-{digest}-{}", std::process::id()));
     let _ = remove_tree(&tmp);
     let copied = copy_tree(source, &entries, &tmp);
@@ -75,6 +63,33 @@ pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapsh
         std::fs::rename(&tmp, &copy).map_err(|e| format!("cannot move the copy into {}: {e}", copy.display()))?;
     }
     Ok(Snapshot { digest: copied_digest, copy })
+}
+
+/// The copy of `service`'s source with `digest`, if this host has it (made fresh again: the
+/// daemon never prunes a copy `up` has just chosen).
+pub fn existing(service: &str, digest: &str, state_dir: &Path) -> Option<Snapshot> {
+    let copy = state_dir.join(REVISIONS).join(service).join(digest);
+    if !copy.is_dir() {
+        return None;
+    }
+    if let Ok(dir) = std::fs::File::open(&copy) {
+        let _ = dir.set_modified(std::time::SystemTime::now());
+    }
+    Some(Snapshot { digest: digest.to_string(), copy })
+}
+
+/// `service`'s folder of copies, made private: a source may hold files only its owner may
+/// read (an env file, a key).
+fn revisions_folder(service: &str, state_dir: &Path) -> Result<PathBuf, String> {
+    let folder = state_dir.join(REVISIONS).join(service);
+    for dir in [state_dir.to_path_buf(), state_dir.join(REVISIONS), folder.clone()] {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+    }
+    Ok(folder)
 }
 
 #[derive(Debug, PartialEq)]
@@ -181,7 +196,7 @@ fn digest(root: &Path, entries: &[(PathBuf, Kind)]) -> Result<String, String> {
 }
 
 /// A file's SHA-256, copying it to `to` on the way when asked.
-fn file_digest(path: &Path, mut to: Option<&mut std::fs::File>) -> Result<[u8; 32], String> {
+fn file_digest(path: &Path, mut to: Option<&mut dyn Write>) -> Result<[u8; 32], String> {
     let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -241,6 +256,230 @@ fn make_read_only(root: &Path, entries: &[(PathBuf, Kind)]) {
 }
 
 pub use tug_supervisor::history::remove_tree;
+
+/// A source as sent to a remote daemon (`tug --host`): this line, then each entry in the
+/// walk's order: its kind (`d`, `f`, `l`), its path's length (u32, little-endian) and path,
+/// then for a file its mode (u32) and length (u64) and content, for a link its target's
+/// length (u32) and target. The daemon rebuilds the copy from it and names it by the digest
+/// of what it wrote.
+const BUNDLE_MAGIC: &[u8] = b"tug source bundle 1\n";
+/// The longest path or link target a bundle may hold (Linux's PATH_MAX).
+const MAX_PATH: usize = 4096;
+
+/// Writes `source` as a bundle to `out`; answers the digest of what it wrote, which is the
+/// revision's if nothing changed meanwhile.
+pub fn write_bundle(source: &Path, state_dir: &Path, out: &mut impl Write) -> Result<String, String> {
+    let entries = walk(source, state_dir)?;
+    let failed = |e: std::io::Error| format!("cannot write the source's bundle: {e}");
+    out.write_all(BUNDLE_MAGIC).map_err(failed)?;
+    let mut hasher = Sha256::new();
+    for (relative, kind) in &entries {
+        let path = relative.as_os_str().as_encoded_bytes();
+        let mut content = None;
+        match kind {
+            Kind::Dir => {
+                out.write_all(b"d").map_err(failed)?;
+                write_bytes(out, path).map_err(failed)?;
+            }
+            Kind::Link(target) => {
+                out.write_all(b"l").map_err(failed)?;
+                write_bytes(out, path).map_err(failed)?;
+                write_bytes(out, target.as_os_str().as_encoded_bytes()).map_err(failed)?;
+            }
+            Kind::File { mode } => {
+                let file = source.join(relative);
+                let length =
+                    std::fs::metadata(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?.len();
+                out.write_all(b"f").map_err(failed)?;
+                write_bytes(out, path).map_err(failed)?;
+                out.write_all(&mode.to_le_bytes())
+                    .and_then(|_| out.write_all(&length.to_le_bytes()))
+                    .map_err(failed)?;
+                // Exactly the length announced: a file that grew or shrank meanwhile is a
+                // changed source, which the digest then says.
+                let mut limited = ExactLength { inner: out, left: length };
+                content =
+                    Some(file_digest(&file, Some(&mut limited)).map_err(|e| format!("{e}; run the command again"))?);
+                if limited.left != 0 {
+                    return Err(format!("{} changed while it was sent; run the command again", file.display()));
+                }
+            }
+        }
+        hash_entry(&mut hasher, relative, kind, content.as_ref());
+    }
+    Ok(finish(hasher))
+}
+
+fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+/// Writes at most `left` bytes to `inner`, and refuses more.
+struct ExactLength<'a, W: Write> {
+    inner: &'a mut W,
+    left: u64,
+}
+
+impl<W: Write> Write for ExactLength<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::other("the file grew while it was sent"));
+        }
+        self.inner.write_all(buf)?;
+        self.left -= buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Rebuilds a bundle's source as `service`'s copy under `state_dir` (made read-only and named
+/// by the digest of what was written, as [`snapshot`] does). Every path must be relative, in
+/// the walk's order, inside a folder the bundle made before; no entry is followed through a
+/// link. Nothing is left behind when the bundle is refused.
+pub fn unpack_bundle(service: &str, bundle: &mut impl Read, state_dir: &Path) -> Result<Snapshot, String> {
+    let folder = revisions_folder(service, state_dir)?;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = folder.join(format!(".tmp-bundle-{}-{n}", std::process::id()));
+    let _ = remove_tree(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let unpacked = unpack_into(bundle, &tmp);
+    let (digest, entries) = match unpacked {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(format!("service `{service}`: the source's bundle: {e}"));
+        }
+    };
+    let copy = folder.join(&digest);
+    if copy.is_dir() {
+        let _ = remove_tree(&tmp);
+    } else {
+        make_read_only(&tmp, &entries);
+        std::fs::rename(&tmp, &copy).map_err(|e| format!("cannot move the copy into {}: {e}", copy.display()))?;
+    }
+    Ok(Snapshot { digest, copy })
+}
+
+fn unpack_into(bundle: &mut impl Read, to: &Path) -> Result<(String, Vec<(PathBuf, Kind)>), String> {
+    let mut magic = [0u8; BUNDLE_MAGIC.len()];
+    bundle.read_exact(&mut magic).map_err(|_| "it is not a tug source bundle".to_string())?;
+    if magic != BUNDLE_MAGIC {
+        return Err("it is not a tug source bundle".into());
+    }
+    let mut hasher = Sha256::new();
+    let mut entries: Vec<(PathBuf, Kind)> = Vec::new();
+    let mut folders: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    let mut bytes = 0u64;
+    loop {
+        let mut kind = [0u8; 1];
+        match bundle.read(&mut kind) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(format!("cannot read it: {e}")),
+        }
+        let relative = bundle_path(&read_bytes(bundle)?)?;
+        // Sorted, so each path comes once and after its folder.
+        if entries.last().is_some_and(|(last, _)| *last >= relative) {
+            return Err(format!("{} is out of order", relative.display()));
+        }
+        if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty())
+            && !folders.contains(parent)
+        {
+            return Err(format!("{} is not inside a folder of the bundle", relative.display()));
+        }
+        let target = to.join(&relative);
+        let created = |e: std::io::Error| format!("cannot create {}: {e}", target.display());
+        let mut content = None;
+        let entry = match kind[0] {
+            b'd' => {
+                std::fs::create_dir(&target).map_err(created)?;
+                folders.insert(relative.clone());
+                Kind::Dir
+            }
+            b'l' => {
+                let link = read_bytes(bundle)?;
+                // Kept as written, wherever it points: nothing here follows it.
+                let link = PathBuf::from(std::ffi::OsStr::from_bytes(&link));
+                std::os::unix::fs::symlink(&link, &target).map_err(created)?;
+                Kind::Link(link)
+            }
+            b'f' => {
+                let mode = u32::from_le_bytes(read_array(bundle)?) & 0o555;
+                let length = u64::from_le_bytes(read_array(bundle)?);
+                bytes = bytes.saturating_add(length);
+                if bytes > MAX_BYTES {
+                    return Err(format!("it holds over {} GiB", MAX_BYTES >> 30));
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600 | mode)
+                    .open(&target)
+                    .map_err(created)?;
+                let mut hashing = HashingWriter { inner: &mut out, hasher: Sha256::new() };
+                let copied = std::io::copy(&mut bundle.take(length), &mut hashing).map_err(created)?;
+                if copied != length {
+                    return Err(format!("it ends inside {}", relative.display()));
+                }
+                content = Some(hashing.hasher.finalize().into());
+                Kind::File { mode }
+            }
+            other => return Err(format!("unknown entry kind {other:#04x} at {}", relative.display())),
+        };
+        hash_entry(&mut hasher, &relative, &entry, content.as_ref());
+        entries.push((relative, entry));
+        if entries.len() > MAX_ENTRIES {
+            return Err(format!("it holds over {MAX_ENTRIES} entries"));
+        }
+    }
+    Ok((finish(hasher), entries))
+}
+
+/// A bundle's path: relative, plain names only (no `..`, no root, nothing empty).
+fn bundle_path(bytes: &[u8]) -> Result<PathBuf, String> {
+    let path = PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
+    let plain = !bytes.is_empty()
+        && !bytes.ends_with(b"/")
+        && path.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain { Ok(path) } else { Err(format!("the path {:?} is not a plain relative path", path.display())) }
+}
+
+fn read_array<const N: usize>(bundle: &mut impl Read) -> Result<[u8; N], String> {
+    let mut out = [0u8; N];
+    bundle.read_exact(&mut out).map_err(|_| "it ends inside an entry".to_string())?;
+    Ok(out)
+}
+
+fn read_bytes(bundle: &mut impl Read) -> Result<Vec<u8>, String> {
+    let length = u32::from_le_bytes(read_array(bundle)?) as usize;
+    if length > MAX_PATH {
+        return Err(format!("a path of {length} bytes (at most {MAX_PATH})"));
+    }
+    let mut out = vec![0u8; length];
+    bundle.read_exact(&mut out).map_err(|_| "it ends inside an entry".to_string())?;
+    Ok(out)
+}
+
+/// Hashes what it writes.
+pub struct HashingWriter<'a, W: Write> {
+    pub inner: &'a mut W,
+    pub hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
 
 /// Where `working_dir` points into the copy, when it is inside the source.
 pub fn working_dir_in_copy(working_dir: &Path, source: &Path, copy: &Path) -> PathBuf {
@@ -318,6 +557,70 @@ mod tests {
         let copy = Path::new("/s/.tug/revisions/api/abc");
         assert_eq!(working_dir_in_copy(Path::new("/s/api/sub"), Path::new("/s/api"), copy), copy.join("sub"));
         assert_eq!(working_dir_in_copy(Path::new("/other"), Path::new("/s/api"), copy), PathBuf::from("/other"));
+    }
+
+    #[test]
+    fn a_bundle_rebuilds_the_same_copy_and_a_crafted_one_is_refused_whole() {
+        let root = temp("bundle");
+        let source = root.join("api");
+        std::fs::create_dir_all(source.join("pkg")).unwrap();
+        std::fs::write(source.join("app.py"), "print('v1')\n").unwrap();
+        std::fs::write(source.join("pkg/run.sh"), "exec true\n").unwrap();
+        std::fs::set_permissions(source.join("pkg/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::os::unix::fs::symlink("../app.py", source.join("pkg/main.py")).unwrap();
+        let here = root.join("client");
+        let mut bundle = Vec::new();
+        let sent = write_bundle(&source, &here, &mut bundle).unwrap();
+        assert_eq!(sent, digest_only("api", &source, &here).unwrap().digest, "the revision's digest");
+        let there = root.join("daemon");
+        let copy = unpack_bundle("api", &mut bundle.as_slice(), &there).unwrap();
+        assert_eq!(copy.digest, sent);
+        assert_eq!(copy.digest, snapshot("api", &copy.copy, &root.join("again")).unwrap().digest, "same content");
+        assert_eq!(std::fs::read_to_string(copy.copy.join("app.py")).unwrap(), "print('v1')\n");
+        assert_eq!(std::fs::read_link(copy.copy.join("pkg/main.py")).unwrap(), PathBuf::from("../app.py"));
+        assert_eq!(std::fs::metadata(copy.copy.join("pkg/run.sh")).unwrap().permissions().mode() & 0o777, 0o555);
+
+        // Crafted bundles: each refused, and nothing is left in the revisions folder.
+        let entry = |kind: u8, path: &[u8]| {
+            let mut out = vec![kind];
+            out.extend((path.len() as u32).to_le_bytes());
+            out.extend(path);
+            out
+        };
+        let file = |path: &[u8], content: &[u8]| {
+            let mut out = entry(b'f', path);
+            out.extend(0o444u32.to_le_bytes());
+            out.extend((content.len() as u64).to_le_bytes());
+            out.extend(content);
+            out
+        };
+        let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+            ("a parent path", vec![file(b"../evil", b"x")]),
+            ("an absolute path", vec![file(b"/tmp/evil", b"x")]),
+            (
+                "a path through a link",
+                vec![
+                    entry(b'l', b"out").into_iter().chain(entry(0, b"/tmp")[1..].to_vec()).collect(),
+                    file(b"out/evil", b"x"),
+                ],
+            ),
+            ("a file outside any folder", vec![file(b"nowhere/evil", b"x")]),
+            ("the same path twice", vec![file(b"a", b"x"), file(b"a", b"y")]),
+            ("a truncated file", vec![file(b"a", b"xyz")[..20].to_vec()]),
+            ("an unknown kind", vec![entry(b'z', b"a")]),
+        ];
+        for (what, parts) in cases {
+            let mut crafted = BUNDLE_MAGIC.to_vec();
+            crafted.extend(parts.concat());
+            let refused = unpack_bundle("api", &mut crafted.as_slice(), &there);
+            assert!(refused.is_err(), "{what} was accepted");
+            let left: Vec<_> =
+                std::fs::read_dir(there.join(REVISIONS).join("api")).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, [std::ffi::OsString::from(&sent)], "{what} left something");
+        }
+        assert!(!Path::new("/tmp/evil").exists());
+        assert!(unpack_bundle("api", &mut b"not a bundle".as_slice(), &there).is_err());
+        remove_tree(&root).unwrap();
     }
 
     #[test]

@@ -670,33 +670,6 @@ services:
     let run = remote(&built, &["run", "web", "--", "sh", "-c", "echo one-off-$VERSION"]);
     assert!(run.code == 0 && run.stdout.contains("one-off-3"), "{}", run.all());
 
-    // A source the client copied where this host cannot see it (the client's state folder is
-    // a tmpfs of its own mount namespace): refused before anything changes.
-    std::fs::create_dir_all(client.path().join("app")).unwrap();
-    client.write("app/run.sh", "exec sleep 1000\n");
-    let state = client.path().join(".tug");
-    std::fs::create_dir_all(&state).unwrap();
-    let state = state.display().to_string();
-    let wrapper = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        r#"mount -t tmpfs tmpfs "$0" && exec "$@""#,
-        &state,
-    ];
-    let sourced = format!("{built}  worker:\n    command: [sh, run.sh]\n    working_dir: ./app\n    source: ./app\n");
-    client.write("tug.yaml", &sourced);
-    let refused =
-        crate::tug_under(&wrapper, client.path(), &["--host", &url, "deploy", "--timeout", "60s"], &env, None);
-    assert_ne!(refused.code, 0, "{}", refused.all());
-    let text = refused.all();
-    assert!(text.contains("service `worker`") && text.contains("does not send sources"), "{text}");
-    assert!(stack.ps().iter().all(|r| r["service"] == "web"), "nothing started: {:#?}", stack.ps());
-    wait_versions(port, &["3"]);
-
     // `down --volumes` would act on this machine's engine: refused before anything stops.
     let down = remote(&built, &["down", "--volumes"]);
     assert!(down.code != 0 && down.stderr.contains("on that host"), "{}", down.all());

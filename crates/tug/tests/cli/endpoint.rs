@@ -1,5 +1,5 @@
 //! The daemon's network endpoint (`api.listen`): the control API over TLS and mTLS from a
-//! remote `tug --host`, refusals (no certificate, an untrusted one, a bad signature, plain
+//! remote `tug --host` (and the sources it sends), refusals (no certificate, an untrusted one, a bad signature, plain
 //! HTTP on a TLS listener, a non-loopback address without TLS), `/metrics` scraped by a real
 //! Prometheus, and webhooks delivered (and retried) to a receiver in the test.
 
@@ -243,6 +243,103 @@ fn remote_deploy(stack: &Stack, url: &str, key: &str, tls: &[(&str, PathBuf)], y
     assert_eq!(deploy.code, 0, "{}", deploy.all());
     let answer = crate::routing::http_once("127.0.0.1", port, "GET", "/").expect("web answers");
     assert!(answer.1.contains(&format!(r#""version":"{version}""#)), "{answer:?}");
+}
+
+#[test]
+fn a_remote_deploy_sends_a_source_once_and_the_daemon_runs_its_own_copy() {
+    let api_port = free_port();
+    let stack = Stack::new(
+        "endpoint-sources",
+        &format!(
+            "name: sent\napi: {{ listen: 127.0.0.1:{api_port} }}\nservices:\n  idle:\n    command: [sleep, \"1000\"]\n"
+        ),
+    );
+    stack.up();
+    let key = api_key(&stack);
+    let url = format!("http://127.0.0.1:{api_port}");
+    // The client's folder: the stack file and the worker's code, which the daemon's host lacks.
+    let client = TempDir::new("sources-client");
+    client.write(
+        "tug.yaml",
+        &format!(
+            r#"
+name: sent
+api: {{ listen: 127.0.0.1:{api_port} }}
+services:
+  idle:
+    command: [sleep, "1000"]
+  worker:
+    command: [sh, run.sh]
+    working_dir: ./app
+    source: ./app
+    healthcheck: {{ log: started, start_interval: 100ms }}
+"#
+        ),
+    );
+    std::fs::create_dir_all(client.path().join("app/lib")).unwrap();
+    client.write("app/run.sh", "echo \"started v1 in $(pwd)\"; exec sleep 1000\n");
+    client.write("app/lib/data.txt", "some data\n");
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--host", url.as_str()];
+        all.extend(args);
+        crate::tug(client.path(), &all, &[("TUG_API_KEY", key.as_str())], None)
+    };
+    let copies = stack.state_dir().join("revisions/worker");
+    let leftovers = |folder: &Path| std::fs::read_dir(folder).map(|d| d.count()).unwrap_or(0);
+
+    let deploy = remote(&["deploy", "--timeout", "60s"]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    assert!(deploy.stderr.contains("worker: sending its source"), "{}", deploy.all());
+    // `idle` runs in this host's stack folder, as before: the client's folder is not this host's.
+    assert!(
+        deploy.stdout.contains("not changed: idle") || !deploy.all().contains("idle    roll out"),
+        "{}",
+        deploy.all()
+    );
+    let log = stack.log("worker", "worker-1");
+    assert!(log.contains(&format!("started v1 in {}", copies.display())), "runs from this host's copy: {log}");
+    assert_eq!(leftovers(&copies), 1);
+    assert_eq!(leftovers(&stack.state_dir().join("uploads")), 0, "the upload is gone once unpacked");
+    assert_eq!(leftovers(&client.path().join(".tug/uploads")), 0, "the client's bundle is gone");
+
+    // The same code again: nothing is sent, and nothing changes.
+    let plan = remote(&["deploy", "--plan"]);
+    assert!(plan.code == 0 && plan.stdout.contains("nothing changes (2 unchanged)"), "{}", plan.all());
+    let again = remote(&["deploy", "--timeout", "60s"]);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(!again.stderr.contains("sending"), "{}", again.all());
+
+    // Edited code: sent, a new revision from a new copy; the old copy stays for a rollback.
+    client.write("app/run.sh", "echo \"started v2 in $(pwd)\"; exec sleep 1000\n");
+    let edited = remote(&["deploy", "--timeout", "60s"]);
+    assert_eq!(edited.code, 0, "{}", edited.all());
+    assert!(edited.stderr.contains("worker: sending its source"), "{}", edited.all());
+    assert_eq!(leftovers(&copies), 2);
+    // The new revision's instance (a rolling deploy starts it beside the old one).
+    let logs = stack.state_dir().join("logs/worker");
+    let all_logs = || -> String {
+        let files =
+            std::fs::read_dir(&logs).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>()).unwrap_or_default();
+        files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
+    };
+    assert!(all_logs().contains(&format!("started v2 in {}", copies.display())), "{}", all_logs());
+
+    // An upload is authenticated before its body is read, and kept only with its digest.
+    let digest = tug_proto::auth::body_digest(b"hello");
+    let path = format!("/v1/uploads/{digest}");
+    let (code, body) = crate::api::raw(&stack, "PUT", &path, b"hello", None);
+    assert_eq!(code, 401, "{body}");
+    let api_key = tug_proto::auth::ApiKey::from_text(&key).unwrap();
+    let sign = || tug_proto::auth::sign_digest(&api_key, "PUT", &path, &digest, tug_proto::unix_now()).unwrap();
+    let (code, body) = crate::api::raw(&stack, "PUT", &path, b"hellx", Some(&sign()));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("does not have the SHA-256"), "{body}");
+    assert_eq!(leftovers(&stack.state_dir().join("uploads")), 0, "a refused upload leaves nothing");
+    let (code, body) = crate::api::raw(&stack, "PUT", &path, b"hello", Some(&sign()));
+    assert_eq!(code, 200, "{body}");
+    // Asking for a copy by a name that is not one is refused.
+    let (code, body) = crate::api::signed(&stack, "GET", "/v1/sources?service=../x&digest=1", b"");
+    assert_eq!(code, 400, "{body}");
 }
 
 #[test]
