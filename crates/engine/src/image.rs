@@ -2,10 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use hyper::StatusCode;
+use hyper::body::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -54,6 +55,36 @@ pub struct BuildRequest {
     pub tag: String,
     /// Labels to add to the image.
     pub labels: Vec<(String, String)>,
+}
+
+/// `POST /build` of `request`, its archive (the context, `dockerfile` inside it) read from `body`.
+fn build_call(request: &BuildRequest, dockerfile: &str, body: mpsc::Receiver<io::Result<Bytes>>) -> Call {
+    let mut call = Call::post("/build")
+        .query("t", &request.tag)
+        .query("dockerfile", dockerfile)
+        .query("rm", "1")
+        .query("forcerm", "1");
+    if !request.args.is_empty() {
+        call = call.query("buildargs", object(&request.args).to_string());
+    }
+    if let Some(target) = &request.target {
+        call = call.query("target", target);
+    }
+    if !request.labels.is_empty() {
+        call = call.query("labels", object(&request.labels).to_string());
+    }
+    call.body = ReqBody::Channel(body);
+    call.content_type = Some("application/x-tar");
+    call
+}
+
+/// Writes `request`'s build context as the archive [`Engine::build`] would send (its
+/// `.dockerignore` honoured), for a build on another host's engine ([`Engine::build_archive`]);
+/// answers the Dockerfile's path inside it.
+pub fn write_context(request: &BuildRequest, out: impl io::Write) -> Result<String, Error> {
+    let dockerfile = context::dockerfile_path(&request.context, request.dockerfile.as_deref())?;
+    context::plan(&request.context, &dockerfile, CONTEXT_LIMIT)?.write(out)?;
+    Ok(dockerfile)
 }
 
 impl BuildRequest {
@@ -196,24 +227,49 @@ impl Engine {
             }
         });
 
-        let mut call = Call::post("/build")
-            .query("t", &request.tag)
-            .query("dockerfile", dockerfile)
-            .query("rm", "1")
-            .query("forcerm", "1");
-        if !request.args.is_empty() {
-            call = call.query("buildargs", object(&request.args).to_string());
+        let result = self.run_build(build_call(request, &dockerfile, rx), &request.tag, progress).await;
+        match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(e) => Err(e),
+            None => result,
         }
-        if let Some(target) = &request.target {
-            call = call.query("target", target);
-        }
-        if !request.labels.is_empty() {
-            call = call.query("labels", object(&request.labels).to_string());
-        }
-        call.body = ReqBody::Channel(rx);
-        call.content_type = Some("application/x-tar");
+    }
 
-        let result = self.run_build(call, &request.tag, progress).await;
+    /// [`Engine::build`] from an archive [`write_context`] made, elsewhere: `request.context` is
+    /// not read, and `request.dockerfile` is the Dockerfile's path inside the archive.
+    pub async fn build_archive(
+        &self,
+        request: &BuildRequest,
+        archive: &Path,
+        progress: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<String, Error> {
+        let dockerfile = request.dockerfile.clone().unwrap_or_else(|| "Dockerfile".to_string());
+        let read_error = |e: io::Error| Error::Context { path: archive.to_path_buf(), message: e.to_string() };
+        let mut file = std::fs::File::open(archive).map_err(read_error)?;
+        let (tx, rx) = mpsc::channel(8);
+        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let failure_slot = Arc::clone(&failure);
+        let path = archive.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match io::Read::read(&mut file, &mut chunk) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if tx.blocking_send(Ok(Bytes::copy_from_slice(&chunk[..n]))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(Error::Context { path, message });
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let result = self.run_build(build_call(request, &dockerfile, rx), &request.tag, progress).await;
         match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
             None => result,

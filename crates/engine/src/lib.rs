@@ -43,7 +43,7 @@ pub use container::{
 pub use endpoint::{Endpoint, Origin, resolve_endpoint};
 pub use engine::{API_VERSION, Engine, Version};
 pub use exec::{ExecConfig, ExecSession, ExecStdin};
-pub use image::{BuildRequest, ImageInfo};
+pub use image::{BuildRequest, ImageInfo, write_context};
 pub use stream::{Output, StreamKind};
 
 /// What went wrong talking to the engine. Each variant carries what a user needs to act on it:

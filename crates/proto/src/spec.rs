@@ -488,9 +488,27 @@ pub struct HostImage {
     /// only run the tag as its engine already has it.
     #[serde(default)]
     pub built: bool,
-    /// The service starts now: its image is pulled as `pull` says. Otherwise it is only looked up.
+    /// The service starts now: its image is pulled as `pull` says (or built, with `build`).
+    /// Otherwise it is only looked up.
     #[serde(default)]
     pub start: bool,
+    /// The build the client sent the context of: the daemon builds the image from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<HostBuild>,
+}
+
+/// A build on the daemon's engine, from a context the client uploaded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostBuild {
+    /// The SHA-256 of the context's archive, sent as `PUT /v1/uploads/<sha256>`.
+    pub upload: String,
+    /// The Dockerfile's path inside the archive.
+    pub dockerfile: String,
+    /// `build.args` (a secret's value is sensitive: masked in every message).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<(String, Value)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

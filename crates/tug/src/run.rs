@@ -24,7 +24,7 @@ pub(crate) const QUICK: Duration = Duration::from_secs(10);
 /// How long `up`/`deploy` waits for the daemon when `deploy.before` jobs may run first.
 const DEPLOY_HOOKS: Duration = Duration::from_secs(24 * 3600);
 
-fn value(text: &Text) -> Value {
+pub(crate) fn value(text: &Text) -> Value {
     Value { value: text.expose().to_string(), sensitive: text.sensitive, template: text.template }
 }
 

@@ -268,7 +268,7 @@ const MAX_PATH: usize = 4096;
 
 /// Writes `source` as a bundle to `out`; answers the digest of what it wrote, which is the
 /// revision's if nothing changed meanwhile.
-pub fn write_bundle(source: &Path, state_dir: &Path, out: &mut impl Write) -> Result<String, String> {
+pub fn write_bundle(source: &Path, state_dir: &Path, out: &mut dyn Write) -> Result<String, String> {
     let entries = walk(source, state_dir)?;
     let failed = |e: std::io::Error| format!("cannot write the source's bundle: {e}");
     out.write_all(BUNDLE_MAGIC).map_err(failed)?;
@@ -310,18 +310,18 @@ pub fn write_bundle(source: &Path, state_dir: &Path, out: &mut impl Write) -> Re
     Ok(finish(hasher))
 }
 
-fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> std::io::Result<()> {
+fn write_bytes(out: &mut dyn Write, bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(&(bytes.len() as u32).to_le_bytes())?;
     out.write_all(bytes)
 }
 
 /// Writes at most `left` bytes to `inner`, and refuses more.
-struct ExactLength<'a, W: Write> {
+struct ExactLength<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     left: u64,
 }
 
-impl<W: Write> Write for ExactLength<'_, W> {
+impl<W: Write + ?Sized> Write for ExactLength<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if buf.len() as u64 > self.left {
             return Err(std::io::Error::other("the file grew while it was sent"));

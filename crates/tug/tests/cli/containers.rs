@@ -598,8 +598,13 @@ fn wait_for_process(command: &str, present: bool) -> bool {
     }
 }
 
+/// Files in the daemon's uploads folder.
+fn stack_uploads(stack: &Stack) -> usize {
+    std::fs::read_dir(stack.state_dir().join("uploads")).map(|d| d.count()).unwrap_or(0)
+}
+
 #[test]
-fn a_remote_deploy_resolves_images_and_volumes_on_the_daemons_engine() {
+fn a_remote_deploy_builds_and_resolves_images_and_volumes_on_the_daemons_engine() {
     let tag = unique_tag("remote");
     let mut tags = Tags(vec![tag.clone()]);
     tags.0.push(web_image(&tag, "1", ""));
@@ -649,23 +654,29 @@ services:
     let unchanged = remote(&yaml(&tag, mounted), &["deploy", "--plan"]);
     assert!(unchanged.code == 0 && unchanged.stdout.contains("unchanged"), "{}", unchanged.all());
 
-    // An image the stack builds on the client cannot be built there: refused, nothing changed.
-    let absent = unique_tag("remote-absent");
+    // An image the stack builds: the client sends the context, and that host's engine builds it.
+    let built_tag = unique_tag("remote-built");
+    tags.0.push(built_tag.clone());
     std::fs::create_dir_all(client.path().join("ctx")).unwrap();
-    client.write("ctx/Dockerfile", &format!("FROM {}\n", demo_image()));
-    let built = yaml(&absent, mounted).replace("    pull: never\n", "    build: ./ctx\n");
-    let refused = remote(&built, &["deploy", "--timeout", "60s"]);
-    assert_ne!(refused.code, 0, "{}", refused.all());
-    let text = refused.all();
-    assert!(text.contains("service `web`") && text.contains(&absent), "{text}");
-    assert!(text.contains("does not send build contexts") && text.contains("docker build -t"), "{text}");
-    assert!(docker(&["images", "-q", &absent]).is_empty(), "nothing was built");
-    // The same stack once that host has the tag: its image runs.
-    tags.0.push(absent.clone());
-    tags.0.push(web_image(&absent, "3", ""));
+    let dockerfile = format!("FROM {}\nARG VERSION\nENV VERSION=$VERSION\nCOPY note.txt /note.txt\n", demo_image());
+    client.write("ctx/Dockerfile", &dockerfile);
+    client.write("ctx/note.txt", "from the client\n");
+    let built = yaml(&built_tag, mounted)
+        .replace("    pull: never\n", "    build: { context: ./ctx, args: { VERSION: \"3\" } }\n");
     let deploy = remote(&built, &["deploy", "--timeout", "60s"]);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
+    assert!(deploy.stderr.contains("web: sending its build context"), "{}", deploy.all());
     wait_versions(port, &["3"]);
+    let label = docker(&["image", "inspect", "-f", "{{index .Config.Labels \"tug.project\"}}", &built_tag]);
+    assert_eq!(label.trim(), "remote", "built with the stack's label");
+    assert_eq!(stack_uploads(&stack), 0, "the context is removed once built");
+    // A build that fails there: its output's end, and nothing changed.
+    client.write("ctx/Dockerfile", &format!("FROM {}\nRUN echo remote-build-fails && false\n", demo_image()));
+    let failed = remote(&built, &["deploy", "--timeout", "60s"]);
+    assert_ne!(failed.code, 0, "{}", failed.all());
+    assert!(failed.all().contains("service `web`") && failed.all().contains("remote-build-fails"), "{}", failed.all());
+    wait_versions(port, &["3"]);
+    client.write("ctx/Dockerfile", &dockerfile);
     // A one-off run from the client runs that host's image too.
     let run = remote(&built, &["run", "web", "--", "sh", "-c", "echo one-off-$VERSION"]);
     assert!(run.code == 0 && run.stdout.contains("one-off-3"), "{}", run.all());
