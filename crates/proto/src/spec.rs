@@ -484,8 +484,8 @@ pub struct HostImage {
     /// The stack's `pull` for it.
     #[serde(default)]
     pub pull: tug_stackfile::model::Pull,
-    /// The stack builds it (`build:`) from a folder on the client's machine: the daemon can
-    /// only run the tag as its engine already has it.
+    /// The stack builds it (`build:`): from the context in `build` when the service starts,
+    /// otherwise the tag as the daemon's engine has it.
     #[serde(default)]
     pub built: bool,
     /// The service starts now: its image is pulled as `pull` says (or built, with `build`).

@@ -131,6 +131,10 @@ pub struct StackStatus {
     /// The registry in use, once a stack was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<RegistryStatus>,
+    /// The daemon's tug version (empty: older than the field, which a remote client needs to
+    /// know: such a daemon ignores the images, sources and builds it is sent).
+    #[serde(default)]
+    pub version: String,
 }
 
 /// Which registry the daemon uses and how it is doing.

@@ -314,6 +314,7 @@ impl Supervisor {
             notices,
             advertise: self.inner.config.host.clone(),
             registry: self.inner.routing.registry_status(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 
@@ -1252,6 +1253,11 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
 }
 
 /// One service's spec, as [`validate_spec`] checks it.
+/// A name the daemon takes for a service: it names folders and files (logs, copies).
+pub fn is_service_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 fn validate_service(s: &ServiceSpec) -> Result<(), Error> {
     {
         // As the stack file allows: a rotation renames every kept file.
@@ -1261,9 +1267,7 @@ fn validate_service(s: &ServiceSpec) -> Result<(), Error> {
                 s.name, s.log_max_files
             )));
         }
-        let valid_name = !s.name.is_empty()
-            && s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !valid_name {
+        if !is_service_name(&s.name) {
             return Err(Error::BadRequest(format!("`{}` is not a valid service name", s.name)));
         }
         if s.route.tenant_header.as_deref().is_some_and(|h| hyper::http::HeaderName::from_bytes(h.as_bytes()).is_err())

@@ -19,7 +19,7 @@ use crate::source::{self, Snapshot};
 
 pub mod remote;
 
-pub use remote::{for_host, resolve_for_remote_plan, resolve_on_host};
+pub use remote::{ThisHost, complete_run, complete_up, for_host, resolve_for_remote_plan};
 
 /// Labels on every volume tug creates: which stack it belongs to.
 pub const PROJECT_LABEL: &str = "tug.project";
@@ -191,6 +191,12 @@ fn digests(stack: &Stack, wanted: Option<&[String]>, state_dir: &Path) -> Result
     Ok(artifacts)
 }
 
+/// `message` with every (non-empty) secret in it masked: a build's output can show a build
+/// argument from a secret.
+fn masked<'a>(message: String, secrets: impl Iterator<Item = &'a str>) -> String {
+    secrets.filter(|s| !s.is_empty()).fold(message, |text, secret| text.replace(secret, tug_stackfile::model::MASK))
+}
+
 fn images_of(stack: &Stack) -> String {
     let names: Vec<&str> =
         stack.services.iter().filter(|(_, s)| s.container.is_some()).map(|(n, _)| n.as_str()).collect();
@@ -234,10 +240,10 @@ async fn image_id(
         // A build argument from a secret can show in the build's output: never in tug's.
         let secrets: Vec<&str> =
             build.args.values().filter(|v| v.sensitive && !v.expose().is_empty()).map(|v| v.expose()).collect();
-        let id = engine.build(&request, &mut progress).await.map_err(|e| {
-            let message = format!("service `{service}`: {e}");
-            secrets.iter().fold(message, |text, secret| text.replace(secret, tug_stackfile::model::MASK))
-        })?;
+        let id = engine
+            .build(&request, &mut progress)
+            .await
+            .map_err(|e| masked(format!("service `{service}`: {e}"), secrets.iter().copied()))?;
         return Ok(Some(id));
     }
     let present = engine.inspect_image(image).await.map_err(looked_up)?;

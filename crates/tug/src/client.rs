@@ -107,6 +107,9 @@ impl std::fmt::Display for RequestError {
     }
 }
 
+/// How long an upload waits for the daemon to finish receiving another.
+const UPLOAD_WAIT: Duration = Duration::from_secs(300);
+
 impl From<RequestError> for String {
     fn from(e: RequestError) -> String {
         e.to_string()
@@ -120,11 +123,6 @@ impl Client {
 
     pub fn remote(remote: Remote, key: ApiKey) -> Client {
         Client { transport: Transport::Remote(remote), key }
-    }
-
-    /// Talks to a daemon on another host (`--host`): its logs and files are not here.
-    pub fn is_remote(&self) -> bool {
-        matches!(self.transport, Transport::Remote(_))
     }
 
     fn open(&self, read_timeout: Option<Duration>) -> Result<Box<dyn Connection>, RequestError> {
@@ -239,28 +237,38 @@ impl Client {
             "{method} {path} HTTP/1.1\r\nHost: tug\r\nAuthorization: {signature}\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
         );
         stream.write_all(head.as_bytes()).map_err(io)?;
-        let sent = std::io::copy(&mut body.take(length), &mut stream).map_err(io)?;
-        if sent != length {
-            return Err(RequestError::Other(format!("the body ended after {sent} of {length} bytes")));
+        match std::io::copy(&mut body.take(length), &mut stream) {
+            Ok(sent) if sent != length => {
+                return Err(RequestError::Other(format!("the body ended after {sent} of {length} bytes")));
+            }
+            Ok(_) => stream.flush().map_err(io)?,
+            // The daemon answered before it took the whole body (a refusal): its answer says why.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) => {}
+            Err(e) => return Err(io(e)),
         }
-        stream.flush().map_err(io)?;
         Ok(stream)
     }
 
     /// Sends the file at `file` (its SHA-256 is `digest`) as `PUT /v1/uploads/<digest>`,
     /// streamed from disk; `timeout` is for the daemon's answer once it is sent.
+    /// The daemon takes one upload at a time: one that is busy (503) is asked again, for up to
+    /// [`UPLOAD_WAIT`].
     pub fn upload(&self, file: &Path, digest: &str, timeout: Duration) -> Result<(), RequestError> {
         let failed = |e: std::io::Error| RequestError::Other(format!("cannot read {}: {e}", file.display()));
-        let mut body = std::fs::File::open(file).map_err(failed)?;
-        let length = body.metadata().map_err(failed)?.len();
         let path = format!("/v1/uploads/{digest}");
-        let kind = ("application/octet-stream", digest, length);
-        let mut stream = self.send_body("PUT", &path, kind, &mut body, Some(timeout))?;
-        let (status, bytes) = self.answer(&mut stream, "PUT", &path, timeout)?;
-        if !(200..300).contains(&status) {
-            return Err(RequestError::Status(status, error_message(&bytes)));
+        let started = std::time::Instant::now();
+        loop {
+            let mut body = std::fs::File::open(file).map_err(failed)?;
+            let length = body.metadata().map_err(failed)?.len();
+            let kind = ("application/octet-stream", digest, length);
+            let mut stream = self.send_body("PUT", &path, kind, &mut body, Some(timeout))?;
+            let (status, bytes) = self.answer(&mut stream, "PUT", &path, timeout)?;
+            match status {
+                200..300 => return Ok(()),
+                503 if started.elapsed() < UPLOAD_WAIT => std::thread::sleep(Duration::from_secs(1)),
+                _ => return Err(RequestError::Status(status, error_message(&bytes))),
+            }
         }
-        Ok(())
     }
 
     /// Sends a signed request; returns the status and body.
@@ -385,8 +393,6 @@ impl Client {
     }
 }
 
-/// Reads to the end of the answer. A TLS peer that closes without close_notify (the daemon
-/// drops the connection after `Connection: close`) has sent everything: not an error.
 /// The daemon's message in an error answer.
 fn error_message(bytes: &[u8]) -> String {
     serde_json::from_slice::<tug_proto::ErrorBody>(bytes)
@@ -394,6 +400,8 @@ fn error_message(bytes: &[u8]) -> String {
         .unwrap_or_else(|_| String::from_utf8_lossy(bytes).into_owned())
 }
 
+/// Reads to the end of the answer. A TLS peer that closes without close_notify (the daemon
+/// drops the connection after `Connection: close`) has sent everything: not an error.
 fn read_all(reader: &mut impl Read, out: &mut Vec<u8>) -> std::io::Result<()> {
     match reader.read_to_end(out) {
         Ok(_) => Ok(()),

@@ -532,7 +532,7 @@ fn query(path_and_query: &str, name: &str) -> Option<u64> {
 }
 
 /// A query parameter's raw value (the API's values are names and numbers: nothing to decode).
-fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     let (_, query) = path_and_query.split_once('?')?;
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
@@ -541,10 +541,13 @@ fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
 async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
     let supervisor = &app.supervisor;
     let remote = request.on_host.is_some();
-    let request = match resolve_on_host(supervisor, request, false).await {
+    // Builds and pulls for a remote client run before the change lock is taken: `tug stop`
+    // from someone else does not wait for them.
+    let request = match on_this_host(crate::artifacts::complete_up(request, this_host(supervisor), false)).await {
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
+    let _one_change_at_a_time = app.changes.lock().await;
     // The endpoint follows the stack file given on this host only: a remote client cannot move
     // or drop the endpoint it came through. It is configured first (a TLS file that cannot be
     // read fails the command before anything changed) and put back as it was if the stack is
@@ -585,53 +588,30 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
     }
 }
 
-/// A remote client's request made whole on this host: its sources' copies made from what it
-/// sent, its paths moved into this host's stack folder, its images resolved on this host's
-/// engine (only looked up for a plan) and its volumes created. A request without `on_host`
-/// (the local CLI resolved everything) passes unchanged.
-async fn resolve_on_host(supervisor: &Supervisor, mut request: UpRequest, plan: bool) -> Result<UpRequest, String> {
-    if let Some(on_host) = request.on_host.take() {
-        let state_dir = supervisor.config().state_dir.clone();
-        let root = this_hosts_root(supervisor);
-        let spec = &mut request.spec;
-        spec.root = root.clone();
-        crate::artifacts::resolve_on_host(
-            &spec.project,
-            &mut spec.engine,
-            &mut spec.services,
-            &on_host,
-            (&state_dir, &root),
-            plan,
-        )
-        .await?;
+/// A remote client's `tug run` resolved on this host, under the change lock (a deploy may be
+/// unpacking or building the same artifacts); the run itself then streams without it.
+async fn run_on_this_host(app: &App, request: RunRequest) -> Result<RunRequest, String> {
+    if request.on_host.is_none() {
+        return Ok(request);
     }
-    Ok(request)
+    let _one_change_at_a_time = app.changes.lock().await;
+    on_this_host(crate::artifacts::complete_run(request, this_host(&app.supervisor))).await
 }
 
-/// The folder of the stack this daemon runs: the one last applied from this host, else the
-/// one its state folder sits in.
-fn this_hosts_root(supervisor: &Supervisor) -> PathBuf {
-    let state_dir = &supervisor.config().state_dir;
-    supervisor.root().unwrap_or_else(|| state_dir.parent().unwrap_or(state_dir).to_path_buf())
+/// This host for a remote client's request: the state folder, and the folder of the stack
+/// the daemon runs (the one last applied from this host, else the one its state folder sits in).
+fn this_host(supervisor: &Supervisor) -> crate::artifacts::ThisHost {
+    let state_dir = supervisor.config().state_dir.clone();
+    let root = supervisor.root().unwrap_or_else(|| state_dir.parent().unwrap_or(&state_dir).to_path_buf());
+    crate::artifacts::ThisHost { state_dir, root }
 }
 
-/// [`resolve_on_host`] for a one-off run (`tug run`).
-async fn resolve_run_on_host(supervisor: &Supervisor, mut request: RunRequest) -> Result<RunRequest, String> {
-    if let Some(on_host) = request.on_host.take() {
-        let state_dir = supervisor.config().state_dir.clone();
-        let root = this_hosts_root(supervisor);
-        let services = std::slice::from_mut(&mut request.service);
-        crate::artifacts::resolve_on_host(
-            &request.project,
-            &mut request.engine,
-            services,
-            &on_host,
-            (&state_dir, &root),
-            false,
-        )
-        .await?;
-    }
-    Ok(request)
+/// A remote client's artifacts resolved on this host, in a task of its own: a client that
+/// goes away must not cut a build or an unpack short and leave its files behind.
+async fn on_this_host<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    tokio::spawn(work).await.unwrap_or_else(|e| Err(format!("resolving the stack on this host stopped: {e}")))
 }
 
 /// Once a large body is freed, the allocator gives its memory back to the system: a flood of
@@ -700,8 +680,8 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
         && let Some(digest) = request.uri().path().strip_prefix("/v1/uploads/")
     {
         let digest = digest.to_string();
-        let response = crate::upload::receive(&app, request, header.as_deref(), &target, &digest).await;
-        if response.status() != StatusCode::UNAUTHORIZED {
+        let (response, signed) = crate::upload::receive(&app, request, header.as_deref(), &target, &digest).await;
+        if signed {
             conn.unproven.forget(conn.id);
         }
         return Ok(response);
@@ -748,6 +728,8 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
         // A backup takes what its dumps take; a restore loads into a stack already started.
         (&Method::GET, _)
         | (&Method::POST, "/v1/down" | "/v1/exec" | "/v1/run" | "/v1/dashboard" | "/v1/backup" | "/v1/restore") => None,
+        // `put_stack` takes it once a remote client's artifacts are resolved.
+        (&Method::PUT, "/v1/stack") => None,
         _ => Some(app.changes.lock().await),
     };
     let response = match (&method, path) {
@@ -785,20 +767,12 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
-        (&Method::GET, "/v1/sources") => {
-            // Whether this host has a source's copy, so a remote client sends it only once.
-            let service = query_text(&target, "service").unwrap_or_default();
-            let digest = query_text(&target, "digest").unwrap_or_default();
-            let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
-            if plain(service) && plain(digest) {
-                let present = crate::source::existing(service, digest, &supervisor.config().state_dir).is_some();
-                json(StatusCode::OK, &serde_json::json!({ "present": present }))
-            } else {
-                error(StatusCode::BAD_REQUEST, "GET /v1/sources?service=NAME&digest=HEX")
-            }
-        }
-        (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body).map(|r| resolve_on_host(supervisor, r, true)) {
-            Ok(resolving) => match resolving.await.map(|request| supervisor.plan(&request)) {
+        (&Method::GET, "/v1/sources") => crate::upload::has_source(&supervisor.config().state_dir, &target),
+        (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
+            Ok(request) => match crate::artifacts::complete_up(request, this_host(supervisor), true)
+                .await
+                .map(|request| supervisor.plan(&request))
+            {
                 Ok(Ok(plan)) => json(StatusCode::OK, &plan),
                 Ok(Err(e)) => supervisor_error(e),
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
@@ -895,7 +869,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::POST, "/v1/run") => match parse::<RunRequest>(&body) {
-            Ok(request) => match resolve_run_on_host(supervisor, request).await.map(|r| supervisor.run_one_off(r)) {
+            Ok(request) => match run_on_this_host(&app, request).await.map(|r| supervisor.run_one_off(r)) {
                 Ok(Ok(events)) => streamed(events),
                 Ok(Err(e)) => supervisor_error(e),
                 Err(e) => error(StatusCode::BAD_REQUEST, e),

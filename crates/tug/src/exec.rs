@@ -82,10 +82,12 @@ pub fn run(args: &StackArgs, service: &str, command: Vec<String>, insecure: bool
     let loaded = crate::stack::load(args)?;
     let stack = crate::secrets::require_valid(&loaded.compiled)?;
     let wanted = [service.to_string()];
+    // A remote daemon gets the source it lacks and resolves the image on its engine, as for
+    // `up`; a local one is started only once everything resolved.
+    let remote = if args.host.is_some() { Some(run::running_client(args)?) } else { None };
+    let (artifacts, on_host) =
+        crate::artifacts::resolve_here_or_there(stack, &wanted, &loaded.state_dir, remote.as_ref())?;
     let (client, started) = run::daemon_client(args)?;
-    // A remote daemon gets the source it lacks and resolves the image on its engine, as for `up`.
-    let remote = client.is_remote().then_some(&client);
-    let (artifacts, on_host) = crate::artifacts::resolve_here_or_there(stack, &wanted, &loaded.state_dir, remote)?;
     let spec = run::to_spec(stack, &artifacts);
     let Some(service_spec) = spec.services.into_iter().find(|s| s.name == service) else {
         return Err(format!("no service or job named `{service}`"));

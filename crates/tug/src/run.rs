@@ -415,16 +415,14 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     check_targets(stack, &options.services)?;
     let advertise = options.advertise.as_deref().map(daemon::parse_advertise).transpose()?;
     let wanted = closure(stack, &options.services);
-    let (state_dir, client) = connect(args, true)?;
-    let client = client.ok_or("no API key")?;
-    if client.is_remote() && !options.detach {
+    if args.host.is_some() && !options.detach {
         return Err("with --host, the logs are on the remote host: run `tug up -d` or `tug deploy`, and \
                     `tug logs -f` to follow them"
             .into());
     }
     // A remote daemon gets the sources it lacks, and resolves images and volumes on its engine.
-    let remote = client.is_remote().then_some(&client);
-    let (artifacts, on_host) = crate::artifacts::resolve_here_or_there(stack, &wanted, &state_dir, remote)?;
+    let remote = if args.host.is_some() { connect(args, false)?.1 } else { None };
+    let (artifacts, on_host) = crate::artifacts::resolve_here_or_there(stack, &wanted, &state_dir, remote.as_ref())?;
     let mut spec = to_spec(stack, &artifacts);
     if let Some(listen) = &options.listen {
         listen.parse::<std::net::IpAddr>().map_err(|_| format!("--listen: `{listen}` is not an IP address"))?;
@@ -436,13 +434,16 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
             api.listen.parse().map_err(|_| format!("api.listen: `{}` is not an address", api.listen))?;
         crate::endpoint::check_plain(&address, api.tls.is_some(), api.insecure)?;
     }
+    let (state_dir, client) = connect(args, true)?;
+    let client = client.ok_or("no API key")?;
     let started_daemon = ensure_daemon(&state_dir, &client, advertise.as_deref())?;
     catch_interrupts();
     let follower = if options.detach { None } else { Some(logs::follow_from_now(&state_dir)?) };
     // `deploy.before` jobs run before the daemon answers: a migration takes what it takes, and
-    // so does a pull on the remote host.
-    let pulls = on_host.as_ref().is_some_and(|h| h.images.values().any(|i| i.start));
-    let timeout = if pulls || spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
+    // so do a remote daemon's pulls, builds and unpacks.
+    let remote = on_host.is_some();
+    let timeout =
+        if remote || spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
     let request = UpRequest { spec, targets: options.services.clone(), on_host };
     let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, timeout) {
         Ok(answer) => answer,

@@ -56,13 +56,24 @@ pub fn snapshot(service: &str, source: &Path, state_dir: &Path) -> Result<Snapsh
     };
     // Edited while it was copied: the copy is what runs, so its own digest names it.
     let copy = folder.join(&copied_digest);
-    if copy.is_dir() {
-        let _ = remove_tree(&tmp);
-    } else {
-        make_read_only(&tmp, &entries);
-        std::fs::rename(&tmp, &copy).map_err(|e| format!("cannot move the copy into {}: {e}", copy.display()))?;
-    }
+    put_in_place(&tmp, &copy, &entries)?;
     Ok(Snapshot { digest: copied_digest, copy })
+}
+
+/// Makes the copy at `tmp` read-only and names it `copy`, unless a copy of that content is
+/// there already (made meanwhile by another deploy: the same files, so either will do).
+fn put_in_place(tmp: &Path, copy: &Path, entries: &[(PathBuf, Kind)]) -> Result<(), String> {
+    if !copy.is_dir() {
+        make_read_only(tmp, entries);
+        if let Err(e) = std::fs::rename(tmp, copy)
+            && !copy.is_dir()
+        {
+            let _ = remove_tree(tmp);
+            return Err(format!("cannot move the copy into {}: {e}", copy.display()));
+        }
+    }
+    let _ = remove_tree(tmp);
+    Ok(())
 }
 
 /// The copy of `service`'s source with `digest`, if this host has it (made fresh again: the
@@ -179,6 +190,11 @@ fn hash_entry(hasher: &mut Sha256, relative: &Path, kind: &Kind, content: Option
     }
 }
 
+/// A source's digest as [`finish`] writes it: 16 lowercase hex digits.
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn finish(hasher: Sha256) -> String {
     tug_proto::auth::hex(&hasher.finalize()[..8])
 }
@@ -265,6 +281,8 @@ pub use tug_supervisor::history::remove_tree;
 const BUNDLE_MAGIC: &[u8] = b"tug source bundle 1\n";
 /// The longest path or link target a bundle may hold (Linux's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// All of a bundle's paths together: what unpacking it holds in memory.
+const MAX_PATH_BYTES: usize = 64 << 20;
 
 /// Writes `source` as a bundle to `out`; answers the digest of what it wrote, which is the
 /// revision's if nothing changed meanwhile.
@@ -355,12 +373,7 @@ pub fn unpack_bundle(service: &str, bundle: &mut impl Read, state_dir: &Path) ->
         }
     };
     let copy = folder.join(&digest);
-    if copy.is_dir() {
-        let _ = remove_tree(&tmp);
-    } else {
-        make_read_only(&tmp, &entries);
-        std::fs::rename(&tmp, &copy).map_err(|e| format!("cannot move the copy into {}: {e}", copy.display()))?;
-    }
+    put_in_place(&tmp, &copy, &entries)?;
     Ok(Snapshot { digest, copy })
 }
 
@@ -370,10 +383,7 @@ fn unpack_into(bundle: &mut impl Read, to: &Path) -> Result<(String, Vec<(PathBu
     if magic != BUNDLE_MAGIC {
         return Err("it is not a tug source bundle".into());
     }
-    let mut hasher = Sha256::new();
-    let mut entries: Vec<(PathBuf, Kind)> = Vec::new();
-    let mut folders: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    let mut bytes = 0u64;
+    let mut unpacked = Unpacked::default();
     loop {
         let mut kind = [0u8; 1];
         match bundle.read(&mut kind) {
@@ -381,62 +391,95 @@ fn unpack_into(bundle: &mut impl Read, to: &Path) -> Result<(String, Vec<(PathBu
             Ok(_) => {}
             Err(e) => return Err(format!("cannot read it: {e}")),
         }
-        let relative = bundle_path(&read_bytes(bundle)?)?;
-        // Sorted, so each path comes once and after its folder.
-        if entries.last().is_some_and(|(last, _)| *last >= relative) {
-            return Err(format!("{} is out of order", relative.display()));
-        }
-        if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty())
-            && !folders.contains(parent)
-        {
-            return Err(format!("{} is not inside a folder of the bundle", relative.display()));
-        }
+        let relative = unpacked.next_path(&read_bytes(bundle)?)?;
         let target = to.join(&relative);
-        let created = |e: std::io::Error| format!("cannot create {}: {e}", target.display());
-        let mut content = None;
-        let entry = match kind[0] {
-            b'd' => {
-                std::fs::create_dir(&target).map_err(created)?;
-                folders.insert(relative.clone());
-                Kind::Dir
-            }
-            b'l' => {
-                let link = read_bytes(bundle)?;
-                // Kept as written, wherever it points: nothing here follows it.
-                let link = PathBuf::from(std::ffi::OsStr::from_bytes(&link));
-                std::os::unix::fs::symlink(&link, &target).map_err(created)?;
-                Kind::Link(link)
-            }
+        let (entry, content) = match kind[0] {
+            b'd' => (unpack_folder(&target)?, None),
+            b'l' => (unpack_link(bundle, &target)?, None),
             b'f' => {
-                let mode = u32::from_le_bytes(read_array(bundle)?) & 0o555;
-                let length = u64::from_le_bytes(read_array(bundle)?);
-                bytes = bytes.saturating_add(length);
-                if bytes > MAX_BYTES {
-                    return Err(format!("it holds over {} GiB", MAX_BYTES >> 30));
-                }
-                let mut out = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600 | mode)
-                    .open(&target)
-                    .map_err(created)?;
-                let mut hashing = HashingWriter { inner: &mut out, hasher: Sha256::new() };
-                let copied = std::io::copy(&mut bundle.take(length), &mut hashing).map_err(created)?;
-                if copied != length {
-                    return Err(format!("it ends inside {}", relative.display()));
-                }
-                content = Some(hashing.hasher.finalize().into());
-                Kind::File { mode }
+                let (entry, content) = unpack_file(bundle, &target, &mut unpacked.bytes)?;
+                (entry, Some(content))
             }
             other => return Err(format!("unknown entry kind {other:#04x} at {}", relative.display())),
         };
-        hash_entry(&mut hasher, &relative, &entry, content.as_ref());
-        entries.push((relative, entry));
-        if entries.len() > MAX_ENTRIES {
+        unpacked.add(relative, entry, content)?;
+    }
+    Ok((finish(unpacked.hasher), unpacked.entries))
+}
+
+/// What a bundle has unpacked so far, and its limits.
+#[derive(Default)]
+struct Unpacked {
+    hasher: Sha256,
+    entries: Vec<(PathBuf, Kind)>,
+    folders: std::collections::HashSet<PathBuf>,
+    /// Content and path bytes: what the entries hold, and what they take in memory here.
+    bytes: u64,
+    path_bytes: usize,
+}
+
+impl Unpacked {
+    /// The next entry's path, checked: plain, after the one before (so each comes once, after
+    /// its folder), inside a folder the bundle made.
+    fn next_path(&mut self, bytes: &[u8]) -> Result<PathBuf, String> {
+        let relative = bundle_path(bytes)?;
+        self.path_bytes += bytes.len();
+        if self.path_bytes > MAX_PATH_BYTES {
+            return Err(format!("its paths take over {} MiB", MAX_PATH_BYTES >> 20));
+        }
+        if self.entries.last().is_some_and(|(last, _)| *last >= relative) {
+            return Err(format!("{} is out of order", relative.display()));
+        }
+        if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty())
+            && !self.folders.contains(parent)
+        {
+            return Err(format!("{} is not inside a folder of the bundle", relative.display()));
+        }
+        Ok(relative)
+    }
+
+    fn add(&mut self, relative: PathBuf, entry: Kind, content: Option<[u8; 32]>) -> Result<(), String> {
+        hash_entry(&mut self.hasher, &relative, &entry, content.as_ref());
+        if entry == Kind::Dir {
+            self.folders.insert(relative.clone());
+        }
+        self.entries.push((relative, entry));
+        if self.entries.len() > MAX_ENTRIES {
             return Err(format!("it holds over {MAX_ENTRIES} entries"));
         }
+        Ok(())
     }
-    Ok((finish(hasher), entries))
+}
+
+fn unpack_folder(target: &Path) -> Result<Kind, String> {
+    std::fs::create_dir(target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    Ok(Kind::Dir)
+}
+
+fn unpack_link(bundle: &mut impl Read, target: &Path) -> Result<Kind, String> {
+    // Kept as written, wherever it points: nothing here follows it.
+    let link = PathBuf::from(std::ffi::OsStr::from_bytes(&read_bytes(bundle)?));
+    std::os::unix::fs::symlink(&link, target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    Ok(Kind::Link(link))
+}
+
+/// A file entry, written new (never through what is there); answers its kind and SHA-256.
+fn unpack_file(bundle: &mut impl Read, target: &Path, bytes: &mut u64) -> Result<(Kind, [u8; 32]), String> {
+    let created = |e: std::io::Error| format!("cannot create {}: {e}", target.display());
+    let mode = u32::from_le_bytes(read_array(bundle)?) & 0o555;
+    let length = u64::from_le_bytes(read_array(bundle)?);
+    *bytes = bytes.saturating_add(length);
+    if *bytes > MAX_BYTES {
+        return Err(format!("it holds over {} GiB", MAX_BYTES >> 30));
+    }
+    let mut out =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600 | mode).open(target).map_err(created)?;
+    let mut hashing = HashingWriter { inner: &mut out, hasher: Sha256::new() };
+    let copied = std::io::copy(&mut bundle.take(length), &mut hashing).map_err(created)?;
+    if copied != length {
+        return Err(format!("it ends inside {}", target.display()));
+    }
+    Ok((Kind::File { mode }, hashing.hasher.finalize().into()))
 }
 
 /// A bundle's path: relative, plain names only (no `..`, no root, nothing empty).

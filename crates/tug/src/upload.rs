@@ -4,8 +4,9 @@
 //! An upload is authenticated before its body is read: its path names the digest the
 //! signature covers, and the body is checked against that digest as it arrives, so no
 //! unsigned client makes the daemon write a byte. One upload at a time; its length is
-//! declared and capped; a body slower than 1 MiB/s (past the first 30 s) is dropped; a
-//! refused one leaves nothing, and one no deploy took within an hour is removed.
+//! declared and capped, and so are all uploads kept together; a body slower than 1 MiB/s
+//! (past the first 30 s) is dropped; a refused one leaves nothing. The deploy that names an
+//! upload removes it; one that no deploy named is removed by the next upload after an hour.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -23,10 +24,12 @@ use crate::daemon::{App, Body, error, json};
 pub const UPLOADS: &str = "uploads";
 /// The largest upload: a source's cap (4 GiB) and the bundle's framing.
 const MAX_UPLOAD: u64 = (4 << 30) + (64 << 20);
+/// The most all kept uploads may take together (several services' sources for one deploy).
+const MAX_KEPT: u64 = 16 << 30;
 /// The least throughput an upload keeps, past [`GRACE`].
 const MIN_RATE: u64 = 1 << 20;
 const GRACE: Duration = Duration::from_secs(30);
-/// An upload no deploy took within this long is removed.
+/// An upload no deploy named within this long is removed (by the next upload).
 const STALE: Duration = Duration::from_secs(3600);
 
 /// A SHA-256 as a path names it: 64 lowercase hex digits.
@@ -40,19 +43,25 @@ pub fn path_of(state_dir: &Path, digest: &str) -> PathBuf {
 }
 
 /// `PUT /v1/uploads/<digest>`: authenticated by `header` against `digest`, then streamed to
-/// disk and kept only if the body has that digest.
+/// disk and kept only if the body has that digest. Answers whether the request was signed
+/// (its connection is then a client's, never closed to make room).
 pub(crate) async fn receive(
     app: &App,
     request: Request<Incoming>,
     header: Option<&str>,
     target: &str,
     digest: &str,
-) -> Response<Body> {
+) -> (Response<Body>, bool) {
+    // The signature first: nothing about the request is answered to a client without the key.
+    if let Err(e) = app.verify_digest(header, "PUT", target, digest) {
+        return (error(StatusCode::UNAUTHORIZED, e.to_string()), false);
+    }
+    (receive_signed(app, request, digest).await, true)
+}
+
+async fn receive_signed(app: &App, request: Request<Incoming>, digest: &str) -> Response<Body> {
     if !valid_digest(digest) {
         return error(StatusCode::BAD_REQUEST, "an upload's path names its SHA-256: 64 lowercase hex digits");
-    }
-    if let Err(e) = app.verify_digest(header, "PUT", target, digest) {
-        return error(StatusCode::UNAUTHORIZED, e.to_string());
     }
     let Some(declared) = hyper::body::Body::size_hint(request.body()).exact() else {
         return error(StatusCode::LENGTH_REQUIRED, "an upload needs a Content-Length");
@@ -67,7 +76,13 @@ pub(crate) async fn receive(
     if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&folder) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", folder.display()));
     }
-    remove_stale(&folder);
+    let kept = remove_stale(&folder);
+    if kept + declared > MAX_KEPT {
+        return error(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!("the daemon already keeps {} GiB of uploads no deploy has used yet", kept >> 30),
+        );
+    }
     let tmp = folder.join(format!(".tmp-{digest}"));
     let limit = GRACE + Duration::from_secs(declared / MIN_RATE);
     let written = match tokio::time::timeout(limit, write(request.into_body(), &tmp, declared)).await {
@@ -123,17 +138,31 @@ async fn write(mut body: Incoming, to: &Path, declared: u64) -> Result<String, (
     Ok(tug_proto::auth::hex(&hasher.finalize()))
 }
 
-/// Removes uploads (and partial ones) older than [`STALE`].
-fn remove_stale(folder: &Path) {
-    let Ok(entries) = std::fs::read_dir(folder) else { return };
+/// Removes uploads (and partial ones) older than [`STALE`]; answers the bytes the others take.
+fn remove_stale(folder: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(folder) else { return 0 };
     let now = SystemTime::now();
+    let mut kept = 0;
     for entry in entries.flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE));
+        let Ok(meta) = entry.metadata() else { continue };
+        let old = meta.modified().is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > STALE));
         if old {
             let _ = std::fs::remove_file(entry.path());
+        } else {
+            kept += meta.len();
         }
     }
+    kept
+}
+
+/// `GET /v1/sources?service=NAME&digest=HEX`: whether this host has that copy of a service's
+/// source, so a remote client sends it only once.
+pub(crate) fn has_source(state_dir: &Path, target: &str) -> Response<Body> {
+    let service = crate::daemon::query_text(target, "service").unwrap_or_default();
+    let digest = crate::daemon::query_text(target, "digest").unwrap_or_default();
+    if !tug_supervisor::is_service_name(service) || !crate::source::is_digest(digest) {
+        return error(StatusCode::BAD_REQUEST, "GET /v1/sources?service=NAME&digest=HEX (16 hex digits)");
+    }
+    let present = crate::source::existing(service, digest, state_dir).is_some();
+    json(StatusCode::OK, &serde_json::json!({ "present": present }))
 }

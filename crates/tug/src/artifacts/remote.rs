@@ -8,6 +8,7 @@
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use tug_proto::spec::{HostArtifacts, HostSource, RunRequest, ServiceSpec, UpRequest};
 use tug_stackfile::Stack;
 
 use super::{Artifacts, PROJECT_LABEL, create_volumes, digests, endpoint_named, named_volumes, pulled_or_present};
@@ -22,6 +23,13 @@ pub fn resolve(
     wanted: &[String],
     state_dir: &Path,
 ) -> Result<(Artifacts, tug_proto::spec::HostArtifacts), String> {
+    // A daemon from before `on_host` would ignore it and run what it was not sent.
+    let status: tug_proto::status::StackStatus = client.get("/v1/status", crate::run::QUICK)?;
+    if status.version.is_empty() {
+        return Err("the remote daemon runs an older tug, which cannot take images, sources or builds from here: \
+                    upgrade tug on that host (`tug down` there, then `tug up -d` with the new one)"
+            .into());
+    }
     let mut artifacts = digests(stack, Some(wanted), state_dir)?;
     artifacts.engine = named_engine(stack)?;
     let mut on_host = for_host(stack, wanted, &artifacts);
@@ -162,29 +170,92 @@ pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> tug_
     tug_proto::spec::HostArtifacts { images, volumes: named_volumes(stack, wanted), sources, root: stack.root.clone() }
 }
 
+/// This host as the daemon sees it: its state folder and the folder of the stack it runs.
+pub struct ThisHost {
+    pub state_dir: PathBuf,
+    pub root: PathBuf,
+}
+
+/// A remote client's `PUT /v1/stack` or `POST /v1/plan` made whole on this host (see
+/// [`resolve_on_host`]); a request without `on_host` (the local CLI resolved everything)
+/// passes unchanged.
+pub async fn complete_up(mut request: UpRequest, host: ThisHost, plan: bool) -> Result<UpRequest, String> {
+    let Some(on_host) = request.on_host.take() else { return Ok(request) };
+    let spec = &mut request.spec;
+    spec.root = host.root.clone();
+    resolve_on_host(&spec.project, &mut spec.engine, &mut spec.services, &on_host, &host, plan).await?;
+    Ok(request)
+}
+
+/// [`complete_up`] for a one-off run (`tug run`).
+pub async fn complete_run(mut request: RunRequest, host: ThisHost) -> Result<RunRequest, String> {
+    let Some(on_host) = request.on_host.take() else { return Ok(request) };
+    let services = std::slice::from_mut(&mut request.service);
+    resolve_on_host(&request.project, &mut request.engine, services, &on_host, &host, false).await?;
+    Ok(request)
+}
+
 /// On the daemon, for a remote client's request (`on_host`): makes the source copies it sent
-/// (or finds those this host has), resolves its images on this host's engine (pulled as their
-/// `pull` says, or only looked up with `lookup_only`, for a plan) and creates its volumes.
-/// Fills in the services' copies, image ids and so their revisions, and, when the stack names
-/// none, this host's engine.
-pub async fn resolve_on_host(
+/// (or finds those this host has), moves paths inside the client's stack folder into this
+/// host's, resolves its images on this host's engine (built from a context it sent, pulled as
+/// their `pull` says, or only looked up with `lookup_only`, for a plan) and creates its
+/// volumes. Fills in the services' copies, image ids and so their revisions, and, when the
+/// stack names none, this host's engine. The uploads it names are removed, used or not.
+async fn resolve_on_host(
     project: &str,
     engine: &mut Option<String>,
-    services: &mut [tug_proto::spec::ServiceSpec],
-    on_host: &tug_proto::spec::HostArtifacts,
-    (state_dir, root): (&Path, &Path),
+    services: &mut [ServiceSpec],
+    on_host: &HostArtifacts,
+    host: &ThisHost,
     lookup_only: bool,
 ) -> Result<(), String> {
-    sources_on_this_host(services, &on_host.sources, state_dir, lookup_only).await?;
-    for service in services.iter_mut() {
-        paths_onto_this_host(service, &on_host.root, root);
+    let resolved = resolve_checked(project, engine, services, on_host, host, lookup_only).await;
+    // After every service's step: two services may share one upload (one source folder).
+    let sources = on_host.sources.values().filter_map(|s| s.upload.as_ref());
+    let builds = on_host.images.values().filter_map(|i| i.build.as_ref().map(|b| &b.upload));
+    for upload in sources.chain(builds).filter(|u| crate::upload::valid_digest(u)) {
+        let _ = std::fs::remove_file(crate::upload::path_of(&host.state_dir, upload));
     }
-    let resolved = images_on_this_host(project, engine, services, on_host, state_dir, lookup_only).await;
+    resolved
+}
+
+async fn resolve_checked(
+    project: &str,
+    engine: &mut Option<String>,
+    services: &mut [ServiceSpec],
+    on_host: &HostArtifacts,
+    host: &ThisHost,
+    lookup_only: bool,
+) -> Result<(), String> {
+    well_formed(services, on_host)?;
+    sources_on_this_host(services, &on_host.sources, &host.state_dir, lookup_only).await?;
+    for service in services.iter_mut() {
+        paths_onto_this_host(service, &on_host.root, &host.root);
+    }
+    let resolved = images_on_this_host(project, engine, services, on_host, &host.state_dir, lookup_only).await;
     // The copies' paths and the image ids are part of the revisions: the client could not know them.
     for service in services.iter_mut() {
         service.revision = service.compute_revision();
     }
     resolved
+}
+
+/// Names that become paths here are checked before any is used: service names (folders of
+/// copies), source digests (a copy's folder), uploads (files).
+fn well_formed(services: &[ServiceSpec], on_host: &HostArtifacts) -> Result<(), String> {
+    let named = services.iter().map(|s| &s.name).chain(on_host.sources.keys()).chain(on_host.images.keys());
+    if let Some(name) = named.into_iter().find(|n| !tug_supervisor::is_service_name(n)) {
+        return Err(format!("`{name}` is not a valid service name"));
+    }
+    if let Some((name, source)) = on_host.sources.iter().find(|(_, s)| !source::is_digest(&s.digest)) {
+        return Err(format!("service `{name}`: `{}` is not a source's digest", source.digest));
+    }
+    let sources = on_host.sources.iter().filter_map(|(n, s)| Some((n, s.upload.as_ref()?)));
+    let builds = on_host.images.iter().filter_map(|(n, i)| Some((n, &i.build.as_ref()?.upload)));
+    match sources.chain(builds).find(|(_, upload)| !crate::upload::valid_digest(upload)) {
+        Some((name, upload)) => Err(format!("service `{name}`: `{upload}` does not name an upload")),
+        None => Ok(()),
+    }
 }
 
 async fn images_on_this_host(
@@ -290,31 +361,19 @@ async fn sources_on_this_host(
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
 }
 
-/// The copy of a source a client sent (unpacked from its upload, which is then removed) or
-/// one this host has.
-async fn copy_on_this_host(
-    service: &str,
-    sent: &tug_proto::spec::HostSource,
-    state_dir: &Path,
-) -> Result<PathBuf, String> {
+/// The copy of a source a client sent (unpacked from its upload) or one this host has.
+async fn copy_on_this_host(service: &str, sent: &HostSource, state_dir: &Path) -> Result<PathBuf, String> {
     let Some(upload) = &sent.upload else {
         return source::existing(service, &sent.digest, state_dir).map(|s| s.copy).ok_or_else(|| {
             format!("service `{service}`: this host no longer has the copy of its source; run the command again")
         });
     };
-    if !crate::upload::valid_digest(upload) {
-        return Err(format!("service `{service}`: `{upload}` does not name an upload"));
-    }
     let file = crate::upload::path_of(state_dir, upload);
     let (name, state) = (service.to_string(), state_dir.to_path_buf());
     let unpacked = tokio::task::spawn_blocking(move || {
-        let opened = std::fs::File::open(&file);
-        let _ = std::fs::remove_file(&file);
-        let mut bundle = std::io::BufReader::new(
-            opened
-                .map_err(|e| format!("service `{name}`: its source was not uploaded ({e}); run the command again"))?,
-        );
-        source::unpack_bundle(&name, &mut bundle, &state)
+        let opened = std::fs::File::open(&file)
+            .map_err(|e| format!("service `{name}`: its source was not uploaded ({e}); run the command again"))?;
+        source::unpack_bundle(&name, &mut std::io::BufReader::new(opened), &state)
     })
     .await
     .map_err(|e| format!("service `{service}`: unpacking its source stopped: {e}"))??;
@@ -366,9 +425,6 @@ async fn build_on_this_host(
     build: &tug_proto::spec::HostBuild,
     state_dir: &Path,
 ) -> Result<String, String> {
-    if !crate::upload::valid_digest(&build.upload) {
-        return Err(format!("service `{service}`: `{}` does not name an upload", build.upload));
-    }
     let archive = crate::upload::path_of(state_dir, &build.upload);
     if !archive.is_file() {
         return Err(format!("service `{service}`: its build context was not uploaded; run the command again"));
@@ -386,15 +442,8 @@ async fn build_on_this_host(
     );
     // The build's own lines stay out of the log: a build argument from a secret can show there.
     let built = engine.build_archive(&request, &archive, &mut |_| {}).await;
-    let _ = std::fs::remove_file(&archive);
-    built.map_err(|e| {
-        let message = format!("service `{service}`: {e}");
-        build
-            .args
-            .iter()
-            .filter(|(_, v)| v.sensitive && !v.value.is_empty())
-            .fold(message, |text, (_, secret)| text.replace(&secret.value, tug_stackfile::model::MASK))
-    })
+    let secrets = build.args.iter().filter(|(_, v)| v.sensitive).map(|(_, v)| v.value.as_str());
+    built.map_err(|e| super::masked(format!("service `{service}`: {e}"), secrets))
 }
 
 /// [`resolve_for_plan`] for a remote daemon: the sources digested; the daemon looks the

@@ -273,6 +273,11 @@ services:
     working_dir: ./app
     source: ./app
     healthcheck: {{ log: started, start_interval: 100ms }}
+  twin:
+    command: [sh, run.sh]
+    working_dir: ./app
+    source: ./app
+    healthcheck: {{ log: started, start_interval: 100ms }}
 "#
         ),
     );
@@ -299,12 +304,15 @@ services:
     let log = stack.log("worker", "worker-1");
     assert!(log.contains(&format!("started v1 in {}", copies.display())), "runs from this host's copy: {log}");
     assert_eq!(leftovers(&copies), 1);
+    // One folder for two services: the same bundle, sent for each, unpacked for each.
+    assert!(deploy.stderr.contains("twin: sending its source"), "{}", deploy.all());
+    assert!(stack.log("twin", "twin-1").contains("started v1"), "{}", stack.log("twin", "twin-1"));
     assert_eq!(leftovers(&stack.state_dir().join("uploads")), 0, "the upload is gone once unpacked");
     assert_eq!(leftovers(&client.path().join(".tug/uploads")), 0, "the client's bundle is gone");
 
     // The same code again: nothing is sent, and nothing changes.
     let plan = remote(&["deploy", "--plan"]);
-    assert!(plan.code == 0 && plan.stdout.contains("nothing changes (2 unchanged)"), "{}", plan.all());
+    assert!(plan.code == 0 && plan.stdout.contains("nothing changes (3 unchanged)"), "{}", plan.all());
     let again = remote(&["deploy", "--timeout", "60s"]);
     assert_eq!(again.code, 0, "{}", again.all());
     assert!(!again.stderr.contains("sending"), "{}", again.all());
@@ -329,6 +337,23 @@ services:
     let path = format!("/v1/uploads/{digest}");
     let (code, body) = crate::api::raw(&stack, "PUT", &path, b"hello", None);
     assert_eq!(code, 401, "{body}");
+    let (code, body) = crate::api::raw(
+        &stack,
+        "PUT",
+        "/v1/uploads/x",
+        b"",
+        Some(
+            &tug_proto::auth::sign_digest(
+                &tug_proto::auth::ApiKey::from_text(&"ab".repeat(32)).unwrap(),
+                "PUT",
+                "/v1/uploads/x",
+                "x",
+                tug_proto::unix_now(),
+            )
+            .unwrap(),
+        ),
+    );
+    assert_eq!(code, 401, "a bad path is not answered before the signature: {body}");
     let api_key = tug_proto::auth::ApiKey::from_text(&key).unwrap();
     let sign = || tug_proto::auth::sign_digest(&api_key, "PUT", &path, &digest, tug_proto::unix_now()).unwrap();
     let (code, body) = crate::api::raw(&stack, "PUT", &path, b"hellx", Some(&sign()));
