@@ -403,6 +403,9 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let palette = output::stderr_palette();
     let Loaded { compiled, state_dir, store } = stack::load(args)?;
     let stack_ok = crate::secrets::require_valid(&compiled)?;
+    if let Some(host) = &args.host {
+        crate::secrets::refuse_generating_for_remote(stack_ok, host)?;
+    }
     let generated = crate::secrets::generate_missing(stack_ok, &state_dir, store)?;
     let compiled = if generated.is_empty() {
         compiled

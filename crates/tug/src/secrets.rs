@@ -56,11 +56,7 @@ pub fn generate_missing(
     state_dir: &std::path::Path,
     store: Result<Option<tug_secrets::Store>, String>,
 ) -> Result<String, String> {
-    let missing: Vec<(&str, Generate)> = secret_settings(stack)
-        .into_iter()
-        .filter(|(_, s)| s.source == Source::ToBeGenerated)
-        .filter_map(|(n, s)| s.spec.generate.map(|g| (n, g)))
-        .collect();
+    let missing = to_be_generated(stack);
     if missing.is_empty() {
         return Ok(String::new());
     }
@@ -73,6 +69,33 @@ pub fn generate_missing(
     }
     store.save().map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// The secrets `up` would generate now: `generate` set, and no value from anywhere.
+fn to_be_generated(stack: &Stack) -> Vec<(&str, Generate)> {
+    secret_settings(stack)
+        .into_iter()
+        .filter(|(_, s)| s.source == Source::ToBeGenerated)
+        .filter_map(|(n, s)| s.spec.generate.map(|g| (n, g)))
+        .collect()
+}
+
+/// For a remote daemon (`tug --host`): a secret generated here would differ from the one
+/// that host generated and runs with (a database's password), so none is; the user brings
+/// that host's values.
+pub fn refuse_generating_for_remote(stack: &Stack, host: &str) -> Result<(), String> {
+    let missing: Vec<&str> = to_be_generated(stack).into_iter().map(|(name, _)| name).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "--host {host}: {} would be generated here, but the stack's generated secrets belong to the host that \
+         runs it, and a new value would replace the one it runs with; copy that host's .tug/{} into this stack's \
+         .tug folder with its key (.tug/{} or TUG_SECRETS_KEY), or give the values (environment or an env file)",
+        missing.join(", "),
+        tug_secrets::Store::FILE,
+        tug_secrets::Store::KEY_FILE,
+    ))
 }
 
 fn source_name(source: &Source) -> String {

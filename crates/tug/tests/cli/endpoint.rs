@@ -245,13 +245,16 @@ fn remote_deploy(stack: &Stack, url: &str, key: &str, tls: &[(&str, PathBuf)], y
     assert!(answer.1.contains(&format!(r#""version":"{version}""#)), "{answer:?}");
 }
 
+/// A secret the host generates on its first `up`.
+const TOKEN: &str = "settings:\n  TOKEN: { type: secret, generate: { length: 32, charset: hex } }\n";
+
 #[test]
 fn a_remote_deploy_sends_a_source_once_and_the_daemon_runs_its_own_copy() {
     let api_port = free_port();
     let stack = Stack::new(
         "endpoint-sources",
         &format!(
-            "name: sent\napi: {{ listen: 127.0.0.1:{api_port} }}\nservices:\n  idle:\n    command: [sleep, \"1000\"]\n"
+            "name: sent\napi: {{ listen: 127.0.0.1:{api_port} }}\n{TOKEN}services:\n  idle:\n    command: [sleep, \"1000\"]\n"
         ),
     );
     stack.up();
@@ -265,7 +268,7 @@ fn a_remote_deploy_sends_a_source_once_and_the_daemon_runs_its_own_copy() {
             r#"
 name: sent
 api: {{ listen: 127.0.0.1:{api_port} }}
-services:
+{TOKEN}services:
   idle:
     command: [sleep, "1000"]
   worker:
@@ -292,6 +295,15 @@ services:
     let copies = stack.state_dir().join("revisions/worker");
     let leftovers = |folder: &Path| std::fs::read_dir(folder).map(|d| d.count()).unwrap_or(0);
 
+    // The secret that host generated is not generated again here, with another value.
+    let refused = remote(&["deploy", "--timeout", "60s"]);
+    assert!(refused.code != 0 && refused.stderr.contains("TOKEN would be generated here"), "{}", refused.all());
+    assert!(!client.path().join(".tug/secrets.enc").exists(), "nothing was generated");
+    // With that host's store and key, the deploy sends the values it runs with.
+    std::fs::create_dir_all(client.path().join(".tug")).unwrap();
+    for file in ["secrets.enc", "secrets.key"] {
+        std::fs::copy(stack.state_dir().join(file), client.path().join(".tug").join(file)).unwrap();
+    }
     let deploy = remote(&["deploy", "--timeout", "60s"]);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
     assert!(deploy.stderr.contains("worker: sending its source"), "{}", deploy.all());
