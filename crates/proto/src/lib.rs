@@ -42,12 +42,17 @@ impl std::fmt::Debug for ArchiveKey {
 /// `POST /v1/backup`: the daemon writes one archive of the state and the services' dumps.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackupRequest {
-    /// Where, on the daemon's host (absolute).
-    pub out: std::path::PathBuf,
+    /// Where, on the daemon's host (absolute); none: its stack's `backups/` folder, with the
+    /// usual name (a remote client does not know that host's folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out: Option<std::path::PathBuf>,
     /// The services to dump; empty: every service with a `backup`.
     #[serde(default)]
     pub services: Vec<String>,
-    pub key: ArchiveKey,
+    /// The archive's key; none: the one derived from the daemon's own secrets key (a remote
+    /// client does not have it), as scheduled backups use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<ArchiveKey>,
 }
 
 /// What an archive holds (or what a restore loaded): each entry's size.

@@ -51,7 +51,10 @@ pub async fn write_archive(
     state_dir: &Path,
     request: BackupRequest,
 ) -> Result<BackupResponse, String> {
-    let key = key_from_hex(&request.key)?;
+    let key = match &request.key {
+        Some(key) => key_from_hex(key)?,
+        None => own_key(state_dir)?,
+    };
     let backed_up: Vec<String> = supervisor.backed_up().into_iter().map(|b| b.service).collect();
     let services = if request.services.is_empty() { backed_up.clone() } else { request.services.clone() };
     for service in &services {
@@ -59,10 +62,13 @@ pub async fn write_archive(
             return Err(format!("`{service}` has no `backup` in the stack file"));
         }
     }
-    if !request.out.is_absolute() {
-        return Err(format!("{}: the archive's path must be absolute", request.out.display()));
+    let out = match request.out.clone() {
+        Some(out) => out,
+        None => backups_folder(supervisor)?.join(default_name(&supervisor.project(), None)),
+    };
+    if !out.is_absolute() {
+        return Err(format!("{}: the archive's path must be absolute", out.display()));
     }
-    let out = request.out.clone();
     let partial = out.with_file_name(format!(
         ".{}.partial-{}",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("backup"),
@@ -339,6 +345,9 @@ pub fn backup(args: &StackArgs, out: Option<PathBuf>, services: Vec<String>) -> 
         }
     }
     let client = run::running_client(args)?;
+    if let Some(host) = &args.host {
+        return backup_on_host(&client, host, out, services);
+    }
     let store = crate::stack::store_for_writing(loaded.store, &loaded.state_dir)?;
     let key = store.derived_key(archive::KEY_PURPOSE);
     let cwd = std::env::current_dir().map_err(|e| format!("cannot read the current folder: {e}"))?;
@@ -350,18 +359,44 @@ pub fn backup(args: &StackArgs, out: Option<PathBuf>, services: Vec<String>) -> 
             dir.join(default_name(&stack.name, None))
         }
     };
-    let request = BackupRequest { out, services, key: archive_key(&key) };
+    let request = BackupRequest { out: Some(out), services, key: Some(archive_key(&key)) };
     let answer: BackupResponse = client.send("POST", "/v1/backup", &request, LONG)?;
-    let parts: Vec<String> = answer.entries.iter().map(|e| format!("{} ({} bytes)", e.entry, e.bytes)).collect();
     println!("{}", answer.file.display());
     eprintln!(
-        "wrote {} ({} bytes): {}; it opens with this stack's secrets key ({}): keep a copy of that key away from this host",
-        answer.file.display(),
-        answer.bytes,
-        parts.join(", "),
+        "wrote {}; it opens with this stack's secrets key ({}): keep a copy of that key away from this host",
+        written(&answer),
         store.key_description()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tug --host URL backup`: the archive is written on that host (in its stack's `backups/`,
+/// or at an absolute `--out` there), sealed with that host's secrets key, which this machine
+/// does not have.
+fn backup_on_host(
+    client: &crate::client::Client,
+    host: &str,
+    out: Option<PathBuf>,
+    services: Vec<String>,
+) -> Result<ExitCode, String> {
+    if let Some(path) = out.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(format!("--out {}: the archive is written on {host}: give an absolute path there", path.display()));
+    }
+    let request = BackupRequest { out, services, key: None };
+    let answer: BackupResponse = client.send("POST", "/v1/backup", &request, LONG)?;
+    println!("{}", answer.file.display());
+    eprintln!(
+        "wrote {} on {host}; it opens with that host's secrets key (its .tug/{}): keep a copy of that key away from it",
+        written(&answer),
+        Store::KEY_FILE
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `FILE (N bytes): entry (N bytes), …`.
+fn written(answer: &BackupResponse) -> String {
+    let parts: Vec<String> = answer.entries.iter().map(|e| format!("{} ({} bytes)", e.entry, e.bytes)).collect();
+    format!("{} ({} bytes): {}", answer.file.display(), answer.bytes, parts.join(", "))
 }
 
 /// `<project>[-<service>]-<UTC time>.tug-backup`.
@@ -688,19 +723,29 @@ pub async fn run_schedules(supervisor: Supervisor) {
     }
 }
 
-async fn scheduled_backup(supervisor: &Supervisor, service: &str, keep: u32) -> Result<String, String> {
-    let state_dir = supervisor.config().state_dir.clone();
-    // A stack without secrets has no key yet: one is made, as `tug backup` makes it. A store
-    // sealed with TUG_SECRETS_KEY alone (no key file) cannot be opened here, and says so.
-    let store = Store::open_or_create(&state_dir, None)
+/// The archive key from the daemon's own secrets key. A stack without secrets has no key yet:
+/// one is made, as `tug backup` makes it. A store sealed with TUG_SECRETS_KEY alone (no key
+/// file) cannot be opened here, and says so.
+fn own_key(state_dir: &Path) -> Result<Zeroizing<[u8; 32]>, String> {
+    let store = Store::open_or_create(state_dir, None)
         .map_err(|e| format!("the archive is sealed with the secrets key, and the daemon cannot read one: {e}"))?;
-    let key = store.derived_key(archive::KEY_PURPOSE);
+    Ok(store.derived_key(archive::KEY_PURPOSE))
+}
+
+/// The `backups/` folder of the stack the daemon runs, made if need be.
+fn backups_folder(supervisor: &Supervisor) -> Result<PathBuf, String> {
     let root = supervisor.root().ok_or("no stack has been applied yet")?;
     let dir = root.join("backups");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+async fn scheduled_backup(supervisor: &Supervisor, service: &str, keep: u32) -> Result<String, String> {
+    let state_dir = supervisor.config().state_dir.clone();
+    let dir = backups_folder(supervisor)?;
     let project = supervisor.project();
-    let out = dir.join(default_name(&project, Some(service)));
-    let request = BackupRequest { out, services: vec![service.to_string()], key: archive_key(&key) };
+    let out = Some(dir.join(default_name(&project, Some(service))));
+    let request = BackupRequest { out, services: vec![service.to_string()], key: None };
     let written = write_archive(supervisor, &state_dir, request).await?;
     let prefix = format!("{project}-{service}-");
     let names: Vec<String> = std::fs::read_dir(&dir)

@@ -261,7 +261,7 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("PUT", "/v1/stack", b"\xff\xfe\x00garbage", 400),
         ("POST", "/v1/stop", b"{\"targets\":[\"nope\"]}", 404),
         ("DELETE", "/v1/status", b"", 405),
-        ("POST", "/v1/backup", b"{}", 400),
+        ("POST", "/v1/backup", b"{\"out\":5}", 400),
         ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"key\":\"zz\"}", 409),
         ("POST", "/v1/restore", b"{\"file\":\"/nonexistent\",\"key\":\"00\"}", 409),
         ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"services\":[\"web\"],\"key\":\"0000000000000000000000000000000000000000000000000000000000000000\"}", 409),

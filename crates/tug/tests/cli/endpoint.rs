@@ -254,7 +254,7 @@ fn a_remote_deploy_sends_a_source_once_and_the_daemon_runs_its_own_copy() {
     let stack = Stack::new(
         "endpoint-sources",
         &format!(
-            "name: sent\napi: {{ listen: 127.0.0.1:{api_port} }}\n{TOKEN}services:\n  idle:\n    command: [sleep, \"1000\"]\n"
+            "name: sent\napi: {{ listen: 127.0.0.1:{api_port} }}\n{TOKEN}services:\n  idle:\n    command: [sleep, \"1000\"]\n    backup: {{ command: echo dumped }}\n"
         ),
     );
     stack.up();
@@ -271,6 +271,7 @@ api: {{ listen: 127.0.0.1:{api_port} }}
 {TOKEN}services:
   idle:
     command: [sleep, "1000"]
+    backup: {{ command: echo dumped }}
   worker:
     command: [sh, run.sh]
     working_dir: ./app
@@ -343,6 +344,20 @@ api: {{ listen: 127.0.0.1:{api_port} }}
         files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_default()).collect()
     };
     assert!(all_logs().contains(&format!("started v2 in {}", copies.display())), "{}", all_logs());
+
+    // A remote backup is written on that host, in its stack's folder, with its key.
+    let backup = remote(&["backup"]);
+    assert_eq!(backup.code, 0, "{}", backup.all());
+    let archive = PathBuf::from(backup.stdout.trim());
+    assert!(archive.starts_with(stack.path().join("backups")) && archive.is_file(), "{}", backup.all());
+    assert!(
+        backup.stderr.contains("dump:idle") && backup.stderr.contains("that host's secrets key"),
+        "{}",
+        backup.all()
+    );
+    assert!(!client.path().join("backups").exists(), "nothing is written here");
+    let elsewhere = remote(&["backup", "--out", "here.tug-backup"]);
+    assert!(elsewhere.code != 0 && elsewhere.stderr.contains("give an absolute path there"), "{}", elsewhere.all());
 
     // An upload is authenticated before its body is read, and kept only with its digest.
     let digest = tug_proto::auth::body_digest(b"hello");
