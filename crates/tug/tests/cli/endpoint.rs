@@ -245,6 +245,49 @@ fn remote_deploy(stack: &Stack, url: &str, key: &str, tls: &[(&str, PathBuf)], y
     assert!(answer.1.contains(&format!(r#""version":"{version}""#)), "{answer:?}");
 }
 
+#[test]
+fn a_source_and_a_large_file_are_sent_over_mtls() {
+    let pki = TempDir::new("sources-pki");
+    make_pki(pki.path());
+    let p = |name: &str| pki.path().join(name);
+    let api_port = free_port();
+    let api = format!(
+        "{{ listen: 127.0.0.1:{api_port}, tls: {{ cert: {}, key: {}, client_ca: {} }} }}",
+        p("server.pem").display(),
+        p("server.key").display(),
+        p("ca.pem").display()
+    );
+    let yaml =
+        |extra: &str| format!("name: mtls\napi: {api}\nservices:\n  idle:\n    command: [sleep, \"1000\"]\n{extra}");
+    let stack = Stack::new("endpoint-mtls-sources", &yaml(""));
+    stack.up();
+    let key = api_key(&stack);
+    let client = TempDir::new("mtls-client");
+    client.write("tug.yaml", &yaml("  worker:\n    command: [sh, -c, \"echo size=$(wc -c < big.bin); exec sleep 1000\"]\n    working_dir: ./app\n    source: ./app\n    healthcheck: { log: size=, start_interval: 100ms }\n"));
+    std::fs::create_dir_all(client.path().join("app")).unwrap();
+    // 24 MiB of bytes that do not compress: many TLS records, and more than a request body's cap.
+    let big: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(client.path().join("app/big.bin"), &big).unwrap();
+    let url = format!("https://127.0.0.1:{api_port}");
+    let mut args = vec!["--host".to_string(), url];
+    for (flag, file) in [("--tls-ca", "ca.pem"), ("--tls-cert", "client.pem"), ("--tls-key", "client.key")] {
+        args.push(flag.into());
+        args.push(p(file).display().to_string());
+    }
+    args.extend(["deploy", "--timeout", "60s"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let deploy = crate::tug(client.path(), &refs, &[("TUG_API_KEY", key.as_str())], None);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    assert!(deploy.stderr.contains("worker: sending its source (24."), "{}", deploy.all());
+    let copy = std::fs::read_dir(stack.state_dir().join("revisions/worker")).unwrap().next().unwrap().unwrap().path();
+    assert_eq!(std::fs::read(copy.join("big.bin")).unwrap(), big, "the copy holds every byte sent");
+    assert!(
+        stack.log("worker", "worker-1").contains(&format!("size={}", 24 << 20)),
+        "{}",
+        stack.log("worker", "worker-1")
+    );
+}
+
 /// A secret the host generates on its first `up`.
 const TOKEN: &str = "settings:\n  TOKEN: { type: secret, generate: { length: 32, charset: hex } }\n";
 
