@@ -469,6 +469,15 @@ pub struct HostArtifacts {
     pub root: PathBuf,
 }
 
+impl HostArtifacts {
+    /// (service, upload) for every upload the request names: sources' bundles, build contexts.
+    pub fn uploads(&self) -> impl Iterator<Item = (&String, &String)> {
+        let sources = self.sources.iter().filter_map(|(name, s)| Some((name, s.upload.as_ref()?)));
+        let builds = self.images.iter().filter_map(|(name, i)| Some((name, &i.build.as_ref()?.upload)));
+        sources.chain(builds)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostSource {
     /// The digest of the source's content (`SourceSpec::digest`).

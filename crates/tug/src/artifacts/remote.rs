@@ -209,33 +209,22 @@ async fn resolve_on_host(
     host: &ThisHost,
     lookup_only: bool,
 ) -> Result<(), String> {
-    let resolved = resolve_checked(project, engine, services, on_host, host, lookup_only).await;
-    // After every service's step: two services may share one upload (one source folder).
-    let sources = on_host.sources.values().filter_map(|s| s.upload.as_ref());
-    let builds = on_host.images.values().filter_map(|i| i.build.as_ref().map(|b| &b.upload));
-    for upload in sources.chain(builds).filter(|u| crate::upload::valid_digest(u)) {
-        let _ = std::fs::remove_file(crate::upload::path_of(&host.state_dir, upload));
+    let resolved = async {
+        well_formed(services, on_host)?;
+        sources_on_this_host(services, &on_host.sources, &host.state_dir, lookup_only).await?;
+        for service in services.iter_mut() {
+            paths_onto_this_host(service, &on_host.root, &host.root);
+        }
+        images_on_this_host(project, engine, services, on_host, &host.state_dir, lookup_only).await
     }
-    resolved
-}
-
-async fn resolve_checked(
-    project: &str,
-    engine: &mut Option<String>,
-    services: &mut [ServiceSpec],
-    on_host: &HostArtifacts,
-    host: &ThisHost,
-    lookup_only: bool,
-) -> Result<(), String> {
-    well_formed(services, on_host)?;
-    sources_on_this_host(services, &on_host.sources, &host.state_dir, lookup_only).await?;
-    for service in services.iter_mut() {
-        paths_onto_this_host(service, &on_host.root, &host.root);
-    }
-    let resolved = images_on_this_host(project, engine, services, on_host, &host.state_dir, lookup_only).await;
+    .await;
     // The copies' paths and the image ids are part of the revisions: the client could not know them.
     for service in services.iter_mut() {
         service.revision = service.compute_revision();
+    }
+    // After every service's step: two services may share one upload (one source folder).
+    for (_, upload) in on_host.uploads().filter(|(_, u)| crate::upload::valid_digest(u)) {
+        let _ = std::fs::remove_file(crate::upload::path_of(&host.state_dir, upload));
     }
     resolved
 }
@@ -250,9 +239,7 @@ fn well_formed(services: &[ServiceSpec], on_host: &HostArtifacts) -> Result<(), 
     if let Some((name, source)) = on_host.sources.iter().find(|(_, s)| !source::is_digest(&s.digest)) {
         return Err(format!("service `{name}`: `{}` is not a source's digest", source.digest));
     }
-    let sources = on_host.sources.iter().filter_map(|(n, s)| Some((n, s.upload.as_ref()?)));
-    let builds = on_host.images.iter().filter_map(|(n, i)| Some((n, &i.build.as_ref()?.upload)));
-    match sources.chain(builds).find(|(_, upload)| !crate::upload::valid_digest(upload)) {
+    match on_host.uploads().find(|(_, upload)| !crate::upload::valid_digest(upload)) {
         Some((name, upload)) => Err(format!("service `{name}`: `{upload}` does not name an upload")),
         None => Ok(()),
     }
