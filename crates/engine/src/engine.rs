@@ -109,7 +109,7 @@ impl Engine {
     }
 
     /// `GET /info`'s `DockerRootDir`: where the engine keeps images, containers and volumes
-    /// (Podman's answer has it under `store.graphRoot`, which is not read: `None`).
+    /// (Podman's compatible `/info` carries it too: its store's graph root, checked on 4.3).
     pub async fn data_root(&self) -> Result<Option<String>, Error> {
         #[derive(Deserialize)]
         struct Raw {
