@@ -43,6 +43,8 @@ pub fn resolve(
         let Some(container) = stack.services.get(name).and_then(|s| s.container.as_ref()) else { continue };
         let Some(build) = &container.build else { continue };
         image.build = Some(send_context(client, name, container, build, state_dir)?);
+        // The deploy's answer comes once the host has built it: say why it may take a while.
+        eprintln!("{name}: the host builds {} (its output is not shown here)", container.image);
     }
     Ok((artifacts, on_host))
 }

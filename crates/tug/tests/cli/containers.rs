@@ -666,6 +666,7 @@ services:
     let deploy = remote(&built, &["deploy", "--timeout", "60s"]);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
     assert!(deploy.stderr.contains("web: sending its build context"), "{}", deploy.all());
+    assert!(deploy.stderr.contains(&format!("web: the host builds {built_tag}")), "{}", deploy.all());
     wait_versions(port, &["3"]);
     let label = docker(&["image", "inspect", "-f", "{{index .Config.Labels \"tug.project\"}}", &built_tag]);
     assert_eq!(label.trim(), "remote", "built with the stack's label");
