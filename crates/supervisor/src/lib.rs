@@ -1252,12 +1252,12 @@ fn validate_spec(spec: &StackSpec) -> Result<(), Error> {
     Ok(())
 }
 
-/// One service's spec, as [`validate_spec`] checks it.
 /// A name the daemon takes for a service: it names folders and files (logs, copies).
 pub fn is_service_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// One service's spec, as [`validate_spec`] checks it.
 fn validate_service(s: &ServiceSpec) -> Result<(), Error> {
     {
         // As the stack file allows: a rotation renames every kept file.

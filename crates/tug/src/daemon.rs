@@ -548,6 +548,23 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let _one_change_at_a_time = app.changes.lock().await;
+    // Made before the lock, a copy could have been pruned by another deploy meanwhile: each is
+    // made fresh again here (pruning spares recent copies), or the deploy is refused.
+    if remote {
+        let state_dir = &supervisor.config().state_dir;
+        let gone = request.spec.services.iter().find(|s| {
+            s.source.as_ref().is_some_and(|c| crate::source::existing(&s.name, &c.digest, state_dir).is_none())
+        });
+        if let Some(service) = gone {
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "service `{}`: its source's copy was removed by another deploy; run the command again",
+                    service.name
+                ),
+            );
+        }
+    }
     // The endpoint follows the stack file given on this host only: a remote client cannot move
     // or drop the endpoint it came through. It is configured first (a TLS file that cannot be
     // read fails the command before anything changed) and put back as it was if the stack is
@@ -588,13 +605,9 @@ async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Respon
     }
 }
 
-/// A remote client's `tug run` resolved on this host, under the change lock (a deploy may be
-/// unpacking or building the same artifacts); the run itself then streams without it.
+/// A remote client's `tug run` resolved on this host (as a deploy's, outside the change lock:
+/// a long build holds up no one).
 async fn run_on_this_host(app: &App, request: RunRequest) -> Result<RunRequest, String> {
-    if request.on_host.is_none() {
-        return Ok(request);
-    }
-    let _one_change_at_a_time = app.changes.lock().await;
     on_this_host(crate::artifacts::complete_run(request, this_host(&app.supervisor))).await
 }
 

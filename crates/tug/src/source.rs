@@ -395,7 +395,13 @@ fn unpack_into(bundle: &mut impl Read, to: &Path) -> Result<(String, Vec<(PathBu
         let target = to.join(&relative);
         let (entry, content) = match kind[0] {
             b'd' => (unpack_folder(&target)?, None),
-            b'l' => (unpack_link(bundle, &target)?, None),
+            b'l' => {
+                let link = unpack_link(bundle, &target)?;
+                if let Kind::Link(to) = &link {
+                    unpacked.count_path(to.as_os_str().len())?;
+                }
+                (link, None)
+            }
             b'f' => {
                 let (entry, content) = unpack_file(bundle, &target, &mut unpacked.bytes)?;
                 (entry, Some(content))
@@ -423,10 +429,7 @@ impl Unpacked {
     /// its folder), inside a folder the bundle made.
     fn next_path(&mut self, bytes: &[u8]) -> Result<PathBuf, String> {
         let relative = bundle_path(bytes)?;
-        self.path_bytes += bytes.len();
-        if self.path_bytes > MAX_PATH_BYTES {
-            return Err(format!("its paths take over {} MiB", MAX_PATH_BYTES >> 20));
-        }
+        self.count_path(bytes.len())?;
         if self.entries.last().is_some_and(|(last, _)| *last >= relative) {
             return Err(format!("{} is out of order", relative.display()));
         }
@@ -436,6 +439,15 @@ impl Unpacked {
             return Err(format!("{} is not inside a folder of the bundle", relative.display()));
         }
         Ok(relative)
+    }
+
+    /// Paths and link targets are held here until the end: together they are capped.
+    fn count_path(&mut self, bytes: usize) -> Result<(), String> {
+        self.path_bytes += bytes;
+        if self.path_bytes > MAX_PATH_BYTES {
+            return Err(format!("its paths take over {} MiB", MAX_PATH_BYTES >> 20));
+        }
+        Ok(())
     }
 
     fn add(&mut self, relative: PathBuf, entry: Kind, content: Option<[u8; 32]>) -> Result<(), String> {

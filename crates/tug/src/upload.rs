@@ -69,14 +69,18 @@ async fn receive_signed(app: &App, request: Request<Incoming>, digest: &str) -> 
     if declared > MAX_UPLOAD {
         return error(StatusCode::PAYLOAD_TOO_LARGE, format!("an upload is at most {} GiB", MAX_UPLOAD >> 30));
     }
-    let Ok(_one_at_a_time) = tokio::time::timeout(Duration::from_secs(2), app.uploads.lock()).await else {
+    // A wait long enough for most uploads before: a refusal before the body may reach the
+    // client as a reset connection rather than this answer.
+    let Ok(_one_at_a_time) = tokio::time::timeout(Duration::from_secs(60), app.uploads.lock()).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "another upload is being received: retry");
     };
     let folder = app.supervisor.config().state_dir.join(UPLOADS);
     if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&folder) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", folder.display()));
     }
-    let kept = remove_stale(&folder);
+    // The same upload sent again replaces itself: it does not count twice.
+    let again = std::fs::metadata(path_of(&app.supervisor.config().state_dir, digest)).map_or(0, |m| m.len());
+    let kept = remove_stale(&folder).saturating_sub(again);
     if kept + declared > MAX_KEPT {
         return error(
             StatusCode::INSUFFICIENT_STORAGE,

@@ -211,6 +211,7 @@ async fn resolve_on_host(
     host: &ThisHost,
     lookup_only: bool,
 ) -> Result<(), String> {
+    let started = std::time::SystemTime::now();
     let resolved = async {
         well_formed(services, on_host)?;
         sources_on_this_host(services, &on_host.sources, &host.state_dir, lookup_only).await?;
@@ -224,9 +225,13 @@ async fn resolve_on_host(
     for service in services.iter_mut() {
         service.revision = service.compute_revision();
     }
-    // After every service's step: two services may share one upload (one source folder).
+    // After every service's step: two services may share one upload (one source folder). One
+    // sent again since this request began is another deploy's now (same content, same name).
     for (_, upload) in on_host.uploads().filter(|(_, u)| crate::upload::valid_digest(u)) {
-        let _ = std::fs::remove_file(crate::upload::path_of(&host.state_dir, upload));
+        let file = crate::upload::path_of(&host.state_dir, upload);
+        if std::fs::metadata(&file).and_then(|m| m.modified()).is_ok_and(|t| t <= started) {
+            let _ = std::fs::remove_file(file);
+        }
     }
     resolved
 }

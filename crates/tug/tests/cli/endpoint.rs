@@ -388,17 +388,27 @@ api: {{ listen: 127.0.0.1:{api_port} }}
     };
     assert!(all_logs().contains(&format!("started v2 in {}", copies.display())), "{}", all_logs());
 
-    // A remote backup is written on that host, in its stack's folder, with its key.
+    // A remote backup is written on that host, in its stack's folder, with its key: the same
+    // key a backup made there uses, though this client no longer has any.
+    for file in ["secrets.enc", "secrets.key"] {
+        std::fs::remove_file(client.path().join(".tug").join(file)).unwrap();
+    }
     let backup = remote(&["backup"]);
     assert_eq!(backup.code, 0, "{}", backup.all());
     let archive = PathBuf::from(backup.stdout.trim());
     assert!(archive.starts_with(stack.path().join("backups")) && archive.is_file(), "{}", backup.all());
-    assert!(
-        backup.stderr.contains("dump:idle") && backup.stderr.contains("that host's secrets key"),
-        "{}",
-        backup.all()
-    );
+    let told = backup.stderr.contains("dump:idle") && backup.stderr.contains("that host's secrets key");
+    assert!(told, "{}", backup.all());
     assert!(!client.path().join("backups").exists(), "nothing is written here");
+    assert!(!client.path().join(".tug/secrets.key").exists(), "no key is made here");
+    let local = stack.tug(&["backup", "--out", "local.tug-backup"]);
+    assert_eq!(local.code, 0, "{}", local.all());
+    let key_id = |file: &Path| {
+        let head = String::from_utf8_lossy(&std::fs::read(file).unwrap()[..512]).into_owned();
+        let start = head.find("\"key_id\":\"").expect("a key_id in the header") + 10;
+        head[start..start + head[start..].find('"').unwrap()].to_string()
+    };
+    assert_eq!(key_id(&archive), key_id(&stack.path().join("local.tug-backup")), "sealed with the host's key");
     let elsewhere = remote(&["backup", "--out", "here.tug-backup"]);
     assert!(elsewhere.code != 0 && elsewhere.stderr.contains("give an absolute path there"), "{}", elsewhere.all());
 
