@@ -251,23 +251,29 @@ impl Client {
 
     /// Sends the file at `file` (its SHA-256 is `digest`) as `PUT /v1/uploads/<digest>`,
     /// streamed from disk; `timeout` is for the daemon's answer once it is sent.
-    /// The daemon takes one upload at a time: one that is busy (503) is asked again, for up to
-    /// [`UPLOAD_WAIT`].
+    /// The daemon takes one upload at a time: while it is busy (503) the upload is asked again,
+    /// for up to [`UPLOAD_WAIT`]. A busy daemon that refuses before reading a large body may
+    /// reach this side as a broken connection: that is tried again too, a few times.
     pub fn upload(&self, file: &Path, digest: &str, timeout: Duration) -> Result<(), RequestError> {
         let failed = |e: std::io::Error| RequestError::Other(format!("cannot read {}: {e}", file.display()));
         let path = format!("/v1/uploads/{digest}");
         let started = std::time::Instant::now();
+        let mut broken = 0;
         loop {
             let mut body = std::fs::File::open(file).map_err(failed)?;
             let length = body.metadata().map_err(failed)?.len();
             let kind = ("application/octet-stream", digest, length);
-            let mut stream = self.send_body("PUT", &path, kind, &mut body, Some(timeout))?;
-            let (status, bytes) = self.answer(&mut stream, "PUT", &path, timeout)?;
-            match status {
-                200..300 => return Ok(()),
-                503 if started.elapsed() < UPLOAD_WAIT => std::thread::sleep(Duration::from_secs(1)),
-                _ => return Err(RequestError::Status(status, error_message(&bytes))),
+            let answer = self
+                .send_body("PUT", &path, kind, &mut body, Some(timeout))
+                .and_then(|mut stream| self.answer(&mut stream, "PUT", &path, timeout));
+            match answer {
+                Ok((200..300, _)) => return Ok(()),
+                Ok((503, _)) if started.elapsed() < UPLOAD_WAIT => {}
+                Ok((status, bytes)) => return Err(RequestError::Status(status, error_message(&bytes))),
+                Err(RequestError::Other(_)) if broken < 3 && started.elapsed() < UPLOAD_WAIT => broken += 1,
+                Err(e) => return Err(e),
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 

@@ -69,9 +69,9 @@ async fn receive_signed(app: &App, request: Request<Incoming>, digest: &str) -> 
     if declared > MAX_UPLOAD {
         return error(StatusCode::PAYLOAD_TOO_LARGE, format!("an upload is at most {} GiB", MAX_UPLOAD >> 30));
     }
-    // A wait long enough for most uploads before: a refusal before the body may reach the
-    // client as a reset connection rather than this answer.
-    let Ok(_one_at_a_time) = tokio::time::timeout(Duration::from_secs(60), app.uploads.lock()).await else {
+    // The client's body waits meanwhile: shorter than its 30 s write timeout, then a 503 it
+    // retries.
+    let Ok(_one_at_a_time) = tokio::time::timeout(Duration::from_secs(20), app.uploads.lock()).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "another upload is being received: retry");
     };
     let folder = app.supervisor.config().state_dir.join(UPLOADS);

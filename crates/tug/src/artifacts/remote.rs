@@ -141,9 +141,9 @@ fn named_engine(stack: &Stack) -> Result<Option<String>, String> {
     Ok(Some(endpoint.url()))
 }
 
-/// How long the daemon may take to answer an upload once it is sent (it checks the digest
-/// and renames a file).
-const UPLOAD_ANSWER: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long the daemon may take to answer an upload once it is sent: it writes the last of it
+/// to disk (a sync of up to 4 GiB) and renames it.
+const UPLOAD_ANSWER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a remote daemon must resolve on its host for `wanted` to start: every image (pulled
 /// for the services that start, looked up for the others) and the named volumes they mount.
