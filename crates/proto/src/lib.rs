@@ -39,6 +39,15 @@ impl std::fmt::Debug for ArchiveKey {
     }
 }
 
+/// `POST /v1/down`: stop everything and exit.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DownRequest {
+    /// Then also remove the named volumes this stack created on the daemon's engine (a remote
+    /// `down --volumes`: that engine is not the client's).
+    #[serde(default)]
+    pub volumes: bool,
+}
+
 /// `POST /v1/backup`: the daemon writes one archive of the state and the services' dumps.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackupRequest {

@@ -237,6 +237,11 @@ impl Supervisor {
         &self.inner.events
     }
 
+    /// The container engine the stack's services run on, once one was named.
+    pub fn engine(&self) -> Option<String> {
+        self.inner.lock().engine.clone()
+    }
+
     /// The folder of the stack file the daemon last applied.
     pub fn root(&self) -> Option<std::path::PathBuf> {
         self.inner.lock().root.clone()

@@ -367,6 +367,34 @@ async fn create_volumes(
     problems
 }
 
+/// On the daemon, for a remote `down --volumes`: the named volumes this stack created on its
+/// engine (labelled with its state folder), which it removes once everything stopped.
+pub async fn volumes_to_remove(supervisor: &tug_supervisor::Supervisor) -> Result<Vec<String>, String> {
+    let Some(engine) = daemon_engine(supervisor)? else { return Ok(Vec::new()) };
+    let state = supervisor.config().state_dir.display().to_string();
+    engine.list_volumes(&[(STATE_DIR_LABEL, &state)]).await.map_err(|e| format!("the stack's volumes: {e}"))
+}
+
+/// [`volumes_to_remove`], removed; what cannot be is logged (the client has gone by then).
+pub async fn remove_volumes_here(supervisor: &tug_supervisor::Supervisor) {
+    let (Ok(Some(engine)), Ok(names)) = (daemon_engine(supervisor), volumes_to_remove(supervisor).await) else {
+        tug_supervisor::log::warn("down --volumes: the stack's volumes could not be listed", &[]);
+        return;
+    };
+    for name in names {
+        match engine.remove_volume(&name).await {
+            Ok(()) => tug_supervisor::log::info("down --volumes: removed the volume", &[("volume", &name)]),
+            Err(e) => tug_supervisor::log::warn(&format!("down --volumes: {e}"), &[("volume", &name)]),
+        }
+    }
+}
+
+fn daemon_engine(supervisor: &tug_supervisor::Supervisor) -> Result<Option<tug_engine::Engine>, String> {
+    let Some(url) = supervisor.engine() else { return Ok(None) };
+    let endpoint = tug_engine::resolve_endpoint(Some(&url), None, None).map_err(|e| e.to_string())?;
+    Ok(Some(tug_engine::Engine::new(endpoint)))
+}
+
 /// `down --volumes`: removes the named volumes this stack created (never external ones).
 pub fn remove_volumes(stack: &Stack, state_dir: &Path) -> Result<Vec<String>, String> {
     let endpoint = endpoint(stack)?;

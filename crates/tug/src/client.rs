@@ -125,6 +125,11 @@ impl Client {
         Client { transport: Transport::Remote(remote), key }
     }
 
+    /// Talks to a daemon on another host (`--host`): its processes are not this machine's.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.transport, Transport::Remote(_))
+    }
+
     fn open(&self, read_timeout: Option<Duration>) -> Result<Box<dyn Connection>, RequestError> {
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
         match &self.transport {

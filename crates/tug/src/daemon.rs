@@ -167,6 +167,8 @@ pub(crate) struct App {
     changes: tokio::sync::Mutex<()>,
     /// Uploads are received one at a time (`upload::receive`).
     pub uploads: tokio::sync::Mutex<()>,
+    /// `down --volumes` from a remote client: the stack's volumes go once everything stopped.
+    remove_volumes: std::sync::atomic::AtomicBool,
 }
 
 impl App {
@@ -400,6 +402,7 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             shutdown: tokio::sync::Notify::new(),
             changes: tokio::sync::Mutex::new(()),
             uploads: tokio::sync::Mutex::new(()),
+            remove_volumes: std::sync::atomic::AtomicBool::new(false),
         });
         let signals = app.clone();
         tokio::spawn(async move {
@@ -439,8 +442,12 @@ fn serve_inner(state_dir: &Path) -> Result<(), String> {
             }
         });
         app.shutdown.notified().await;
-        app.endpoint.configure(&app, None).await.ok();
         app.supervisor.shutdown().await;
+        if app.remove_volumes.load(Ordering::SeqCst) {
+            crate::artifacts::remove_volumes_here(&app.supervisor).await;
+        }
+        // Last: a remote `down` follows the shutdown on the endpoint, and is done when it closes.
+        app.endpoint.configure(&app, None).await.ok();
         accept_loop.abort();
         let _ = std::fs::remove_file(&socket);
         let _ = std::fs::remove_file(&pid_file);
@@ -889,10 +896,27 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             },
             Err(response) => *response,
         },
-        (&Method::POST, "/v1/down") => {
-            app.shutdown.notify_one();
-            json(StatusCode::ACCEPTED, &serde_json::json!({ "daemon_pid": std::process::id() }))
-        }
+        (&Method::POST, "/v1/down") => match parse::<tug_proto::DownRequest>(&body) {
+            Ok(request) => {
+                let volumes = if request.volumes {
+                    crate::artifacts::volumes_to_remove(supervisor).await
+                } else {
+                    Ok(Vec::new())
+                };
+                match volumes {
+                    Ok(volumes) => {
+                        app.remove_volumes.store(request.volumes, Ordering::SeqCst);
+                        app.shutdown.notify_one();
+                        json(
+                            StatusCode::ACCEPTED,
+                            &serde_json::json!({ "daemon_pid": std::process::id(), "volumes": volumes }),
+                        )
+                    }
+                    Err(e) => error(StatusCode::CONFLICT, e),
+                }
+            }
+            Err(response) => *response,
+        },
         (
             _,
             "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/plan" | "/v1/start" | "/v1/stop"

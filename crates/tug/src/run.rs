@@ -453,7 +453,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
         Err(error) => {
             // A daemon this command started for nothing is not left behind.
             if started_daemon && status(&client).is_ok_and(|s| s.instances.is_empty()) {
-                let _ = down_with(&client, true);
+                let _ = down_with(&client, true, false);
             }
             return Err(error.into());
         }
@@ -546,7 +546,7 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     }
     eprintln!("stopping the stack (Ctrl-C again to leave it stopping in the background)");
     INTERRUPTS.store(0, Ordering::Relaxed);
-    down_with(&client, false)
+    down_with(&client, false, false)
 }
 
 /// Where each started service answers: `web  http://127.0.0.1:8080  (3 instances)`.
@@ -899,24 +899,20 @@ fn port_taken_by_router(
 }
 
 pub fn down(args: &StackArgs, volumes: bool) -> Result<ExitCode, String> {
-    if volumes && let Some(host) = &args.host {
-        // Checked before the stack stops: the volumes are on that host's engine, not this one's.
-        return Err(format!(
-            "--volumes: the volumes are on {host}'s container engine; run `tug down --volumes` on that host"
-        ));
-    }
     let (state_dir, client) = connect(args, false)?;
+    // A remote daemon removes its volumes itself, from its own engine, once it has stopped.
+    let remote_volumes = volumes && args.host.is_some();
     let code = match client {
         Some(client) => {
             catch_interrupts();
-            down_with(&client, false)?
+            down_with(&client, false, remote_volumes)?
         }
         None => {
             output::write_stdout("nothing is running for this stack\n")?;
             ExitCode::SUCCESS
         }
     };
-    if volumes {
+    if volumes && !remote_volumes {
         let loaded = stack::load(args)?;
         let Some(stack) = loaded.compiled.stack.as_ref() else {
             stack::print_diagnostics(&loaded.compiled, output::stderr_palette(), true);
@@ -929,13 +925,18 @@ pub fn down(args: &StackArgs, volumes: bool) -> Result<ExitCode, String> {
     Ok(code)
 }
 
-fn down_with(client: &Client, quiet: bool) -> Result<ExitCode, String> {
+fn down_with(client: &Client, quiet: bool, volumes: bool) -> Result<ExitCode, String> {
     let before = match status(client) {
         Ok(status) => status,
         Err(RequestError::NoDaemon) => return output::write_stdout("nothing is running for this stack\n"),
         Err(e) => return Err(e.to_string()),
     };
-    let answer: serde_json::Value = client.send("POST", "/v1/down", &serde_json::json!({}), QUICK)?;
+    let answer: serde_json::Value =
+        client.send("POST", "/v1/down", &serde_json::json!({ "volumes": volumes }), QUICK)?;
+    let count = before.instances.iter().filter(|i| i.pid.is_some()).count();
+    if client.is_remote() {
+        return down_remote(client, &answer, count, quiet);
+    }
     let pid = answer.get("daemon_pid").and_then(|p| p.as_u64()).unwrap_or(before.daemon_pid as u64) as i32;
     // The daemon exits once everything is stopped; its keeper right after.
     let keeper = tug_sys::procfs::stat(pid).ok().map(|s| s.ppid);
@@ -954,11 +955,30 @@ fn down_with(client: &Client, quiet: bool) -> Result<ExitCode, String> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let count = before.instances.iter().filter(|i| i.pid.is_some()).count();
     if quiet {
         return Ok(ExitCode::SUCCESS);
     }
     output::write_stdout(&format!("stopped {count} instance{}\n", if count == 1 { "" } else { "s" }))
+}
+
+/// A remote daemon's `down`: its pid is not this machine's, so the end is when it no longer
+/// answers. The volumes it was asked to remove (`down --volumes`) go once everything stopped.
+fn down_remote(client: &Client, answer: &serde_json::Value, count: usize, quiet: bool) -> Result<ExitCode, String> {
+    while status(client).is_ok() {
+        if INTERRUPTS.load(Ordering::Relaxed) > 1 {
+            eprintln!("left the stack stopping in the background");
+            return Ok(ExitCode::from(130));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = format!("stopped {count} instance{}\n", if count == 1 { "" } else { "s" });
+    for name in answer.get("volumes").and_then(|v| v.as_array()).into_iter().flatten().filter_map(|v| v.as_str()) {
+        text.push_str(&format!("removed volume {name} (on that host; its log says if one could not be)\n"));
+    }
+    output::write_stdout(&text)
 }
 
 pub fn ps(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
@@ -1121,7 +1141,7 @@ pub(crate) fn daemon_client(args: &StackArgs) -> Result<(Client, bool), String> 
 /// Stops a daemon that runs nothing (one `tug run` started for itself).
 pub(crate) fn down_if_idle(client: &Client) {
     if status(client).is_ok_and(|s| s.instances.is_empty()) {
-        let _ = down_with(client, true);
+        let _ = down_with(client, true, false);
     }
 }
 

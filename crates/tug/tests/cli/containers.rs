@@ -682,11 +682,15 @@ services:
     let run = remote(&built, &["run", "web", "--", "sh", "-c", "echo one-off-$VERSION"]);
     assert!(run.code == 0 && run.stdout.contains("one-off-3"), "{}", run.all());
 
-    // `down --volumes` would act on this machine's engine: refused before anything stops.
-    let down = remote(&built, &["down", "--volumes"]);
-    assert!(down.code != 0 && down.stderr.contains("on that host"), "{}", down.all());
+    // A restore puts that host's state folder back: refused from here, nothing changed.
     let restore = remote(&built, &["restore", "some.tug-backup"]);
     assert!(restore.code != 0 && restore.stderr.contains("run `tug restore` there"), "{}", restore.all());
-    assert_eq!(stack_volumes(&stack.state_dir()), ["remote_data"]);
     wait_versions(port, &["3"]);
+    // `down --volumes` from here: the daemon stops everything, then removes its own volumes
+    // from its engine; the client waits until it no longer answers.
+    let down = remote(&built, &["down", "--volumes"]);
+    assert_eq!(down.code, 0, "{}", down.all());
+    assert!(down.stdout.contains("removed volume remote_data"), "{}", down.all());
+    assert!(stack_volumes(&stack.state_dir()).is_empty(), "{:?}", stack_volumes(&stack.state_dir()));
+    assert!(stack_containers(&stack.state_dir()).is_empty());
 }
