@@ -214,24 +214,7 @@ impl Engine {
             )??
         };
 
-        // The archive is written by a blocking thread into a channel the request body reads.
-        // A failure there is kept here before the body is ended with an error, so when the
-        // request fails because of it, the error reported is the one that names the file.
-        let (tx, rx) = mpsc::channel(8);
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
-        let failure_slot = Arc::clone(&failure);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = plan.stream(tx.clone()) {
-                *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                let _ = tx.blocking_send(Err(io::Error::other("the build context could not be read")));
-            }
-        });
-
-        let result = self.run_build(build_call(request, &dockerfile, rx), &request.tag, progress).await;
-        match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(e) => Err(e),
-            None => result,
-        }
+        self.build_streamed(request, &dockerfile, progress, move |tx| plan.stream(tx)).await
     }
 
     /// [`Engine::build`] from an archive [`write_context`] made, elsewhere: `request.context` is
@@ -245,31 +228,43 @@ impl Engine {
         let dockerfile = request.dockerfile.clone().unwrap_or_else(|| "Dockerfile".to_string());
         let read_error = |e: io::Error| Error::Context { path: archive.to_path_buf(), message: e.to_string() };
         let mut file = std::fs::File::open(archive).map_err(read_error)?;
-        let (tx, rx) = mpsc::channel(8);
-        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
-        let failure_slot = Arc::clone(&failure);
         let path = archive.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        let send_file = move |tx: mpsc::Sender<io::Result<Bytes>>| {
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
                 match io::Read::read(&mut file, &mut chunk) {
-                    Ok(0) => return,
-                    Ok(n) => {
-                        if tx.blocking_send(Ok(Bytes::copy_from_slice(&chunk[..n]))).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let message = e.to_string();
-                        *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(Error::Context { path, message });
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
+                    Ok(0) => return Ok(()),
+                    // The request ended: its own error says why.
+                    Ok(n) if tx.blocking_send(Ok(Bytes::copy_from_slice(&chunk[..n]))).is_err() => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(Error::Context { path, message: e.to_string() }),
                 }
             }
+        };
+        self.build_streamed(request, &dockerfile, progress, send_file).await
+    }
+
+    /// `POST /build` with the archive `write` sends, from a blocking thread, into the channel
+    /// the request body reads. A failure there is kept here before the body is ended with an
+    /// error, so when the request fails because of it, the error reported is the one that
+    /// names the file.
+    async fn build_streamed(
+        &self,
+        request: &BuildRequest,
+        dockerfile: &str,
+        progress: &mut (dyn FnMut(&str) + Send),
+        write: impl FnOnce(mpsc::Sender<io::Result<Bytes>>) -> Result<(), Error> + Send + 'static,
+    ) -> Result<String, Error> {
+        let (tx, rx) = mpsc::channel(8);
+        let failure: Arc<Mutex<Option<Error>>> = Arc::default();
+        let failure_slot = Arc::clone(&failure);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = write(tx.clone()) {
+                *failure_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                let _ = tx.blocking_send(Err(io::Error::other("the build context could not be read")));
+            }
         });
-        let result = self.run_build(build_call(request, &dockerfile, rx), &request.tag, progress).await;
+        let result = self.run_build(build_call(request, dockerfile, rx), &request.tag, progress).await;
         match failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             Some(e) => Err(e),
             None => result,

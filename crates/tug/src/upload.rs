@@ -37,6 +37,18 @@ pub fn valid_digest(digest: &str) -> bool {
     digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// The uploads folder of `state_dir`, made (private: an upload may hold files only their
+/// owner may read) if need be. The CLI writes what it sends there too.
+pub fn folder(state_dir: &Path) -> Result<PathBuf, String> {
+    let folder = state_dir.join(UPLOADS);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&folder)
+        .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
+    Ok(folder)
+}
+
 /// Where the upload with `digest` is kept.
 pub fn path_of(state_dir: &Path, digest: &str) -> PathBuf {
     state_dir.join(UPLOADS).join(digest)
@@ -74,10 +86,10 @@ async fn receive_signed(app: &App, request: Request<Incoming>, digest: &str) -> 
     let Ok(_one_at_a_time) = tokio::time::timeout(Duration::from_secs(20), app.uploads.lock()).await else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "another upload is being received: retry");
     };
-    let folder = app.supervisor.config().state_dir.join(UPLOADS);
-    if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&folder) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create {}: {e}", folder.display()));
-    }
+    let folder = match folder(&app.supervisor.config().state_dir) {
+        Ok(folder) => folder,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
     // The same upload sent again replaces itself: it does not count twice.
     let again = std::fs::metadata(path_of(&app.supervisor.config().state_dir, digest)).map_or(0, |m| m.len());
     let kept = remove_stale(&folder).saturating_sub(again);

@@ -5,10 +5,10 @@
 //! into its own, builds, pulls or looks up the images on its own engine, creates the volumes,
 //! and recomputes the revisions, before anything changes.
 
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use tug_proto::spec::{HostArtifacts, HostSource, RunRequest, ServiceSpec, UpRequest};
+use tug_proto::spec::{HostArtifacts, HostBuild, HostImage, HostSource, RunRequest, ServiceSpec, UpRequest};
 use tug_stackfile::Stack;
 
 use super::{Artifacts, PROJECT_LABEL, create_volumes, digests, endpoint_named, named_volumes, pulled_or_present};
@@ -22,7 +22,7 @@ pub fn resolve(
     stack: &Stack,
     wanted: &[String],
     state_dir: &Path,
-) -> Result<(Artifacts, tug_proto::spec::HostArtifacts), String> {
+) -> Result<(Artifacts, HostArtifacts), String> {
     // A daemon from before `on_host` would ignore it and run what it was not sent.
     let status: tug_proto::status::StackStatus = client.get("/v1/status", crate::run::QUICK)?;
     if status.version.is_empty() {
@@ -58,60 +58,58 @@ fn send_source(
     source: &Path,
     digest: &str,
     state_dir: &Path,
-) -> Result<tug_proto::spec::HostSource, String> {
+) -> Result<HostSource, String> {
     #[derive(serde::Deserialize)]
     struct Present {
         present: bool,
     }
     let asked: Present = client.get(&format!("/v1/sources?service={service}&digest={digest}"), crate::run::QUICK)?;
     if asked.present {
-        return Ok(tug_proto::spec::HostSource { digest: digest.to_string(), upload: None });
+        return Ok(HostSource { digest: digest.to_string(), upload: None });
     }
     let (digest, upload) =
         send_file(client, state_dir, (service, "source"), |out| source::write_bundle(source, state_dir, out))?;
-    Ok(tug_proto::spec::HostSource { digest, upload: Some(upload) })
+    Ok(HostSource { digest, upload: Some(upload) })
 }
 
-/// Writes a file with `write` in the state folder (private: a source or a build context may
-/// hold files only its owner may read), sends it as an upload, and removes it. Answers what
-/// `write` answered and the file's SHA-256.
+/// Writes a file with `write` in the state folder's uploads (private: a source or a build
+/// context may hold files only its owner may read), sends it as an upload, and removes it.
+/// Answers what `write` answered and the file's SHA-256.
 fn send_file<T>(
     client: &Client,
     state_dir: &Path,
     (service, what): (&str, &str),
     write: impl FnOnce(&mut dyn std::io::Write) -> Result<T, String>,
 ) -> Result<(T, String), String> {
-    let folder = crate::daemon::private_state_dir(state_dir)?.join(crate::upload::UPLOADS);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&folder)
-        .map_err(|e| format!("cannot create {}: {e}", folder.display()))?;
-    let path = folder.join(format!(".{what}-{service}-{}", std::process::id()).replace(' ', "-"));
-    let sent = write_and_send(client, &path, (service, what), write);
-    let _ = std::fs::remove_file(&path);
-    sent
-}
-
-fn write_and_send<T>(
-    client: &Client,
-    path: &Path,
-    (service, what): (&str, &str),
-    write: impl FnOnce(&mut dyn std::io::Write) -> Result<T, String>,
-) -> Result<(T, String), String> {
     use std::io::Write;
-    let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).map_err(failed)?;
+    let folder = crate::upload::folder(&crate::daemon::private_state_dir(state_dir)?)?;
+    let path = RemovedAfter(folder.join(format!(".{what}-{service}-{}", std::process::id()).replace(' ', "-")));
+    let failed = |e: std::io::Error| format!("cannot write {}: {e}", path.0.display());
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path.0)
+        .map_err(failed)?;
     let mut buffered = std::io::BufWriter::new(file);
     let mut hashing = source::HashingWriter { inner: &mut buffered, hasher: sha2::Sha256::default() };
     let written = write(&mut hashing).map_err(|e| format!("service `{service}`: {e}"))?;
     let sha = tug_proto::auth::hex(&sha2::Digest::finalize(hashing.hasher));
     buffered.flush().map_err(failed)?;
-    let bytes = std::fs::metadata(path).map_err(failed)?.len();
+    let bytes = std::fs::metadata(&path.0).map_err(failed)?.len();
     eprintln!("{service}: sending its {what} ({})", crate::run::format_bytes(bytes));
-    client.upload(path, &sha, UPLOAD_ANSWER).map_err(|e| format!("service `{service}`: sending its {what}: {e}"))?;
+    client.upload(&path.0, &sha, UPLOAD_ANSWER).map_err(|e| format!("service `{service}`: sending its {what}: {e}"))?;
     Ok((written, sha))
+}
+
+/// A file removed when this goes, on every path out.
+struct RemovedAfter(PathBuf);
+
+impl Drop for RemovedAfter {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Sends `service`'s build context to the remote daemon, which builds the image there.
@@ -121,7 +119,7 @@ fn send_context(
     container: &tug_stackfile::model::Container,
     build: &tug_stackfile::model::Build,
     state_dir: &Path,
-) -> Result<tug_proto::spec::HostBuild, String> {
+) -> Result<HostBuild, String> {
     let request = tug_engine::BuildRequest {
         context: build.context.clone(),
         dockerfile: build.dockerfile.clone(),
@@ -131,7 +129,7 @@ fn send_context(
         tug_engine::write_context(&request, out).map_err(|e| e.to_string())
     })?;
     let args = build.args.iter().map(|(k, v)| (k.clone(), crate::run::value(v))).collect();
-    Ok(tug_proto::spec::HostBuild { upload, dockerfile, args, target: build.target.clone() })
+    Ok(HostBuild { upload, dockerfile, args, target: build.target.clone() })
 }
 
 /// The engine the stack's `engine` names, as a URL (`None`: the daemon's own).
@@ -147,13 +145,13 @@ const UPLOAD_ANSWER: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// What a remote daemon must resolve on its host for `wanted` to start: every image (pulled
 /// for the services that start, looked up for the others) and the named volumes they mount.
-pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> tug_proto::spec::HostArtifacts {
+pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> HostArtifacts {
     let images = stack
         .services
         .iter()
         .filter_map(|(name, service)| {
             let container = service.container.as_ref()?;
-            let image = tug_proto::spec::HostImage {
+            let image = HostImage {
                 pull: container.pull,
                 built: container.build.is_some(),
                 start: wanted.contains(name),
@@ -165,11 +163,9 @@ pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> tug_
     let sources = artifacts
         .sources
         .iter()
-        .map(|(name, snapshot)| {
-            (name.clone(), tug_proto::spec::HostSource { digest: snapshot.digest.clone(), upload: None })
-        })
+        .map(|(name, snapshot)| (name.clone(), HostSource { digest: snapshot.digest.clone(), upload: None }))
         .collect();
-    tug_proto::spec::HostArtifacts { images, volumes: named_volumes(stack, wanted), sources, root: stack.root.clone() }
+    HostArtifacts { images, volumes: named_volumes(stack, wanted), sources, root: stack.root.clone() }
 }
 
 /// This host as the daemon sees it: its state folder and the folder of the stack it runs.
@@ -255,8 +251,8 @@ fn well_formed(services: &[ServiceSpec], on_host: &HostArtifacts) -> Result<(), 
 async fn images_on_this_host(
     project: &str,
     engine: &mut Option<String>,
-    services: &mut [tug_proto::spec::ServiceSpec],
-    on_host: &tug_proto::spec::HostArtifacts,
+    services: &mut [ServiceSpec],
+    on_host: &HostArtifacts,
     state_dir: &Path,
     lookup_only: bool,
 ) -> Result<(), String> {
@@ -297,7 +293,7 @@ async fn images_on_this_host(
 
 /// Paths inside the client's stack folder (`from`) name the same paths inside this host's
 /// (`to`): the service's `working_dir` (unless it runs from a source's copy) and its bind mounts.
-fn paths_onto_this_host(service: &mut tug_proto::spec::ServiceSpec, from: &Path, to: &Path) {
+fn paths_onto_this_host(service: &mut ServiceSpec, from: &Path, to: &Path) {
     let onto = |path: &Path| match path.strip_prefix(from) {
         // `join("")` would add a trailing slash: a different path to compare, a new revision.
         Ok(rest) if from.is_absolute() && rest.as_os_str().is_empty() => to.to_path_buf(),
@@ -318,8 +314,8 @@ fn paths_onto_this_host(service: &mut tug_proto::spec::ServiceSpec, from: &Path,
 /// client sent, or one this host already has (for a plan, where it would be). A source the
 /// client did not send must already be readable here.
 async fn sources_on_this_host(
-    services: &mut [tug_proto::spec::ServiceSpec],
-    sent: &std::collections::BTreeMap<String, tug_proto::spec::HostSource>,
+    services: &mut [ServiceSpec],
+    sent: &std::collections::BTreeMap<String, HostSource>,
     state_dir: &Path,
     lookup_only: bool,
 ) -> Result<(), String> {
@@ -380,13 +376,13 @@ async fn copy_on_this_host(service: &str, sent: &HostSource, state_dir: &Path) -
     Ok(unpacked.copy)
 }
 
-/// A remote client's image as this host's engine has it: pulled as `pull` says when the
-/// service starts; a built one (its context is on the client) only as present.
+/// A remote client's image as this host's engine has it: built from the context it sent, or
+/// pulled as `pull` says, when the service starts; otherwise only looked up.
 async fn image_on_this_host(
     engine: &tug_engine::Engine,
     (project, service): (&str, &str),
     image: &str,
-    wanted: &tug_proto::spec::HostImage,
+    wanted: &HostImage,
     (state_dir, lookup_only): (&Path, bool),
 ) -> Result<Option<tug_engine::ImageInfo>, String> {
     let looked_up = |e: tug_engine::Error| format!("service `{service}`: cannot look up the image `{image}`: {e}");
@@ -416,7 +412,7 @@ async fn build_on_this_host(
     engine: &tug_engine::Engine,
     (project, service): (&str, &str),
     image: &str,
-    build: &tug_proto::spec::HostBuild,
+    build: &HostBuild,
     state_dir: &Path,
 ) -> Result<String, String> {
     let archive = crate::upload::path_of(state_dir, &build.upload);
