@@ -45,6 +45,49 @@ fn key_from_hex(key: &ArchiveKey) -> Result<Zeroizing<[u8; 32]>, String> {
 // ---------------------------------------------------------------------------------------------
 // The daemon's side.
 
+/// What is wrong with a `POST /v1/backup` request on its face (a 400), before anything runs.
+pub fn check_backup_request(supervisor: &Supervisor, request: &BackupRequest) -> Result<(), String> {
+    if let Some(key) = &request.key {
+        key_from_hex(key).map_err(|why| format!("key: {why}"))?;
+    }
+    if let Some(out) = &request.out {
+        if out.as_os_str().is_empty() {
+            return Err("out is empty: give the archive's absolute path on the daemon's host, or leave `out` \
+                        out for the stack's backups/ folder there"
+                .into());
+        }
+        if !out.is_absolute() {
+            return Err(format!(
+                "out {}: the archive's path must be absolute (it is on the daemon's host)",
+                out.display()
+            ));
+        }
+        if out.file_name().is_none() {
+            return Err(format!("out {}: name the archive's file, not a folder", out.display()));
+        }
+    }
+    let backed_up: Vec<String> = supervisor.backed_up().into_iter().map(|b| b.service).collect();
+    match request.services.iter().find(|s| !backed_up.contains(s)) {
+        Some(service) => Err(format!("services: `{service}` has no `backup` in the stack file")),
+        None => Ok(()),
+    }
+}
+
+/// What is wrong with a `POST /v1/restore` request on its face (a 400), before anything runs.
+pub fn check_restore_request(request: &RestoreRequest) -> Result<(), String> {
+    key_from_hex(&request.key).map_err(|why| format!("key: {why}"))?;
+    if request.file.as_os_str().is_empty() {
+        return Err("file is empty: give the archive's absolute path on the daemon's host".into());
+    }
+    if !request.file.is_absolute() {
+        return Err(format!(
+            "file {}: the archive's path must be absolute (it is on the daemon's host)",
+            request.file.display()
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/backup`: the archive, written beside `out` and renamed into place once whole.
 pub async fn write_archive(
     supervisor: &Supervisor,
@@ -55,20 +98,16 @@ pub async fn write_archive(
         Some(key) => key_from_hex(key)?,
         None => own_key(state_dir)?,
     };
-    let backed_up: Vec<String> = supervisor.backed_up().into_iter().map(|b| b.service).collect();
-    let services = if request.services.is_empty() { backed_up.clone() } else { request.services.clone() };
-    for service in &services {
-        if !backed_up.contains(service) {
-            return Err(format!("`{service}` has no `backup` in the stack file"));
-        }
-    }
+    check_backup_request(supervisor, &request)?;
+    let services = if request.services.is_empty() {
+        supervisor.backed_up().into_iter().map(|b| b.service).collect()
+    } else {
+        request.services.clone()
+    };
     let out = match request.out.clone() {
         Some(out) => out,
         None => backups_folder(supervisor)?.join(default_name(&supervisor.project(), None)),
     };
-    if !out.is_absolute() {
-        return Err(format!("{}: the archive's path must be absolute", out.display()));
-    }
     let partial = out.with_file_name(format!(
         ".{}.partial-{}",
         out.file_name().and_then(|n| n.to_str()).unwrap_or("backup"),

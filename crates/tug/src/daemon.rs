@@ -534,8 +534,28 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}"))))
 }
 
-fn query(path_and_query: &str, name: &str) -> Option<u64> {
-    query_text(path_and_query, name)?.parse().ok()
+/// A whole-number query parameter no larger than `max`: absent is `None`; anything else
+/// present is a 400 naming the parameter, rather than a silent default.
+pub(crate) fn query_number(path_and_query: &str, name: &str, max: u64) -> Result<Option<u64>, Box<Response<Body>>> {
+    let Some(text) = query_text(path_and_query, name) else { return Ok(None) };
+    match text.parse::<u64>() {
+        Ok(n) if n <= max => Ok(Some(n)),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("query parameter {name}={text}: expected a whole number from 0 to {max}"),
+        ))),
+    }
+}
+
+/// A `0` or `1` query parameter: absent is `false`.
+pub(crate) fn query_flag(path_and_query: &str, name: &str) -> Result<bool, Box<Response<Body>>> {
+    match query_text(path_and_query, name) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(text) => {
+            Err(Box::new(error(StatusCode::BAD_REQUEST, format!("query parameter {name}={text}: expected 0 or 1"))))
+        }
+    }
 }
 
 /// A query parameter's raw value (the API's values are names and numbers: nothing to decode).
@@ -761,9 +781,14 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             response
         }
         (&Method::GET, "/v1/status") => {
-            let wait = Duration::from_millis(query(&target, "wait_ms").unwrap_or(0).min(60_000));
-            let usage = query(&target, "usage") == Some(1);
-            json(StatusCode::OK, &supervisor.status(query(&target, "after"), wait, usage).await)
+            let asked = (query_number(&target, "after", u64::MAX), query_number(&target, "wait_ms", 60_000));
+            match (asked, query_flag(&target, "usage")) {
+                ((Ok(after), Ok(wait_ms)), Ok(usage)) => {
+                    let wait = Duration::from_millis(wait_ms.unwrap_or(0));
+                    json(StatusCode::OK, &supervisor.status(after, wait, usage).await)
+                }
+                ((Err(bad), _) | (_, Err(bad)), _) | (_, Err(bad)) => *bad,
+            }
         }
         (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
             Ok(request) => put_stack(&app, conn.origin, request).await,
@@ -863,6 +888,9 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::POST, "/v1/backup") => match parse::<tug_proto::BackupRequest>(&body) {
+            Ok(request) if let Err(why) = crate::backup::check_backup_request(supervisor, &request) => {
+                error(StatusCode::BAD_REQUEST, why)
+            }
             // Its own task: an archive half written because the client went away is not left.
             Ok(request) => {
                 let supervisor = supervisor.clone();
@@ -878,6 +906,9 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::POST, "/v1/restore") => match parse::<tug_proto::RestoreRequest>(&body) {
+            Ok(request) if let Err(why) = crate::backup::check_restore_request(&request) => {
+                error(StatusCode::BAD_REQUEST, why)
+            }
             Ok(request) => {
                 let supervisor = supervisor.clone();
                 let loaded = tokio::spawn(async move { crate::backup::load_archive(&supervisor, request).await });

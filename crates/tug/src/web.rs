@@ -526,13 +526,15 @@ fn revision_figures(revision: &str, now: &Counters, before: Option<&Counters>, e
 /// format of `tug logs --json`), for `tug --host … logs`. With `follow`, it streams new lines
 /// until the client goes away.
 pub async fn logs_stream(app: &Arc<App>, target: &str) -> Response<Body> {
-    let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-    let param = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('='));
-    let names: Vec<String> = param("names")
+    let names: Vec<String> = crate::daemon::query_text(target, "names")
         .map(|n| n.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
         .unwrap_or_default();
-    let tail = param("tail").and_then(|t| t.parse::<usize>().ok());
-    let follow = param("follow") == Some("1");
+    let asked =
+        (crate::daemon::query_number(target, "tail", usize::MAX as u64), crate::daemon::query_flag(target, "follow"));
+    let (tail, follow) = match asked {
+        (Ok(tail), Ok(follow)) => (tail.map(|n| n as usize), follow),
+        (Err(bad), _) | (_, Err(bad)) => return *bad,
+    };
     let dir = app.supervisor.config().state_dir.join("logs");
     let selector = tug_logs::Selector::new(names.clone());
     let unmatched = selector.unmatched(&dir).unwrap_or_default();

@@ -242,36 +242,58 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");
     }
 
-    // Signed but wrong: the daemon explains and stays up.
-    let bad: [(&str, &str, &[u8], u16); 21] = [
-        ("POST", "/v1/exec", b"{}", 400),
-        ("POST", "/v1/exec", b"{\"target\":\"web\",\"command\":[]}", 400),
-        ("POST", "/v1/exec", b"{\"target\":\"nope\",\"command\":[\"true\"]}", 404),
-        ("POST", "/v1/run", b"{\"project\":\"x\"}", 400),
-        ("POST", "/v1/stop", b"not json", 400),
-        ("POST", "/v1/stop", b"", 400),
-        ("POST", "/v1/stop", b"{\"targets\":\"web\"}", 400),
-        ("POST", "/v1/restart", b"{\"targets\":[1,2]}", 400),
-        ("POST", "/v1/start", b"[]", 400),
-        ("POST", "/v1/scale", b"{\"service\":\"web\"}", 400),
-        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":-1}", 400),
-        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":\"two\"}", 400),
-        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":99999999999}", 400),
-        ("PUT", "/v1/stack", b"{}", 400),
-        ("PUT", "/v1/stack", b"\xff\xfe\x00garbage", 400),
-        ("POST", "/v1/stop", b"{\"targets\":[\"nope\"]}", 404),
-        ("DELETE", "/v1/status", b"", 405),
-        ("POST", "/v1/backup", b"{\"out\":5}", 400),
-        ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"key\":\"zz\"}", 409),
-        ("POST", "/v1/restore", b"{\"file\":\"/nonexistent\",\"key\":\"00\"}", 409),
-        ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"services\":[\"web\"],\"key\":\"0000000000000000000000000000000000000000000000000000000000000000\"}", 409),
+    // Signed but wrong: the daemon explains, naming what is wrong, and stays up. Each answer's
+    // status is one openapi.json documents for that route.
+    let key = "0".repeat(64);
+    let backup_for_web = format!(r#"{{"out":"/tmp/x","services":["web"],"key":"{key}"}}"#);
+    let restore_empty = format!(r#"{{"file":"","key":"{key}"}}"#);
+    let restore_relative = format!(r#"{{"file":"backups/x.tug-backup","key":"{key}"}}"#);
+    let restore_missing = format!(r#"{{"file":"/nonexistent","key":"{key}"}}"#);
+    let bad: &[(&str, &str, &[u8], u16, &str)] = &[
+        ("POST", "/v1/exec", b"{}", 400, "target"),
+        ("POST", "/v1/exec", b"{\"target\":\"web\",\"command\":[]}", 400, "command"),
+        ("POST", "/v1/exec", b"{\"target\":\"nope\",\"command\":[\"true\"]}", 404, "nope"),
+        ("POST", "/v1/run", b"{\"project\":\"x\"}", 400, "not valid"),
+        ("POST", "/v1/stop", b"not json", 400, "not valid"),
+        ("POST", "/v1/stop", b"", 400, "not valid"),
+        ("POST", "/v1/stop", b"{\"targets\":\"web\"}", 400, "not valid"),
+        ("POST", "/v1/restart", b"{\"targets\":[1,2]}", 400, "not valid"),
+        ("POST", "/v1/start", b"[]", 400, "not valid"),
+        ("POST", "/v1/scale", b"{\"service\":\"web\"}", 400, "replicas"),
+        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":-1}", 400, "not valid"),
+        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":\"two\"}", 400, "not valid"),
+        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":99999999999}", 400, "not valid"),
+        ("PUT", "/v1/stack", b"{}", 400, "not valid"),
+        ("PUT", "/v1/stack", b"\xff\xfe\x00garbage", 400, "not valid"),
+        ("POST", "/v1/stop", b"{\"targets\":[\"nope\"]}", 404, "nope"),
+        ("GET", "/v1/status?after=abc", b"", 400, "after=abc"),
+        ("GET", "/v1/status?wait_ms=60001", b"", 400, "wait_ms"),
+        ("GET", "/v1/status?usage=2", b"", 400, "usage"),
+        ("GET", "/v1/logs?tail=-1", b"", 400, "tail"),
+        ("GET", "/v1/logs?follow=yes", b"", 400, "follow"),
+        ("GET", "/v1/sources?service=web&digest=", b"", 400, "digest"),
+        ("POST", "/v1/backup", b"{\"out\":5}", 400, "not valid"),
+        ("POST", "/v1/backup", b"{\"out\":\"\"}", 400, "out is empty"),
+        ("POST", "/v1/backup", b"{\"out\":\"x.tug-backup\"}", 400, "absolute"),
+        ("POST", "/v1/backup", b"{\"out\":\"/tmp/x\",\"key\":\"zz\"}", 400, "key"),
+        ("POST", "/v1/backup", backup_for_web.as_bytes(), 400, "`web` has no `backup`"),
+        ("POST", "/v1/restore", b"{\"file\":\"/nonexistent\",\"key\":\"00\"}", 400, "key"),
+        ("POST", "/v1/restore", restore_empty.as_bytes(), 400, "file is empty"),
+        ("POST", "/v1/restore", restore_relative.as_bytes(), 400, "absolute"),
+        ("POST", "/v1/restore", restore_missing.as_bytes(), 409, "/nonexistent"),
     ];
-    for (method, path, body, expected) in bad {
-        let (code, answer) = signed(&stack, method, path, body);
-        assert_eq!(code, expected, "{method} {path} {:?}: {answer}", String::from_utf8_lossy(body));
+    for &(method, target, body, expected, names) in bad {
+        let (code, answer) = signed(&stack, method, target, body);
+        assert_eq!(code, expected, "{method} {target} {:?}: {answer}", String::from_utf8_lossy(body));
         let error: Value = serde_json::from_str(&answer).unwrap_or_else(|_| panic!("error body is JSON: {answer}"));
-        assert!(error["error"].as_str().is_some_and(|e| e.len() > 5), "{method} {path}: {answer}");
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(message.contains(names), "{method} {target}: {answer} does not name {names:?}");
+        let path = target.split('?').next().unwrap_or(target);
+        let documented = &doc["paths"][path][method.to_lowercase()]["responses"][expected.to_string()];
+        assert!(documented.is_object(), "openapi.json does not document {expected} for {method} {path}");
     }
+    let (code, answer) = signed(&stack, "DELETE", "/v1/status", b"");
+    assert_eq!(code, 405, "{answer}");
     let (code, answer) = signed(&stack, "GET", "/v1/nope", b"");
     assert_eq!(code, 404, "{answer}");
     assert_eq!(snapshot(&stack), before, "refused requests changed the stack");
