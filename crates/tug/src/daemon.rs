@@ -529,9 +529,25 @@ pub(crate) fn supervisor_error(e: Error) -> Response<Body> {
     error(status, e.to_string())
 }
 
+/// A request body as `T`. A field `T` lacks is refused, not dropped: a newer client's setting
+/// (after an upgrade, before the daemon is restarted) must fail the command, not be ignored.
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response<Body>>> {
-    serde_json::from_slice(body)
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("the request body is not valid: {e}"))))
+    let bad = |message: String| Box::new(error(StatusCode::BAD_REQUEST, message));
+    let mut unknown = None;
+    let mut input = serde_json::Deserializer::from_slice(body);
+    let parsed = serde_ignored::deserialize(&mut input, |path| {
+        unknown.get_or_insert_with(|| path.to_string());
+    })
+    .and_then(|parsed: T| input.end().map(|()| parsed))
+    .map_err(|e| bad(format!("the request body is not valid: {e}")))?;
+    match unknown {
+        Some(field) => Err(bad(format!(
+            "the request body has `{field}`, which this daemon (tug {}) does not know: if this `tug` is \
+             newer, restart the stack's daemon with it (`tug down`, then `tug up -d`)",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        None => Ok(parsed),
+    }
 }
 
 /// A whole-number query parameter no larger than `max`: absent is `None`; anything else

@@ -266,6 +266,9 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("PUT", "/v1/stack", b"{}", 400, "not valid"),
         ("PUT", "/v1/stack", b"\xff\xfe\x00garbage", 400, "not valid"),
         ("POST", "/v1/stop", b"{\"targets\":[\"nope\"]}", 404, "nope"),
+        // A field the daemon does not know (a newer client's) is refused, never dropped.
+        ("POST", "/v1/stop", b"{\"targets\":[\"web\"],\"force\":true}", 400, "`force`"),
+        ("POST", "/v1/scale", b"{\"service\":\"web\",\"replicas\":1,\"min\":1}", 400, "`min`"),
         ("GET", "/v1/status?after=abc", b"", 400, "after=abc"),
         ("GET", "/v1/status?wait_ms=60001", b"", 400, "wait_ms"),
         ("GET", "/v1/status?usage=2", b"", 400, "usage"),
