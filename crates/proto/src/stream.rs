@@ -1,6 +1,8 @@
-//! The frames of a streamed answer (`POST /v1/exec`, `POST /v1/run`): a command's output as it
-//! comes, then how it ended. Each frame is `[kind: u8][length: u32, big-endian][payload]`:
-//! kind 1 is stdout, 2 stderr, 3 the exit code (its decimal text), 4 why it could not run.
+//! The frames of a streamed answer (`POST /v1/exec`, `POST /v1/run`, `PUT /v1/stack?progress=1`):
+//! a command's output as it comes, then how it ended. Each frame is
+//! `[kind: u8][length: u32, big-endian][payload]`: kind 1 is stdout, 2 stderr, 3 the exit code (its
+//! decimal text), 4 why it could not run, 5 the answer the request would have had unstreamed (its
+//! HTTP status as two big-endian bytes, then its JSON body).
 
 /// The largest payload a frame may claim: a reader never allocates more for one.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -12,6 +14,8 @@ pub enum Frame {
     Stderr(Vec<u8>),
     Exit(i32),
     Error(String),
+    /// The final answer: an HTTP status and the JSON body that goes with it.
+    Answer(u16, Vec<u8>),
 }
 
 impl Frame {
@@ -21,6 +25,10 @@ impl Frame {
             Frame::Stderr(bytes) => (2, bytes),
             Frame::Exit(code) => return frame(3, code.to_string().as_bytes()),
             Frame::Error(message) => (4, message.as_bytes()),
+            Frame::Answer(status, body) => {
+                let payload: Vec<u8> = status.to_be_bytes().iter().chain(body).copied().collect();
+                return frame(5, &payload);
+            }
         };
         frame(kind, payload)
     }
@@ -65,6 +73,10 @@ impl Decoder {
             2 => Frame::Stderr(payload.clone()),
             3 => Frame::Exit(text().parse().map_err(|_| format!("a bad exit code frame: {:?}", text()))?),
             4 => Frame::Error(text()),
+            5 => match payload.split_first_chunk::<2>() {
+                Some((status, body)) => Frame::Answer(u16::from_be_bytes(*status), body.to_vec()),
+                None => return Err("an answer frame without a status".into()),
+            },
             other => return Err(format!("a frame of unknown kind {other}")),
         }))
     }
@@ -76,8 +88,14 @@ mod tests {
 
     #[test]
     fn frames_survive_any_split() {
-        let frames =
-            [Frame::Stdout(b"hello\n".to_vec()), Frame::Stderr(Vec::new()), Frame::Error("no".into()), Frame::Exit(-3)];
+        let frames = [
+            Frame::Stdout(b"hello\n".to_vec()),
+            Frame::Stderr(Vec::new()),
+            Frame::Error("no".into()),
+            Frame::Exit(-3),
+            Frame::Answer(409, b"{\"error\":\"x\"}".to_vec()),
+            Frame::Answer(200, Vec::new()),
+        ];
         let bytes: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
         for split in 0..bytes.len() {
             let mut decoder = Decoder::default();
@@ -100,5 +118,8 @@ mod tests {
         let mut decoder = Decoder::default();
         decoder.push(&[9, 0, 0, 0, 0]);
         assert!(decoder.next_frame().is_err());
+        let mut decoder = Decoder::default();
+        decoder.push(&[5, 0, 0, 0, 1, 2]);
+        assert!(decoder.next_frame().unwrap_err().contains("without a status"));
     }
 }

@@ -193,6 +193,13 @@ fn digests(stack: &Stack, wanted: Option<&[String]>, state_dir: &Path) -> Result
 
 /// `message` with every (non-empty) secret in it masked: a build's output can show a build
 /// argument from a secret.
+/// The line of a build's output worth showing: a step (`Step 2/5 : RUN …`), unless it holds
+/// one of `secrets` (a build argument from a secret), which is then not shown at all.
+fn build_step<'a>(line: &'a str, secrets: &[&str]) -> Option<&'a str> {
+    let line = line.trim_end();
+    (line.starts_with("Step ") && !secrets.iter().any(|s| !s.is_empty() && line.contains(s))).then_some(line)
+}
+
 fn masked<'a>(message: String, secrets: impl Iterator<Item = &'a str>) -> String {
     secrets.filter(|s| !s.is_empty()).fold(message, |text, secret| text.replace(secret, tug_stackfile::model::MASK))
 }
@@ -230,16 +237,14 @@ async fn image_id(
             tag: image.clone(),
             labels: vec![(PROJECT_LABEL.to_string(), project.to_string())],
         };
-        let mut progress = |line: &str| {
-            let hides_a_secret =
-                build.args.values().any(|v| v.sensitive && !v.expose().is_empty() && line.contains(v.expose()));
-            if line.starts_with("Step ") && !hides_a_secret {
-                eprintln!("{service}: {line}");
-            }
-        };
         // A build argument from a secret can show in the build's output: never in tug's.
         let secrets: Vec<&str> =
             build.args.values().filter(|v| v.sensitive && !v.expose().is_empty()).map(|v| v.expose()).collect();
+        let mut progress = |line: &str| {
+            if let Some(step) = build_step(line, &secrets) {
+                eprintln!("{service}: {step}");
+            }
+        };
         let id = engine
             .build(&request, &mut progress)
             .await
@@ -409,4 +414,19 @@ pub fn remove_volumes(stack: &Stack, state_dir: &Path) -> Result<Vec<String>, St
         }
         Ok(removed)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::build_step;
+
+    #[test]
+    fn a_build_shows_its_steps_but_never_one_that_holds_a_secret() {
+        let secrets = ["hunter2-token", ""];
+        assert_eq!(build_step("Step 2/5 : RUN make\n", &secrets), Some("Step 2/5 : RUN make"));
+        assert_eq!(build_step(" ---> Running in 3f2a\n", &secrets), None);
+        assert_eq!(build_step("Step 3/5 : RUN test \"$T\" = hunter2-token", &secrets), None);
+        // An empty secret hides nothing.
+        assert_eq!(build_step("Step 1/5 : FROM scratch", &[""]), Some("Step 1/5 : FROM scratch"));
+    }
 }

@@ -205,11 +205,38 @@ impl Client {
         timeout: Duration,
     ) -> Result<T, RequestError> {
         let (status, bytes) = self.raw(method, path, body, timeout)?;
-        if !(200..300).contains(&status) {
-            return Err(RequestError::Status(status, error_message(&bytes)));
+        decode_answer(method, path, status, &bytes)
+    }
+
+    /// As [`Client::send`], for a request the daemon answers as a stream (`?progress=1`):
+    /// `progress` gets what it reports while it works (stderr frames), then the answer frame
+    /// is read as `send` reads an unstreamed answer. No time limit, as for [`Client::stream`].
+    pub fn send_with_progress<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+        progress: &mut dyn FnMut(&[u8]),
+    ) -> Result<T, RequestError> {
+        use tug_proto::stream::{Decoder, Frame};
+        let body =
+            serde_json::to_vec(body).map_err(|e| RequestError::Other(format!("cannot encode the request: {e}")))?;
+        let (mut decoder, mut answer) = (Decoder::default(), None);
+        self.stream_raw(method, path, &body, &mut |bytes| {
+            decoder.push(bytes);
+            while let Some(frame) = decoder.next_frame()? {
+                match frame {
+                    Frame::Stderr(line) | Frame::Stdout(line) => progress(&line),
+                    Frame::Answer(status, body) => answer = Some((status, body)),
+                    Frame::Exit(_) | Frame::Error(_) => return Err("the daemon sent a command's frame".into()),
+                }
+            }
+            Ok(())
+        })?;
+        match answer {
+            Some((status, bytes)) => decode_answer(method, path, status, &bytes),
+            None => Err(RequestError::Other(format!("the daemon ended {method} {path} without its answer"))),
         }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| RequestError::Other(format!("the daemon's answer to {method} {path} is not understood: {e}")))
     }
 
     /// Connects, and sends a signed request whose answer is to be read within `read_timeout`.
@@ -402,6 +429,15 @@ impl Client {
             reader.read_line(&mut line).map_err(io)?;
         }
     }
+}
+
+/// An answer's body as `T`, or the daemon's error with its status.
+fn decode_answer<T: DeserializeOwned>(method: &str, path: &str, status: u16, bytes: &[u8]) -> Result<T, RequestError> {
+    if !(200..300).contains(&status) {
+        return Err(RequestError::Status(status, error_message(bytes)));
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| RequestError::Other(format!("the daemon's answer to {method} {path} is not understood: {e}")))
 }
 
 /// The daemon's message in an error answer.

@@ -580,13 +580,52 @@ pub(crate) fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a 
     query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
+/// Build lines held for a slow client before more are dropped.
+const BUILD_LINES: usize = 1024;
+
+/// `PUT /v1/stack?progress=1` (a remote deploy): the steps of the builds it runs on this host as
+/// stderr frames while they run, then the answer `put_stack` gives, as an answer frame. The
+/// deploy goes on to its end if the client goes away.
+fn put_stack_streamed(app: Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let deploying = put_stack(&app, origin, request, Some(lines_tx));
+        tokio::pin!(deploying);
+        let send = |frame: Frame| tx.send(Bytes::from(frame.encode()));
+        let answer = loop {
+            tokio::select! {
+                answer = &mut deploying => break answer,
+                Some(line) = lines.recv() => { let _ = send(Frame::Stderr(line.into_bytes())).await; }
+            }
+        };
+        while let Ok(line) = lines.try_recv() {
+            let _ = send(Frame::Stderr(line.into_bytes())).await;
+        }
+        let status = answer.status().as_u16();
+        let body = answer.into_body().collect().await.map(|whole| whole.to_bytes().to_vec()).unwrap_or_default();
+        let _ = send(Frame::Answer(status, body)).await;
+    });
+    let mut response = Response::new(ChannelBody(rx).boxed_unsync());
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(tug_proto::stream::CONTENT_TYPE));
+    response
+}
+
 /// `PUT /v1/stack`: the stack made whole on this host, then deployed.
-async fn put_stack(app: &Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
+async fn put_stack(
+    app: &Arc<App>,
+    origin: Origin,
+    request: UpRequest,
+    build_output: Option<tokio::sync::mpsc::Sender<String>>,
+) -> Response<Body> {
     let supervisor = &app.supervisor;
     let remote = request.on_host.is_some();
     // Builds and pulls for a remote client run before the change lock is taken: `tug stop`
     // from someone else does not wait for them.
-    let request = match on_this_host(crate::artifacts::complete_up(request, this_host(supervisor), false)).await {
+    let host = crate::artifacts::ThisHost { build_output, ..this_host(supervisor) };
+    let request = match on_this_host(crate::artifacts::complete_up(request, host, false)).await {
         Ok(request) => request,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
@@ -659,7 +698,7 @@ async fn run_on_this_host(app: &App, request: RunRequest) -> Result<RunRequest, 
 fn this_host(supervisor: &Supervisor) -> crate::artifacts::ThisHost {
     let state_dir = supervisor.config().state_dir.clone();
     let root = supervisor.root().unwrap_or_else(|| state_dir.parent().unwrap_or(&state_dir).to_path_buf());
-    crate::artifacts::ThisHost { state_dir, root }
+    crate::artifacts::ThisHost { state_dir, root, build_output: None }
 }
 
 /// A remote client's artifacts resolved on this host, in a task of its own: a client that
@@ -806,9 +845,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
                 ((Err(bad), _) | (_, Err(bad)), _) | (_, Err(bad)) => *bad,
             }
         }
-        (&Method::PUT, "/v1/stack") => match parse::<UpRequest>(&body) {
-            Ok(request) => put_stack(&app, conn.origin, request).await,
-            Err(response) => *response,
+        (&Method::PUT, "/v1/stack") => match (parse::<UpRequest>(&body), query_flag(&target, "progress")) {
+            (Ok(request), Ok(true)) => put_stack_streamed(app.clone(), conn.origin, request),
+            (Ok(request), Ok(false)) => put_stack(&app, conn.origin, request, None).await,
+            (Err(response), _) | (_, Err(response)) => *response,
         },
         (&Method::POST, "/v1/dashboard") => match parse::<tug_proto::DashboardRequest>(&body) {
             Ok(request) => match app.endpoint.url().await {

@@ -31,6 +31,7 @@ fn follow<B: serde::Serialize>(client: &Client, path: &str, request: &B) -> Resu
                 }
                 Frame::Exit(code) => ended = Some(Ok(code)),
                 Frame::Error(why) => ended = Some(Err(why)),
+                Frame::Answer(..) => return Err("the daemon answered a command with a deploy's answer".into()),
             }
         }
         Ok(())

@@ -448,7 +448,18 @@ pub fn up(args: &StackArgs, options: UpOptions) -> Result<ExitCode, String> {
     let timeout =
         if remote || spec.services.iter().any(|s| !s.deploy.before.is_empty()) { DEPLOY_HOOKS } else { QUICK };
     let request = UpRequest { spec, targets: options.services.clone(), on_host };
-    let answer: UpResponse = match client.send("PUT", "/v1/stack", &request, timeout) {
+    // A remote daemon reports its builds' steps as they run, as a local build shows them.
+    let sent = if remote {
+        let mut show = |line: &[u8]| {
+            use std::io::Write;
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(line).and_then(|_| err.flush());
+        };
+        client.send_with_progress("PUT", "/v1/stack?progress=1", &request, &mut show)
+    } else {
+        client.send("PUT", "/v1/stack", &request, timeout)
+    };
+    let answer: UpResponse = match sent {
         Ok(answer) => answer,
         Err(error) => {
             // A daemon this command started for nothing is not left behind.

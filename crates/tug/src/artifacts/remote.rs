@@ -44,7 +44,7 @@ pub fn resolve(
         let Some(build) = &container.build else { continue };
         image.build = Some(send_context(client, name, container, build, state_dir)?);
         // The deploy's answer comes once the host has built it: say why it may take a while.
-        eprintln!("{name}: the host builds {} (its output is not shown here)", container.image);
+        eprintln!("{name}: the host builds {}", container.image);
     }
     Ok((artifacts, on_host))
 }
@@ -172,6 +172,9 @@ pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> Host
 pub struct ThisHost {
     pub state_dir: PathBuf,
     pub root: PathBuf,
+    /// Where the output of builds goes as it comes, line by line (secrets masked), for a client
+    /// that asked to see it; a line that finds it full is dropped rather than slow the build.
+    pub build_output: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
 /// A remote client's `PUT /v1/stack` or `POST /v1/plan` made whole on this host (see
@@ -214,7 +217,7 @@ async fn resolve_on_host(
         for service in services.iter_mut() {
             paths_onto_this_host(service, &on_host.root, &host.root);
         }
-        images_on_this_host(project, engine, services, on_host, &host.state_dir, lookup_only).await
+        images_on_this_host(project, engine, services, on_host, host, lookup_only).await
     }
     .await;
     // The copies' paths and the image ids are part of the revisions: the client could not know them.
@@ -253,7 +256,7 @@ async fn images_on_this_host(
     engine: &mut Option<String>,
     services: &mut [ServiceSpec],
     on_host: &HostArtifacts,
-    state_dir: &Path,
+    host: &ThisHost,
     lookup_only: bool,
 ) -> Result<(), String> {
     if on_host.images.is_empty() {
@@ -275,7 +278,7 @@ async fn images_on_this_host(
             continue;
         };
         let who = (project, service.name.as_str());
-        match image_on_this_host(&engine, who, &container.image, wanted, (state_dir, lookup_only)).await {
+        match image_on_this_host(&engine, who, &container.image, wanted, (host, lookup_only)).await {
             Ok(Some(info)) => {
                 container.image_id = info.id;
                 container.image_user = info.user;
@@ -285,7 +288,7 @@ async fn images_on_this_host(
         }
     }
     if !lookup_only {
-        let state = state_dir.display().to_string();
+        let state = host.state_dir.display().to_string();
         problems.extend(create_volumes(&engine, project, &on_host.volumes, &state).await);
     }
     if problems.is_empty() { Ok(()) } else { Err(problems.join("\n")) }
@@ -383,11 +386,11 @@ async fn image_on_this_host(
     (project, service): (&str, &str),
     image: &str,
     wanted: &HostImage,
-    (state_dir, lookup_only): (&Path, bool),
+    (host, lookup_only): (&ThisHost, bool),
 ) -> Result<Option<tug_engine::ImageInfo>, String> {
     let looked_up = |e: tug_engine::Error| format!("service `{service}`: cannot look up the image `{image}`: {e}");
     if let Some(build) = wanted.build.as_ref().filter(|_| wanted.start && !lookup_only) {
-        let id = build_on_this_host(engine, (project, service), image, build, state_dir).await?;
+        let id = build_on_this_host(engine, (project, service), image, build, host).await?;
         return engine.inspect_image(&id).await.map_err(looked_up);
     }
     let present = engine.inspect_image(image).await.map_err(looked_up)?;
@@ -413,9 +416,9 @@ async fn build_on_this_host(
     (project, service): (&str, &str),
     image: &str,
     build: &HostBuild,
-    state_dir: &Path,
+    host: &ThisHost,
 ) -> Result<String, String> {
-    let archive = crate::upload::path_of(state_dir, &build.upload);
+    let archive = crate::upload::path_of(&host.state_dir, &build.upload);
     if !archive.is_file() {
         return Err(format!("service `{service}`: its build context was not uploaded; run the command again"));
     }
@@ -431,9 +434,15 @@ async fn build_on_this_host(
         &[("service", service)],
     );
     // The build's own lines stay out of the log: a build argument from a secret can show there.
-    let built = engine.build_archive(&request, &archive, &mut |_| {}).await;
-    let secrets = build.args.iter().filter(|(_, v)| v.sensitive).map(|(_, v)| v.value.as_str());
-    built.map_err(|e| super::masked(format!("service `{service}`: {e}"), secrets))
+    // Its steps go to a client that asked for them, as a local build shows them.
+    let secrets: Vec<&str> = build.args.iter().filter(|(_, v)| v.sensitive).map(|(_, v)| v.value.as_str()).collect();
+    let mut progress = |line: &str| {
+        if let (Some(output), Some(step)) = (&host.build_output, super::build_step(line, &secrets)) {
+            let _ = output.try_send(format!("{service}: {step}\n"));
+        }
+    };
+    let built = engine.build_archive(&request, &archive, &mut progress).await;
+    built.map_err(|e| super::masked(format!("service `{service}`: {e}"), secrets.iter().copied()))
 }
 
 /// [`resolve_for_plan`] for a remote daemon: the sources digested; the daemon looks the

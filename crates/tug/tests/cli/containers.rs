@@ -632,7 +632,9 @@ services:
     // The client: its own folder and a copy of the stack file, and no container engine at all.
     let client = crate::TempDir::new("remote-client");
     let no_engine = format!("unix://{}/no-engine.sock", client.path().display());
-    let env = [("TUG_API_KEY", key.as_str()), ("DOCKER_HOST", no_engine.as_str())];
+    // A build argument from a secret: its value is never in the client's output.
+    let build_token = "build-token-4f2d9a7c1e";
+    let env = [("TUG_API_KEY", key.as_str()), ("DOCKER_HOST", no_engine.as_str()), ("BUILD_TOKEN", build_token)];
     let remote = |yaml: &str, args: &[&str]| {
         client.write("tug.yaml", yaml);
         let mut all = vec!["--host", url.as_str()];
@@ -658,15 +660,26 @@ services:
     let built_tag = unique_tag("remote-built");
     tags.0.push(built_tag.clone());
     std::fs::create_dir_all(client.path().join("ctx")).unwrap();
-    let dockerfile = format!("FROM {}\nARG VERSION\nENV VERSION=$VERSION\nCOPY note.txt /note.txt\n", demo_image());
+    let dockerfile = format!(
+        "FROM {}\nARG VERSION\nARG TOKEN\nENV VERSION=$VERSION\nRUN test \"$TOKEN\" = {build_token}\nCOPY note.txt /note.txt\n",
+        demo_image()
+    );
     client.write("ctx/Dockerfile", &dockerfile);
     client.write("ctx/note.txt", "from the client\n");
     let built = yaml(&built_tag, mounted)
-        .replace("    pull: never\n", "    build: { context: ./ctx, args: { VERSION: \"3\" } }\n");
+        .replace("services:\n", "settings:\n  BUILD_TOKEN: { type: secret }\nservices:\n")
+        .replace(
+            "    pull: never\n",
+            "    build: { context: ./ctx, args: { VERSION: \"3\", TOKEN: \"${BUILD_TOKEN}\" } }\n    secrets: [BUILD_TOKEN]\n",
+        );
     let deploy = remote(&built, &["deploy", "--timeout", "60s"]);
     assert_eq!(deploy.code, 0, "{}", deploy.all());
     assert!(deploy.stderr.contains("web: sending its build context"), "{}", deploy.all());
     assert!(deploy.stderr.contains(&format!("web: the host builds {built_tag}")), "{}", deploy.all());
+    // The host's build steps, as they ran there; the step that holds the secret is not shown.
+    assert!(deploy.stderr.contains("web: Step 1/"), "{}", deploy.all());
+    assert!(deploy.stderr.contains(" : COPY note.txt /note.txt\n"), "{}", deploy.all());
+    assert!(!deploy.all().contains(build_token), "the secret build argument was shown: {}", deploy.all());
     wait_versions(port, &["3"]);
     let label = docker(&["image", "inspect", "-f", "{{index .Config.Labels \"tug.project\"}}", &built_tag]);
     assert_eq!(label.trim(), "remote", "built with the stack's label");
