@@ -587,30 +587,66 @@ const BUILD_LINES: usize = 1024;
 /// stderr frames while they run, then the answer `put_stack` gives, as an answer frame. The
 /// deploy goes on to its end if the client goes away.
 fn put_stack_streamed(app: Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
-    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
+    let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let deploying = put_stack(&app, origin, request, Some(lines_tx));
-        tokio::pin!(deploying);
-        let send = |frame: Frame| tx.send(Bytes::from(frame.encode()));
-        let answer = loop {
-            tokio::select! {
-                answer = &mut deploying => break answer,
-                Some(line) = lines.recv() => { let _ = send(Frame::Stderr(line.into_bytes())).await; }
-            }
-        };
-        while let Ok(line) = lines.try_recv() {
-            let _ = send(Frame::Stderr(line.into_bytes())).await;
-        }
+        let step = |line: String| Bytes::from(Frame::Stderr(line.into_bytes()).encode());
+        let answer = with_lines(deploying, lines, &tx, step).await;
         let status = answer.status().as_u16();
         let body = answer.into_body().collect().await.map(|whole| whole.to_bytes().to_vec()).unwrap_or_default();
-        let _ = send(Frame::Answer(status, body)).await;
+        let _ = tx.send(Bytes::from(Frame::Answer(status, body).encode())).await;
     });
     let mut response = Response::new(ChannelBody(rx).boxed_unsync());
     response
         .headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(tug_proto::stream::CONTENT_TYPE));
     response
+}
+
+/// Drives `work` to its end, sending each line `lines` receives meanwhile (and those left
+/// after it) to `out` as `wrap` makes it. A client gone (`out` closed) does not stop the work.
+async fn with_lines<T, M>(
+    work: impl std::future::Future<Output = T>,
+    mut lines: tokio::sync::mpsc::Receiver<String>,
+    out: &tokio::sync::mpsc::Sender<M>,
+    wrap: impl Fn(String) -> M,
+) -> T {
+    tokio::pin!(work);
+    let done = loop {
+        tokio::select! {
+            done = &mut work => break done,
+            Some(line) = lines.recv() => { let _ = out.send(wrap(line)).await; }
+        }
+    };
+    while let Ok(line) = lines.try_recv() {
+        let _ = out.send(wrap(line)).await;
+    }
+    done
+}
+
+/// A remote `tug --host run`: the steps of the build it needs on this host as stderr frames
+/// while they run, then the run's own frames (or why it could not run).
+fn run_streamed(app: Arc<App>, request: RunRequest) -> Response<Body> {
+    use tug_supervisor::ExecEvent;
+    let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<ExecEvent>(16);
+    tokio::spawn(async move {
+        let step = |line: String| ExecEvent::Output(tug_logs::Stream::Err, line.into_bytes());
+        let resolved = with_lines(run_on_this_host(&app, request, Some(lines_tx)), lines, &events_tx, step).await;
+        let mut events = match resolved.map(|request| app.supervisor.run_one_off(request)) {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => return drop(events_tx.send(ExecEvent::Failed(e.to_string())).await),
+            Err(why) => return drop(events_tx.send(ExecEvent::Failed(why)).await),
+        };
+        // A client gone: dropping `events` ends the run, as for a local one.
+        while let Some(event) = events.recv().await {
+            if events_tx.send(event).await.is_err() {
+                return;
+            }
+        }
+    });
+    streamed(events_rx)
 }
 
 /// `PUT /v1/stack`: the stack made whole on this host, then deployed.
@@ -689,8 +725,13 @@ async fn put_stack(
 
 /// A remote client's `tug run` resolved on this host (as a deploy's, outside the change lock:
 /// a long build holds up no one).
-async fn run_on_this_host(app: &App, request: RunRequest) -> Result<RunRequest, String> {
-    on_this_host(crate::artifacts::complete_run(request, this_host(&app.supervisor))).await
+async fn run_on_this_host(
+    app: &App,
+    request: RunRequest,
+    build_output: Option<tokio::sync::mpsc::Sender<String>>,
+) -> Result<RunRequest, String> {
+    let host = crate::artifacts::ThisHost { build_output, ..this_host(&app.supervisor) };
+    on_this_host(crate::artifacts::complete_run(request, host)).await
 }
 
 /// This host for a remote client's request: the state folder, and the folder of the stack
@@ -976,7 +1017,8 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::POST, "/v1/run") => match parse::<RunRequest>(&body) {
-            Ok(request) => match run_on_this_host(&app, request).await.map(|r| supervisor.run_one_off(r)) {
+            Ok(request) if request.on_host.is_some() => run_streamed(app.clone(), request),
+            Ok(request) => match run_on_this_host(&app, request, None).await.map(|r| supervisor.run_one_off(r)) {
                 Ok(Ok(events)) => streamed(events),
                 Ok(Err(e)) => supervisor_error(e),
                 Err(e) => error(StatusCode::BAD_REQUEST, e),

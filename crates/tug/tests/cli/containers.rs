@@ -694,6 +694,8 @@ services:
     // A one-off run from the client runs that host's image too.
     let run = remote(&built, &["run", "web", "--", "sh", "-c", "echo one-off-$VERSION"]);
     assert!(run.code == 0 && run.stdout.contains("one-off-3"), "{}", run.all());
+    assert!(run.stderr.contains(" : COPY note.txt /note.txt\n"), "its build's steps: {}", run.all());
+    assert!(!run.all().contains(build_token), "the secret build argument was shown: {}", run.all());
 
     // A restore puts that host's state folder back: refused from here, nothing changed.
     let restore = remote(&built, &["restore", "some.tug-backup"]);
