@@ -191,15 +191,17 @@ fn digests(stack: &Stack, wanted: Option<&[String]>, state_dir: &Path) -> Result
     Ok(artifacts)
 }
 
-/// `message` with every (non-empty) secret in it masked: a build's output can show a build
-/// argument from a secret.
 /// The line of a build's output worth showing: a step (`Step 2/5 : RUN …`), unless it holds
-/// one of `secrets` (a build argument from a secret), which is then not shown at all.
+/// one of `secrets` (a build argument from a secret), which is then not shown at all. A secret
+/// of several lines is looked for a line at a time, as the output comes.
 fn build_step<'a>(line: &'a str, secrets: &[&str]) -> Option<&'a str> {
-    let line = line.trim_end();
-    (line.starts_with("Step ") && !secrets.iter().any(|s| !s.is_empty() && line.contains(s))).then_some(line)
+    let holds_a_secret =
+        secrets.iter().flat_map(|s| s.lines()).any(|part| !part.trim().is_empty() && line.contains(part));
+    (line.starts_with("Step ") && !holds_a_secret).then_some(line.trim_end())
 }
 
+/// `message` with every (non-empty) secret in it masked: a build's output can show a build
+/// argument from a secret.
 fn masked<'a>(message: String, secrets: impl Iterator<Item = &'a str>) -> String {
     secrets.filter(|s| !s.is_empty()).fold(message, |text, secret| text.replace(secret, tug_stackfile::model::MASK))
 }
@@ -426,7 +428,8 @@ mod tests {
         assert_eq!(build_step("Step 2/5 : RUN make\n", &secrets), Some("Step 2/5 : RUN make"));
         assert_eq!(build_step(" ---> Running in 3f2a\n", &secrets), None);
         assert_eq!(build_step("Step 3/5 : RUN test \"$T\" = hunter2-token", &secrets), None);
-        // An empty secret hides nothing.
+        // An empty secret hides nothing; one of several lines hides a step with any of them.
         assert_eq!(build_step("Step 1/5 : FROM scratch", &[""]), Some("Step 1/5 : FROM scratch"));
+        assert_eq!(build_step("Step 4/5 : RUN echo line-two", &["line-one\nline-two\n"]), None);
     }
 }

@@ -50,21 +50,8 @@ pub fn check_backup_request(supervisor: &Supervisor, request: &BackupRequest) ->
     if let Some(key) = &request.key {
         key_from_hex(key).map_err(|why| format!("key: {why}"))?;
     }
-    if let Some(out) = &request.out {
-        if out.as_os_str().is_empty() {
-            return Err("out is empty: give the archive's absolute path on the daemon's host, or leave `out` \
-                        out for the stack's backups/ folder there"
-                .into());
-        }
-        if !out.is_absolute() {
-            return Err(format!(
-                "out {}: the archive's path must be absolute (it is on the daemon's host)",
-                out.display()
-            ));
-        }
-        if out.file_name().is_none() {
-            return Err(format!("out {}: name the archive's file, not a folder", out.display()));
-        }
+    if let Some(problem) = request.out.as_deref().and_then(|out| archive_path_problem("out", out)) {
+        return Err(problem);
     }
     let backed_up: Vec<String> = supervisor.backed_up().into_iter().map(|b| b.service).collect();
     match request.services.iter().find(|s| !backed_up.contains(s)) {
@@ -76,19 +63,24 @@ pub fn check_backup_request(supervisor: &Supervisor, request: &BackupRequest) ->
 /// What is wrong with a `POST /v1/restore` request on its face (a 400), before anything runs.
 pub fn check_restore_request(request: &RestoreRequest) -> Result<(), String> {
     key_from_hex(&request.key).map_err(|why| format!("key: {why}"))?;
-    if request.file.as_os_str().is_empty() {
-        return Err("file is empty: give the archive's absolute path on the daemon's host".into());
-    }
-    if !request.file.is_absolute() {
-        return Err(format!(
-            "file {}: the archive's path must be absolute (it is on the daemon's host)",
-            request.file.display()
-        ));
-    }
-    Ok(())
+    archive_path_problem("file", &request.file).map_or(Ok(()), Err)
 }
 
-/// `POST /v1/backup`: the archive, written beside `out` and renamed into place once whole.
+/// Why `path` (the request's `field`) cannot name an archive on the daemon's host, if it cannot.
+fn archive_path_problem(field: &str, path: &Path) -> Option<String> {
+    if path.as_os_str().is_empty() {
+        Some(format!("{field} is empty: give the archive's absolute path on the daemon's host"))
+    } else if !path.is_absolute() {
+        Some(format!("{field} {}: the archive's path must be absolute (it is on the daemon's host)", path.display()))
+    } else if path.file_name().is_none() {
+        Some(format!("{field} {}: name the archive's file, not a folder", path.display()))
+    } else {
+        None
+    }
+}
+
+/// `POST /v1/backup` (the request passed [`check_backup_request`]): the archive, written
+/// beside `out` and renamed into place once whole.
 pub async fn write_archive(
     supervisor: &Supervisor,
     state_dir: &Path,
@@ -98,7 +90,6 @@ pub async fn write_archive(
         Some(key) => key_from_hex(key)?,
         None => own_key(state_dir)?,
     };
-    check_backup_request(supervisor, &request)?;
     let services = if request.services.is_empty() {
         supervisor.backed_up().into_iter().map(|b| b.service).collect()
     } else {

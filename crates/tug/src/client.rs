@@ -221,8 +221,18 @@ impl Client {
         use tug_proto::stream::{Decoder, Frame};
         let body =
             serde_json::to_vec(body).map_err(|e| RequestError::Other(format!("cannot encode the request: {e}")))?;
+        let streamed = self.open_stream(method, path, &body)?;
+        if streamed.json {
+            // A daemon from before `progress`: its whole answer, as `send` reads it.
+            let mut bytes = Vec::new();
+            streamed.pump(&mut |more| {
+                bytes.extend_from_slice(more);
+                Ok(())
+            })?;
+            return decode_answer(method, path, 200, &bytes);
+        }
         let (mut decoder, mut answer) = (Decoder::default(), None);
-        self.stream_raw(method, path, &body, &mut |bytes| {
+        streamed.pump(&mut |bytes| {
             decoder.push(bytes);
             while let Some(frame) = decoder.next_frame()? {
                 match frame {
@@ -366,6 +376,12 @@ impl Client {
         body: &[u8],
         on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>,
     ) -> Result<(), RequestError> {
+        self.open_stream(method, path, body)?.pump(on_data)
+    }
+
+    /// Sends a signed request and reads its answer's head: an error status is an error, with
+    /// the daemon's message; a 200 is the body still to read.
+    fn open_stream(&self, method: &str, path: &str, body: &[u8]) -> Result<Streamed, RequestError> {
         use std::io::BufRead;
         let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
         let stream = self.send_request(method, path, body, None)?;
@@ -379,6 +395,7 @@ impl Client {
         }
         let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
         let chunked = text.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        let json = text.lines().any(|l| l.starts_with("content-type:") && l.contains("application/json"));
         let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
         if status != 200 {
             let mut rest = Vec::new();
@@ -387,13 +404,28 @@ impl Client {
             whole.extend(rest);
             let (status, bytes) = parse_response(&whole)
                 .ok_or_else(|| RequestError::Other("the daemon sent a malformed answer".into()))?;
-            let message = serde_json::from_slice::<tug_proto::ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-            return Err(RequestError::Status(status, message));
+            return Err(RequestError::Status(status, error_message(&bytes)));
         }
+        Ok(Streamed { reader, chunked, json })
+    }
+}
+
+/// A 200 answer whose body is still to be read.
+struct Streamed {
+    reader: std::io::BufReader<Box<dyn Connection>>,
+    chunked: bool,
+    /// A plain JSON body rather than frames (a daemon from before the request's `progress`).
+    json: bool,
+}
+
+impl Streamed {
+    /// Hands the body's bytes to `on_data` as they arrive, to its end.
+    fn pump(mut self, on_data: &mut dyn FnMut(&[u8]) -> Result<(), String>) -> Result<(), RequestError> {
+        use std::io::BufRead;
+        let io = |e: std::io::Error| RequestError::Other(format!("the daemon connection failed: {e}"));
+        let reader = &mut self.reader;
         let mut buf = vec![0u8; 64 * 1024];
-        if !chunked {
+        if !self.chunked {
             loop {
                 let n = match reader.read(&mut buf) {
                     Ok(n) => n,

@@ -499,6 +499,11 @@ fn streamed(mut events: tokio::sync::mpsc::Receiver<tug_supervisor::ExecEvent>) 
             }
         }
     });
+    frames_response(rx)
+}
+
+/// A 200 whose body is the stream frames `rx` carries (`tug_proto::stream`).
+fn frames_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
     let mut response = Response::new(ChannelBody(rx).boxed_unsync());
     response
         .headers_mut()
@@ -588,7 +593,7 @@ const BUILD_LINES: usize = 1024;
 /// deploy goes on to its end if the client goes away.
 fn put_stack_streamed(app: Arc<App>, origin: Origin, request: UpRequest) -> Response<Body> {
     let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(BUILD_LINES);
     tokio::spawn(async move {
         let deploying = put_stack(&app, origin, request, Some(lines_tx));
         let step = |line: String| Bytes::from(Frame::Stderr(line.into_bytes()).encode());
@@ -597,15 +602,12 @@ fn put_stack_streamed(app: Arc<App>, origin: Origin, request: UpRequest) -> Resp
         let body = answer.into_body().collect().await.map(|whole| whole.to_bytes().to_vec()).unwrap_or_default();
         let _ = tx.send(Bytes::from(Frame::Answer(status, body).encode())).await;
     });
-    let mut response = Response::new(ChannelBody(rx).boxed_unsync());
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(tug_proto::stream::CONTENT_TYPE));
-    response
+    frames_response(rx)
 }
 
 /// Drives `work` to its end, sending each line `lines` receives meanwhile (and those left
-/// after it) to `out` as `wrap` makes it. A client gone (`out` closed) does not stop the work.
+/// after it) to `out` as `wrap` makes it. The work never waits on the client: a line that finds
+/// `out` full is dropped, and a client gone (`out` closed) does not stop the work.
 async fn with_lines<T, M>(
     work: impl std::future::Future<Output = T>,
     mut lines: tokio::sync::mpsc::Receiver<String>,
@@ -616,11 +618,11 @@ async fn with_lines<T, M>(
     let done = loop {
         tokio::select! {
             done = &mut work => break done,
-            Some(line) = lines.recv() => { let _ = out.send(wrap(line)).await; }
+            Some(line) = lines.recv() => { let _ = out.try_send(wrap(line)); }
         }
     };
     while let Ok(line) = lines.try_recv() {
-        let _ = out.send(wrap(line)).await;
+        let _ = out.try_send(wrap(line));
     }
     done
 }
@@ -630,17 +632,28 @@ async fn with_lines<T, M>(
 fn run_streamed(app: Arc<App>, request: RunRequest) -> Response<Body> {
     use tug_supervisor::ExecEvent;
     let (lines_tx, lines) = tokio::sync::mpsc::channel::<String>(BUILD_LINES);
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<ExecEvent>(16);
+    // Room for a burst of build steps; the command's output waits its turn.
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel::<ExecEvent>(64);
     tokio::spawn(async move {
         let step = |line: String| ExecEvent::Output(tug_logs::Stream::Err, line.into_bytes());
         let resolved = with_lines(run_on_this_host(&app, request, Some(lines_tx)), lines, &events_tx, step).await;
+        // A client gone while the host built: the command is not started for no one.
+        if events_tx.is_closed() {
+            return;
+        }
         let mut events = match resolved.map(|request| app.supervisor.run_one_off(request)) {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => return drop(events_tx.send(ExecEvent::Failed(e.to_string())).await),
             Err(why) => return drop(events_tx.send(ExecEvent::Failed(why)).await),
         };
-        // A client gone: dropping `events` ends the run, as for a local one.
-        while let Some(event) = events.recv().await {
+        // A client gone: dropping `events` ends the run at once, as for a local one, even one
+        // that prints nothing.
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                _ = events_tx.closed() => return,
+            };
+            let Some(event) = event else { return };
             if events_tx.send(event).await.is_err() {
                 return;
             }
