@@ -580,7 +580,7 @@ fn spawn_tug(stack: &Stack, args: &[&str]) -> std::process::Child {
 }
 
 /// Waits (up to 10 s) until a process whose command line is `command` exists, or not.
-fn wait_for_process(command: &str, present: bool) -> bool {
+pub(crate) fn wait_for_process(command: &str, present: bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let found = std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|entry| {

@@ -388,6 +388,23 @@ api: {{ listen: 127.0.0.1:{api_port} }}
     };
     assert!(all_logs().contains(&format!("started v2 in {}", copies.display())), "{}", all_logs());
 
+    // A remote one-off whose client goes away ends on that host, even one that prints nothing.
+    let marker = "sleep 4646";
+    let mut interrupted = std::process::Command::new(env!("CARGO_BIN_EXE_tug"))
+        .current_dir(client.path())
+        .args(["--host", url.as_str(), "run", "idle", "--", "sh", "-c", marker])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("TUG_API_KEY", &key)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tug");
+    assert!(crate::containers::wait_for_process(marker, true), "the remote run's command never ran");
+    let _ = interrupted.kill();
+    let _ = interrupted.wait();
+    assert!(crate::containers::wait_for_process(marker, false), "`{marker}` outlived the remote run");
+
     // A remote backup is written on that host, in its stack's folder, with its key: the same
     // key a backup made there uses, though this client no longer has any.
     for file in ["secrets.enc", "secrets.key"] {
