@@ -579,10 +579,14 @@ pub(crate) fn query_flag(path_and_query: &str, name: &str) -> Result<bool, Box<R
     }
 }
 
-/// A query parameter's raw value (the API's values are names and numbers: nothing to decode).
+/// A query parameter's raw value (the API's values are names and numbers: nothing to decode);
+/// a bare `name` (no `=`) has the empty value, which no number or flag accepts.
 pub(crate) fn query_text<'a>(path_and_query: &'a str, name: &str) -> Option<&'a str> {
     let (_, query) = path_and_query.split_once('?')?;
-    query.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+    query.split('&').find_map(|pair| match pair.strip_prefix(name)? {
+        "" => Some(""),
+        rest => rest.strip_prefix('='),
+    })
 }
 
 /// Build lines held for a slow client before more are dropped.

@@ -274,6 +274,7 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("GET", "/v1/status?usage=2", b"", 400, "usage"),
         ("GET", "/v1/logs?tail=-1", b"", 400, "tail"),
         ("GET", "/v1/logs?follow=yes", b"", 400, "follow"),
+        ("GET", "/v1/logs?follow", b"", 400, "follow"),
         ("GET", "/v1/sources?service=web&digest=", b"", 400, "digest"),
         ("POST", "/v1/backup", b"{\"out\":5}", 400, "not valid"),
         ("POST", "/v1/backup", b"{\"out\":\"\"}", 400, "out is empty"),
