@@ -172,8 +172,9 @@ pub fn for_host(stack: &Stack, wanted: &[String], artifacts: &Artifacts) -> Host
 pub struct ThisHost {
     pub state_dir: PathBuf,
     pub root: PathBuf,
-    /// Where the output of builds goes as it comes, line by line (secrets masked), for a client
-    /// that asked to see it; a line that finds it full is dropped rather than slow the build.
+    /// Where the steps of builds go as they run (`artifacts::build_step`: none that holds a
+    /// secret), for a client that asked to see them; a line that finds it full is dropped rather
+    /// than slow the build.
     pub build_output: Option<tokio::sync::mpsc::Sender<String>>,
 }
 
