@@ -65,19 +65,13 @@ pub fn command(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let loaded = crate::stack::load(args)?;
     let state_dir = loaded.state_dir.clone();
     let mut findings = vec![stack_file(&loaded.compiled)];
-    findings.extend(secrets(&loaded.compiled));
-    findings.push(state_folder(&state_dir));
-    findings.push(disk(&state_dir));
-    if let Some(stack) = loaded.compiled.stack.as_ref() {
-        let ours = our_ports(args);
-        findings.extend(ports(stack, &ours));
-        findings.extend(cgroups(stack));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start a runtime: {e}"))?;
-        findings.extend(runtime.block_on(engine(stack)));
-        findings.extend(runtime.block_on(registry(stack)));
+    findings.extend(secrets(&loaded.compiled, args.host.as_deref()));
+    if let Some(url) = &args.host {
+        // The stack file and its secrets are this machine's (a remote deploy sends what they
+        // resolve to); the rest is that host's, which this machine cannot look at.
+        findings.extend(remote(args, url, loaded.compiled.stack.as_ref()));
+    } else {
+        findings.extend(this_host(args, &loaded, &state_dir)?);
     }
     let worst = findings.iter().map(|f| f.status).max().unwrap_or(Status::Ok);
     if json {
@@ -90,6 +84,57 @@ pub fn command(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
         Status::Warning => ExitCode::from(3),
         Status::Ok | Status::Skipped => ExitCode::SUCCESS,
     })
+}
+
+/// `tug --host URL doctor`: whether that daemon answers, with the key and TLS given, for this
+/// stack; the host's own checks are left to a `tug doctor` run there.
+fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
+    let project = stack.map(|s| s.name.as_str());
+    let answer = crate::run::running_client(args).and_then(|client| {
+        client.get::<tug_proto::status::StackStatus>("/v1/status", crate::run::QUICK).map_err(String::from)
+    });
+    let host = match answer {
+        Err(why) => Finding::failed(
+            "host",
+            if why.contains(url) { why } else { format!("{url}: {why}") },
+            "check the URL, TUG_API_KEY (that stack's .tug/api.key) and, over TLS, --tls-ca",
+        ),
+        Ok(status) if project.is_some_and(|p| p != status.project) => Finding::failed(
+            "host",
+            format!("{url} runs the stack `{}`, and this stack file is `{}`", status.project, project.unwrap_or("")),
+            "point --host at this stack's daemon, or use that stack's file",
+        ),
+        Ok(status) => {
+            let registry =
+                status.registry.map(|r| format!("; registry {} ({})", r.location, r.state)).unwrap_or_default();
+            let version =
+                if status.version.is_empty() { "an older tug".to_string() } else { format!("tug {}", status.version) };
+            Finding::ok("host", format!("{url} answers: {version}, {} instance(s){registry}", status.instances.len()))
+        }
+    };
+    let theirs = Finding::skipped(
+        "host checks",
+        "the state folder, disk, ports, cgroups, engine and registry are that host's: run `tug doctor` there",
+    );
+    vec![host, theirs]
+}
+
+/// The checks of this host, for a stack run here.
+fn this_host(args: &StackArgs, loaded: &crate::stack::Loaded, state_dir: &Path) -> Result<Vec<Finding>, String> {
+    let mut findings = vec![state_folder(state_dir)];
+    findings.push(disk(state_dir));
+    if let Some(stack) = loaded.compiled.stack.as_ref() {
+        let ours = our_ports(args);
+        findings.extend(ports(stack, &ours));
+        findings.extend(cgroups(stack));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        findings.extend(runtime.block_on(engine(stack)));
+        findings.extend(runtime.block_on(registry(stack)));
+    }
+    Ok(findings)
 }
 
 fn render(findings: &[Finding], palette: Palette) -> String {
@@ -128,7 +173,9 @@ fn stack_file(compiled: &tug_stackfile::Compiled) -> Finding {
 }
 
 /// Every secret set, and within its rules (length, charset, pattern): what the compiler checked.
-fn secrets(compiled: &tug_stackfile::Compiled) -> Vec<Finding> {
+/// With `host` (a deploy to that daemon), a secret that would be generated here is a failure: a
+/// remote deploy sends the values, and a new one would replace what that host runs with.
+fn secrets(compiled: &tug_stackfile::Compiled, host: Option<&str>) -> Vec<Finding> {
     let mut findings: Vec<Finding> = compiled
         .diagnostics
         .items
@@ -143,6 +190,12 @@ fn secrets(compiled: &tug_stackfile::Compiled) -> Vec<Finding> {
             )
         })
         .collect();
+    if let (Some(host), Some(stack)) = (host, compiled.stack.as_ref())
+        && let Err(why) = crate::secrets::refuse_generating_for_remote(stack, host)
+    {
+        let fix = "give the values here (environment or an env file), or copy that host's store and key";
+        findings.push(Finding::failed("secrets", why, fix));
+    }
     if findings.is_empty() {
         let count = compiled.stack.as_ref().map_or(0, |s| s.settings.values().filter(|v| v.is_secret()).count());
         findings.push(Finding::ok("secrets", format!("{count} secret(s) set and within their rules")));

@@ -275,3 +275,44 @@ impl SkewedRedis {
         SkewedRedis(port)
     }
 }
+
+#[test]
+fn a_remote_doctor_checks_that_daemon_answers_for_this_stack_and_that_no_secret_is_made_here() {
+    let api_port = free_port();
+    let yaml = |name: &str| {
+        format!(
+            "name: {name}\napi: {{ listen: 127.0.0.1:{api_port} }}\nsettings:\n  TOKEN: {{ type: secret, generate: {{ length: 24 }} }}\nservices:\n  app: {{ command: [sleep, '100'], secrets: [TOKEN] }}\n"
+        )
+    };
+    let stack = Stack::new("doctor-remote", &yaml("doc"));
+    stack.up();
+    let key = std::fs::read_to_string(stack.state_dir().join("api.key")).unwrap().trim().to_string();
+    let url = format!("http://127.0.0.1:{api_port}");
+    // Another machine: its own folder with the stack file, nothing of that host's.
+    let client = crate::TempDir::new("doctor-client");
+    let doctor_there = |name: &str, env: &[(&str, &str)]| {
+        client.write("tug.yaml", &yaml(name));
+        let run = crate::tug(client.path(), &["--host", &url, "doctor", "--json"], env, None);
+        let findings: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {}", run.all()));
+        (run.code, findings.as_array().cloned().unwrap_or_default())
+    };
+    let value = ("TOKEN", "a-value-given-here-0123456789");
+    let (code, findings) = doctor_there("doc", &[("TUG_API_KEY", &key), value]);
+    assert_eq!(code, 0, "{findings:#?}");
+    let host = of(&findings, "host");
+    assert!(host[0].0 == "ok" && host[0].1.contains("answers: tug ") && host[0].1.contains("1 instance"), "{host:?}");
+    // This machine's folder, disk and ports say nothing of that host's: none is reported.
+    assert_eq!(of(&findings, "host checks")[0].0, "skipped");
+    assert!(of(&findings, "state folder").is_empty() && of(&findings, "disk").is_empty(), "{findings:#?}");
+    // A wrong key, a daemon of another stack, a secret that would be made here: each fails.
+    let (code, findings) = doctor_there("doc", &[("TUG_API_KEY", "not-the-key-0123456789"), value]);
+    assert_eq!(code, 1, "{findings:#?}");
+    failed_with(&findings, "host", "signed");
+    let (code, findings) = doctor_there("other", &[("TUG_API_KEY", &key), value]);
+    assert_eq!(code, 1, "{findings:#?}");
+    failed_with(&findings, "host", "runs the stack `doc`");
+    let (code, findings) = doctor_there("doc", &[("TUG_API_KEY", &key)]);
+    assert_eq!(code, 1, "{findings:#?}");
+    failed_with(&findings, "secrets", "TOKEN would be generated here");
+    assert!(!serde_json::to_string(&findings).unwrap().contains(value.1));
+}
