@@ -54,7 +54,7 @@ pub fn endpoint(stack: &Stack) -> Result<tug_engine::Endpoint, String> {
 }
 
 /// `named` (the stack's `engine`), else this process's `DOCKER_HOST`, else the usual sockets.
-fn endpoint_named(named: Option<&str>) -> Result<tug_engine::Endpoint, String> {
+pub(crate) fn endpoint_named(named: Option<&str>) -> Result<tug_engine::Endpoint, String> {
     let docker_host = std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty());
     let runtime_dir = std::env::var("XDG_RUNTIME_DIR").ok().filter(|d| !d.is_empty());
     tug_engine::resolve_endpoint(named, docker_host.as_deref(), runtime_dir.as_deref()).map_err(|e| e.to_string())

@@ -926,6 +926,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
+        (&Method::GET, "/v1/doctor") => json(StatusCode::OK, &crate::doctor::this_daemons_host(supervisor).await),
         (&Method::GET, "/v1/sources") => crate::upload::has_source(&supervisor.config().state_dir, &target),
         (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
             Ok(request) => match crate::artifacts::complete_up(request, this_host(supervisor), true)
@@ -1067,7 +1068,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             _,
             "/v1/openapi.json" | "/v1/status" | "/v1/stats" | "/v1/stack" | "/v1/plan" | "/v1/start" | "/v1/stop"
             | "/v1/restart" | "/v1/scale" | "/v1/down" | "/v1/rollout" | "/v1/history" | "/v1/exec" | "/v1/run"
-            | "/v1/dashboard" | "/v1/logs",
+            | "/v1/dashboard" | "/v1/logs" | "/v1/doctor",
         ) => error(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {path}")),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     };

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tug_stackfile::diag::Severity;
 use tug_stackfile::model::{Pull, Registry, ServiceKind, Stack};
 
@@ -25,7 +25,7 @@ const SKEW_FAIL: Duration = Duration::from_secs(2);
 /// How long an engine or a registry gets to answer.
 const ANSWER: Duration = Duration::from_secs(3);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Ok,
@@ -34,9 +34,9 @@ pub enum Status {
     Failed,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Finding {
-    pub check: &'static str,
+    pub check: String,
     pub status: Status,
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -44,20 +44,20 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn ok(check: &'static str, message: impl Into<String>) -> Finding {
-        Finding { check, status: Status::Ok, message: message.into(), fix: None }
+    fn ok(check: &str, message: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Ok, message: message.into(), fix: None }
     }
 
-    fn skipped(check: &'static str, message: impl Into<String>) -> Finding {
-        Finding { check, status: Status::Skipped, message: message.into(), fix: None }
+    fn skipped(check: &str, message: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Skipped, message: message.into(), fix: None }
     }
 
-    fn warning(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-        Finding { check, status: Status::Warning, message: message.into(), fix: Some(fix.into()) }
+    fn warning(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Warning, message: message.into(), fix: Some(fix.into()) }
     }
 
-    fn failed(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
-        Finding { check, status: Status::Failed, message: message.into(), fix: Some(fix.into()) }
+    fn failed(check: &str, message: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Failed, message: message.into(), fix: Some(fix.into()) }
     }
 }
 
@@ -87,12 +87,15 @@ pub fn command(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
 }
 
 /// `tug --host URL doctor`: whether that daemon answers, with the key and TLS given, for this
-/// stack; the host's own checks are left to a `tug doctor` run there.
+/// stack, then the checks of its host it runs there (`GET /v1/doctor`).
 fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
     let project = stack.map(|s| s.name.as_str());
-    let answer = crate::run::running_client(args).and_then(|client| {
-        client.get::<tug_proto::status::StackStatus>("/v1/status", crate::run::QUICK).map_err(String::from)
-    });
+    let client = match crate::run::running_client(args) {
+        Ok(client) => client,
+        Err(why) => return vec![Finding::failed("host", format!("{url}: {why}"), "check --host and TUG_API_KEY")],
+    };
+    let answer = client.get::<tug_proto::status::StackStatus>("/v1/status", crate::run::QUICK);
+    let answer = answer.map_err(String::from);
     let host = match answer {
         Err(why) => Finding::failed(
             "host",
@@ -112,11 +115,26 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
             Finding::ok("host", format!("{url} answers: {version}, {} instance(s){registry}", status.instances.len()))
         }
     };
-    let theirs = Finding::skipped(
-        "host checks",
-        "the state folder, disk, ports, cgroups, engine and registry are that host's: run `tug doctor` there",
-    );
-    vec![host, theirs]
+    if host.status == Status::Failed {
+        return vec![host];
+    }
+    let mut findings = vec![host];
+    match client.get::<Vec<Finding>>("/v1/doctor", ANSWER + crate::run::QUICK) {
+        Ok(theirs) => {
+            findings.extend(theirs.into_iter().map(|mut f| {
+                f.message = format!("there: {}", f.message);
+                f
+            }));
+            let rest = "fixed ports, cgroups and images there: the deploy checks them, or `tug doctor` on that host";
+            findings.push(Finding::skipped("host checks", rest));
+        }
+        Err(crate::client::RequestError::Status(404, _)) => findings.push(Finding::skipped(
+            "host checks",
+            "that daemon runs an older tug, which does not check its host: run `tug doctor` there",
+        )),
+        Err(why) => findings.push(Finding::failed("host checks", why.to_string(), "run `tug doctor` there")),
+    }
+    findings
 }
 
 /// The checks of this host, for a stack run here.
@@ -242,7 +260,7 @@ fn disk(state_dir: &Path) -> Finding {
     disk_at("disk", &at)
 }
 
-fn disk_at(check: &'static str, at: &Path) -> Finding {
+fn disk_at(check: &str, at: &Path) -> Finding {
     let Some((free, total)) = free_space(at) else {
         return Finding::skipped(check, format!("cannot measure the file system of {}", at.display()));
     };
@@ -350,20 +368,15 @@ fn cgroups(stack: &Stack) -> Vec<Finding> {
 }
 
 /// The container engine answers, and images that will not be built or pulled are there.
-async fn engine(stack: &Stack) -> Vec<Finding> {
-    let images: Vec<(&String, &tug_stackfile::model::Container)> =
-        stack.services.iter().filter_map(|(n, s)| Some((n, s.container.as_ref()?))).collect();
-    if images.is_empty() {
-        return vec![Finding::skipped("engine", "no service runs an image")];
-    }
-    let endpoint = match crate::artifacts::endpoint(stack) {
+/// Whether the engine at `endpoint` answers, and the room where it keeps images and volumes;
+/// with the engine, when it answers, for the checks that ask it more.
+async fn engine_answers(endpoint: Result<tug_engine::Endpoint, String>) -> (Vec<Finding>, Option<tug_engine::Engine>) {
+    let failed = |message: String, fix: &str| (vec![Finding::failed("engine", message, fix)], None);
+    let endpoint = match endpoint {
         Ok(endpoint) => endpoint,
         Err(why) => {
-            return vec![Finding::failed(
-                "engine",
-                format!("no container engine: {why}"),
-                "install and start Docker (or Podman's service), or set `engine:` / DOCKER_HOST",
-            )];
+            let fix = "install and start Docker (or Podman's service), or set `engine:` / DOCKER_HOST";
+            return failed(format!("no container engine: {why}"), fix);
         }
     };
     let url = endpoint.url();
@@ -371,15 +384,10 @@ async fn engine(stack: &Stack) -> Vec<Finding> {
     let version = match tokio::time::timeout(ANSWER, engine.version()).await {
         Ok(Ok(version)) => version,
         Ok(Err(why)) => {
-            return vec![Finding::failed(
-                "engine",
-                format!("{url} does not answer: {why}"),
-                "start the engine (`systemctl start docker`), or point `engine:` / DOCKER_HOST at one that runs",
-            )];
+            let fix = "start the engine (`systemctl start docker`), or point `engine:` / DOCKER_HOST at one that runs";
+            return failed(format!("{url} does not answer: {why}"), fix);
         }
-        Err(_) => {
-            return vec![Finding::failed("engine", format!("{url} did not answer within 3 s"), "check the engine")];
-        }
+        Err(_) => return failed(format!("{url} did not answer within 3 s"), "check the engine"),
     };
     let mut findings = vec![Finding::ok("engine", format!("{url} answers ({} {})", version.product, version.version))];
     // Images, containers and volumes take room where the engine keeps them.
@@ -390,6 +398,29 @@ async fn engine(stack: &Stack) -> Vec<Finding> {
         found.message = format!("{} (the engine's images and volumes)", found.message);
         findings.push(found);
     }
+    (findings, Some(engine))
+}
+
+/// `GET /v1/doctor`: the checks of the host this daemon runs on, for a `tug --host … doctor`
+/// run elsewhere: its state folder, the disk under it, and the engine the stack's images run on.
+pub async fn this_daemons_host(supervisor: &tug_supervisor::Supervisor) -> Vec<Finding> {
+    let state_dir = &supervisor.config().state_dir;
+    let mut findings = vec![state_folder(state_dir), disk(state_dir)];
+    match supervisor.engine() {
+        None => findings.push(Finding::skipped("engine", "the stack runs no image")),
+        Some(url) => findings.extend(engine_answers(crate::artifacts::endpoint_named(Some(&url))).await.0),
+    }
+    findings
+}
+
+async fn engine(stack: &Stack) -> Vec<Finding> {
+    let images: Vec<(&String, &tug_stackfile::model::Container)> =
+        stack.services.iter().filter_map(|(n, s)| Some((n, s.container.as_ref()?))).collect();
+    if images.is_empty() {
+        return vec![Finding::skipped("engine", "no service runs an image")];
+    }
+    let (mut findings, engine) = engine_answers(crate::artifacts::endpoint(stack)).await;
+    let Some(engine) = engine else { return findings };
     for (name, container) in images {
         if container.build.is_some() {
             continue;

@@ -237,6 +237,7 @@ fn openapi_lists_every_route_and_bad_bodies_get_400() {
         ("post", "/v1/backup"),
         ("post", "/v1/restore"),
         ("get", "/v1/sources"),
+        ("get", "/v1/doctor"),
         ("put", "/v1/uploads/{sha256}"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "openapi.json lacks {method} {path}");

@@ -655,6 +655,9 @@ services:
     assert_eq!(stack_volumes(&stack.state_dir()), ["remote_data"], "made with the daemon's labels");
     let unchanged = remote(&yaml(&tag, mounted), &["deploy", "--plan"]);
     assert!(unchanged.code == 0 && unchanged.stdout.contains("unchanged"), "{}", unchanged.all());
+    // `doctor` from here checks that host's engine, which this client does not have.
+    let doctor = remote(&yaml(&tag, mounted), &["doctor"]);
+    assert!(doctor.stdout.contains("✔ engine       there: unix://"), "{}", doctor.all());
 
     // An image the stack builds: the client sends the context, and that host's engine builds it.
     let built_tag = unique_tag("remote-built");

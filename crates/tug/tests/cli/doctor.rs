@@ -301,9 +301,16 @@ fn a_remote_doctor_checks_that_daemon_answers_for_this_stack_and_that_no_secret_
     assert_eq!(code, 0, "{findings:#?}");
     let host = of(&findings, "host");
     assert!(host[0].0 == "ok" && host[0].1.contains("answers: tug ") && host[0].1.contains("1 instance"), "{host:?}");
-    // This machine's folder, disk and ports say nothing of that host's: none is reported.
-    assert_eq!(of(&findings, "host checks")[0].0, "skipped");
-    assert!(of(&findings, "state folder").is_empty() && of(&findings, "disk").is_empty(), "{findings:#?}");
+    // That host's state folder and disk, as the daemon there sees them; none of this machine's.
+    let there = stack.state_dir().display().to_string();
+    let folder = of(&findings, "state folder");
+    assert!(
+        folder.len() == 1 && folder[0].0 == "ok" && folder[0].1 == format!("there: {there} is 0700, yours"),
+        "{folder:?}"
+    );
+    let disk = of(&findings, "disk");
+    assert!(disk.len() == 1 && disk[0].1.starts_with("there: ") && disk[0].1.ends_with(&there), "{disk:?}");
+    assert_eq!(of(&findings, "engine")[0].0, "skipped", "no image in this stack");
     // A wrong key, a daemon of another stack, a secret that would be made here: each fails.
     let (code, findings) = doctor_there("doc", &[("TUG_API_KEY", "not-the-key-0123456789"), value]);
     assert_eq!(code, 1, "{findings:#?}");
