@@ -533,4 +533,76 @@ mod tests {
         assert_eq!(parse_response(chunked), Some((401, b"abcde".to_vec())));
         assert_eq!(parse_response(b"garbage"), None);
     }
+
+    use std::io::BufRead;
+    use tug_proto::stream::Frame;
+
+    /// A daemon that answers one request with `answer` (a whole HTTP response), after reading it.
+    fn one_answer(answer: Vec<u8>) -> Client {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
+            reader.get_mut().write_all(&answer).unwrap();
+        });
+        let remote = Remote::parse(&format!("http://127.0.0.1:{port}"), None, None, None).unwrap();
+        Client::remote(remote, ApiKey::from_text("a-test-key-0123456789").unwrap())
+    }
+
+    fn streamed(frames: &[Frame]) -> Vec<u8> {
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: {}\r\n\r\n", tug_proto::stream::CONTENT_TYPE).into_bytes();
+        answer.extend(frames.iter().flat_map(Frame::encode));
+        answer
+    }
+
+    #[test]
+    fn progress_lines_come_before_the_answer_and_an_error_answer_is_an_error() {
+        let client = one_answer(streamed(&[
+            Frame::Stderr(b"web: Step 1/2 : FROM scratch\n".to_vec()),
+            Frame::Stderr(b"web: Step 2/2 : COPY . /\n".to_vec()),
+            Frame::Answer(200, br#"{"ok":true}"#.to_vec()),
+        ]));
+        let mut shown: Vec<u8> = Vec::new();
+        let answer: serde_json::Value =
+            client.send_with_progress("PUT", "/v1/stack?progress=1", &(), &mut |l| shown.extend_from_slice(l)).unwrap();
+        assert_eq!(answer["ok"], true);
+        assert_eq!(shown, b"web: Step 1/2 : FROM scratch\nweb: Step 2/2 : COPY . /\n".to_vec());
+
+        let client = one_answer(streamed(&[Frame::Answer(409, br#"{"error":"port 80 is taken"}"#.to_vec())]));
+        let refused =
+            client.send_with_progress::<_, serde_json::Value>("PUT", "/v1/stack?progress=1", &(), &mut |_| {});
+        assert!(matches!(refused, Err(RequestError::Status(409, ref m)) if m == "port 80 is taken"), "{refused:?}");
+
+        // A stream cut before its answer is an error, not an empty success.
+        let client = one_answer(streamed(&[Frame::Stderr(b"web: Step 1/2\n".to_vec())]));
+        let cut = client.send_with_progress::<_, serde_json::Value>("PUT", "/v1/stack?progress=1", &(), &mut |_| {});
+        assert!(matches!(cut, Err(RequestError::Other(ref m)) if m.contains("without its answer")), "{cut:?}");
+    }
+
+    #[test]
+    fn a_daemon_from_before_progress_answers_plain_json_and_is_understood() {
+        let body = br#"{"ok":true}"#;
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len())
+                .into_bytes();
+        answer.extend_from_slice(body);
+        let client = one_answer(answer);
+        let answer: serde_json::Value =
+            client.send_with_progress("PUT", "/v1/stack?progress=1", &(), &mut |_| panic!("no progress")).unwrap();
+        assert_eq!(answer["ok"], true);
+    }
 }
