@@ -523,6 +523,8 @@ fn dechunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::BufRead;
+    use tug_proto::stream::Frame;
 
     #[test]
     fn responses_parse_plain_and_chunked() {
@@ -533,9 +535,6 @@ mod tests {
         assert_eq!(parse_response(chunked), Some((401, b"abcde".to_vec())));
         assert_eq!(parse_response(b"garbage"), None);
     }
-
-    use std::io::BufRead;
-    use tug_proto::stream::Frame;
 
     /// A daemon that answers one request with `answer` (a whole HTTP response), after reading it.
     fn one_answer(answer: Vec<u8>) -> Client {
