@@ -518,3 +518,135 @@ fn the_api_key_from_the_environment_signs_and_never_reaches_instances() {
     assert_eq!(down.code, 0, "{}", down.all());
     assert!(down.stdout.contains("stopped 2 instances"), "{}", down.all());
 }
+
+/// Validates each captured request body (a JSON list of {method, path, body}) against the
+/// request schema openapi.json gives its route, with an independent validator.
+const REQUEST_VALIDATOR: &str = r##"
+import json, sys
+try:
+    import jsonschema
+except ImportError as e:
+    sys.exit(f"missing Python module ({e}): install python3-jsonschema (scripts/test does)")
+doc = json.load(open(sys.argv[1]))
+defs = json.loads(json.dumps(doc["components"]["schemas"]).replace("#/components/schemas/", "#/$defs/"))
+bad = 0
+for sent in json.load(open(sys.argv[2])):
+    path = sent["path"].split("?")[0]
+    operation = doc["paths"][path][sent["method"].lower()]
+    schema = json.loads(json.dumps(operation["requestBody"]["content"]["application/json"]["schema"]).replace("#/components/schemas/", "#/$defs/"))
+    schema["$defs"] = defs
+    for e in jsonschema.Draft202012Validator(schema).iter_errors(sent["body"]):
+        bad += 1
+        print(f"{sent['method']} {path}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+    print(f"{sent['method']} {path}: checked")
+sys.exit(1 if bad else 0)
+"##;
+
+/// A stand-in daemon on a TCP port: it answers `GET /v1/status` as a current daemon would
+/// and refuses every other request after keeping its method, path and body.
+fn stand_in_daemon() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = captured.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = std::io::BufReader::new(stream);
+            let (mut head, mut length) = (String::new(), 0);
+            if reader.read_line(&mut head).is_err() {
+                continue;
+            }
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; length];
+            let _ = reader.read_exact(&mut body);
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or("").to_string(), words.next().unwrap_or("").to_string());
+            let (code, answer) = if method == "GET" {
+                let status = r#"{"project":"shape","daemon_pid":1,"generation":1,"shutting_down":false,"services":[],"instances":[],"notices":[],"advertise":"127.0.0.1","version":"0.1.0"}"#;
+                ("200 OK", status.to_string())
+            } else {
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                keep.lock().unwrap().push(serde_json::json!({ "method": method, "path": path, "body": body }));
+                ("400 Bad Request", r#"{"error":"kept by the stand-in"}"#.to_string())
+            };
+            let reply = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+            let _ = reader.get_mut().write_all(reply.as_bytes());
+        }
+    });
+    (port, captured)
+}
+
+#[test]
+fn what_the_cli_sends_is_what_openapi_json_describes() {
+    let (port, captured) = stand_in_daemon();
+    let client = crate::TempDir::new("api-shapes");
+    client.write(
+        "tug.yaml",
+        r#"
+name: shape
+settings:
+  TOKEN: { type: secret }
+  LEVEL: { type: enum, values: [low, high], default: low }
+services:
+  migrate: { kind: job, command: ["true"] }
+  web:
+    command: [sleep, "100"]
+    port: 18999
+    replicas: 2
+    secrets: [TOKEN]
+    environment: { LEVEL: "${LEVEL}" }
+    healthcheck: { http: /health, interval: 1s, start_interval: 100ms }
+    depends_on: { migrate: completed_successfully }
+    deploy:
+      strategy: canary
+      steps: [50, 100]
+      step_duration: 5s
+      analysis: { max_error_rate: 1%, min_requests: 5 }
+  worker:
+    command: [sleep, "100"]
+    restart: on-failure
+"#,
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let env = [("TUG_API_KEY", "a-stand-in-key-0123456789"), ("TOKEN", "a-token-value-0123456789")];
+    let commands: [&[&str]; 8] = [
+        &["deploy"],
+        &["deploy", "--plan"],
+        &["run", "web", "--", "true"],
+        &["scale", "web=3"],
+        &["stop", "worker"],
+        &["restart", "web"],
+        &["backup"],
+        &["rollout", "promote", "web"],
+    ];
+    for args in commands {
+        let mut all = vec!["--host", url.as_str()];
+        all.extend(args);
+        let run = crate::tug(client.path(), &all, &env, None);
+        assert!(run.all().contains("kept by the stand-in"), "{args:?}: {}", run.all());
+    }
+    let sent = captured.lock().unwrap().clone();
+    assert_eq!(sent.len(), commands.len(), "{sent:#?}");
+    let requests = client.write("requests.json", &serde_json::to_string(&sent).unwrap());
+    let script = client.write("validate.py", REQUEST_VALIDATOR);
+    let openapi = crate::repo_dir().join("crates/proto/src/openapi.json");
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args([&script, &openapi, &requests])
+        .output()
+        .expect("run /usr/bin/python3 (scripts/test installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report.matches(": checked").count(), commands.len(), "{report}");
+}
