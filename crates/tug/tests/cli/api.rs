@@ -519,8 +519,9 @@ fn the_api_key_from_the_environment_signs_and_never_reaches_instances() {
     assert!(down.stdout.contains("stopped 2 instances"), "{}", down.all());
 }
 
-/// Validates each captured request body (a JSON list of {method, path, body}) against the
-/// request schema openapi.json gives its route, with an independent validator.
+/// Validates each captured body (a JSON list of {method, path, body, answer}) against the
+/// schema openapi.json gives its route: the request's, or with `answer` the 200 answer's, with
+/// an independent validator.
 const REQUEST_VALIDATOR: &str = r##"
 import json, sys
 try:
@@ -533,7 +534,8 @@ bad = 0
 for sent in json.load(open(sys.argv[2])):
     path = sent["path"].split("?")[0]
     operation = doc["paths"][path][sent["method"].lower()]
-    schema = json.loads(json.dumps(operation["requestBody"]["content"]["application/json"]["schema"]).replace("#/components/schemas/", "#/$defs/"))
+    described = operation["responses"]["200"] if sent.get("answer") else operation["requestBody"]
+    schema = json.loads(json.dumps(described["content"]["application/json"]["schema"]).replace("#/components/schemas/", "#/$defs/"))
     schema["$defs"] = defs
     for e in jsonschema.Draft202012Validator(schema).iter_errors(sent["body"]):
         bad += 1
@@ -639,14 +641,64 @@ services:
     }
     let sent = captured.lock().unwrap().clone();
     assert_eq!(sent.len(), commands.len(), "{sent:#?}");
-    let requests = client.write("requests.json", &serde_json::to_string(&sent).unwrap());
-    let script = client.write("validate.py", REQUEST_VALIDATOR);
+    let report = validate_against_openapi(&client, &sent);
+    assert_eq!(report.matches(": checked").count(), commands.len(), "{report}");
+}
+
+/// Runs [`REQUEST_VALIDATOR`] over `bodies`; panics with its report when one does not validate.
+fn validate_against_openapi(dir: &crate::TempDir, bodies: &[Value]) -> String {
+    let bodies = dir.write("bodies.json", &serde_json::to_string(bodies).unwrap());
+    let script = dir.write("validate.py", REQUEST_VALIDATOR);
     let openapi = crate::repo_dir().join("crates/proto/src/openapi.json");
     let out = std::process::Command::new("/usr/bin/python3")
-        .args([&script, &openapi, &requests])
+        .args([&script, &openapi, &bodies])
         .output()
         .expect("run /usr/bin/python3 (scripts/test installs it)");
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(report.matches(": checked").count(), commands.len(), "{report}");
+    report
+}
+
+#[test]
+fn what_the_daemon_answers_is_what_openapi_json_describes() {
+    let port = crate::harness::free_port();
+    let yaml = format!(
+        r#"
+name: answers
+services:
+  web:
+    command: "{{demo}}"
+    port: {port}
+    replicas: 2
+    environment: {{ VERSION: "${{VERSION:-1}}" }}
+    healthcheck: {{ http: /health, start_interval: 50ms }}
+    deploy: {{ strategy: canary, steps: [50, 100], step_duration: 1h }}
+  worker:
+    command: sleep 1000
+"#
+    );
+    let stack = Stack::new("api-answers", &yaml);
+    stack.up();
+    for _ in 0..20 {
+        let _ = std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/")]).output();
+    }
+    // A canary under way, so the rollout answer has its steps.
+    let deploy = stack.tug_with(&["deploy", "--detach"], &[("VERSION", "2")]);
+    assert_eq!(deploy.code, 0, "{}", deploy.all());
+    let mut answers = Vec::new();
+    for path in [
+        "/v1/status",
+        "/v1/status?usage=1",
+        "/v1/stats",
+        "/v1/history?service=web",
+        "/v1/doctor",
+        "/v1/rollout?service=web",
+    ] {
+        let (code, body) = signed(&stack, "GET", path, b"");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"));
+        answers.push(serde_json::json!({ "method": "GET", "path": path, "body": body, "answer": true }));
+    }
+    let report = validate_against_openapi(&crate::TempDir::new("api-answers"), &answers);
+    assert_eq!(report.matches(": checked").count(), answers.len(), "{report}");
 }
