@@ -63,15 +63,14 @@ impl Finding {
 
 pub fn command(args: &StackArgs, json: bool) -> Result<ExitCode, String> {
     let loaded = crate::stack::load(args)?;
-    let state_dir = loaded.state_dir.clone();
     let mut findings = vec![stack_file(&loaded.compiled)];
     findings.extend(secrets(&loaded.compiled, args.host.as_deref()));
     if let Some(url) = &args.host {
         // The stack file and its secrets are this machine's (a remote deploy sends what they
-        // resolve to); the rest is that host's, which this machine cannot look at.
+        // resolve to); the rest is that host's, which its daemon checks.
         findings.extend(remote(args, url, loaded.compiled.stack.as_ref()));
     } else {
-        findings.extend(this_host(args, &loaded, &state_dir)?);
+        findings.extend(this_host(args, &loaded)?);
     }
     let worst = findings.iter().map(|f| f.status).max().unwrap_or(Status::Ok);
     if json {
@@ -138,9 +137,8 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
 }
 
 /// The checks of this host, for a stack run here.
-fn this_host(args: &StackArgs, loaded: &crate::stack::Loaded, state_dir: &Path) -> Result<Vec<Finding>, String> {
-    let mut findings = vec![state_folder(state_dir)];
-    findings.push(disk(state_dir));
+fn this_host(args: &StackArgs, loaded: &crate::stack::Loaded) -> Result<Vec<Finding>, String> {
+    let mut findings = vec![state_folder(&loaded.state_dir), disk(&loaded.state_dir)];
     if let Some(stack) = loaded.compiled.stack.as_ref() {
         let ours = our_ports(args);
         findings.extend(ports(stack, &ours));
