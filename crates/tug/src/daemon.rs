@@ -926,7 +926,10 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             Err(response) => *response,
         },
         (&Method::GET, "/v1/logs") => crate::web::logs_stream(&app, &target).await,
-        (&Method::GET, "/v1/doctor") => json(StatusCode::OK, &crate::doctor::this_daemons_host(supervisor).await),
+        (&Method::GET, "/v1/doctor") => match query_flag(&target, "images") {
+            Ok(images) => json(StatusCode::OK, &crate::doctor::this_daemons_host(supervisor, images).await),
+            Err(response) => *response,
+        },
         (&Method::GET, "/v1/sources") => crate::upload::has_source(&supervisor.config().state_dir, &target),
         (&Method::POST, "/v1/plan") => match parse::<UpRequest>(&body) {
             Ok(request) => match crate::artifacts::complete_up(request, this_host(supervisor), true)

@@ -106,6 +106,15 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
             format!("{url} runs the stack `{}`, and this stack file is `{}`", status.project, project.unwrap_or("")),
             "point --host at this stack's daemon, or use that stack's file",
         ),
+        // Routers there keep the last membership they knew, so a stale registry is a warning.
+        Ok(tug_proto::status::StackStatus { registry: Some(registry), .. }) if registry.state == "stale" => {
+            let why = registry.error.unwrap_or_default();
+            Finding::warning(
+                "host",
+                format!("{url} answers, but its registry {} is stale: {why}", registry.location),
+                "check that host's Redis (`registry:`)",
+            )
+        }
         Ok(status) => {
             let registry =
                 status.registry.map(|r| format!("; registry {} ({})", r.location, r.state)).unwrap_or_default();
@@ -118,7 +127,10 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
         return vec![host];
     }
     let mut findings = vec![host];
-    match client.get::<Vec<Finding>>("/v1/doctor", ANSWER + crate::run::QUICK) {
+    // The engine is checked there only when this stack runs images.
+    let images = stack.is_some_and(|s| s.services.values().any(|service| service.container.is_some()));
+    let path = if images { "/v1/doctor?images=1" } else { "/v1/doctor" };
+    match client.get::<Vec<Finding>>(path, ANSWER * 3 + crate::run::QUICK) {
         Ok(theirs) => {
             findings.extend(theirs.into_iter().map(|mut f| {
                 f.message = format!("there: {}", f.message);
@@ -127,9 +139,10 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
             let rest = "fixed ports, cgroups and images there: the deploy checks them, or `tug doctor` on that host";
             findings.push(Finding::skipped("host checks", rest));
         }
-        Err(crate::client::RequestError::Status(404, _)) => findings.push(Finding::skipped(
+        Err(crate::client::RequestError::Status(404, _)) => findings.push(Finding::warning(
             "host checks",
-            "that daemon runs an older tug, which does not check its host: run `tug doctor` there",
+            "that daemon runs an older tug, which does not check its host",
+            "run `tug doctor` there",
         )),
         Err(why) => findings.push(Finding::failed("host checks", why.to_string(), "run `tug doctor` there")),
     }
@@ -389,7 +402,7 @@ async fn engine_answers(endpoint: Result<tug_engine::Endpoint, String>) -> (Vec<
     };
     let mut findings = vec![Finding::ok("engine", format!("{url} answers ({} {})", version.product, version.version))];
     // Images, containers and volumes take room where the engine keeps them.
-    if let Ok(Some(root)) = engine.data_root().await
+    if let Ok(Ok(Some(root))) = tokio::time::timeout(ANSWER, engine.data_root()).await
         && Path::new(&root).is_dir()
     {
         let mut found = disk_at("engine disk", Path::new(&root));
@@ -399,14 +412,19 @@ async fn engine_answers(endpoint: Result<tug_engine::Endpoint, String>) -> (Vec<
     (findings, Some(engine))
 }
 
-/// `GET /v1/doctor`: the checks of the host this daemon runs on, for a `tug --host … doctor`
-/// run elsewhere: its state folder, the disk under it, and the engine the stack's images run on.
-pub async fn this_daemons_host(supervisor: &tug_supervisor::Supervisor) -> Vec<Finding> {
-    let state_dir = &supervisor.config().state_dir;
-    let mut findings = vec![state_folder(state_dir), disk(state_dir)];
-    match supervisor.engine() {
-        None => findings.push(Finding::skipped("engine", "the stack runs no image")),
-        Some(url) => findings.extend(engine_answers(crate::artifacts::endpoint_named(Some(&url))).await.0),
+/// `GET /v1/doctor[?images=1]`: the checks of the host this daemon runs on, for a `tug --host …
+/// doctor` run elsewhere: its state folder, the disk under it, and, for a stack that runs
+/// images, the engine they would run on (the one this daemon uses, else this host's default).
+pub async fn this_daemons_host(supervisor: &tug_supervisor::Supervisor, images: bool) -> Vec<Finding> {
+    let state_dir = supervisor.config().state_dir.clone();
+    // statvfs and metadata can block (a hung network file system): not on the runtime's thread.
+    let local = tokio::task::spawn_blocking(move || vec![state_folder(&state_dir), disk(&state_dir)]).await;
+    let mut findings = local.unwrap_or_default();
+    if images {
+        let endpoint = crate::artifacts::endpoint_named(supervisor.engine().as_deref());
+        findings.extend(engine_answers(endpoint).await.0);
+    } else {
+        findings.push(Finding::skipped("engine", "the stack runs no image"));
     }
     findings
 }

@@ -616,9 +616,20 @@ services:
       steps: [50, 100]
       step_duration: 5s
       analysis: { max_error_rate: 1%, min_requests: 5 }
+      before: [migrate]
+      smoke: { http: /smoke, timeout: 10s }
   worker:
     command: [sleep, "100"]
     restart: on-failure
+    backup: { command: echo dump, restore: cat, schedule: "0 3 * * *", keep: 3 }
+  cache:
+    image: shape-cache:dev
+    pull: never
+    port: 18998
+    container_port: 6379
+notify:
+  - url: https://hooks.example.com/tug
+    events: [deployed, rolled_back, deploy_failed, promoted, crash_loop, backup_failed]
 "#,
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -626,7 +637,7 @@ services:
     let commands: [&[&str]; 8] = [
         &["deploy"],
         &["deploy", "--plan"],
-        &["run", "web", "--", "true"],
+        &["run", "worker", "--", "true"],
         &["scale", "web=3"],
         &["stop", "worker"],
         &["restart", "web"],
@@ -641,6 +652,15 @@ services:
     }
     let sent = captured.lock().unwrap().clone();
     assert_eq!(sent.len(), commands.len(), "{sent:#?}");
+    // Each command's own request, and the stack's every kind of field among them.
+    let routes: Vec<String> = sent.iter().map(|s| format!("{} {}", s["method"], s["path"])).collect();
+    for route in ["PUT", "/v1/plan", "/v1/run", "/v1/scale", "/v1/stop", "/v1/restart", "/v1/backup", "/v1/rollout"] {
+        assert!(routes.iter().any(|r| r.contains(route)), "no {route} among {routes:?}");
+    }
+    let all = serde_json::to_string(&sent).unwrap();
+    for field in ["\"backup\"", "\"smoke\"", "\"before\"", "\"container\"", "\"deploy_failed\"", "\"on_host\""] {
+        assert!(all.contains(field), "no {field} was sent: {all}");
+    }
     let report = validate_against_openapi(&client, &sent);
     assert_eq!(report.matches(": checked").count(), commands.len(), "{report}");
 }
