@@ -634,15 +634,18 @@ notify:
     );
     let url = format!("http://127.0.0.1:{port}");
     let env = [("TUG_API_KEY", "a-stand-in-key-0123456789"), ("TOKEN", "a-token-value-0123456789")];
-    let commands: [&[&str]; 8] = [
+    let commands: [&[&str]; 11] = [
         &["deploy"],
         &["deploy", "--plan"],
         &["run", "worker", "--", "true"],
+        &["exec", "worker", "--", "true"],
         &["scale", "web=3"],
         &["stop", "worker"],
         &["restart", "web"],
         &["backup"],
         &["rollout", "promote", "web"],
+        &["dashboard"],
+        &["down", "--volumes"],
     ];
     for args in commands {
         let mut all = vec!["--host", url.as_str()];
@@ -654,7 +657,8 @@ notify:
     assert_eq!(sent.len(), commands.len(), "{sent:#?}");
     // Each command's own request, and the stack's every kind of field among them.
     let routes: Vec<String> = sent.iter().map(|s| format!("{} {}", s["method"], s["path"])).collect();
-    for route in ["PUT", "/v1/plan", "/v1/run", "/v1/scale", "/v1/stop", "/v1/restart", "/v1/backup", "/v1/rollout"] {
+    let each = ["PUT", "/v1/plan", "/v1/run", "/v1/exec", "/v1/scale", "/v1/stop", "/v1/restart", "/v1/backup"];
+    for route in each.into_iter().chain(["/v1/rollout", "/v1/dashboard", "/v1/down"]) {
         assert!(routes.iter().any(|r| r.contains(route)), "no {route} among {routes:?}");
     }
     let all = serde_json::to_string(&sent).unwrap();
