@@ -94,8 +94,36 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
         Err(why) => return vec![Finding::failed("host", format!("{url}: {why}"), "check --host and TUG_API_KEY")],
     };
     let answer = client.get::<tug_proto::status::StackStatus>("/v1/status", crate::run::QUICK);
-    let answer = answer.map_err(String::from);
-    let host = match answer {
+    let host = daemon_answer(url, project, answer.map_err(String::from));
+    if host.status == Status::Failed {
+        return vec![host];
+    }
+    let mut findings = vec![host];
+    // The engine is checked there only when this stack runs images.
+    let images = stack.is_some_and(|s| s.services.values().any(|service| service.container.is_some()));
+    let path = if images { "/v1/doctor?images=1" } else { "/v1/doctor" };
+    match client.get::<Vec<Finding>>(path, ANSWER * 3 + crate::run::QUICK) {
+        Ok(theirs) => {
+            findings.extend(theirs.into_iter().map(|mut f| {
+                f.message = format!("there: {}", f.message);
+                f
+            }));
+            let rest = "fixed ports, cgroups and images there: the deploy checks them, or `tug doctor` on that host";
+            findings.push(Finding::skipped("host checks", rest));
+        }
+        Err(crate::client::RequestError::Status(404, _)) => findings.push(Finding::warning(
+            "host checks",
+            "that daemon runs an older tug, which does not check its host",
+            "run `tug doctor` there",
+        )),
+        Err(why) => findings.push(Finding::failed("host checks", why.to_string(), "run `tug doctor` there")),
+    }
+    findings
+}
+
+/// What that daemon's `/v1/status` answer (or why there was none) says of it, for this stack.
+fn daemon_answer(url: &str, project: Option<&str>, answer: Result<tug_proto::status::StackStatus, String>) -> Finding {
+    match answer {
         Err(why) => Finding::failed(
             "host",
             if why.contains(url) { why } else { format!("{url}: {why}") },
@@ -122,31 +150,7 @@ fn remote(args: &StackArgs, url: &str, stack: Option<&Stack>) -> Vec<Finding> {
                 if status.version.is_empty() { "an older tug".to_string() } else { format!("tug {}", status.version) };
             Finding::ok("host", format!("{url} answers: {version}, {} instance(s){registry}", status.instances.len()))
         }
-    };
-    if host.status == Status::Failed {
-        return vec![host];
     }
-    let mut findings = vec![host];
-    // The engine is checked there only when this stack runs images.
-    let images = stack.is_some_and(|s| s.services.values().any(|service| service.container.is_some()));
-    let path = if images { "/v1/doctor?images=1" } else { "/v1/doctor" };
-    match client.get::<Vec<Finding>>(path, ANSWER * 3 + crate::run::QUICK) {
-        Ok(theirs) => {
-            findings.extend(theirs.into_iter().map(|mut f| {
-                f.message = format!("there: {}", f.message);
-                f
-            }));
-            let rest = "fixed ports, cgroups and images there: the deploy checks them, or `tug doctor` on that host";
-            findings.push(Finding::skipped("host checks", rest));
-        }
-        Err(crate::client::RequestError::Status(404, _)) => findings.push(Finding::warning(
-            "host checks",
-            "that daemon runs an older tug, which does not check its host",
-            "run `tug doctor` there",
-        )),
-        Err(why) => findings.push(Finding::failed("host checks", why.to_string(), "run `tug doctor` there")),
-    }
-    findings
 }
 
 /// The checks of this host, for a stack run here.
@@ -512,4 +516,32 @@ async fn registry(stack: &Stack) -> Vec<Finding> {
         findings.insert(0, Finding::ok("registry", format!("{address} answers")));
     }
     findings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(project: &str, registry: &str) -> tug_proto::status::StackStatus {
+        serde_json::from_value(serde_json::json!({
+            "project": project, "daemon_pid": 1, "generation": 1, "shutting_down": false,
+            "services": [], "instances": [], "notices": [], "advertise": "127.0.0.1", "version": "0.1.0",
+            "registry": { "location": "redis://r:6379/0", "state": registry, "error": "timed out", "entries": 0, "hosts": 0 },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_daemon_answer_is_judged_for_this_stack() {
+        let url = "https://h:7070";
+        let ok = daemon_answer(url, Some("shop"), Ok(status("shop", "live")));
+        assert_eq!(ok.status, Status::Ok, "{ok:?}");
+        assert!(ok.message.contains("tug 0.1.0") && ok.message.contains("(live)"), "{ok:?}");
+        let other = daemon_answer(url, Some("shop"), Ok(status("blog", "live")));
+        assert!(other.status == Status::Failed && other.message.contains("`blog`"), "{other:?}");
+        let stale = daemon_answer(url, Some("shop"), Ok(status("shop", "stale")));
+        assert!(stale.status == Status::Warning && stale.message.contains("timed out"), "{stale:?}");
+        let refused = daemon_answer(url, None, Err("the daemon refused the request".into()));
+        assert!(refused.status == Status::Failed && refused.message.starts_with(url), "{refused:?}");
+    }
 }
