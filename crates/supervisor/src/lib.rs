@@ -853,7 +853,7 @@ impl Supervisor {
     }
 
     /// `tug rollout promote|abort|undo SERVICE`.
-    pub fn rollout_action(&self, service: &str, action: RolloutAction) -> Result<String, Error> {
+    pub async fn rollout_action(&self, service: &str, action: RolloutAction) -> Result<String, Error> {
         self.refuse_if_shutting_down()?;
         let (steer, phase, current) = {
             let table = self.inner.lock();
@@ -879,14 +879,14 @@ impl Supervisor {
             (RolloutAction::Promote | RolloutAction::Abort, None) => {
                 Err(Error::Conflict(format!("`{service}` has no rollout under way")))
             }
-            (RolloutAction::Undo, None) => self.undo(service, current),
+            (RolloutAction::Undo, None) => self.undo(service, current).await,
         }
     }
 
     /// Back to the last revision that completed before the current one, by the service's
     /// strategy but without canary steps (a canary undo rolls), and a blue-green one promoted
     /// at once.
-    fn undo(&self, service: &str, current: Arc<ServiceSpec>) -> Result<String, Error> {
+    async fn undo(&self, service: &str, current: Arc<ServiceSpec>) -> Result<String, Error> {
         let key = self.inner.config.seal_key.as_ref();
         let target = {
             let records = self.inner.records.lock().unwrap_or_else(|p| p.into_inner());
@@ -896,6 +896,7 @@ impl Supervisor {
             })?;
             record.spec(&revision, key).map_err(Error::Conflict)?
         };
+        self.check_image_still_there(service, &target).await?;
         let mut to = target;
         to.replicas = current.replicas;
         let (mut strategy, note) = plan::effective_strategy(&to);
@@ -916,6 +917,27 @@ impl Supervisor {
         };
         rollout::begin(self, plan);
         Ok(format!("rolling `{service}` back to revision {revision}"))
+    }
+
+    /// Refuses to go back to a revision whose image id is gone from the engine (`docker image
+    /// prune` removes the untagged image a rebuilt tag leaves behind): its instances could only
+    /// fail to start until the progress deadline, with the stack's old set shrinking meanwhile.
+    async fn check_image_still_there(&self, service: &str, target: &ServiceSpec) -> Result<(), Error> {
+        let Some(container) = &target.container else { return Ok(()) };
+        let Some(url) = self.inner.lock().engine.clone() else { return Ok(()) };
+        let state_dir = self.inner.config.state_dir.display().to_string();
+        let engine = self.inner.engines.get(&url, &state_dir).await.map_err(|e| {
+            Error::Conflict(format!("cannot undo `{service}`: the container engine does not answer: {e}"))
+        })?;
+        match engine.inspect_image(&container.image_id).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Error::Conflict(format!(
+                "cannot undo `{service}` to revision {}: the image `{}` it ran ({}) is no longer on the container \
+                 engine (removed by `docker image prune`?); load or rebuild that image, or deploy another revision",
+                target.revision, container.image, container.image_id
+            ))),
+            Err(e) => Err(Error::Conflict(format!("cannot undo `{service}`: the container engine: {e}"))),
+        }
     }
 
     fn instance_controls(&self, service: &str) -> Vec<mpsc::UnboundedSender<Control>> {

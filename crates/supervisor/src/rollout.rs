@@ -397,7 +397,15 @@ impl Run {
                     .filter(|r| !r.ready)
                     .filter_map(|r| t.instances.get(&r.name))
                     .map(|i| {
-                        let detail = i.status.health.as_ref().filter(|h| !h.ok).map(|h| format!(": {}", h.message));
+                        // Why it is not ready: a failing probe, else what ended its last run.
+                        let detail = i
+                            .status
+                            .health
+                            .as_ref()
+                            .filter(|h| !h.ok)
+                            .map(|h| h.message.clone())
+                            .or_else(|| i.status.message.clone())
+                            .map(|m| format!(": {m}"));
                         format!("{} is {}{}", i.status.instance, i.status.state.as_str(), detail.unwrap_or_default())
                     })
                     .collect()

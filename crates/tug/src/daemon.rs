@@ -992,7 +992,7 @@ async fn handle(app: Arc<App>, request: Request<Incoming>, conn: ConnInfo) -> Re
             None => error(StatusCode::BAD_REQUEST, "say which service: /v1/history?service=NAME"),
         },
         (&Method::POST, "/v1/rollout") => match parse::<RolloutRequest>(&body) {
-            Ok(request) => match supervisor.rollout_action(&request.service, request.action) {
+            Ok(request) => match supervisor.rollout_action(&request.service, request.action).await {
                 Ok(message) => json(StatusCode::OK, &serde_json::json!({ "message": message })),
                 Err(e) => supervisor_error(e),
             },

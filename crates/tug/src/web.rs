@@ -303,7 +303,7 @@ async fn action(app: &App, request: Request<Incoming>, session: &Session) -> Res
         "undo" => RolloutAction::Undo,
         other => return error(StatusCode::BAD_REQUEST, format!("`{other}` is not an action: promote, abort or undo")),
     };
-    match app.supervisor.rollout_action(&parsed.service, action) {
+    match app.supervisor.rollout_action(&parsed.service, action).await {
         Ok(message) => {
             tug_supervisor::log::info(
                 &format!("dashboard: {} {}", parsed.action, parsed.service),

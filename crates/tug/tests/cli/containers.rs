@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Stack, free_port};
+use crate::harness::{Stack, free_port, wait_until};
 use crate::images::{self, Tags, demo_image, docker, redis_image, stack_containers, stack_volumes, web_image};
 use crate::rollout::{Load, deploy, history, set, versions, wait_versions, web_revision, web_rows};
 use crate::routing::{field_of, http_once};
@@ -132,7 +132,8 @@ fn a_rebuilt_image_is_a_canary_under_load_and_a_bad_one_is_rolled_back() {
     stack.up();
     let v1 = web_revision(&stack);
     // The same tag, rebuilt: a new image id, so a new revision; the stack file did not change.
-    tags.0.push(web_image(&tag, "2", ""));
+    let v2_image = web_image(&tag, "2", "");
+    tags.0.push(v2_image.clone());
     let load = Load::start(port, 4, 40);
     let run = deploy(&stack);
     std::thread::sleep(Duration::from_millis(300));
@@ -163,6 +164,18 @@ fn a_rebuilt_image_is_a_canary_under_load_and_a_bad_one_is_rolled_back() {
     wait_versions(port, &["1"]);
     let h = history(&stack);
     assert!(h.iter().any(|e| e["outcome"] == "rolled_back"), "{h:#?}");
+    // An `undo` to a revision whose image was removed meanwhile is refused before anything
+    // stops, and says which image is missing.
+    wait_until("the undo's old set gone", Duration::from_secs(30), || {
+        let rows = web_rows(&stack);
+        rows.len() == 3 && rows.iter().all(|r| r["revision"] == v1.as_str())
+    });
+    images::docker(&["rmi", "-f", &v2_image]);
+    let undo = stack.tug(&["rollout", "undo", "web"]);
+    assert_ne!(undo.code, 0, "{}", undo.all());
+    assert!(undo.stderr.contains(&v2) && undo.stderr.contains("no longer on the container engine"), "{}", undo.all());
+    assert_eq!(versions(port, 30), set(&["1"]));
+    assert_eq!(web_rows(&stack).len(), 3, "{:#?}", web_rows(&stack));
 }
 
 #[test]

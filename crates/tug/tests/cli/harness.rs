@@ -39,6 +39,15 @@ fn port_block() -> (u16, u16) {
 }
 
 /// A free TCP port on 127.0.0.1 right now, for a stack's fixed `port:`.
+/// Polls `check` until it holds; fails the test after `timeout`, naming `what` it waited for.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }

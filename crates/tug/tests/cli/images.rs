@@ -107,10 +107,13 @@ fn which(program: &str) -> PathBuf {
 
 /// Builds `tag` from the demo image with `VERSION` and extra `ENV` lines: a new image id each
 /// time its content differs. Returns the id, for [`Tags`] to remove when the test ends (a
-/// rebuilt tag leaves the earlier image untagged, not gone).
+/// rebuilt tag leaves the earlier image untagged, not gone). The tag is in a label, so two
+/// tests never share an id: one's cleanup would remove the other's untagged image.
 pub fn web_image(tag: &str, version: &str, extra_env: &str) -> String {
     let dir = TempDir::new("image-web");
-    dir.write("Dockerfile", &format!("FROM {}\nENV VERSION={version}\n{extra_env}LABEL tug-test=web\n", demo_image()));
+    let dockerfile =
+        format!("FROM {}\nENV VERSION={version}\n{extra_env}LABEL tug-test=web tug-test-tag={tag}\n", demo_image());
+    dir.write("Dockerfile", &dockerfile);
     build(tag, dir.path());
     image_id(tag)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::api;
-use crate::harness::{Stack, alive, stack_processes, wait_gone};
+use crate::harness::{Stack, alive, stack_processes, wait_gone, wait_until};
 
 fn pid_of(row: &Value) -> i32 {
     row["pid"].as_i64().unwrap_or_else(|| panic!("no pid: {row:#}")) as i32
@@ -26,14 +26,6 @@ fn processes_running(stack: &Stack, cmdline: &str) -> Vec<i32> {
         .into_iter()
         .filter(|pid| tug_sys::procfs::cmdline(*pid).is_some_and(|c| c == cmdline))
         .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The keeper is the daemon's parent.

@@ -7,15 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Stack, free_port};
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::harness::{Stack, free_port, wait_until};
 
 #[test]
 fn a_program_that_binds_the_service_port_itself_is_warned_about_and_its_crash_names_the_router() {
