@@ -127,12 +127,12 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     /// Largest HTTP/2 header block (decoded), advertised to clients.
     pub max_header_list_size: u32,
-    /// HTTP/2 rapid-reset protection: streams a client opened and reset before
-    /// the router accepted them, beyond which the connection is closed
-    /// (GOAWAY `ENHANCE_YOUR_CALM`).
+    /// HTTP/2 rapid-reset protection: streams a client may open and reset before
+    /// their answer, each answered stream earning one back; past it the connection
+    /// is closed (GOAWAY `ENHANCE_YOUR_CALM`).
     pub max_pending_accept_reset_streams: usize,
     /// HTTP/2: streams the router may reset because of a client's protocol
-    /// errors before it closes the connection.
+    /// errors (each answered stream earning one back) before it closes the connection.
     pub max_local_error_reset_streams: usize,
     /// Client connections open at once on this listener, all its routers (one a thread)
     /// together, within whatever budget the limit is part of; a connection beyond it is

@@ -5,16 +5,17 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::Policy;
@@ -25,6 +26,7 @@ use crate::lifecycle::{Live, drive, until_stopped};
 use crate::stats::Counters;
 use crate::table::{Endpoint, InFlight, Shared, Tried, lock};
 use crate::tcp::COPY_BUFFER;
+pub(crate) use crate::upstream::ClientBody;
 use crate::upstream::{Body, Conn, Kind, Outgoing, Replay, checkout};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -49,12 +51,9 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
 pub(crate) const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The server side, configured once per listener.
-/// Bytes buffered for sending per HTTP/2 stream to a client.
-const H2_SEND_BUFFER: usize = 64 << 10;
-
 pub(crate) struct Servers {
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: crate::h2::Limits,
 }
 
 impl Servers {
@@ -67,15 +66,13 @@ impl Servers {
             .header_read_timeout(config.header_read_timeout)
             .max_header_size(config.max_header_bytes)
             .writev(false);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
-        h2.timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .max_header_list_size(config.max_header_list_size)
-            .max_pending_accept_reset_streams(config.max_pending_accept_reset_streams)
-            .max_local_error_reset_streams(config.max_local_error_reset_streams)
-            // hyper's 400 KiB default let one client pin ~100 MiB across its streams; 64 KiB a
-            // stream keeps a connection under 8 MiB at the default stream limit.
-            .max_send_buf_size(H2_SEND_BUFFER);
+        let h2 = crate::h2::Limits {
+            max_concurrent_streams: config.max_concurrent_streams,
+            max_header_list_size: config.max_header_list_size,
+            header_read_timeout: config.header_read_timeout,
+            reset_allowance: config.max_pending_accept_reset_streams,
+            error_allowance: config.max_local_error_reset_streams,
+        };
         Arc::new(Servers { h1, h2 })
     }
 }
@@ -115,9 +112,23 @@ pub(crate) async fn connection(
     if !http2 {
         return crate::h1::serve(stream, client, servers).await;
     }
-    // Boxed: hyper moves a stream's future into its own task; a pointer moves cheaper than the future.
-    let service = hyper::service::service_fn(move |req| Box::pin(proxy(client.clone(), req)));
-    drive(servers.h2.serve_connection(TokioIo::new(stream), service), |c| c.graceful_shutdown(), phase, max_age).await;
+    let conn = crate::h2::Connection::new(stream, client, servers.h2.clone());
+    drive(conn, |c| c.get_mut().graceful_shutdown(), phase, max_age).await;
+}
+
+/// The answer to a request on one of the router's own HTTP/2 streams. Boxed: the connection
+/// keeps each stream's handler beside the others.
+pub(crate) fn respond(
+    client: &Arc<Client>,
+    req: Request<ClientBody>,
+) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
+    let client = client.clone();
+    Box::pin(async move {
+        match proxy(client, req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    })
 }
 
 /// Serves an HTTP/1 connection with hyper for the rest of its life (the plain path in `h1.rs`
@@ -127,7 +138,8 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let phase = client.shared.phase.clone();
-    let service = hyper::service::service_fn(move |req| proxy(client.clone(), req));
+    let service =
+        hyper::service::service_fn(move |req: Request<Incoming>| proxy(client.clone(), req.map(ClientBody::Hyper)));
     let conn = servers.h1.serve_connection(TokioIo::new(io), service).with_upgrades();
     drive(conn, |c| c.graceful_shutdown(), phase, max_age).await;
 }
@@ -194,7 +206,7 @@ enum Outcome {
     ClientFailed,
 }
 
-async fn proxy(client: Arc<Client>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn proxy(client: Arc<Client>, mut req: Request<ClientBody>) -> Result<Response<Body>, Infallible> {
     let shared = &client.shared;
     // A tunnel to wherever the client names is not a service's business (and
     // hyper would take the connection over on a 2xx).
@@ -492,7 +504,7 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, _in_flight: InFlight, _li
 /// again (`replayable`) and its body can be: empty, or of a declared length within
 /// `max_replay_body` (read whole now, within `request_timeout`). Anything else streams.
 async fn prepare_body(
-    body: Incoming,
+    body: ClientBody,
     shared: &Shared,
     replayable: bool,
 ) -> Result<(Outgoing, Option<Replay>), Response<Body>> {
@@ -517,7 +529,7 @@ async fn prepare_body(
 
 /// Reads a small body whole: no copy when it arrives in one frame (the usual
 /// case). `None` if it fails or grows past `limit`.
-async fn read_replay(mut body: Incoming, limit: usize) -> Option<Replay> {
+async fn read_replay(mut body: ClientBody, limit: usize) -> Option<Replay> {
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut trailers = None;

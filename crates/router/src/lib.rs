@@ -68,6 +68,7 @@ mod budget;
 mod config;
 mod detect;
 mod h1;
+mod h2;
 mod http;
 mod lifecycle;
 mod stats;

@@ -30,9 +30,46 @@ pub(crate) enum Outgoing {
     },
     /// Streamed from the client as it arrives; cannot be sent twice.
     Stream {
-        body: Incoming,
+        body: ClientBody,
         ended: Option<oneshot::Sender<()>>,
     },
+}
+
+/// A request body as the client sends it: on an HTTP/1 connection (hyper's), or on one of the
+/// router's own HTTP/2 streams.
+pub(crate) enum ClientBody {
+    Empty,
+    Hyper(Incoming),
+    H2(crate::h2::RecvBody),
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map(|f| f.map(|f| f.map_err(BoxError::from))),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
+        }
+    }
 }
 
 /// How long a pooled HTTP/1 connection may take to become ready again (its
@@ -41,7 +78,7 @@ pub(crate) enum Outgoing {
 const READY_WAIT: Duration = Duration::from_millis(100);
 
 impl Outgoing {
-    pub fn stream(body: Incoming) -> Outgoing {
+    pub fn stream(body: ClientBody) -> Outgoing {
         Outgoing::Stream { body, ended: None }
     }
 
@@ -80,9 +117,9 @@ impl From<Replay> for Outgoing {
 
 impl hyper::body::Body for Outgoing {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Outgoing::Empty => Poll::Ready(None),
             Outgoing::Full { data, trailers } => Poll::Ready(match data.take() {

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod balance;
+mod h2;
 mod lifecycle;
 mod outlier;
 mod plain;
