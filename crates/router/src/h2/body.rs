@@ -73,11 +73,18 @@ pub(crate) struct Inbox {
     pub taken: usize,
     /// Bytes received and not yet taken.
     pub buffered: usize,
+    /// The handler dropped the body: what still comes is discarded.
+    dropped: bool,
     reader: Option<Waker>,
 }
 
 impl Inbox {
     pub(crate) fn push(&mut self, data: Bytes) {
+        if self.dropped {
+            // Nobody will read it: the window goes back at once.
+            self.taken += data.len();
+            return;
+        }
         self.buffered += data.len();
         self.data.push_back(data);
         self.wake();
@@ -89,9 +96,17 @@ impl Inbox {
         self.wake();
     }
 
+    /// The stream is gone: what is buffered is dropped (the caller gives its window back).
     pub(crate) fn fail(&mut self) {
         self.failed = true;
+        self.data.clear();
+        self.trailers = None;
         self.wake();
+    }
+
+    /// Nothing buffered: no data, no trailers.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.trailers.is_none()
     }
 
     fn wake(&mut self) {
@@ -109,12 +124,29 @@ pub(crate) struct RecvBody {
     pub(crate) content_length: Option<u64>,
 }
 
+impl Drop for RecvBody {
+    /// A handler that answered without reading the whole body (or went away) must not pin the
+    /// client's window: what was buffered and what still comes is given back.
+    fn drop(&mut self) {
+        let mut inbox = lock(&self.inbox);
+        inbox.dropped = true;
+        let buffered = std::mem::take(&mut inbox.buffered);
+        inbox.taken += buffered;
+        inbox.data.clear();
+        drop(inbox);
+        self.ready.push(self.id);
+    }
+}
+
 impl hyper::body::Body for RecvBody {
     type Data = Bytes;
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut inbox = lock(&self.inbox);
+        if inbox.failed {
+            return Poll::Ready(Some(Err("the client reset the request before its body ended".into())));
+        }
         if let Some(data) = inbox.data.pop_front() {
             inbox.buffered -= data.len();
             inbox.taken += data.len();
@@ -125,9 +157,6 @@ impl hyper::body::Body for RecvBody {
         }
         if let Some(trailers) = inbox.trailers.take() {
             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
-        }
-        if inbox.failed {
-            return Poll::Ready(Some(Err("the client reset the request before its body ended".into())));
         }
         if inbox.ended {
             return Poll::Ready(None);

@@ -50,6 +50,11 @@ const READ_BUF: usize = 64 << 10;
 const BUDGET: usize = 32;
 /// A compressed header block larger than this is refused whatever it decodes to.
 const MAX_BLOCK: usize = 256 << 10;
+/// Stream ids the router closed lately: frames the client sent before it learned are ignored.
+const RECENTLY_CLOSED: usize = 1024;
+/// After the last frame out, how long unread input is drained before the socket closes, so the
+/// client gets what was sent instead of a reset.
+const LINGER: Duration = Duration::from_secs(1);
 
 type Handling = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
 
@@ -93,6 +98,8 @@ struct Stream {
     received: u64,
     /// The router has ended its side.
     done: bool,
+    /// In the connection's `starved` list.
+    starved: bool,
 }
 
 /// A connection error: GOAWAY with the reason, then close.
@@ -112,6 +119,8 @@ pub(crate) struct Connection {
     start: usize,
     end: usize,
     preface_read: bool,
+    /// Once everything is sent: input read and dropped until the client closes, or this ends.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
     core: Core,
 }
 
@@ -128,6 +137,11 @@ struct Core {
     woken: Vec<u32>,
     /// Streams waiting for connection window or output room.
     starved: Vec<u32>,
+    /// Ids of streams the router closed or reset lately, oldest first.
+    closed: std::collections::VecDeque<u32>,
+    /// The client changed SETTINGS_HEADER_TABLE_SIZE: the next header block says the router's
+    /// encoder uses a table of 0 (RFC 7541 §4.2), which it always does.
+    table_size_update: bool,
     out: Vec<u8>,
     out_at: usize,
     scratch: Vec<u8>,
@@ -172,6 +186,8 @@ impl Connection {
             queue: Vec::new(),
             woken: Vec::new(),
             starved: Vec::new(),
+            closed: std::collections::VecDeque::new(),
+            table_size_update: false,
             out,
             out_at: 0,
             scratch: Vec::new(),
@@ -191,7 +207,15 @@ impl Connection {
             peer_going_away: false,
             closing: false,
         };
-        Connection { io, input: vec![0; READ_BUF].into_boxed_slice(), start: 0, end: 0, preface_read: false, core }
+        Connection {
+            io,
+            input: vec![0; READ_BUF].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            preface_read: false,
+            linger: None,
+            core,
+        }
     }
 
     /// Stops taking new streams (GOAWAY naming the last one taken) and ends once those are done.
@@ -267,13 +291,33 @@ impl Connection {
                 Poll::Pending => break,
             }
         }
-        if core.out_at == core.out.len() && core.out_at > 0 {
+        if core.out_at == core.out.len() {
             core.out.clear();
             core.out_at = 0;
-            let starved = std::mem::take(&mut core.starved);
-            core.queue.extend(starved);
+        } else if core.out_at >= OUT_HIGH {
+            core.out.drain(..core.out_at);
+            core.out_at = 0;
+        }
+        if wrote && core.pending_out() < OUT_HIGH / 2 {
+            core.requeue_starved();
         }
         if wrote { Poll::Ready(true) } else { Poll::Pending }
+    }
+
+    /// Drops what the client still sends until it closes, or `LINGER` has passed.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            (self.start, self.end) = (0, 0);
+            match self.read(cx) {
+                Poll::Ready(true) => continue,
+                Poll::Ready(false) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            return match self.linger.as_mut().map(|l| l.as_mut().poll(cx)) {
+                Some(Poll::Pending) => Poll::Pending,
+                _ => Poll::Ready(()),
+            };
+        }
     }
 }
 
@@ -282,6 +326,9 @@ impl Future for Connection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
+        if this.linger.is_some() {
+            return this.poll_linger(cx);
+        }
         this.core.ready.register(cx.waker());
         for _ in 0..BUDGET {
             let mut progress = false;
@@ -312,7 +359,8 @@ impl Future for Connection {
             }
             if this.core.pending_out() == 0 && this.core.finished() {
                 let _ = Pin::new(&mut this.io).poll_shutdown(cx);
-                return Poll::Ready(());
+                this.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+                return this.poll_linger(cx);
             }
             if !progress {
                 return Poll::Pending;
@@ -323,9 +371,52 @@ impl Future for Connection {
     }
 }
 
+impl Drop for Core {
+    /// The connection is gone however it ended: a handler still reading a request body (an
+    /// instance's HTTP/2 stream, say) learns it will not end.
+    fn drop(&mut self) {
+        for stream in self.streams.values() {
+            if let Some(inbox) = &stream.inbox {
+                let mut inbox = super::body::lock(inbox);
+                if !inbox.ended || !inbox.is_empty() {
+                    inbox.fail();
+                }
+            }
+        }
+    }
+}
+
 impl Core {
     fn pending_out(&self) -> usize {
         self.out.len() - self.out_at
+    }
+
+    fn requeue_starved(&mut self) {
+        for id in self.starved.drain(..) {
+            if let Some(stream) = self.streams.get_mut(&id) {
+                stream.starved = false;
+                self.queue.push(id);
+            }
+        }
+    }
+
+    fn remember_closed(&mut self, id: u32) {
+        if self.closed.len() == RECENTLY_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(id);
+    }
+
+    fn recently_closed(&self, id: u32) -> bool {
+        self.closed.contains(&id)
+    }
+
+    /// The scratch buffer, emptied for a header block to encode.
+    fn start_block(&mut self) {
+        self.scratch.clear();
+        if std::mem::take(&mut self.table_size_update) {
+            self.scratch.push(0x20);
+        }
     }
 
     fn finished(&self) -> bool {
@@ -343,7 +434,8 @@ impl Core {
         }
         self.closing = true;
         self.deadline = None;
-        frame::put_goaway(&mut self.out, self.last_stream, reason, why);
+        // The last stream id a GOAWAY names never grows (§6.8).
+        frame::put_goaway(&mut self.out, self.going_away.unwrap_or(self.last_stream), reason, why);
         for (_, stream) in self.streams.drain() {
             if let Some(inbox) = &stream.inbox {
                 super::body::lock(inbox).fail();
@@ -420,8 +512,8 @@ impl Core {
                     }
                     self.peer_max_frame = value as usize;
                 }
-                // The table size only matters to an encoder that indexes, which the router's
-                // does not; the other settings are about what the router would open or push.
+                frame::SETTINGS_HEADER_TABLE_SIZE => self.table_size_update = true,
+                // The others are about what the router would open or push.
                 _ => {}
             }
         }
@@ -482,7 +574,7 @@ impl Core {
             return Err(Fatal(Reason::Protocol, "RST_STREAM on a stream never opened"));
         }
         let Some(stream) = self.streams.remove(&head.stream) else { return Ok(()) };
-        self.drop_stream(&stream);
+        self.drop_stream(head.stream, &stream);
         if stream.handling.is_some() {
             // Opened and reset before its answer: the rapid-reset attack (CVE-2023-44487)
             // is made of these; answered streams earn the allowance back.
@@ -507,8 +599,7 @@ impl Core {
             if self.send_window > MAX_WINDOW {
                 return Err(Fatal(Reason::FlowControl, "the connection's window went above 2^31-1"));
             }
-            let starved = std::mem::take(&mut self.starved);
-            self.queue.extend(starved);
+            self.requeue_starved();
             return Ok(());
         }
         if head.stream > self.last_stream {
@@ -543,9 +634,12 @@ impl Core {
             if head.stream > self.last_stream {
                 return Err(Fatal(Reason::Protocol, "DATA on a stream never opened"));
             }
-            // A stream the router has closed or reset: ignored, its window given back.
             self.unreturned += len;
-            return Ok(());
+            // A stream the router closed or reset lately: the client had not learned yet.
+            if self.recently_closed(head.stream) {
+                return Ok(());
+            }
+            return self.refuse(head.stream, Reason::StreamClosed);
         };
         if !stream.remote_open {
             self.unreturned += len;
@@ -562,6 +656,7 @@ impl Core {
         let overrun = stream.content_length.is_some_and(|n| stream.received > n);
         let short = end && stream.content_length.is_some_and(|n| stream.received != n);
         if overrun || short {
+            self.unreturned += data.len() as i64;
             return self.reset(head.stream, Reason::Protocol);
         }
         if let Some(inbox) = &stream.inbox {
@@ -589,7 +684,7 @@ impl Core {
         let mut malformed = None;
         if head.flags & frame::PRIORITY_FLAG != 0 {
             if block.len() < 5 {
-                return Err(Fatal(Reason::FrameSize, "HEADERS too short for its priority"));
+                return Err(Fatal(Reason::Protocol, "HEADERS padding leaves no room for its priority"));
             }
             if u32::from_be_bytes([block[0], block[1], block[2], block[3]]) & 0x7fff_ffff == head.stream {
                 malformed = Some("a stream depends on itself");
@@ -633,23 +728,30 @@ impl Core {
             return self.on_trailers(id, block, end_stream);
         }
         let new = id > self.last_stream;
-        let mut fields = Fields::request();
+        let mut fields = Fields::request(self.limits.max_header_list_size as usize);
         self.decoder
             .decode(block, |name, value| fields.field(name, value))
             .map_err(|_| Fatal(Reason::Compression, "a header block does not decode (HPACK)"))?;
         if !new {
-            // Only the trailers of a stream the router has already answered or reset may
-            // still come; anything else reuses a closed stream.
-            return if end_stream { Ok(()) } else { Err(Fatal(Reason::StreamClosed, "HEADERS on a closed stream")) };
+            // Only the trailers of a stream the router has lately answered or reset may still
+            // come; anything else reuses or goes back to a stream id (§5.1.1).
+            return match (self.recently_closed(id), end_stream) {
+                (true, true) => Ok(()),
+                (true, false) => Err(Fatal(Reason::StreamClosed, "HEADERS on a closed stream")),
+                (false, _) => Err(Fatal(Reason::Protocol, "HEADERS on a stream id at or below one already used")),
+            };
         }
         self.last_stream = id;
         if self.going_away.is_some() || self.closing {
             return Ok(());
         }
         if self.streams.len() >= self.limits.max_concurrent_streams as usize {
-            return self.refuse(id, Reason::RefusedStream);
+            // Not held against the client: it may open more before it sees the SETTINGS.
+            frame::put_rst(&mut self.out, id, Reason::RefusedStream);
+            self.remember_closed(id);
+            return Ok(());
         }
-        if fields.size > self.limits.max_header_list_size as usize {
+        if fields.over_limit() {
             return self.answer_431(id, end_stream);
         }
         let head = match (malformed, fields.into_request()) {
@@ -688,6 +790,7 @@ impl Core {
                 content_length: head.content_length,
                 received: 0,
                 done: false,
+                starved: false,
             },
         );
         self.queue.push(id);
@@ -695,7 +798,7 @@ impl Core {
     }
 
     fn on_trailers(&mut self, id: u32, block: &[u8], end_stream: bool) -> Result<(), Fatal> {
-        let mut fields = Fields::trailers();
+        let mut fields = Fields::trailers(self.limits.max_header_list_size as usize);
         self.decoder
             .decode(block, |name, value| fields.field(name, value))
             .map_err(|_| Fatal(Reason::Compression, "a header block does not decode (HPACK)"))?;
@@ -704,8 +807,9 @@ impl Core {
             return self.reset(id, Reason::StreamClosed);
         }
         let short = stream.content_length.is_some_and(|n| stream.received != n);
+        let over = fields.over_limit();
         let trailers = match fields.into_trailers() {
-            Ok(trailers) if end_stream && !short => trailers,
+            Ok(trailers) if end_stream && !short && !over => trailers,
             _ => return self.reset(id, Reason::Protocol),
         };
         stream.remote_open = false;
@@ -719,13 +823,14 @@ impl Core {
     /// A stream refused or ended for the client's error: RST_STREAM, within the allowance.
     fn reset(&mut self, id: u32, reason: Reason) -> Result<(), Fatal> {
         if let Some(stream) = self.streams.remove(&id) {
-            self.drop_stream(&stream);
+            self.drop_stream(id, &stream);
         }
         self.refuse(id, reason)
     }
 
     fn refuse(&mut self, id: u32, reason: Reason) -> Result<(), Fatal> {
         frame::put_rst(&mut self.out, id, reason);
+        self.remember_closed(id);
         if self.error_credit == 0 {
             return Err(Fatal(Reason::EnhanceYourCalm, "too many streams reset for the client's errors"));
         }
@@ -735,24 +840,27 @@ impl Core {
 
     /// A request whose headers are over SETTINGS_MAX_HEADER_LIST_SIZE.
     fn answer_431(&mut self, id: u32, end_stream: bool) -> Result<(), Fatal> {
-        self.scratch.clear();
+        self.start_block();
         hpack::encode_status(&mut self.scratch, 431);
         frame::put_headers(&mut self.out, id, &self.scratch, true, self.peer_max_frame);
         if !end_stream {
             frame::put_rst(&mut self.out, id, Reason::NoError);
         }
+        self.remember_closed(id);
         Ok(())
     }
 
     /// A stream leaves: its body's reader learns it failed if it had not ended, and what it
     /// buffered goes back to the connection's window.
-    fn drop_stream(&mut self, stream: &Stream) {
+    fn drop_stream(&mut self, id: u32, stream: &Stream) {
+        self.remember_closed(id);
         if let Some(inbox) = &stream.inbox {
             let mut inbox = super::body::lock(inbox);
-            if !inbox.ended {
+            self.unreturned += inbox.buffered as i64 + inbox.taken as i64;
+            // A body not read to its end must not look whole to whoever still reads it.
+            if !inbox.ended || !inbox.is_empty() {
                 inbox.fail();
             }
-            self.unreturned += inbox.buffered as i64 + inbox.taken as i64;
             inbox.buffered = 0;
             inbox.taken = 0;
         }
@@ -792,7 +900,7 @@ impl Core {
             self.error_credit = (self.error_credit + 1).min(self.limits.error_allowance);
             let (parts, body) = response.into_parts();
             let end = body.is_end_stream();
-            self.scratch.clear();
+            self.start_block();
             hpack::encode_status(&mut self.scratch, parts.status.as_u16());
             encode_fields(&mut self.scratch, &parts.headers);
             frame::put_headers(&mut self.out, id, &self.scratch, end, self.peer_max_frame);
@@ -821,7 +929,7 @@ impl Core {
         if stream.done {
             let remote_open = stream.remote_open;
             if let Some(stream) = self.streams.remove(&id) {
-                self.drop_stream(&stream);
+                self.drop_stream(id, &stream);
             }
             if remote_open {
                 // Answered before the request ended: the rest is not needed (§8.1).
@@ -836,7 +944,10 @@ impl Core {
         let Some(body) = stream.body.as_mut() else { return };
         loop {
             if self.out.len() - self.out_at >= OUT_HIGH {
-                self.starved.push(id);
+                if !stream.starved {
+                    stream.starved = true;
+                    self.starved.push(id);
+                }
                 return;
             }
             if stream.unsent.is_empty() {
@@ -851,6 +962,8 @@ impl Core {
                         // The instance broke off its answer: the client must not take a
                         // truncated body for a whole one.
                         frame::put_rst(&mut self.out, id, Reason::Internal);
+                        // Closed both ways now: no second reset when it is removed.
+                        stream.remote_open = false;
                         stream.done = true;
                         return;
                     }
@@ -864,6 +977,9 @@ impl Core {
                         Err(frame) => {
                             let trailers = frame.into_trailers().unwrap_or_default();
                             self.scratch.clear();
+                            if std::mem::take(&mut self.table_size_update) {
+                                self.scratch.push(0x20);
+                            }
                             encode_fields(&mut self.scratch, &trailers);
                             frame::put_headers(&mut self.out, id, &self.scratch, true, self.peer_max_frame);
                             stream.done = true;
@@ -874,7 +990,8 @@ impl Core {
             }
             let room = stream.send_window.min(self.send_window).min(self.peer_max_frame as i64);
             if room <= 0 {
-                if self.send_window <= 0 {
+                if self.send_window <= 0 && !stream.starved {
+                    stream.starved = true;
                     self.starved.push(id);
                 }
                 return;

@@ -20,6 +20,9 @@ pub(crate) struct Head {
 #[derive(Default)]
 pub(crate) struct Fields {
     trailers: bool,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: past it fields are counted, no longer kept, so a block
+    /// of repeated indexed fields cannot decode into more memory than the limit.
+    limit: usize,
     method: Option<Method>,
     scheme: Option<Vec<u8>>,
     authority: Option<Vec<u8>>,
@@ -37,12 +40,17 @@ pub(crate) struct Fields {
 const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
 
 impl Fields {
-    pub(crate) fn request() -> Fields {
-        Fields::default()
+    pub(crate) fn request(limit: usize) -> Fields {
+        Fields { limit, ..Fields::default() }
     }
 
-    pub(crate) fn trailers() -> Fields {
-        Fields { trailers: true, ..Fields::default() }
+    pub(crate) fn trailers(limit: usize) -> Fields {
+        Fields { trailers: true, limit, ..Fields::default() }
+    }
+
+    /// Whether the list is over the limit (the request gets 431, trailers a reset).
+    pub(crate) fn over_limit(&self) -> bool {
+        self.size > self.limit
     }
 
     fn refuse(&mut self, why: &'static str) {
@@ -51,7 +59,7 @@ impl Fields {
 
     pub(crate) fn field(&mut self, name: &[u8], value: &[u8]) {
         self.size += name.len() + value.len() + 32;
-        if self.problem.is_some() {
+        if self.problem.is_some() || self.over_limit() {
             return;
         }
         if name.first() == Some(&b':') {
@@ -90,7 +98,9 @@ impl Fields {
             }
         }
         let Ok(value) = HeaderValue::from_bytes(value) else { return self.refuse("a header value is not valid") };
-        self.headers.append(name, value);
+        if self.headers.try_append(name, value).is_err() {
+            self.refuse("too many header fields");
+        }
     }
 
     fn pseudo(&mut self, name: &[u8], value: &[u8]) {
@@ -133,6 +143,8 @@ impl Fields {
             self.headers.insert(header::COOKIE, cookies);
         }
         let authority = match &self.authority {
+            // No userinfo (§8.3.1): `user@host` is not a host.
+            Some(a) if a.contains(&b'@') => return Err(":authority holds userinfo"),
             Some(a) => Some(Authority::try_from(a.as_slice()).map_err(|_| ":authority is not a host[:port]")?),
             None => None,
         };
@@ -183,7 +195,7 @@ mod tests {
     use super::*;
 
     fn request(fields: &[(&str, &str)]) -> Result<Head, &'static str> {
-        let mut f = Fields::request();
+        let mut f = Fields::request(64 << 10);
         for (n, v) in fields {
             f.field(n.as_bytes(), v.as_bytes());
         }
@@ -238,14 +250,32 @@ mod tests {
         assert!(request(&[(":method", "OPTIONS"), (":scheme", "http"), (":path", "*")]).is_ok());
         assert!(request(&[(":method", "CONNECT"), (":authority", "a.test:443")]).is_ok());
         assert!(request(&[(":method", "CONNECT"), (":authority", "a.test:443"), (":path", "/")]).is_err());
+        assert!(
+            request(&[(":method", "GET"), (":scheme", "http"), (":authority", "u@a.test"), (":path", "/")]).is_err()
+        );
+    }
+
+    #[test]
+    fn past_the_limit_fields_are_counted_not_kept() {
+        let mut f = Fields::request(1000);
+        for (n, v) in GET {
+            f.field(n.as_bytes(), v.as_bytes());
+        }
+        let value = "v".repeat(100);
+        for _ in 0..100_000 {
+            f.field(b"x-repeated", value.as_bytes());
+        }
+        assert!(f.over_limit());
+        assert!(f.headers.len() < 10, "{} fields kept", f.headers.len());
+        assert_eq!(f.size, GET.iter().map(|(n, v)| n.len() + v.len() + 32).sum::<usize>() + 100_000 * 142);
     }
 
     #[test]
     fn trailers_take_no_pseudo_headers() {
-        let mut t = Fields::trailers();
+        let mut t = Fields::trailers(1024);
         t.field(b"grpc-status", b"0");
         assert_eq!(t.into_trailers().unwrap()["grpc-status"], "0");
-        let mut t = Fields::trailers();
+        let mut t = Fields::trailers(1024);
         t.field(b":status", b"200");
         assert!(t.into_trailers().is_err());
     }

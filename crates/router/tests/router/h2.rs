@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tug_router::{Config, Protocol};
 
-use crate::support::{Fixture, H1, H2, backends, collect, members};
+use crate::support::{Fixture, H1, H2, backends, collect, eventually, members};
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -33,7 +33,6 @@ const PADDED: u8 = 0x8;
 
 const PROTOCOL_ERROR: u32 = 0x1;
 const FLOW_CONTROL_ERROR: u32 = 0x3;
-const STREAM_CLOSED: u32 = 0x5;
 const FRAME_SIZE_ERROR: u32 = 0x6;
 const COMPRESSION_ERROR: u32 = 0x9;
 
@@ -223,13 +222,13 @@ async fn connection_errors_get_goaway_with_their_code() {
         ("PING of 7 bytes", frame(PING, 0, 0, &[0; 7]), FRAME_SIZE_ERROR),
         ("a header block HPACK cannot decode", frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x80]), COMPRESSION_ERROR),
         (
-            "HEADERS reusing a closed stream",
+            "HEADERS going back to a lower stream id",
             [
                 frame(HEADERS, END_HEADERS | END_STREAM, 3, &fields_of(&get("/"))),
-                frame(HEADERS, END_HEADERS, 1, &fields_of(&get("/"))),
+                frame(HEADERS, END_HEADERS | END_STREAM, 1, &fields_of(&get("/"))),
             ]
             .concat(),
-            STREAM_CLOSED,
+            PROTOCOL_ERROR,
         ),
     ];
     for (what, bytes, code) in cases {
@@ -291,6 +290,31 @@ async fn malformed_requests_are_reset_and_never_reach_the_instance() {
     raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, id + 2, &fields_of(&get("/")))).await;
     assert_eq!(raw.answer_of(id + 2).await[0], STATUS_200);
     assert!(web[0].requests() <= 3, "{} requests reached the instance", web[0].requests());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_bomb_is_refused_and_a_table_size_change_acknowledged() {
+    let web = backends(1).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    let mut raw = Raw::connect(fx.addr()).await;
+    // One 100-byte entry in the client's HPACK table (literal with incremental indexing), then
+    // the one-byte reference to it 16,000 times: 2 MB of fields from a 16 KB frame.
+    let mut bomb = fields_of(&get("/"));
+    bomb.extend_from_slice(&[0x40, 5]);
+    bomb.extend_from_slice(b"x-big");
+    bomb.push(100);
+    bomb.extend_from_slice(&[b'b'; 100]);
+    bomb.extend(std::iter::repeat_n(0xbe, 16_000));
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &bomb)).await;
+    let answer = raw.answer_of(1).await;
+    assert!(answer.windows(3).any(|w| w == b"431"), "{answer:?}");
+    // The client sets its decoder's table size: the router's next header block starts with a
+    // size update (RFC 7541 §4.2), then the status.
+    raw.send(&settings(&[(0x1, 0)])).await;
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &fields_of(&get("/")))).await;
+    assert_eq!(&raw.answer_of(3).await[..2], &[0x20, STATUS_200]);
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &fields_of(&get("/")))).await;
+    assert_eq!(raw.answer_of(5).await[0], STATUS_200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,4 +410,19 @@ async fn bodies_larger_than_every_window_go_both_ways() {
     let seen = h2.send(request).await.body;
     let cookies: Vec<&str> = seen.lines().filter(|l| l.starts_with("cookie:")).collect();
     assert_eq!(cookies, ["cookie: a=1; b=2"], "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_upload_ends_the_request_at_the_instance() {
+    let web = backends(1).await;
+    let fx = Fixture::start(Protocol::Http, Config::default(), members(&web));
+    let mut raw = Raw::connect(fx.addr()).await;
+    let post = block(&[(":method", "POST"), (":scheme", "http"), (":path", "/echo")]);
+    raw.send(&[frame(HEADERS, END_HEADERS, 1, &post), frame(DATA, 0, 1, b"partial")].concat()).await;
+    eventually(async || web[0].requests() == 1).await;
+    assert_eq!(web[0].open.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // The client's socket goes away: the router's upload to the instance must end too, not
+    // wait for the rest of a body that will never come.
+    drop(raw);
+    eventually(async || web[0].open.load(std::sync::atomic::Ordering::Relaxed) == 0).await;
 }
