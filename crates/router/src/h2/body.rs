@@ -3,17 +3,14 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use hyper::body::{Bytes, Frame, SizeHint};
 use hyper::header::HeaderMap;
 
+pub(crate) use crate::table::lock;
 use crate::upstream::BoxError;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The streams woken since the connection last looked, and the connection's task to wake.
 #[derive(Default)]

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use super::body::{Inbox, Ready, RecvBody, StreamWaker};
 use super::frame::{self, Head, MAX_FRAME, MAX_WINDOW, Reason};
 use super::hpack::{self, Decoder};
-use super::request::Fields;
+use super::request::{CONNECTION_SPECIFIC, Fields};
 use crate::http::{Client, ClientBody, H2_PREFACE};
 use crate::upstream::Body;
 
@@ -1013,7 +1013,7 @@ impl Core {
 fn encode_fields(out: &mut Vec<u8>, headers: &HeaderMap) {
     for (name, value) in headers {
         let name = name.as_str();
-        if matches!(name, "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "te") {
+        if name == "te" || CONNECTION_SPECIFIC.contains(&name) {
             continue;
         }
         hpack::encode_field(out, name.as_bytes(), value.as_bytes());

@@ -37,7 +37,8 @@ pub(crate) struct Fields {
 }
 
 /// Connection-specific fields, which HTTP/2 forbids (§8.2.2).
-const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+pub(crate) const CONNECTION_SPECIFIC: [&str; 5] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
 
 impl Fields {
     pub(crate) fn request(limit: usize) -> Fields {
