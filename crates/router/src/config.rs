@@ -116,9 +116,10 @@ pub struct Config {
     pub max_idle_per_backend: usize,
     /// A pooled backend connection unused for this long is closed.
     pub pool_idle_timeout: Duration,
-    /// How long a client may take to send a request's headers (HTTP/1; also
-    /// how long a keep-alive connection may sit idle), and to send its first
-    /// bytes on a new connection (both protocols).
+    /// How long a client may take to send a request's headers (an HTTP/2 header
+    /// block, its first SETTINGS), to send its first bytes on a new connection,
+    /// and how long a connection may sit with no request open (HTTP/1 keep-alive;
+    /// HTTP/2 then gets GOAWAY).
     pub header_read_timeout: Duration,
     /// Largest HTTP/1 request head (request line and headers); a larger one
     /// is answered 431 and the connection closed.

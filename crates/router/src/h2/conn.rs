@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body as _, Bytes};
 use hyper::header::HeaderMap;
@@ -149,6 +149,11 @@ struct Core {
     continued: Option<Continued>,
     /// While the client owes the rest of a header block (or its first SETTINGS).
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the last stream closed: a connection with none open for `header_read_timeout`
+    /// is closed (GOAWAY), as an idle HTTP/1 keep-alive connection is.
+    idle_since: Instant,
+    /// Fires at the earliest time the connection may have been idle that long; checked then.
+    idle: Pin<Box<tokio::time::Sleep>>,
     last_stream: u32,
     send_window: i64,
     recv_window: i64,
@@ -178,6 +183,7 @@ impl Connection {
         );
         frame::put_window_update(&mut out, 0, (CONN_WINDOW - DEFAULT_WINDOW) as u32);
         let deadline = Some(Box::pin(tokio::time::sleep(limits.header_read_timeout)));
+        let idle = Box::pin(tokio::time::sleep(limits.header_read_timeout));
         let core = Core {
             client,
             decoder: Decoder::new(4096),
@@ -194,6 +200,8 @@ impl Connection {
             settings_seen: false,
             continued: None,
             deadline,
+            idle_since: Instant::now(),
+            idle,
             last_stream: 0,
             send_window: DEFAULT_WINDOW,
             recv_window: CONN_WINDOW,
@@ -363,6 +371,10 @@ impl Future for Connection {
                 return this.poll_linger(cx);
             }
             if !progress {
+                // Only when nothing else happens: the timer stays off the request path.
+                if this.core.idle.as_mut().poll(cx).is_ready() && this.core.idle_check() {
+                    continue;
+                }
                 return Poll::Pending;
             }
         }
@@ -398,6 +410,21 @@ impl Core {
                 self.queue.push(id);
             }
         }
+    }
+
+    /// The idle timer fired: a connection idle long enough goes (GOAWAY, then close once
+    /// sent); otherwise the timer is set for when it could be. True if it goes.
+    fn idle_check(&mut self) -> bool {
+        let timeout = self.limits.header_read_timeout;
+        let quiet = self.streams.is_empty() && self.continued.is_none();
+        if quiet && self.idle_since.elapsed() >= timeout && self.going_away.is_none() && !self.closing {
+            self.going_away = Some(self.last_stream);
+            frame::put_goaway(&mut self.out, self.last_stream, Reason::NoError, "idle");
+            return true;
+        }
+        let from = if quiet { self.idle_since } else { Instant::now() };
+        self.idle.as_mut().reset((from + timeout).into());
+        false
     }
 
     fn remember_closed(&mut self, id: u32) {
@@ -854,6 +881,9 @@ impl Core {
     /// buffered goes back to the connection's window.
     fn drop_stream(&mut self, id: u32, stream: &Stream) {
         self.remember_closed(id);
+        if self.streams.is_empty() {
+            self.idle_since = Instant::now();
+        }
         if let Some(inbox) = &stream.inbox {
             let mut inbox = super::body::lock(inbox);
             self.unreturned += inbox.buffered as i64 + inbox.taken as i64;

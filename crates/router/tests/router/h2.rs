@@ -426,3 +426,22 @@ async fn a_client_gone_mid_upload_ends_the_request_at_the_instance() {
     drop(raw);
     eventually(async || web[0].open.load(std::sync::atomic::Ordering::Relaxed) == 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_gets_goaway_after_the_idle_timeout_and_a_busy_one_does_not() {
+    let web = backends(1).await;
+    let config = Config { header_read_timeout: Duration::from_millis(300), ..Config::default() };
+    let fx = Fixture::start(Protocol::Http, config, members(&web));
+    let mut raw = Raw::connect(fx.addr()).await;
+    // A stream open longer than the idle timeout keeps the connection.
+    raw.send(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &fields_of(&get("/slow?ms=600")))).await;
+    assert_eq!(raw.answer_of(1).await[0], STATUS_200);
+    raw.until("the answer's end", |f| f.stream == 1 && f.flags & END_STREAM != 0).await;
+    // Then nothing for 300 ms: GOAWAY (no error, the last stream served), and the close.
+    let started = std::time::Instant::now();
+    let goaway = raw.until("a GOAWAY", |f| f.kind == GOAWAY).await;
+    assert_eq!(u32::from_be_bytes(goaway.payload[..4].try_into().unwrap()), 1);
+    assert_eq!(u32::from_be_bytes(goaway.payload[4..8].try_into().unwrap()), 0);
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
+    assert!(raw.next().await.is_none(), "the connection closes after the GOAWAY");
+}
