@@ -314,18 +314,20 @@ impl Connection {
 
     /// Drops what the client still sends until it closes, or `LINGER` has passed.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        loop {
+        for _ in 0..BUDGET {
+            if let Some(Poll::Ready(())) | None = self.linger.as_mut().map(|l| l.as_mut().poll(cx)) {
+                return Poll::Ready(());
+            }
             (self.start, self.end) = (0, 0);
             match self.read(cx) {
                 Poll::Ready(true) => continue,
                 Poll::Ready(false) => return Poll::Ready(()),
-                Poll::Pending => {}
+                Poll::Pending => return Poll::Pending,
             }
-            return match self.linger.as_mut().map(|l| l.as_mut().poll(cx)) {
-                Some(Poll::Pending) => Poll::Pending,
-                _ => Poll::Ready(()),
-            };
         }
+        // A client that keeps sending: other connections on this thread get their turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
