@@ -924,9 +924,20 @@ impl Core {
         let Some(stream) = self.streams.get_mut(&id) else { return };
         let waker = stream.waker.clone();
         let mut cx = Context::from_waker(&waker);
-        if let Some(handling) = &mut stream.handling
-            && let Poll::Ready(response) = handling.as_mut().poll(&mut cx)
-        {
+        let polled = stream.handling.as_mut().map(|handling| {
+            // A handler that panics ends its stream, not the connection's other streams (as a
+            // task a stream would).
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handling.as_mut().poll(&mut cx)))
+        });
+        if let Some(Err(_)) = polled {
+            if let Some(stream) = self.streams.remove(&id) {
+                self.drop_stream(id, &stream);
+            }
+            frame::put_rst(&mut self.out, id, Reason::Internal);
+            return;
+        }
+        if let Some(Ok(Poll::Ready(response))) = polled {
+            let Some(stream) = self.streams.get_mut(&id) else { return };
             stream.handling = None;
             self.reset_credit = (self.reset_credit + 1).min(self.limits.reset_allowance);
             self.error_credit = (self.error_credit + 1).min(self.limits.error_allowance);
@@ -983,7 +994,10 @@ impl Core {
                 return;
             }
             if stream.unsent.is_empty() {
-                match Pin::new(&mut *body).poll_frame(cx) {
+                let polled =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(&mut *body).poll_frame(cx)));
+                // A body that panics is one that broke off.
+                match polled.unwrap_or_else(|_| Poll::Ready(Some(Err("the response body panicked".into())))) {
                     Poll::Pending => return,
                     Poll::Ready(None) => {
                         frame::put_data(&mut self.out, id, &[], true);
