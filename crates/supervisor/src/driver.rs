@@ -570,13 +570,18 @@ async fn start_container(launch: ContainerLaunch) -> Result<Running, String> {
     })
 }
 
+/// A revision's image id that the engine no longer has, with what to do.
+pub(crate) fn image_gone(image: &str, id: &str) -> String {
+    format!(
+        "the image `{image}` this revision runs ({id}) is no longer on the container engine (removed by \
+         `docker image prune`?): load or rebuild that image, or deploy another revision"
+    )
+}
+
 /// Why a container could not be created, with what to do.
 fn create_error(image: &str, id: &str, error: tug_engine::Error) -> String {
     match error {
-        tug_engine::Error::NotFound { .. } => format!(
-            "the image `{image}` this revision runs ({id}) is no longer on the container engine (removed by \
-             `docker image prune`?): load or rebuild that image, or deploy another revision"
-        ),
+        tug_engine::Error::NotFound { .. } => image_gone(image, id),
         other => format!("the engine refused a container of `{image}`: {other}"),
     }
 }

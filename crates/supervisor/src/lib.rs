@@ -932,9 +932,9 @@ impl Supervisor {
         match engine.inspect_image(&container.image_id).await {
             Ok(Some(_)) => Ok(()),
             Ok(None) => Err(Error::Conflict(format!(
-                "cannot undo `{service}` to revision {}: the image `{}` it ran ({}) is no longer on the container \
-                 engine (removed by `docker image prune`?); load or rebuild that image, or deploy another revision",
-                target.revision, container.image, container.image_id
+                "cannot undo `{service}` to revision {}: {}",
+                target.revision,
+                driver::image_gone(&container.image, &container.image_id)
             ))),
             Err(e) => Err(Error::Conflict(format!("cannot undo `{service}`: the container engine: {e}"))),
         }

@@ -442,10 +442,7 @@ impl Core {
 
     /// The scratch buffer, emptied for a header block to encode.
     fn start_block(&mut self) {
-        self.scratch.clear();
-        if std::mem::take(&mut self.table_size_update) {
-            self.scratch.push(0x20);
-        }
+        start_block(&mut self.scratch, &mut self.table_size_update);
     }
 
     fn finished(&self) -> bool {
@@ -1022,10 +1019,7 @@ impl Core {
                         }
                         Err(frame) => {
                             let trailers = frame.into_trailers().unwrap_or_default();
-                            self.scratch.clear();
-                            if std::mem::take(&mut self.table_size_update) {
-                                self.scratch.push(0x20);
-                            }
+                            start_block(&mut self.scratch, &mut self.table_size_update);
                             encode_fields(&mut self.scratch, &trailers);
                             frame::put_headers(&mut self.out, id, &self.scratch, true, self.peer_max_frame);
                             stream.done = true;
@@ -1052,6 +1046,15 @@ impl Core {
                 return;
             }
         }
+    }
+}
+
+/// Empties `scratch` for a header block; the first after the client changed its table size
+/// starts with a size update to 0 (RFC 7541 §4.2), the table the router's encoder uses.
+fn start_block(scratch: &mut Vec<u8>, table_size_update: &mut bool) {
+    scratch.clear();
+    if std::mem::take(table_size_update) {
+        scratch.push(0x20);
     }
 }
 
